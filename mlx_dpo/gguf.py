@@ -117,9 +117,9 @@ def gguf_to_config(metadata: dict[str, Any], weights: dict[str, mx.array], sourc
     }
     if metadata.get(f"{arch}.rope.scaling.type") == "linear":
         config["rope_scaling"] = {"type": "linear", "factor": float(metadata[f"{arch}.rope.scaling.factor"])}
-    for name in ("bos", "eos", "pad"):
-        if f"tokenizer.ggml.{name}_token_id" in metadata:
-            config[f"{name}_token_id"] = int(metadata[f"tokenizer.ggml.{name}_token_id"])
+    for name, gguf_name in (("bos", "bos"), ("eos", "eos"), ("pad", "padding")):
+        if f"tokenizer.ggml.{gguf_name}_token_id" in metadata:
+            config[f"{name}_token_id"] = int(metadata[f"tokenizer.ggml.{gguf_name}_token_id"])
     if any(k.endswith(".scales") for k in weights):
         # Every GGUF type that mx.load keeps packed uses groups of 32; bits vary per tensor and
         # mlx-lm infers them from each tensor's shape.
@@ -229,8 +229,15 @@ def build_tokenizer_files(metadata: dict[str, Any], source: str) -> dict[str, di
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
-    """Convert `gguf_path` into an mlx-lm model folder at `out_dir`, atomically."""
+    """Convert `gguf_path` into an mlx-lm model folder at `out_dir`, atomically.
+
+    An existing non-empty `out_dir` is never touched. Every failure a user can fix (missing,
+    damaged or unsupported file, existing output, full disk) raises `MlxDpoError`, and leaves
+    nothing at `out_dir`.
+    """
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    if out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())):
+        raise MlxDpoError(f"{out_dir}: already exists; remove it or choose another output folder")
     weights, metadata = read_gguf(gguf_path)
     source = str(gguf_path)
     config = gguf_to_config(metadata, weights, source)
@@ -243,19 +250,26 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     generation_config = {
         k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config
     }
+    files = {
+        "config.json": config,
+        "generation_config.json": generation_config,
+        **tokenizer_files,
+        "special_tokens_map.json": {
+            k: v
+            for k, v in tokenizer_files["tokenizer_config.json"].items()
+            if k in ("bos_token", "eos_token", "pad_token", "unk_token") and v
+        },
+        "mlx_dpo_source.json": {"gguf": str(gguf_path.resolve()), "name": metadata.get("general.name")},
+    }
+    try:
+        _write_model_folder(out_dir, mlx_weights, files)
+    except OSError as e:
+        raise MlxDpoError(f"{out_dir}: cannot write the converted model ({e.strerror or e})") from None
+    return out_dir
+
+
+def _write_model_folder(out_dir: Path, weights: dict[str, mx.array], files: dict[str, Any]) -> None:
     with atomic_directory(out_dir) as tmp:
-        mx.save_safetensors(str(tmp / "model.safetensors"), mlx_weights, metadata={"format": "mlx"})
-        files = {
-            "config.json": config,
-            "generation_config.json": generation_config,
-            **tokenizer_files,
-            "special_tokens_map.json": {
-                k: v
-                for k, v in tokenizer_files["tokenizer_config.json"].items()
-                if k in ("bos_token", "eos_token", "pad_token", "unk_token") and v
-            },
-            "mlx_dpo_source.json": {"gguf": str(gguf_path.resolve()), "name": metadata.get("general.name")},
-        }
+        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
         for name, content in files.items():
             (tmp / name).write_text(json.dumps(content, indent=2, ensure_ascii=False), encoding="utf-8")
-    return out_dir

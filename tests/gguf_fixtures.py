@@ -1,0 +1,201 @@
+"""Tiny llama GGUF files written the way llama.cpp's converter writes them, with the independent `gguf` package.
+
+The converter under test (`mlx_dpo.gguf`) is not used here: names, the Q/K row permutation, metadata
+and the byte-level BPE vocabulary are all spelled out again, so a mistake on either side shows up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx_dpo  # noqa: F401  (must come before mlx.core: it picks the BLAS library)
+
+import gguf
+import mlx.core as mx
+import numpy as np
+from gguf import GGMLQuantizationType
+from mlx.utils import tree_flatten
+from mlx_lm.models.llama import Model, ModelArgs
+
+HIDDEN = 64
+LAYERS = 2
+HEADS = 4
+KV_HEADS = 2
+INTERMEDIATE = 128
+ROPE_THETA = 5000.0  # not llama.cpp's default, so a converter that ignores the metadata is caught
+RMS_EPS = 1e-6
+CONTEXT = 256
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+BOS_ID, EOS_ID, PAD_ID = 1, 2, 2
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# Byte-level BPE merges over GPT-2's byte alphabet ("Ġ" is a space): enough to make " the", " quick"... single tokens.
+MERGES = [
+    "Ġ t", "h e", "Ġt he", "Ġ q", "u i", "c k", "Ġq ui", "Ġqui ck", "Ġ b", "r o",
+    "Ġb ro", "w n", "Ġbro wn", "Ġ f", "o x", "Ġf ox", "i n", "Ġ a", "n d", "Ġa nd",
+    "e r", "Ġ o", "Ġo v", "Ġov er", "Ċ Ċ",
+]
+
+# llama.cpp's tensor names for mlx-lm's (Hugging Face) llama names.
+_LAYER_TENSORS = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+_FILE_TYPES = {
+    GGMLQuantizationType.F32: gguf.LlamaFileType.ALL_F32,
+    GGMLQuantizationType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+    GGMLQuantizationType.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1,
+}
+_TOP_TENSORS = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters (the byte-level BPE alphabet)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def tiny_vocab() -> tuple[list[str], list[int], list[str]]:
+    """Tokens, token types and merges of a small byte-level BPE vocabulary (control tokens first)."""
+    tokens = SPECIAL_TOKENS + sorted(bytes_to_unicode().values())
+    tokens += [left + right for left, right in (m.split(" ") for m in MERGES)]
+    types = [gguf.TokenType.CONTROL] * len(SPECIAL_TOKENS)
+    types += [gguf.TokenType.NORMAL] * (len(tokens) - len(SPECIAL_TOKENS))
+    return tokens, [int(t) for t in types], list(MERGES)
+
+
+VOCAB = len(tiny_vocab()[0])
+
+
+def tiny_args(tied: bool) -> ModelArgs:
+    return ModelArgs(
+        model_type="llama",
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        intermediate_size=INTERMEDIATE,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        rms_norm_eps=RMS_EPS,
+        vocab_size=VOCAB,
+        rope_theta=ROPE_THETA,
+        max_position_embeddings=CONTEXT,
+        tie_word_embeddings=tied,
+    )
+
+
+def random_llama_weights(seed: int, tied: bool) -> dict[str, np.ndarray]:
+    """Random float32 weights for the tiny llama, by mlx-lm parameter name (norm weights too, not ones)."""
+    rng = np.random.default_rng(seed)
+    shapes = {name: p.shape for name, p in tree_flatten(Model(tiny_args(tied)).parameters())}
+    weights = {}
+    for name, shape in shapes.items():
+        if len(shape) == 1:
+            weights[name] = (1.0 + 0.2 * rng.standard_normal(shape)).astype(np.float32)
+        else:
+            weights[name] = (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
+    return weights
+
+
+def llama_model(weights: dict[str, np.ndarray], tied: bool) -> Model:
+    model = Model(tiny_args(tied))
+    model.load_weights([(k, mx.array(v)) for k, v in weights.items()], strict=True)
+    mx.eval(model.parameters())
+    return model
+
+
+def logits(model, token_ids: list[int]) -> np.ndarray:
+    out = model(mx.array([token_ids]))
+    return np.array(out.astype(mx.float32))[0]
+
+
+def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """What llama.cpp's convert_hf_to_gguf.py does to the rows of Q (n_head) and K (n_head_kv)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_name(mlx_name: str) -> str:
+    stem, _, kind = mlx_name.rpartition(".")
+    parts = stem.split(".")
+    if parts[:2] == ["model", "layers"]:
+        return f"blk.{parts[2]}.{_LAYER_TENSORS['.'.join(parts[3:])]}.{kind}"
+    return f"{_TOP_TENSORS[stem]}.{kind}"
+
+
+def write_llama_gguf(
+    path: Path,
+    weights: dict[str, np.ndarray],
+    weight_type: GGMLQuantizationType = GGMLQuantizationType.F32,
+    embedding_type: GGMLQuantizationType | None = None,
+    arch: str = "llama",
+) -> dict[str, np.ndarray]:
+    """Write `weights` as a llama.cpp-style GGUF; return the weights a reader should get back.
+
+    Matrices are stored as `weight_type` (the embedding as `embedding_type`, default the same),
+    vectors as F32, as llama.cpp does. The returned weights are the `gguf` package's own
+    dequantization of what was written, in mlx-lm names and un-permuted (Hugging Face) row order.
+    """
+    tokens, types, merges = tiny_vocab()
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name("tiny-llama")
+    writer.add_file_type(int(_FILE_TYPES[weight_type]))
+    writer.add_context_length(CONTEXT)
+    writer.add_embedding_length(HIDDEN)
+    writer.add_block_count(LAYERS)
+    writer.add_feed_forward_length(INTERMEDIATE)
+    writer.add_rope_dimension_count(HIDDEN // HEADS)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    writer.add_layer_norm_rms_eps(RMS_EPS)
+    writer.add_rope_freq_base(ROPE_THETA)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("smollm")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(BOS_ID)
+    writer.add_eos_token_id(EOS_ID)
+    writer.add_pad_token_id(PAD_ID)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(CHAT_TEMPLATE)
+
+    expected = {}
+    for name, w in weights.items():
+        stored = w
+        if name.endswith("self_attn.q_proj.weight"):
+            stored = llama_cpp_permute(w, HEADS)
+        elif name.endswith("self_attn.k_proj.weight"):
+            stored = llama_cpp_permute(w, KV_HEADS)
+        qtype = GGMLQuantizationType.F32
+        if w.ndim == 2:
+            qtype = (embedding_type or weight_type) if name == "model.embed_tokens.weight" else weight_type
+        data = gguf.quants.quantize(stored, qtype)
+        writer.add_tensor(gguf_name(name), data, raw_dtype=None if qtype == GGMLQuantizationType.F32 else qtype)
+        # Quantization blocks run along a row, so quantizing before or after the row permutation
+        # is the same: the expectation never needs an un-permute of its own.
+        expected[name] = gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype).reshape(w.shape)
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return expected

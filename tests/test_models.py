@@ -1,0 +1,146 @@
+"""The model resolver: default model, GGUF files, local folders, HF-cache repos, and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+
+from helpers import assert_clean_error, make_tiny_model_folder, run_cli
+from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.generate import answer, chat_messages
+from mlx_dpo.models import converted_dir, default_gguf, load_model, resolve_model_path
+
+PARIS_QUESTION = "What is the capital of France? Answer in one sentence."
+
+
+def lay_out_like_hf_cache(hf_home: Path, repo_id: str, files_from: Path) -> Path:
+    """Copy a model folder into `hf_home` the way huggingface_hub stores a download."""
+    repo_dir = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    snapshot = repo_dir / "snapshots" / commit
+    (repo_dir / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for f in files_from.iterdir():
+        blob = repo_dir / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+        shutil.copy(f, blob)
+        os.symlink(os.path.relpath(blob, snapshot), snapshot / f.name)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_default_model_is_converted_once_under_mlx_dpo_home(default_model_path: Path):
+    assert default_model_path == converted_dir(default_gguf())
+    assert str(default_model_path).startswith(os.environ["MLX_DPO_HOME"])
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert (default_model_path / name).is_file()
+    before = (default_model_path / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model_path(None) == default_model_path
+    assert (default_model_path / "model.safetensors").stat().st_mtime_ns == before
+    assert not [p for p in default_model_path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_default_model_answers_greedily_with_paris(default_model):
+    text = answer(default_model, chat_messages(PARIS_QUESTION), temp=0.0, max_tokens=30)
+    assert "Paris" in text
+
+
+def test_on_cpu_the_quantized_default_is_dequantized_to_fp32(default_model):
+    if mx.default_device() != mx.cpu:
+        pytest.skip("dequantization applies to the CPU backend only")
+    assert not default_model.quantized
+    assert not any(isinstance(m, nn.QuantizedLinear) for _, m in default_model.model.named_modules())
+    assert default_model.model.model.layers[0].self_attn.q_proj.weight.dtype == mx.float32
+
+
+def test_cli_generate_streams_an_answer_on_the_default_model():
+    result = run_cli("generate", "--prompt", PARIS_QUESTION, "--temp", "0", "--max-tokens", "30")
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+
+
+def test_repo_id_resolves_from_a_local_hf_cache_while_offline(tmp_path: Path, default_model_path: Path):
+    tiny = make_tiny_model_folder(tmp_path / "tiny", default_model_path)
+    snapshot = lay_out_like_hf_cache(tmp_path / "hf", "acme/tiny-llama", tiny)
+    result = run_cli("convert", "--model", "acme/tiny-llama",
+                     env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()) == snapshot
+    loaded = load_model(str(snapshot))
+    assert loaded.config["num_hidden_layers"] == 2
+
+
+def test_local_mlx_lm_folder_loads_directly(tmp_path: Path, default_model_path: Path):
+    tiny = make_tiny_model_folder(tmp_path / "tiny", default_model_path)
+    loaded = load_model(str(tiny))
+    assert loaded.path == tiny
+    logits = loaded.model(mx.array([[1, 2, 3]]))
+    assert logits.shape == (1, 3, loaded.config["vocab_size"])
+
+
+def test_unknown_repo_id_while_offline_is_one_clear_line(tmp_path: Path):
+    result = run_cli("generate", "--model", "nobody/no-such-model", "--prompt", "hi",
+                     env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
+    assert_clean_error(result, "nobody/no-such-model", "not in the Hugging Face cache", "HF_HUB_OFFLINE")
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda d: d, "no config.json"),
+        (lambda d: (d / "config.json").write_text("{not json"), "unreadable"),
+        (lambda d: (d / "config.json").write_text("{}"), "no model*.safetensors"),
+    ],
+    ids=["empty-folder", "broken-config", "no-weights"],
+)
+def test_unusable_model_folder_is_one_clear_line(tmp_path: Path, make, expected: str):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    make(folder)
+    result = run_cli("generate", "--model", str(folder), "--prompt", "hi")
+    assert_clean_error(result, str(folder), expected)
+
+
+def test_unreadable_folder_is_reported(tmp_path: Path):
+    if os.geteuid() == 0:
+        pytest.skip("root reads any folder; permissions cannot make one unreadable")
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    folder.chmod(0)
+    try:
+        with pytest.raises(MlxDpoError, match="not readable"):
+            resolve_model_path(str(folder))
+    finally:
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (None, "GGUF file not found"),
+        (b"PK\x03\x04 this is a zip", "not a GGUF file"),
+        ("truncated", "damaged or truncated"),
+    ],
+    ids=["missing", "not-gguf", "truncated"],
+)
+def test_bad_gguf_is_one_clear_line(tmp_path: Path, content, expected: str):
+    path = tmp_path / "model.gguf"
+    if content == "truncated":
+        path.write_bytes(default_gguf().read_bytes()[:1_000_000])
+    elif content is not None:
+        path.write_bytes(content)
+    result = run_cli("generate", "--model", str(path), "--prompt", "hi")
+    assert_clean_error(result, str(path), expected)
+    assert not list(Path(os.environ["MLX_DPO_HOME"], "models").glob("model-*"))
+
+
+def test_model_that_is_neither_path_nor_repo_id_is_rejected():
+    result = run_cli("generate", "--model", "./does/not/exist", "--prompt", "hi")
+    assert_clean_error(result, "./does/not/exist", "no such file or folder")
