@@ -33,6 +33,23 @@ def write_json(path: str | Path, obj: Any) -> None:
         json.dump(obj, f, indent=2, ensure_ascii=False)
 
 
+def save_arrays(path: str | Path, arrays: dict) -> None:
+    """`mx.save_safetensors`, atomically (MLX writes the file itself, so write beside it and rename)."""
+    import mlx.core as mx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.safetensors")
+    try:
+        mx.save_safetensors(str(tmp), arrays)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 @contextmanager
 def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `path` to fill; on success it is renamed to `path`.

@@ -53,6 +53,133 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# Training options: (flag, type, help). Their defaults live in TrainingArgs / LoraSettings; a config
+# file (--config, TOML or YAML, same names) sits between those defaults and the flags given.
+TRAIN_OPTIONS: list[tuple[str, type | None, str]] = [
+    ("--valid-data", str, "validation pairs (JSON Lines)"),
+    ("--init-adapter", str, "start from this adapter (it becomes the reference)"),
+    ("--iters", int, "optimizer steps (default: --epochs)"),
+    ("--epochs", float, "passes over the data (default 1)"),
+    ("--batch-size", int, "pairs per micro-batch (default 4)"),
+    ("--grad-accum", int, "micro-batches per optimizer step (default 1)"),
+    ("--learning-rate", float, "peak learning rate (default 5e-5)"),
+    ("--lr-schedule", str, "cosine or constant, after warm-up (default cosine)"),
+    ("--warmup-steps", int, "linear warm-up steps (default 0)"),
+    ("--weight-decay", float, "AdamW weight decay (default 0)"),
+    ("--max-grad-norm", float, "gradient clipping norm (default 1.0; 0 disables)"),
+    ("--beta", float, "DPO beta (default 0.1)"),
+    ("--loss", str, "sigmoid, robust, hinge, ipo or simpo (default sigmoid)"),
+    ("--label-smoothing", float, "conservative/robust DPO epsilon (default 0)"),
+    ("--rpo-alpha", float, "weight of the chosen NLL term (RPO; default 0)"),
+    ("--simpo-gamma", float, "SimPO target margin (default 0.5)"),
+    ("--max-length", int, "max prompt+completion tokens; completions are cut at the end"),
+    ("--max-prompt-length", int, "max prompt tokens; prompts keep their end"),
+    ("--lora-rank", int, "LoRA rank (default 8)"),
+    ("--lora-alpha", float, "LoRA alpha; scale = alpha / rank (default 16)"),
+    ("--lora-dropout", float, "LoRA dropout (default 0)"),
+    ("--lora-layers", int, "adapt the last N blocks (default all)"),
+    ("--lora-keys", str, "comma-separated projections, e.g. self_attn.q_proj,self_attn.v_proj (default all)"),
+    ("--dora", None, "DoRA instead of LoRA"),
+    ("--grad-checkpoint", None, "recompute activations in the backward pass to save memory"),
+    ("--full-logits", None, "project every position onto the vocabulary (slower; for checking)"),
+    ("--seed", int, "random seed (default 0)"),
+    ("--steps-per-report", int, "steps between metric reports (default 10)"),
+    ("--steps-per-eval", int, "steps between validation runs (default 50)"),
+    ("--save-every", int, "steps between checkpoints (default 100)"),
+    ("--metrics-file", str, "JSON Lines metrics (default: <adapter-path>/metrics.jsonl)"),
+    ("--skip-invalid", None, "drop invalid rows instead of refusing to start"),
+]
+# CLI name -> mlx_dpo.train keyword, where they differ.
+_RENAMED = {"loss": "loss_type", "lora_layers": "lora_num_layers"}
+
+
+def _read_config_file(path: str) -> dict:
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise MlxDpoError(f"{path}: cannot read config file ({e.strerror})") from None
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as e:  # tomllib/yaml raise their own error types
+        raise MlxDpoError(f"{path}: not valid {'TOML' if p.suffix == '.toml' else 'YAML'} ({e})") from None
+    if not isinstance(data, dict):
+        raise MlxDpoError(f"{path}: expected a table of options at the top level")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _train_options(args: argparse.Namespace, allowed: set[str]) -> dict:
+    """Options from --config, overridden by the flags actually given."""
+    options = _read_config_file(args.config) if getattr(args, "config", None) else {}
+    unknown = set(options) - allowed
+    if unknown:
+        raise MlxDpoError(f"{args.config}: unknown option(s): {', '.join(sorted(unknown))}")
+    for name in allowed:
+        value = getattr(args, name, None)
+        if value is not None and value is not False:
+            options[name] = value
+    if isinstance(options.get("lora_keys"), str):
+        options["lora_keys"] = [k.strip() for k in options["lora_keys"].split(",") if k.strip()]
+    return {_RENAMED.get(k, k): v for k, v in options.items()}
+
+
+def _check_option_values(options: dict) -> None:
+    from mlx_dpo.losses import LOSS_TYPES
+
+    for name in ("iters", "batch_size", "grad_accum", "lora_rank", "steps_per_report", "steps_per_eval", "save_every"):
+        if name in options and int(options[name]) < 1:
+            raise MlxDpoError(f"--{name.replace('_', '-')} must be at least 1 (got {options[name]})")
+    if "loss_type" in options and options["loss_type"] not in LOSS_TYPES:
+        raise MlxDpoError(f"--loss {options['loss_type']}: unknown loss (choose from {', '.join(LOSS_TYPES)})")
+    if options.get("beta", 1) <= 0:
+        raise MlxDpoError("--beta must be positive")
+    if not 0 <= options.get("label_smoothing", 0) < 0.5:
+        raise MlxDpoError("--label-smoothing must be in [0, 0.5)")
+    if options.get("lr_schedule", "cosine") not in ("cosine", "constant"):
+        raise MlxDpoError("--lr-schedule must be cosine or constant")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    import mlx_dpo.api as api
+    from mlx_dpo.progress import ProgressPrinter
+
+    allowed = {flag[2:].replace("-", "_") for flag, _, _ in TRAIN_OPTIONS} | {"data", "model", "adapter_path", "resume"}
+    options = _train_options(args, allowed)
+    if "data" not in options:
+        raise MlxDpoError("--data is required (on the command line or in --config)")
+    _check_option_values(options)
+    data = options.pop("data")
+    result = api.train(data, on_event=ProgressPrinter(), **options)
+    print(json.dumps({"adapter_path": str(result.adapter_path), **result.metrics, **result.eval_metrics}))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    import mlx_dpo.api as api
+    from mlx_dpo.progress import ProgressPrinter
+
+    result = api.evaluate(
+        args.data, model=args.model, adapter_path=args.adapter_path, beta=args.beta, loss_type=args.loss,
+        batch_size=args.batch_size, max_length=args.max_length, skip_invalid=args.skip_invalid,
+        per_example=args.per_example, full_logits=args.full_logits, on_event=ProgressPrinter(),
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlx-dpo", description="Align a local LLM to your preferences with DPO on MLX."
@@ -74,6 +201,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train", help="train a DPO LoRA adapter on preference pairs")
+    p.add_argument("--data", help="training pairs (JSON Lines, TRL standard or conversational format)")
+    _add_model_args(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in --adapter-path from its last checkpoint")
+    p.add_argument("--config", help="YAML or TOML file with the same options")
+    for flag, kind, help_text in TRAIN_OPTIONS:
+        if kind is None:
+            p.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            p.add_argument(flag, type=kind, help=help_text)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="preference accuracy and reward margin of a model/adapter on pairs")
+    p.add_argument("--data", required=True)
+    _add_model_args(p)
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--loss", default="sigmoid")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--skip-invalid", action="store_true")
+    p.add_argument("--full-logits", action="store_true")
+    p.add_argument("--per-example", metavar="OUT.jsonl", help="write per-pair log-probs here")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("convert", help="resolve --model (convert a GGUF, fetch a repo) and print its folder")
     _add_model_args(p, adapter=False)

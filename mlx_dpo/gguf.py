@@ -212,14 +212,31 @@ def build_tokenizer_files(metadata: dict[str, Any], source: str) -> dict[str, di
         idx = metadata.get(f"tokenizer.ggml.{name}_token_id")
         return tokens[int(idx)] if idx is not None and int(idx) < len(tokens) else None
 
+    bos, eos = token("bos"), token("eos")
+    add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
+    add_eos = bool(metadata.get("tokenizer.ggml.add_eos_token", False)) and eos is not None
+    if add_bos or add_eos:
+        # transformers ignores tokenizer_config's add_bos_token/add_eos_token when a tokenizer.json
+        # exists: the post-processor itself has to add them, as llama.cpp does.
+        single = [bos] * add_bos + ["$A"] + [eos] * add_eos
+        pair = single + [bos] * add_bos + ["$B:1"] + [eos] * add_eos
+        specials = [(bos, int(metadata["tokenizer.ggml.bos_token_id"]))] * add_bos
+        specials += [(eos, int(metadata["tokenizer.ggml.eos_token_id"]))] * (add_eos and eos != bos)
+        tok.post_processor = processors.Sequence(
+            [
+                processors.ByteLevel(trim_offsets=False),
+                processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials),
+            ]
+        )
+
     tokenizer_config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": token("bos"),
         "eos_token": token("eos"),
         "pad_token": token("padding") or token("eos"),
         "unk_token": token("unknown"),
-        "add_bos_token": bool(metadata.get("tokenizer.ggml.add_bos_token", False)),
-        "add_eos_token": bool(metadata.get("tokenizer.ggml.add_eos_token", False)),
+        "add_bos_token": add_bos,
+        "add_eos_token": add_eos,
         "clean_up_tokenization_spaces": False,
         "model_max_length": int(metadata.get("llama.context_length", 2048)),
     }

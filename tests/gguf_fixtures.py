@@ -146,6 +146,7 @@ def write_llama_gguf(
     weight_type: GGMLQuantizationType = GGMLQuantizationType.F32,
     embedding_type: GGMLQuantizationType | None = None,
     arch: str = "llama",
+    add_bos: bool = False,
 ) -> dict[str, np.ndarray]:
     """Write `weights` as a llama.cpp-style GGUF; return the weights a reader should get back.
 
@@ -175,7 +176,7 @@ def write_llama_gguf(
     writer.add_bos_token_id(BOS_ID)
     writer.add_eos_token_id(EOS_ID)
     writer.add_pad_token_id(PAD_ID)
-    writer.add_add_bos_token(False)
+    writer.add_add_bos_token(add_bos)
     writer.add_chat_template(CHAT_TEMPLATE)
 
     expected = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import mlx_dpo  # noqa: F401  (before mlx.core)
@@ -13,8 +14,8 @@ import mlx_lm
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
-from mlx.utils import tree_flatten, tree_map_with_path
-from mlx_lm.utils import load_model
+from mlx.utils import tree_map_with_path
+from mlx_lm.utils import load_model, load_tokenizer
 
 import mlx_dpo.gguf as converter
 from mlx_dpo.errors import MlxDpoError
@@ -182,6 +183,29 @@ def test_tokenizer_uses_the_embedded_vocabulary(converted_f32: Converted) -> Non
     assert tokenizer.chat_template == tiny.CHAT_TEMPLATE
 
 
+@pytest.fixture(scope="module")
+def add_bos_gguf(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("add-bos")
+    path = root / "add-bos.gguf"
+    tiny.write_llama_gguf(path, tiny.random_llama_weights(seed=0, tied=True), add_bos=True)
+    return path, convert_gguf(path, root / "model")
+
+
+def test_tokenizer_prepends_bos_when_the_gguf_says_add_bos_token(add_bos_gguf: tuple[Path, Path]) -> None:
+    tokenizer = load_tokenizer(add_bos_gguf[1])
+    tokens = tiny.tiny_vocab()[0]
+    assert [tokens[i] for i in tokenizer.encode(" the fox")] == ["<|im_start|>", "Ġthe", "Ġfox"]
+
+
+def test_tokenizer_with_add_bos_token_matches_llama_cpp(add_bos_gguf: tuple[Path, Path]) -> None:
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the reference tokenizer")
+    gguf_path, folder = add_bos_gguf
+    llama = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+    tokenizer = load_tokenizer(folder)
+    for text in ["", " the quick brown fox", "<|im_start|>user\n and over<|im_end|>\n\n"]:
+        assert tokenizer.encode(text) == llama.tokenize(text.encode(), add_bos=True, special=True), text
+
+
 def test_folder_records_its_source(converted_f32: Converted) -> None:
     source = json.loads((converted_f32.folder / "mlx_dpo_source.json").read_text())
     assert source == {"gguf": str(converted_f32.gguf.resolve()), "name": "tiny-llama"}
@@ -231,7 +255,7 @@ def test_bad_file_raises_an_error_naming_it_and_writes_nothing(
 ) -> None:
     bad = BAD_INPUTS[kind](good_gguf, tmp_path)
     out = tmp_path / "models" / "converted"
-    with pytest.raises(MlxDpoError, match=str(bad)):
+    with pytest.raises(MlxDpoError, match=re.escape(str(bad))):
         convert_gguf(bad, out)
     assert_nothing_written(out)
 
@@ -241,7 +265,7 @@ def test_other_architecture_raises_an_error_naming_the_file(arch: str, tmp_path:
     path = tmp_path / f"{arch}.gguf"
     tiny.write_llama_gguf(path, tiny.random_llama_weights(seed=0, tied=True), arch=arch)
     out = tmp_path / "models" / "converted"
-    with pytest.raises(MlxDpoError, match=rf"{path}.*{arch}.*not supported"):
+    with pytest.raises(MlxDpoError, match=rf"{re.escape(str(path))}.*{arch}.*not supported"):
         convert_gguf(path, out)
     assert_nothing_written(out)
 
@@ -254,7 +278,7 @@ def test_failure_while_writing_leaves_nothing_behind(
 
     monkeypatch.setattr(mx, "save_safetensors", disk_full)
     out = tmp_path / "models" / "converted"
-    with pytest.raises(MlxDpoError, match=str(out)):
+    with pytest.raises(MlxDpoError, match=re.escape(str(out))):
         convert_gguf(good_gguf, out)
     assert_nothing_written(out)
 
@@ -263,7 +287,7 @@ def test_existing_output_folder_is_left_alone(good_gguf: Path, tmp_path: Path) -
     out = tmp_path / "converted"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    with pytest.raises(MlxDpoError, match=str(out)):
+    with pytest.raises(MlxDpoError, match=re.escape(str(out))):
         convert_gguf(good_gguf, out)
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["converted"]

@@ -1,0 +1,265 @@
+"""The Python API behind `mlx-dpo train` and `mlx-dpo eval`; the TUI is built on it too.
+
+    result = mlx_dpo.train("pairs.jsonl", iters=50, on_event=print, cancel=threading.Event())
+
+Order of work in `train`: load the base model, tokenize, run the reference pass (cache misses
+only) on the model in its starting state, add the adapter (or restore a checkpoint), train.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable, Sequence
+
+import mlx.core as mx
+
+from mlx_dpo import checkpoint
+from mlx_dpo.adapter import LoraSettings, add_adapter, adapter_config, adapter_weights, load_adapter, read_adapter_config, settings_from_config
+from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.events import Event, EvalMetrics, Failed, Finished, Status, StepMetrics
+from mlx_dpo.models import LoadedModel, load_model
+from mlx_dpo.pairs import PreferencePair, load_pairs
+from mlx_dpo.ref_cache import RefCache, arrays_digest, reference_fingerprint
+from mlx_dpo.reference import ReferenceStats, reference_logps
+from mlx_dpo.tokens import EncodedPair, Encoder
+from mlx_dpo.trainer import RefLogps, TrainingArgs, evaluate_pairs, train_loop
+
+DEFAULT_ADAPTERS_DIR = Path("adapters")
+METRICS_FILE = "metrics.jsonl"
+
+PairSource = str | Path | Sequence[PreferencePair]
+
+
+@dataclass
+class TrainResult:
+    adapter_path: Path
+    metrics: dict  # the last step report
+    eval_metrics: dict
+    reference: ReferenceStats
+    cancelled: bool = False
+
+
+def _pairs(source: PairSource, skip_invalid: bool, on_event: Callable[[Event], None]) -> list[PreferencePair]:
+    if isinstance(source, (str, Path)):
+        result = load_pairs(source, skip_invalid=skip_invalid)
+        if result.skipped:
+            on_event(Status(f"{source}: skipped {result.skipped} invalid row(s)"))
+        return result.pairs
+    return list(source)
+
+
+def _numeric_setup(loaded: LoadedModel) -> str:
+    dtype = loaded.model.model.embed_tokens.weight.dtype if not loaded.quantized else "quantized"
+    return f"{dtype}-{mx.default_device()}"
+
+
+def _split_kwargs(kwargs: dict) -> tuple[TrainingArgs, LoraSettings]:
+    train_names = {f.name for f in fields(TrainingArgs)}
+    lora_names = {f"lora_{f.name}": f.name for f in fields(LoraSettings)}
+    unknown = set(kwargs) - train_names - set(lora_names)
+    if unknown:
+        raise TypeError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    args = TrainingArgs(**{k: v for k, v in kwargs.items() if k in train_names})
+    lora = LoraSettings(**{lora_names[k]: v for k, v in kwargs.items() if k in lora_names})
+    return args, lora
+
+
+class MetricsWriter:
+    """Appends step and eval metrics as JSON lines (flushed per line, so a killed run keeps them)."""
+
+    def __init__(self, path: Path, forward: Callable[[Event], None]):
+        self.path, self.forward = path, forward
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, (StepMetrics, EvalMetrics)):
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(event.metrics) + "\n")
+        self.forward(event)
+
+
+def train(
+    data: PairSource,
+    *,
+    valid_data: PairSource | None = None,
+    model: str | None = None,
+    adapter_path: str | Path | None = None,
+    init_adapter: str | Path | None = None,
+    reference: str = "start",
+    resume: bool = False,
+    max_length: int | None = None,
+    max_prompt_length: int | None = None,
+    skip_invalid: bool = False,
+    metrics_file: str | Path | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    cancel: threading.Event | None = None,
+    loaded: LoadedModel | None = None,
+    **options,
+) -> TrainResult:
+    """Train a DPO adapter. `options` are `TrainingArgs` fields and `lora_<LoraSettings field>`.
+
+    `init_adapter` continues from an existing adapter; `reference="start"` uses it as the
+    reference (DPO's usual choice), `reference="base"` keeps the base model as the reference
+    so cached reference log-probs stay valid across incremental rounds.
+    """
+    emit = on_event or (lambda e: None)
+    try:
+        return _train(data, valid_data, model, adapter_path, init_adapter, reference, resume, max_length,
+                      max_prompt_length, skip_invalid, metrics_file, emit, cancel, loaded, options)
+    except Exception as e:
+        emit(Failed(error=str(e)))
+        raise
+
+
+def _train(data, valid_data, model_spec, adapter_path, init_adapter, reference, resume, max_length,
+           max_prompt_length, skip_invalid, metrics_file, emit, cancel, loaded, options) -> TrainResult:
+    args, lora = _split_kwargs(options)
+    if reference not in ("start", "base"):
+        raise MlxDpoError(f"reference must be 'start' or 'base', not {reference!r}")
+    adapter_dir = Path(adapter_path) if adapter_path else DEFAULT_ADAPTERS_DIR / time.strftime("dpo-%Y%m%d-%H%M%S")
+    resume_from = None
+    if resume:
+        resume_from = checkpoint.latest(adapter_dir)
+        if resume_from is None:
+            raise MlxDpoError(f"{adapter_dir}: no checkpoint to resume from")
+        saved = read_adapter_config(adapter_dir)["mlx_dpo"]
+        lora = settings_from_config(read_adapter_config(adapter_dir))
+        init_adapter, reference = saved.get("init_adapter"), saved.get("reference", "start")
+    elif checkpoint.latest(adapter_dir) is not None:
+        raise MlxDpoError(f"{adapter_dir}: already holds a training run; pass --resume to continue it "
+                          "or choose another --adapter-path")
+
+    train_pairs = _pairs(data, skip_invalid, emit)
+    valid_pairs = _pairs(valid_data, skip_invalid, emit) if valid_data is not None else []
+    if not train_pairs:
+        raise MlxDpoError("no training pairs")
+
+    emit(Status("loading model"))
+    loaded = loaded or load_model(model_spec)
+    encoder = Encoder(loaded.tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
+    emit(Status("tokenizing", total=len(train_pairs) + len(valid_pairs)))
+    train_enc, _ = encoder.encode_all(train_pairs, skip_invalid=skip_invalid)
+    valid_enc, _ = encoder.encode_all(valid_pairs, skip_invalid=skip_invalid)
+    if not train_enc:
+        raise MlxDpoError("no training pairs left after tokenization")
+
+    # The reference is the model as it starts (base, or base + starting adapter), run before training
+    # changes it. With reference="base" the starting adapter goes on only after the reference pass.
+    start_digest = None
+    if init_adapter and reference == "start":
+        lora = load_adapter(loaded.model, Path(init_adapter))
+        start_digest = arrays_digest(adapter_weights(loaded.model))
+    fingerprint = reference_fingerprint(loaded.path, adapter_digest=start_digest, numeric=_numeric_setup(loaded))
+    cache = RefCache(fingerprint)
+    emit(Status("reference pass"))
+    ref, stats = reference_logps(loaded.model, train_enc + valid_enc, cache, batch_size=2 * args.batch_size,
+                                 full_logits=args.full_logits, on_event=emit)
+    cache.close()
+    if init_adapter and reference == "base":
+        lora = load_adapter(loaded.model, Path(init_adapter))
+    elif not init_adapter:
+        add_adapter(loaded.model, lora)
+
+    config = adapter_config(lora, loaded.model, loaded.name, extra={
+        "init_adapter": str(init_adapter) if init_adapter else None,
+        "reference": reference,
+        "reference_fingerprint": fingerprint,
+        "num_pairs": len(train_enc),
+        "beta": args.beta,
+        "loss_type": args.loss_type,
+    })
+    metrics_path = Path(metrics_file) if metrics_file else adapter_dir / METRICS_FILE
+    if not resume:
+        metrics_path.unlink(missing_ok=True)
+    writer = MetricsWriter(metrics_path, emit)
+    eval_last: dict = {}
+
+    def on_loop_event(event: Event) -> None:
+        nonlocal eval_last
+        if isinstance(event, EvalMetrics):
+            eval_last = event.metrics
+        writer(event)
+
+    cancelled = threading.Event() if cancel is None else cancel
+    last = train_loop(
+        loaded.model, args, train_enc, ref, adapter_dir, config,
+        valid_pairs=valid_enc, resume_from=resume_from, on_event=on_loop_event, cancel=cancelled,
+        run_info=lambda: {"ref_cache/hits": stats.hits, "ref_cache/misses": stats.misses,
+                          "ref_pass_seconds": round(stats.seconds, 3)},
+    )
+    if cancelled.is_set():
+        return TrainResult(adapter_dir, last, eval_last, stats, cancelled=True)
+    emit(Finished(adapter_path=str(adapter_dir), metrics=last))
+    return TrainResult(adapter_dir, last, eval_last, stats)
+
+
+def evaluate(
+    data: PairSource,
+    *,
+    model: str | None = None,
+    adapter_path: str | Path | None = None,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    batch_size: int = 4,
+    max_length: int | None = None,
+    skip_invalid: bool = False,
+    per_example: str | Path | None = None,
+    full_logits: bool = False,
+    on_event: Callable[[Event], None] | None = None,
+    loaded: LoadedModel | None = None,
+) -> dict:
+    """Preference accuracy, mean reward margin and loss of base + adapter against the base as reference."""
+    from mlx_dpo.atomic import atomic_file
+    from mlx_dpo.trainer import dpo_loss
+
+    emit = on_event or (lambda e: None)
+    pairs = _pairs(data, skip_invalid, emit)
+    loaded = loaded or load_model(model)
+    encoded, _ = Encoder(loaded.tokenizer, max_length=max_length).encode_all(pairs, skip_invalid=skip_invalid)
+    if not encoded:
+        raise MlxDpoError("no pairs to evaluate")
+    cache = RefCache(reference_fingerprint(loaded.path, adapter_digest=None, numeric=_numeric_setup(loaded)))
+    ref, stats = reference_logps(loaded.model, encoded, cache, batch_size=2 * batch_size,
+                                 full_logits=full_logits, on_event=emit)
+    cache.close()
+    if adapter_path:
+        load_adapter(loaded.model, Path(adapter_path))
+    loaded.model.eval()
+    args = TrainingArgs(beta=beta, loss_type=loss_type, batch_size=batch_size, full_logits=full_logits)
+    rows: list[dict] = []
+    for s in range(0, len(encoded), batch_size):
+        batch = encoded[s : s + batch_size]
+        _, metrics, _ = dpo_loss(loaded.model, args, batch, ref)
+        mx.eval(metrics)
+        values = {k: v.tolist() for k, v in metrics.items()}
+        for i, p in enumerate(batch):
+            rows.append({
+                "id": p.id,
+                "policy_chosen_logp": values["logps/chosen"][i],
+                "policy_rejected_logp": values["logps/rejected"][i],
+                "ref_chosen_logp": ref.values[p][0],
+                "ref_rejected_logp": ref.values[p][1],
+                "chosen_tokens": len(p.chosen),
+                "rejected_tokens": len(p.rejected),
+                "_accuracy": values["rewards/accuracies"][i],
+                "_margin": values["rewards/margins"][i],
+                "_loss": values["loss"][i],
+            })
+    n = len(rows)
+    result = {
+        "accuracy": sum(r["_accuracy"] for r in rows) / n,
+        "margin": sum(r["_margin"] for r in rows) / n,
+        "loss": sum(r["_loss"] for r in rows) / n,
+        "n_pairs": n,
+        "ref_cache/hits": stats.hits,
+        "ref_cache/misses": stats.misses,
+    }
+    if per_example:
+        with atomic_file(per_example, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}) + "\n")
+    return result

@@ -1,0 +1,66 @@
+"""The terminal view of a training run: one progress line, and a printed line per report."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from mlx_dpo.events import (
+    Cancelled, CheckpointSaved, Event, EvalMetrics, Failed, Finished, Status, StepMetrics,
+)
+
+
+def _fmt(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class ProgressPrinter:
+    """Prints events: a bar (step, ETA, loss, accuracy, margin, tokens/s) and one line per report."""
+
+    def __init__(self, stream: TextIO = sys.stderr, width: int = 24):
+        self.stream, self.width = stream, width
+        self.start = time.perf_counter()
+        self.first_step: int | None = None
+        self.tty = stream.isatty()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Status):
+            suffix = f" {event.done}/{event.total}" if event.total and event.done else ""
+            self._line(f"{event.message}{suffix}", final=not self.tty or not suffix)
+        elif isinstance(event, StepMetrics):
+            m = event.metrics
+            if self.first_step is None:
+                self.first_step, self.start = event.step - 1, time.perf_counter()
+            done = event.step - self.first_step
+            elapsed = time.perf_counter() - self.start
+            eta = elapsed / max(done, 1) * (event.total_steps - event.step)
+            filled = int(self.width * event.step / event.total_steps)
+            bar = "#" * filled + "-" * (self.width - filled)
+            self._line(
+                f"[{bar}] step {event.step}/{event.total_steps} ETA {_fmt(eta)} "
+                f"loss {m['loss']:.4f} acc {m['rewards/accuracies']:.2f} "
+                f"margin {m['rewards/margins']:.3f} {m['tokens_per_second']:.0f} tok/s",
+                final=True,
+            )
+        elif isinstance(event, EvalMetrics):
+            m = event.metrics
+            self._line(f"  eval @ step {event.step}: loss {m['eval_loss']:.4f} "
+                       f"acc {m['eval_rewards/accuracies']:.2f} margin {m['eval_rewards/margins']:.3f}", final=True)
+        elif isinstance(event, CheckpointSaved):
+            self._line(f"  checkpoint: {event.path}", final=True)
+        elif isinstance(event, Finished):
+            self._line(f"done: adapter in {event.adapter_path}", final=True)
+        elif isinstance(event, Cancelled):
+            self._line(f"cancelled after step {event.step}; last checkpoint kept in {event.adapter_path}", final=True)
+        elif isinstance(event, Failed):
+            pass  # the CLI prints the error itself
+
+    def _line(self, text: str, final: bool) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
