@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import mlx.core as mx
 
 from mlx_dpo import checkpoint
-from mlx_dpo.adapter import LoraSettings, add_adapter, adapter_config, adapter_weights, load_adapter, read_adapter_config, settings_from_config
+from mlx_dpo.adapter import CONFIG_FILE, LoraSettings, add_adapter, adapter_config, adapter_weights, load_adapter, read_adapter_config, settings_from_config
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, EvalMetrics, Failed, Finished, Status, StepMetrics
 from mlx_dpo.models import LoadedModel, load_model
@@ -82,6 +82,25 @@ class MetricsWriter:
         self.forward(event)
 
 
+def _forget_metrics_after(path: Path, step: int) -> None:
+    """Drop metrics lines past `step`: a killed run may have reported steps after its last checkpoint,
+    and the resumed run reports them again. A line cut short by the kill is dropped too."""
+    if not path.is_file():
+        return
+    from mlx_dpo.atomic import atomic_file
+
+    kept = []
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+            kept.append(line + "\n")
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+
+
 def train(
     data: PairSource,
     *,
@@ -126,20 +145,27 @@ def _train(data, valid_data, model_spec, adapter_path, init_adapter, reference, 
         resume_from = checkpoint.latest(adapter_dir)
         if resume_from is None:
             raise MlxDpoError(f"{adapter_dir}: no checkpoint to resume from")
-        saved = read_adapter_config(adapter_dir)["mlx_dpo"]
-        lora = settings_from_config(read_adapter_config(adapter_dir))
+        # The checkpoint folder is complete by construction; the top-level adapter may lag behind it
+        # (a kill between the two writes), so the settings come from the checkpoint.
+        saved_config = read_adapter_config(resume_from)
+        saved = saved_config.get("mlx_dpo", {})
+        lora = settings_from_config(saved_config)
         init_adapter, reference = saved.get("init_adapter"), saved.get("reference", "start")
     elif checkpoint.latest(adapter_dir) is not None:
         raise MlxDpoError(f"{adapter_dir}: already holds a training run; pass --resume to continue it "
                           "or choose another --adapter-path")
+    elif (adapter_dir / CONFIG_FILE).exists():
+        raise MlxDpoError(f"{adapter_dir}: already holds an adapter; choose another --adapter-path "
+                          "(or start from it with --init-adapter)")
 
     train_pairs = _pairs(data, skip_invalid, emit)
     valid_pairs = _pairs(valid_data, skip_invalid, emit) if valid_data is not None else []
     if not train_pairs:
         raise MlxDpoError("no training pairs")
 
-    emit(Status("loading model"))
-    loaded = loaded or load_model(model_spec)
+    if loaded is None:
+        emit(Status("loading model"))
+        loaded = load_model(model_spec)
     encoder = Encoder(loaded.tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
     emit(Status("tokenizing", total=len(train_pairs) + len(valid_pairs)))
     train_enc, _ = encoder.encode_all(train_pairs, skip_invalid=skip_invalid)
@@ -162,6 +188,8 @@ def _train(data, valid_data, model_spec, adapter_path, init_adapter, reference, 
     if init_adapter and reference == "base":
         lora = load_adapter(loaded.model, Path(init_adapter))
     elif not init_adapter:
+        # LoRA's A matrices start random: draw them from the run's seed, so the same seed gives the same run.
+        mx.random.seed(args.seed)
         add_adapter(loaded.model, lora)
 
     config = adapter_config(lora, loaded.model, loaded.name, extra={
@@ -175,6 +203,8 @@ def _train(data, valid_data, model_spec, adapter_path, init_adapter, reference, 
     metrics_path = Path(metrics_file) if metrics_file else adapter_dir / METRICS_FILE
     if not resume:
         metrics_path.unlink(missing_ok=True)
+    else:
+        _forget_metrics_after(metrics_path, checkpoint.read_state(resume_from)["step"])
     writer = MetricsWriter(metrics_path, emit)
     eval_last: dict = {}
 

@@ -20,8 +20,9 @@ def _fmt(seconds: float) -> str:
 class ProgressPrinter:
     """Prints events: a bar (step, ETA, loss, accuracy, margin, tokens/s) and one line per report."""
 
-    def __init__(self, stream: TextIO = sys.stderr, width: int = 24):
-        self.stream, self.width = stream, width
+    def __init__(self, stream: TextIO | None = None, width: int = 24):
+        # Looked up per printer, not at import: sys.stderr may have been replaced since (tests, embedding).
+        self.stream, self.width = stream if stream is not None else sys.stderr, width
         self.start = time.perf_counter()
         self.first_step: int | None = None
         self.tty = stream.isatty()

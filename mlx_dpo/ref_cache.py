@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sqlite3
 import struct
 from pathlib import Path
@@ -27,7 +28,8 @@ _SCHEMA = "CREATE TABLE IF NOT EXISTS ref_logps (key TEXT PRIMARY KEY, logp REAL
 
 def _file_digest(path: Path, memo: dict[str, str] = {}) -> str:  # noqa: B006  # per-process memo by stat
     st = path.stat()
-    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    # The inode catches a file replaced by a same-sized one within the file system's timestamp granularity.
+    key = f"{path.resolve()}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
     if key not in memo:
         h = hashlib.sha256()
         with open(path, "rb") as f:
@@ -76,6 +78,14 @@ def _checksum(key: str, logp: float, tokens: int) -> str:
     return hashlib.sha256(f"{key}:{logp!r}:{tokens}".encode()).hexdigest()[:16]
 
 
+def _is_damage(e: sqlite3.DatabaseError) -> bool:
+    """A damaged or foreign file (SQLITE_CORRUPT, SQLITE_NOTADB), not a busy, locked or unwritable one."""
+    code = getattr(e, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in (11, 26)
+    return type(e) is sqlite3.DatabaseError
+
+
 class RefCache:
     """Summed reference log-prob and token count per (prompt, completion), for one reference."""
 
@@ -88,29 +98,50 @@ class RefCache:
         self.damaged = 0
         self._db = self._open()
 
-    def _open(self) -> sqlite3.Connection:
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path)
         try:
-            db = sqlite3.connect(self.path)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
             db.execute("SELECT count(*) FROM ref_logps").fetchone()
-            return db
-        except sqlite3.DatabaseError:
-            # Not a database any more: keep it for inspection, start a new one.
-            self.path.replace(self.path.with_suffix(".damaged"))
-            for suffix in ("-wal", "-shm"):
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-            db = sqlite3.connect(self.path)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
-            return db
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as e:
+            if not _is_damage(e):  # locked, read-only, disk full: the file itself is fine, so leave it be
+                raise
+            self._move_aside()
+            return self._connect()
+
+    def _move_aside(self) -> None:
+        """Not a database any more: keep it for inspection, start a new one."""
+        self.path.replace(self.path.with_suffix(".damaged"))
+        for suffix in ("-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
+    def _recover(self) -> None:
+        """Damage found after opening (a page that reads as garbage): set the file aside and start afresh."""
+        self._db.close()
+        self._move_aside()
+        self._db = self._connect()
 
     def lookup(self, items: Iterable[tuple[Tokens, Tokens]]) -> list[float | None]:
         """Cached summed log-probs for (prompt, completion) items; None where missing or damaged."""
         out: list[float | None] = []
         for prompt, completion in items:
             key = entry_key(self.fingerprint, prompt, completion)
-            row = self._db.execute("SELECT logp, tokens, checksum FROM ref_logps WHERE key = ?", (key,)).fetchone()
+            try:
+                row = self._db.execute("SELECT logp, tokens, checksum FROM ref_logps WHERE key = ?", (key,)).fetchone()
+            except sqlite3.DatabaseError as e:
+                if not _is_damage(e):
+                    raise
+                self._recover()
+                row = None
             if row is not None and row[2] == _checksum(key, row[0], row[1]) and row[1] == len(completion):
                 self.hits += 1
                 out.append(row[0])
@@ -125,9 +156,21 @@ class RefCache:
         rows = []
         for prompt, completion, logp in items:
             key = entry_key(self.fingerprint, prompt, completion)
-            logp = float(logp)
+            # + 0.0 turns -0.0 into 0.0: SQLite reads -0.0 back as 0.0, which would never match its checksum.
+            logp = float(logp) + 0.0
+            if not math.isfinite(logp):  # SQLite would store NaN as NULL; a bad value must not be cached
+                raise ValueError(f"reference log-prob {logp} is not finite; nothing was stored")
             rows.append((key, logp, len(completion), _checksum(key, logp, len(completion))))
-        with self._db:
+        try:
+            self._write(rows)
+        except sqlite3.DatabaseError as e:
+            if not _is_damage(e):
+                raise
+            self._recover()
+            self._write(rows)
+
+    def _write(self, rows: list[tuple]) -> None:
+        with self._db:  # one transaction: commits on success, rolls back on any error
             self._db.executemany("INSERT OR REPLACE INTO ref_logps VALUES (?, ?, ?, ?)", rows)
 
     def close(self) -> None:

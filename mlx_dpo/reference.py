@@ -45,20 +45,23 @@ def reference_logps(
     stats = ReferenceStats(hits=cache.hits - hits_before, misses=cache.misses - misses_before)
     if missing:
         # Longest first keeps padding low inside each batch.
-        missing.sort(key=lambda i: len(items[i][0]) + len(items[i][1]))
+        # Longest first also meets an out-of-memory batch at once, not at the end.
+        missing.sort(key=lambda i: len(items[i][0]) + len(items[i][1]), reverse=True)
         start = time.perf_counter()
         was_training = model.training
-        model.eval()
-        for s in range(0, len(missing), batch_size):
-            idx = missing[s : s + batch_size]
-            logps = sequence_logps(model, make_batch([items[i] for i in idx]), full_logits=full_logits)
-            mx.eval(logps)
-            results = logps.tolist()
-            cache.store((items[i][0], items[i][1], lp) for i, lp in zip(idx, results))
-            for i, lp in zip(idx, results):
-                values[i] = lp
-            on_event(Status("reference pass", done=min(s + batch_size, len(missing)), total=len(missing)))
-        model.train(was_training)
+        model.eval()  # no dropout in the reference
+        try:
+            for s in range(0, len(missing), batch_size):
+                idx = missing[s : s + batch_size]
+                logps = sequence_logps(model, make_batch([items[i] for i in idx]), full_logits=full_logits)
+                mx.eval(logps)
+                results = logps.tolist()
+                cache.store((items[i][0], items[i][1], lp) for i, lp in zip(idx, results))
+                for i, lp in zip(idx, results):
+                    values[i] = lp
+                on_event(Status("reference pass", done=min(s + batch_size, len(missing)), total=len(missing)))
+        finally:
+            model.train(was_training)
         stats.seconds = time.perf_counter() - start
     n = len(pairs)
     return RefLogps({p: (values[i], values[n + i]) for i, p in enumerate(pairs)}), stats

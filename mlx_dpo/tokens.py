@@ -2,12 +2,17 @@
 
 The prompt is rendered with the generation prompt; prompt + completion is rendered as a full
 conversation. A completion's tokens are the full rendering's tokens after the prompt's, cut just
-after the template's end-of-turn token (SmolLM's "<|im_end|>\n" keeps "<|im_end|>").
+after the template's first end-of-turn token (SmolLM's "<|im_end|>\n" keeps "<|im_end|>"; a
+template that adds EOS after the turn, "<|end|>\n<|endoftext|>", keeps "<|end|>"). So every
+completion ends with exactly one end-of-turn token; a text that holds the end-of-turn marker
+itself is reported, not cut short.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from jinja2 import TemplateError
 
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.pairs import PreferencePair
@@ -47,24 +52,36 @@ class Encoder:
         self.bos = tokenizer.bos_token_id
         # The template's end-of-turn marker: the tokenizer's EOS (mlx-lm may list several).
         self.end_of_turn = set(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
+        # The end-of-turn markers as text ("<|im_end|>"): a completion holding one would end the turn early.
+        decode = getattr(tokenizer, "decode", None)
+        self._end_of_turn_texts = (
+            sorted({text for text in (decode([t]) for t in self.end_of_turn) if text.strip()}) if decode else []
+        )
 
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> list[int]:
-        ids = list(
-            self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
-        )
+        try:
+            ids = list(
+                self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+            )
+        except TemplateError as e:  # e.g. a template that raises "System role not supported"
+            raise _Problem(f"the chat template cannot render this conversation: {e}") from None
         if self.bos is not None and len(ids) > 1 and ids[0] == ids[1] == self.bos:
             ids = ids[1:]  # template and tokenizer both added BOS
         return ids
 
     def _completion(self, pair: PreferencePair, prompt_ids: list[int], text: str, field: str) -> list[int]:
+        for marker in self._end_of_turn_texts:
+            if marker in text:
+                raise _Problem(f"field '{field}': contains the end-of-turn marker {marker!r}, which would end "
+                               "the answer there; remove it from the text")
         full = self._render(pair.prompt + [{"role": "assistant", "content": text}], add_generation_prompt=False)
         if full[: len(prompt_ids)] != prompt_ids:
             raise _Problem(f"field '{field}': the prompt's tokens are not a prefix of prompt + {field} "
                            "(the chat template renders them differently)")
         completion = full[len(prompt_ids):]
-        ends = [i for i, t in enumerate(completion) if t in self.end_of_turn]
-        if ends:
-            completion = completion[: ends[-1] + 1]
+        end = next((i for i, t in enumerate(completion) if t in self.end_of_turn), None)
+        if end is not None:
+            completion = completion[: end + 1]
         else:
             completion.append(min(self.end_of_turn))
         if not completion[:-1]:

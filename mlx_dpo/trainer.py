@@ -190,6 +190,7 @@ def train_loop(
     for step in range(start_step + 1, steps + 1):
         if cancel is not None and cancel.is_set():
             on_event(Cancelled(step=step - 1, adapter_path=str(adapter_dir)))
+            model.eval()
             return last
         mx.random.seed(args.seed * 1_000_003 + step)  # dropout noise is a function of (seed, step): resumable
         grads = None

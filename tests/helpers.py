@@ -52,3 +52,31 @@ def make_tiny_model_folder(out: Path, tokenizer_from: Path, *, layers: int = 2, 
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(tokenizer_from / name, out / name)
     return out
+
+
+# --- training runs (test_training.py, test_train_cli.py) ----------------------------------------------------
+
+# Fields of a metrics line that measure the machine or the reference cache, not the training itself.
+TIMING_FIELDS = frozenset({"tokens_per_second", "peak_memory_gb", "ref_pass_seconds"})
+
+
+def write_demo_pairs(path: Path, count: int, start: int = 0) -> Path:
+    """A JSONL file holding `count` rows of the shipped demo pairs, from row `start` on."""
+    from mlx_dpo.pairs import DEMO_PAIRS_PATH
+
+    rows = [line for line in DEMO_PAIRS_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]
+    chosen = rows[start : start + count]
+    assert len(chosen) == count, f"the demo set has only {len(rows)} rows"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(chosen) + "\n", encoding="utf-8")
+    return path
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Every line of a metrics.jsonl file (each must be whole, valid JSON)."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def without_timing(row: dict) -> dict:
+    """A metrics line minus throughput, memory and reference-cache fields."""
+    return {k: v for k, v in row.items() if k not in TIMING_FIELDS and not k.startswith("ref_cache/")}
