@@ -25,7 +25,7 @@ class ProgressPrinter:
         self.stream, self.width = stream if stream is not None else sys.stderr, width
         self.start = time.perf_counter()
         self.first_step: int | None = None
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Status):

@@ -177,7 +177,7 @@ seed: 5
 """
 
 
-@pytest.mark.parametrize("name, text", [("run.toml", TOML_CONFIG), ("run.yaml", YAML_CONFIG)])
+@pytest.mark.parametrize("name, text", [("run.toml", TOML_CONFIG), ("run.yaml", YAML_CONFIG)], ids=["toml", "yaml"])
 def test_a_config_file_gives_options_and_flags_override_it(tmp_path, tiny, name, text):
     data = write_demo_pairs(tmp_path / "pairs.jsonl", 4)
     valid = write_demo_pairs(tmp_path / "valid.jsonl", 2, start=30)
@@ -223,6 +223,19 @@ def test_a_second_run_into_a_used_adapter_path_is_refused_without_resume(finishe
     assert result.returncode == 2
     assert_clean_error(result, str(finished_run.adapter), "already holds a training run", "--resume")
     assert _files(finished_run.adapter) == before
+
+
+def test_training_into_a_folder_that_holds_an_adapter_is_refused(tmp_path, finished_run, tiny):
+    out = tmp_path / "someone-elses-adapter"  # an adapter folder with no checkpoints, e.g. made by mlx-lm
+    out.mkdir()
+    for name in ("adapter_config.json", "adapters.safetensors"):
+        (out / name).write_bytes((finished_run.adapter / name).read_bytes())
+    before = _files(out)
+    result = run_cli("train", "--model", str(tiny), "--data", str(finished_run.data), "--adapter-path", str(out),
+                     "--iters", "1")
+    assert result.returncode == 2
+    assert_clean_error(result, str(out), "already holds an adapter")
+    assert _files(out) == before
 
 
 # --- 6. eval ------------------------------------------------------------------------------------------------

@@ -128,7 +128,7 @@ def test_the_saved_adapter_loads_in_mlx_lm_and_gives_the_trained_models_logprobs
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["fine_tune_type"] == "lora" and config["num_layers"] == 2
 
-    pairs = load_pairs(trained.data).pairs + load_pairs(trained.valid).pairs
+    pairs = load_pairs(trained.data).pairs[:2] + load_pairs(trained.valid).pairs  # seen in training, and not
     encoded, _ = Encoder(trained.loaded.tokenizer).encode_all(pairs)
     in_memory = _logps(trained.loaded.model, encoded)
 
