@@ -25,8 +25,8 @@ from mlx_dpo.models import LoadedModel, load_model
 from mlx_dpo.pairs import PreferencePair, load_pairs
 from mlx_dpo.ref_cache import RefCache, arrays_digest, reference_fingerprint
 from mlx_dpo.reference import ReferenceStats, reference_logps
-from mlx_dpo.tokens import EncodedPair, Encoder
-from mlx_dpo.trainer import RefLogps, TrainingArgs, evaluate_pairs, train_loop
+from mlx_dpo.tokens import Encoder
+from mlx_dpo.trainer import TrainingArgs, train_loop
 
 DEFAULT_ADAPTERS_DIR = Path("adapters")
 METRICS_FILE = "metrics.jsonl"
@@ -151,6 +151,10 @@ def _train(data, valid_data, model_spec, adapter_path, init_adapter, reference, 
         saved = saved_config.get("mlx_dpo", {})
         lora = settings_from_config(saved_config)
         init_adapter, reference = saved.get("init_adapter"), saved.get("reference", "start")
+        # The run continues with its own settings (schedule length, learning rate, ...) unless a
+        # flag given now says otherwise.
+        given = {k: v for k, v in options.items() if not k.startswith("lora_")}
+        args = TrainingArgs(**{**checkpoint.read_state(resume_from).get("args", {}), **given})
     elif checkpoint.latest(adapter_dir) is not None:
         raise MlxDpoError(f"{adapter_dir}: already holds a training run; pass --resume to continue it "
                           "or choose another --adapter-path")

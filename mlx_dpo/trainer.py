@@ -229,7 +229,8 @@ def train_loop(
             on_event(EvalMetrics(step=step, metrics={"step": step, **{f"eval_{k}": v for k, v in ev.items()}}))
         if step % args.save_every == 0 or step == steps:
             path = checkpoint.save(adapter_dir, step, model, optimizer, adapter_config,
-                                   {"args": asdict(args), "batches_per_epoch": batches_per_epoch})
+                                   {"args": asdict(args), "batches_per_epoch": batches_per_epoch,
+                                    "epoch": epoch, "data_order": epoch_batches(train_pairs, args.batch_size, args.seed, epoch)})
             on_event(CheckpointSaved(step=step, path=str(path)))
     model.eval()
     return last

@@ -1,7 +1,6 @@
 """Shared fixtures. Tests never touch the network: the Hub is forced offline before anything imports it."""
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
