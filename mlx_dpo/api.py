@@ -187,7 +187,7 @@ def _train(data, valid_data, model_spec, adapter_path, init_adapter, reference, 
     cache = RefCache(fingerprint)
     emit(Status("reference pass"))
     ref, stats = reference_logps(loaded.model, train_enc + valid_enc, cache, batch_size=2 * args.batch_size,
-                                 full_logits=args.full_logits, on_event=emit)
+                                 shared_prompt=args.shared_prompt, full_logits=args.full_logits, on_event=emit)
     cache.close()
     if init_adapter and reference == "base":
         lora = load_adapter(loaded.model, Path(init_adapter))
@@ -243,6 +243,7 @@ def evaluate(
     skip_invalid: bool = False,
     per_example: str | Path | None = None,
     full_logits: bool = False,
+    shared_prompt: bool = True,
     on_event: Callable[[Event], None] | None = None,
     loaded: LoadedModel | None = None,
 ) -> dict:
@@ -258,12 +259,13 @@ def evaluate(
         raise MlxDpoError("no pairs to evaluate")
     cache = RefCache(reference_fingerprint(loaded.path, adapter_digest=None, numeric=_numeric_setup(loaded)))
     ref, stats = reference_logps(loaded.model, encoded, cache, batch_size=2 * batch_size,
-                                 full_logits=full_logits, on_event=emit)
+                                 shared_prompt=shared_prompt, full_logits=full_logits, on_event=emit)
     cache.close()
     if adapter_path:
         load_adapter(loaded.model, Path(adapter_path))
     loaded.model.eval()
-    args = TrainingArgs(beta=beta, loss_type=loss_type, batch_size=batch_size, full_logits=full_logits)
+    args = TrainingArgs(beta=beta, loss_type=loss_type, batch_size=batch_size, full_logits=full_logits,
+                        shared_prompt=shared_prompt)
     rows: list[dict] = []
     for s in range(0, len(encoded), batch_size):
         batch = encoded[s : s + batch_size]

@@ -53,6 +53,70 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- `mlx-dpo data import|export|stats`: the preference store of a workspace (mlx_dpo/store.py) ---------------
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    import json
+
+    from mlx_dpo.pairs import MAX_LISTED_ERRORS, load_pairs
+    from mlx_dpo.store import PreferenceStore
+
+    workspace = args.workspace or PreferenceStore.default_workspace()
+    if args.action == "import":
+        # Read the whole file before touching the workspace: a bad file changes nothing, not even a new folder.
+        loaded = load_pairs(args.file, skip_invalid=args.skip_invalid)
+        with PreferenceStore(workspace) as store:
+            result = store.import_pairs(loaded.pairs, split=args.split)
+            path = store.path
+        if loaded.skipped:
+            print(f"mlx-dpo: {args.file}: skipped {loaded.skipped} invalid row(s):", file=sys.stderr)
+            for error in loaded.errors[:MAX_LISTED_ERRORS]:
+                print(f"  {error}", file=sys.stderr)
+        print(f"imported {result.added} pair(s) into {path} ({result.duplicates} already there)")
+        return 0
+    with PreferenceStore(workspace, create=False) as store:
+        if args.action == "export":
+            count = store.export_jsonl(args.file, split=args.split, style=args.style)
+            print(f"exported {count} pair(s) to {args.file}")
+            return 0
+        stats = store.stats()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print(f"store:      {stats['path']} (schema version {stats['schema_version']})")
+        print(f"pairs:      {stats['pairs']} ({', '.join(f'{k} {v}' for k, v in stats['by_split'].items())})")
+        print(f"origins:    {', '.join(f'{k} {v}' for k, v in stats['by_origin'].items())}")
+        print(f"skips:      {stats['skips']}")
+        print(f"candidates: {stats['candidates']}")
+    return 0
+
+
+def _add_data_parser(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="import, export or count the pairs of a workspace's preference store")
+    actions = data.add_subparsers(dest="action", metavar="ACTION", required=True)
+    workspace_help = "workspace folder holding preferences.sqlite (default: ./mlx-dpo-workspace)"
+
+    p = actions.add_parser("import", help="add the pairs of a JSONL file (TRL standard or conversational)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--workspace", help=workspace_help)
+    p.add_argument("--skip-invalid", action="store_true", help="drop invalid rows instead of importing nothing")
+    p.add_argument("--split", choices=("train", "valid"), default="train", help="split of the new pairs")
+    p.set_defaults(func=cmd_data)
+
+    p = actions.add_parser("export", help="write the stored pairs as JSONL")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--workspace", help=workspace_help)
+    p.add_argument("--split", choices=("train", "valid"), help="only this split (default: all pairs)")
+    p.add_argument("--style", choices=("conversational", "standard"), default="conversational")
+    p.set_defaults(func=cmd_data)
+
+    p = actions.add_parser("stats", help="count pairs by split and origin, skips and candidates")
+    p.add_argument("--workspace", help=workspace_help)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_data)
+
+
 # Training options: (flag, type, help). Their defaults live in TrainingArgs / LoraSettings; a config
 # file (--config, TOML or YAML, same names) sits between those defaults and the flags given.
 TRAIN_OPTIONS: list[tuple[str, type | None, str]] = [
@@ -82,6 +146,8 @@ TRAIN_OPTIONS: list[tuple[str, type | None, str]] = [
     ("--dora", None, "DoRA instead of LoRA"),
     ("--grad-checkpoint", None, "recompute activations in the backward pass to save memory"),
     ("--full-logits", None, "project every position onto the vocabulary (slower; for checking)"),
+    ("--no-shared-prompt", False, "run each pair as two full sequences instead of sharing the prompt pass"),
+    ("--no-compile", False, "do not mx.compile the training step"),
     ("--seed", int, "random seed (default 0)"),
     ("--steps-per-report", int, "steps between metric reports (default 10)"),
     ("--steps-per-eval", int, "steps between validation runs (default 50)"),
@@ -90,7 +156,8 @@ TRAIN_OPTIONS: list[tuple[str, type | None, str]] = [
     ("--skip-invalid", None, "drop invalid rows instead of refusing to start"),
 ]
 # CLI name -> mlx_dpo.train keyword, where they differ.
-_RENAMED = {"loss": "loss_type", "lora_layers": "lora_num_layers"}
+_RENAMED = {"loss": "loss_type", "lora_layers": "lora_num_layers", "no_shared_prompt": "shared_prompt",
+            "no_compile": "compile"}
 
 
 def _read_config_file(path: str) -> dict:
@@ -127,6 +194,9 @@ def _train_options(args: argparse.Namespace, allowed: set[str]) -> dict:
         value = getattr(args, name, None)
         if value is not None and value is not False:
             options[name] = value
+    for flag in ("no_shared_prompt", "no_compile"):  # switches that turn an optimisation off
+        if flag in options:
+            options[flag] = not options[flag]
     if isinstance(options.get("lora_keys"), str):
         options["lora_keys"] = [k.strip() for k in options["lora_keys"].split(",") if k.strip()]
     return {_RENAMED.get(k, k): v for k, v in options.items()}
@@ -174,7 +244,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = api.evaluate(
         args.data, model=args.model, adapter_path=args.adapter_path, beta=args.beta, loss_type=args.loss,
         batch_size=args.batch_size, max_length=args.max_length, skip_invalid=args.skip_invalid,
-        per_example=args.per_example, full_logits=args.full_logits, on_event=ProgressPrinter(),
+        per_example=args.per_example, full_logits=args.full_logits, shared_prompt=not args.no_shared_prompt,
+        on_event=ProgressPrinter(),
     )
     print(json.dumps(result, indent=2))
     return 0
@@ -208,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --adapter-path from its last checkpoint")
     p.add_argument("--config", help="YAML or TOML file with the same options")
     for flag, kind, help_text in TRAIN_OPTIONS:
-        if kind is None:
+        if kind is None or kind is False:
             p.add_argument(flag, action="store_true", default=None, help=help_text)
         else:
             p.add_argument(flag, type=kind, help=help_text)
@@ -222,23 +293,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-length", type=int)
     p.add_argument("--skip-invalid", action="store_true")
-    p.add_argument("--full-logits", action="store_true")
+    p.add_argument("--full-logits", action="store_true", help="project every position onto the vocabulary")
+    p.add_argument("--no-shared-prompt", action="store_true", help="run each pair as two full sequences")
     p.add_argument("--per-example", metavar="OUT.jsonl", help="write per-pair log-probs here")
     p.set_defaults(func=cmd_eval)
+
+    _add_data_parser(sub)
 
     p = sub.add_parser("convert", help="resolve --model (convert a GGUF, fetch a repo) and print its folder")
     _add_model_args(p, adapter=False)
     p.set_defaults(func=cmd_convert)
+    _add_tui_parser(sub)
     return parser
+
+
+# --- `mlx-dpo tui` (also plain `mlx-dpo`): the terminal app in the `tui` package ------------------------------
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from tui.app import MlxDpoApp  # textual is imported only here
+
+    app = MlxDpoApp(args.workspace, model=args.model, adapter_path=args.adapter_path)  # bad workspace: MlxDpoError
+    app.run()
+    return app.return_code or 0
+
+
+def _add_tui_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tui", help="the terminal app: label sampled answers, write pairs, browse the store (default)")
+    p.add_argument("--workspace", help="workspace folder holding preferences.sqlite (default: ./mlx-dpo-workspace)")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_tui)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
-    if func is None:
-        parser.print_help()
-        return 0
+    if func is None:  # no command: open the terminal app
+        args = parser.parse_args(["tui"])
+        func = args.func
     try:
         return func(args)
     except MlxDpoError as e:

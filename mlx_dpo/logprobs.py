@@ -85,14 +85,58 @@ def token_logps(model: nn.Module, batch: SequenceBatch, full_logits: bool = Fals
         return _token_logps(picked, batch.targets) * batch.mask
     hidden = model.model(batch.inputs)  # (n, T, D), final norm applied
     hidden = mx.take_along_axis(hidden, batch.positions[..., None], axis=1)  # (n, C, D)
-    head = output_head(model)
-    chunks = [
-        _token_logps(head(hidden[:, s : s + VOCAB_CHUNK]), batch.targets[:, s : s + VOCAB_CHUNK])
-        for s in range(0, hidden.shape[1], VOCAB_CHUNK)
-    ]
-    return mx.concatenate(chunks, axis=1) * batch.mask
+    return chunked_logps(output_head(model), hidden, batch.targets) * batch.mask
 
 
 def sequence_logps(model: nn.Module, batch: SequenceBatch, full_logits: bool = False) -> mx.array:
     """(n,) summed log-probability of each completion."""
     return token_logps(model, batch, full_logits).sum(axis=-1)
+
+
+def chunked_logps(head: Callable[[mx.array], mx.array], states: mx.array, targets: mx.array) -> mx.array:
+    """Log-probs of `targets` from `states`, projecting VOCAB_CHUNK positions at a time."""
+    chunks = [
+        _token_logps(head(states[:, s : s + VOCAB_CHUNK]), targets[:, s : s + VOCAB_CHUNK])
+        for s in range(0, states.shape[1], VOCAB_CHUNK)
+    ]
+    return mx.concatenate(chunks, axis=1)
+
+
+def pair_batch(pairs: Sequence, shared_prompt: bool = True, model: nn.Module | None = None) -> tuple[tuple[mx.array, ...], int]:
+    """Host-side packing of pairs into the arrays `pair_logps_from_arrays` reads, and the token count.
+
+    `shared_prompt` packs each prompt once (see shared_prompt.py); off, each pair is two full sequences.
+    """
+    from mlx_dpo import shared_prompt as sp
+
+    if shared_prompt and (model is None or sp.supports_shared_prompt(model)):
+        b = sp.make_pair_batch(pairs)
+        return (b.prompts, b.prompt_mask, b.completions, b.mask, b.lengths), b.num_tokens
+    b = make_batch([(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs])
+    return (b.inputs, b.positions, b.targets, b.mask, b.lengths), b.num_tokens
+
+
+def pair_logps_from_arrays(model: nn.Module, arrays: Sequence[mx.array], full_logits: bool = False) -> tuple[mx.array, mx.array]:
+    """(2B,) summed completion log-probs (chosen rows, then rejected rows) and (2B,) lengths.
+
+    Pure array code (no host round-trips), so it can run under `mx.compile`. `full_logits`
+    projects every position onto the vocabulary, as a plain implementation would.
+    """
+    from mlx_dpo import shared_prompt as sp
+
+    if arrays[1].dtype == mx.bool_:  # shared-prompt layout: (prompts, prompt_mask, completions, mask, lengths)
+        batch = sp.PairBatch(*arrays, num_tokens=0)
+        prompt_hidden, comp_hidden = sp.forward(model, batch)
+        head = output_head(model)
+        if full_logits:
+            # Pay for every position; only the completion targets are kept.
+            prompt_logits = head(prompt_hidden).astype(mx.float32)
+            first = mx.concatenate([prompt_logits[:, -1:]] * 2, axis=0)
+            logits = mx.concatenate([first, head(comp_hidden[:, :-1]).astype(mx.float32)], axis=1)
+            token = _token_logps(logits, batch.completions) + 0.0 * mx.logsumexp(prompt_logits, axis=-1).sum()
+        else:
+            token = chunked_logps(head, sp.predicting_states(prompt_hidden, comp_hidden), batch.completions)
+        return (token * batch.mask).sum(axis=-1), batch.lengths
+    inputs, positions, targets, mask, lengths = arrays
+    batch = SequenceBatch(inputs, positions, targets, mask, lengths, num_tokens=0)
+    return sequence_logps(model, batch, full_logits), lengths

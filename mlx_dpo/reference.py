@@ -15,7 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_dpo.events import Event, Status
-from mlx_dpo.logprobs import make_batch, sequence_logps
+from mlx_dpo.logprobs import pair_batch, pair_logps_from_arrays
 from mlx_dpo.ref_cache import RefCache
 from mlx_dpo.tokens import EncodedPair
 from mlx_dpo.trainer import RefLogps
@@ -34,34 +34,41 @@ def reference_logps(
     cache: RefCache,
     *,
     batch_size: int = 8,
+    shared_prompt: bool = True,
     full_logits: bool = False,
     on_event: Callable[[Event], None] = lambda e: None,
 ) -> tuple[RefLogps, ReferenceStats]:
-    """Reference (chosen, rejected) log-probs for every pair, computing only cache misses."""
+    """Reference (chosen, rejected) log-probs for every pair, computing only cache misses.
+
+    `batch_size` counts pairs.
+    """
     items = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
     hits_before, misses_before = cache.hits, cache.misses
     values = cache.lookup(items)
     missing = [i for i, v in enumerate(values) if v is None]
     stats = ReferenceStats(hits=cache.hits - hits_before, misses=cache.misses - misses_before)
-    if missing:
-        # Longest first keeps padding low inside each batch.
-        # Longest first also meets an out-of-memory batch at once, not at the end.
-        missing.sort(key=lambda i: len(items[i][0]) + len(items[i][1]), reverse=True)
+    n = len(pairs)
+    # A pair runs whole when either completion is missing (its prompt is shared by both).
+    todo = sorted({i % n for i in missing}, key=lambda i: pairs[i].num_tokens, reverse=True)
+    if todo:
+        # Longest first keeps padding low inside each batch and meets an out-of-memory batch at once.
         start = time.perf_counter()
         was_training = model.training
         model.eval()  # no dropout in the reference
         try:
-            for s in range(0, len(missing), batch_size):
-                idx = missing[s : s + batch_size]
-                logps = sequence_logps(model, make_batch([items[i] for i in idx]), full_logits=full_logits)
+            for s in range(0, len(todo), batch_size):
+                idx = todo[s : s + batch_size]
+                arrays, _ = pair_batch([pairs[i] for i in idx], shared_prompt=shared_prompt, model=model)
+                logps, _ = pair_logps_from_arrays(model, arrays, full_logits=full_logits)
                 mx.eval(logps)
                 results = logps.tolist()
-                cache.store((items[i][0], items[i][1], lp) for i, lp in zip(idx, results))
-                for i, lp in zip(idx, results):
-                    values[i] = lp
-                on_event(Status("reference pass", done=min(s + batch_size, len(missing)), total=len(missing)))
+                computed = {i: lp for i, lp in zip(idx, results)} | {n + i: lp for i, lp in zip(idx, results[len(idx):])}
+                fresh = [(k, lp) for k, lp in computed.items() if values[k] is None]
+                cache.store((items[k][0], items[k][1], lp) for k, lp in fresh)
+                for k, lp in fresh:
+                    values[k] = lp
+                on_event(Status("reference pass", done=min(s + batch_size, len(todo)), total=len(todo)))
         finally:
             model.train(was_training)
         stats.seconds = time.perf_counter() - start
-    n = len(pairs)
     return RefLogps({p: (values[i], values[n + i]) for i, p in enumerate(pairs)}), stats

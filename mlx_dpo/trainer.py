@@ -21,7 +21,7 @@ from mlx.utils import tree_map
 
 from mlx_dpo import checkpoint
 from mlx_dpo.events import Cancelled, CheckpointSaved, Event, EvalMetrics, StepMetrics
-from mlx_dpo.logprobs import make_batch, sequence_logps
+from mlx_dpo.logprobs import pair_batch, pair_logps_from_arrays
 from mlx_dpo.losses import implicit_rewards, preference_loss, rpo_nll, simpo_rewards
 from mlx_dpo.tokens import EncodedPair
 
@@ -47,7 +47,9 @@ class TrainingArgs:
     steps_per_eval: int = 50
     save_every: int = 100
     grad_checkpoint: bool = False
-    full_logits: bool = False
+    shared_prompt: bool = True  # run each prompt once under both completions
+    full_logits: bool = False  # project every position onto the vocabulary (the plain path)
+    compile: bool = True  # mx.compile the loss and gradient
 
 
 @dataclass
@@ -110,14 +112,19 @@ def pair_batch_metrics(args: TrainingArgs, pc, pr, rc, rr, lc, lr_) -> dict[str,
     }
 
 
-def dpo_loss(model: nn.Module, args: TrainingArgs, pairs: list[EncodedPair], ref: RefLogps):
-    """Mean loss over a batch of pairs, and the per-pair metrics (as the aux output)."""
-    batch = make_batch([(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs])
-    n = len(pairs)
-    logps = sequence_logps(model, batch, full_logits=args.full_logits)
+def batch_inputs(args: TrainingArgs, pairs: list[EncodedPair], ref: RefLogps, model: nn.Module | None = None):
+    """Host side of a step: the padded token arrays plus reference log-probs, and the pairs' token count."""
+    arrays, _ = pair_batch(pairs, shared_prompt=args.shared_prompt, model=model)
+    return (*arrays, *ref.batch(pairs)), sum(p.num_tokens for p in pairs)
+
+
+def loss_on_arrays(model: nn.Module, args: TrainingArgs, *arrays: mx.array):
+    """Mean loss over a batch and the per-pair metrics: pure array code, compilable."""
+    *batch, rc, rr = arrays
+    logps, lengths = pair_logps_from_arrays(model, batch, full_logits=args.full_logits)
+    n = rc.shape[0]
     pc, pr = logps[:n], logps[n:]
-    lc, lr_ = batch.lengths[:n], batch.lengths[n:]
-    rc, rr = ref.batch(pairs)
+    lc, lr_ = lengths[:n], lengths[n:]
     losses = preference_loss(
         pc, pr, rc, rr, loss_type=args.loss_type, beta=args.beta, label_smoothing=args.label_smoothing,
         chosen_lengths=lc, rejected_lengths=lr_, simpo_gamma=args.simpo_gamma,
@@ -126,26 +133,45 @@ def dpo_loss(model: nn.Module, args: TrainingArgs, pairs: list[EncodedPair], ref
         losses = losses + args.rpo_alpha * rpo_nll(pc, lc)
     metrics = pair_batch_metrics(args, pc, pr, rc, rr, lc, lr_)
     metrics["loss"] = losses
-    return losses.mean(), metrics, batch.num_tokens
+    return losses.mean(), metrics
+
+
+def dpo_loss(model: nn.Module, args: TrainingArgs, pairs: list[EncodedPair], ref: RefLogps):
+    """Mean loss over a batch of pairs, the per-pair metrics, and the number of tokens."""
+    arrays, tokens = batch_inputs(args, pairs, ref, model)
+    loss, metrics = loss_on_arrays(model, args, *arrays)
+    return loss, metrics, tokens
+
+
+def make_step(model: nn.Module, args: TrainingArgs) -> Callable:
+    """`step(*arrays) -> ((loss, metrics), grads)`, compiled unless `args.compile` is off.
+
+    Padding to a few lengths keeps the number of distinct shapes (and so of compilations) small.
+    """
+    loss_and_grad = nn.value_and_grad(model, lambda *a: loss_on_arrays(model, args, *a))
+    if not args.compile:
+        return loss_and_grad
+    state = [model.state, mx.random.state]
+    return mx.compile(loss_and_grad, inputs=state, outputs=state)
 
 
 class MetricWindow:
     """Sums per-pair metrics between reports."""
 
     def __init__(self):
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, mx.array] = {}  # kept on the device; read back only when reported
         self.pairs = 0
         self.tokens = 0
         self.start = time.perf_counter()
 
     def add(self, metrics: dict[str, mx.array], tokens: int) -> None:
         for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v.sum().item())
+            self.sums[k] = self.sums[k] + v.sum() if k in self.sums else v.sum()
         self.pairs += int(next(iter(metrics.values())).shape[0])
         self.tokens += tokens
 
     def means(self) -> dict[str, float]:
-        return {k: v / max(self.pairs, 1) for k, v in self.sums.items()}
+        return {k: float(v.item()) / max(self.pairs, 1) for k, v in self.sums.items()}
 
 
 def evaluate_pairs(model: nn.Module, args: TrainingArgs, pairs: list[EncodedPair], ref: RefLogps) -> dict[str, float]:
@@ -183,7 +209,7 @@ def train_loop(
     if resume_from is not None:
         start_step = checkpoint.restore(resume_from, model, optimizer)
     model.train()
-    loss_and_grad = nn.value_and_grad(model, lambda m, b: dpo_loss(m, args, b, ref)[:2])
+    step_fn = make_step(model, args)
 
     batches_per_epoch = len(epoch_batches(train_pairs, args.batch_size, args.seed, 0))
     window, last = MetricWindow(), {}
@@ -198,16 +224,18 @@ def train_loop(
             index = (step - 1) * args.grad_accum + micro
             epoch, i = divmod(index, batches_per_epoch)
             batch = [train_pairs[j] for j in epoch_batches(train_pairs, args.batch_size, args.seed, epoch)[i]]
-            (_, metrics), g = loss_and_grad(model, batch)
+            arrays, tokens = batch_inputs(args, batch, ref, model)
+            (_, metrics), g = step_fn(*arrays)
             grads = g if grads is None else tree_map(mx.add, grads, g)
-            mx.eval(grads, metrics)
-            window.add(metrics, sum(p.num_tokens for p in batch))
+            window.add(metrics, tokens)
+            if args.grad_accum > 1:
+                mx.eval(grads, window.sums)  # bound memory: free this micro-batch's activations
         if args.grad_accum > 1:
             grads = tree_map(lambda g: g / args.grad_accum, grads)
         if args.max_grad_norm:
             grads, _ = optim.clip_grad_norm(grads, args.max_grad_norm)
         optimizer.update(model, grads)
-        mx.eval(model.trainable_parameters(), optimizer.state)
+        mx.eval(model.trainable_parameters(), optimizer.state, window.sums)
 
         if step % args.steps_per_report == 0 or step == steps:
             elapsed = time.perf_counter() - window.start

@@ -80,3 +80,27 @@ def read_metrics(path: Path) -> list[dict]:
 def without_timing(row: dict) -> dict:
     """A metrics line minus throughput, memory and reference-cache fields."""
     return {k: v for k, v in row.items() if k not in TIMING_FIELDS and not k.startswith("ref_cache/")}
+
+
+# --- the terminal app (test_tui.py, test_tui_snapshots.py, tui_labeler.py) ------------------------------------
+
+
+async def wait_until(pilot, condition, *, timeout: float = 30.0, what: str = "the condition") -> None:
+    """Let the app run until `condition()` is true; fail after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await pilot.pause(0.02)
+
+
+async def sample_answers(pilot, prompt: str | None = None, *, timeout: float = 60.0) -> tuple[str, str]:
+    """On the Label screen: type `prompt` into the (focused) prompt editor, press ctrl+s, wait for both answers."""
+    screen = pilot.app.get_screen("label")
+    if prompt is not None:
+        await pilot.press(*prompt)
+    await pilot.press("ctrl+s")
+    await wait_until(pilot, lambda: screen.state == "ready", timeout=timeout, what="both answers")
+    return screen.answers()

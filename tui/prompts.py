@@ -1,0 +1,145 @@
+"""Prompt plumbing for the screens: message lists <-> editor fields, prompt queues, short cell text.
+
+No Textual and no model code here, so it is easy to test and to reuse.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MAX_QUEUE_ERRORS = 5
+
+
+class QueueError(ValueError):
+    """A prompt queue file that cannot be read; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class PromptParts:
+    """A prompt as the editors show it: optional system message, the user message, earlier turns kept as is."""
+
+    system: str = ""
+    user: str = ""
+    context: tuple[dict, ...] = field(default_factory=tuple)  # turns between the system and the last user turn
+
+    @classmethod
+    def from_messages(cls, messages: list[dict]) -> "PromptParts":
+        messages = [dict(m) for m in messages]
+        system = ""
+        if messages and messages[0].get("role") == "system":
+            system = messages.pop(0).get("content", "")
+        user = ""
+        if messages and messages[-1].get("role") == "user":
+            user = messages.pop().get("content", "")
+        return cls(system, user, tuple(messages))
+
+    def messages(self) -> list[dict]:
+        out = [{"role": "system", "content": self.system}] if self.system.strip() else []
+        out += [dict(m) for m in self.context]
+        return out + [{"role": "user", "content": self.user}]
+
+    @property
+    def empty(self) -> bool:
+        return not self.user.strip()
+
+
+def read_prompt_queue(path: str | Path) -> list[list[dict]]:
+    """Prompts to label, as message lists.
+
+    A `.jsonl` / `.json` file holds one object per line with "prompt" (a string or a message list) or
+    "messages" (a message list); any other file is plain text with one prompt per non-empty line.
+    """
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise QueueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise QueueError(f"{path}: is a folder, not a file") from None
+    except UnicodeDecodeError:
+        raise QueueError(f"{path}: not UTF-8 text") from None
+    except OSError as e:
+        raise QueueError(f"{path}: cannot read ({e.strerror or e})") from None
+    if path.suffix.lower() in (".jsonl", ".json"):
+        prompts = _read_jsonl(path, text)
+    else:
+        prompts = [[{"role": "user", "content": line.strip()}] for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise QueueError(f"{path}: holds no prompts")
+    return prompts
+
+
+def _read_jsonl(path: Path, text: str) -> list[list[dict]]:
+    prompts, errors = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            errors.append(f"{path}:{number}: not valid JSON ({e.msg})")
+            continue
+        try:
+            prompts.append(_row_prompt(row))
+        except ValueError as e:
+            errors.append(f"{path}:{number}: {e}")
+    if errors:
+        more = len(errors) - MAX_QUEUE_ERRORS
+        raise QueueError("; ".join(errors[:MAX_QUEUE_ERRORS]) + (f"; and {more} more" if more > 0 else ""))
+    return prompts
+
+
+def _row_prompt(row: object) -> list[dict]:
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    value = row.get("prompt", row.get("messages"))
+    if value is None:
+        raise ValueError('no "prompt" (or "messages") field')
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("the prompt is empty")
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise ValueError("the prompt must be a string or a non-empty list of messages")
+    messages = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ValueError(f'message {i} must be {{"role": ..., "content": ...}} with string values')
+        if m["role"] not in ("system", "user", "assistant"):
+            raise ValueError(f"message {i} has an unknown role {m['role']!r}")
+        if m["role"] == "system" and i:
+            raise ValueError("a system message must come first")
+        messages.append({"role": m["role"], "content": m["content"]})
+    if messages[-1]["role"] == "assistant":
+        messages.pop()  # a chat transcript: the model answers the last user turn
+    if not messages or messages[-1]["role"] != "user" or not messages[-1]["content"].strip():
+        raise ValueError("the last message must be a non-empty user message")
+    return messages
+
+
+def snippet(text: str, width: int = 40) -> str:
+    """One line of at most `width` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def prompt_snippet(messages: list[dict], width: int = 40) -> str:
+    user = [m["content"] for m in messages if m.get("role") == "user"]
+    return snippet(user[-1] if user else "", width)
+
+
+def age(timestamp: float, now: float | None = None) -> str:
+    """How long ago, coarsely: "now", "5m", "3h", "2d", then the date."""
+    seconds = max(0.0, (time.time() if now is None else now) - timestamp)
+    if seconds < 60:
+        return "now"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)}h"
+    if seconds < 30 * 86400:
+        return f"{int(seconds // 86400)}d"
+    return time.strftime("%Y-%m-%d", time.localtime(timestamp))

@@ -1,0 +1,307 @@
+"""Data: every stored pair in a table; search, filter by split, view/edit, delete, swap, move, import, export.
+
+Single-row changes run on the event loop (each is one small committed transaction); importing and
+exporting files run in thread workers (the store is thread-safe) and report back when done.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Input, Select, Static
+
+from mlx_dpo.errors import MlxDpoError
+from tui.modals import ConfirmModal, PairEdits, PairModal, PathChoice, PathModal
+from tui.prompts import age, prompt_snippet, snippet
+from tui.widgets import ModeBar
+
+COLUMNS = (("id", 5), ("split", 6), ("origin", 8), ("prompt", 30), ("chosen", 24), ("rejected", 24), ("updated", 8))
+SPLIT_FILTERS = [("all splits", "all"), ("train", "train"), ("valid", "valid")]
+
+
+class DataScreen(Screen):
+    BINDINGS = [
+        Binding("enter", "open_pair", "View/edit", show=False),
+        Binding("delete", "delete_pair", "Delete"),
+        Binding("s", "swap", "Swap"),
+        Binding("v", "toggle_split", "Train/valid"),
+        Binding("f", "cycle_filter", "Filter split"),
+        Binding("slash", "focus_search", "Search"),
+        Binding("i", "import_pairs", "Import"),
+        Binding("x", "export_pairs", "Export"),
+        Binding("escape", "focus_table", "Table", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="data-screen")
+        self.pair_ids: list[int] = []
+
+    def compose(self) -> ComposeResult:
+        yield ModeBar("data")
+        with Horizontal(id="data-filters"):
+            yield Input(placeholder="search prompts, answers and notes  ( / )", id="search")
+            yield Select(SPLIT_FILTERS, value="all", allow_blank=False, id="split-filter", compact=True)
+        table = DataTable(id="pairs", cursor_type="row", zebra_stripes=True)
+        yield table
+        with Horizontal(id="data-buttons"):
+            yield Button("View/edit (enter)", id="data-open", compact=True)
+            yield Button("Delete (del)", id="data-delete", variant="error", compact=True)
+            yield Button("Swap (s)", id="data-swap", compact=True)
+            yield Button("Train/valid (v)", id="data-split", compact=True)
+            yield Button("Import (i)", id="data-import", compact=True)
+            yield Button("Export (x)", id="data-export", compact=True)
+            yield Static("", id="data-status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for button in self.query(Button):
+            button.can_focus = False
+        table = self.query_one("#pairs", DataTable)
+        for name, width in COLUMNS:
+            table.add_column(name, width=width, key=name)
+        self.reload()
+        table.focus()
+
+    def on_screen_resume(self) -> None:
+        if self.is_mounted:
+            self.reload()
+
+    # --- the table ---
+
+    @property
+    def split_filter(self) -> str | None:
+        value = self.query_one("#split-filter", Select).value
+        return None if value in ("all", Select.BLANK) else str(value)
+
+    def reload(self, keep: int | None = None) -> None:
+        """Refill the table from the store; keep the cursor on pair `keep` (or the current one) if still shown."""
+        table = self.query_one("#pairs", DataTable)
+        if keep is None:
+            keep = self.current_id()
+        search = self.query_one("#search", Input).value
+        pairs = self.app.store.list_pairs(search=search or None, split=self.split_filter)
+        table.clear()
+        for p in pairs:
+            table.add_row(
+                str(p.id), p.split, p.origin, Text(prompt_snippet(p.prompt, 60)), Text(snippet(p.chosen, 50)),
+                Text(snippet(p.rejected, 50)), age(p.updated_at), key=str(p.id),
+            )
+        self.pair_ids = [p.id for p in pairs]
+        if keep in self.pair_ids:
+            table.move_cursor(row=self.pair_ids.index(keep), animate=False)
+        total = self.app.store.count_pairs()
+        shown = f"{len(pairs)} of {total} pairs" if (search or self.split_filter) else f"{total} pairs"
+        self.query_one("#data-status", Static).update(Text(shown))
+
+    def current_id(self) -> int | None:
+        table = self.query_one("#pairs", DataTable)
+        if not self.pair_ids or table.cursor_row is None or not 0 <= table.cursor_row < len(self.pair_ids):
+            return None
+        return self.pair_ids[table.cursor_row]
+
+    def _selected(self) -> int | None:
+        pair_id = self.current_id()
+        if pair_id is None:
+            self.app.notify_warning("No pair selected: the table is empty.")
+        return pair_id
+
+    @on(Input.Changed, "#search")
+    def _search_changed(self) -> None:
+        self.reload()
+
+    @on(Input.Submitted, "#search")
+    def _search_submitted(self) -> None:
+        self.query_one("#pairs", DataTable).focus()
+
+    @on(Select.Changed, "#split-filter")
+    def _filter_changed(self) -> None:
+        self.reload()
+
+    def action_cycle_filter(self) -> None:
+        select = self.query_one("#split-filter", Select)
+        values = [v for _, v in SPLIT_FILTERS]
+        select.value = values[(values.index(select.value) + 1) % len(values)] if select.value in values else "all"
+
+    def action_focus_search(self) -> None:
+        self.query_one("#search", Input).focus()
+
+    def action_focus_table(self) -> None:
+        self.query_one("#pairs", DataTable).focus()
+
+    # --- one pair ---
+
+    @on(DataTable.RowSelected, "#pairs")
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open_pair()
+
+    def action_open_pair(self) -> None:
+        pair_id = self._selected()
+        if pair_id is None:
+            return
+        try:
+            pair = self.app.store.get_pair(pair_id)
+        except MlxDpoError as e:
+            self.app.notify_error(str(e))
+            self.reload()
+            return
+
+        def edited(edits: PairEdits | None) -> None:
+            self.action_focus_table()
+            if edits is None:
+                return
+            try:
+                self.app.store.update_pair(
+                    pair_id, prompt=edits.prompt, chosen=edits.chosen, rejected=edits.rejected, note=edits.note
+                )
+            except MlxDpoError as e:
+                self.app.notify_error(str(e), title="Not saved")
+                return
+            self.app.notify(f"saved pair #{pair_id}", timeout=2)
+            self.app.store_changed()
+            self.reload(keep=pair_id)
+
+        self.app.push_screen(PairModal(pair), edited)
+
+    def action_delete_pair(self) -> None:
+        pair_id = self._selected()
+        if pair_id is None:
+            return
+        try:
+            pair = self.app.store.get_pair(pair_id)
+        except MlxDpoError as e:
+            self.app.notify_error(str(e))
+            return
+        question = f"Delete pair #{pair_id}?\n\n{prompt_snippet(pair.prompt, 70)}\n\nThis cannot be undone."
+
+        def confirmed(yes: bool | None) -> None:
+            self.action_focus_table()
+            if not yes:
+                return
+            index = self.pair_ids.index(pair_id) if pair_id in self.pair_ids else 0
+            try:
+                self.app.store.delete_pair(pair_id)
+            except MlxDpoError as e:
+                self.app.notify_error(str(e), title="Not deleted")
+                return
+            self.app.notify(f"deleted pair #{pair_id}", timeout=2)
+            self.app.store_changed()
+            remaining = [i for i in self.pair_ids if i != pair_id]
+            self.reload(keep=remaining[min(index, len(remaining) - 1)] if remaining else None)
+
+        self.app.push_screen(ConfirmModal(question, yes="Delete"), confirmed)
+
+    def action_swap(self) -> None:
+        pair_id = self._selected()
+        if pair_id is None:
+            return
+        try:
+            self.app.store.swap_pair(pair_id)
+        except MlxDpoError as e:
+            self.app.notify_error(str(e), title="Not swapped")
+            return
+        self.app.notify(f"pair #{pair_id}: chosen and rejected swapped", timeout=2)
+        self.app.store_changed()
+        self.reload(keep=pair_id)
+
+    def action_toggle_split(self) -> None:
+        pair_id = self._selected()
+        if pair_id is None:
+            return
+        try:
+            pair = self.app.store.get_pair(pair_id)
+            new = "valid" if pair.split == "train" else "train"
+            self.app.store.update_pair(pair_id, split=new)
+        except MlxDpoError as e:
+            self.app.notify_error(str(e), title="Not moved")
+            return
+        self.app.notify(f"pair #{pair_id} moved to {new}", timeout=2)
+        self.app.store_changed()
+        self.reload(keep=pair_id)
+
+    # --- files ---
+
+    def action_import_pairs(self) -> None:
+        self.app.push_screen(
+            PathModal(
+                "Import pairs from JSONL",
+                "TRL standard or conversational rows. A bad file adds nothing and every problem is listed.",
+                ok="Import",
+                skip_invalid_option=True,
+            ),
+            self._import_chosen,
+        )
+
+    def _import_chosen(self, choice: PathChoice | None) -> None:
+        self.action_focus_table()
+        if choice is not None:
+            self.query_one("#data-status", Static).update(Text(f"importing {choice.path}…"))
+            self._import(choice.path, choice.skip_invalid)
+
+    @work(thread=True, exclusive=True, group="files")
+    def _import(self, path: str, skip_invalid: bool) -> None:
+        try:
+            result = self.app.store.import_jsonl(Path(path).expanduser(), skip_invalid=skip_invalid)
+        except MlxDpoError as e:
+            self.app.call_from_thread(self._file_failed, "Import failed", str(e))
+            return
+        self.app.call_from_thread(self._imported, result)
+
+    def _imported(self, result) -> None:
+        parts = [f"imported {result.added} pair{'s' * (result.added != 1)}"]
+        if result.duplicates:
+            parts.append(f"{result.duplicates} already stored")
+        if result.skipped_invalid:
+            parts.append(f"{result.skipped_invalid} invalid rows skipped")
+        text = ", ".join(parts)
+        self.app.notify(text, title="Import", severity="warning" if result.skipped_invalid else "information")
+        for error in result.errors[:5]:
+            self.app.notify_warning(error)
+        self.app.store_changed()
+        self.reload()
+        self.query_one("#data-status", Static).update(Text(text))
+
+    def _file_failed(self, title: str, error: str) -> None:
+        self.app.notify_error(error, title=title, timeout=12)
+        self.query_one("#data-status", Static).update(Text(f"{title.lower()}: see the message"))
+
+    def action_export_pairs(self) -> None:
+        split = self.split_filter
+        name = f"pairs-{split}.jsonl" if split else "pairs.jsonl"
+        default = str(self.app.store.workspace / name)
+        which = f"the {split} pairs" if split else "all pairs"
+        self.app.push_screen(
+            PathModal(f"Export {which} to JSONL", "Conversational format; the file is written atomically.",
+                      default, ok="Export"),
+            lambda choice: self._export_chosen(choice, split),
+        )
+
+    def _export_chosen(self, choice: PathChoice | None, split: str | None) -> None:
+        self.action_focus_table()
+        if choice is not None:
+            self._export(choice.path, split)
+
+    @work(thread=True, exclusive=True, group="files")
+    def _export(self, path: str, split: str | None) -> None:
+        try:
+            count = self.app.store.export_jsonl(Path(path).expanduser(), split=split)
+        except MlxDpoError as e:
+            self.app.call_from_thread(self._file_failed, "Export failed", str(e))
+            return
+        self.app.call_from_thread(self.app.notify, f"exported {count} pairs to {path}", title="Export")
+
+    @on(Button.Pressed)
+    async def _button(self, event: Button.Pressed) -> None:
+        event.stop()
+        actions = {
+            "data-open": "open_pair", "data-delete": "delete_pair", "data-swap": "swap",
+            "data-split": "toggle_split", "data-import": "import_pairs", "data-export": "export_pairs",
+        }
+        if event.button.id in actions:
+            await self.run_action(actions[event.button.id])
