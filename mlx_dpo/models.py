@@ -162,9 +162,11 @@ def load_model(
         raise MlxDpoError(f"{path}: cannot load model ({type(e).__name__}: {e})") from None
     if dequantize is None:
         dequantize = should_dequantize()
-    if dequantize and has_quantized_layers(model):
-        dequantize_model(model)
-        # GGUF scales are fp16; on CPU fp32 is both faster and safer for training.
+    if dequantize:
+        if has_quantized_layers(model):
+            dequantize_model(model)
+        # GGUF scales and many checkpoints are fp16/bf16; on MLX's CPU backend fp32 is several times
+        # faster and safer for training.
         model.set_dtype(mx.float32)
         mx.eval(model.parameters())
     loaded = LoadedModel(

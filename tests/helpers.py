@@ -100,7 +100,75 @@ async def sample_answers(pilot, prompt: str | None = None, *, timeout: float = 6
     """On the Label screen: type `prompt` into the (focused) prompt editor, press ctrl+s, wait for both answers."""
     screen = pilot.app.get_screen("label")
     if prompt is not None:
-        await pilot.press(*prompt)
+        await type_text(pilot, prompt)
     await pilot.press("ctrl+s")
     await wait_until(pilot, lambda: screen.state == "ready", timeout=timeout, what="both answers")
     return screen.answers()
+
+
+async def type_text(pilot, text: str) -> None:
+    """Type `text` into the focused widget: one key event per character, as a terminal sends them.
+
+    Pilot.press waits for the whole process to go idle after every key (~60 ms each, and up to 2 s while
+    the model thread works); here the keys are queued together and the app is waited for once.
+    """
+    from textual import events
+    from textual.keys import _character_to_key
+
+    for char in text:
+        key = char if char.isalnum() else _character_to_key(char)
+        pilot.app.post_message(events.Key(key, char))
+    for _ in range(3):
+        await pilot.pause(0)
+    await pilot.pause()
+
+
+# --- adapters and exports (test_export.py) ---------------------------------------------------------------------
+
+
+def make_adapter(model_spec: str | None, out: Path, *, rank: int = 4, alpha: float = 8.0, seed: int = 0,
+                 dora: bool = False, num_layers: int = -1, keys: list[str] | None = None,
+                 base_model: str | None = None, dequantize: bool | None = False, extra: dict | None = None) -> Path:
+    """An adapter folder as training writes it, with random non-zero LoRA B (and A) instead of trained ones.
+
+    Training only changes the numbers, not the layout; this is the quick way to an adapter for bases a
+    test does not want to train on (another size, another architecture, the default model).
+    """
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    from mlx_dpo.adapter import LoraSettings, add_adapter, adapter_config, save_adapter
+    from mlx_dpo.models import DEFAULT_MODEL_NAME
+
+    model = bare_model(model_spec, dequantize=dequantize)
+    settings = LoraSettings(rank=rank, alpha=alpha, num_layers=num_layers, keys=keys, dora=dora)
+    mx.random.seed(seed)
+    add_adapter(model, settings)
+    params = dict(tree_flatten(model.trainable_parameters()))
+    update = {k: 0.05 * mx.random.normal(v.shape) for k, v in params.items() if k.endswith("lora_b")}
+    model.update(tree_unflatten(list(update.items())))
+    mx.eval(model.parameters())
+    extra = {"num_pairs": 8, "beta": 0.1, "loss_type": "sigmoid", "reference": "start", **(extra or {})}
+    name = base_model if base_model is not None else (model_spec or DEFAULT_MODEL_NAME)
+    save_adapter(Path(out), model, adapter_config(settings, model, name, extra=extra))
+    return Path(out)
+
+
+def bare_model(model_spec: str | None, *, adapter: Path | None = None, dequantize: bool | None = False):
+    """The model alone (no tokenizer: loading one takes longer than a tiny model), with mlx-lm's own
+    adapter loader applied when `adapter` is given. `dequantize` as in mlx_dpo.models.load_model."""
+    import mlx.core as mx
+    from mlx_lm.tuner.utils import load_adapters
+    from mlx_lm.utils import dequantize_model, load_model as mlx_load_model
+
+    from mlx_dpo.models import has_quantized_layers, resolve_model_path, should_dequantize
+
+    model, _ = mlx_load_model(resolve_model_path(model_spec))
+    if (should_dequantize() if dequantize is None else dequantize) and has_quantized_layers(model):
+        dequantize_model(model)
+        model.set_dtype(mx.float32)
+    if adapter is not None:
+        load_adapters(model, str(adapter))
+        model.eval()
+    mx.eval(model.parameters())
+    return model
