@@ -117,6 +117,60 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_data)
 
 
+# --- `mlx-dpo export` and `mlx-dpo push`: a fused model, a PEFT adapter or a GGUF file, and the Hub ------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.dequantize and args.format != "hf":
+        print("mlx-dpo: note: --dequantize is for --format hf (gguf is always dequantized, peft has no base weights)",
+              file=sys.stderr)
+    if args.format == "gguf":
+        from mlx_dpo.gguf_export import export_gguf
+
+        result = export_gguf(args.adapter_path, args.out, model=args.model, gguf_type=args.gguf_type,
+                             overwrite=args.overwrite)
+    elif args.format == "peft":
+        from mlx_dpo.export import export_peft
+
+        result = export_peft(args.adapter_path, args.out, model=args.model, overwrite=args.overwrite)
+    else:
+        from mlx_dpo.export import export_hf
+
+        result = export_hf(args.adapter_path, args.out, model=args.model, dequantize=args.dequantize,
+                           overwrite=args.overwrite)
+    for note in result.notes:
+        print(f"mlx-dpo: note: {note}", file=sys.stderr)
+    print(f"exported {result.format} to {result.path}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from mlx_dpo.hub import push_folder
+
+    print(push_folder(args.folder, args.repo, private=args.private, message=args.message))
+    return 0
+
+
+def _add_export_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="fuse an adapter into its base (Hugging Face folder or GGUF), or convert it for PEFT")
+    p.add_argument("--adapter-path", required=True, help="the trained adapter folder")
+    p.add_argument("--model", help="its base model (default: the one the adapter was trained on)")
+    p.add_argument("--out", required=True, help="output folder (for --format gguf: the .gguf file)")
+    p.add_argument("--format", choices=("hf", "peft", "gguf"), default="hf",
+                   help="hf: fused model folder (default); peft: PEFT LoRA adapter; gguf: fused model for llama.cpp")
+    p.add_argument("--dequantize", action="store_true", help="hf: write dense float16 weights (transformers can load them)")
+    p.add_argument("--gguf-type", choices=("f16", "q8_0"), default="f16", help="gguf: tensor type (default f16)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("push", help="upload a folder to a Hugging Face Hub model repo (created if needed)")
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("--repo", required=True, metavar="OWNER/NAME")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--message", help="commit message")
+    p.set_defaults(func=cmd_push)
+
+
 # Training options: (flag, type, help). Their defaults live in TrainingArgs / LoraSettings; a config
 # file (--config, TOML or YAML, same names) sits between those defaults and the flags given.
 TRAIN_OPTIONS: list[tuple[str, type | None, str]] = [
@@ -299,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     _add_data_parser(sub)
+    _add_export_parsers(sub)
 
     p = sub.add_parser("convert", help="resolve --model (convert a GGUF, fetch a repo) and print its folder")
     _add_model_args(p, adapter=False)
@@ -311,10 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
+    import os
+
     from tui.app import MlxDpoApp  # textual is imported only here
 
     app = MlxDpoApp(args.workspace, model=args.model, adapter_path=args.adapter_path)  # bad workspace: MlxDpoError
     app.run()
+    if app.worker.alive:  # quit while the model was still loading: exiting under MLX would abort the process
+        sys.stdout.flush()
+        os._exit(app.return_code or 0)
     return app.return_code or 0
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from textual import events
 
-from helpers import REPO, make_tiny_model_folder, sample_answers, wait_until
+from helpers import REPO, make_tiny_model_folder, sample_answers, type_text, wait_until
 from mlx_dpo.store import PreferenceStore
 from tui.app import MlxDpoApp
 from tui.backend import SampleSettings
@@ -64,8 +67,26 @@ async def model_ready(pilot) -> None:
     await wait_until(pilot, lambda: pilot.app.model_state == "ready", what="the model")
 
 
-async def type_into(pilot, text: str) -> None:
-    await pilot.press(*text)
+@asynccontextmanager
+async def started(app: MlxDpoApp):
+    """Run the app headless and wait for the (tiny) model: Pilot's key presses wait for the whole process
+    to go idle, so keys pressed while the model thread loads would each take up to two seconds."""
+    async with app.run_test(size=SIZE) as pilot:
+        await model_ready(pilot)
+        yield pilot
+
+
+async def send_keys(pilot, *keys: str) -> None:
+    """Post key events straight to the app. (Pilot.press waits for the whole process to go idle after each
+    key, which does not happen while the model thread is busy loading.)"""
+    for key in keys:
+        pilot.app.post_message(events.Key(key, key if len(key) == 1 else None))
+        for _ in range(3):
+            await pilot.pause(0)
+
+
+def focused_id(app) -> str | None:
+    return app.focused.id if app.focused is not None else None
 
 
 def add_pairs(workspace: Path, count: int) -> list[int]:
@@ -80,49 +101,56 @@ def add_pairs(workspace: Path, count: int) -> list[int]:
 # --- Label ----------------------------------------------------------------------------------------------------
 
 
-async def test_label_a_sampled_pair(make_app, workspace, tiny_model):
+async def test_label_sampled_pairs(make_app, workspace, tiny_model):
     app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await model_ready(pilot)
+    async with started(app) as pilot:
+        screen = app.get_screen("label")
+        # Bad input first: an empty prompt, and labeling before anything was sampled.
+        await pilot.press("ctrl+s")
+        assert any("prompt is empty" in e for e in errors(app))
+        await type_text(pilot, "   ")  # blank is empty too
+        await pilot.press("ctrl+s")
+        assert len([e for e in errors(app) if "prompt is empty" in e]) == 2
+        await pilot.press("escape", "1")
+        assert any("Nothing to label" in w for w in warnings(app))
+        # A system message, a prompt, two answers, answer 1 chosen.
+        await pilot.click("#system")
+        await type_text(pilot, "Be brief.")
+        await pilot.press("tab", "ctrl+a", "ctrl+k")  # on to the prompt editor, clear the blanks
         first, second = await sample_answers(pilot, "Name a colour.")
         assert first and second and first != second
         await pilot.press("1")
-        screen = app.get_screen("label")
         assert screen.status_text.startswith("saved pair #")
         assert app.pair_counts == (1, 0, 0)
         await pilot.press("1")  # the same answers cannot be labeled twice
         assert any("Already labeled" in w for w in warnings(app))
+        # Resample, and pick answer 2 with the mouse.
+        await pilot.press("r")
+        await wait_until(pilot, lambda: screen.state == "ready", what="resampled answers")
+        third, fourth = screen.answers()
+        await pilot.click("#pick-2")
+        await wait_until(pilot, lambda: app.pair_counts[0] == 2)
+        # In the editor, label keys are just text.
+        await pilot.press("p", "ctrl+end")
+        await type_text(pilot, " 1 2 t u n")
+        await pilot.press("escape")
+        assert screen.query_one("#prompt").text == "Name a colour. 1 2 t u n" and app.pair_counts == (2, 0, 0)
     with reopen(workspace) as store:
-        (pair,) = store.list_pairs()
-    assert pair.prompt == [{"role": "user", "content": "Name a colour."}]
-    assert (pair.chosen, pair.rejected) == (first, second)
-    assert pair.origin == "sampled" and pair.sampler == str(tiny_model) and pair.note is None
-
-
-async def test_second_answer_chosen_with_system_message(make_app, workspace):
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await model_ready(pilot)
-        await pilot.click("#system")
-        await type_into(pilot, "Be brief.")
-        await pilot.press("tab")  # on to the prompt editor
-        first, second = await sample_answers(pilot, "Hi")
-        await pilot.click("#pick-2")  # the mouse works too
-        await wait_until(pilot, lambda: app.pair_counts[0] == 1)
-    with reopen(workspace) as store:
-        (pair,) = store.list_pairs()
-    assert pair.prompt == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    assert (pair.chosen, pair.rejected) == (second, first)
+        newer, older = store.list_pairs()
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
+    assert older.prompt == newer.prompt == prompt
+    assert (older.chosen, older.rejected) == (first, second)
+    assert (newer.chosen, newer.rejected) == (fourth, third)
+    assert {older.origin, newer.origin} == {"sampled"} and older.sampler == str(tiny_model) and older.note is None
 
 
 async def test_edit_answers_before_saving(make_app, workspace):
     app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await model_ready(pilot)
+    async with started(app) as pilot:
         first, second = await sample_answers(pilot, "Say something.")
         await pilot.press("e")
         assert isinstance(app.screen, EditAnswersModal)
-        await type_into(pilot, "EDITED ")  # the cursor starts at the beginning of answer 1
+        await type_text(pilot, "EDITED ")  # the cursor starts at the beginning of answer 1
         await pilot.press("ctrl+s")  # keep the edits
         assert not isinstance(app.screen, EditAnswersModal)
         assert app.get_screen("label").answers() == ("EDITED " + first, second)
@@ -134,119 +162,95 @@ async def test_edit_answers_before_saving(make_app, workspace):
     assert pair.origin == "sampled" and pair.note == "answers edited before labeling"
 
 
-async def test_undo_puts_the_label_back_on_screen(make_app, workspace):
+async def test_undo_and_tie(make_app, workspace):
     app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await model_ready(pilot)
+    async with started(app) as pilot:
+        screen = app.get_screen("label")
         first, second = await sample_answers(pilot, "Undo me")
         await pilot.press("1")
         assert app.pair_counts[0] == 1
         await pilot.press("n")  # a new, empty prompt
-        screen = app.get_screen("label")
         assert screen.query_one("#prompt").text == "" and screen.state == "idle"
-        await pilot.press("escape", "u")
+        await pilot.press("escape", "u")  # the pair is gone, its prompt and answers are back
         assert app.pair_counts[0] == 0
         assert screen.query_one("#prompt").text == "Undo me"
         assert screen.answers() == (first, second) and screen.state == "ready"
-        await pilot.press("2")  # label it again, the other way round
-        await pilot.press("u", "u")  # the second undo finds nothing
+        await pilot.press("t")  # now call it a tie: no pair, one skip
+        assert screen.status_text.startswith("tie recorded")
+        assert app.pair_counts == (0, 0, 1)
+        with reopen(workspace) as store:
+            assert store.count_pairs() == 0
+            (skip,) = store.list_skips()
+        assert skip.reason == "tie" and skip.answers == [first, second]
+        assert skip.prompt == [{"role": "user", "content": "Undo me"}]
+        await pilot.press("u")  # undo the tie too
+        assert app.pair_counts == (0, 0, 0) and screen.answers() == (first, second)
+        await pilot.press("u")
         assert any("Nothing to undo" in w for w in warnings(app))
     with reopen(workspace) as store:
-        assert store.count_pairs() == 0
-        assert store.stats()["skips"] == 0
-
-
-async def test_tie_saves_no_pair(make_app, workspace):
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await model_ready(pilot)
-        first, second = await sample_answers(pilot, "A tie")
-        await pilot.press("t")
-        assert app.get_screen("label").status_text.startswith("tie recorded")
-        assert app.pair_counts == (0, 0, 1)
-    with reopen(workspace) as store:
-        assert store.count_pairs() == 0
-        (skip,) = store.list_skips()
-    assert skip.reason == "tie" and skip.answers == [first, second]
-    assert skip.prompt == [{"role": "user", "content": "A tie"}]
-
-
-async def test_empty_prompt_and_nothing_to_label(make_app, workspace):
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("ctrl+s")
-        assert any("prompt is empty" in e for e in errors(app))
-        await pilot.press(*"   ", "ctrl+s")  # blank is empty too
-        assert len([e for e in errors(app) if "prompt is empty" in e]) == 2
-        await pilot.press("escape", "1")
-        assert any("Nothing to label" in w for w in warnings(app))
-        assert app.get_screen("label").state == "idle"
-    with reopen(workspace) as store:
-        assert store.count_pairs() == 0
+        assert store.count_pairs() == 0 and store.stats()["skips"] == 0
 
 
 async def test_identical_answers_cannot_be_saved(make_app, workspace):
     app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await model_ready(pilot)
-        await pilot.press("escape", "s")  # settings: greedy decoding makes both answers the same
-        assert isinstance(app.screen, SettingsModal)
-        await pilot.press(*["backspace"] * 5, "0", "enter")
+    async with started(app) as pilot:
         screen = app.get_screen("label")
-        assert screen.settings.temperature == 0
+        await pilot.press("escape", "s")  # the settings modal; a bad value is refused in place
+        assert isinstance(app.screen, SettingsModal)
+        await pilot.press("tab", "end", "ctrl+u")
+        await type_text(pilot, "1.5")
+        await pilot.press("enter")
+        assert isinstance(app.screen, SettingsModal)
+        assert "top-p" in str(app.screen.query_one(".modal-error").render())
+        # top-p back to 1, temperature 0: greedy decoding gives the same answer twice.
+        await pilot.press("end", "ctrl+u", "1", "shift+tab", "end", "ctrl+u", "0", "enter")
+        assert screen.settings == SampleSettings(temperature=0.0, max_tokens=FAST.max_tokens)
+        assert screen.query_one("#prompt").border_subtitle.startswith("temp 0 ")
         await pilot.press("p")
         first, second = await sample_answers(pilot, "Same twice")
         assert first == second
         assert "identical" in screen.status_text
         await pilot.press("1")
         assert any("identical" in e for e in errors(app))
+        assert app.pair_counts[0] == 0
         # Editing one of them makes a pair.
-        await pilot.press("e", *"Different: ", "ctrl+s", "1")
+        await pilot.press("e")
+        await type_text(pilot, "Different: ")
+        await pilot.press("ctrl+s", "1")
         await wait_until(pilot, lambda: app.pair_counts[0] == 1)
     with reopen(workspace) as store:
         (pair,) = store.list_pairs()
     assert pair.chosen == "Different: " + first and pair.rejected == first
 
 
-async def test_settings_modal_rejects_bad_values(make_app):
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("escape", "s", "tab", *["backspace"] * 3, *"1.5", "enter")
-        modal = app.screen
-        assert isinstance(modal, SettingsModal)
-        assert "top-p" in str(modal.query_one(".modal-error").render())
-        await pilot.press("escape")
-        assert app.get_screen("label").settings == FAST
-
-
 async def test_resample_replaces_older_answers(make_app):
     """A newer request stops the older one: only the newest request's answers reach the panes."""
-    app = make_app(settings=SampleSettings(max_tokens=40, seed=11))
-    async with app.run_test(size=SIZE) as pilot:
-        await model_ready(pilot)
+    app = make_app(settings=SampleSettings(max_tokens=24, seed=11))
+    async with started(app) as pilot:
         screen = app.get_screen("label")
-        await pilot.press(*"Count", "ctrl+s")
-        await pilot.pause(0.05)
-        await pilot.press("r")  # seed 11 -> 13
+        await type_text(pilot, "Count")
+        await send_keys(pilot, "ctrl+s", "r")  # at once: the second request (seeds 13, 14) replaces the first
         assert screen.settings.seed == 13
         resampled = await sample_answers(pilot)
-        # The same request again (seed 13 and 14) must give exactly the same answers: nothing leaked in.
-        await pilot.press("s")
-        await pilot.press("tab", "tab", "tab", *["backspace"] * 3, *"13", "enter")
+        first_request = screen.request_id
+        # The same request again must give exactly the same answers: nothing of the first one leaked in.
+        await pilot.press("s", "tab", "tab", "tab", "end", "ctrl+u")
+        await type_text(pilot, "13")
+        await pilot.press("enter")
         again = await sample_answers(pilot)
-        assert resampled == again
+        assert screen.request_id != first_request and resampled == again
 
 
-async def test_prompt_queue(make_app, workspace, tmp_path):
-    queue = tmp_path / "prompts.txt"
-    queue.write_text("first prompt\n\nsecond prompt\nthird prompt\n")
+async def test_prompt_queue(make_app, workspace, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # paths are typed key by key: keep them short
+    Path("q.txt").write_text("first prompt\n\nsecond prompt\nthird prompt\n")
     app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await model_ready(pilot)
+    async with started(app) as pilot:
         screen = app.get_screen("label")
         await pilot.press("escape", "o")
         assert isinstance(app.screen, PathModal)
-        await pilot.press(*str(queue), "enter")
+        await type_text(pilot, "q.txt")
+        await pilot.press("enter")
         assert "1/3" in str(screen.query_one("#queue-status").render())
         await wait_until(pilot, lambda: screen.state == "ready")
         await pilot.press("1")  # saved, and the queue moves on by itself
@@ -261,16 +265,20 @@ async def test_prompt_queue(make_app, workspace, tmp_path):
         await pilot.press("n", "n")  # skip ahead to the third prompt, then past the end
         assert any("queue is done" in text for _, text in app.notices)
         # A JSONL queue with a system message; and a malformed one.
-        rows = tmp_path / "prompts.jsonl"
-        rows.write_text(json.dumps({"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]})
-                        + "\n" + json.dumps({"prompt": "plain"}) + "\n")
-        await pilot.press("escape", "o", *str(rows), "enter")
+        Path("q.jsonl").write_text(
+            json.dumps({"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]})
+            + "\n" + json.dumps({"prompt": "plain"}) + "\n"
+        )
+        await pilot.press("escape", "o")
+        await type_text(pilot, "q.jsonl")
+        await pilot.press("enter")
         assert screen.query_one("#system").value == "S" and screen.query_one("#prompt").text == "U"
-        bad = tmp_path / "bad.jsonl"
-        bad.write_text('{"prompt": "ok"}\n{"nope": 1}\nnot json\n')
-        await pilot.press("escape", "o", *str(bad), "enter")
+        Path("bad.jsonl").write_text('{"prompt": "ok"}\n{"nope": 1}\nnot json\n')
+        await pilot.press("escape", "o")
+        await type_text(pilot, "bad.jsonl")
+        await pilot.press("enter")
         assert any("bad.jsonl:2" in e and "bad.jsonl:3" in e for e in errors(app))
-        assert "2" in str(screen.query_one("#queue-status").render())  # the JSONL queue is still loaded
+        assert "1/2" in str(screen.query_one("#queue-status").render())  # the JSONL queue is still loaded
     with reopen(workspace) as store:
         (pair,) = store.list_pairs()
     assert pair.prompt == [{"role": "user", "content": "first prompt"}]
@@ -281,20 +289,22 @@ async def test_prompt_queue(make_app, workspace, tmp_path):
 
 async def test_write_screen_saves_a_typed_pair(make_app, workspace):
     app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
+    async with started(app) as pilot:
         await pilot.press("f2")
         assert app.current_mode == "write"
         await pilot.press("ctrl+s")
         assert any("prompt is empty" in e for e in errors(app))
-        await type_into(pilot, "What is 2+2?")
-        await pilot.press("tab", *"4", "tab", *"4", "ctrl+s")
+        await type_text(pilot, "What is 2+2?")
+        await pilot.press("tab", "4", "tab", "4", "ctrl+s")
         assert any("identical" in e for e in errors(app))
-        await pilot.press(*" maybe", "ctrl+s")
+        assert app.pair_counts[0] == 0
+        await type_text(pilot, " maybe")
+        await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: app.pair_counts[0] == 1)
         # The answers are cleared for the next pair; the prompt stays.
         screen = app.screen
         assert screen.query_one("#write-chosen").text == "" and screen.query_one("#write-prompt").text == "What is 2+2?"
-        await pilot.press("f1", "u")  # a typed pair is not a label: undo leaves it alone
+        await pilot.press("f1", "escape", "u")  # a typed pair is not a label: undo leaves it alone
         assert any("Nothing to undo" in w for w in warnings(app))
     with reopen(workspace) as store:
         (pair,) = store.list_pairs()
@@ -305,31 +315,24 @@ async def test_write_screen_saves_a_typed_pair(make_app, workspace):
 # --- Data -----------------------------------------------------------------------------------------------------
 
 
-async def test_data_delete_needs_confirmation(make_app, workspace):
+async def test_data_table_actions(make_app, workspace):
+    """Swap (from the command palette), move to validation, filter, search, view/edit, delete with confirmation."""
     ids = add_pairs(workspace, 3)
     app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("f3")
+    async with started(app) as pilot:
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for title in ("Go to Data", "Label: Answer 1 is better: save the pair", "Label: Undo the last label",
+                      "Data: Swap chosen and rejected of the selected pair", "Data: Import pairs from a JSONL file",
+                      "Write: Save the typed pair"):
+            assert title in titles
+        await pilot.press("ctrl+p")
+        await type_text(pilot, "data: swap chosen")
+        await pilot.pause(0.3)
+        await pilot.press("enter")  # switches to Data and swaps the newest pair
+        await wait_until(pilot, lambda: app.current_mode == "data")
         screen = app.screen
+        await wait_until(pilot, lambda: app.store.get_pair(ids[2]).chosen == "bad answer 3", what="the swap")
         assert screen.pair_ids == ids[::-1]  # newest first
-        await pilot.press("down", "delete")
-        assert isinstance(app.screen, ConfirmModal)
-        await pilot.press("n")
-        assert screen.pair_ids == ids[::-1]
-        await pilot.press("delete", "y")
-        assert screen.pair_ids == [ids[2], ids[0]]
-        assert screen.current_id() == ids[0]
-    with reopen(workspace) as store:
-        assert [p.id for p in store.list_pairs()] == [ids[2], ids[0]]
-
-
-async def test_data_swap_move_search_and_filter(make_app, workspace):
-    ids = add_pairs(workspace, 3)
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("f3")
-        screen = app.screen
-        await pilot.press("s")  # newest pair: swap chosen and rejected
         await pilot.press("down", "v")  # the middle one goes to validation
         assert app.pair_counts == (2, 1, 0)
         await pilot.press("f")  # filter: train only
@@ -338,93 +341,80 @@ async def test_data_swap_move_search_and_filter(make_app, workspace):
         assert screen.pair_ids == [ids[1]]
         await pilot.press("v", "f")  # back to train; then all splits
         assert screen.pair_ids == ids[::-1] and app.pair_counts == (3, 0, 0)
-        await pilot.press("v")
-        await pilot.press("slash", *"answer 3")
+        await pilot.press("slash")
+        await type_text(pilot, "answer 3")
         assert screen.pair_ids == [ids[2]]
-        await pilot.press("escape", *["backspace"] * 3)  # keys go to the table, not the search box
+        await pilot.press("escape", "s")  # keys go to the table again, not to the search box
         assert screen.query_one("#search").value == "answer 3"
-        await pilot.click("#search")
-        await pilot.press(*["backspace"] * 8)
+        await pilot.press("slash", "ctrl+u", "enter")
         assert len(screen.pair_ids) == 3
-    with reopen(workspace) as store:
-        newest = store.get_pair(ids[2])
-        assert (newest.chosen, newest.rejected) == ("bad answer 3", "good answer 3")
-        assert store.get_pair(ids[2]).split == "valid"  # moved by the second `v` on the first row
-        assert store.get_pair(ids[1]).split == "train"
-
-
-async def test_data_view_and_edit_a_pair(make_app, workspace):
-    (pair_id,) = add_pairs(workspace, 1)
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("f3", "enter")
-        assert isinstance(app.screen, PairModal)
-        await pilot.press(*"Please: ", "ctrl+s")  # prepend to the prompt
-        assert not isinstance(app.screen, PairModal)
-        await pilot.press("enter", "tab", "tab")  # on to chosen, make it equal to rejected: refused
-        modal = app.screen
-        modal.query_one("#pair-chosen").text = "bad answer 1"
+        # View/edit the oldest pair.
+        await pilot.press("ctrl+end", "enter")
+        assert isinstance(app.screen, PairModal) and app.screen.pair.id == ids[0]
+        await type_text(pilot, "Please: ")  # prepended to the prompt
         await pilot.press("ctrl+s")
-        assert "identical" in str(modal.query_one(".modal-error").render())
+        assert not isinstance(app.screen, PairModal)
+        await pilot.press("enter")
+        modal = app.screen
+        modal.query_one("#pair-chosen").text = "bad answer 1"  # chosen == rejected: refused in the modal
+        await pilot.press("ctrl+s")
+        assert isinstance(app.screen, PairModal) and "identical" in str(modal.query_one(".modal-error").render())
         await pilot.press("escape")
+        # Delete the middle pair: "n" keeps it, "y" deletes it.
+        await pilot.press("up", "delete")
+        assert isinstance(app.screen, ConfirmModal)
+        await pilot.press("n")
+        assert screen.pair_ids == ids[::-1]
+        await pilot.press("delete", "y")
+        assert screen.pair_ids == [ids[2], ids[0]] and screen.current_id() == ids[0]
     with reopen(workspace) as store:
-        pair = store.get_pair(pair_id)
-    assert pair.prompt == [{"role": "user", "content": "Please: question 1"}]
-    assert pair.chosen == "good answer 1"
+        assert [p.id for p in store.list_pairs()] == [ids[2], ids[0]]
+        newest, oldest = store.get_pair(ids[2]), store.get_pair(ids[0])
+    assert (newest.chosen, newest.rejected) == ("good answer 3", "bad answer 3")  # swapped twice
+    assert oldest.prompt == [{"role": "user", "content": "Please: question 1"}] and oldest.chosen == "good answer 1"
 
 
-async def test_data_import_and_export(make_app, workspace, tmp_path):
-    good = tmp_path / "good.jsonl"
-    good.write_text("\n".join(json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no"}) for i in range(3)))
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"prompt": "q", "chosen": "same", "rejected": "same"}\n{broken\n')
+async def test_data_import_and_export(make_app, workspace, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("good.jsonl").write_text(
+        "\n".join(json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no"}) for i in range(3))
+    )
+    Path("bad.jsonl").write_text('{"prompt": "q", "chosen": "same", "rejected": "same"}\n{broken\n')
     app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
+    async with started(app) as pilot:
         await pilot.press("f3", "i")
         assert isinstance(app.screen, PathModal)
-        await pilot.press(*str(bad), "enter")
+        await type_text(pilot, "bad.jsonl")
+        await pilot.press("enter")
         await app.workers.wait_for_complete()
         await pilot.pause()
         (error,) = errors(app)
         assert error.startswith("Import failed: ") and "bad.jsonl" in error
         assert app.pair_counts == (0, 0, 0)
-        await pilot.press("i", *str(tmp_path / "missing.jsonl"), "enter")
+        await pilot.press("i")
+        await type_text(pilot, "nope.jsonl")
+        await pilot.press("enter")
         await app.workers.wait_for_complete()
         await pilot.pause()
-        assert "missing.jsonl" in errors(app)[-1]
-        await pilot.press("i", *str(good), "enter")
+        assert "nope.jsonl" in errors(app)[-1]
+        await pilot.press("i")
+        await type_text(pilot, "good.jsonl")
+        await pilot.press("enter")
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert app.pair_counts == (3, 0, 0) and len(app.screen.pair_ids) == 3
         assert any("imported 3 pairs" in text for _, text in app.notices)
-        out = tmp_path / "out.jsonl"
-        await pilot.press("x", *["backspace"] * 200, *str(out), "enter")
+        await pilot.press("x", "home", "ctrl+k")
+        await type_text(pilot, "o.jsonl")
+        await pilot.press("enter")
         await app.workers.wait_for_complete()
         await pilot.pause()
-    assert len(out.read_text().splitlines()) == 3
+    assert len(Path("o.jsonl").read_text().splitlines()) == 3
     with reopen(workspace) as store:
         assert {p.origin for p in store.list_pairs()} == {"imported"}
 
 
 # --- the app as a whole -----------------------------------------------------------------------------------
-
-
-async def test_command_palette_runs_screen_actions(make_app, workspace):
-    add_pairs(workspace, 1)
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        titles = [c.title for c in app.get_system_commands(app.screen)]
-        for title in ("Go to Data", "Label: Answer 1 is better: save the pair", "Label: Undo", "Data: Swap",
-                      "Data: Import", "Write: Save pair"):
-            assert title in titles
-        await pilot.press("ctrl+p", *"data: swap")
-        await pilot.pause(0.3)
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: app.current_mode == "data")
-        await pilot.pause()
-    with reopen(workspace) as store:
-        (pair,) = store.list_pairs()
-    assert pair.chosen == "bad answer 1"
 
 
 async def test_bad_workspace_is_refused_before_the_app_starts(tmp_path, tiny_model):
@@ -441,36 +431,65 @@ async def test_model_that_cannot_load_is_reported(workspace, tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.model_state == "failed")
         assert "no-such-model" in errors(app)[0]
-        await pilot.press(*"hello", "ctrl+s")
+        await type_text(pilot, "hello")
+        await pilot.press("ctrl+s")
         assert "Cannot sample" in errors(app)[-1]
-        await pilot.press("f2", *"still", "tab", *"works", "tab", *"fine", "ctrl+s")  # the rest of the app works
+        await pilot.press("f2")  # the rest of the app works
+        await type_text(pilot, "still")
+        await pilot.press("tab")
+        await type_text(pilot, "works")
+        await pilot.press("tab")
+        await type_text(pilot, "fine")
+        await pilot.press("ctrl+s")
         assert app.pair_counts[0] == 1
 
 
 async def test_first_screen_is_drawn_while_the_model_loads(workspace, capsys):
-    """The real default model (several seconds to load on CPU): the app is usable long before it is ready."""
-    started = time.perf_counter()
-    app = MlxDpoApp(workspace, settings=FAST)
+    """The real default model (seconds to load and dequantize on CPU): the first screen shows at once, says the
+    model is loading, and the app works meanwhile; then the status turns to "model ready"."""
+    started_at = time.perf_counter()
+    app = MlxDpoApp(workspace, settings=SampleSettings(max_tokens=2))
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.first_screen_at is not None, what="the first screen")
-        first_screen = app.first_screen_at - started
+        first_screen = app.first_screen_at - started_at
         screen = app.get_screen("label")
         status = str(screen.query_one("#model-text").render())
-        assert app.model_state == "loading" and "SmolLM2-135M-Instruct" in status, status
-        assert screen.query_one("#model-progress").display
-        # Interactive while loading: write and save a pair, come back, queue a sample.
-        await pilot.press("f2", *"typed while loading", "tab", *"a", "tab", *"b", "ctrl+s", "f1")
-        assert app.pair_counts[0] == 1
-        await pilot.press(*"Hello", "ctrl+s")
-        assert app.model_state == "loading", "the model loaded too fast for this test to mean anything"
-        assert "waiting for the model" in screen.query_one("#answer-1").border_subtitle
+        assert app.model_state == "loading" and status.startswith(("finding", "loading", "converting")), status
+        assert "SmolLM2-135M-Instruct" in status and screen.query_one("#model-progress").display
+        # One keystroke, timed from the key event to the character being in the prompt editor.
+        prompt = screen.query_one("#prompt")
+        t = time.perf_counter()
+        app.post_message(events.Key("H", "H"))
+        while prompt.text != "H":
+            assert time.perf_counter() - t < 10, "a keystroke took more than 10 s while the model loads"
+            await asyncio.sleep(0.001)
+        key_latency = time.perf_counter() - t
+        assert app.model_state == "loading"
+        # More work while loading: another screen, a typed pair saved, then a sample request that waits.
+        await send_keys(pilot, "f2")
+        await wait_until(pilot, lambda: focused_id(app) == "write-prompt", what="the Write screen")
+        await send_keys(pilot, "q", "tab")
+        await wait_until(pilot, lambda: focused_id(app) == "write-chosen", what="focus on chosen")
+        await send_keys(pilot, "a", "tab")
+        await wait_until(pilot, lambda: focused_id(app) == "write-rejected", what="focus on rejected")
+        await send_keys(pilot, "b", "ctrl+s")
+        await wait_until(pilot, lambda: app.pair_counts[0] == 1, what="the typed pair")
+        await send_keys(pilot, "f1")
+        await wait_until(pilot, lambda: focused_id(app) == "prompt", what="the Label screen")
+        loading_at_sample = app.model_state == "loading"
+        await send_keys(pilot, "i", "ctrl+s")
+        await wait_until(pilot, lambda: screen.request_id is not None, what="the sample request")
+        if loading_at_sample and app.model_state == "loading":
+            assert "waiting for the model" in screen.query_one("#answer-1").border_subtitle
         await wait_until(pilot, lambda: app.model_state == "ready", timeout=120, what="the default model")
-        ready = time.perf_counter() - started
+        ready = time.perf_counter() - started_at
         assert str(screen.query_one("#model-text").render()) == "● model ready: SmolLM2-135M-Instruct"
         assert not screen.query_one("#model-progress").display
         await wait_until(pilot, lambda: screen.state == "ready", timeout=60, what="the queued sample")
     with capsys.disabled():
-        print(f"\n[tui] first screen drawn after {first_screen * 1000:.0f} ms; default model ready after {ready:.1f} s")
+        print(f"\n[tui] first screen drawn {first_screen * 1000:.0f} ms after MlxDpoApp(); a keystroke reached the "
+              f"editor in {key_latency * 1000:.0f} ms while the model loaded; default model ready after {ready:.1f} s "
+              f"(the sample request {'waited for it' if loading_at_sample else 'came after it'})")
     assert first_screen < 3.0
 
 

@@ -22,9 +22,10 @@ from textual.binding import Binding
 from textual.reactive import reactive
 from textual.screen import Screen
 
+from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.store import PreferenceStore
 from tui import messages as msg
-from tui.backend import ModelWorker, SampleSettings, display_name
+from tui.backend import ModelWorker, SampleSettings
 from tui.screens import DataScreen, LabelScreen, WriteScreen
 
 WorkerFactory = Callable[..., ModelWorker]
@@ -71,8 +72,7 @@ class MlxDpoApp(App):
         self.sampler: str | None = None
         self.notices: list[tuple[str, str]] = []  # (severity, text) of every notification, newest last
         self.worker = worker_factory(model, adapter_path, self._backend_event)
-        name = display_name(model)
-        self.set_reactive(MlxDpoApp.model_status, ("loading", 0, 2, f"loading {name}…"))
+        self.set_reactive(MlxDpoApp.model_status, ("loading", 0, 2, f"loading {self.worker.name}…"))
         self._label_screen: LabelScreen | None = None
         self.created_at = time.perf_counter()
         self.first_screen_at: float | None = None  # perf_counter() when the first screen had been drawn
@@ -92,7 +92,7 @@ class MlxDpoApp(App):
             self.worker.start()
 
     def on_unmount(self) -> None:
-        self.worker.stop()
+        self.worker.stop(timeout=2.0)  # a generation stops at its next token; a load cannot be interrupted
         self.store.close()
 
     # --- the model worker's events (called on the model thread) ---
@@ -123,7 +123,12 @@ class MlxDpoApp(App):
     # --- shared services for the screens ---
 
     def store_changed(self) -> None:
-        stats = self.store.stats()
+        """Refresh the counts every mode bar shows (after any change to the store)."""
+        try:
+            stats = self.store.stats()
+        except MlxDpoError as e:
+            self.notify_error(str(e), title="Cannot read the store")
+            return
         self.pair_counts = (stats["by_split"].get("train", 0), stats["by_split"].get("valid", 0), stats["skips"])
 
     def notify(self, message: str, *, title: str = "", severity="information", timeout=None, markup: bool = False):
@@ -146,10 +151,10 @@ class MlxDpoApp(App):
         for mode, title in MODE_TITLES.items():
             screen_class = self.SCREENS[mode]
             for binding in screen_class.BINDINGS:
-                if not isinstance(binding, Binding) or not binding.show or not binding.description:
+                if not isinstance(binding, Binding) or not binding.tooltip:
                     continue
                 yield SystemCommand(
-                    f"{title}: {binding.tooltip or binding.description}",
+                    f"{title}: {binding.tooltip}",
                     f"key: {binding.key}",
                     partial(self.run_in_mode, mode, binding.action),
                 )

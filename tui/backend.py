@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+from mlx_dpo.errors import MlxDpoError  # no mlx import: safe on the UI thread
+
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"  # what mlx_dpo.models calls the embedded default
 CHUNK_INTERVAL = 0.04  # seconds: stream pieces are batched so the UI is not woken per token
 
@@ -97,7 +99,7 @@ class SampleSettings:
 
     def summary(self) -> str:
         seed = "random" if self.seed is None else str(self.seed)
-        return f"temp {self.temperature:g} · top-p {self.top_p:g} · max {self.max_tokens} tokens · seed {seed}"
+        return f"temp {self.temperature:g} · top-p {self.top_p:g} · max {self.max_tokens} tokens · seed {seed} · s to change"
 
     def with_seed(self, seed: int | None) -> "SampleSettings":
         return replace(self, seed=seed)
@@ -120,10 +122,6 @@ def display_name(spec: str | None) -> str:
     return spec
 
 
-Loader = Callable[[str | None, str | None], object]
-Streamer = Callable[..., Iterator[str]]
-
-
 class ModelWorker:
     """Owns the model on one daemon thread; loads it, then serves sampling requests in order.
 
@@ -137,16 +135,11 @@ class ModelWorker:
         model: str | None,
         adapter_path: str | Path | None,
         report: Callable[[Event], None],
-        *,
-        loader: Loader | None = None,
-        streamer: Streamer | None = None,
     ) -> None:
         self.model = model
         self.adapter_path = str(adapter_path) if adapter_path is not None else None
-        self.name = display_name(model)
+        self.name = display_name(model) + (f" + {Path(adapter_path).name}" if adapter_path else "")
         self._report_cb = report
-        self._loader = loader
-        self._streamer = streamer
         self._requests: queue.Queue[_Request | None] = queue.Queue()
         self._lock = threading.Lock()
         self._generation = 0
@@ -172,13 +165,18 @@ class ModelWorker:
         with self._lock:
             self._generation += 1
 
-    def stop(self, timeout: float = 0.0) -> None:
-        """Stop after the current chunk; the thread is a daemon, so waiting is optional."""
+    def stop(self, timeout: float = 0.0) -> bool:
+        """Stop after the current chunk (a load in progress runs to its end); wait up to `timeout` seconds.
+
+        Returns True when the thread has ended. The process must not exit while the thread is inside MLX
+        (the C++ runtime aborts), so callers wait, or leave with os._exit if a load is still running.
+        """
         self._stopping = True
         self.cancel()
         self._requests.put(None)
         if timeout and self._thread.is_alive():
             self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     @property
     def alive(self) -> bool:
@@ -199,9 +197,6 @@ class ModelWorker:
 
     def _load(self):
         total = 2
-        if self._loader is not None:
-            self._report(LoadProgress(1, total, f"loading {self.name}…"))
-            return self._loader(self.model, self.adapter_path)
         from mlx_dpo.models import converted_dir, default_gguf, load_model, resolve_model_path
 
         spec = self.model
@@ -222,14 +217,15 @@ class ModelWorker:
         loaded = None
         try:
             loaded = self._load()
-        except Exception as e:  # MlxDpoError carries a user-facing message; anything else gets its type
-            from_lib = type(e).__name__ == "MlxDpoError"
-            self.load_error = str(e) if from_lib else f"{type(e).__name__}: {e}"
-            if not from_lib:
-                traceback.print_exc()
+        except MlxDpoError as e:  # a user-facing message: bad --model, missing file, offline...
+            self.load_error = str(e)
+            self._report(LoadFailed(self.load_error))
+        except Exception as e:  # a bug or an unexpected environment: keep the type, print the traceback
+            self.load_error = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
             self._report(LoadFailed(self.load_error))
         else:
-            sampler = self.name if self.model is None else str(getattr(loaded, "name", self.model))
+            sampler = loaded.name  # the --model value, or the default's name
             if self.adapter_path:
                 sampler += f"+{self.adapter_path}"
             self._report(LoadProgress(2, 2, f"{self.name} ready"))
@@ -247,17 +243,16 @@ class ModelWorker:
             try:
                 self._serve(loaded, request)
             except Exception as e:
-                error = str(e) if type(e).__name__ == "MlxDpoError" else f"{type(e).__name__}: {e}"
+                error = str(e) if isinstance(e, MlxDpoError) else f"{type(e).__name__}: {e}"
                 self._report(SampleFailed(request.id, error))
 
     def _stream(self, loaded, request: _Request, seed: int) -> Iterator[str]:
         s = request.settings
-        kwargs = dict(max_tokens=s.max_tokens, temp=s.temperature, top_p=s.top_p, seed=seed)
-        if self._streamer is not None:
-            return self._streamer(loaded, request.messages, **kwargs)
         from mlx_dpo.generate import stream_answer
 
-        return stream_answer(loaded, request.messages, **kwargs)
+        return stream_answer(
+            loaded, request.messages, max_tokens=s.max_tokens, temp=s.temperature, top_p=s.top_p, seed=seed
+        )
 
     def _serve(self, loaded, request: _Request) -> None:
         seed = request.settings.seed

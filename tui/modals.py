@@ -13,7 +13,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, Input, Label, Static, TextArea
+from textual.widgets import Button, Checkbox, Footer, Input, Label, Static, TextArea
 
 from tui.backend import SampleSettings
 from tui.prompts import PromptParts
@@ -64,8 +64,8 @@ class PathModal(_Modal):
                 yield Checkbox("skip invalid rows instead of refusing the file", id="skip-invalid")
             yield Static("", classes="modal-error")
             with Horizontal(classes="modal-buttons"):
-                yield Button(f"{self.ok} (enter)", id="ok", variant="primary")
-                yield Button("Cancel (esc)", id="cancel")
+                yield Button(f"{self.ok} (enter)", id="ok", variant="primary", compact=True)
+                yield Button("Cancel (esc)", id="cancel", compact=True)
 
     def on_mount(self) -> None:
         self.query_one(".modal-error").display = False
@@ -100,8 +100,8 @@ class ConfirmModal(_Modal):
         with Vertical(classes="modal-box"):
             yield Static(Text(self.question), classes="modal-title")
             with Horizontal(classes="modal-buttons"):
-                yield Button(f"{self.yes} (y)", id="yes", variant="error")
-                yield Button("Cancel (n)", id="cancel")
+                yield Button(f"{self.yes} (y)", id="yes", variant="error", compact=True)
+                yield Button("Cancel (n)", id="cancel", compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#cancel", Button).focus()
@@ -145,10 +145,11 @@ class EditAnswersModal(_Modal):
                 yield area
             yield Static("", classes="modal-error")
             with Horizontal(classes="modal-buttons"):
-                yield Button("Keep edits (ctrl+s)", id="keep", variant="primary")
-                yield Button("Save: 1 better (F8)", id="pick-1", variant="success")
-                yield Button("Save: 2 better (F9)", id="pick-2", variant="success")
-                yield Button("Cancel (esc)", id="cancel")
+                yield Button("Keep edits (ctrl+s)", id="keep", variant="primary", compact=True)
+                yield Button("Save: 1 better (F8)", id="pick-1", variant="success", compact=True)
+                yield Button("Save: 2 better (F9)", id="pick-2", variant="success", compact=True)
+                yield Button("Cancel (esc)", id="cancel", compact=True)
+        yield Footer()
 
     def on_mount(self) -> None:
         self.query_one(".modal-error").display = False
@@ -205,7 +206,7 @@ class PairModal(_Modal):
                     Text(f"{len(self.parts.context)} earlier turn(s) are kept as they are; the last user message is editable."),
                     classes="modal-hint",
                 )
-            yield Input(self.parts.system, placeholder="system message (optional)", id="pair-system")
+            yield Input(self.parts.system, placeholder="system message (optional)", id="pair-system", compact=True)
             prompt = TextArea(self.parts.user, id="pair-prompt")
             prompt.border_title = "prompt"
             yield prompt
@@ -216,11 +217,12 @@ class PairModal(_Modal):
                 rejected = TextArea(p.rejected, id="pair-rejected")
                 rejected.border_title = "rejected (worse)"
                 yield rejected
-            yield Input(p.note or "", placeholder="note (optional)", id="pair-note")
+            yield Input(p.note or "", placeholder="note (optional)", id="pair-note", compact=True)
             yield Static("", classes="modal-error")
             with Horizontal(classes="modal-buttons"):
-                yield Button("Save (ctrl+s)", id="save", variant="primary")
-                yield Button("Close (esc)", id="cancel")
+                yield Button("Save (ctrl+s)", id="save", variant="primary", compact=True)
+                yield Button("Close (esc)", id="cancel", compact=True)
+        yield Footer()
 
     def on_mount(self) -> None:
         self.query_one(".modal-error").display = False
@@ -277,8 +279,8 @@ class SettingsModal(_Modal):
                 yield Input("" if s.seed is None else str(s.seed), id="seed")
             yield Static("", classes="modal-error")
             with Horizontal(classes="modal-buttons"):
-                yield Button("Apply (enter)", id="apply", variant="primary")
-                yield Button("Cancel (esc)", id="cancel")
+                yield Button("Apply (enter)", id="apply", variant="primary", compact=True)
+                yield Button("Cancel (esc)", id="cancel", compact=True)
 
     def on_mount(self) -> None:
         self.query_one(".modal-error").display = False

@@ -33,7 +33,7 @@ class ModeBar(Horizontal):
         train, valid, skips = counts
         workspace = getattr(self.app, "workspace_label", "")
         self.query_one(".mode-bar-counts", Static).update(
-            Text(f"{workspace} · {train} train · {valid} valid · {skips} ties")
+            Text(f"{train} train · {valid} valid · {skips} ties · {workspace}")
         )
 
     def on_button_pressed(self, event: Button.Pressed) -> None:

@@ -27,14 +27,14 @@ SPLIT_FILTERS = [("all splits", "all"), ("train", "train"), ("valid", "valid")]
 
 class DataScreen(Screen):
     BINDINGS = [
-        Binding("enter", "open_pair", "View/edit", show=False),
-        Binding("delete", "delete_pair", "Delete"),
-        Binding("s", "swap", "Swap"),
-        Binding("v", "toggle_split", "Train/valid"),
-        Binding("f", "cycle_filter", "Filter split"),
-        Binding("slash", "focus_search", "Search"),
-        Binding("i", "import_pairs", "Import"),
-        Binding("x", "export_pairs", "Export"),
+        Binding("enter", "open_pair", "View/edit", show=False, tooltip="View or edit the selected pair"),
+        Binding("delete", "delete_pair", "Delete", tooltip="Delete the selected pair"),
+        Binding("s", "swap", "Swap", tooltip="Swap chosen and rejected of the selected pair"),
+        Binding("v", "toggle_split", "Train/valid", tooltip="Move the selected pair between train and valid"),
+        Binding("f", "cycle_filter", "Filter split", tooltip="Show all / train / valid pairs"),
+        Binding("slash", "focus_search", "Search", tooltip="Search prompts, answers and notes"),
+        Binding("i", "import_pairs", "Import", tooltip="Import pairs from a JSONL file"),
+        Binding("x", "export_pairs", "Export", tooltip="Export pairs to a JSONL file"),
         Binding("escape", "focus_table", "Table", show=False),
     ]
 
@@ -45,17 +45,17 @@ class DataScreen(Screen):
     def compose(self) -> ComposeResult:
         yield ModeBar("data")
         with Horizontal(id="data-filters"):
-            yield Input(placeholder="search prompts, answers and notes  ( / )", id="search")
+            yield Input(placeholder="search prompts, answers and notes  ( / )", id="search", compact=True)
             yield Select(SPLIT_FILTERS, value="all", allow_blank=False, id="split-filter", compact=True)
         table = DataTable(id="pairs", cursor_type="row", zebra_stripes=True)
         yield table
         with Horizontal(id="data-buttons"):
-            yield Button("View/edit (enter)", id="data-open", compact=True)
-            yield Button("Delete (del)", id="data-delete", variant="error", compact=True)
-            yield Button("Swap (s)", id="data-swap", compact=True)
-            yield Button("Train/valid (v)", id="data-split", compact=True)
-            yield Button("Import (i)", id="data-import", compact=True)
-            yield Button("Export (x)", id="data-export", compact=True)
+            yield Button("enter view/edit", id="data-open", compact=True)
+            yield Button("del delete", id="data-delete", variant="error", compact=True)
+            yield Button("s swap", id="data-swap", compact=True)
+            yield Button("v train/valid", id="data-split", compact=True)
+            yield Button("i import", id="data-import", compact=True)
+            yield Button("x export", id="data-export", compact=True)
             yield Static("", id="data-status")
         yield Footer()
 
@@ -85,7 +85,12 @@ class DataScreen(Screen):
         if keep is None:
             keep = self.current_id()
         search = self.query_one("#search", Input).value
-        pairs = self.app.store.list_pairs(search=search or None, split=self.split_filter)
+        try:
+            pairs = self.app.store.list_pairs(search=search or None, split=self.split_filter)
+            total = self.app.store.count_pairs()
+        except MlxDpoError as e:
+            self.app.notify_error(str(e), title="Cannot read the store")
+            return
         table.clear()
         for p in pairs:
             table.add_row(
@@ -95,8 +100,8 @@ class DataScreen(Screen):
         self.pair_ids = [p.id for p in pairs]
         if keep in self.pair_ids:
             table.move_cursor(row=self.pair_ids.index(keep), animate=False)
-        total = self.app.store.count_pairs()
-        shown = f"{len(pairs)} of {total} pairs" if (search or self.split_filter) else f"{total} pairs"
+        plural = "s" * (total != 1)
+        shown = f"{len(pairs)} of {total} pair{plural}" if (search or self.split_filter) else f"{total} pair{plural}"
         self.query_one("#data-status", Static).update(Text(shown))
 
     def current_id(self) -> int | None:

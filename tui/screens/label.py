@@ -39,18 +39,19 @@ class LabelRecord:
 
 
 class LabelScreen(Screen):
+    # Descriptions are short for the footer; tooltips name the command in the command palette.
     BINDINGS = [
-        Binding("ctrl+s", "sample", "Sample"),
+        Binding("ctrl+s", "sample", "Sample", tooltip="Sample two answers to the prompt"),
         Binding("1", "pick(1)", "better", tooltip="Answer 1 is better: save the pair"),
         Binding("2", "pick(2)", "better", tooltip="Answer 2 is better: save the pair"),
-        Binding("t", "tie", "Tie"),
-        Binding("e", "edit", "Edit"),
-        Binding("r", "resample", "Resample"),
-        Binding("u", "undo", "Undo"),
-        Binding("n", "next", "Next"),
-        Binding("o", "open_queue", "Queue"),
-        Binding("s", "settings", "Settings"),
-        Binding("p", "focus_prompt", "Prompt"),
+        Binding("t", "tie", "Tie", tooltip="Tie: record it, save no pair"),
+        Binding("e", "edit", "Edit", tooltip="Edit the answers before picking"),
+        Binding("r", "resample", "Resample", tooltip="Resample both answers"),
+        Binding("u", "undo", "Undo", tooltip="Undo the last label"),
+        Binding("n", "next", "Next", tooltip="Next prompt (from the queue, or a new one)"),
+        Binding("o", "open_queue", "Queue", tooltip="Open a prompt queue file"),
+        Binding("s", "settings", "Settings", tooltip="Sampling settings"),
+        Binding("p", "focus_prompt", "Prompt", tooltip="Edit the prompt"),
         Binding("escape", "leave_editor", "Leave editor", show=False),
     ]
 
@@ -82,21 +83,20 @@ class LabelScreen(Screen):
             prompt.border_title = "prompt"
             yield prompt
             with Horizontal(id="prompt-buttons"):
-                yield Button("Sample (ctrl+s)", id="sample", variant="primary", compact=True)
-                yield Button("Settings (s)", id="settings", compact=True)
-                yield Button("Open queue (o)", id="open-queue", compact=True)
-                yield Static("", id="settings-summary")
+                yield Button("ctrl+s sample", id="sample", variant="primary", compact=True)
+                yield Button("s settings", id="settings", compact=True)
+                yield Button("o open queue", id="open-queue", compact=True)
         with Horizontal(id="answers"):
             yield AnswerPane(1, id="answer-1")
             yield AnswerPane(2, id="answer-2")
         with Horizontal(id="label-buttons"):
             yield Button("1 better", id="pick-1", variant="success", compact=True)
             yield Button("2 better", id="pick-2", variant="success", compact=True)
-            yield Button("Tie (t)", id="tie", compact=True)
-            yield Button("Edit (e)", id="edit", compact=True)
-            yield Button("Resample (r)", id="resample", compact=True)
-            yield Button("Undo (u)", id="undo", compact=True)
-            yield Button("Next (n)", id="next", compact=True)
+            yield Button("t tie", id="tie", compact=True)
+            yield Button("e edit", id="edit", compact=True)
+            yield Button("r resample", id="resample", compact=True)
+            yield Button("u undo", id="undo", compact=True)
+            yield Button("n next", id="next", compact=True)
         yield Static("", id="label-status")
         yield Footer()
 
@@ -141,7 +141,7 @@ class LabelScreen(Screen):
         status.set_classes(f"-{style}" if style else "")
 
     def _show_settings(self) -> None:
-        self.query_one("#settings-summary", Static).update(Text(self.settings.summary()))
+        self.query_one("#prompt", TextArea).border_subtitle = self.settings.summary()
 
     def _show_queue(self) -> None:
         label = self.query_one("#queue-status", Static)

@@ -17,8 +17,8 @@ from tui.widgets import ModeBar
 
 class WriteScreen(Screen):
     BINDINGS = [
-        Binding("ctrl+s", "save", "Save pair"),
-        Binding("ctrl+n", "clear", "Clear"),
+        Binding("ctrl+s", "save", "Save pair", tooltip="Save the typed pair"),
+        Binding("ctrl+n", "clear", "Clear", tooltip="Clear the form"),
         Binding("escape", "leave_editor", "Leave editor", show=False),
     ]
 
@@ -40,8 +40,8 @@ class WriteScreen(Screen):
                 rejected.border_title = "rejected (worse)"
                 yield rejected
             with Horizontal(id="write-buttons"):
-                yield Button("Save pair (ctrl+s)", id="write-save", variant="primary", compact=True)
-                yield Button("Clear (ctrl+n)", id="write-clear", compact=True)
+                yield Button("ctrl+s save pair", id="write-save", variant="primary", compact=True)
+                yield Button("ctrl+n clear", id="write-clear", compact=True)
                 yield Static("", id="write-status")
         yield Footer()
 

@@ -1,0 +1,93 @@
+"""Snapshots of each screen (pytest-textual-snapshot). Regenerate after a deliberate UI change with
+`pytest tests/test_tui_snapshots.py --snapshot-update` and review the SVGs in tests/__snapshots__/.
+
+Deterministic by construction: fixed terminal size, a relative workspace path, the (tiny, real) model
+loaded before the shot, fixed text, no sampled output, no elapsed times, no notifications on screen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import make_tiny_model_folder, type_text, wait_until
+from mlx_dpo.store import PreferenceStore
+from tui.app import MlxDpoApp
+from tui.backend import SampleSettings
+from tui.modals import EditAnswersModal
+
+SIZE = (120, 36)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, default_model_path) -> Path:
+    return make_tiny_model_folder(tmp_path_factory.mktemp("models") / "tiny-llama", default_model_path)
+
+
+@pytest.fixture
+def app(tiny_model, tmp_path, monkeypatch) -> MlxDpoApp:
+    monkeypatch.chdir(tmp_path)  # the mode bar shows the workspace path: keep it the same in every run
+    return MlxDpoApp(Path("workspace"), model=str(tiny_model), settings=SampleSettings(max_tokens=64, seed=7))
+
+
+async def model_ready(pilot) -> None:
+    await wait_until(pilot, lambda: pilot.app.model_state == "ready", what="the model")
+    await pilot.pause()
+
+
+async def steady_cursors(pilot) -> None:
+    """A blinking cursor would be caught on or off at random: keep it on."""
+    for widget in pilot.app.screen.query("TextArea, Input"):
+        widget.cursor_blink = False
+    await pilot.pause()
+
+
+def test_label_screen(snap_compare, app):
+    async def run_before(pilot):
+        await model_ready(pilot)
+        await steady_cursors(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_write_screen(snap_compare, app):
+    async def run_before(pilot):
+        await model_ready(pilot)
+        await pilot.press("f2")
+        await type_text(pilot, "What is the capital of France?")
+        await pilot.press("tab")
+        await type_text(pilot, "Paris.")
+        await pilot.press("tab")
+        await type_text(pilot, "France has many cities; one of them is probably the capital.")
+        await steady_cursors(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_data_screen(snap_compare, app):
+    with PreferenceStore(Path("workspace")) as store:
+        store.add_pair("What is 2+2?", "4.", "Numbers are hard to say.", label=False)
+        store.add_pair([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}],
+                       "Blue.", "There are very many colours, and choosing one is difficult.", label=False)
+        pair = store.add_pair("Say hello in French.", "Bonjour !", "Hello.", origin="sampled",
+                              sampler="SmolLM2-135M-Instruct", label=False)
+        store.update_pair(pair.id, split="valid")
+
+    async def run_before(pilot):
+        await model_ready(pilot)
+        await pilot.press("f3")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_edit_answers_modal(snap_compare, app):
+    async def run_before(pilot):
+        await model_ready(pilot)
+        pilot.app.push_screen(
+            EditAnswersModal("The capital of France is Paris.", "France's capital? Probably Lyon, or Paris.")
+        )
+        await pilot.pause()
+        await steady_cursors(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
