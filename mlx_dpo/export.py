@@ -14,7 +14,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -229,11 +229,21 @@ def fuse_adapter(model: nn.Module, *, dequantize: bool) -> int:
     return len(fused)
 
 
-def fused_model(adapter_path: str | Path, *, model: str | None = None, dequantize: bool = False) -> FusedModel:
-    """Base + adapter, fused in memory, in the base's precision (fp32 once dequantized on load)."""
+def _no_stage(stage: str) -> None:
+    pass
+
+
+def fused_model(adapter_path: str | Path, *, model: str | None = None, dequantize: bool = False,
+                on_stage: Callable[[str], None] = _no_stage) -> FusedModel:
+    """Base + adapter, fused in memory, in the base's precision (fp32 once dequantized on load).
+
+    `on_stage` hears "loading base" and "fusing" as those steps begin (the TUI shows them).
+    """
     adapter_dir = check_adapter_folder(adapter_path)
     spec = base_spec(read_adapter_config(adapter_dir), model, adapter_dir)
+    on_stage("loading base")
     loaded, adapter_config, settings, notes = _load_checked(adapter_dir, spec, dequantize)
+    on_stage("fusing")
     count = fuse_adapter(loaded.model, dequantize=dequantize)
     loaded.quantized = has_quantized_layers(loaded.model)
     loaded.extra["hub_id"] = hub_id(spec, loaded.path)
@@ -344,11 +354,11 @@ def copy_tokenizer(base_folder: Path, dest: Path) -> list[str]:
 
 
 def export_hf(adapter_path: str | Path, out: str | Path, *, model: str | None = None, dequantize: bool = False,
-              overwrite: bool = False) -> ExportResult:
+              overwrite: bool = False, on_stage: Callable[[str], None] = _no_stage) -> ExportResult:
     """Fuse the adapter into its base and write a Hugging Face model folder (weights, config, tokenizer, card)."""
     adapter_dir = check_adapter_folder(adapter_path)
     out = check_out(out, overwrite, keep=(adapter_dir,))
-    fused = fused_model(adapter_dir, model=model, dequantize=dequantize)
+    fused = fused_model(adapter_dir, model=model, dequantize=dequantize, on_stage=on_stage)
     loaded = fused.loaded
     protect(out, (loaded.path,))
     dtype = None
@@ -358,6 +368,7 @@ def export_hf(adapter_path: str | Path, out: str | Path, *, model: str | None = 
         mx.eval(loaded.model.parameters())
     quantization = loaded.config.get("quantization") or loaded.config.get("quantization_config") or {}
     config = export_config(loaded.path, quantization if loaded.quantized else None, dtype)
+    on_stage("writing")
     try:
         with atomic_directory(out, overwrite=overwrite) as tmp:
             save_weights(tmp, loaded.model, fmt="mlx" if loaded.quantized else "pt")
@@ -599,7 +610,7 @@ def peft_config(weights: dict[str, mx.array], settings: LoraSettings, base_name:
 
 
 def export_peft(adapter_path: str | Path, out: str | Path, *, model: str | None = None,
-                overwrite: bool = False) -> ExportResult:
+                overwrite: bool = False, on_stage: Callable[[str], None] = _no_stage) -> ExportResult:
     """Write the adapter as a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)."""
     from mlx_lm.utils import load_model as mlx_load_model
 
@@ -622,6 +633,7 @@ def export_peft(adapter_path: str | Path, out: str | Path, *, model: str | None 
     check_adapter_fits(base, weights, adapter_config, adapter_dir, label)
     config = peft_config(weights, settings, hub_id(spec, path) or str(spec or DEFAULT_MODEL_NAME), base)
     tensors = peft_tensors(weights)
+    on_stage("writing")
     try:
         with atomic_directory(out, overwrite=overwrite) as tmp:
             mx.save_safetensors(str(tmp / "adapter_model.safetensors"), tensors, metadata={"format": "pt"})

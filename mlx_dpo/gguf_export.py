@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlx.core as mx
 import numpy as np
@@ -325,7 +325,7 @@ def write_gguf(path: Path, entries: list[Entry], tensors: list[tuple[str, np.nda
 
 
 def export_gguf(adapter_path: str | Path, out: str | Path, *, model: str | None = None, gguf_type: str = "f16",
-                overwrite: bool = False) -> ExportResult:
+                overwrite: bool = False, on_stage: Callable[[str], None] = lambda stage: None) -> ExportResult:
     """Fuse the adapter into a dequantized base and write it as one GGUF file."""
     from mlx_dpo.adapter import read_adapter_config
     from mlx_dpo.export import base_spec
@@ -337,8 +337,9 @@ def export_gguf(adapter_path: str | Path, out: str | Path, *, model: str | None 
     out = check_gguf_out(out, overwrite)
     spec = base_spec(read_adapter_config(adapter_dir), model, adapter_dir)
     check_llama(resolve_model_path(spec))  # before the (slow) load: refuse other architectures at once
-    fused = fused_model(adapter_dir, model=model, dequantize=True)
+    fused = fused_model(adapter_dir, model=model, dequantize=True, on_stage=on_stage)
     protect(out, (fused.loaded.path, adapter_dir))
+    on_stage("writing")
     return ExportResult(out, "gguf", fused.notes + write_fused_gguf(fused, out, gguf_type))
 
 

@@ -1,0 +1,207 @@
+"""The Export screen (F6): exports and pushes driven through Textual's Pilot, with a tiny real model and adapter."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from helpers import make_adapter, make_tiny_model_folder, type_text, wait_until
+from tui.app import MlxDpoApp
+from tui.backend import SampleSettings
+from tui.screens.export import ExportScreen, newest_adapter
+
+pytestmark = pytest.mark.anyio
+
+SIZE = (120, 36)
+TOKEN = "hf_test_token_4f9a1c"
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, default_model_path) -> Path:
+    return make_tiny_model_folder(tmp_path_factory.mktemp("models") / "tiny-llama", default_model_path, seed=3)
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, tiny_model) -> Path:
+    return make_adapter(str(tiny_model), tmp_path_factory.mktemp("adapters") / "run1")
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    return tmp_path / "workspace"
+
+
+def errors(app: MlxDpoApp) -> list[str]:
+    return [text for severity, text in app.notices if severity == "error"]
+
+
+@asynccontextmanager
+async def export_screen(tiny_model: Path, workspace: Path):
+    app = MlxDpoApp(workspace, model=str(tiny_model), settings=SampleSettings(max_tokens=8))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: app.model_state == "ready", what="the model")
+        await pilot.press("f6")
+        await wait_until(pilot, lambda: isinstance(app.screen, ExportScreen), what="the Export screen")
+        yield pilot, app.screen
+
+
+async def fill(pilot, screen: ExportScreen, selector: str, text: str) -> None:
+    widget = screen.query_one(selector)
+    widget.value = ""
+    widget.focus()
+    await pilot.pause()
+    await type_text(pilot, text)
+
+
+async def finished(pilot, screen: ExportScreen, what: str = "the export") -> None:
+    await pilot.pause()
+    await wait_until(pilot, lambda: screen.busy is None, timeout=120, what=what)
+    await pilot.pause()
+
+
+def status(screen: ExportScreen, selector: str = "#export-status") -> str:
+    return str(screen.query_one(selector).render())
+
+
+async def test_export_hf_from_the_screen(tiny_model, adapter, workspace, tmp_path):
+    out = tmp_path / "out" / "fused"
+    async with export_screen(tiny_model, workspace) as (pilot, screen):
+        await fill(pilot, screen, "#export-adapter", str(adapter))
+        await fill(pilot, screen, "#export-out", str(out))
+        await pilot.press("ctrl+e")
+        await finished(pilot, screen)
+        app = pilot.app
+        assert errors(app) == []
+        assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+        assert (out / "config.json").is_file()
+        assert screen.log_lines[:3] == ["loading base", "fusing", "writing"]
+        assert screen.log_lines[3] == f"done: {out}"
+        assert f"exported hf to {out}" in status(screen)
+
+
+async def test_non_empty_output_without_overwrite_is_refused(tiny_model, adapter, workspace, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    async with export_screen(tiny_model, workspace) as (pilot, screen):
+        await fill(pilot, screen, "#export-adapter", str(adapter))
+        await fill(pilot, screen, "#export-out", str(out))
+        await pilot.click("#export-run")
+        await finished(pilot, screen)
+        (error,) = errors(pilot.app)
+        assert "not empty" in error and "overwrite" in error
+        assert "export failed" in status(screen) and "not empty" in status(screen)
+        assert screen.stage == "failed"
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+
+
+async def test_a_missing_adapter_is_an_error(tiny_model, workspace, tmp_path):
+    async with export_screen(tiny_model, workspace) as (pilot, screen):
+        await fill(pilot, screen, "#export-adapter", str(tmp_path / "no-such-adapter"))
+        await fill(pilot, screen, "#export-out", str(tmp_path / "out"))
+        await pilot.press("ctrl+e")
+        await finished(pilot, screen)
+        (error,) = errors(pilot.app)
+        assert "adapter folder not found" in error
+        assert "adapter folder not found" in status(screen)
+        # An empty adapter field is refused before any work starts.
+        await fill(pilot, screen, "#export-adapter", "")
+        await pilot.press("ctrl+e")
+        await pilot.pause()
+        assert "No adapter folder" in errors(pilot.app)[-1]
+    assert not (tmp_path / "out").exists()
+
+
+async def test_push_offline_is_a_clear_error(tiny_model, adapter, workspace, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # conftest sets HF_HUB_OFFLINE=1 already: make sure
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "README.md").write_text("# tiny\n")
+    async with export_screen(tiny_model, workspace) as (pilot, screen):
+        await fill(pilot, screen, "#export-out", str(folder))
+        await fill(pilot, screen, "#push-repo", "someone/tiny-dpo")
+        await pilot.press("ctrl+u")
+        await finished(pilot, screen, "the push")
+        (error,) = errors(pilot.app)
+        assert "HF_HUB_OFFLINE" in error
+        assert "HF_HUB_OFFLINE" in status(screen, "#push-status")
+        assert all(TOKEN not in text for _, text in pilot.app.notices)
+
+
+async def test_push_without_a_token_or_repo(tiny_model, workspace, tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "README.md").write_text("# tiny\n")
+    async with export_screen(tiny_model, workspace) as (pilot, screen):
+        await fill(pilot, screen, "#export-out", str(folder))
+        await pilot.press("ctrl+u")
+        await pilot.pause()
+        assert "OWNER/NAME" in errors(pilot.app)[-1]
+        await fill(pilot, screen, "#push-repo", "someone/tiny-dpo")
+        await pilot.click("#push-run")
+        await finished(pilot, screen, "the push")
+        assert "no Hugging Face token" in errors(pilot.app)[-1]
+        assert "hf auth login" in status(screen, "#push-status")
+
+
+def test_newest_adapter_and_default_fields(tmp_path, adapter):
+    import os
+    import shutil
+
+    assert newest_adapter(tmp_path) is None
+    older = shutil.copytree(adapter, tmp_path / "adapters" / "older")
+    newer = shutil.copytree(adapter, tmp_path / "adapters" / "newer")
+    (tmp_path / "adapters" / "not-an-adapter").mkdir()
+    os.utime(older / "adapters.safetensors", (1, 1))
+    assert newest_adapter(tmp_path) == newer
+
+
+async def test_default_adapter_is_the_newest_in_the_workspace(tiny_model, adapter, workspace):
+    import shutil
+
+    shutil.copytree(adapter, workspace / "adapters" / "run7")
+    async with export_screen(tiny_model, workspace) as (pilot, screen):
+        assert screen.query_one("#export-adapter").value == str(workspace / "adapters" / "run7")
+        assert screen.query_one("#export-out").value == str(workspace / "exports" / "run7-hf")
+        screen.query_one("#export-format").value = "gguf"
+        await pilot.pause()
+        assert screen.query_one("#export-out").value == str(workspace / "exports" / "run7-f16.gguf")
+        assert screen.query_one("#export-dequantize").disabled
+
+
+async def test_export_peft_and_gguf(tiny_model, adapter, workspace, tmp_path):
+    async with export_screen(tiny_model, workspace) as (pilot, screen):
+        await fill(pilot, screen, "#export-adapter", str(adapter))
+        screen.query_one("#export-format").value = "peft"
+        await pilot.pause()  # the format change suggests an output path: type over it afterwards
+        await fill(pilot, screen, "#export-out", str(tmp_path / "peft"))
+        await pilot.press("ctrl+e")
+        await finished(pilot, screen)
+        assert errors(pilot.app) == []
+        assert (tmp_path / "peft" / "adapter_model.safetensors").is_file()
+        assert screen.log_lines[-1] == f"done: {tmp_path / 'peft'}" and "fusing" not in screen.log_lines
+        screen.query_one("#export-format").value = "gguf"
+        screen.query_one("#export-gguf-type").value = "q8_0"
+        await pilot.pause()
+        await fill(pilot, screen, "#export-out", str(tmp_path / "tiny.gguf"))
+        await pilot.press("ctrl+e")
+        await finished(pilot, screen)
+        assert errors(pilot.app) == []
+        assert (tmp_path / "tiny.gguf").is_file()
+        assert screen.log_lines[:3] == ["loading base", "fusing", "writing"]
+        assert f"done: {tmp_path / 'tiny.gguf'}" in screen.log_lines
