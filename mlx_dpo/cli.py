@@ -272,6 +272,12 @@ def _check_option_values(options: dict) -> None:
         raise MlxDpoError("--lr-schedule must be cosine or constant")
 
 
+def _default_workspace():
+    from mlx_dpo.store import PreferenceStore
+
+    return PreferenceStore.default_workspace()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import json
 
@@ -279,6 +285,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mlx_dpo.progress import ProgressPrinter
 
     allowed = {flag[2:].replace("-", "_") for flag, _, _ in TRAIN_OPTIONS} | {"data", "model", "adapter_path", "resume"}
+    if args.incremental:  # one round on the workspace's store (mlx_dpo.rounds)
+        from mlx_dpo import rounds
+
+        options = _train_options(args, allowed - {"data", "adapter_path", "resume", "metrics_file"})
+        _check_option_values(options)
+        if args.replay is not None:
+            options["replay"] = args.replay
+        model = options.pop("model", None)
+        workspace = args.workspace or _default_workspace()
+        result = rounds.run_round(workspace, model=model, settings=options, on_event=ProgressPrinter())
+        print(json.dumps({"version": result.version, "adapter_path": str(result.adapter_path), "status": result.status,
+                          **result.metrics}))
+        return 0
     options = _train_options(args, allowed)
     if "data" not in options:
         raise MlxDpoError("--data is required (on the command line or in --config)")
@@ -332,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --adapter-path from its last checkpoint")
     p.add_argument("--config", help="YAML or TOML file with the same options")
+    p.add_argument("--incremental", action="store_true",
+                   help="train one round on the new pairs of --workspace's store, continuing from its latest round")
+    p.add_argument("--workspace", help="with --incremental: the workspace folder (default: ./mlx-dpo-workspace)")
+    p.add_argument("--replay", type=float, help="with --incremental: share of older pairs replayed (default 0.5)")
     for flag, kind, help_text in TRAIN_OPTIONS:
         if kind is None or kind is False:
             p.add_argument(flag, action="store_true", default=None, help=help_text)

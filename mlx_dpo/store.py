@@ -182,6 +182,23 @@ MIGRATIONS: list[Migration] = [
         "CREATE INDEX label_actions_pair ON label_actions (pair_id)",
         "CREATE INDEX label_actions_skip ON label_actions (skip_id)",
     ),
+    # Incremental training rounds (mlx_dpo.rounds): one row per round, its id being the version number (v<id>).
+    _sql(
+        """CREATE TABLE rounds (
+            id           INTEGER PRIMARY KEY,              -- the version number: adapters/v<id>
+            adapter_path TEXT NOT NULL,
+            settings     TEXT NOT NULL,                    -- JSON
+            metrics      TEXT NOT NULL,                    -- JSON: the last step report (ref_cache/* included)
+            status       TEXT NOT NULL CHECK (status IN ('finished', 'cancelled', 'failed')),
+            created_at   REAL NOT NULL
+        )""",
+        """CREATE TABLE round_pairs (
+            round_id INTEGER NOT NULL REFERENCES rounds (id) ON DELETE CASCADE,
+            pair_id  INTEGER NOT NULL,                     -- no foreign key: deleting a pair keeps the history
+            PRIMARY KEY (round_id, pair_id)
+        )""",
+        "CREATE INDEX round_pairs_pair ON round_pairs (pair_id)",
+    ),
 ]
 
 SCHEMA_VERSION: int = len(MIGRATIONS)
@@ -429,6 +446,53 @@ class PreferenceStore:
         _check_choice("split", split, SPLITS)
         return self._preference_pairs(split)
 
+    # --- incremental training rounds (mlx_dpo.rounds) --------------------------------------------------------
+
+    def untrained_pairs(self, split: Split = "train") -> list[StoredPair]:
+        """Pairs of `split` (oldest first) that no finished round has trained on."""
+        _check_choice("split", split, SPLITS)
+        sql = (f"SELECT {_PAIR_COLUMNS} FROM pairs WHERE split = ? AND id NOT IN (SELECT rp.pair_id FROM round_pairs rp "
+               "JOIN rounds r ON r.id = rp.round_id WHERE r.status = 'finished') ORDER BY id")
+        with self._transaction(write=False) as conn:
+            return [_pair_from_row(r) for r in conn.execute(sql, (split,))]
+
+    def trained_pairs(self, split: Split = "train") -> list[StoredPair]:
+        """Pairs of `split` (oldest first) that some finished round has trained on."""
+        _check_choice("split", split, SPLITS)
+        sql = (f"SELECT {_PAIR_COLUMNS} FROM pairs WHERE split = ? AND id IN (SELECT rp.pair_id FROM round_pairs rp "
+               "JOIN rounds r ON r.id = rp.round_id WHERE r.status = 'finished') ORDER BY id")
+        with self._transaction(write=False) as conn:
+            return [_pair_from_row(r) for r in conn.execute(sql, (split,))]
+
+    def record_round(self, version: int, adapter_path: str | Path, settings: dict, metrics: dict, status: str,
+                     pair_ids: Iterable[int]) -> dict[str, Any]:
+        """Record round `version` (status finished, cancelled or failed) with the pairs it trained on."""
+        _check_choice("status", status, ("finished", "cancelled", "failed"))
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO rounds (id, adapter_path, settings, metrics, status, created_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
+                         (version, str(adapter_path), json.dumps(settings), json.dumps(metrics), status, self._clock()))
+            conn.executemany("INSERT OR IGNORE INTO round_pairs (round_id, pair_id) VALUES (?, ?)",
+                             [(version, int(i)) for i in pair_ids])
+        return self.get_round(version)
+
+    def get_round(self, version: int) -> dict[str, Any]:
+        return next((r for r in self.list_rounds() if r["version"] == version), None) or _missing_round(version)
+
+    def list_rounds(self) -> list[dict[str, Any]]:
+        """Every recorded round, oldest first: version, adapter_path, settings, metrics, status, created_at, pair_ids."""
+        with self._transaction(write=False) as conn:
+            rows = conn.execute("SELECT id, adapter_path, settings, metrics, status, created_at FROM rounds ORDER BY id").fetchall()
+            pairs: dict[int, list[int]] = {}
+            for round_id, pair_id in conn.execute("SELECT round_id, pair_id FROM round_pairs ORDER BY round_id, pair_id"):
+                pairs.setdefault(round_id, []).append(pair_id)
+        return [{"version": r[0], "adapter_path": r[1], "settings": json.loads(r[2]), "metrics": json.loads(r[3]),
+                 "status": r[4], "created_at": r[5], "pair_ids": pairs.get(r[0], [])} for r in rows]
+
+    def latest_finished_round(self) -> dict[str, Any] | None:
+        finished = [r for r in self.list_rounds() if r["status"] == "finished"]
+        return finished[-1] if finished else None
+
     # --- skips and undo ------------------------------------------------------------------------------------
 
     def add_skip(
@@ -599,6 +663,10 @@ class PreferenceStore:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
+
+
+def _missing_round(version: int):
+    raise MlxDpoError(f"no training round v{version}")
 
 
 def _error_name(e: BaseException) -> str:

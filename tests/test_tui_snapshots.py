@@ -91,3 +91,17 @@ def test_edit_answers_modal(snap_compare, app):
         await steady_cursors(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_export_screen(snap_compare, app):
+    async def run_before(pilot):
+        await model_ready(pilot)
+        await pilot.press("f6")
+        await pilot.pause()
+        screen = pilot.app.screen
+        screen.query_one("#export-adapter").value = "workspace/adapters/run1"  # relative: the same in every run
+        screen.query_one("#push-repo").value = "someone/tiny-dpo"
+        await pilot.pause()
+        await steady_cursors(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

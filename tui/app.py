@@ -27,21 +27,27 @@ from mlx_dpo.store import PreferenceStore
 from tui import messages as msg
 from tui.backend import ModelWorker, SampleSettings
 from tui.screens import DataScreen, LabelScreen, WriteScreen
+from tui.screens.compare import CompareScreen
+from tui.screens.train import TrainScreen
+from tui.screens.export import ExportScreen
 
 WorkerFactory = Callable[..., ModelWorker]
-MODE_TITLES = {"label": "Label", "write": "Write", "data": "Data"}
+MODE_TITLES = {"label": "Label", "write": "Write", "data": "Data", "train": "Train", "compare": "Compare", "export": "Export"}
 
 
 class MlxDpoApp(App):
     TITLE = "mlx-dpo"
-    CSS_PATH = ["app.tcss", "label.tcss", "write.tcss", "data.tcss", "modals.tcss"]
-    SCREENS = {"label": LabelScreen, "write": WriteScreen, "data": DataScreen}
-    MODES = {"label": "label", "write": "write", "data": "data"}
+    CSS_PATH = ["app.tcss", "label.tcss", "write.tcss", "data.tcss", "modals.tcss", "train.tcss", "compare.tcss", "export.tcss"]
+    SCREENS = {"label": LabelScreen, "write": WriteScreen, "data": DataScreen, "train": TrainScreen, "compare": CompareScreen, "export": ExportScreen}
+    MODES = {"label": "label", "write": "write", "data": "data", "train": "train", "compare": "compare", "export": "export"}
     BINDINGS = [
         # Shown on every screen's mode bar rather than in the footer.
         Binding("f1", "switch_mode('label')", "Label", priority=True, show=False),
         Binding("f2", "switch_mode('write')", "Write", priority=True, show=False),
         Binding("f3", "switch_mode('data')", "Data", priority=True, show=False),
+        Binding("f4", "switch_mode('train')", "Train", priority=True, show=False),
+        Binding("f5", "switch_mode('compare')", "Compare", priority=True, show=False),
+        Binding("f6", "switch_mode('export')", "Export", priority=True, show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -74,6 +80,9 @@ class MlxDpoApp(App):
         self.worker = worker_factory(model, adapter_path, self._backend_event)
         self.set_reactive(MlxDpoApp.model_status, ("loading", 0, 2, f"loading {self.worker.name}…"))
         self._label_screen: LabelScreen | None = None
+        self.compare_ids: set[int] = set()  # worker request ids of the Compare screen
+        self.version_label = Path(adapter_path).name if adapter_path else "base"  # what sampling uses
+        self.training = None  # the running tui.training.TrainingProcess, if any
         self.created_at = time.perf_counter()
         self.first_screen_at: float | None = None  # perf_counter() when the first screen had been drawn
 
@@ -92,6 +101,9 @@ class MlxDpoApp(App):
             self.worker.start()
 
     def on_unmount(self) -> None:
+        if self.training is not None and self.training.running:
+            self.training.cancel()  # the child stops before its next step
+            self.training.join(10)
         self.worker.stop(timeout=2.0)  # a generation stops at its next token; a load cannot be interrupted
         self.store.close()
 
@@ -100,6 +112,8 @@ class MlxDpoApp(App):
     def _backend_event(self, event) -> None:
         message = msg.to_message(event)
         target = self._label_screen if isinstance(message, msg.SAMPLE_MESSAGES) else self
+        if isinstance(message, msg.SAMPLE_MESSAGES) and message.request_id in self.compare_ids:
+            target = self.get_screen("compare")  # a comparison (Compare screen), not a Label sample
         if target is not None:
             target.post_message(message)  # thread-safe: queued on the event loop
 
@@ -119,6 +133,36 @@ class MlxDpoApp(App):
         self.model_error = message.error
         self.model_status = ("failed", 0, 2, f"model failed to load: {message.error}")
         self.notify_error(message.error, title="Model failed to load", timeout=15)
+
+    def on_adapter_failed(self, message: msg.AdapterFailed) -> None:
+        self.version_label = self._previous_version_label
+        self.model_status = ("ready", 2, 2, f"model ready: {self.worker.name}")
+        self.notify_error(message.error, title="Cannot switch the adapter")
+
+    # --- training rounds and versions (Train and Compare screens) ---
+
+    def start_training(self, settings: dict, report):
+        """Run one round (mlx_dpo.rounds) in a child process; `report(dict)` is called on a reader thread."""
+        from tui.training import TrainingProcess
+
+        self.training = TrainingProcess(str(self.store.workspace), self.worker.model, settings, report)
+        self.training.start()
+        return self.training
+
+    def switch_adapter(self, path: str | Path | None, label: str) -> None:
+        """Sample from base + the adapter at `path` (None: the base alone) from now on."""
+        self._previous_version_label = self.version_label
+        self.version_label = label
+        self.model_status = ("loading", 1, 2, f"switching to {label}…")
+        self.worker.set_adapter(path)
+
+    def current_version_label(self) -> str:
+        return self.version_label
+
+    def compare_request(self, messages: list[dict], settings: SampleSettings, adapters) -> int:
+        request_id = self.worker.compare(messages, settings, adapters)
+        self.compare_ids.add(request_id)
+        return request_id
 
     # --- shared services for the screens ---
 

@@ -71,7 +71,12 @@ class SampleFailed:
     error: str
 
 
-Event = LoadProgress | ModelReady | LoadFailed | SampleStarted | AnswerChunk | AnswerDone | SampleFailed
+@dataclass(frozen=True)
+class AdapterFailed:
+    error: str  # the model keeps sampling with the adapter it had
+
+
+Event = AdapterFailed | LoadProgress | ModelReady | LoadFailed | SampleStarted | AnswerChunk | AnswerDone | SampleFailed
 
 
 # --- requests ---------------------------------------------------------------------------------------------
@@ -110,6 +115,13 @@ class _Request:
     id: int
     messages: list[dict]
     settings: SampleSettings
+    # A comparison: slot i answers with adapter adapters[i-1] (None: the base), both with the same seed.
+    adapters: tuple[str | None, str | None] | None = None
+
+
+@dataclass(frozen=True)
+class _SetAdapter:
+    path: str | None  # None: the base model alone
 
 
 def display_name(spec: str | None) -> str:
@@ -160,6 +172,23 @@ class ModelWorker:
             request = _Request(self._generation, [dict(m) for m in messages], settings)
         self._requests.put(request)
         return request.id
+
+    def compare(self, messages: list[dict], settings: SampleSettings, adapters: tuple[str | None, str | None]) -> int:
+        """Queue a comparison: answer 1 from base + adapters[0], answer 2 from base + adapters[1] (None: the
+        base alone), with the same seed. A version other than the current one is loaded for the request and
+        dropped after it. Reports the same events as `sample`; returns the request id."""
+        with self._lock:
+            self._generation += 1
+            request = _Request(self._generation, [dict(m) for m in messages], settings,
+                               tuple(None if a is None else str(a) for a in adapters))
+        self._requests.put(request)
+        return request.id
+
+    def set_adapter(self, path: str | Path | None) -> None:
+        """Reload the base model with the adapter at `path` (None: the base alone), on the worker thread.
+        Reports ModelReady (name and sampler naming the adapter) when done, AdapterFailed if it cannot."""
+        self.cancel()  # a sample in progress belongs to the old adapter
+        self._requests.put(_SetAdapter(None if path is None else str(path)))
 
     def cancel(self) -> None:
         with self._lock:
@@ -235,6 +264,9 @@ class ModelWorker:
             request = self._requests.get()
             if request is None or self._stopping:
                 return
+            if isinstance(request, _SetAdapter):
+                loaded = self._switch_adapter(loaded, request.path)
+                continue
             if not self._current(request.id):
                 continue  # superseded while waiting
             if loaded is None:
@@ -245,6 +277,33 @@ class ModelWorker:
             except Exception as e:
                 error = str(e) if isinstance(e, MlxDpoError) else f"{type(e).__name__}: {e}"
                 self._report(SampleFailed(request.id, error))
+
+    def _switch_adapter(self, loaded, path: str | None):
+        """Load the base afresh and put the adapter on it (simple and correct: no LoRA layers to strip)."""
+        from mlx_dpo.models import apply_adapter, load_model
+
+        try:
+            new = load_model(self.model)
+            if path is not None:
+                apply_adapter(new, path)
+        except Exception as e:
+            self._report(AdapterFailed(str(e) if isinstance(e, MlxDpoError) else f"{type(e).__name__}: {e}"))
+            return loaded
+        self.adapter_path = path
+        self.name = display_name(self.model) + (f" + {Path(path).name}" if path else "")
+        self._report(ModelReady(self.name, new.name + (f"+{path}" if path else "")))
+        return new
+
+    def _model_for(self, loaded, adapter: str | None):
+        """The loaded model with `adapter` on it: the current one, or a fresh load for this request."""
+        if adapter == self.adapter_path:
+            return loaded
+        from mlx_dpo.models import apply_adapter, load_model
+
+        other = load_model(self.model)
+        if adapter is not None:
+            apply_adapter(other, adapter)
+        return other
 
     def _stream(self, loaded, request: _Request, seed: int) -> Iterator[str]:
         s = request.settings
@@ -258,10 +317,14 @@ class ModelWorker:
         seed = request.settings.seed
         if seed is None:
             seed = random.randrange(0, 2**31 - 2)
-        self._report(SampleStarted(request.id, (seed, seed + 1)))
-        for slot, slot_seed in ((1, seed), (2, seed + 1)):
+        seeds = (seed, seed) if request.adapters is not None else (seed, seed + 1)
+        self._report(SampleStarted(request.id, seeds))
+        for slot, slot_seed in zip((1, 2), seeds):
             text, pending, last = "", "", time.monotonic()
-            pieces = self._stream(loaded, request, slot_seed)
+            model = loaded if request.adapters is None else self._model_for(loaded, request.adapters[slot - 1])
+            if not self._current(request.id):
+                return
+            pieces = self._stream(model, request, slot_seed)
             try:
                 for piece in pieces:
                     if not self._current(request.id):

@@ -27,6 +27,11 @@ class ModelReady(Message):
 
 
 @dataclass
+class AdapterFailed(Message):
+    error: str
+
+
+@dataclass
 class LoadFailed(Message):
     error: str
 
@@ -61,6 +66,7 @@ _MESSAGES: dict[type, type[Message]] = {
     backend.LoadProgress: LoadProgress,
     backend.ModelReady: ModelReady,
     backend.LoadFailed: LoadFailed,
+    backend.AdapterFailed: AdapterFailed,
     backend.SampleStarted: SampleStarted,
     backend.AnswerChunk: AnswerChunk,
     backend.AnswerDone: AnswerDone,

@@ -7,7 +7,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, ProgressBar, Static
 
-MODES = (("label", "F1 Label"), ("write", "F2 Write"), ("data", "F3 Data"))
+MODES = (("label", "F1 Label"), ("write", "F2 Write"), ("data", "F3 Data"), ("train", "F4 Train"),
+         ("compare", "F5 Compare"), ("export", "F6 Export"))
 
 
 class ModeBar(Horizontal):

@@ -1,0 +1,140 @@
+"""Incremental training rounds (`mlx_dpo.rounds`) and `mlx-dpo train --workspace DIR --incremental`, on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+
+from helpers import make_tiny_model_folder, run_cli
+from mlx_dpo import api, rounds
+from mlx_dpo.adapter import adapter_weights
+from mlx_dpo.events import StepMetrics
+from mlx_dpo.pairs import DEMO_PAIRS_PATH, load_pairs
+from mlx_dpo.store import PreferenceStore
+
+SETTINGS = dict(iters=2, batch_size=2, lora_rank=4, replay=0.5, seed=1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, default_model_path) -> Path:
+    return make_tiny_model_folder(tmp_path_factory.mktemp("tiny-rounds"), default_model_path, seed=23)
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "mlx-dpo-home"
+    monkeypatch.setenv("MLX_DPO_HOME", str(home))
+    return home
+
+
+def add_demo_pairs(workspace: Path, count: int, start: int) -> list[int]:
+    pairs = load_pairs(DEMO_PAIRS_PATH).pairs[start:start + count]
+    with PreferenceStore(workspace) as store:
+        return [store.add_pair(p.prompt, p.chosen, p.rejected, origin="sampled").id for p in pairs]
+
+
+def test_two_rounds_reference_only_for_new_pairs(tmp_path, tiny, fresh_cache, monkeypatch):
+    ws = tmp_path / "ws"
+    first = add_demo_pairs(ws, 4, 0)
+    r1 = rounds.run_round(ws, model=str(tiny), settings=SETTINGS)
+    assert r1.status == "finished" and r1.version == 1 and r1.init_adapter is None
+    assert r1.adapter_path == ws / "adapters" / "v1" and (r1.adapter_path / "adapters.safetensors").is_file()
+    assert r1.metrics["ref_cache/misses"] == 2 * 4 and r1.metrics["ref_cache/hits"] == 0
+
+    second = add_demo_pairs(ws, 2, 10)
+    with PreferenceStore(ws) as store:
+        assert [p.id for p in store.untrained_pairs()] == second
+    v1 = dict(mx.load(str(r1.adapter_path / "adapters.safetensors")))
+    started_with = {}
+    real_loop = api.train_loop
+
+    def spy(model, *args, **kwargs):  # the adapter the round starts from, as the loop receives it
+        started_with.update({k: mx.array(v) for k, v in adapter_weights(model).items()})
+        return real_loop(model, *args, **kwargs)
+
+    monkeypatch.setattr(api, "train_loop", spy)
+    events = []
+    r2 = rounds.run_round(ws, model=str(tiny), settings=SETTINGS, on_event=events.append)
+    assert r2.status == "finished" and r2.version == 2 and r2.init_adapter == str(ws / "adapters" / "v1")
+    assert r2.new_pair_ids == second and len(r2.replay_pair_ids) == 1 and set(r2.replay_pair_ids) <= set(first)
+    assert r2.metrics["ref_cache/misses"] == 2 * len(second)  # only the new pairs need a reference pass
+    assert r2.metrics["ref_cache/hits"] == 2 * len(r2.replay_pair_ids)
+    assert set(started_with) == set(v1)
+    for k in v1:
+        assert mx.array_equal(started_with[k], v1[k]), k
+    assert [e.step for e in events if isinstance(e, StepMetrics)] == [1, 2]
+
+    with PreferenceStore(ws) as store:
+        recorded = store.list_rounds()
+        assert not store.untrained_pairs()
+    assert [(r["version"], r["status"]) for r in recorded] == [(1, "finished"), (2, "finished")]
+    assert recorded[0]["pair_ids"] == first
+    assert recorded[1]["pair_ids"] == sorted(second + r2.replay_pair_ids)
+    assert recorded[1]["metrics"]["ref_cache/misses"] == 4
+    assert recorded[1]["settings"]["init_adapter"] == str(ws / "adapters" / "v1")
+
+
+def test_no_new_pairs_is_a_clear_error(tmp_path, tiny):
+    ws = tmp_path / "ws"
+    PreferenceStore(ws).close()
+    with pytest.raises(Exception, match="no new pairs"):
+        rounds.run_round(ws, model=str(tiny), settings=SETTINGS)
+
+
+def test_cancelled_round_keeps_checkpoint_and_next_round_starts_from_finished(tmp_path, tiny, fresh_cache):
+    ws = tmp_path / "ws"
+    add_demo_pairs(ws, 4, 0)
+    rounds.run_round(ws, model=str(tiny), settings=SETTINGS)
+    new = add_demo_pairs(ws, 2, 10)
+    cancel = threading.Event()
+
+    def stop_after_first_step(event):
+        if isinstance(event, StepMetrics) and event.step == 1:
+            cancel.set()
+
+    r2 = rounds.run_round(ws, model=str(tiny), settings={**SETTINGS, "iters": 4}, on_event=stop_after_first_step,
+                          cancel=cancel)
+    assert r2.status == "cancelled" and r2.version == 2
+    # The last checkpoint (step 1) stays on disk, and the top-level adapter is that checkpoint's.
+    ckpts = sorted(p.name for p in (r2.adapter_path / "checkpoints").iterdir())
+    assert ckpts == ["step-000001"]
+    top = dict(mx.load(str(r2.adapter_path / "adapters.safetensors")))
+    step1 = dict(mx.load(str(r2.adapter_path / "checkpoints" / "step-000001" / "adapters.safetensors")))
+    assert all(mx.array_equal(top[k], step1[k]) for k in top)
+    with PreferenceStore(ws) as store:
+        assert [p.id for p in store.untrained_pairs()] == new  # a cancelled round trains nothing for good
+        assert [r["status"] for r in store.list_rounds()] == ["finished", "cancelled"]
+
+    r3 = rounds.run_round(ws, model=str(tiny), settings=SETTINGS)
+    assert r3.status == "finished" and r3.version == 3
+    assert r3.init_adapter == str(ws / "adapters" / "v1")  # the latest FINISHED version
+    assert r3.new_pair_ids == new
+    assert r3.metrics["ref_cache/misses"] == 0  # the cancelled round already cached the new pairs
+
+
+def test_cli_incremental_end_to_end(tmp_path, tiny):
+    ws = tmp_path / "ws"
+    add_demo_pairs(ws, 4, 0)
+    args = ["train", "--workspace", str(ws), "--incremental", "--model", str(tiny), "--iters", "2",
+            "--batch-size", "2", "--lora-rank", "4", "--beta", "0.2", "--learning-rate", "1e-4", "--replay", "1"]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["version"] == 1 and out["status"] == "finished" and out["ref_cache/misses"] == 8
+    add_demo_pairs(ws, 2, 10)
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["version"] == 2 and out["new_pairs"] == 2 and out["replayed_pairs"] == 2
+    assert out["ref_cache/misses"] == 4 and out["ref_cache/hits"] == 4
+    with PreferenceStore(ws) as store:
+        recorded = store.list_rounds()
+    assert recorded[1]["settings"]["beta"] == 0.2 and recorded[1]["settings"]["learning_rate"] == 1e-4
+    assert recorded[1]["settings"]["replay"] == 1.0
+    # No new pairs: a one-line error, not a traceback.
+    result = run_cli(*args)
+    assert result.returncode != 0 and "no new pairs" in result.stderr and "Traceback" not in result.stderr

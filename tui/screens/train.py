@@ -1,0 +1,275 @@
+"""Train: run an incremental round on the untrained pairs, watch it, and pick the version to sample from.
+
+The round runs in a child process (`tui.training.TrainingProcess`): the UI stays responsive and the
+model worker's MLX streams are never shared. Its events arrive as `TrainingEvent` messages (plain dicts).
+When a round finishes, the app switches the sampling model to the new version.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Sparkline, Static
+
+from mlx_dpo.errors import MlxDpoError
+from tui.training import TrainingProcess
+from tui.widgets import ModeBar
+
+# (input id, label, settings key, parser, default shown)
+FIELDS = (
+    ("train-beta", "β", "beta", float, "0.1"),
+    ("train-lr", "learning rate", "learning_rate", float, "5e-5"),
+    ("train-iters", "steps", "iters", int, "20"),
+    ("train-epochs", "epochs (if no steps)", "epochs", int, ""),
+    ("train-batch", "batch size", "batch_size", int, "4"),
+    ("train-rank", "LoRA rank", "lora_rank", int, "8"),
+    ("train-layers", "LoRA layers", "lora_num_layers", int, ""),
+    ("train-replay", "replay share", "replay", float, "0.5"),
+)
+
+
+@dataclass
+class TrainingEvent(Message):
+    data: dict
+
+
+class TrainScreen(Screen):
+    BINDINGS = [
+        Binding("ctrl+t", "train", "Train", tooltip="Train a round on the untrained pairs"),
+        Binding("c", "cancel", "Cancel", tooltip="Cancel the running round (keeps its last checkpoint)"),
+        Binding("v", "use_version", "Use version", tooltip="Sample from the selected version"),
+        Binding("b", "use_base", "Use base", tooltip="Sample from the base model (no adapter)"),
+        Binding("escape", "leave_editor", "Leave editor", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="train-screen")
+        self.process: TrainingProcess | None = None
+        self.state = "idle"  # idle, training, cancelling
+        self.history: dict[str, list[float]] = {"loss": [], "rewards/margins": [], "rewards/accuracies": []}
+        self.started_at = 0.0
+        self.last_round: dict | None = None  # the last RoundEnded / RoundFailed dict
+        self.events: list[dict] = []
+
+    def compose(self) -> ComposeResult:
+        yield ModeBar("train")
+        yield Static("", id="train-summary")
+        with Horizontal(id="train-settings"):
+            for input_id, label, _key, _parse, default in FIELDS:
+                with Vertical(classes="train-field"):
+                    yield Label(label)
+                    yield Input(default, id=input_id, compact=True, placeholder="default")
+        with Horizontal(id="train-buttons"):
+            yield Button("ctrl+t train", id="train-start", variant="primary", compact=True)
+            yield Button("c cancel", id="train-cancel", variant="error", compact=True)
+            yield Button("v use version", id="train-use", compact=True)
+            yield Button("b use base", id="train-base", compact=True)
+        yield ProgressBar(total=1, show_eta=False, id="train-progress")
+        yield Static("", id="train-status")
+        with Horizontal(id="train-plots"):
+            for key, title in (("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "accuracy")):
+                with Vertical(classes="train-plot"):
+                    yield Static(title, classes="train-plot-title", id=f"plot-title-{_slug(key)}")
+                    yield Sparkline([], id=f"plot-{_slug(key)}")
+        table = DataTable(id="versions", cursor_type="row")
+        table.border_title = "versions"
+        yield table
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for button in self.query(Button):
+            button.can_focus = False
+        table = self.query_one("#versions", DataTable)
+        table.add_columns("version", "status", "pairs", "new", "loss", "accuracy", "margin", "ref misses", "ref hits")
+        self.refresh_rounds()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_rounds()
+
+    # --- reading the settings and the store ---
+
+    def settings(self) -> dict:
+        """The round settings typed in; raises ValueError naming the bad field."""
+        out: dict = {}
+        for input_id, label, key, parse, _default in FIELDS:
+            text = self.query_one(f"#{input_id}", Input).value.strip()
+            if not text:
+                continue
+            try:
+                value = parse(text)
+            except ValueError:
+                raise ValueError(f"{label}: not a number ({text!r})") from None
+            if key in ("beta", "learning_rate") and value <= 0 or key == "replay" and value < 0:
+                raise ValueError(f"{label} must be positive (got {text})")
+            if parse is int and value < 1 and key != "lora_num_layers":
+                raise ValueError(f"{label} must be at least 1 (got {text})")
+            out[key] = value
+        if "iters" in out:
+            out.pop("epochs", None)
+        return out
+
+    def refresh_rounds(self) -> None:
+        store = self.app.store
+        try:
+            untrained = len(store.untrained_pairs())
+            rounds = store.list_rounds()
+        except MlxDpoError as e:
+            self.app.notify_error(str(e), title="Cannot read the store")
+            return
+        self.rounds = rounds
+        current = self.app.current_version_label()
+        self.query_one("#train-summary", Static).update(Text(
+            f"{untrained} untrained pair{'s' * (untrained != 1)} · {len(rounds)} round(s) · sampling from {current}"))
+        table = self.query_one("#versions", DataTable)
+        row = table.cursor_row
+        table.clear()
+        table.add_row("base", "", "", "", "", "", "", "", "", key="base")
+        for r in rounds:
+            m = r["metrics"]
+            table.add_row(f"v{r['version']}", r["status"], str(len(r["pair_ids"])), str(m.get("new_pairs", "")),
+                          _fmt(m.get("loss")), _fmt(m.get("rewards/accuracies")), _fmt(m.get("rewards/margins")),
+                          str(m.get("ref_cache/misses", "")), str(m.get("ref_cache/hits", "")), key=str(r["version"]))
+        table.move_cursor(row=row if 0 < row <= len(rounds) else len(rounds))
+
+    # --- actions ---
+
+    def action_train(self) -> None:
+        if self.state != "idle":
+            self.app.notify_warning("A round is already running.")
+            return
+        try:
+            settings = self.settings()
+        except ValueError as e:
+            self.app.notify_error(str(e), title="Not started")
+            return
+        if not self.app.store.untrained_pairs():
+            self.app.notify_warning("No untrained pairs: label some first.", title="Nothing to train")
+            return
+        for values in self.history.values():
+            values.clear()
+        self._plots()
+        self.events = []
+        self.last_round = None
+        self.state = "training"
+        self.started_at = time.monotonic()
+        self.query_one("#train-progress", ProgressBar).update(total=None, progress=0)
+        self._status("starting the training process…")
+        self.process = self.app.start_training(settings, self.post_message_from_child)
+        self._buttons()
+
+    def post_message_from_child(self, data: dict) -> None:  # called on the reader thread
+        self.post_message(TrainingEvent(data))
+
+    def action_cancel(self) -> None:
+        if self.state != "training" or self.process is None:
+            return
+        self.process.cancel()
+        self.state = "cancelling"
+        self._status("cancelling after the current step…")
+        self._buttons()
+
+    def action_use_version(self) -> None:
+        table = self.query_one("#versions", DataTable)
+        if table.row_count == 0:
+            return
+        key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        if key == "base":
+            self.action_use_base()
+            return
+        round_ = next(r for r in self.rounds if str(r["version"]) == key)
+        self.app.switch_adapter(round_["adapter_path"], f"v{round_['version']}")
+        self.refresh_rounds()
+
+    def action_use_base(self) -> None:
+        self.app.switch_adapter(None, "base")
+        self.refresh_rounds()
+
+    def action_leave_editor(self) -> None:
+        self.set_focus(None)
+
+    @on(Button.Pressed)
+    def _button(self, event: Button.Pressed) -> None:
+        event.stop()
+        action = {"train-start": self.action_train, "train-cancel": self.action_cancel,
+                  "train-use": self.action_use_version, "train-base": self.action_use_base}.get(event.button.id or "")
+        if action:
+            action()
+
+    # --- the child's events ---
+
+    def on_training_event(self, message: TrainingEvent) -> None:
+        data = message.data
+        self.events.append(data)
+        kind = data.get("type")
+        bar = self.query_one("#train-progress", ProgressBar)
+        if kind == "Status":
+            self._status(data.get("message", ""))
+        elif kind == "StepMetrics":
+            step, total, m = data["step"], data["total_steps"], data["metrics"]
+            bar.update(total=total, progress=step)
+            for key, values in self.history.items():
+                if key in m:
+                    values.append(float(m[key]))
+            self._plots()
+            elapsed = time.monotonic() - self.started_at
+            eta = elapsed / step * (total - step) if step else 0
+            self._status(f"step {step}/{total} · ETA {eta:.0f} s · loss {m.get('loss', 0):.4f} · "
+                         f"margin {m.get('rewards/margins', 0):.4f} · acc {m.get('rewards/accuracies', 0):.2f} · "
+                         f"{m.get('tokens_per_second', 0):.0f} tok/s · {m.get('peak_memory_gb', 0):.2f} GB")
+        elif kind == "Cancelled":
+            self._status(f"cancelled after step {data.get('step')}")
+        elif kind in ("RoundEnded", "RoundFailed"):
+            self._round_ended(data)
+
+    def _round_ended(self, data: dict) -> None:
+        self.last_round = data
+        self.state = "idle"
+        self.process = None
+        self._buttons()
+        if data["type"] == "RoundFailed":
+            self._status(f"failed: {data['error']}", "error")
+            self.app.notify_error(data["error"], title="Training failed")
+        elif data["status"] == "finished":
+            version = f"v{data['version']}"
+            self._status(f"round {version} finished · sampling from {version} now", "saved")
+            self.app.notify(f"round {version} finished; sampling from {version}", title="Trained", timeout=4)
+            self.app.switch_adapter(data["adapter_path"], version)
+        else:
+            self._status(f"round v{data['version']} cancelled; its last checkpoint is kept in {data['adapter_path']}",
+                         "warning")
+        self.refresh_rounds()
+        self.app.store_changed()
+
+    # --- display ---
+
+    def _plots(self) -> None:
+        for key, values in self.history.items():
+            self.query_one(f"#plot-{_slug(key)}", Sparkline).data = list(values)
+            last = f" {values[-1]:.4f}" if values else ""
+            title = {"loss": "loss", "rewards/margins": "reward margin", "rewards/accuracies": "accuracy"}[key]
+            self.query_one(f"#plot-title-{_slug(key)}", Static).update(Text(title + last))
+
+    def _status(self, text: str, style: str = "") -> None:
+        status = self.query_one("#train-status", Static)
+        status.update(Text(text))
+        status.set_classes(f"-{style}" if style else "")
+
+    def _buttons(self) -> None:
+        self.query_one("#train-start", Button).disabled = self.state != "idle"
+        self.query_one("#train-cancel", Button).disabled = self.state != "training"
+
+
+def _slug(key: str) -> str:
+    return key.replace("/", "-")
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
