@@ -222,6 +222,8 @@ def _train(data, valid_data, model_spec, adapter_path, init_adapter, reference, 
     last = train_loop(
         loaded.model, args, train_enc, ref, adapter_dir, config,
         valid_pairs=valid_enc, resume_from=resume_from, on_event=on_loop_event, cancel=cancelled,
+        # Continuing from an adapter also continues its optimizer moments, when its run left them.
+        optimizer_from=checkpoint.latest(Path(init_adapter)) if init_adapter and not resume else None,
         run_info=lambda: {"ref_cache/hits": stats.hits, "ref_cache/misses": stats.misses,
                           "ref_pass_seconds": round(stats.seconds, 3)},
     )

@@ -57,3 +57,14 @@ def restore(path: Path, model: nn.Module, optimizer: optim.Optimizer) -> int:
     optimizer.state = tree_unflatten(list(mx.load(str(path / OPTIMIZER_FILE)).items()))
     mx.eval(model.parameters(), optimizer.state)
     return int(state["step"])
+
+
+def restore_moments(path: Path, optimizer: optim.Optimizer) -> None:
+    """Carry a finished run's optimizer moments into a new run that continues from its adapter.
+
+    The step count and learning-rate schedule start afresh; only the per-parameter state moves over.
+    """
+    saved = {k: v for k, v in mx.load(str(path / OPTIMIZER_FILE)).items() if k not in ("step", "learning_rate")}
+    state = dict(optimizer.state)
+    state.update(tree_unflatten(list(saved.items())))
+    optimizer.state = state

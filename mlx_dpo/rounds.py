@@ -11,8 +11,8 @@ A round is recorded in the store (rounds + round_pairs) when it ends: "finished"
 trained; a cancelled round keeps its last checkpoint on disk but its pairs stay untrained, and the
 next round starts from the latest *finished* version.
 
-Optimizer state is not carried from one round to the next: each round starts a fresh AdamW (with its
-own warmup/cosine schedule over the round's steps) from the previous adapter's weights.
+Each round continues from the previous adapter's weights and its AdamW moments (from that round's
+last checkpoint); the step count and warmup/cosine schedule start afresh over the round's steps.
 """
 
 from __future__ import annotations

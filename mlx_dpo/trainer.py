@@ -194,6 +194,7 @@ def train_loop(
     *,
     valid_pairs: list[EncodedPair] | None = None,
     resume_from: Path | None = None,
+    optimizer_from: Path | None = None,
     on_event: Callable[[Event], None] = lambda e: None,
     cancel: threading.Event | None = None,
     run_info: Callable[[], dict] = dict,
@@ -208,6 +209,8 @@ def train_loop(
     start_step = 0
     if resume_from is not None:
         start_step = checkpoint.restore(resume_from, model, optimizer)
+    elif optimizer_from is not None:
+        checkpoint.restore_moments(optimizer_from, optimizer)
     model.train()
     step_fn = make_step(model, args)
 

@@ -10,7 +10,7 @@ import mlx.core as mx
 import pytest
 
 from helpers import make_tiny_model_folder, run_cli
-from mlx_dpo import api, rounds
+from mlx_dpo import api, checkpoint, rounds
 from mlx_dpo.adapter import adapter_weights
 from mlx_dpo.events import StepMetrics
 from mlx_dpo.pairs import DEMO_PAIRS_PATH, load_pairs
@@ -54,6 +54,7 @@ def test_two_rounds_reference_only_for_new_pairs(tmp_path, tiny, fresh_cache, mo
 
     def spy(model, *args, **kwargs):  # the adapter the round starts from, as the loop receives it
         started_with.update({k: mx.array(v) for k, v in adapter_weights(model).items()})
+        started_with["optimizer_from"] = kwargs.get("optimizer_from")
         return real_loop(model, *args, **kwargs)
 
     monkeypatch.setattr(api, "train_loop", spy)
@@ -63,6 +64,8 @@ def test_two_rounds_reference_only_for_new_pairs(tmp_path, tiny, fresh_cache, mo
     assert r2.new_pair_ids == second and len(r2.replay_pair_ids) == 1 and set(r2.replay_pair_ids) <= set(first)
     assert r2.metrics["ref_cache/misses"] == 2 * len(second)  # only the new pairs need a reference pass
     assert r2.metrics["ref_cache/hits"] == 2 * len(r2.replay_pair_ids)
+    # ... and its optimizer moments come from v1's last checkpoint
+    assert started_with.pop("optimizer_from") == checkpoint.latest(r1.adapter_path)
     assert set(started_with) == set(v1)
     for k in v1:
         assert mx.array_equal(started_with[k], v1[k]), k

@@ -247,3 +247,24 @@ def test_default_model_learns_the_demo_preferences_in_a_few_steps(tmp_path):
     assert max(line["rewards/accuracies"] for line in reports) >= 0.9
     assert result.metrics["rewards/accuracies"] >= 0.9
     assert result.metrics["loss"] < math.log(2)
+
+
+def test_continuing_from_an_adapter_carries_its_optimizer_moments_but_not_its_step(tmp_path):
+    import mlx.optimizers as optim
+    from mlx.utils import tree_flatten
+
+    from mlx_dpo.atomic import save_arrays
+
+    params = {"w": mx.ones((3,))}
+    first = optim.AdamW(learning_rate=0.1)
+    first.update(params, {"w": mx.array([0.5, -1.0, 2.0])})
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    save_arrays(folder / checkpoint.OPTIMIZER_FILE, dict(tree_flatten(first.state)))
+
+    second = optim.AdamW(learning_rate=0.1)
+    checkpoint.restore_moments(folder, second)
+    second.init(params)
+    assert second.state["step"].item() == 0
+    assert mx.array_equal(second.state["w"]["m"], first.state["w"]["m"])
+    assert mx.array_equal(second.state["w"]["v"], first.state["w"]["v"])

@@ -143,7 +143,7 @@ async def test_cancel_mid_round_keeps_checkpoint_and_app_usable(tmp_path, tiny_m
         await wait_until(pilot, lambda: any(e["type"] == "StepMetrics" and e["step"] >= 2 for e in screen.events),
                          timeout=120, what="two steps")
         await pilot.press("c")
-        assert screen.state == "cancelling"
+        assert screen.state in ("cancelling", "idle")  # a tiny model may already have stopped
         await wait_until(pilot, lambda: screen.last_round is not None, timeout=60, what="the cancelled round")
         assert screen.last_round["status"] == "cancelled" and screen.state == "idle"
         v2 = workspace / "adapters" / "v2"
