@@ -17,6 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Select, Static
 
 from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.store import StoredPair
 from tui.modals import ConfirmModal, PairEdits, PairModal, PathChoice, PathModal
 from tui.prompts import age, prompt_snippet, snippet
 from tui.widgets import ModeBar
@@ -116,6 +117,18 @@ class DataScreen(Screen):
             self.app.notify_warning("No pair selected: the table is empty.")
         return pair_id
 
+    def _selected_pair(self) -> StoredPair | None:
+        """The selected pair from the store, or None (with a message if it vanished meanwhile)."""
+        pair_id = self._selected()
+        if pair_id is None:
+            return None
+        try:
+            return self.app.store.get_pair(pair_id)
+        except MlxDpoError as e:
+            self.app.notify_error(str(e))
+            self.reload()
+            return None
+
     @on(Input.Changed, "#search")
     def _search_changed(self) -> None:
         self.reload()
@@ -147,15 +160,10 @@ class DataScreen(Screen):
         self.action_open_pair()
 
     def action_open_pair(self) -> None:
-        pair_id = self._selected()
-        if pair_id is None:
+        pair = self._selected_pair()
+        if pair is None:
             return
-        try:
-            pair = self.app.store.get_pair(pair_id)
-        except MlxDpoError as e:
-            self.app.notify_error(str(e))
-            self.reload()
-            return
+        pair_id = pair.id
 
         def edited(edits: PairEdits | None) -> None:
             self.action_focus_table()
@@ -175,14 +183,10 @@ class DataScreen(Screen):
         self.app.push_screen(PairModal(pair), edited)
 
     def action_delete_pair(self) -> None:
-        pair_id = self._selected()
-        if pair_id is None:
+        pair = self._selected_pair()
+        if pair is None:
             return
-        try:
-            pair = self.app.store.get_pair(pair_id)
-        except MlxDpoError as e:
-            self.app.notify_error(str(e))
-            return
+        pair_id = pair.id
         question = f"Delete pair #{pair_id}?\n\n{prompt_snippet(pair.prompt, 70)}\n\nThis cannot be undone."
 
         def confirmed(yes: bool | None) -> None:
