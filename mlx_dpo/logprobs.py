@@ -31,7 +31,8 @@ class SequenceBatch:
     num_tokens: int  # real (unpadded) input tokens, for throughput
 
 
-def _round_up(n: int, multiple: int) -> int:
+def round_up(n: int, multiple: int) -> int:
+    """`n` rounded up to a multiple (at least one multiple): the few padded lengths batches use."""
     return max(multiple, -(-n // multiple) * multiple)
 
 
@@ -39,8 +40,8 @@ def make_batch(sequences: Sequence[tuple[Sequence[int], Sequence[int]]], pad_mul
     """Pack (prompt ids, completion ids) pairs into one padded batch (host-side, numpy)."""
     n = len(sequences)
     full_lengths = [len(p) + len(c) - 1 for p, c in sequences]
-    T = _round_up(max(full_lengths), pad_multiple)
-    C = _round_up(max(len(c) for _, c in sequences), 8)
+    T = round_up(max(full_lengths), pad_multiple)
+    C = round_up(max(len(c) for _, c in sequences), 8)
     inputs = np.zeros((n, T), np.int32)
     positions = np.zeros((n, C), np.int32)
     targets = np.zeros((n, C), np.int32)

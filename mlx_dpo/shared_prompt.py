@@ -19,6 +19,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from mlx_dpo.logprobs import round_up
 from mlx_dpo.tokens import EncodedPair
 
 PAD_MULTIPLE = 16
@@ -36,15 +37,11 @@ class PairBatch:
     num_tokens: int  # real tokens run through the model (each prompt once)
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return max(multiple, -(-n // multiple) * multiple)
-
-
 def make_pair_batch(pairs: Sequence[EncodedPair], pad_multiple: int = PAD_MULTIPLE) -> PairBatch:
     B = len(pairs)
-    P = _round_up(max(len(p.prompt) for p in pairs), pad_multiple)
+    P = round_up(max(len(p.prompt) for p in pairs), pad_multiple)
     completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    C = _round_up(max(len(c) for c in completions), pad_multiple)
+    C = round_up(max(len(c) for c in completions), pad_multiple)
     prompts = np.zeros((B, P), np.int32)
     prompt_mask = np.zeros((B, P), bool)
     for i, p in enumerate(pairs):

@@ -214,7 +214,15 @@ def train_loop(
     model.train()
     step_fn = make_step(model, args)
 
-    batches_per_epoch = len(epoch_batches(train_pairs, args.batch_size, args.seed, 0))
+    order: dict[int, list[list[int]]] = {}  # one epoch's batches, computed once per epoch
+
+    def batches_of(epoch: int) -> list[list[int]]:
+        if epoch not in order:
+            order.clear()
+            order[epoch] = epoch_batches(train_pairs, args.batch_size, args.seed, epoch)
+        return order[epoch]
+
+    batches_per_epoch = len(batches_of(0))
     window, last = MetricWindow(), {}
     for step in range(start_step + 1, steps + 1):
         if cancel is not None and cancel.is_set():
@@ -226,7 +234,7 @@ def train_loop(
         for micro in range(args.grad_accum):
             index = (step - 1) * args.grad_accum + micro
             epoch, i = divmod(index, batches_per_epoch)
-            batch = [train_pairs[j] for j in epoch_batches(train_pairs, args.batch_size, args.seed, epoch)[i]]
+            batch = [train_pairs[j] for j in batches_of(epoch)[i]]
             arrays, tokens = batch_inputs(args, batch, ref, model)
             (_, metrics), g = step_fn(*arrays)
             grads = g if grads is None else tree_map(mx.add, grads, g)
@@ -261,7 +269,7 @@ def train_loop(
         if step % args.save_every == 0 or step == steps:
             path = checkpoint.save(adapter_dir, step, model, optimizer, adapter_config,
                                    {"args": asdict(args), "batches_per_epoch": batches_per_epoch,
-                                    "epoch": epoch, "data_order": epoch_batches(train_pairs, args.batch_size, args.seed, epoch)})
+                                    "epoch": epoch, "data_order": batches_of(epoch)})
             on_event(CheckpointSaved(step=step, path=str(path)))
     model.eval()
     return last
