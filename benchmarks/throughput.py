@@ -1,16 +1,20 @@
 """Ablation of the DPO step's optimisations on the default model, in one run.
 
 A fixed synthetic set (prompts of about 64 tokens, completions of about 64 tokens) is trained for
-a few steps under each configuration, from the same starting adapter:
-  plain                 two full sequences per pair, vocabulary logits everywhere, no compile
+whole epochs under each configuration, from the same starting adapter:
+  plain                 pairs in data order, two full sequences per pair, every position projected
+                        onto the vocabulary and log-softmaxed (as TRL does), no compile
+  +length grouping      batches of pairs of similar length (the trainer's batch order)
   +completion logits    vocabulary projection only at completion positions (chunked)
   +shared prompt        each prompt runs once under both completions
   full                  all of the above, and mx.compile of the step (the default)
   full -X               the default with one optimisation switched off
-Prints JSON: pairs/s, completion tokens/s, peak memory, reference-pass time for each, and model-FLOPs
-utilisation against the fp32 matmul rate measured in the same run.
+Configurations are timed in interleaved rounds (round 0 is a warm-up that also compiles every
+shape), so a slow spell on a shared machine hits all of them alike; each figure is the median over
+the timed rounds. Prints JSON: pairs/s, completion tokens/s, peak memory, reference-pass time for
+each, and model-FLOPs utilisation against the fp32 matmul rate measured in the same run.
 
-    .venv/bin/python benchmarks/throughput.py [--steps 3] [--batch-size 4] [--lora-layers -1]
+    .venv/bin/python benchmarks/throughput.py [--rounds 2] [--pairs 16] [--batch-size 4] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -34,16 +39,19 @@ from mlx_dpo.models import load_model
 from mlx_dpo.ref_cache import RefCache
 from mlx_dpo.reference import reference_logps
 from mlx_dpo.tokens import EncodedPair
-from mlx_dpo.trainer import TrainingArgs, batch_inputs, make_step
+from mlx_dpo.trainer import TrainingArgs, batch_inputs, epoch_batches, make_step
 
+ON = dict(group=True, shared_prompt=True, full_logits=False, compile=True)
 CONFIGS = {
-    "plain": dict(shared_prompt=False, full_logits=True, compile=False),
-    "+completion logits": dict(shared_prompt=False, full_logits=False, compile=False),
-    "+shared prompt": dict(shared_prompt=True, full_logits=False, compile=False),
-    "full": dict(shared_prompt=True, full_logits=False, compile=True),
-    "full -compile": dict(shared_prompt=True, full_logits=False, compile=False),
-    "full -shared prompt": dict(shared_prompt=False, full_logits=False, compile=True),
-    "full -completion logits": dict(shared_prompt=True, full_logits=True, compile=True),
+    "plain": dict(group=False, shared_prompt=False, full_logits=True, compile=False),
+    "+length grouping": dict(group=True, shared_prompt=False, full_logits=True, compile=False),
+    "+completion logits": dict(group=True, shared_prompt=False, full_logits=False, compile=False),
+    "+shared prompt": dict(group=True, shared_prompt=True, full_logits=False, compile=False),
+    "full": ON,
+    "full -compile": {**ON, "compile": False},
+    "full -shared prompt": {**ON, "shared_prompt": False},
+    "full -completion logits": {**ON, "full_logits": True},
+    "full -length grouping": {**ON, "group": False},
 }
 
 
@@ -72,52 +80,71 @@ def model_flops_per_pair(config: dict, pair: EncodedPair, vocab: int) -> float:
     return 2 * (per_token * tokens + head)  # backward (dX only) costs about what the forward does
 
 
-def run_config(loaded, pairs, start_weights, settings: dict, steps: int, batch_size: int) -> dict:
-    model = loaded.model
-    model.load_weights(list(start_weights.items()), strict=False)
-    args = TrainingArgs(batch_size=batch_size, learning_rate=1e-4, **settings)
-    # Reference pass from an empty cache, timed.
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = RefCache("bench", root=Path(tmp))
+class Config:
+    """One configuration's step function, batches and measurements."""
+
+    def __init__(self, loaded, pairs, start_weights, settings: dict, batch_size: int):
+        self.settings = settings
+        self.model, self.start_weights = loaded.model, start_weights
+        self.args = TrainingArgs(batch_size=batch_size, learning_rate=1e-4,
+                                 **{k: v for k, v in settings.items() if k != "group"})
+        if settings["group"]:
+            self.batches = [[pairs[i] for i in b] for b in epoch_batches(pairs, batch_size, seed=0, epoch=0)]
+        else:
+            self.batches = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
+        self.step_fn = make_step(self.model, self.args)
+        self.epoch_seconds: list[float] = []
+        self.peak_memory = 0.0
+        self.reference_seconds = self.reference_pass()
+
+    def reference_pass(self) -> float:
+        """Seconds for the reference pass over every pair from an empty cache; keeps the log-probs in `ref`."""
+        self.model.load_weights(list(self.start_weights.items()), strict=False)
+        pairs = [p for b in self.batches for p in b]
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = RefCache("bench", root=Path(tmp))
+            self.ref, stats = reference_logps(self.model, pairs, cache, batch_size=2 * self.args.batch_size,
+                                              shared_prompt=self.args.shared_prompt, full_logits=self.args.full_logits)
+            cache.close()
+        return stats.seconds
+
+    def epoch(self) -> float:
+        """Train one epoch from the starting adapter; returns its wall-clock seconds."""
+        model = self.model
+        model.load_weights(list(self.start_weights.items()), strict=False)
+        optimizer = optim.AdamW(learning_rate=self.args.learning_rate)
+        model.train()
         mx.reset_peak_memory()
-        ref, stats = reference_logps(model, pairs, cache, batch_size=2 * batch_size,
-                                     shared_prompt=args.shared_prompt, full_logits=args.full_logits)
-        cache.close()
-    optimizer = optim.AdamW(learning_rate=args.learning_rate)
-    step_fn = make_step(model, args)
-    model.train()
-    batches = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
+        start = time.perf_counter()
+        for batch in self.batches:
+            arrays, _ = batch_inputs(self.args, batch, self.ref, model)
+            (loss, _), grads = self.step_fn(*arrays)
+            optimizer.update(model, grads)
+            mx.eval(loss, model.trainable_parameters(), optimizer.state)
+        seconds = time.perf_counter() - start
+        model.eval()
+        self.peak_memory = max(self.peak_memory, mx.get_peak_memory() / 1e9)
+        return seconds
 
-    def one_step(batch):
-        arrays, _ = batch_inputs(args, batch, ref, model)
-        (loss, _), grads = step_fn(*arrays)
-        optimizer.update(model, grads)
-        mx.eval(loss, model.trainable_parameters(), optimizer.state)
-        return loss.item()
-
-    one_step(batches[0])  # warm-up: compilation, allocator
-    mx.reset_peak_memory()
-    start = time.perf_counter()
-    losses = [one_step(batches[(i + 1) % len(batches)]) for i in range(steps)]
-    seconds = time.perf_counter() - start
-    timed = [batches[(i + 1) % len(batches)] for i in range(steps)]
-    n_pairs = sum(len(b) for b in timed)
-    completion_tokens = sum(len(p.chosen) + len(p.rejected) for b in timed for p in b)
-    model.eval()
-    return {
-        **settings,
-        "pairs_per_second": n_pairs / seconds,
-        "completion_tokens_per_second": completion_tokens / seconds,
-        "seconds_per_step": seconds / steps,
-        "peak_memory_gb": mx.get_peak_memory() / 1e9,
-        "reference_pass_seconds": stats.seconds,
-        "first_loss": losses[0],
-    }
+    def result(self, flops_per_pair: float, matmul_gflops: float) -> dict:
+        seconds = statistics.median(self.epoch_seconds)
+        pairs = [p for b in self.batches for p in b]
+        pairs_per_second = len(pairs) / seconds
+        return {
+            **self.settings,
+            "pairs_per_second": pairs_per_second,
+            "completion_tokens_per_second": sum(len(p.chosen) + len(p.rejected) for p in pairs) / seconds,
+            "seconds_per_step": seconds / len(self.batches),
+            "epoch_seconds_per_round": [round(s, 2) for s in self.epoch_seconds],
+            "peak_memory_gb": self.peak_memory,
+            "reference_pass_seconds": self.reference_seconds,
+            "mfu": pairs_per_second * flops_per_pair / (matmul_gflops * 1e9),
+        }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2, help="timed epochs per configuration, after a warm-up epoch")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--lora-layers", type=int, default=-1)
@@ -133,12 +160,16 @@ def main() -> None:
     vocab = loaded.config["vocab_size"]
     flops_per_pair = sum(model_flops_per_pair(loaded.config, p, vocab) for p in pairs) / len(pairs)
 
+    configs = {name: Config(loaded, pairs, start_weights, settings, a.batch_size)
+               for name, settings in CONFIGS.items() if not a.only or name in a.only}
+    for round_ in range(a.rounds + 1):
+        for config in configs.values():
+            seconds = config.epoch()
+            if round_:  # round 0 warms up (allocator, compiled shapes)
+                config.epoch_seconds.append(seconds)
     results = {}
-    for name, settings in CONFIGS.items():
-        if a.only and name not in a.only:
-            continue
-        r = run_config(loaded, pairs, start_weights, settings, a.steps, a.batch_size)
-        r["mfu"] = r["pairs_per_second"] * flops_per_pair / (rate * 1e9)
+    for name, config in configs.items():
+        r = config.result(flops_per_pair, rate)
         results[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
     out = {
         "benchmark": "throughput",
@@ -146,6 +177,8 @@ def main() -> None:
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {mx.default_device()}",
         "model": "SmolLM2-135M-Instruct (default)",
         "batch_size": a.batch_size,
+        "pairs": a.pairs,
+        "timed_rounds": a.rounds,
         "mean_prompt_tokens": sum(len(p.prompt) for p in pairs) / len(pairs),
         "mean_completion_tokens": sum(len(p.chosen) + len(p.rejected) for p in pairs) / (2 * len(pairs)),
         "lora_layers": a.lora_layers,

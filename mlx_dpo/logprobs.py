@@ -15,7 +15,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-PAD_MULTIPLE = 32  # sequence lengths are padded to a few sizes so kernels and compiled graphs are reused
+# Lengths are padded to multiples of this: few enough shapes that compiled graphs are reused, and at
+# most 7 wasted positions per sequence (every position costs a full forward and backward).
+PAD_MULTIPLE = 8
 VOCAB_CHUNK = 64  # completion positions projected onto the vocabulary at a time
 
 
@@ -41,7 +43,7 @@ def make_batch(sequences: Sequence[tuple[Sequence[int], Sequence[int]]], pad_mul
     n = len(sequences)
     full_lengths = [len(p) + len(c) - 1 for p, c in sequences]
     T = round_up(max(full_lengths), pad_multiple)
-    C = round_up(max(len(c) for _, c in sequences), 8)
+    C = round_up(max(len(c) for _, c in sequences), pad_multiple)
     inputs = np.zeros((n, T), np.int32)
     positions = np.zeros((n, C), np.int32)
     targets = np.zeros((n, C), np.int32)
@@ -80,10 +82,12 @@ def _token_logps(logits: mx.array, targets: mx.array) -> mx.array:
 def token_logps(model: nn.Module, batch: SequenceBatch, full_logits: bool = False) -> mx.array:
     """(n, C) log-probabilities of each completion token (0 at padding)."""
     if full_logits:
-        logits = model(batch.inputs)  # every position projected: the plain path
-        idx = batch.positions[..., None]
-        picked = mx.take_along_axis(logits, idx, axis=1)
-        return _token_logps(picked, batch.targets) * batch.mask
+        # The plain path, as TRL runs it: every position projected and log-softmaxed, then picked.
+        logits = model(batch.inputs).astype(mx.float32)
+        lse = mx.take_along_axis(mx.logsumexp(logits, axis=-1), batch.positions, axis=1)
+        picked = mx.take_along_axis(logits, batch.positions[..., None], axis=1)
+        picked = mx.take_along_axis(picked, batch.targets[..., None], axis=-1).squeeze(-1)
+        return (picked - lse) * batch.mask
     hidden = model.model(batch.inputs)  # (n, T, D), final norm applied
     hidden = mx.take_along_axis(hidden, batch.positions[..., None], axis=1)  # (n, C, D)
     return chunked_logps(output_head(model), hidden, batch.targets) * batch.mask

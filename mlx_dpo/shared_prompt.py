@@ -19,10 +19,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from mlx_dpo.logprobs import round_up
+from mlx_dpo.logprobs import PAD_MULTIPLE, round_up
 from mlx_dpo.tokens import EncodedPair
-
-PAD_MULTIPLE = 16
 
 
 @dataclass
