@@ -85,7 +85,7 @@ def load_pairs(path: str | Path, *, skip_invalid: bool = False) -> LoadResult:
     MlxDpoError listing them all; with it, bad rows are dropped and counted. No usable pair raises too.
     """
     name = str(path)
-    text = _read_text(Path(path))
+    text = read_text(Path(path))
     pairs: list[PreferencePair] = []
     errors: list[RowError] = []
     skipped = 0
@@ -163,7 +163,8 @@ class _Row:
     rejected: str
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
+    """A UTF-8 text file's contents, or MlxDpoError naming the file (and the line of a bad byte)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -191,7 +192,7 @@ def _parse_line(line: str) -> tuple[_Row | None, list[Problem]]:
     problems: list[Problem] = []
     row_id = _parse_id(obj["id"], problems) if "id" in obj else None
     values: dict[str, Any] = {}
-    for name, parse in (("prompt", _parse_prompt), ("chosen", _parse_completion), ("rejected", _parse_completion)):
+    for name, parse in (("prompt", parse_prompt), ("chosen", parse_completion), ("rejected", parse_completion)):
         if name not in obj:
             problems.append((name, "is missing"))
         else:
@@ -213,7 +214,11 @@ def _parse_id(value: Any, problems: list[Problem]) -> str | None:
     return str(value)
 
 
-def _parse_prompt(value: Any, name: str, problems: list[Problem]) -> list[dict[str, str]] | None:
+def parse_prompt(value: Any, name: str, problems: list[Problem]) -> list[dict[str, str]] | None:
+    """A prompt (text or messages ending with a user turn) as messages; else None, with `problems` added.
+
+    One set of rules for file rows, typed and sampled pairs, and prompt queues.
+    """
     if isinstance(value, str):
         return [{"role": "user", "content": value}] if _non_blank(value, name, problems) else None
     messages = _parse_messages(value, name, problems, roles=ROLES)
@@ -232,7 +237,8 @@ def _parse_prompt(value: Any, name: str, problems: list[Problem]) -> list[dict[s
     return messages if ok else None
 
 
-def _parse_completion(value: Any, name: str, problems: list[Problem]) -> str | None:
+def parse_completion(value: Any, name: str, problems: list[Problem]) -> str | None:
+    """A completion (text or assistant messages) as text; else None, with `problems` added."""
     if isinstance(value, str):
         return value if _non_blank(value, name, problems) else None
     messages = _parse_messages(value, name, problems, roles=("assistant",))
@@ -283,6 +289,11 @@ def _duplicate_problem(row_id: str, explicit: bool, first_line: int, first_expli
     if explicit or first_explicit:
         return ("id", f"duplicate id {row_id!r} (first used on line {first_line})")
     return (None, f"duplicate pair: same prompt, chosen and rejected as line {first_line}")
+
+
+def describe_problems(problems: list[Problem]) -> str:
+    """One line: "prompt is empty; prompt[1].role: a system message must come first"."""
+    return "; ".join(f"{f} {m}" if m.startswith("is ") else f"{f}: {m}" for f, m in problems)
 
 
 def _list_errors(errors: list[RowError]) -> str:

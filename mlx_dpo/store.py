@@ -34,12 +34,12 @@ from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.pairs import (
     PreferencePair,
     Style,
+    describe_problems,
     load_pairs,
     pair_id as _content_key,  # the id a file row without one gets: same content, same key
+    parse_completion,
+    parse_prompt,
     write_pairs,
-    # The file reader's own field checks: one set of rules for typed, sampled and imported pairs.
-    _parse_completion,
-    _parse_prompt,
 )
 
 DB_NAME = "preferences.sqlite"
@@ -692,24 +692,24 @@ def _schema_version(conn: sqlite3.Connection, path: Path) -> int:
 
 def _checked_prompt(prompt: Any) -> list[dict[str, str]]:
     problems: list[tuple[str | None, str]] = []
-    messages = _parse_prompt(prompt, "prompt", problems)
+    messages = parse_prompt(prompt, "prompt", problems)
     if problems:
-        raise MlxDpoError(_describe(problems))
+        raise MlxDpoError(describe_problems(problems))
     return messages
 
 
 def _checked_pair(prompt: Any, chosen: Any, rejected: Any) -> tuple[list[dict[str, str]], str, str]:
     """The pair as stored, or MlxDpoError listing every problem (same rules as a JSONL row)."""
     problems: list[tuple[str | None, str]] = []
-    messages = _parse_prompt(prompt, "prompt", problems)
+    messages = parse_prompt(prompt, "prompt", problems)
     answers = []
     for name, value in (("chosen", chosen), ("rejected", rejected)):
         if isinstance(value, str):
-            answers.append(_parse_completion(value, name, problems))
+            answers.append(parse_completion(value, name, problems))
         else:  # the file reader would also take a message list; the store's API takes the text
             problems.append((name, f"expected a string, got {type(value).__name__}"))
     if problems:
-        raise MlxDpoError(_describe(problems))
+        raise MlxDpoError(describe_problems(problems))
     good_chosen, good_rejected = answers
     if good_chosen.strip() == good_rejected.strip():
         raise MlxDpoError("chosen and rejected are identical; a pair needs two different answers")
@@ -722,11 +722,6 @@ def _checked_answers(answers: Any, *, allow_empty: bool) -> list[str]:
     if not answers and not allow_empty:
         raise MlxDpoError("a candidate needs at least one answer")
     return list(answers)
-
-
-def _describe(problems: list[tuple[str | None, str]]) -> str:
-    # "prompt is empty", "prompt[1].role: a system message must come first"
-    return "; ".join(f"{f} {m}" if m.startswith("is ") else f"{f}: {m}" for f, m in problems)
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -10,6 +10,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.pairs import describe_problems, parse_prompt, read_text
+
 MAX_QUEUE_ERRORS = 5
 
 
@@ -54,15 +57,9 @@ def read_prompt_queue(path: str | Path) -> list[list[dict]]:
     """
     path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise QueueError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise QueueError(f"{path}: is a folder, not a file") from None
-    except UnicodeDecodeError:
-        raise QueueError(f"{path}: not UTF-8 text") from None
-    except OSError as e:
-        raise QueueError(f"{path}: cannot read ({e.strerror or e})") from None
+        text = read_text(path)  # the pairs reader's rules: UTF-8 (BOM tolerated), clear errors
+    except MlxDpoError as e:
+        raise QueueError(str(e)) from None
     if path.suffix.lower() in (".jsonl", ".json"):
         prompts = _read_jsonl(path, text)
     else:
@@ -95,28 +92,16 @@ def _read_jsonl(path: Path, text: str) -> list[list[dict]]:
 def _row_prompt(row: object) -> list[dict]:
     if not isinstance(row, dict):
         raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-    value = row.get("prompt", row.get("messages"))
+    name = "prompt" if "prompt" in row else "messages"
+    value = row.get(name)
     if value is None:
         raise ValueError('no "prompt" (or "messages") field')
-    if isinstance(value, str):
-        if not value.strip():
-            raise ValueError("the prompt is empty")
-        return [{"role": "user", "content": value}]
-    if not isinstance(value, list) or not value:
-        raise ValueError("the prompt must be a string or a non-empty list of messages")
-    messages = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise ValueError(f'message {i} must be {{"role": ..., "content": ...}} with string values')
-        if m["role"] not in ("system", "user", "assistant"):
-            raise ValueError(f"message {i} has an unknown role {m['role']!r}")
-        if m["role"] == "system" and i:
-            raise ValueError("a system message must come first")
-        messages.append({"role": m["role"], "content": m["content"]})
-    if messages[-1]["role"] == "assistant":
-        messages.pop()  # a chat transcript: the model answers the last user turn
-    if not messages or messages[-1]["role"] != "user" or not messages[-1]["content"].strip():
-        raise ValueError("the last message must be a non-empty user message")
+    if isinstance(value, list) and len(value) > 1 and isinstance(value[-1], dict) and value[-1].get("role") == "assistant":
+        value = value[:-1]  # a chat transcript: the model answers the last user turn
+    problems: list = []
+    messages = parse_prompt(value, name, problems)  # the same rules as a pair's prompt
+    if problems:
+        raise ValueError(describe_problems(problems))
     return messages
 
 
