@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from textual import events
 
-from helpers import REPO, make_tiny_model_folder, sample_answers, type_text, wait_until
+from helpers import REPO, assert_clean_error, make_tiny_model_folder, run_cli, sample_answers, type_text, wait_until
 from mlx_dpo.store import PreferenceStore
 from tui.app import MlxDpoApp
 from tui.backend import SampleSettings
@@ -424,6 +424,16 @@ async def test_bad_workspace_is_refused_before_the_app_starts(tmp_path, tiny_mod
     not_a_folder.write_text("x")
     with pytest.raises(MlxDpoError, match="is a file"):
         MlxDpoApp(not_a_folder, model=str(tiny_model))
+
+
+@pytest.mark.parametrize("command", [["tui"], []], ids=["mlx-dpo tui", "mlx-dpo"])
+def test_the_cli_opens_the_app_on_the_workspace_it_names(tmp_path, command):
+    # A file where the workspace should be is refused before anything is drawn, so the routing is
+    # visible without a terminal: both spellings reach the app with the --workspace given.
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    result = run_cli(*command, "--workspace", str(not_a_folder))
+    assert_clean_error(result, str(not_a_folder), "is a file")
 
 
 async def test_model_that_cannot_load_is_reported(workspace, tmp_path):
