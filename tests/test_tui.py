@@ -144,6 +144,30 @@ async def test_label_sampled_pairs(make_app, workspace, tiny_model):
     assert {older.origin, newer.origin} == {"sampled"} and older.sampler == str(tiny_model) and older.note is None
 
 
+async def test_answers_not_judged_before_a_quit_come_back_in_the_next_session(make_app, workspace):
+    async with started(make_app()) as pilot:
+        first, second = await sample_answers(pilot, "Name a colour.")
+    with reopen(workspace) as store:  # kept in the store, not in the app's memory
+        (kept,) = store.list_candidates()
+    assert kept.answers == [first, second] and kept.prompt == [{"role": "user", "content": "Name a colour."}]
+
+    app = make_app()
+    async with started(app) as pilot:
+        screen = app.get_screen("label")
+        assert screen.state == "ready" and screen.answers() == (first, second)
+        assert screen.query_one("#prompt").text == "Name a colour."
+        await pilot.press("2")
+        assert app.pair_counts == (1, 0, 0)
+        # Answers that are skipped (n) are not brought back either.
+        await pilot.press("n")  # a new, empty prompt, focused
+        await sample_answers(pilot, "Name a fruit.")
+        await pilot.press("escape", "n")
+    with reopen(workspace) as store:
+        (pair,) = store.list_pairs()
+        assert store.list_candidates() == []
+    assert (pair.chosen, pair.rejected) == (second, first)
+
+
 async def test_edit_answers_before_saving(make_app, workspace):
     app = make_app()
     async with started(app) as pilot:

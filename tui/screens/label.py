@@ -63,6 +63,7 @@ class LabelScreen(Screen):
         self.done = [False, False]
         self.edited = False
         self.labeled: str | None = None  # "pair #3" or "tie" once the shown answers are labeled
+        self.candidate_id: int | None = None  # the shown answers, kept in the store until judged
         self.history: list[LabelRecord] = []
         self.queue: list[list[dict]] = []
         self.queue_name = ""
@@ -107,6 +108,7 @@ class LabelScreen(Screen):
         self._show_settings()
         self._show_queue()
         self.query_one("#prompt", TextArea).focus()
+        self._restore_unjudged()
         self.call_after_refresh(self.app.first_screen_drawn)
 
     # --- small helpers ---
@@ -163,7 +165,48 @@ class LabelScreen(Screen):
             return "labeled"
         return "ready" if all(self.done) else "sampling"
 
+    def _show_answers(self, parts: PromptParts, answers: tuple[str, str], subtitle: str) -> None:
+        """Complete answers to `parts` on screen, ready to be judged."""
+        self._clear_answers()
+        self._set_editor(parts)
+        self.sampled = parts
+        self.done = [True, True]
+        for slot, text in zip((1, 2), answers):
+            self._pane(slot).set_text(text, subtitle)
+
+    def _restore_unjudged(self) -> None:
+        """Answers sampled in an earlier session and never judged come back on screen."""
+        try:
+            candidates = self.store.list_candidates()
+        except MlxDpoError:
+            return  # the app reports store problems where they matter; restoring is a convenience
+        if not candidates:
+            return
+        newest = candidates[-1]
+        self._show_answers(PromptParts.from_messages(newest.prompt), tuple((newest.answers + ["", ""])[:2]), "restored")
+        self.candidate_id = newest.id
+        self._status("answers from the last session, not judged yet: 1 / 2 pick · t tie · r resample", "warning")
+        self._focus_answers()
+
+    def _keep_candidate(self) -> None:
+        """Both answers are in: keep them in the store so quitting before a judgement loses nothing."""
+        try:
+            self.candidate_id = self.store.add_candidate(
+                self.sampled.messages(), list(self.answers()), sampler=self.app.sampler
+            ).id
+        except MlxDpoError:
+            self.candidate_id = None  # e.g. an empty answer: nothing worth keeping
+
+    def _drop_candidate(self) -> None:
+        if self.candidate_id is not None:
+            candidate_id, self.candidate_id = self.candidate_id, None
+            try:
+                self.store.delete_candidate(candidate_id)
+            except MlxDpoError:
+                pass  # already gone
+
     def _clear_answers(self) -> None:
+        self._drop_candidate()  # answers replaced or skipped unjudged: a restart should not bring them back
         self.app.worker.cancel()
         self.request_id = None
         self.sampled = None
@@ -230,6 +273,7 @@ class LabelScreen(Screen):
         if message.slot == 1:
             self._pane(2).border_subtitle = "streaming…"
         if all(self.done):
+            self._keep_candidate()
             hint = "1 / 2 pick the better answer · t tie · e edit · r resample"
             if self.answers()[0].strip() == self.answers()[1].strip():
                 hint = "the two answers are identical: r resample · e edit · t tie"
@@ -276,6 +320,7 @@ class LabelScreen(Screen):
             self.app.notify_error(str(e), title="Not saved")
             return
         # add_pair has committed: only now is the label reported as saved.
+        self._drop_candidate()
         self.labeled = f"pair #{pair.id}"
         self.history.append(LabelRecord("pair", pair.id, self.sampled, answers, self.queue_pos))
         self._status(f"saved pair #{pair.id} (answer {slot} chosen)", "saved")
@@ -292,6 +337,7 @@ class LabelScreen(Screen):
         except MlxDpoError as e:
             self.app.notify_error(str(e), title="Not saved")
             return
+        self._drop_candidate()
         self.labeled = "tie"
         self.history.append(LabelRecord("skip", skip.id, self.sampled, answers, self.queue_pos))
         self._status("tie recorded: no pair saved", "saved")
@@ -313,6 +359,8 @@ class LabelScreen(Screen):
             self.edited = True
             for slot, text in zip((1, 2), result.answers):
                 self._pane(slot).set_text(text, "edited")
+            self._drop_candidate()
+            self._keep_candidate()  # a quit now brings back the edited answers
         if result.pick is not None:
             self.action_pick(result.pick)
         else:
@@ -341,12 +389,8 @@ class LabelScreen(Screen):
                 answers = (item.chosen, item.rejected)
             else:
                 answers = tuple((list(item.answers) + ["", ""])[:2])
-        self._clear_answers()
-        self._set_editor(parts)
-        self.sampled = parts
-        self.done = [True, True]
-        for slot, text in zip((1, 2), answers):
-            self._pane(slot).set_text(text, "restored")
+        self._show_answers(parts, answers, "restored")
+        self._keep_candidate()  # unjudged again, so kept like freshly sampled answers
         what = f"pair #{item.id}" if result.kind == "pair" else "tie"
         self._status(f"undid {what}: label it again", "warning")
         self.app.notify(f"undid {what}", timeout=2)
