@@ -108,8 +108,8 @@ class Config:
             cache.close()
         return stats.seconds
 
-    def epoch(self) -> float:
-        """Train one epoch from the starting adapter; returns its wall-clock seconds."""
+    def epoch(self, timed: bool) -> None:
+        """Train one epoch from the starting adapter; a timed one records its seconds and peak memory."""
         model = self.model
         model.load_weights(list(self.start_weights.items()), strict=False)
         optimizer = optim.AdamW(learning_rate=self.args.learning_rate)
@@ -123,8 +123,9 @@ class Config:
             mx.eval(loss, model.trainable_parameters(), optimizer.state)
         seconds = time.perf_counter() - start
         model.eval()
-        self.peak_memory = max(self.peak_memory, mx.get_peak_memory() / 1e9)
-        return seconds
+        if timed:  # the warm-up round also compiles and fills the allocator's cache
+            self.epoch_seconds.append(seconds)
+            self.peak_memory = max(self.peak_memory, mx.get_peak_memory() / 1e9)
 
     def result(self, flops_per_pair: float, matmul_gflops: float) -> dict:
         seconds = statistics.median(self.epoch_seconds)
@@ -150,6 +151,8 @@ def main() -> None:
     parser.add_argument("--lora-layers", type=int, default=-1)
     parser.add_argument("--only", nargs="*", help="configuration names to run")
     a = parser.parse_args()
+    if a.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     loaded = load_model()
     pairs = synthetic_pairs(loaded.tokenizer, a.pairs)
@@ -160,13 +163,15 @@ def main() -> None:
     vocab = loaded.config["vocab_size"]
     flops_per_pair = sum(model_flops_per_pair(loaded.config, p, vocab) for p in pairs) / len(pairs)
 
+    with tempfile.TemporaryDirectory() as tmp:  # one untimed pass: the first configuration pays no first-use costs
+        cache = RefCache("warm-up", root=Path(tmp))
+        reference_logps(loaded.model, pairs[: a.batch_size], cache, batch_size=a.batch_size)
+        cache.close()
     configs = {name: Config(loaded, pairs, start_weights, settings, a.batch_size)
                for name, settings in CONFIGS.items() if not a.only or name in a.only}
     for round_ in range(a.rounds + 1):
         for config in configs.values():
-            seconds = config.epoch()
-            if round_:  # round 0 warms up (allocator, compiled shapes)
-                config.epoch_seconds.append(seconds)
+            config.epoch(timed=round_ > 0)  # round 0 warms up (allocator, compiled shapes)
     results = {}
     for name, config in configs.items():
         r = config.result(flops_per_pair, rate)

@@ -406,13 +406,17 @@ def _add_tui_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workspace", help="workspace folder holding preferences.sqlite (default: ./mlx-dpo-workspace)")
     _add_model_args(p)
     p.set_defaults(func=cmd_tui)
+    _TUI_OPTIONS.update(o for a in p._actions for o in a.option_strings if o not in ("-h", "--help"))
+
+
+_TUI_OPTIONS: set[str] = set()  # filled by _add_tui_parser: options that open the app without a command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
-        argv = ["tui", *argv]  # `mlx-dpo --workspace X`: options without a command belong to the app
+    if argv and argv[0].split("=")[0] in _TUI_OPTIONS:
+        argv = ["tui", *argv]  # `mlx-dpo --workspace X`: the app's options without a command open the app
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:  # no command: open the terminal app

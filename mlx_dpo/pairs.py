@@ -170,7 +170,7 @@ def read_text(path: Path) -> str:
     except FileNotFoundError:
         raise MlxDpoError(f"{path}: no such file") from None
     except IsADirectoryError:
-        raise MlxDpoError(f"{path}: is a folder, expected a .jsonl file") from None
+        raise MlxDpoError(f"{path}: is a folder, not a file") from None
     except OSError as e:
         raise MlxDpoError(f"{path}: cannot read: {e.strerror or e}") from None
     try:

@@ -64,6 +64,7 @@ class LabelScreen(Screen):
         self.edited = False
         self.labeled: str | None = None  # "pair #3" or "tie" once the shown answers are labeled
         self.candidate_id: int | None = None  # the shown answers, kept in the store until judged
+        self.candidate_sampler: str | None = None  # who sampled answers restored from an earlier session
         self.history: list[LabelRecord] = []
         self.queue: list[list[dict]] = []
         self.queue_name = ""
@@ -108,8 +109,8 @@ class LabelScreen(Screen):
         self._show_settings()
         self._show_queue()
         self.query_one("#prompt", TextArea).focus()
-        self._restore_unjudged()
         self.call_after_refresh(self.app.first_screen_drawn)
+        self._restore_unjudged()
 
     # --- small helpers ---
 
@@ -178,13 +179,15 @@ class LabelScreen(Screen):
         """Answers sampled in an earlier session and never judged come back on screen."""
         try:
             candidates = self.store.list_candidates()
-        except MlxDpoError:
-            return  # the app reports store problems where they matter; restoring is a convenience
+        except Exception:  # noqa: BLE001 - restoring is a convenience; the app must start regardless
+            return
         if not candidates:
             return
-        newest = candidates[-1]
+        newest = candidates[-1]  # only one is kept at a time; older ones are leftovers of a crash
+        for old in candidates[:-1]:
+            self._forget_candidate(old.id)
         self._show_answers(PromptParts.from_messages(newest.prompt), tuple((newest.answers + ["", ""])[:2]), "restored")
-        self.candidate_id = newest.id
+        self.candidate_id, self.candidate_sampler = newest.id, newest.sampler
         self._status("answers from the last session, not judged yet: 1 / 2 pick · t tie · r resample", "warning")
         self._focus_answers()
 
@@ -192,21 +195,31 @@ class LabelScreen(Screen):
         """Both answers are in: keep them in the store so quitting before a judgement loses nothing."""
         try:
             self.candidate_id = self.store.add_candidate(
-                self.sampled.messages(), list(self.answers()), sampler=self.app.sampler
+                self.sampled.messages(), list(self.answers()), sampler=self.sampler
             ).id
-        except MlxDpoError:
-            self.candidate_id = None  # e.g. an empty answer: nothing worth keeping
+        except Exception as e:  # noqa: BLE001 - a convenience: labeling goes on without it
+            self.candidate_id = None
+            self.app.notify_warning(f"Could not keep the answers for a later session: {e}")
 
     def _drop_candidate(self) -> None:
         if self.candidate_id is not None:
             candidate_id, self.candidate_id = self.candidate_id, None
-            try:
-                self.store.delete_candidate(candidate_id)
-            except MlxDpoError:
-                pass  # already gone
+            self._forget_candidate(candidate_id)
+
+    def _forget_candidate(self, candidate_id: int) -> None:
+        try:
+            self.store.delete_candidate(candidate_id)
+        except Exception:  # noqa: BLE001 - already gone, or the store is closing: nothing to undo
+            pass
+
+    @property
+    def sampler(self) -> str | None:
+        """Who sampled the shown answers: the current model, or the one named by a restored candidate."""
+        return self.candidate_sampler or self.app.sampler
 
     def _clear_answers(self) -> None:
         self._drop_candidate()  # answers replaced or skipped unjudged: a restart should not bring them back
+        self.candidate_sampler = None
         self.app.worker.cancel()
         self.request_id = None
         self.sampled = None
@@ -313,14 +326,14 @@ class LabelScreen(Screen):
         chosen, rejected = answers[slot - 1], answers[2 - slot]
         try:
             pair = self.store.add_pair(
-                self.sampled.messages(), chosen, rejected, origin="sampled", sampler=self.app.sampler,
-                note="answers edited before labeling" if self.edited else None,
+                self.sampled.messages(), chosen, rejected, origin="sampled", sampler=self.sampler,
+                note="answers edited before labeling" if self.edited else None, candidate_id=self.candidate_id,
             )
         except MlxDpoError as e:
             self.app.notify_error(str(e), title="Not saved")
             return
-        # add_pair has committed: only now is the label reported as saved.
-        self._drop_candidate()
+        # add_pair has committed (and deleted the candidate with it): only now is the label reported as saved.
+        self.candidate_id = None
         self.labeled = f"pair #{pair.id}"
         self.history.append(LabelRecord("pair", pair.id, self.sampled, answers, self.queue_pos))
         self._status(f"saved pair #{pair.id} (answer {slot} chosen)", "saved")
@@ -333,11 +346,12 @@ class LabelScreen(Screen):
             return
         answers = self.answers()
         try:
-            skip = self.store.add_skip(self.sampled.messages(), "tie", answers=list(answers), sampler=self.app.sampler)
+            skip = self.store.add_skip(self.sampled.messages(), "tie", answers=list(answers), sampler=self.sampler,
+                                       candidate_id=self.candidate_id)
         except MlxDpoError as e:
             self.app.notify_error(str(e), title="Not saved")
             return
-        self._drop_candidate()
+        self.candidate_id = None
         self.labeled = "tie"
         self.history.append(LabelRecord("skip", skip.id, self.sampled, answers, self.queue_pos))
         self._status("tie recorded: no pair saved", "saved")
@@ -390,6 +404,7 @@ class LabelScreen(Screen):
             else:
                 answers = tuple((list(item.answers) + ["", ""])[:2])
         self._show_answers(parts, answers, "restored")
+        self.candidate_sampler = item.sampler  # labeling it again keeps who sampled it
         self._keep_candidate()  # unjudged again, so kept like freshly sampled answers
         what = f"pair #{item.id}" if result.kind == "pair" else "tie"
         self._status(f"undid {what}: label it again", "warning")
