@@ -38,6 +38,11 @@ class LabelRecord:
     queue_pos: int | None
 
 
+def _two(answers) -> tuple[str, str]:
+    """The first two of some stored answers, padded with empty ones (a tie may have kept fewer)."""
+    return tuple((list(answers) + ["", ""])[:2])
+
+
 class LabelScreen(Screen):
     # Descriptions are short for the footer; tooltips name the command in the command palette.
     BINDINGS = [
@@ -186,7 +191,7 @@ class LabelScreen(Screen):
         newest = candidates[-1]  # only one is kept at a time; older ones are leftovers of a crash
         for old in candidates[:-1]:
             self._forget_candidate(old.id)
-        self._show_answers(PromptParts.from_messages(newest.prompt), tuple((newest.answers + ["", ""])[:2]), "restored")
+        self._show_answers(PromptParts.from_messages(newest.prompt), _two(newest.answers), "restored")
         self.candidate_id, self.candidate_sampler = newest.id, newest.sampler
         self._status("answers from the last session, not judged yet: 1 / 2 pick · t tie · r resample", "warning")
         self._focus_answers()
@@ -402,7 +407,7 @@ class LabelScreen(Screen):
             if result.kind == "pair":
                 answers = (item.chosen, item.rejected)
             else:
-                answers = tuple((list(item.answers) + ["", ""])[:2])
+                answers = _two(item.answers)
         self._show_answers(parts, answers, "restored")
         self.candidate_sampler = item.sampler  # labeling it again keeps who sampled it
         self._keep_candidate()  # unjudged again, so kept like freshly sampled answers
