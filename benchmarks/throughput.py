@@ -33,13 +33,14 @@ import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 
-from mlx_dpo.adapter import LoraSettings, add_adapter, adapter_weights
+from mlx_dpo.models.adapter import LoraSettings, add_adapter, adapter_weights
 from mlx_dpo.doctor import matmul_gflops
-from mlx_dpo.models import load_model
-from mlx_dpo.ref_cache import RefCache
-from mlx_dpo.reference import reference_logps
-from mlx_dpo.tokens import EncodedPair
-from mlx_dpo.trainer import TrainingArgs, batch_inputs, epoch_batches, make_step
+from mlx_dpo.models.load import load_model
+from mlx_dpo.training.ref_cache import RefCache
+from mlx_dpo.training.reference import reference_logps
+from mlx_dpo.training.tokens import EncodedPair
+from mlx_dpo.settings import TrainingArgs
+from mlx_dpo.training.trainer import epoch_batches, make_step
 
 ON = dict(group=True, shared_prompt=True, full_logits=False, compile=True)
 CONFIGS = {
@@ -116,9 +117,8 @@ class Config:
         model.train()
         mx.reset_peak_memory()
         start = time.perf_counter()
-        for batch in self.batches:
-            arrays, _ = batch_inputs(self.args, batch, self.ref, model)
-            (loss, _), grads = self.step_fn(*arrays)
+        for pairs in self.batches:
+            (loss, _), grads = self.step_fn(self.step_fn.batch(pairs, self.ref))  # host packing is timed too
             optimizer.update(model, grads)
             mx.eval(loss, model.trainable_parameters(), optimizer.state)
         seconds = time.perf_counter() - start

@@ -33,15 +33,16 @@ def write_json(path: str | Path, obj: Any) -> None:
         json.dump(obj, f, indent=2, ensure_ascii=False)
 
 
-def save_arrays(path: str | Path, arrays: dict) -> None:
-    """`mx.save_safetensors`, atomically (MLX writes the file itself, so write beside it and rename)."""
-    import mlx.core as mx
-
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` for a writer that opens the file itself (MLX's
+    `save_safetensors`); on success fsync it and rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.safetensors")
+    # Keep the suffix: some writers append one otherwise (mx.save_safetensors adds ".safetensors").
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     try:
-        mx.save_safetensors(str(tmp), arrays)
+        yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

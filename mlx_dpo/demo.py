@@ -13,16 +13,17 @@ from pathlib import Path
 
 from mlx_dpo import doctor
 from mlx_dpo.api import train
-from mlx_dpo.generate import answer, chat_messages
-from mlx_dpo.models import load_model
-from mlx_dpo.pairs import DEMO_PAIRS_PATH
+from mlx_dpo.models.generate import answer, chat_messages
+from mlx_dpo.models.load import load_model
+from mlx_dpo.data.pairs import DEMO_PAIRS_PATH
 from mlx_dpo.progress import ProgressPrinter
 
 ADAPTER_DIR = Path("adapters/demo")
 QUESTION = "What is the capital of France? Answer in one sentence."
 # The demo pairs prefer answers that start with the answer over ones that open with filler.
 STYLE_PROMPT = "What is the largest planet in our solar system?"
-RUN = dict(iters=12, batch_size=4, learning_rate=2e-4, beta=0.1, lora_layers=8, steps_per_report=2, save_every=12, seed=0)
+# Settings by their names in mlx_dpo.settings; the rest keep their defaults.
+RUN = dict(iters=12, learning_rate=2e-4, lora_num_layers=8, steps_per_report=2, save_every=12)
 
 
 def say(text: str) -> None:
@@ -40,10 +41,9 @@ def main() -> int:
     print(f"Q: {QUESTION}\nA: {answer(loaded, chat_messages(QUESTION), temp=0.0, max_tokens=40)}")
     before = answer(loaded, chat_messages(STYLE_PROMPT), temp=0.0, max_tokens=60)
 
-    say(f"DPO on {DEMO_PAIRS_PATH.name} ({RUN['iters']} steps, LoRA on the last {RUN['lora_layers']} layers)")
+    say(f"DPO on {DEMO_PAIRS_PATH.name} ({RUN['iters']} steps, LoRA on the last {RUN['lora_num_layers']} layers)")
     shutil.rmtree(ADAPTER_DIR, ignore_errors=True)
-    options = {("lora_num_layers" if k == "lora_layers" else k): v for k, v in RUN.items()}
-    result = train(DEMO_PAIRS_PATH, adapter_path=ADAPTER_DIR, loaded=loaded, on_event=ProgressPrinter(sys.stdout), **options)
+    result = train(DEMO_PAIRS_PATH, adapter_path=ADAPTER_DIR, loaded=loaded, on_event=ProgressPrinter(sys.stdout), **RUN)
     m = result.metrics
     print(f"last report: accuracy {m['rewards/accuracies']:.2f}, margin {m['rewards/margins']:.3f}, "
           f"reference cache {m['ref_cache/hits']} hits / {m['ref_cache/misses']} misses")

@@ -14,6 +14,8 @@ import mlx.core as mx
 
 from mlx_dpo import __version__, blas
 from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.models.load import converted_dir, default_gguf
+from mlx_dpo.names import DEFAULT_MODEL_NAME
 from mlx_dpo.paths import home
 
 # fp32 matmul shape for the rate measurement: the size of an FFN projection over a short batch.
@@ -92,8 +94,6 @@ def _blas_report(measure_reference: bool) -> dict:
 
 
 def _default_model() -> dict:
-    from mlx_dpo.models import DEFAULT_MODEL_NAME, converted_dir, default_gguf
-
     try:
         gguf = default_gguf()
     except MlxDpoError as e:

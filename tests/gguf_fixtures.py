@@ -1,6 +1,6 @@
 """Tiny llama GGUF files written the way llama.cpp's converter writes them, with the independent `gguf` package.
 
-The converter under test (`mlx_dpo.gguf`) is not used here: names, the Q/K row permutation, metadata
+The converter under test (`mlx_dpo.models.gguf`) is not used here: names, the Q/K row permutation, metadata
 and the byte-level BPE vocabulary are all spelled out again, so a mistake on either side shows up.
 """
 

@@ -54,6 +54,27 @@ def make_tiny_model_folder(out: Path, tokenizer_from: Path, *, layers: int = 2, 
     return out
 
 
+# --- pair files and messages (test_pairs.py, test_store.py, test_prompt_queue.py) ----------------------------
+
+
+def write_jsonl(path: Path, *rows: dict | str) -> Path:
+    """Each row is a dict (dumped as JSON) or a raw string (written as is, e.g. a broken line)."""
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict[str, str]:
+    return {"role": "assistant", "content": text}
+
+
+def system(text: str) -> dict[str, str]:
+    return {"role": "system", "content": text}
+
+
 # --- training runs (test_training.py, test_train_cli.py) ----------------------------------------------------
 
 # Fields of a metrics line that measure the machine or the reference cache, not the training itself.
@@ -62,7 +83,7 @@ TIMING_FIELDS = frozenset({"tokens_per_second", "peak_memory_gb", "ref_pass_seco
 
 def write_demo_pairs(path: Path, count: int, start: int = 0) -> Path:
     """A JSONL file holding `count` rows of the shipped demo pairs, from row `start` on."""
-    from mlx_dpo.pairs import DEMO_PAIRS_PATH
+    from mlx_dpo.data.pairs import DEMO_PAIRS_PATH
 
     rows = [line for line in DEMO_PAIRS_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]
     chosen = rows[start : start + count]
@@ -83,6 +104,26 @@ def without_timing(row: dict) -> dict:
 
 
 # --- the terminal app (test_tui.py, test_tui_snapshots.py, tui_labeler.py) ------------------------------------
+
+
+MODEL_READY_TIMEOUT = 120.0  # seconds: loading even the tiny model is slow while a training child runs
+
+
+async def model_ready(pilot, timeout: float = MODEL_READY_TIMEOUT) -> None:
+    """Wait until the app's model has loaded, then until the app has handled what that set off (the
+    snapshots need the screen settled). Pilot's key presses wait for the whole process to go idle, so a
+    key pressed while the model thread loads could take up to two seconds."""
+    await wait_until(pilot, lambda: pilot.app.model_state == "ready", timeout=timeout, what="the model")
+    await pilot.pause()
+
+
+def errors(app) -> list[str]:
+    """The error notices the app has shown, oldest first."""
+    return [text for severity, text in app.notices if severity == "error"]
+
+
+def warnings(app) -> list[str]:
+    return [text for severity, text in app.notices if severity == "warning"]
 
 
 async def wait_until(pilot, condition, *, timeout: float = 30.0, what: str = "the condition") -> None:
@@ -137,8 +178,8 @@ def make_adapter(model_spec: str | None, out: Path, *, rank: int = 4, alpha: flo
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_unflatten
 
-    from mlx_dpo.adapter import LoraSettings, add_adapter, adapter_config, save_adapter
-    from mlx_dpo.models import DEFAULT_MODEL_NAME
+    from mlx_dpo.models.adapter import LoraSettings, add_adapter, adapter_config, save_adapter
+    from mlx_dpo.names import DEFAULT_MODEL_NAME
 
     model = bare_model(model_spec, dequantize=dequantize)
     settings = LoraSettings(rank=rank, alpha=alpha, num_layers=num_layers, keys=keys, dora=dora)
@@ -156,12 +197,12 @@ def make_adapter(model_spec: str | None, out: Path, *, rank: int = 4, alpha: flo
 
 def bare_model(model_spec: str | None, *, adapter: Path | None = None, dequantize: bool | None = False):
     """The model alone (no tokenizer: loading one takes longer than a tiny model), with mlx-lm's own
-    adapter loader applied when `adapter` is given. `dequantize` as in mlx_dpo.models.load_model."""
+    adapter loader applied when `adapter` is given. `dequantize` as in mlx_dpo.models.load.load_model."""
     import mlx.core as mx
     from mlx_lm.tuner.utils import load_adapters
     from mlx_lm.utils import dequantize_model, load_model as mlx_load_model
 
-    from mlx_dpo.models import has_quantized_layers, resolve_model_path, should_dequantize
+    from mlx_dpo.models.load import has_quantized_layers, resolve_model_path, should_dequantize
 
     model, _ = mlx_load_model(resolve_model_path(model_spec))
     if (should_dequantize() if dequantize is None else dequantize) and has_quantized_layers(model):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 from helpers import assert_clean_error, run_cli, write_demo_pairs
-from mlx_dpo.pairs import load_pairs
-from mlx_dpo.store import SCHEMA_VERSION, PreferenceStore
+from mlx_dpo.data.pairs import load_pairs
+from mlx_dpo.data.schema import SCHEMA_VERSION
+from mlx_dpo.data.store import PreferenceStore
 
 
 def _stats(workspace) -> dict:

@@ -21,21 +21,20 @@ import yaml
 
 from helpers import assert_clean_error, bare_model, make_adapter, make_tiny_model_folder, run_cli, write_demo_pairs
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.export import DEFAULT_HUB_ID, export_hf, export_peft, fused_model
-from mlx_dpo.gguf_export import export_gguf
-from mlx_dpo.models import load_model
+from mlx_dpo.export.fuse import fused_model
+from mlx_dpo.export.gguf import export_gguf
+from mlx_dpo.export.hf import export_hf
+from mlx_dpo.export.peft import export_peft
+from mlx_dpo.models.load import load_model
+from mlx_dpo.names import DEFAULT_HUB_ID
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about rain.", "List 3 prime numbers: 2, 3 and"]
 FP16_LOGPROB_TOL = 2e-2  # per token: float16 weights against the float32 base + adapter
 NEAR_TIE = 2e-2  # logit gap below which float16 noise may pick either token
+TINY_SEED = 21  # this module's `tiny` model (conftest.py)
 
 
 # --- fixtures -----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, default_model_path) -> Path:
-    return make_tiny_model_folder(tmp_path_factory.mktemp("tiny-export"), default_model_path, seed=21)
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +199,26 @@ def test_hf_export_card_of_a_local_base(hf_export):
     assert "mlx_lm import load, generate" in body and "AutoModelForCausalLM" in body
 
 
+def test_large_weights_are_sharded_with_the_hub_names_and_index(tmp_path, tiny):
+    from mlx.utils import tree_flatten
+
+    from mlx_dpo.export.hf import save_weights
+
+    model = bare_model(str(tiny))
+    save_weights(tmp_path, model, fmt="pt", max_shard_gb=0)  # a 0 GB limit: every tensor in a shard of its own
+    weights = dict(tree_flatten(model.parameters()))
+    n = len(weights)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    shard_names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    assert index["weight_map"] == dict(zip(sorted(weights), shard_names))
+    assert index["metadata"] == {"total_size": sum(v.nbytes for v in weights.values())}
+    assert sorted(p.name for p in tmp_path.glob("model*.safetensors")) == sorted(index["weight_map"].values())
+    for name, shard in index["weight_map"].items():
+        tensors, meta = mx.load(str(tmp_path / shard), return_metadata=True)
+        assert list(tensors) == [name] and meta == {"format": "pt"}
+        assert mx.array_equal(tensors[name], weights[name])
+
+
 @pytest.fixture(scope="module")
 def quantized_tiny(tmp_path_factory, tiny) -> Path:
     """The tiny model quantized to 4 bits the way mlx-lm's convert does, saved as a folder."""
@@ -262,7 +281,8 @@ def test_default_model_export_card_names_base_license_and_dataset(tmp_path):
 
 
 def test_card_license_and_base_id_from_a_folder(tmp_path):
-    from mlx_dpo.export import base_license, hub_id
+    from mlx_dpo.export.base import hub_id
+    from mlx_dpo.export.card import base_license
 
     folder = tmp_path / "hub" / "models--someone--base-model" / "snapshots" / "0123abc"
     folder.mkdir(parents=True)
@@ -354,7 +374,7 @@ def test_gguf_metadata_and_tensors(gguf_f16, tiny, hf_export):
     assert weights["blk.1.attn_norm.weight"].dtype == mx.float32
     assert len(weights) == 2 + 2 * 9
     # Q and K rows are in llama.cpp's order: un-permuted, they are the HF export's fused rows, bit for bit.
-    from mlx_dpo.gguf import unpermute_rows
+    from mlx_dpo.models.gguf import unpermute_rows
 
     hf = mx.load(str(hf_export / "model.safetensors"))
     for layer in range(2):
@@ -409,7 +429,7 @@ def test_llama_cpp_runs_the_gguf_like_mlx(gguf_f16, fused32, tokenizer):
 def test_llama_cpp_runs_the_default_model_export_like_mlx(tmp_path):
     """The real default model (9 query / 3 key-value heads, the tokenizer copied from its GGUF) through llama.cpp."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    from mlx_dpo.gguf_export import write_fused_gguf
+    from mlx_dpo.export.gguf import write_fused_gguf
 
     ad = make_adapter(None, tmp_path / "adapter", seed=4, alpha=2.0)
     # export_gguf's own two steps, keeping the fused float32 model to compare with (dequantizing the
@@ -544,7 +564,7 @@ def test_gguf_export_refuses_other_architectures(tmp_path, tiny):
 
 
 def test_a_failure_mid_export_leaves_nothing(tmp_path, adapter, monkeypatch):
-    import mlx_dpo.export as export
+    import mlx_dpo.export.hf as export
 
     def broken(folder, *args, **kwargs):
         (folder / "model.safetensors").write_bytes(b"half")

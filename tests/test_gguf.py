@@ -17,9 +17,9 @@ from gguf import GGMLQuantizationType as Q
 from mlx.utils import tree_map_with_path
 from mlx_lm.utils import load_model, load_tokenizer
 
-import mlx_dpo.gguf as converter
+import mlx_dpo.models.gguf as converter
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.gguf import convert_gguf
+from mlx_dpo.models.gguf import convert_gguf
 
 TOKEN_IDS = [int(i) for i in np.random.default_rng(1).integers(0, tiny.VOCAB, 16)]
 

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from helpers import make_tiny_model_folder
-from mlx_dpo import logprobs
-from mlx_dpo.adapter import LoraSettings, add_adapter
-from mlx_dpo.logprobs import make_batch, sequence_logps, token_logps
-from mlx_dpo.pairs import PreferencePair
-from mlx_dpo.tokens import Encoder
+from mlx_dpo.training import logprobs
+from mlx_dpo.models.adapter import LoraSettings, add_adapter
+from mlx_dpo.training.batching import make_batch
+from mlx_dpo.training.logprobs import sequence_logps, token_logps
+from mlx_dpo.data.pairs import PreferencePair
+from mlx_dpo.training.tokens import Encoder
 
 PER_TOKEN_TOLERANCE = 1e-4
 
@@ -41,24 +41,20 @@ def random_sequences(lengths: list[tuple[int, int]], seed: int = 0, vocab: int =
     return [(rng.integers(3, vocab, p).tolist(), rng.integers(3, vocab, c).tolist()) for p, c in lengths]
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory, default_model_path):
-    return make_tiny_model_folder(tmp_path_factory.mktemp("tiny-logprobs"), default_model_path)
-
-
 @pytest.fixture
-def tiny_model(tiny_folder):
-    """A fresh copy per test (the LoRA test changes the model in place); weights only, no tokenizer."""
+def tiny_model(tiny):
+    """A fresh copy of the module's tiny model (conftest.py) per test (the LoRA test changes the model in
+    place); weights only, no tokenizer."""
     from mlx_lm.utils import load_model as load_weights_only
 
-    return load_weights_only(tiny_folder)[0]
+    return load_weights_only(tiny)[0]
 
 
-def untied_tiny_model(tiny_folder) -> nn.Module:
+def untied_tiny_model(tiny) -> nn.Module:
     """The same small llama with its own lm_head instead of the tied embedding."""
     from mlx_lm.models import llama
 
-    config = json.loads((tiny_folder / "config.json").read_text())
+    config = json.loads((tiny / "config.json").read_text())
     config["tie_word_embeddings"] = False
     mx.random.seed(1)
     model = llama.Model(llama.ModelArgs.from_dict(config))
@@ -178,8 +174,8 @@ def lora_gradients(model: nn.Module, batch, full_logits: bool) -> tuple[float, d
 
 
 @pytest.mark.parametrize("head", ["tied embedding", "own lm_head"])
-def test_chunked_and_full_logits_give_equal_lora_gradients(tiny_folder, tiny_model, monkeypatch, head):
-    model = tiny_model if head == "tied embedding" else untied_tiny_model(tiny_folder)
+def test_chunked_and_full_logits_give_equal_lora_gradients(tiny, tiny_model, monkeypatch, head):
+    model = tiny_model if head == "tied embedding" else untied_tiny_model(tiny)
     add_adapter(model, LoraSettings(rank=4))
     # LoRA's B starts at zero, which would make every gradient for A zero: start from small random values instead.
     mx.random.seed(0)

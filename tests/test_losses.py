@@ -6,7 +6,7 @@ import mlx_dpo  # noqa: F401  (must come before mlx.core: it picks the BLAS)
 import mlx.core as mx
 import pytest
 
-from mlx_dpo.losses import LOSS_TYPES, implicit_rewards, preference_loss, rpo_nll, simpo_rewards
+from mlx_dpo.training.losses import LOSS_TYPES, implicit_rewards, preference_loss, rpo_nll, simpo_rewards
 
 # Two pairs. Pair 0: chosen ratio c = -10 - (-11) = 1, rejected ratio r = -14 - (-12) = -2, Δ = 3.
 #            Pair 1: c = -20 - (-18) = -2,        r = -15 - (-16) = 1,          Δ = -3.

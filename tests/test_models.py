@@ -13,8 +13,8 @@ import pytest
 
 from helpers import assert_clean_error, make_tiny_model_folder, run_cli
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.generate import answer, chat_messages
-from mlx_dpo.models import converted_dir, default_gguf, load_model, resolve_model_path
+from mlx_dpo.models.generate import answer, chat_messages
+from mlx_dpo.models.load import converted_dir, default_gguf, load_model, resolve_model_path
 
 PARIS_QUESTION = "What is the capital of France? Answer in one sentence."
 
@@ -144,3 +144,41 @@ def test_bad_gguf_is_one_clear_line(tmp_path: Path, content, expected: str):
 def test_model_that_is_neither_path_nor_repo_id_is_rejected():
     result = run_cli("generate", "--model", "./does/not/exist", "--prompt", "hi")
     assert_clean_error(result, "./does/not/exist", "no such file or folder")
+
+
+# --- the one adapter loader (generate, eval, training's starting adapter, the app, export) --------------------------
+
+
+def test_an_adapter_for_another_base_is_one_line_naming_the_tensor(tmp_path: Path, default_model_path: Path):
+    from helpers import make_adapter
+
+    tiny = make_tiny_model_folder(tmp_path / "tiny", default_model_path)
+    small = make_tiny_model_folder(tmp_path / "small", default_model_path, hidden=32, seed=1)
+    adapter = make_adapter(str(small), tmp_path / "adapter")
+    result = run_cli("generate", "--model", str(tiny), "--adapter-path", str(adapter), "--prompt", "hi")
+    assert_clean_error(result, "adapter does not fit tiny", "down_proj.lora_a has shape [64, 4]", "maps 128 to 64",
+                       f"trained on '{small}'", "--model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MlxDpoError, match=r"empty: not an adapter folder \(no adapter_config.json\)"):
+        load_model(str(tiny), adapter_path=tmp_path / "empty")
+    with pytest.raises(MlxDpoError, match="nope: adapter folder not found"):
+        load_model(str(tiny), adapter_path=tmp_path / "nope")
+
+
+def test_an_adapter_written_by_mlx_lm_loads_as_mlx_lm_loads_it(tmp_path: Path, default_model_path: Path):
+    import json
+
+    from helpers import bare_model, make_adapter
+
+    tiny = make_tiny_model_folder(tmp_path / "tiny", default_model_path)
+    adapter = make_adapter(str(tiny), tmp_path / "adapter", num_layers=-1)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    # mlx-lm's trainer: no mlx_dpo section, the base under "model", and num_layers -1 for "all blocks".
+    del config["mlx_dpo"], config["base_model"]
+    config.update(model=str(tiny), num_layers=-1)
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    loaded = load_model(str(tiny), adapter_path=adapter)
+    ids = mx.array([[1, 2, 3, 4]])
+    want = bare_model(str(tiny), adapter=adapter)(ids)
+    assert mx.allclose(loaded.model(ids), want, atol=1e-5).item()
+    assert loaded.adapter_path == adapter

@@ -5,8 +5,9 @@ import re
 
 import pytest
 
+from helpers import assistant, user, write_jsonl
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.pairs import (
+from mlx_dpo.data.pairs import (
     DEMO_PAIRS_PATH,
     LoadResult,
     PreferencePair,
@@ -19,20 +20,6 @@ from mlx_dpo.pairs import (
 GOOD = {"prompt": "What is 2 + 2?", "chosen": "4.", "rejected": "Well, numbers are tricky."}
 
 
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
-
-
-def write_lines(path, *rows):
-    """Each row is a dict (dumped as JSON) or a raw string (written as is)."""
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 @pytest.fixture
 def data(tmp_path):
     return tmp_path / "data.jsonl"
@@ -42,8 +29,8 @@ def data(tmp_path):
 
 
 def test_standard_and_conversational_rows_give_the_same_pairs(tmp_path):
-    standard = write_lines(tmp_path / "standard.jsonl", GOOD, {"prompt": "Hi?", "chosen": "Hello.", "rejected": "Hm."})
-    conversational = write_lines(
+    standard = write_jsonl(tmp_path / "standard.jsonl", GOOD, {"prompt": "Hi?", "chosen": "Hello.", "rejected": "Hm."})
+    conversational = write_jsonl(
         tmp_path / "conv.jsonl",
         {"prompt": [user("What is 2 + 2?")], "chosen": [assistant("4.")], "rejected": [assistant(GOOD["rejected"])]},
         {"prompt": [user("Hi?")], "chosen": [assistant("Hello.")], "rejected": [assistant("Hm.")]},
@@ -61,7 +48,7 @@ def test_a_multi_turn_prompt_with_a_system_message_is_kept_in_order(data):
         assistant("Rome."),
         user("Its river?"),
     ]
-    write_lines(data, {"prompt": prompt, "chosen": [assistant("The Tiber.")], "rejected": [assistant("Rivers...")]})
+    write_jsonl(data, {"prompt": prompt, "chosen": [assistant("The Tiber.")], "rejected": [assistant("Rivers...")]})
     (pair,) = load_pairs(data).pairs
     assert pair.prompt == prompt
     assert pair.chosen == "The Tiber."
@@ -69,17 +56,17 @@ def test_a_multi_turn_prompt_with_a_system_message_is_kept_in_order(data):
 
 
 def test_several_assistant_messages_are_joined_with_a_blank_line(data):
-    write_lines(data, {**GOOD, "chosen": [assistant("Four."), assistant("2 + 2 = 4.")]})
+    write_jsonl(data, {**GOOD, "chosen": [assistant("Four."), assistant("2 + 2 = 4.")]})
     assert load_pairs(data).pairs[0].chosen == "Four.\n\n2 + 2 = 4."
 
 
 def test_unknown_keys_are_ignored_and_messages_keep_only_role_and_content(data):
-    write_lines(data, {**GOOD, "score": 0.9, "prompt": [{"role": "user", "content": "Q?", "name": "bob"}]})
+    write_jsonl(data, {**GOOD, "score": 0.9, "prompt": [{"role": "user", "content": "Q?", "name": "bob"}]})
     assert load_pairs(data).pairs[0].prompt == [user("Q?")]
 
 
 def test_blank_lines_are_ignored_but_line_numbers_stay_true(data):
-    write_lines(data, "", GOOD, "   ", {**GOOD, "chosen": ""})
+    write_jsonl(data, "", GOOD, "   ", {**GOOD, "chosen": ""})
     result = load_pairs(data, skip_invalid=True)
     assert len(result.pairs) == 1
     assert result.pairs[0].source == f"{data}:2"
@@ -117,7 +104,7 @@ BAD_ROWS = [
 
 @pytest.mark.parametrize("row, field, fragment", BAD_ROWS, ids=[f"{f}:{m}" for _, f, m in BAD_ROWS])
 def test_each_kind_of_bad_row_is_reported_with_file_line_and_field(data, row, field, fragment):
-    write_lines(data, GOOD | {"id": "ok"}, row)
+    write_jsonl(data, GOOD | {"id": "ok"}, row)
     with pytest.raises(MlxDpoError) as raised:
         load_pairs(data)
     (error,) = load_pairs(data, skip_invalid=True).errors
@@ -135,7 +122,7 @@ def test_row_error_reads_file_line_field_message():
 
 
 def test_every_bad_row_is_reported_at_once_with_a_hint(data):
-    write_lines(data, GOOD, "oops", {**GOOD, "chosen": ""}, {"prompt": "Q?"}, {**GOOD, "prompt": "Again?"})
+    write_jsonl(data, GOOD, "oops", {**GOOD, "chosen": ""}, {"prompt": "Q?"}, {**GOOD, "prompt": "Again?"})
     with pytest.raises(MlxDpoError) as raised:
         load_pairs(data)
     message = str(raised.value)
@@ -148,14 +135,14 @@ def test_every_bad_row_is_reported_at_once_with_a_hint(data):
 
 
 def test_a_long_error_list_is_capped(data):
-    write_lines(data, GOOD, *["not json"] * 25)
+    write_jsonl(data, GOOD, *["not json"] * 25)
     message = str(pytest.raises(MlxDpoError, load_pairs, data).value)
     assert message.count("not valid JSON") == 20
     assert "... and 5 more" in message
 
 
 def test_skip_invalid_drops_bad_rows_and_counts_them(data):
-    write_lines(data, GOOD, "oops", {"prompt": "Q?"}, {**GOOD, "prompt": "Other?"})
+    write_jsonl(data, GOOD, "oops", {"prompt": "Q?"}, {**GOOD, "prompt": "Other?"})
     result = load_pairs(data, skip_invalid=True)
     assert isinstance(result, LoadResult)
     assert [p.prompt[0]["content"] for p in result.pairs] == ["What is 2 + 2?", "Other?"]
@@ -167,20 +154,20 @@ def test_skip_invalid_drops_bad_rows_and_counts_them(data):
 
 
 def test_derived_ids_are_stable_and_depend_on_content(tmp_path):
-    first = load_pairs(write_lines(tmp_path / "a.jsonl", GOOD)).pairs[0].id
-    again = load_pairs(write_lines(tmp_path / "b.jsonl", {"x": 1, **GOOD})).pairs[0].id
-    other = load_pairs(write_lines(tmp_path / "c.jsonl", {**GOOD, "chosen": "Four."})).pairs[0].id
+    first = load_pairs(write_jsonl(tmp_path / "a.jsonl", GOOD)).pairs[0].id
+    again = load_pairs(write_jsonl(tmp_path / "b.jsonl", {"x": 1, **GOOD})).pairs[0].id
+    other = load_pairs(write_jsonl(tmp_path / "c.jsonl", {**GOOD, "chosen": "Four."})).pairs[0].id
     assert re.fullmatch(r"[0-9a-f]{16}", first)
     assert first == again != other
 
 
 def test_explicit_ids_are_kept_as_strings(data):
-    write_lines(data, {**GOOD, "id": "q-1"}, {**GOOD, "prompt": "Other?", "id": 7})
+    write_jsonl(data, {**GOOD, "id": "q-1"}, {**GOOD, "prompt": "Other?", "id": 7})
     assert [p.id for p in load_pairs(data).pairs] == ["q-1", "7"]
 
 
 def test_a_duplicate_id_is_an_error_naming_both_lines(data):
-    write_lines(data, {**GOOD, "id": "a"}, {**GOOD, "prompt": "B?", "id": "b"}, {**GOOD, "prompt": "C?", "id": "a"})
+    write_jsonl(data, {**GOOD, "id": "a"}, {**GOOD, "prompt": "B?", "id": "b"}, {**GOOD, "prompt": "C?", "id": "a"})
     expected = f"{data}:3: field 'id': duplicate id 'a' (first used on line 1)"
     with pytest.raises(MlxDpoError, match=re.escape(expected)):
         load_pairs(data)
@@ -190,7 +177,7 @@ def test_a_duplicate_id_is_an_error_naming_both_lines(data):
 
 
 def test_a_repeated_pair_without_ids_is_a_duplicate(data):
-    write_lines(data, GOOD, GOOD)
+    write_jsonl(data, GOOD, GOOD)
     (error,) = load_pairs(data, skip_invalid=True).errors
     assert (error.line, error.field) == (2, None)
     assert "same prompt, chosen and rejected as line 1" in error.message
@@ -228,7 +215,7 @@ def test_a_file_without_pairs_is_an_error(data, content):
 
 
 def test_a_file_whose_every_row_is_skipped_is_an_error(data):
-    write_lines(data, "oops", "[]")
+    write_jsonl(data, "oops", "[]")
     with pytest.raises(MlxDpoError, match=r"no preference pairs found \(2 invalid rows skipped\)"):
         load_pairs(data, skip_invalid=True)
 
@@ -263,7 +250,7 @@ def test_round_trip_keeps_unusual_characters(tmp_path):
 
 
 def test_round_trip_keeps_derived_ids(tmp_path):
-    source = write_lines(tmp_path / "in.jsonl", GOOD)
+    source = write_jsonl(tmp_path / "in.jsonl", GOOD)
     write_pairs(tmp_path / "out.jsonl", load_pairs(source).pairs, style="standard")
     assert load_pairs(tmp_path / "out.jsonl").pairs == load_pairs(source).pairs
 

@@ -6,12 +6,8 @@ import json
 
 import pytest
 
+from helpers import write_jsonl
 from tui.prompts import QueueError, read_prompt_queue
-
-
-def write_jsonl(path, rows) -> str:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
 
 
 def test_a_text_file_is_one_user_prompt_per_non_empty_line(tmp_path):
@@ -23,7 +19,7 @@ def test_a_text_file_is_one_user_prompt_per_non_empty_line(tmp_path):
 
 
 def test_jsonl_rows_take_a_string_a_message_list_or_a_transcript_whose_last_answer_is_dropped(tmp_path):
-    path = write_jsonl(tmp_path / "q.jsonl", [
+    path = write_jsonl(tmp_path / "q.jsonl", *[
         {"prompt": "plain"},
         {"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]},
         {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "old answer"}]},
@@ -41,7 +37,7 @@ def test_a_byte_order_mark_is_tolerated_as_in_pair_files(tmp_path):
 
 
 def test_every_bad_row_is_named_by_file_line_and_field(tmp_path):
-    path = write_jsonl(tmp_path / "bad.jsonl", [
+    path = write_jsonl(tmp_path / "bad.jsonl", *[
         {"prompt": "fine"},
         {"nope": 1},
         "not json",

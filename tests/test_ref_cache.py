@@ -19,14 +19,14 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from helpers import make_tiny_model_folder
-from mlx_dpo import ref_cache
+from mlx_dpo.training import ref_cache
 from mlx_dpo.events import Status
-from mlx_dpo.logprobs import make_batch, sequence_logps
-from mlx_dpo.pairs import PreferencePair
-from mlx_dpo.ref_cache import RefCache, arrays_digest, entry_key, reference_fingerprint
-from mlx_dpo.reference import reference_logps
-from mlx_dpo.tokens import Encoder
+from mlx_dpo.training.batching import make_batch
+from mlx_dpo.training.logprobs import sequence_logps
+from mlx_dpo.data.pairs import PreferencePair
+from mlx_dpo.training.ref_cache import RefCache, arrays_digest, entry_key, reference_fingerprint
+from mlx_dpo.training.reference import reference_logps
+from mlx_dpo.training.tokens import Encoder
 
 PROMPT = (1, 9690, 198, 19556, 2, 198, 1, 520, 9531, 198)
 CHOSEN = (19556, 665, 2)
@@ -335,11 +335,11 @@ class Untouchable:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_path):
+def tiny_model(tiny):
+    """The module's tiny model (conftest.py): weights only, no tokenizer."""
     from mlx_lm.utils import load_model as load_weights_only
 
-    folder = make_tiny_model_folder(tmp_path_factory.mktemp("tiny-ref"), default_model_path)
-    return load_weights_only(folder)[0]
+    return load_weights_only(tiny)[0]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Incremental training rounds (`mlx_dpo.rounds`) and `mlx-dpo train --workspace DIR --incremental`, on a tiny model."""
+"""Incremental training rounds (`mlx_dpo.training.rounds`) and `mlx-dpo train --workspace DIR --incremental`, on a tiny model."""
 
 from __future__ import annotations
 
@@ -9,26 +9,16 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 
-from helpers import make_tiny_model_folder, run_cli
-from mlx_dpo import api, checkpoint, rounds
-from mlx_dpo.adapter import adapter_weights
+from helpers import run_cli
+from mlx_dpo.training import checkpoint
+from mlx_dpo.training import rounds, run
+from mlx_dpo.models.adapter import adapter_weights
 from mlx_dpo.events import StepMetrics
-from mlx_dpo.pairs import DEMO_PAIRS_PATH, load_pairs
-from mlx_dpo.store import PreferenceStore
+from mlx_dpo.data.pairs import DEMO_PAIRS_PATH, load_pairs
+from mlx_dpo.data.store import PreferenceStore
 
 SETTINGS = dict(iters=2, batch_size=2, lora_rank=4, replay=0.5, seed=1)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, default_model_path) -> Path:
-    return make_tiny_model_folder(tmp_path_factory.mktemp("tiny-rounds"), default_model_path, seed=23)
-
-
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch) -> Path:
-    home = tmp_path / "mlx-dpo-home"
-    monkeypatch.setenv("MLX_DPO_HOME", str(home))
-    return home
+TINY_SEED = 23  # this module's `tiny` model (conftest.py): the cache-miss counts below are its own
 
 
 def add_demo_pairs(workspace: Path, count: int, start: int) -> list[int]:
@@ -50,14 +40,14 @@ def test_two_rounds_reference_only_for_new_pairs(tmp_path, tiny, fresh_cache, mo
         assert [p.id for p in store.untrained_pairs()] == second
     v1 = dict(mx.load(str(r1.adapter_path / "adapters.safetensors")))
     started_with = {}
-    real_loop = api.train_loop
+    real_loop = run.train_loop
 
     def spy(model, *args, **kwargs):  # the adapter the round starts from, as the loop receives it
         started_with.update({k: mx.array(v) for k, v in adapter_weights(model).items()})
         started_with["optimizer_from"] = kwargs.get("optimizer_from")
         return real_loop(model, *args, **kwargs)
 
-    monkeypatch.setattr(api, "train_loop", spy)
+    monkeypatch.setattr(run, "train_loop", spy)
     events = []
     r2 = rounds.run_round(ws, model=str(tiny), settings=SETTINGS, on_event=events.append)
     assert r2.status == "finished" and r2.version == 2 and r2.init_adapter == str(ws / "adapters" / "v1")
@@ -74,11 +64,11 @@ def test_two_rounds_reference_only_for_new_pairs(tmp_path, tiny, fresh_cache, mo
     with PreferenceStore(ws) as store:
         recorded = store.list_rounds()
         assert not store.untrained_pairs()
-    assert [(r["version"], r["status"]) for r in recorded] == [(1, "finished"), (2, "finished")]
-    assert recorded[0]["pair_ids"] == first
-    assert recorded[1]["pair_ids"] == sorted(second + r2.replay_pair_ids)
-    assert recorded[1]["metrics"]["ref_cache/misses"] == 4
-    assert recorded[1]["settings"]["init_adapter"] == str(ws / "adapters" / "v1")
+    assert [(r.version, r.status) for r in recorded] == [(1, "finished"), (2, "finished")]
+    assert recorded[0].pair_ids == first
+    assert recorded[1].pair_ids == sorted(second + r2.replay_pair_ids)
+    assert recorded[1].metrics["ref_cache/misses"] == 4
+    assert recorded[1].settings["init_adapter"] == str(ws / "adapters" / "v1")
 
 
 def test_no_new_pairs_is_a_clear_error(tmp_path, tiny):
@@ -110,7 +100,7 @@ def test_cancelled_round_keeps_checkpoint_and_next_round_starts_from_finished(tm
     assert all(mx.array_equal(top[k], step1[k]) for k in top)
     with PreferenceStore(ws) as store:
         assert [p.id for p in store.untrained_pairs()] == new  # a cancelled round trains nothing for good
-        assert [r["status"] for r in store.list_rounds()] == ["finished", "cancelled"]
+        assert [r.status for r in store.list_rounds()] == ["finished", "cancelled"]
 
     r3 = rounds.run_round(ws, model=str(tiny), settings=SETTINGS)
     assert r3.status == "finished" and r3.version == 3
@@ -136,8 +126,8 @@ def test_cli_incremental_end_to_end(tmp_path, tiny):
     assert out["ref_cache/misses"] == 4 and out["ref_cache/hits"] == 4
     with PreferenceStore(ws) as store:
         recorded = store.list_rounds()
-    assert recorded[1]["settings"]["beta"] == 0.2 and recorded[1]["settings"]["learning_rate"] == 1e-4
-    assert recorded[1]["settings"]["replay"] == 1.0
+    assert recorded[1].settings["beta"] == 0.2 and recorded[1].settings["learning_rate"] == 1e-4
+    assert recorded[1].settings["replay"] == 1.0
     # No new pairs: a one-line error, not a traceback.
     result = run_cli(*args)
     assert result.returncode != 0 and "no new pairs" in result.stderr and "Traceback" not in result.stderr

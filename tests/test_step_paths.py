@@ -6,25 +6,32 @@ import itertools
 import json
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from helpers import make_tiny_model_folder, run_cli, write_demo_pairs
-from mlx_dpo.adapter import LoraSettings, add_adapter
-from mlx_dpo.logprobs import pair_batch, pair_logps_from_arrays
-from mlx_dpo.models import load_model
-from mlx_dpo.pairs import PreferencePair
-from mlx_dpo.tokens import Encoder
-from mlx_dpo.trainer import RefLogps, TrainingArgs, batch_inputs, make_step
+from helpers import run_cli, write_demo_pairs
+from mlx_dpo.data.pairs import PreferencePair
+from mlx_dpo.models.adapter import LoraSettings, add_adapter
+from mlx_dpo.models.load import load_model
+from mlx_dpo.settings import TrainingArgs
+from mlx_dpo.training import shared_prompt as shared_prompt_forward
+from mlx_dpo.training.batching import BatchLayout, layout_for, make_pair_batch
+from mlx_dpo.training.logprobs import completion_logps
+from mlx_dpo.training.ref_cache import RefCache
+from mlx_dpo.training.reference import RefLogps, reference_logps
+from mlx_dpo.training.tokens import Encoder
+from mlx_dpo.training.trainer import evaluate_pairs, make_step
 
 PATHS = list(itertools.product([True, False], [False, True]))  # (shared_prompt, full_logits)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, default_model_path):
-    """A small random llama with LoRA whose B is non-zero, so gradients reach every adapter weight."""
-    loaded = load_model(str(make_tiny_model_folder(tmp_path_factory.mktemp("tiny"), default_model_path)))
+def tiny(tiny):
+    """The module's tiny model (conftest.py's folder), loaded, with LoRA whose B is non-zero, so gradients
+    reach every adapter weight."""
+    loaded = load_model(str(tiny))
     mx.random.seed(1)
     add_adapter(loaded.model, LoraSettings(rank=4))
     for _, m in loaded.model.named_modules():
@@ -48,8 +55,8 @@ def encoded(tokenizer):
 
 
 def logps(model, pairs, shared_prompt, full_logits):
-    arrays, _ = pair_batch(pairs, shared_prompt=shared_prompt, model=model)
-    values, lengths = pair_logps_from_arrays(model, arrays, full_logits=full_logits)
+    batch = make_pair_batch(pairs, layout_for(model, shared_prompt))
+    values, lengths = completion_logps(model, batch, full_logits=full_logits), batch.lengths
     return np.array(values), np.array(lengths)
 
 
@@ -69,8 +76,8 @@ def test_every_path_gives_the_plain_paths_log_probs_within_1e_4_per_token(defaul
 
 def loss_and_grads(loaded, args: TrainingArgs, pairs):
     ref = RefLogps({p: (-30.0, -40.0) for p in pairs})
-    arrays, _ = batch_inputs(args, pairs, ref, loaded.model)
-    (loss, metrics), grads = make_step(loaded.model, args)(*arrays)
+    step = make_step(loaded.model, args)
+    (loss, metrics), grads = step(step.batch(pairs, ref))
     mx.eval(loss, grads)
     return loss.item(), dict(tree_flatten(grads))
 
@@ -92,8 +99,8 @@ def test_every_path_gives_the_plain_paths_loss_and_gradients(tiny, shared_prompt
 
 def test_a_shared_prompt_batch_runs_each_prompt_once(tiny):
     pairs = encoded(tiny.tokenizer)
-    _, shared_tokens = pair_batch(pairs, shared_prompt=True)
-    _, plain_tokens = pair_batch(pairs, shared_prompt=False)
+    shared_tokens = make_pair_batch(pairs, BatchLayout.SHARED_PROMPT).num_tokens
+    plain_tokens = make_pair_batch(pairs, BatchLayout.SEQUENCES).num_tokens
     prompts = sum(len(p.prompt) for p in pairs)
     completions = sum(len(p.chosen) + len(p.rejected) for p in pairs)
     assert shared_tokens == prompts + completions
@@ -109,3 +116,74 @@ def test_switching_the_optimisations_off_on_the_cli_trains_to_the_same_loss(tiny
         assert result.returncode == 0, result.stderr
         losses[name] = [json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     np.testing.assert_allclose(losses["fast"], losses["plain"], atol=1e-5)
+
+
+# --- which layout each path really runs -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shared_forward_runs(monkeypatch):
+    """Batches the shared-prompt forward was run (or, compiled, traced) on."""
+    runs = []
+    real = shared_prompt_forward.forward
+    monkeypatch.setattr(shared_prompt_forward, "forward", lambda model, batch: runs.append(batch) or real(model, batch))
+    return runs
+
+
+@pytest.mark.parametrize("shared_prompt, full_logits, compiled",
+                         [(s, f, c) for (s, f) in PATHS for c in (True, False)])
+def test_every_step_path_runs_the_layout_it_asks_for(tiny, shared_forward_runs, shared_prompt, full_logits, compiled):
+    # The equality tests above would pass just as well if a shared-prompt request silently fell back to two sequences.
+    pairs = encoded(tiny.tokenizer)
+    expected = BatchLayout.SHARED_PROMPT if shared_prompt else BatchLayout.SEQUENCES
+    step = make_step(tiny.model, TrainingArgs(shared_prompt=shared_prompt, full_logits=full_logits, compile=compiled))
+    assert step.layout is expected
+    batch = step.batch(pairs, RefLogps({p: (-30.0, -40.0) for p in pairs}))
+    assert type(batch.tokens) is expected.value
+    mx.eval(step(batch))
+    assert len(shared_forward_runs) == (1 if shared_prompt else 0)
+
+
+@pytest.mark.parametrize("shared_prompt", [True, False])
+def test_the_reference_pass_and_evaluation_run_the_steps_layout(tiny, tmp_path, shared_forward_runs, shared_prompt):
+    pairs = encoded(tiny.tokenizer)
+    cache = RefCache("layout-test", root=tmp_path)
+    ref, _ = reference_logps(tiny.model, pairs, cache, batch_size=len(pairs), shared_prompt=shared_prompt)
+    cache.close()
+    assert len(shared_forward_runs) == (1 if shared_prompt else 0)
+    evaluate_pairs(tiny.model, TrainingArgs(batch_size=len(pairs), shared_prompt=shared_prompt), pairs, ref)
+    assert len(shared_forward_runs) == (2 if shared_prompt else 0)
+
+
+class ForwardOnly(nn.Module):
+    """A model without mlx-lm's `model.model` layout: only its forward over whole sequences."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def __call__(self, inputs: mx.array) -> mx.array:
+        return self.inner(inputs)
+
+
+def test_a_model_without_mlx_lms_layout_takes_the_sequence_layout_and_the_plain_loss(tiny, shared_forward_runs):
+    pairs = encoded(tiny.tokenizer)
+    assert layout_for(tiny.model, shared_prompt=True) is BatchLayout.SHARED_PROMPT
+    model = ForwardOnly(tiny.model)
+    assert layout_for(model, shared_prompt=True) is BatchLayout.SEQUENCES
+    ref = RefLogps({p: (-30.0, -40.0) for p in pairs})
+    step = make_step(model, TrainingArgs(shared_prompt=True, full_logits=True))
+    assert step.layout is BatchLayout.SEQUENCES
+    (loss, _), _ = step(step.batch(pairs, ref))
+    plain_loss, _ = loss_and_grads(tiny, TrainingArgs(shared_prompt=False, full_logits=True, compile=False), pairs)
+    assert loss.item() == pytest.approx(plain_loss, abs=1e-5)
+    assert shared_forward_runs == []
+
+
+def test_a_step_refuses_a_batch_packed_in_the_other_layout(tiny):
+    pairs = encoded(tiny.tokenizer)
+    ref = RefLogps({p: (-30.0, -40.0) for p in pairs})
+    shared = make_step(tiny.model, TrainingArgs(shared_prompt=True))
+    plain = make_step(tiny.model, TrainingArgs(shared_prompt=False))
+    with pytest.raises(ValueError, match="SEQUENCES batch given to a step built for SHARED_PROMPT"):
+        shared(plain.batch(pairs, ref))

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-import mlx_dpo.store as store_module
+import mlx_dpo.data.schema as schema_module
+import mlx_dpo.data.store as store_module
+from helpers import assistant, system, user, write_jsonl
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.pairs import PreferencePair, load_pairs
-from mlx_dpo.store import (
-    SCHEMA_VERSION,
+from mlx_dpo.data.pairs import PreferencePair, load_pairs
+from mlx_dpo.data.schema import SCHEMA_VERSION
+from mlx_dpo.data.store import (
     Candidate,
     ImportResult,
     PreferenceStore,
@@ -26,18 +28,6 @@ from mlx_dpo.store import (
     StoredPair,
     UndoResult,
 )
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
-
-
-def system(text):
-    return {"role": "system", "content": text}
 
 
 class Clock:
@@ -52,20 +42,9 @@ class Clock:
 
 
 @pytest.fixture
-def workspace(tmp_path) -> Path:
-    return tmp_path / "ws"
-
-
-@pytest.fixture
 def store(workspace):
     with PreferenceStore(workspace, clock=Clock()) as s:
         yield s
-
-
-def write_jsonl(path: Path, *rows) -> Path:
-    """Each row is a dict (dumped as JSON) or a raw string (written as is)."""
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 STANDARD_ROWS = [
@@ -643,7 +622,7 @@ def test_a_new_migration_runs_once_on_open_and_keeps_the_data(workspace, monkeyp
         conn.execute("ALTER TABLE pairs ADD COLUMN rating INTEGER")
         conn.execute("UPDATE pairs SET rating = 5")
 
-    monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, add_rating])
+    monkeypatch.setattr(schema_module, "MIGRATIONS", [*schema_module.MIGRATIONS, add_rating])
     for _ in range(2):
         with PreferenceStore(workspace) as s:
             assert s.stats()["schema_version"] == SCHEMA_VERSION + 1
@@ -662,7 +641,7 @@ def test_a_failing_migration_leaves_the_database_as_it_was(workspace, monkeypatc
         conn.execute("ALTER TABLE pairs ADD COLUMN rating INTEGER")
         raise sqlite3.OperationalError("simulated failure after the first statement")
 
-    monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, half_done])
+    monkeypatch.setattr(schema_module, "MIGRATIONS", [*schema_module.MIGRATIONS, half_done])
     with pytest.raises(sqlite3.OperationalError, match="simulated"):
         PreferenceStore(workspace)
     monkeypatch.undo()
@@ -723,7 +702,7 @@ def test_two_stores_on_one_workspace_see_each_others_writes(workspace):
 LABELER = textwrap.dedent(
     """
     import sys, time
-    from mlx_dpo.store import PreferenceStore
+    from mlx_dpo.data.store import PreferenceStore
 
     workspace, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     store = PreferenceStore(workspace)

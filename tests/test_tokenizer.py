@@ -13,7 +13,7 @@ import jinja2
 import pytest
 from mlx_lm.utils import load_tokenizer
 
-from mlx_dpo.gguf import convert_gguf
+from mlx_dpo.models.gguf import convert_gguf
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BOS_ID, EOS_ID, PAD_ID = 1, 2, 2

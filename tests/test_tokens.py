@@ -13,8 +13,8 @@ import jinja2
 import pytest
 
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.pairs import PreferencePair
-from mlx_dpo.tokens import EncodedPair, Encoder
+from mlx_dpo.data.pairs import PreferencePair
+from mlx_dpo.training.tokens import EncodedPair, Encoder
 
 BOS = 1  # "<|im_start|>": SmolLM2's BOS is also the start-of-turn token
 END_OF_TURN = 2  # "<|im_end|>"

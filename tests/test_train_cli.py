@@ -18,13 +18,11 @@ from types import SimpleNamespace
 import mlx.core as mx
 import pytest
 
-from helpers import REPO, assert_clean_error, make_tiny_model_folder, read_metrics, run_cli, without_timing, write_demo_pairs
-from mlx_dpo import checkpoint
+from helpers import REPO, assert_clean_error, read_metrics, run_cli, without_timing, write_demo_pairs
+from mlx_dpo.training import checkpoint
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, default_model_path) -> Path:
-    return make_tiny_model_folder(tmp_path_factory.mktemp("tiny-cli"), default_model_path, seed=12)
+TINY_SEED = 12  # this module's `tiny` model (conftest.py)
 
 
 @pytest.fixture(scope="module")

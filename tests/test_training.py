@@ -15,14 +15,15 @@ from types import SimpleNamespace
 import mlx.core as mx
 import pytest
 
-from helpers import make_tiny_model_folder, read_metrics, without_timing, write_demo_pairs
-from mlx_dpo import checkpoint
+from helpers import read_metrics, without_timing, write_demo_pairs
+from mlx_dpo.training import checkpoint
 from mlx_dpo.api import train
 from mlx_dpo.events import Cancelled, CheckpointSaved, EvalMetrics, Finished, Status, StepMetrics
-from mlx_dpo.logprobs import make_batch, sequence_logps
-from mlx_dpo.models import load_model
-from mlx_dpo.pairs import DEMO_PAIRS_PATH, load_pairs, write_pairs
-from mlx_dpo.tokens import Encoder
+from mlx_dpo.training.batching import make_batch
+from mlx_dpo.training.logprobs import sequence_logps
+from mlx_dpo.models.load import load_model
+from mlx_dpo.data.pairs import DEMO_PAIRS_PATH, load_pairs, write_pairs
+from mlx_dpo.training.tokens import Encoder
 
 # TRL's DPOTrainer names for what a training report carries.
 TRL_STEP_FIELDS = {
@@ -33,20 +34,8 @@ RUN_FIELDS = {"tokens_per_second", "peak_memory_gb", "ref_cache/hits", "ref_cach
 
 # A short run: 8 pairs in batches of 2, one report per step, LoRA dropout on so the RNG matters.
 SHORT_RUN = dict(iters=4, batch_size=2, steps_per_report=1, save_every=2, seed=3, lora_dropout=0.1)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, default_model_path) -> Path:
-    # A seed of its own: no other module's tiny model shares this one's reference cache.
-    return make_tiny_model_folder(tmp_path_factory.mktemp("tiny-training"), default_model_path, seed=11)
-
-
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch) -> Path:
-    """A reference cache nobody has filled yet (MLX_DPO_HOME is read when a cache opens)."""
-    home = tmp_path / "mlx-dpo-home"
-    monkeypatch.setenv("MLX_DPO_HOME", str(home))
-    return home
+# This module's `tiny` model (conftest.py), a seed of its own: no other module's tiny model shares its reference cache.
+TINY_SEED = 11
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +245,7 @@ def test_continuing_from_an_adapter_carries_its_optimizer_moments_but_not_its_st
     import mlx.optimizers as optim
     from mlx.utils import tree_flatten
 
-    from mlx_dpo.atomic import save_arrays
+    from mlx_dpo.models.adapter import save_arrays
 
     params = {"w": mx.ones((3,))}
     first = optim.AdamW(learning_rate=0.1)

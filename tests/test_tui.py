@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from textual import events
 
-from helpers import REPO, assert_clean_error, make_tiny_model_folder, run_cli, sample_answers, type_text, wait_until
-from mlx_dpo.store import PreferenceStore
+from helpers import (REPO, assert_clean_error, errors, model_ready, run_cli, sample_answers, type_text, wait_until,
+                     warnings)
+from mlx_dpo.data.store import PreferenceStore
 from tui.app import MlxDpoApp
-from tui.backend import SampleSettings
+from tui.workers import ModelWorker, SampleSettings
 from tui.modals import ConfirmModal, EditAnswersModal, PairModal, PathModal, SettingsModal
 
 pytestmark = pytest.mark.anyio  # the async tests run on asyncio through anyio's pytest plugin
@@ -28,43 +29,16 @@ FAST = SampleSettings(max_tokens=12)
 
 
 @pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_path) -> Path:
-    return make_tiny_model_folder(tmp_path_factory.mktemp("models") / "tiny-llama", default_model_path)
-
-
-@pytest.fixture
-def workspace(tmp_path) -> Path:
-    return tmp_path / "workspace"
-
-
-@pytest.fixture
-def make_app(tiny_model, workspace):
+def make_app(tiny, workspace):
     def make(**kwargs) -> MlxDpoApp:
         kwargs.setdefault("settings", FAST)
-        return MlxDpoApp(workspace, model=str(tiny_model), **kwargs)
+        return MlxDpoApp(workspace, model=str(tiny), **kwargs)
 
     return make
 
 
 def reopen(workspace: Path) -> PreferenceStore:
     return PreferenceStore(workspace)
-
-
-def errors(app: MlxDpoApp) -> list[str]:
-    return [text for severity, text in app.notices if severity == "error"]
-
-
-def warnings(app: MlxDpoApp) -> list[str]:
-    return [text for severity, text in app.notices if severity == "warning"]
-
-
-async def model_ready(pilot) -> None:
-    await wait_until(pilot, lambda: pilot.app.model_state == "ready", what="the model")
 
 
 @asynccontextmanager
@@ -101,7 +75,7 @@ def add_pairs(workspace: Path, count: int) -> list[int]:
 # --- Label ----------------------------------------------------------------------------------------------------
 
 
-async def test_label_sampled_pairs(make_app, workspace, tiny_model):
+async def test_label_sampled_pairs(make_app, workspace, tiny):
     app = make_app()
     async with started(app) as pilot:
         screen = app.get_screen("label")
@@ -141,7 +115,7 @@ async def test_label_sampled_pairs(make_app, workspace, tiny_model):
     assert older.prompt == newer.prompt == prompt
     assert (older.chosen, older.rejected) == (first, second)
     assert (newer.chosen, newer.rejected) == (fourth, third)
-    assert {older.origin, newer.origin} == {"sampled"} and older.sampler == str(tiny_model) and older.note is None
+    assert {older.origin, newer.origin} == {"sampled"} and older.sampler == str(tiny) and older.note is None
 
 
 async def test_answers_not_judged_before_a_quit_come_back_in_the_next_session(make_app, workspace):
@@ -441,13 +415,13 @@ async def test_data_import_and_export(make_app, workspace, tmp_path, monkeypatch
 # --- the app as a whole -----------------------------------------------------------------------------------
 
 
-async def test_bad_workspace_is_refused_before_the_app_starts(tmp_path, tiny_model):
+async def test_bad_workspace_is_refused_before_the_app_starts(tmp_path, tiny):
     from mlx_dpo.errors import MlxDpoError
 
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
     with pytest.raises(MlxDpoError, match="is a file"):
-        MlxDpoApp(not_a_folder, model=str(tiny_model))
+        MlxDpoApp(not_a_folder, model=str(tiny))
 
 
 @pytest.mark.parametrize("command", [["tui"], []], ids=["mlx-dpo tui", "mlx-dpo"])
@@ -478,64 +452,70 @@ async def test_model_that_cannot_load_is_reported(workspace, tmp_path):
         assert app.pair_counts[0] == 1
 
 
-async def test_first_screen_is_drawn_while_the_model_loads(workspace, capsys):
-    """The real default model (seconds to load and dequantize on CPU): the first screen shows at once, says the
-    model is loading, and the app works meanwhile; then the status turns to "model ready"."""
-    started_at = time.perf_counter()
-    app = MlxDpoApp(workspace, settings=SampleSettings(max_tokens=2))
-    async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: app.first_screen_at is not None, what="the first screen")
-        first_screen = app.first_screen_at - started_at
-        screen = app.get_screen("label")
-        status = str(screen.query_one("#model-text").render())
-        assert app.model_state == "loading" and status.startswith(("finding", "loading", "converting")), status
-        assert "SmolLM2-135M-Instruct" in status and screen.query_one("#model-progress").display
-        # One keystroke, timed from the key event to the character being in the prompt editor.
-        prompt = screen.query_one("#prompt")
-        t = time.perf_counter()
-        app.post_message(events.Key("H", "H"))
-        while prompt.text != "H":
-            assert time.perf_counter() - t < 10, "a keystroke took more than 10 s while the model loads"
-            await asyncio.sleep(0.001)
-        key_latency = time.perf_counter() - t
-        assert app.model_state == "loading"
-        # More work while loading: another screen, a typed pair saved, then a sample request that waits.
-        await send_keys(pilot, "f2")
-        await wait_until(pilot, lambda: focused_id(app) == "write-prompt", what="the Write screen")
-        await send_keys(pilot, "q", "tab")
-        await wait_until(pilot, lambda: focused_id(app) == "write-chosen", what="focus on chosen")
-        await send_keys(pilot, "a", "tab")
-        await wait_until(pilot, lambda: focused_id(app) == "write-rejected", what="focus on rejected")
-        await send_keys(pilot, "b", "ctrl+s")
-        await wait_until(pilot, lambda: app.pair_counts[0] == 1, what="the typed pair")
-        await send_keys(pilot, "f1")
-        await wait_until(pilot, lambda: focused_id(app) == "prompt", what="the Label screen")
-        loading_at_sample = app.model_state == "loading"
-        await send_keys(pilot, "i", "ctrl+s")
-        await wait_until(pilot, lambda: screen.request_id is not None, what="the sample request")
-        if loading_at_sample and app.model_state == "loading":
+class HeldLoad(ModelWorker):
+    """The real model worker, whose load waits until the test sets `release`: on any machine, however fast,
+    the model is still loading for as long as the test needs."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = threading.Event()
+
+    def _load(self):
+        self.release.wait()
+        return super()._load()
+
+
+async def test_first_screen_is_drawn_while_the_model_loads(workspace):
+    """The real default model, its load held by the test: the first screen is drawn, says the model is loading,
+    and the app works meanwhile; once the load goes on, the status turns to "model ready" and a sample request
+    made while loading is answered. (The times are measured by benchmarks/tui_latency.py.)"""
+    app = MlxDpoApp(workspace, settings=SampleSettings(max_tokens=2), worker_factory=HeldLoad)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_until(pilot, lambda: app.first_screen_at is not None, what="the first screen")
+            await wait_until(pilot, lambda: app.worker.alive, what="the model thread")  # started, and held
+            screen = app.get_screen("label")
+            status = str(screen.query_one("#model-text").render())
+            assert app.model_state == "loading" and status.startswith(("finding", "loading", "converting")), status
+            assert "SmolLM2-135M-Instruct" in status and screen.query_one("#model-progress").display
+            # A keystroke reaches the prompt editor while the model loads.
+            prompt = screen.query_one("#prompt")
+            app.post_message(events.Key("H", "H"))
+            await wait_until(pilot, lambda: prompt.text == "H", what="the keystroke in the editor")
+            assert app.model_state == "loading"
+            # More work while loading: another screen, a typed pair saved, then a sample request that waits.
+            await send_keys(pilot, "f2")
+            await wait_until(pilot, lambda: focused_id(app) == "write-prompt", what="the Write screen")
+            await send_keys(pilot, "q", "tab")
+            await wait_until(pilot, lambda: focused_id(app) == "write-chosen", what="focus on chosen")
+            await send_keys(pilot, "a", "tab")
+            await wait_until(pilot, lambda: focused_id(app) == "write-rejected", what="focus on rejected")
+            await send_keys(pilot, "b", "ctrl+s")
+            await wait_until(pilot, lambda: app.pair_counts[0] == 1, what="the typed pair")
+            await send_keys(pilot, "f1")
+            await wait_until(pilot, lambda: focused_id(app) == "prompt", what="the Label screen")
+            await send_keys(pilot, "i", "ctrl+s")
+            await wait_until(pilot, lambda: screen.request_id is not None, what="the sample request")
+            assert app.model_state == "loading"
             assert "waiting for the model" in screen.query_one("#answer-1").border_subtitle
-        await wait_until(pilot, lambda: app.model_state == "ready", timeout=120, what="the default model")
-        ready = time.perf_counter() - started_at
-        assert str(screen.query_one("#model-text").render()) == "● model ready: SmolLM2-135M-Instruct"
-        assert not screen.query_one("#model-progress").display
-        await wait_until(pilot, lambda: screen.state == "ready", timeout=60, what="the queued sample")
-    with capsys.disabled():
-        print(f"\n[tui] first screen drawn {first_screen * 1000:.0f} ms after MlxDpoApp(); a keystroke reached the "
-              f"editor in {key_latency * 1000:.0f} ms while the model loaded; default model ready after {ready:.1f} s "
-              f"(the sample request {'waited for it' if loading_at_sample else 'came after it'})")
-    assert first_screen < 3.0
+            app.worker.release.set()
+            await wait_until(pilot, lambda: app.model_state == "ready", timeout=120, what="the default model")
+            assert str(screen.query_one("#model-text").render()) == "● model ready: SmolLM2-135M-Instruct"
+            assert not screen.query_one("#model-progress").display
+            await wait_until(pilot, lambda: screen.state == "ready", timeout=60, what="the queued sample")
+    finally:
+        app.worker.release.set()  # never leave the model thread waiting
 
 
 # --- durability -----------------------------------------------------------------------------------------------
 
 
-def test_labels_acknowledged_as_saved_survive_sigkill(tiny_model, workspace, capsys):
+def test_labels_acknowledged_as_saved_survive_sigkill(tiny, workspace, capsys):
     """A child runs the real app under Pilot and labels pairs with keys, printing "ack N ID" after each
     "saved" appears; after a few acks it is SIGKILLed mid-stride. Every acknowledged pair must be there."""
     wanted = 4
     child = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "tui_labeler.py"), str(workspace), str(tiny_model)],
+        [sys.executable, str(REPO / "tests" / "tui_labeler.py"), str(workspace), str(tiny)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=os.environ.copy(),
     )
     acked: dict[int, int] = {}

@@ -7,46 +7,28 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_adapter, make_tiny_model_folder, type_text, wait_until
+from helpers import errors, make_adapter, model_ready, type_text, wait_until
 from tui.app import MlxDpoApp
-from tui.backend import SampleSettings
+from tui.workers import SampleSettings
 from tui.screens.export import ExportScreen, newest_adapter
 
 pytestmark = pytest.mark.anyio
 
 SIZE = (120, 36)
 TOKEN = "hf_test_token_4f9a1c"
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
+TINY_SEED = 3  # this module's `tiny` model (conftest.py)
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_path) -> Path:
-    return make_tiny_model_folder(tmp_path_factory.mktemp("models") / "tiny-llama", default_model_path, seed=3)
-
-
-@pytest.fixture(scope="module")
-def adapter(tmp_path_factory, tiny_model) -> Path:
-    return make_adapter(str(tiny_model), tmp_path_factory.mktemp("adapters") / "run1")
-
-
-@pytest.fixture
-def workspace(tmp_path) -> Path:
-    return tmp_path / "workspace"
-
-
-def errors(app: MlxDpoApp) -> list[str]:
-    return [text for severity, text in app.notices if severity == "error"]
+def adapter(tmp_path_factory, tiny) -> Path:
+    return make_adapter(str(tiny), tmp_path_factory.mktemp("adapters") / "run1")
 
 
 @asynccontextmanager
-async def export_screen(tiny_model: Path, workspace: Path):
-    app = MlxDpoApp(workspace, model=str(tiny_model), settings=SampleSettings(max_tokens=8))
+async def export_screen(tiny: Path, workspace: Path):
+    app = MlxDpoApp(workspace, model=str(tiny), settings=SampleSettings(max_tokens=8))
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: app.model_state == "ready", what="the model")
+        await model_ready(pilot)
         await pilot.press("f6")
         await wait_until(pilot, lambda: isinstance(app.screen, ExportScreen), what="the Export screen")
         yield pilot, app.screen
@@ -70,9 +52,9 @@ def status(screen: ExportScreen, selector: str = "#export-status") -> str:
     return str(screen.query_one(selector).render())
 
 
-async def test_export_hf_from_the_screen(tiny_model, adapter, workspace, tmp_path):
+async def test_export_hf_from_the_screen(tiny, adapter, workspace, tmp_path):
     out = tmp_path / "out" / "fused"
-    async with export_screen(tiny_model, workspace) as (pilot, screen):
+    async with export_screen(tiny, workspace) as (pilot, screen):
         await fill(pilot, screen, "#export-adapter", str(adapter))
         await fill(pilot, screen, "#export-out", str(out))
         await pilot.press("ctrl+e")
@@ -86,11 +68,11 @@ async def test_export_hf_from_the_screen(tiny_model, adapter, workspace, tmp_pat
         assert f"exported hf to {out}" in status(screen)
 
 
-async def test_non_empty_output_without_overwrite_is_refused(tiny_model, adapter, workspace, tmp_path):
+async def test_non_empty_output_without_overwrite_is_refused(tiny, adapter, workspace, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    async with export_screen(tiny_model, workspace) as (pilot, screen):
+    async with export_screen(tiny, workspace) as (pilot, screen):
         await fill(pilot, screen, "#export-adapter", str(adapter))
         await fill(pilot, screen, "#export-out", str(out))
         await pilot.click("#export-run")
@@ -102,8 +84,8 @@ async def test_non_empty_output_without_overwrite_is_refused(tiny_model, adapter
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
 
 
-async def test_a_missing_adapter_is_an_error(tiny_model, workspace, tmp_path):
-    async with export_screen(tiny_model, workspace) as (pilot, screen):
+async def test_a_missing_adapter_is_an_error(tiny, workspace, tmp_path):
+    async with export_screen(tiny, workspace) as (pilot, screen):
         await fill(pilot, screen, "#export-adapter", str(tmp_path / "no-such-adapter"))
         await fill(pilot, screen, "#export-out", str(tmp_path / "out"))
         await pilot.press("ctrl+e")
@@ -119,7 +101,7 @@ async def test_a_missing_adapter_is_an_error(tiny_model, workspace, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-async def test_push_offline_is_a_clear_error(tiny_model, adapter, workspace, tmp_path, monkeypatch):
+async def test_push_offline_is_a_clear_error(tiny, adapter, workspace, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # conftest sets HF_HUB_OFFLINE=1 already: make sure
@@ -127,7 +109,7 @@ async def test_push_offline_is_a_clear_error(tiny_model, adapter, workspace, tmp
     folder = tmp_path / "export"
     folder.mkdir()
     (folder / "README.md").write_text("# tiny\n")
-    async with export_screen(tiny_model, workspace) as (pilot, screen):
+    async with export_screen(tiny, workspace) as (pilot, screen):
         await fill(pilot, screen, "#export-out", str(folder))
         await fill(pilot, screen, "#push-repo", "someone/tiny-dpo")
         await pilot.press("ctrl+u")
@@ -138,7 +120,7 @@ async def test_push_offline_is_a_clear_error(tiny_model, adapter, workspace, tmp
         assert all(TOKEN not in text for _, text in pilot.app.notices)
 
 
-async def test_push_without_a_token_or_repo(tiny_model, workspace, tmp_path, monkeypatch):
+async def test_push_without_a_token_or_repo(tiny, workspace, tmp_path, monkeypatch):
     import huggingface_hub
     from huggingface_hub import constants
 
@@ -147,7 +129,7 @@ async def test_push_without_a_token_or_repo(tiny_model, workspace, tmp_path, mon
     folder = tmp_path / "export"
     folder.mkdir()
     (folder / "README.md").write_text("# tiny\n")
-    async with export_screen(tiny_model, workspace) as (pilot, screen):
+    async with export_screen(tiny, workspace) as (pilot, screen):
         await fill(pilot, screen, "#export-out", str(folder))
         await pilot.press("ctrl+u")
         await pilot.pause()
@@ -171,11 +153,11 @@ def test_newest_adapter_and_default_fields(tmp_path, adapter):
     assert newest_adapter(tmp_path) == newer
 
 
-async def test_default_adapter_is_the_newest_in_the_workspace(tiny_model, adapter, workspace):
+async def test_default_adapter_is_the_newest_in_the_workspace(tiny, adapter, workspace):
     import shutil
 
     shutil.copytree(adapter, workspace / "adapters" / "run7")
-    async with export_screen(tiny_model, workspace) as (pilot, screen):
+    async with export_screen(tiny, workspace) as (pilot, screen):
         assert screen.query_one("#export-adapter").value == str(workspace / "adapters" / "run7")
         assert screen.query_one("#export-out").value == str(workspace / "exports" / "run7-hf")
         screen.query_one("#export-format").value = "gguf"
@@ -184,8 +166,8 @@ async def test_default_adapter_is_the_newest_in_the_workspace(tiny_model, adapte
         assert screen.query_one("#export-dequantize").disabled
 
 
-async def test_export_peft_and_gguf(tiny_model, adapter, workspace, tmp_path):
-    async with export_screen(tiny_model, workspace) as (pilot, screen):
+async def test_export_peft_and_gguf(tiny, adapter, workspace, tmp_path):
+    async with export_screen(tiny, workspace) as (pilot, screen):
         await fill(pilot, screen, "#export-adapter", str(adapter))
         screen.query_one("#export-format").value = "peft"
         await pilot.pause()  # the format change suggests an output path: type over it afterwards
@@ -205,3 +187,40 @@ async def test_export_peft_and_gguf(tiny_model, adapter, workspace, tmp_path):
         assert (tmp_path / "tiny.gguf").is_file()
         assert screen.log_lines[:3] == ["loading base", "fusing", "writing"]
         assert f"done: {tmp_path / 'tiny.gguf'}" in screen.log_lines
+
+
+async def test_the_cli_and_the_screen_make_the_same_export_call(tiny, adapter, workspace, tmp_path, monkeypatch,
+                                                                capsys):
+    """Both go through `mlx_dpo.export.export`: the writers are replaced where only its dispatch finds them,
+    so a caller with a dispatch of its own would run the real export instead and fail here."""
+    import mlx_dpo.export as export_package
+    from mlx_dpo.cli import main
+
+    calls: list[tuple] = []
+
+    def fake(fmt: str):
+        def write(adapter_path, out, *, on_stage, **options):
+            calls.append((fmt, str(adapter_path), str(out), options))
+            return export_package.ExportResult(Path(out), fmt, [f"{fmt} note"])
+        return write
+
+    for fmt in export_package.FORMATS:
+        monkeypatch.setattr(export_package, f"export_{fmt}", fake(fmt))
+    outs = {"hf": tmp_path / "hf", "peft": tmp_path / "peft", "gguf": tmp_path / "tiny.gguf"}
+    for fmt, out in outs.items():
+        assert main(["export", "--adapter-path", str(adapter), "--out", str(out), "--format", fmt]) == 0
+        captured = capsys.readouterr()
+        assert captured.out == f"exported {fmt} to {out}\n" and captured.err == f"mlx-dpo: note: {fmt} note\n"
+    from_cli, calls[:] = list(calls), []
+
+    async with export_screen(tiny, workspace) as (pilot, screen):
+        await fill(pilot, screen, "#export-adapter", str(adapter))
+        for fmt, out in outs.items():
+            screen.query_one("#export-format").value = fmt
+            await pilot.pause()
+            await fill(pilot, screen, "#export-out", str(out))
+            await pilot.press("ctrl+e")
+            await finished(pilot, screen)
+            assert errors(pilot.app) == []
+            assert f"exported {fmt} to {out}" in status(screen) and f"note: {fmt} note" in screen.log_lines
+    assert calls == from_cli and [c[0] for c in calls] == list(outs)

@@ -11,29 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_tiny_model_folder, type_text, wait_until
-from mlx_dpo.store import PreferenceStore
+from helpers import model_ready, type_text
+from mlx_dpo.data.store import PreferenceStore
 from tui.app import MlxDpoApp
-from tui.backend import SampleSettings
+from tui.workers import SampleSettings
 from tui.modals import EditAnswersModal
 
 SIZE = (120, 36)
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_path) -> Path:
-    return make_tiny_model_folder(tmp_path_factory.mktemp("models") / "tiny-llama", default_model_path)
-
-
 @pytest.fixture
-def app(tiny_model, tmp_path, monkeypatch) -> MlxDpoApp:
+def app(tiny, tmp_path, monkeypatch) -> MlxDpoApp:
     monkeypatch.chdir(tmp_path)  # the mode bar shows the workspace path: keep it the same in every run
-    return MlxDpoApp(Path("workspace"), model=str(tiny_model), settings=SampleSettings(max_tokens=64, seed=7))
-
-
-async def model_ready(pilot) -> None:
-    await wait_until(pilot, lambda: pilot.app.model_state == "ready", what="the model")
-    await pilot.pause()
+    return MlxDpoApp(Path("workspace"), model=str(tiny), settings=SampleSettings(max_tokens=64, seed=7))
 
 
 async def steady_cursors(pilot) -> None:

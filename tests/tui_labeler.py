@@ -22,7 +22,7 @@ import mlx_dpo  # noqa: E402,F401  # before anything imports mlx
 
 from helpers import sample_answers, wait_until  # noqa: E402
 from tui.app import MlxDpoApp  # noqa: E402
-from tui.backend import SampleSettings  # noqa: E402
+from tui.workers import SampleSettings  # noqa: E402
 
 
 async def main(workspace: str, model: str) -> None:

@@ -1,13 +1,18 @@
-"""The mlx-dpo terminal app: label sampled answers, write pairs, manage the preference store.
+"""The mlx-dpo terminal app: label sampled answers, write pairs, manage the store, train, compare, export.
 
-Thin on purpose: it opens the store, starts the model worker, defines the three modes (Label, Write,
-Data; F1-F3) and the command palette, and turns the worker's events into Textual messages.
-The screens live in `tui.screens`, shared widgets in `tui.widgets`, dialogs in `tui.modals`,
-styles in the `.tcss` files next to this module.
+Wiring only: it opens the store, registers the six modes of `tui.modes` (Label, Write, Data, Train,
+Compare, Export; F1-F6) with their screens and the command palette, starts the workers and routes their
+events, and offers the screens a few shared services (notifications, the store's counts, the sampling
+model's version). The screens live in `tui.screens`, shared widgets in `tui.widgets`, dialogs in
+`tui.modals`, styles in the `.tcss` files next to this module.
 
-Threads: Textual's event loop (UI + store writes), the model thread (`tui.backend.ModelWorker`:
-loads the model, then generates; MLX arrays never leave it) and short-lived thread workers for
-file import/export.
+The library boundary is `tui.workers`, the only module that reaches mlx_dpo's model and training code:
+- the model thread (`ModelWorker`): loads the model, then generates; MLX arrays never leave it;
+- a child process per training round (`TrainingProcess`), read by a daemon thread;
+- the Export screen's export and push calls, on Textual thread workers.
+They report on their own threads. Each event is wrapped, unchanged, in one message, `tui.messages.WorkerEvent`,
+and posted (thread-safe) to where it is handled: the model's state to the app, a sampling request's events to
+the screen that asked (Label or Compare), a round's events to the Train screen (which posts them itself).
 """
 
 from __future__ import annotations
@@ -22,34 +27,23 @@ from textual.binding import Binding
 from textual.reactive import reactive
 from textual.screen import Screen
 
+from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.store import PreferenceStore
-from tui import messages as msg
-from tui.backend import ModelWorker, SampleSettings
-from tui.screens import DataScreen, LabelScreen, WriteScreen
-from tui.screens.compare import CompareScreen
-from tui.screens.train import TrainScreen
-from tui.screens.export import ExportScreen
+from tui import modes
+from tui.messages import WorkerEvent
+from tui.workers import ModelWorker, SampleSettings, TrainingProcess
+from tui.workers.events import SAMPLE_EVENTS, AdapterFailed, Event, LoadFailed, LoadProgress, ModelReady
 
 WorkerFactory = Callable[..., ModelWorker]
-MODE_TITLES = {"label": "Label", "write": "Write", "data": "Data", "train": "Train", "compare": "Compare", "export": "Export"}
 
 
 class MlxDpoApp(App):
     TITLE = "mlx-dpo"
     CSS_PATH = ["app.tcss", "label.tcss", "write.tcss", "data.tcss", "modals.tcss", "train.tcss", "compare.tcss", "export.tcss"]
-    SCREENS = {"label": LabelScreen, "write": WriteScreen, "data": DataScreen, "train": TrainScreen, "compare": CompareScreen, "export": ExportScreen}
-    MODES = {"label": "label", "write": "write", "data": "data", "train": "train", "compare": "compare", "export": "export"}
-    BINDINGS = [
-        # Shown on every screen's mode bar rather than in the footer.
-        Binding("f1", "switch_mode('label')", "Label", priority=True, show=False),
-        Binding("f2", "switch_mode('write')", "Write", priority=True, show=False),
-        Binding("f3", "switch_mode('data')", "Data", priority=True, show=False),
-        Binding("f4", "switch_mode('train')", "Train", priority=True, show=False),
-        Binding("f5", "switch_mode('compare')", "Compare", priority=True, show=False),
-        Binding("f6", "switch_mode('export')", "Export", priority=True, show=False),
-        Binding("ctrl+q", "quit", "Quit", priority=True),
-    ]
+    SCREENS = {mode.name: mode.screen for mode in modes.MODES}
+    MODES = {mode.name: mode.name for mode in modes.MODES}  # each mode's base screen: the one installed above
+    BINDINGS = [*modes.mode_bindings(), Binding("ctrl+q", "quit", "Quit", priority=True)]
+    mode_table: tuple[modes.Mode, ...] = modes.MODES  # what the mode bar shows
 
     # (state, step, total, text); state is "loading", "ready" or "failed".
     model_status: reactive[tuple[str, int, int, str]] = reactive(("loading", 0, 2, "starting…"))
@@ -77,12 +71,13 @@ class MlxDpoApp(App):
         self.model_error: str | None = None
         self.sampler: str | None = None
         self.notices: list[tuple[str, str]] = []  # (severity, text) of every notification, newest last
-        self.worker = worker_factory(model, adapter_path, self._backend_event)
+        self.worker = worker_factory(model, adapter_path, self._worker_event)
         self.set_reactive(MlxDpoApp.model_status, ("loading", 0, 2, f"loading {self.worker.name}…"))
-        self._label_screen: LabelScreen | None = None
+        self._label_screen: Screen | None = None  # set on mount: the model thread must not create screens
         self.compare_ids: set[int] = set()  # worker request ids of the Compare screen
         self.version_label = Path(adapter_path).name if adapter_path else "base"  # what sampling uses
-        self.training = None  # the running tui.training.TrainingProcess, if any
+        self._previous_version_label = self.version_label
+        self.training: TrainingProcess | None = None  # the running round, if any
         self.created_at = time.perf_counter()
         self.first_screen_at: float | None = None  # perf_counter() when the first screen had been drawn
 
@@ -90,7 +85,7 @@ class MlxDpoApp(App):
 
     def on_mount(self) -> None:
         self._label_screen = self.get_screen("label")
-        self.switch_mode("label")
+        self.switch_mode(modes.FIRST.name)
         self.store_changed()
 
     def first_screen_drawn(self) -> None:
@@ -107,44 +102,44 @@ class MlxDpoApp(App):
         self.worker.stop(timeout=2.0)  # a generation stops at its next token; a load cannot be interrupted
         self.store.close()
 
-    # --- the model worker's events (called on the model thread) ---
+    # --- the model worker's events ---
 
-    def _backend_event(self, event) -> None:
-        message = msg.to_message(event)
-        target = self._label_screen if isinstance(message, msg.SAMPLE_MESSAGES) else self
-        if isinstance(message, msg.SAMPLE_MESSAGES) and message.request_id in self.compare_ids:
-            target = self.get_screen("compare")  # a comparison (Compare screen), not a Label sample
+    def _worker_event(self, event: Event) -> None:
+        """Called on the model thread: a sampling event goes to the screen that asked for it (Label, or
+        Compare for its requests), the rest to the app."""
+        target: App | Screen | None = self
+        if isinstance(event, SAMPLE_EVENTS):
+            # A comparison (Compare screen: installed, since it asked) or a Label sample.
+            target = self.get_screen("compare") if event.request_id in self.compare_ids else self._label_screen
         if target is not None:
-            target.post_message(message)  # thread-safe: queued on the event loop
+            target.post_message(WorkerEvent(event))  # thread-safe: queued on the event loop
+
+    def on_worker_event(self, message: WorkerEvent) -> None:
+        """The model's state; sampling and training events are the screens' (those that bubble up are ignored)."""
+        match message.event:
+            case LoadProgress(step=step, total=total, text=text) if self.model_state == "loading":
+                self.model_status = ("loading", step, total, text)
+            case ModelReady(name=name, sampler=sampler):
+                self.sampler = sampler
+                self.model_status = ("ready", 2, 2, f"model ready: {name}")
+            case LoadFailed(error=error):
+                self.model_error = error
+                self.model_status = ("failed", 0, 2, f"model failed to load: {error}")
+                self.notify_error(error, title="Model failed to load", timeout=15)
+            case AdapterFailed(error=error):
+                self.version_label = self._previous_version_label
+                self.model_status = ("ready", 2, 2, f"model ready: {self.worker.name}")
+                self.notify_error(error, title="Cannot switch the adapter")
 
     @property
     def model_state(self) -> str:
         return self.model_status[0]
 
-    def on_load_progress(self, message: msg.LoadProgress) -> None:
-        if self.model_state == "loading":
-            self.model_status = ("loading", message.step, message.total, message.text)
-
-    def on_model_ready(self, message: msg.ModelReady) -> None:
-        self.sampler = message.sampler
-        self.model_status = ("ready", 2, 2, f"model ready: {message.name}")
-
-    def on_load_failed(self, message: msg.LoadFailed) -> None:
-        self.model_error = message.error
-        self.model_status = ("failed", 0, 2, f"model failed to load: {message.error}")
-        self.notify_error(message.error, title="Model failed to load", timeout=15)
-
-    def on_adapter_failed(self, message: msg.AdapterFailed) -> None:
-        self.version_label = self._previous_version_label
-        self.model_status = ("ready", 2, 2, f"model ready: {self.worker.name}")
-        self.notify_error(message.error, title="Cannot switch the adapter")
-
     # --- training rounds and versions (Train and Compare screens) ---
 
-    def start_training(self, settings: dict, report):
-        """Run one round (mlx_dpo.rounds) in a child process; `report(dict)` is called on a reader thread."""
-        from tui.training import TrainingProcess
-
+    def start_training(self, settings: dict, report: Callable[[dict], None]) -> TrainingProcess:
+        """Run one round in a child process (`tui.workers.TrainingProcess`); `report(dict)` is called on a
+        reader thread for each of its events."""
         self.training = TrainingProcess(str(self.store.workspace), self.worker.model, settings, report)
         self.training.start()
         return self.training
@@ -186,22 +181,18 @@ class MlxDpoApp(App):
     def notify_warning(self, message: str, *, title: str = "", timeout: float | None = 4) -> None:
         self.notify(message, title=title, severity="warning", timeout=timeout)
 
-    # --- command palette: every binding of every mode, plus mode switching ---
+    # --- command palette: every mode, and every described binding of every mode ---
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        for mode, title in MODE_TITLES.items():
-            yield SystemCommand(f"Go to {title}", f"switch to the {title} screen", partial(self.switch_mode, mode))
-        for mode, title in MODE_TITLES.items():
-            screen_class = self.SCREENS[mode]
-            for binding in screen_class.BINDINGS:
-                if not isinstance(binding, Binding) or not binding.tooltip:
-                    continue
-                yield SystemCommand(
-                    f"{title}: {binding.tooltip}",
-                    f"key: {binding.key}",
-                    partial(self.run_in_mode, mode, binding.action),
-                )
+        for mode in modes.MODES:
+            yield SystemCommand(f"Go to {mode.title}", f"switch to the {mode.title} screen",
+                                partial(self.switch_mode, mode.name))
+        for mode in modes.MODES:
+            for binding in mode.screen.BINDINGS:
+                if isinstance(binding, Binding) and binding.tooltip:
+                    yield SystemCommand(f"{mode.title}: {binding.tooltip}", f"key: {binding.key}",
+                                        partial(self.run_in_mode, mode.name, binding.action))
 
     async def run_in_mode(self, mode: str, action: str) -> None:
         await self.switch_mode(mode)

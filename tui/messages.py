@@ -1,7 +1,8 @@
-"""Textual messages the app posts for the model worker's events (see `tui.backend`).
+"""The one Textual message for what a worker reports: `WorkerEvent`, carrying the worker's event unchanged.
 
-The worker calls back on its own thread; `to_message` wraps each plain event in the matching message,
-which `post_message` (thread-safe) delivers to the event loop: handlers are `on_model_ready`, ...
+The model worker (`tui.workers.ModelWorker`) and the training process's reader thread call back on their
+own threads; the app (or the Train screen) wraps each event in a `WorkerEvent` and posts it, which is
+thread-safe: the handler, `on_worker_event`, runs on the event loop and reads `message.event`.
 """
 
 from __future__ import annotations
@@ -10,80 +11,12 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from tui import backend
+from tui.workers.events import Event
 
 
 @dataclass
-class LoadProgress(Message):
-    step: int
-    total: int
-    text: str
+class WorkerEvent(Message):
+    """`event` is a model-worker event (a dataclass of `tui.workers.events`) or, from a training round, the
+    library's event as the child sent it: a dict `{"type": class name, **fields}`."""
 
-
-@dataclass
-class ModelReady(Message):
-    name: str
-    sampler: str
-
-
-@dataclass
-class AdapterFailed(Message):
-    error: str
-
-
-@dataclass
-class LoadFailed(Message):
-    error: str
-
-
-@dataclass
-class SampleStarted(Message):
-    request_id: int
-    seeds: tuple[int, int]
-
-
-@dataclass
-class AnswerChunk(Message):
-    request_id: int
-    slot: int
-    text: str
-
-
-@dataclass
-class AnswerDone(Message):
-    request_id: int
-    slot: int
-    text: str
-
-
-@dataclass
-class SampleFailed(Message):
-    request_id: int
-    error: str
-
-
-_MESSAGES: dict[type, type[Message]] = {
-    backend.LoadProgress: LoadProgress,
-    backend.ModelReady: ModelReady,
-    backend.LoadFailed: LoadFailed,
-    backend.AdapterFailed: AdapterFailed,
-    backend.SampleStarted: SampleStarted,
-    backend.AnswerChunk: AnswerChunk,
-    backend.AnswerDone: AnswerDone,
-    backend.SampleFailed: SampleFailed,
-}
-
-# Events about one sampling request go to the Label screen; the rest to the app.
-SAMPLE_MESSAGES = (SampleStarted, AnswerChunk, AnswerDone, SampleFailed)
-
-
-def to_message(event: backend.Event) -> Message:
-    cls = _MESSAGES[type(event)]
-    return cls(**{name: getattr(event, name) for name in event.__dataclass_fields__})
-
-
-@dataclass
-class StoreChanged(Message):
-    """Posted to the app after any screen changes the store, so counts and tables refresh."""
-
-    reason: str = ""
+    event: Event | dict

@@ -1,7 +1,10 @@
 """Modal screens: ask for a path, confirm, edit two answers, view/edit a stored pair, sampling settings.
 
 Each one dismisses with its result (None when cancelled with Escape), so callers use
-`push_screen(modal, callback)` and never block the event loop.
+`push_screen(modal, callback)` and never block the event loop. A button runs the same action as its
+key (`Button(action="screen.…")`: the modal is the app's screen while it is open), so each choice is
+written once, as an `action_…` method. The forms check a pair with the pair rules of
+`mlx_dpo.data.pairs` (`pair_problem`, `same_answers`), as the store does.
 """
 
 from __future__ import annotations
@@ -15,8 +18,14 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Static, TextArea
 
-from tui.backend import SampleSettings
+from mlx_dpo.data.pairs import IDENTICAL_ANSWERS, TWO_DIFFERENT_ANSWERS, pair_problem, same_answers
 from tui.prompts import PromptParts
+from tui.widgets import prompt_fields, read_prompt
+from tui.workers import SampleSettings
+
+
+def cancel_button(label: str = "Cancel (esc)") -> Button:
+    return Button(label, id="cancel", compact=True, action="screen.cancel")
 
 
 class _Modal(ModalScreen):
@@ -24,16 +33,6 @@ class _Modal(ModalScreen):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        event.stop()
-        if event.button.id == "cancel":
-            self.dismiss(None)
-        else:
-            self.button_pressed(event.button.id or "")
-
-    def button_pressed(self, button_id: str) -> None:  # overridden
-        pass
 
     def show_error(self, message: str) -> None:
         error = self.query_one(".modal-error", Static)
@@ -64,8 +63,8 @@ class PathModal(_Modal):
                 yield Checkbox("skip invalid rows instead of refusing the file", id="skip-invalid")
             yield Static("", classes="modal-error")
             with Horizontal(classes="modal-buttons"):
-                yield Button(f"{self.ok} (enter)", id="ok", variant="primary", compact=True)
-                yield Button("Cancel (esc)", id="cancel", compact=True)
+                yield Button(f"{self.ok} (enter)", id="ok", variant="primary", compact=True, action="screen.ok")
+                yield cancel_button()
 
     def on_mount(self) -> None:
         self.query_one(".modal-error").display = False
@@ -73,9 +72,9 @@ class PathModal(_Modal):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        self.button_pressed("ok")
+        self.action_ok()
 
-    def button_pressed(self, button_id: str) -> None:
+    def action_ok(self) -> None:
         path = self.query_one("#path", Input).value.strip()
         if not path:
             self.show_error("Type a file path first.")
@@ -100,17 +99,14 @@ class ConfirmModal(_Modal):
         with Vertical(classes="modal-box"):
             yield Static(Text(self.question), classes="modal-title")
             with Horizontal(classes="modal-buttons"):
-                yield Button(f"{self.yes} (y)", id="yes", variant="error", compact=True)
-                yield Button("Cancel (n)", id="cancel", compact=True)
+                yield Button(f"{self.yes} (y)", id="yes", variant="error", compact=True, action="screen.confirm")
+                yield cancel_button("Cancel (n)")
 
     def on_mount(self) -> None:
         self.query_one("#cancel", Button).focus()
 
     def action_confirm(self) -> None:
         self.dismiss(True)
-
-    def button_pressed(self, button_id: str) -> None:
-        self.dismiss(button_id == "yes")
 
 
 @dataclass(frozen=True)
@@ -145,10 +141,12 @@ class EditAnswersModal(_Modal):
                 yield area
             yield Static("", classes="modal-error")
             with Horizontal(classes="modal-buttons"):
-                yield Button("Keep edits (ctrl+s)", id="keep", variant="primary", compact=True)
-                yield Button("Save: 1 better (F8)", id="pick-1", variant="success", compact=True)
-                yield Button("Save: 2 better (F9)", id="pick-2", variant="success", compact=True)
-                yield Button("Cancel (esc)", id="cancel", compact=True)
+                yield Button("Keep edits (ctrl+s)", id="keep", variant="primary", compact=True, action="screen.keep")
+                yield Button("Save: 1 better (F8)", id="pick-1", variant="success", compact=True,
+                             action="screen.pick(1)")
+                yield Button("Save: 2 better (F9)", id="pick-2", variant="success", compact=True,
+                             action="screen.pick(2)")
+                yield cancel_button()
         yield Footer()
 
     def on_mount(self) -> None:
@@ -163,16 +161,10 @@ class EditAnswersModal(_Modal):
 
     def action_pick(self, slot: int) -> None:
         first, second = self._answers()
-        if first.strip() == second.strip():
-            self.show_error("The two answers are identical: a pair needs two different answers.")
+        if same_answers(first, second):
+            self.show_error(f"The two answers are identical: {TWO_DIFFERENT_ANSWERS}.")
             return
         self.dismiss(EditedAnswers((first, second), slot))
-
-    def button_pressed(self, button_id: str) -> None:
-        if button_id == "keep":
-            self.action_keep()
-        elif button_id.startswith("pick-"):
-            self.action_pick(int(button_id[-1]))
 
 
 @dataclass(frozen=True)
@@ -206,10 +198,7 @@ class PairModal(_Modal):
                     Text(f"{len(self.parts.context)} earlier turn(s) are kept as they are; the last user message is editable."),
                     classes="modal-hint",
                 )
-            yield Input(self.parts.system, placeholder="system message (optional)", id="pair-system", compact=True)
-            prompt = TextArea(self.parts.user, id="pair-prompt")
-            prompt.border_title = "prompt"
-            yield prompt
+            yield from prompt_fields("pair-system", "pair-prompt", parts=self.parts)
             with Grid(classes="pair-answers"):
                 chosen = TextArea(p.chosen, id="pair-chosen")
                 chosen.border_title = "chosen (better)"
@@ -220,8 +209,8 @@ class PairModal(_Modal):
             yield Input(p.note or "", placeholder="note (optional)", id="pair-note", compact=True)
             yield Static("", classes="modal-error")
             with Horizontal(classes="modal-buttons"):
-                yield Button("Save (ctrl+s)", id="save", variant="primary", compact=True)
-                yield Button("Close (esc)", id="cancel", compact=True)
+                yield Button("Save (ctrl+s)", id="save", variant="primary", compact=True, action="screen.save")
+                yield cancel_button("Close (esc)")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -229,27 +218,18 @@ class PairModal(_Modal):
         self.query_one("#pair-prompt", TextArea).focus()
 
     def action_save(self) -> None:
-        parts = PromptParts(
-            self.query_one("#pair-system", Input).value,
-            self.query_one("#pair-prompt", TextArea).text,
-            self.parts.context,
-        )
-        if parts.empty:
-            self.show_error("The prompt is empty.")
-            return
+        parts = read_prompt(self, "pair-system", "pair-prompt", self.parts.context)
         chosen = self.query_one("#pair-chosen", TextArea).text
         rejected = self.query_one("#pair-rejected", TextArea).text
-        if not chosen.strip() or not rejected.strip():
-            self.show_error("Both answers need some text.")
+        problem = pair_problem(parts.messages(), chosen, rejected)  # the store's rules, the first one broken
+        if problem == IDENTICAL_ANSWERS:
+            self.show_error(f"Chosen and rejected are identical: {TWO_DIFFERENT_ANSWERS}.")
             return
-        if chosen.strip() == rejected.strip():
-            self.show_error("Chosen and rejected are identical: a pair needs two different answers.")
+        if problem is not None:
+            answer = problem[0] in ("chosen", "rejected")
+            self.show_error("Both answers need some text." if answer else "The prompt is empty.")
             return
         self.dismiss(PairEdits(parts.messages(), chosen, rejected, self.query_one("#pair-note", Input).value))
-
-    def button_pressed(self, button_id: str) -> None:
-        if button_id == "save":
-            self.action_save()
 
 
 class SettingsModal(_Modal):
@@ -279,8 +259,8 @@ class SettingsModal(_Modal):
                 yield Input("" if s.seed is None else str(s.seed), id="seed")
             yield Static("", classes="modal-error")
             with Horizontal(classes="modal-buttons"):
-                yield Button("Apply (enter)", id="apply", variant="primary", compact=True)
-                yield Button("Cancel (esc)", id="cancel", compact=True)
+                yield Button("Apply (enter)", id="apply", variant="primary", compact=True, action="screen.apply")
+                yield cancel_button()
 
     def on_mount(self) -> None:
         self.query_one(".modal-error").display = False
@@ -310,7 +290,3 @@ class SettingsModal(_Modal):
             self.show_error(str(e))
             return
         self.dismiss(settings)
-
-    def button_pressed(self, button_id: str) -> None:
-        if button_id == "apply":
-            self.action_apply()

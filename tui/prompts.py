@@ -1,6 +1,7 @@
 """Prompt plumbing for the screens: message lists <-> editor fields, prompt queues, short cell text.
 
-No Textual and no model code here, so it is easy to test and to reuse.
+No Textual and no model code here, so it is easy to test and to reuse. A queue file is checked by the
+pairs reader's rules for a prompt (`mlx_dpo.data.pairs.parse_prompt`), so a queued prompt can always be saved.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.pairs import describe_problems, parse_prompt, read_text
+from mlx_dpo.data.pairs import checked_prompt, read_text
 
 MAX_QUEUE_ERRORS = 5
 
@@ -69,6 +70,47 @@ def read_prompt_queue(path: str | Path) -> list[list[dict]]:
     return prompts
 
 
+class PromptQueue:
+    """The prompts of a queue file and which one the Label screen shows (`pos`, None before the first)."""
+
+    def __init__(self, prompts: list[list[dict]] | None = None, name: str = "") -> None:
+        self.prompts = prompts or []
+        self.name = name
+        self.pos: int | None = None
+
+    @classmethod
+    def open(cls, path: str | Path) -> "PromptQueue":
+        """Raises QueueError naming the file (and lines) when it cannot be read."""
+        return cls(read_prompt_queue(path), Path(path).name)
+
+    def __bool__(self) -> bool:
+        return bool(self.prompts)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def next_index(self) -> int | None:
+        """The index of the prompt after the shown one, None at the end (or with no queue)."""
+        index = 0 if self.pos is None else self.pos + 1
+        return index if index < len(self.prompts) else None
+
+    @property
+    def finished(self) -> bool:
+        """The last prompt is shown."""
+        return bool(self.prompts) and self.pos is not None and self.next_index is None
+
+    def show(self, index: int) -> PromptParts:
+        """Move to prompt `index` and return it for the editor."""
+        self.pos = index
+        return PromptParts.from_messages(self.prompts[index])
+
+    def status(self) -> str:
+        if not self.prompts:
+            return "no queue · o to open one"
+        return f"queue {self.name} {0 if self.pos is None else self.pos + 1}/{len(self.prompts)}"
+
+
 def _read_jsonl(path: Path, text: str) -> list[list[dict]]:
     prompts, errors = [], []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -81,7 +123,7 @@ def _read_jsonl(path: Path, text: str) -> list[list[dict]]:
             continue
         try:
             prompts.append(_row_prompt(row))
-        except ValueError as e:
+        except (ValueError, MlxDpoError) as e:
             errors.append(f"{path}:{number}: {e}")
     if errors:
         more = len(errors) - MAX_QUEUE_ERRORS
@@ -98,11 +140,7 @@ def _row_prompt(row: object) -> list[dict]:
         raise ValueError('no "prompt" (or "messages") field')
     if isinstance(value, list) and len(value) > 1 and isinstance(value[-1], dict) and value[-1].get("role") == "assistant":
         value = value[:-1]  # a chat transcript: the model answers the last user turn
-    problems: list = []
-    messages = parse_prompt(value, name, problems)  # the same rules as a pair's prompt
-    if problems:
-        raise ValueError(describe_problems(problems))
-    return messages
+    return checked_prompt(value, name)  # the same rules as a pair's prompt
 
 
 def snippet(text: str, width: int = 40) -> str:

@@ -7,6 +7,7 @@ exporting files run in thread workers (the store is thread-safe) and report back
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from rich.text import Text
 from textual import on, work
@@ -14,13 +15,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Button, DataTable, Footer, Input, Select, Static
+from textual.widgets import DataTable, Footer, Input, Select
 
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.store import StoredPair
+from mlx_dpo.data.store import StoredPair
 from tui.modals import ConfirmModal, PairEdits, PairModal, PathChoice, PathModal
 from tui.prompts import age, prompt_snippet, snippet
-from tui.widgets import ModeBar
+from tui.widgets import ModeBar, ScreenButton, StatusLine
 
 COLUMNS = (("id", 5), ("split", 6), ("origin", 8), ("prompt", 30), ("chosen", 24), ("rejected", 24), ("updated", 8))
 SPLIT_FILTERS = [("all splits", "all"), ("train", "train"), ("valid", "valid")]
@@ -51,18 +52,16 @@ class DataScreen(Screen):
         table = DataTable(id="pairs", cursor_type="row", zebra_stripes=True)
         yield table
         with Horizontal(id="data-buttons"):
-            yield Button("enter view/edit", id="data-open", compact=True)
-            yield Button("del delete", id="data-delete", variant="error", compact=True)
-            yield Button("s swap", id="data-swap", compact=True)
-            yield Button("v train/valid", id="data-split", compact=True)
-            yield Button("i import", id="data-import", compact=True)
-            yield Button("x export", id="data-export", compact=True)
-            yield Static("", id="data-status")
+            yield ScreenButton("enter view/edit", "open_pair", id="data-open")
+            yield ScreenButton("del delete", "delete_pair", id="data-delete", variant="error")
+            yield ScreenButton("s swap", "swap", id="data-swap")
+            yield ScreenButton("v train/valid", "toggle_split", id="data-split")
+            yield ScreenButton("i import", "import_pairs", id="data-import")
+            yield ScreenButton("x export", "export_pairs", id="data-export")
+            yield StatusLine(id="data-status")
         yield Footer()
 
     def on_mount(self) -> None:
-        for button in self.query(Button):
-            button.can_focus = False
         table = self.query_one("#pairs", DataTable)
         for name, width in COLUMNS:
             table.add_column(name, width=width, key=name)
@@ -103,7 +102,7 @@ class DataScreen(Screen):
             table.move_cursor(row=self.pair_ids.index(keep), animate=False)
         plural = "s" * (total != 1)
         shown = f"{len(pairs)} of {total} pair{plural}" if (search or self.split_filter) else f"{total} pair{plural}"
-        self.query_one("#data-status", Static).update(Text(shown))
+        self.query_one(StatusLine).show(shown)
 
     def current_id(self) -> int | None:
         table = self.query_one("#pairs", DataTable)
@@ -159,6 +158,18 @@ class DataScreen(Screen):
         event.stop()
         self.action_open_pair()
 
+    def _change(self, change: Callable[[], str], failed: str, keep: int | None) -> None:
+        """One committed store change (`change()` returns what to tell the user); then the table is reloaded
+        with the cursor on pair `keep`."""
+        try:
+            notice = change()
+        except MlxDpoError as e:
+            self.app.notify_error(str(e), title=failed)
+            return
+        self.app.notify(notice, timeout=2)
+        self.app.store_changed()
+        self.reload(keep=keep)
+
     def action_open_pair(self) -> None:
         pair = self._selected_pair()
         if pair is None:
@@ -167,20 +178,15 @@ class DataScreen(Screen):
 
         def edited(edits: PairEdits | None) -> None:
             self.action_focus_table()
-            if edits is None:
-                return
-            try:
-                self.app.store.update_pair(
-                    pair_id, prompt=edits.prompt, chosen=edits.chosen, rejected=edits.rejected, note=edits.note
-                )
-            except MlxDpoError as e:
-                self.app.notify_error(str(e), title="Not saved")
-                return
-            self.app.notify(f"saved pair #{pair_id}", timeout=2)
-            self.app.store_changed()
-            self.reload(keep=pair_id)
+            if edits is not None:
+                self._change(lambda: self._save(pair_id, edits), "Not saved", keep=pair_id)
 
         self.app.push_screen(PairModal(pair), edited)
+
+    def _save(self, pair_id: int, edits: PairEdits) -> str:
+        self.app.store.update_pair(pair_id, prompt=edits.prompt, chosen=edits.chosen, rejected=edits.rejected,
+                                   note=edits.note)
+        return f"saved pair #{pair_id}"
 
     def action_delete_pair(self) -> None:
         pair = self._selected_pair()
@@ -194,45 +200,34 @@ class DataScreen(Screen):
             if not yes:
                 return
             index = self.pair_ids.index(pair_id) if pair_id in self.pair_ids else 0
-            try:
-                self.app.store.delete_pair(pair_id)
-            except MlxDpoError as e:
-                self.app.notify_error(str(e), title="Not deleted")
-                return
-            self.app.notify(f"deleted pair #{pair_id}", timeout=2)
-            self.app.store_changed()
-            remaining = [i for i in self.pair_ids if i != pair_id]
-            self.reload(keep=remaining[min(index, len(remaining) - 1)] if remaining else None)
+            remaining = [i for i in self.pair_ids if i != pair_id]  # the cursor stays at the same row
+            self._change(lambda: self._delete(pair_id), "Not deleted",
+                         keep=remaining[min(index, len(remaining) - 1)] if remaining else None)
 
         self.app.push_screen(ConfirmModal(question, yes="Delete"), confirmed)
 
+    def _delete(self, pair_id: int) -> str:
+        self.app.store.delete_pair(pair_id)
+        return f"deleted pair #{pair_id}"
+
     def action_swap(self) -> None:
         pair_id = self._selected()
-        if pair_id is None:
-            return
-        try:
-            self.app.store.swap_pair(pair_id)
-        except MlxDpoError as e:
-            self.app.notify_error(str(e), title="Not swapped")
-            return
-        self.app.notify(f"pair #{pair_id}: chosen and rejected swapped", timeout=2)
-        self.app.store_changed()
-        self.reload(keep=pair_id)
+        if pair_id is not None:
+            self._change(lambda: self._swap(pair_id), "Not swapped", keep=pair_id)
+
+    def _swap(self, pair_id: int) -> str:
+        self.app.store.swap_pair(pair_id)
+        return f"pair #{pair_id}: chosen and rejected swapped"
 
     def action_toggle_split(self) -> None:
         pair_id = self._selected()
-        if pair_id is None:
-            return
-        try:
-            pair = self.app.store.get_pair(pair_id)
-            new = "valid" if pair.split == "train" else "train"
-            self.app.store.update_pair(pair_id, split=new)
-        except MlxDpoError as e:
-            self.app.notify_error(str(e), title="Not moved")
-            return
-        self.app.notify(f"pair #{pair_id} moved to {new}", timeout=2)
-        self.app.store_changed()
-        self.reload(keep=pair_id)
+        if pair_id is not None:
+            self._change(lambda: self._move(pair_id), "Not moved", keep=pair_id)
+
+    def _move(self, pair_id: int) -> str:
+        new = "valid" if self.app.store.get_pair(pair_id).split == "train" else "train"
+        self.app.store.update_pair(pair_id, split=new)
+        return f"pair #{pair_id} moved to {new}"
 
     # --- files ---
 
@@ -250,7 +245,7 @@ class DataScreen(Screen):
     def _import_chosen(self, choice: PathChoice | None) -> None:
         self.action_focus_table()
         if choice is not None:
-            self.query_one("#data-status", Static).update(Text(f"importing {choice.path}…"))
+            self.query_one(StatusLine).show(f"importing {choice.path}…")
             self._import(choice.path, choice.skip_invalid)
 
     @work(thread=True, exclusive=True, group="files")
@@ -274,11 +269,11 @@ class DataScreen(Screen):
             self.app.notify_warning(error)
         self.app.store_changed()
         self.reload()
-        self.query_one("#data-status", Static).update(Text(text))
+        self.query_one(StatusLine).show(text)
 
     def _file_failed(self, title: str, error: str) -> None:
         self.app.notify_error(error, title=title, timeout=12)
-        self.query_one("#data-status", Static).update(Text(f"{title.lower()}: see the message"))
+        self.query_one(StatusLine).show(f"{title.lower()}: see the message")
 
     def action_export_pairs(self) -> None:
         split = self.split_filter
@@ -304,13 +299,3 @@ class DataScreen(Screen):
             self.app.call_from_thread(self._file_failed, "Export failed", str(e))
             return
         self.app.call_from_thread(self.app.notify, f"exported {count} pairs to {path}", title="Export")
-
-    @on(Button.Pressed)
-    async def _button(self, event: Button.Pressed) -> None:
-        event.stop()
-        actions = {
-            "data-open": "open_pair", "data-delete": "delete_pair", "data-swap": "swap",
-            "data-split": "toggle_split", "data-import": "import_pairs", "data-export": "export_pairs",
-        }
-        if event.button.id in actions:
-            await self.run_action(actions[event.button.id])

@@ -1,6 +1,6 @@
 """Export: fuse an adapter into its base (Hugging Face folder or GGUF) or convert it for PEFT, then push it.
 
-The same library calls as `mlx-dpo export` and `mlx-dpo push` (mlx_dpo.export / gguf_export / hub).
+The same library calls as `mlx-dpo export` and `mlx-dpo push`, through `tui.workers.export`.
 Each runs in a thread worker. MLX streams are thread-local, so one worker thread does the whole export
 (imports, model load, fuse, write): no MLX array crosses threads. Stages ("loading base", "fusing",
 "writing") come from the library's `on_stage` callback.
@@ -9,7 +9,6 @@ Each runs in a thread worker. MLX streams are thread-local, so one worker thread
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 from rich.text import Text
 from textual import on, work
@@ -20,11 +19,12 @@ from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Input, Label, ProgressBar, Select, Static
 
 from mlx_dpo.errors import MlxDpoError
-from tui.widgets import ModeBar
+from tui.widgets import ModeBar, ScreenButton, StatusLine
+from tui.workers.export import push_folder, run_export
 
 FORMATS = [("hf: fused model folder", "hf"), ("peft: PEFT LoRA adapter", "peft"), ("gguf: llama.cpp file", "gguf")]
 GGUF_TYPES = [("f16", "f16"), ("q8_0", "q8_0")]
-# Files an adapter folder holds (mlx_dpo.adapter.CONFIG_FILE / ADAPTER_FILE; not imported: that imports MLX).
+# Files an adapter folder holds (mlx_dpo.models.adapter.CONFIG_FILE / ADAPTER_FILE; not imported: that imports MLX).
 ADAPTER_FILES = ("adapter_config.json", "adapters.safetensors")
 STAGES = ("loading base", "fusing", "writing", "done")
 
@@ -46,24 +46,6 @@ def suggested_out(workspace: Path, adapter: str, fmt: str, gguf_type: str) -> st
         return ""
     leaf = f"{name}-{gguf_type}.gguf" if fmt == "gguf" else f"{name}-{fmt}"
     return str(workspace / "exports" / leaf)
-
-
-# --- stage reports from inside the library calls ----------------------------------------------------------------
-
-def run_export(adapter: str, out: str, *, fmt: str, model: str | None, dequantize: bool, gguf_type: str,
-               overwrite: bool, report: Callable[[str], None]):
-    """What `mlx-dpo export` does, on the calling thread; `report(stage)` is called as the stages begin."""
-    if fmt == "gguf":
-        from mlx_dpo.gguf_export import export_gguf
-
-        return export_gguf(adapter, out, model=model, gguf_type=gguf_type, overwrite=overwrite, on_stage=report)
-    if fmt == "peft":
-        from mlx_dpo.export import export_peft
-
-        return export_peft(adapter, out, model=model, overwrite=overwrite, on_stage=report)
-    from mlx_dpo.export import export_hf
-
-    return export_hf(adapter, out, model=model, dequantize=dequantize, overwrite=overwrite, on_stage=report)
 
 
 def _scrub(text: str) -> str:
@@ -116,9 +98,9 @@ class ExportScreen(Screen):
                 yield Checkbox("dequantize (hf: dense float16 weights)", id="export-dequantize", compact=True)
                 yield Checkbox("overwrite an existing output", id="export-overwrite", compact=True)
             with Horizontal(classes="export-buttons"):
-                yield Button("ctrl+e export", id="export-run", variant="primary", compact=True)
+                yield ScreenButton("ctrl+e export", "export", id="export-run", variant="primary")
                 yield ProgressBar(total=len(STAGES), show_eta=False, show_percentage=False, id="export-progress")
-                yield Static("", id="export-status")
+                yield StatusLine(id="export-status")
             yield Static("", id="export-log")
             yield Static("Push to the Hugging Face Hub (the output folder above)", classes="export-heading")
             with Horizontal(classes="export-row"):
@@ -129,13 +111,11 @@ class ExportScreen(Screen):
                 yield Label("message", classes="export-label")
                 yield Input(placeholder="commit message (optional)", id="push-message", compact=True)
             with Horizontal(classes="export-buttons"):
-                yield Button("ctrl+u push", id="push-run", compact=True)
-                yield Static("", id="push-status")
+                yield ScreenButton("ctrl+u push", "push", id="push-run")
+                yield StatusLine(id="push-status")
         yield Footer()
 
     def on_mount(self) -> None:
-        for button in self.query(Button):
-            button.can_focus = False
         self.query_one("#export-progress", ProgressBar).display = False
         adapter = newest_adapter(self.app.store.workspace)
         if adapter is not None:
@@ -181,9 +161,7 @@ class ExportScreen(Screen):
         self.set_focus(None)
 
     def _set(self, selector: str, text: str, style: str = "") -> None:
-        status = self.query_one(selector, Static)
-        status.update(Text(text))
-        status.set_classes(f"-{style}" if style else "")
+        self.query_one(selector, StatusLine).show(text, style)
 
     def _log(self, line: str) -> None:
         self.log_lines.append(line)
@@ -206,14 +184,12 @@ class ExportScreen(Screen):
         if self._refuse_if_busy():
             return
         adapter, out = self.value("#export-adapter"), self.value("#export-out")
-        problem = None
+        problem, focus = None, ""
         if not adapter:
             problem, focus = "No adapter folder: type the path of the adapter to export.", "#export-adapter"
         elif not out:
             problem, focus = "No output path: type where to write the export.", "#export-out"
-        if problem:
-            self._failed("Not exported", problem)
-            self.query_one(focus).focus()
+        if self._refused("Not exported", problem, focus):
             return
         self._set_busy("export")
         self.log_lines = []
@@ -276,13 +252,21 @@ class ExportScreen(Screen):
         self.app.notify_error(error, title=title, timeout=12)
         self._set(selector, f"{title.lower()}: {error}", "error")
 
+    def _refused(self, title: str, problem: str | None, focus: str, selector: str = "#export-status") -> bool:
+        """A form problem (if any) is shown, and the field to fix gets the focus."""
+        if problem is None:
+            return False
+        self._failed(title, problem, selector)
+        self.query_one(focus).focus()
+        return True
+
     # --- push ---
 
     def action_push(self) -> None:
         if self._refuse_if_busy():
             return
         folder, repo = self.value("#export-out"), self.value("#push-repo")
-        problem = None
+        problem, focus = None, ""
         if not folder:
             problem, focus = "No folder to push: fill in the output path above (export first).", "#export-out"
         elif not repo:
@@ -290,9 +274,7 @@ class ExportScreen(Screen):
         elif folder.lower().endswith(".gguf"):
             problem, focus = ("Push uploads a folder; the output is a .gguf file. Export hf or peft, "
                               "or put the GGUF file in a folder of its own and name that folder."), "#export-out"
-        if problem:
-            self._failed("Not pushed", problem, "#push-status")
-            self.query_one(focus).focus()
+        if self._refused("Not pushed", problem, focus, "#push-status"):
             return
         self._set_busy("push")
         self._set("#push-status", f"pushing to {repo}…")
@@ -300,8 +282,6 @@ class ExportScreen(Screen):
 
     @work(thread=True, exclusive=True, group="push")
     def _push(self, folder: str, repo: str, private: bool, message: str | None) -> None:
-        from mlx_dpo.hub import push_folder
-
         try:
             url = push_folder(folder, repo, private=private, message=message)
         except MlxDpoError as e:
@@ -319,11 +299,3 @@ class ExportScreen(Screen):
     def _push_failed(self, error: str) -> None:
         self._set_busy(None)
         self._failed("Push failed", error, "#push-status")
-
-    @on(Button.Pressed)
-    def _button(self, event: Button.Pressed) -> None:
-        event.stop()
-        if event.button.id == "export-run":
-            self.action_export()
-        elif event.button.id == "push-run":
-            self.action_push()

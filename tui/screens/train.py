@@ -1,44 +1,54 @@
 """Train: run an incremental round on the untrained pairs, watch it, and pick the version to sample from.
 
-The round runs in a child process (`tui.training.TrainingProcess`): the UI stays responsive and the
-model worker's MLX streams are never shared. Its events arrive as `TrainingEvent` messages (plain dicts).
+The round runs in a child process (`tui.workers.TrainingProcess`): the UI stays responsive and the
+model worker's MLX streams are never shared. Its events arrive as `WorkerEvent` messages (plain dicts).
 When a round finishes, the app switches the sampling model to the new version.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from rich.text import Text
-from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Sparkline, Static
 
 from mlx_dpo.errors import MlxDpoError
-from tui.training import TrainingProcess
-from tui.widgets import ModeBar
+from mlx_dpo.options import SettingError, check, settings_of, shown
+from mlx_dpo.settings import TRAIN_GROUPS, RoundSettings
+from tui.messages import WorkerEvent
+from tui.workers import TrainingProcess
+from tui.widgets import ModeBar, ScreenButton, StatusLine
 
-# (input id, label, settings key, parser, default shown)
-FIELDS = (
-    ("train-beta", "β", "beta", float, "0.1"),
-    ("train-lr", "learning rate", "learning_rate", float, "5e-5"),
-    ("train-iters", "steps", "iters", int, "20"),
-    ("train-epochs", "epochs (if no steps)", "epochs", int, ""),
-    ("train-batch", "batch size", "batch_size", int, "4"),
-    ("train-rank", "LoRA rank", "lora_rank", int, "8"),
-    ("train-layers", "LoRA layers", "lora_num_layers", int, ""),
-    ("train-replay", "replay share", "replay", float, "0.5"),
+# The round settings the screen offers: (input id, setting name, label, text the field starts with;
+# None: the setting's default, blank where the default is "unset"). Parsers, defaults and checks are the
+# settings' own (mlx_dpo.settings).
+_OFFERED = (
+    ("train-beta", "beta", "β", None),
+    ("train-lr", "learning_rate", "learning rate", None),
+    ("train-iters", "iters", "steps", "20"),  # a short round by default, rather than a whole epoch
+    ("train-epochs", "epochs", "epochs (if no steps)", ""),
+    ("train-batch", "batch_size", "batch size", None),
+    ("train-rank", "lora_rank", "LoRA rank", None),
+    ("train-layers", "lora_num_layers", "LoRA layers", None),
+    ("train-replay", "replay", "replay share", None),
 )
+ROUND_SETTINGS = settings_of(*TRAIN_GROUPS, RoundSettings)
 
 
-@dataclass
-class TrainingEvent(Message):
-    data: dict
+def _start_text(name: str, text: str | None) -> str:
+    setting = ROUND_SETTINGS[name]
+    if text is not None:
+        return text
+    return "" if setting.default_text else shown(setting.default) or ""
+
+
+# (input id, label, settings key, parser, text shown at start)
+FIELDS = tuple((input_id, label, name, ROUND_SETTINGS[name].parse, _start_text(name, text))
+               for input_id, name, label, text in _OFFERED)
 
 
 class TrainScreen(Screen):
@@ -68,12 +78,12 @@ class TrainScreen(Screen):
                     yield Label(label)
                     yield Input(default, id=input_id, compact=True, placeholder="default")
         with Horizontal(id="train-buttons"):
-            yield Button("ctrl+t train", id="train-start", variant="primary", compact=True)
-            yield Button("c cancel", id="train-cancel", variant="error", compact=True)
-            yield Button("v use version", id="train-use", compact=True)
-            yield Button("b use base", id="train-base", compact=True)
+            yield ScreenButton("ctrl+t train", "train", id="train-start", variant="primary")
+            yield ScreenButton("c cancel", "cancel", id="train-cancel", variant="error")
+            yield ScreenButton("v use version", "use_version", id="train-use")
+            yield ScreenButton("b use base", "use_base", id="train-base")
         yield ProgressBar(total=1, show_eta=False, id="train-progress")
-        yield Static("", id="train-status")
+        yield StatusLine(id="train-status")
         with Horizontal(id="train-plots"):
             for key, title in (("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "accuracy")):
                 with Vertical(classes="train-plot"):
@@ -85,8 +95,6 @@ class TrainScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        for button in self.query(Button):
-            button.can_focus = False
         table = self.query_one("#versions", DataTable)
         table.add_columns("version", "status", "pairs", "new", "loss", "accuracy", "margin", "ref misses", "ref hits")
         self.refresh_rounds()
@@ -97,21 +105,22 @@ class TrainScreen(Screen):
     # --- reading the settings and the store ---
 
     def settings(self) -> dict:
-        """The round settings typed in; raises ValueError naming the bad field."""
+        """The round settings typed in, by setting name; raises ValueError naming the bad field."""
         out: dict = {}
+        typed: dict[str, tuple[str, str]] = {}  # name -> (label, text)
         for input_id, label, key, parse, _default in FIELDS:
             text = self.query_one(f"#{input_id}", Input).value.strip()
             if not text:
                 continue
             try:
-                value = parse(text)
+                out[key] = parse(text)
             except ValueError:
                 raise ValueError(f"{label}: not a number ({text!r})") from None
-            if key in ("beta", "learning_rate") and value <= 0 or key == "replay" and value < 0:
-                raise ValueError(f"{label} must be positive (got {text})")
-            if parse is int and value < 1 and key != "lora_num_layers":
-                raise ValueError(f"{label} must be at least 1 (got {text})")
-            out[key] = value
+            typed[key] = (label, text)
+        try:
+            check(out, ROUND_SETTINGS)
+        except SettingError as e:
+            raise ValueError(e.message(*typed[e.name])) from None
         if "iters" in out:
             out.pop("epochs", None)
         return out
@@ -133,10 +142,10 @@ class TrainScreen(Screen):
         table.clear()
         table.add_row("base", "", "", "", "", "", "", "", "", key="base")
         for r in rounds:
-            m = r["metrics"]
-            table.add_row(f"v{r['version']}", r["status"], str(len(r["pair_ids"])), str(m.get("new_pairs", "")),
+            m = r.metrics
+            table.add_row(r.label, r.status, str(len(r.pair_ids)), str(m.get("new_pairs", "")),
                           _fmt(m.get("loss")), _fmt(m.get("rewards/accuracies")), _fmt(m.get("rewards/margins")),
-                          str(m.get("ref_cache/misses", "")), str(m.get("ref_cache/hits", "")), key=str(r["version"]))
+                          str(m.get("ref_cache/misses", "")), str(m.get("ref_cache/hits", "")), key=str(r.version))
         table.move_cursor(row=row if 0 < row <= len(rounds) else len(rounds))
 
     # --- actions ---
@@ -166,7 +175,7 @@ class TrainScreen(Screen):
         self._buttons()
 
     def post_message_from_child(self, data: dict) -> None:  # called on the reader thread
-        self.post_message(TrainingEvent(data))
+        self.post_message(WorkerEvent(data))
 
     def action_cancel(self) -> None:
         if self.state != "training" or self.process is None:
@@ -184,8 +193,8 @@ class TrainScreen(Screen):
         if key == "base":
             self.action_use_base()
             return
-        round_ = next(r for r in self.rounds if str(r["version"]) == key)
-        self.app.switch_adapter(round_["adapter_path"], f"v{round_['version']}")
+        round_ = next(r for r in self.rounds if str(r.version) == key)
+        self.app.switch_adapter(round_.adapter_path, round_.label)
         self.refresh_rounds()
 
     def action_use_base(self) -> None:
@@ -195,18 +204,11 @@ class TrainScreen(Screen):
     def action_leave_editor(self) -> None:
         self.set_focus(None)
 
-    @on(Button.Pressed)
-    def _button(self, event: Button.Pressed) -> None:
-        event.stop()
-        action = {"train-start": self.action_train, "train-cancel": self.action_cancel,
-                  "train-use": self.action_use_version, "train-base": self.action_use_base}.get(event.button.id or "")
-        if action:
-            action()
-
     # --- the child's events ---
 
-    def on_training_event(self, message: TrainingEvent) -> None:
-        data = message.data
+    def on_worker_event(self, message: WorkerEvent) -> None:
+        message.stop()  # the round's events are this screen's alone
+        data = message.event
         self.events.append(data)
         kind = data.get("type")
         bar = self.query_one("#train-progress", ProgressBar)
@@ -258,9 +260,7 @@ class TrainScreen(Screen):
             self.query_one(f"#plot-title-{_slug(key)}", Static).update(Text(title + last))
 
     def _status(self, text: str, style: str = "") -> None:
-        status = self.query_one("#train-status", Static)
-        status.update(Text(text))
-        status.set_classes(f"-{style}" if style else "")
+        self.query_one(StatusLine).show(text, style)
 
     def _buttons(self) -> None:
         self.query_one("#train-start", Button).disabled = self.state != "idle"

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from rich.text import Text
-from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Input, Static, TextArea
+from textual.widgets import Footer, Input, TextArea
 
+from mlx_dpo.data.pairs import IDENTICAL_ANSWERS, TWO_DIFFERENT_ANSWERS, Problem, pair_problem
 from mlx_dpo.errors import MlxDpoError
-from tui.prompts import PromptParts
-from tui.widgets import ModeBar
+from tui.widgets import ModeBar, ScreenButton, StatusLine, prompt_fields, read_prompt
 
 
 class WriteScreen(Screen):
@@ -28,10 +26,7 @@ class WriteScreen(Screen):
     def compose(self) -> ComposeResult:
         yield ModeBar("write")
         with Vertical(id="write-form"):
-            yield Input(placeholder="system message (optional)", id="write-system", compact=True)
-            prompt = TextArea(id="write-prompt", placeholder="The prompt (a user message)")
-            prompt.border_title = "prompt"
-            yield prompt
+            yield from prompt_fields("write-system", "write-prompt", "The prompt (a user message)")
             with Horizontal(id="write-answers"):
                 chosen = TextArea(id="write-chosen", placeholder="The better answer")
                 chosen.border_title = "chosen (better)"
@@ -40,34 +35,22 @@ class WriteScreen(Screen):
                 rejected.border_title = "rejected (worse)"
                 yield rejected
             with Horizontal(id="write-buttons"):
-                yield Button("ctrl+s save pair", id="write-save", variant="primary", compact=True)
-                yield Button("ctrl+n clear", id="write-clear", compact=True)
-                yield Static("", id="write-status")
+                yield ScreenButton("ctrl+s save pair", "save", id="write-save", variant="primary")
+                yield ScreenButton("ctrl+n clear", "clear", id="write-clear")
+                yield StatusLine(id="write-status")
         yield Footer()
 
     def on_mount(self) -> None:
-        for button in self.query(Button):
-            button.can_focus = False
         self.query_one("#write-prompt", TextArea).focus()
 
     def _status(self, text: str, style: str = "") -> None:
-        status = self.query_one("#write-status", Static)
-        status.update(Text(text))
-        status.set_classes(f"-{style}" if style else "")
+        self.query_one(StatusLine).show(text, style)
 
     def action_save(self) -> None:
-        parts = PromptParts(self.query_one("#write-system", Input).value, self.query_one("#write-prompt", TextArea).text)
+        parts = read_prompt(self, "write-system", "write-prompt")
         chosen = self.query_one("#write-chosen", TextArea).text
         rejected = self.query_one("#write-rejected", TextArea).text
-        problem = None
-        if parts.empty:
-            problem, focus = "The prompt is empty: type the prompt first.", "#write-prompt"
-        elif not chosen.strip():
-            problem, focus = "The chosen (better) answer is empty.", "#write-chosen"
-        elif not rejected.strip():
-            problem, focus = "The rejected (worse) answer is empty.", "#write-rejected"
-        elif chosen.strip() == rejected.strip():
-            problem, focus = "Chosen and rejected are identical: a pair needs two different answers.", "#write-rejected"
+        problem, focus = _problem_text(pair_problem(parts.messages(), chosen, rejected))
         if problem:
             self.app.notify_error(problem, title="Not saved")
             self._status(problem, "error")
@@ -98,10 +81,16 @@ class WriteScreen(Screen):
     def action_leave_editor(self) -> None:
         self.set_focus(None)
 
-    @on(Button.Pressed)
-    def _button(self, event: Button.Pressed) -> None:
-        event.stop()
-        if event.button.id == "write-save":
-            self.action_save()
-        elif event.button.id == "write-clear":
-            self.action_clear()
+
+def _problem_text(problem: Problem | None) -> tuple[str | None, str]:
+    """What the form says about the first rule the pair breaks (mlx_dpo.data.pairs), and the field to focus."""
+    field = problem[0] if problem else None
+    if problem == IDENTICAL_ANSWERS:
+        return f"Chosen and rejected are identical: {TWO_DIFFERENT_ANSWERS}.", "#write-rejected"
+    if field == "chosen":
+        return "The chosen (better) answer is empty.", "#write-chosen"
+    if field == "rejected":
+        return "The rejected (worse) answer is empty.", "#write-rejected"
+    if problem:
+        return "The prompt is empty: type the prompt first.", "#write-prompt"
+    return None, ""

@@ -1,0 +1,31 @@
+"""`mlx-dpo tui` (also plain `mlx-dpo`, or the app's options alone): the terminal app in the `tui` package."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from mlx_dpo.cli.common import WORKSPACE_HELP, add_model_args
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    # Textual is an optional heavy dependency of the CLI: only this command imports it, and the
+    # library itself never does (tui depends on mlx_dpo, not the other way round).
+    from tui.app import MlxDpoApp
+
+    app = MlxDpoApp(args.workspace, model=args.model, adapter_path=args.adapter_path)  # bad workspace: MlxDpoError
+    app.run()
+    if app.worker.alive:  # quit while the model was still loading: exiting under MLX would abort the process
+        sys.stdout.flush()
+        os._exit(app.return_code or 0)
+    return app.return_code or 0
+
+
+def register(sub: argparse._SubParsersAction) -> set[str]:
+    """Add `tui`; returns its option strings, which open the app when given without a command."""
+    p = sub.add_parser("tui", help="the terminal app: label sampled answers, write pairs, browse the store (default)")
+    p.add_argument("--workspace", help=WORKSPACE_HELP)
+    add_model_args(p)
+    p.set_defaults(func=cmd_tui)
+    return {o for a in p._actions for o in a.option_strings if o not in ("-h", "--help")}

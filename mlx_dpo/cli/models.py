@@ -1,0 +1,55 @@
+"""`mlx-dpo doctor`, `generate` and `convert`: the machine, one answer, and where a model lives."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mlx_dpo import doctor
+from mlx_dpo.cli.common import add_model_args
+from mlx_dpo.models.generate import chat_messages, stream_answer
+from mlx_dpo.models.load import load_model, resolve_model_path
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    return doctor.main(as_json=args.json, measure=not args.no_measure)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    loaded = load_model(args.model, adapter_path=args.adapter_path)
+    messages = chat_messages(args.prompt, args.system)
+    for piece in stream_answer(
+        loaded, messages, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, seed=args.seed
+    ):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    print(resolve_model_path(args.model))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="show device, BLAS, matmul rate, memory and the default model")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--no-measure", action="store_true", help="skip the matmul measurements")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("generate", help="answer one prompt with the model (chat template applied)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--system", help="system message")
+    add_model_args(p)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temp", type=float, default=0.7, help="sampling temperature; 0 is greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_generate)
+
+
+def register_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="resolve --model (convert a GGUF, fetch a repo) and print its folder")
+    add_model_args(p, adapter=False)
+    p.set_defaults(func=cmd_convert)

@@ -1,0 +1,128 @@
+"""The SQLite file under a workspace's preference store: opening it, its lock, one transaction per call.
+
+`<workspace>/preferences.sqlite`, opened with the WAL journal and `synchronous=FULL` (mlx_dpo.data.schema),
+so every write committed before a method returns survives a crash or kill.
+
+Threads: one connection per store, opened with `check_same_thread=False` and guarded by a lock, so a TUI
+may call from a worker thread and the event loop alike; calls are serialized, never interleaved.
+Several processes (the TUI and `mlx-dpo data import`) may open the same file: SQLite serializes their
+writes, and a writer waits up to `BUSY_TIMEOUT` seconds for another one to finish.
+
+SQLite errors the user can act on (busy, disk full, read-only, not a database...) become MlxDpoError
+naming the file; any other error is a bug and propagates as it is.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+from mlx_dpo.data import schema
+from mlx_dpo.errors import MlxDpoError
+
+DB_NAME = "preferences.sqlite"
+BUSY_TIMEOUT = 10.0  # seconds a write waits for another process's write to finish
+
+# SQLite errors the user can do something about (another program holds the file, disk full, read-only...).
+_ENVIRONMENT_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR",
+                       "SQLITE_CANTOPEN", "SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_PERM")
+
+_D = TypeVar("_D", bound="Database")
+
+
+class Database:
+    """The open preference database of one workspace; the store's methods run in its `_transaction`s."""
+
+    def __init__(self, workspace: str | Path, *, create: bool = True, clock: Callable[[], float] = time.time):
+        """Open `<workspace>/preferences.sqlite` and bring its schema up to date.
+
+        A missing folder and database are created, unless `create=False` (then MlxDpoError: for commands
+        that only read, where a mistyped --workspace should not leave an empty store behind).
+        `clock` gives the timestamps the store writes (tests pass a fake one).
+        """
+        self.workspace = Path(workspace)
+        self._clock = clock
+        self.path = self.workspace / DB_NAME
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        if not create and not self.path.exists():
+            raise MlxDpoError(f"{self.path}: no preference store here; label or import some pairs first")
+        self._make_folder()
+        try:
+            # isolation_level=None: no implicit transactions; every write opens its own explicitly.
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise MlxDpoError(f"{self.path}: cannot open ({e})") from None
+        try:
+            schema.prepare(conn, self.path)
+        except BaseException as e:
+            conn.close()
+            name = _error_name(e)
+            if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+                raise MlxDpoError(
+                    f"{self.path}: not a usable preference database ({e}); move it aside to start a new store"
+                ) from None
+            if name.startswith(_ENVIRONMENT_ERRORS):
+                raise MlxDpoError(f"{self.path}: cannot open ({e})") from None
+            raise
+        self._conn = conn
+
+    def _make_folder(self) -> None:
+        try:
+            self.workspace.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise MlxDpoError(f"{self.workspace}: is a file; the workspace must be a folder") from None
+        except OSError as e:
+            raise MlxDpoError(f"{self.workspace}: cannot create the workspace folder ({e.strerror or e})") from None
+        if self.path.is_dir():
+            raise MlxDpoError(f"{self.path}: is a folder; expected the preference database file")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self: _D) -> _D:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def integrity_check(self) -> str:
+        """SQLite's own check of the whole file: "ok", or the problems it found (one per line)."""
+        with self._transaction(write=False) as conn:
+            return "\n".join(r[0] for r in conn.execute("PRAGMA integrity_check"))
+
+    @contextmanager
+    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction under the lock: committed when the block ends, rolled back if it raises.
+
+        Writes take the write lock up front (BEGIN IMMEDIATE) so they never fail half-way on a busy database.
+        """
+        with self._lock:
+            if self._conn is None:
+                raise RuntimeError("the preference store is closed")
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as e:
+                if conn.in_transaction:
+                    conn.rollback()
+                if _error_name(e).startswith(_ENVIRONMENT_ERRORS):
+                    raise MlxDpoError(f"{self.path}: {e}") from e
+                raise
+
+
+def _error_name(e: BaseException) -> str:
+    """"SQLITE_BUSY" and the like for an sqlite3 error, else ""."""
+    name = getattr(e, "sqlite_errorname", None)  # Python 3.11+
+    if name is None and type(e) is sqlite3.DatabaseError:  # 3.10: "file is not a database", "malformed"
+        return "SQLITE_NOTADB"
+    return name or ""

@@ -1,0 +1,376 @@
+"""Preference pairs: read them from JSON Lines (TRL's standard and conversational formats), check them, write them.
+
+Accepted rows (other keys are ignored):
+  standard        {"prompt": "...", "chosen": "...", "rejected": "..."}
+  conversational  {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
+with an optional "id" (string or integer). A message is {"role": "system"|"user"|"assistant", "content": "..."};
+extra message keys are dropped. The two styles may be mixed per field (a string prompt with message completions).
+
+Rules a pair must meet, stated once in `check_pair` (the reader, the store and the app's forms all ask it):
+  - prompt: a non-blank string, or a non-empty message list whose system message (if any) comes first and
+    whose last message is from the user (the model answers it);
+  - chosen / rejected: a non-blank string, or a non-empty list of assistant messages; several messages are
+    joined with a blank line into one completion string (the store and the app take strings only);
+  - chosen and rejected differ (ignoring surrounding whitespace: `same_answers`);
+  - in a file, ids are unique. Rows without an id get one derived from their content.
+Text is kept exactly as written; whitespace only matters for the "is empty" and "identical" checks.
+A problem is a (field, message) pair, e.g. ("chosen", "is empty"): the reader prints it with file and line,
+the store joins a pair's problems into one line (`describe_problems`), and a form shows the first one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, NamedTuple
+
+from mlx_dpo.atomic import atomic_file
+from mlx_dpo.errors import MlxDpoError
+
+DEMO_PAIRS_PATH = Path(__file__).with_name("datasets") / "demo_pairs.jsonl"
+
+ROLES = ("system", "user", "assistant")
+MAX_LISTED_ERRORS = 20
+_COMPLETION_JOINER = "\n\n"
+
+Style = Literal["conversational", "standard"]
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One prompt with a preferred (`chosen`) and a dispreferred (`rejected`) completion."""
+
+    id: str
+    prompt: list[dict[str, str]]  # messages, ending with a user turn
+    chosen: str
+    rejected: str
+    # Where the pair was read from ("file.jsonl:12"); not part of equality, so a round trip compares equal.
+    source: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class RowError:
+    file: str
+    line: int
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:"
+        return f"{where} field '{self.field}': {self.message}" if self.field else f"{where} {self.message}"
+
+
+@dataclass
+class LoadResult:
+    pairs: list[PreferencePair]
+    errors: list[RowError]  # may hold several per row
+    skipped: int  # rows dropped because they had at least one error
+
+
+def pair_id(prompt: list[dict[str, str]], chosen: str, rejected: str) -> str:
+    """A stable id from the content: the same pair gets the same id in either file format, on any machine."""
+    canonical = json.dumps(
+        {"prompt": prompt, "chosen": chosen, "rejected": rejected},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def load_pairs(path: str | Path, *, skip_invalid: bool = False) -> LoadResult:
+    """Read and check every row of a JSONL file of preference pairs.
+
+    Every bad row is reported with file, line and field. Unless `skip_invalid`, any bad row raises
+    MlxDpoError listing them all; with it, bad rows are dropped and counted. No usable pair raises too.
+    """
+    name = str(path)
+    text = read_text(Path(path))
+    pairs: list[PreferencePair] = []
+    errors: list[RowError] = []
+    skipped = 0
+    first_line_of_id: dict[str, tuple[int, bool]] = {}  # id -> (line, was the id explicit)
+
+    # Split on "\n" only: str.splitlines would also break at U+2028 and friends, which JSON strings may hold raw.
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        row, problems = _parse_line(line)
+        if row is not None:
+            explicit = row.id is not None
+            id_ = row.id if explicit else pair_id(row.prompt, row.chosen, row.rejected)
+            if id_ in first_line_of_id:
+                problems.append(_duplicate_problem(id_, explicit, *first_line_of_id[id_]))
+            else:
+                first_line_of_id[id_] = (line_no, explicit)
+                pairs.append(PreferencePair(id_, row.prompt, row.chosen, row.rejected, f"{name}:{line_no}"))
+        if problems:
+            skipped += 1
+            errors.extend(RowError(name, line_no, fld, msg) for fld, msg in problems)
+
+    if errors and not skip_invalid:
+        raise MlxDpoError(
+            f"{name}: {skipped} invalid row{'s' if skipped != 1 else ''}:\n"
+            + _list_errors(errors)
+            + "\nFix them, or pass --skip-invalid to drop invalid rows."
+        )
+    if not pairs:
+        detail = f" ({skipped} invalid row{'s' if skipped != 1 else ''} skipped)" if skipped else ""
+        raise MlxDpoError(f"{name}: no preference pairs found{detail}; expected one JSON object per line")
+    return LoadResult(pairs, errors, skipped)
+
+
+def pair_to_record(pair: PreferencePair, style: Style = "conversational") -> dict[str, Any]:
+    """The JSON object for one pair, always with its id so reloading keeps it.
+
+    "standard" holds a plain-string prompt, so it only fits pairs whose prompt is a single user message.
+    """
+    if style == "conversational":
+        return {
+            "id": pair.id,
+            "prompt": [dict(m) for m in pair.prompt],
+            "chosen": [{"role": "assistant", "content": pair.chosen}],
+            "rejected": [{"role": "assistant", "content": pair.rejected}],
+        }
+    if style == "standard":
+        if len(pair.prompt) != 1:
+            raise MlxDpoError(
+                f"pair {pair.id!r}: its prompt has {len(pair.prompt)} messages, but the standard style holds "
+                "a single user prompt; use the conversational style"
+            )
+        return {"id": pair.id, "prompt": pair.prompt[0]["content"], "chosen": pair.chosen, "rejected": pair.rejected}
+    raise ValueError(f"unknown style {style!r}; expected 'conversational' or 'standard'")
+
+
+def write_pairs(path: str | Path, pairs: Iterable[PreferencePair], style: Style = "conversational") -> None:
+    """Write pairs as JSONL, atomically: readers see the old file or the complete new one."""
+    # Build every record first so a pair that does not fit `style` fails before anything is written.
+    lines = [json.dumps(pair_to_record(p, style), ensure_ascii=False) + "\n" for p in pairs]
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+
+
+# --- the rules --------------------------------------------------------------------------------------------
+
+Problem = tuple[str | None, str]  # (field or None for the whole row, message)
+
+MISSING: Any = object()  # what the reader passes for a field the row does not have
+TWO_DIFFERENT_ANSWERS = "a pair needs two different answers"  # why identical answers are refused, wherever
+IDENTICAL_ANSWERS: Problem = ("rejected", f"is identical to 'chosen'; {TWO_DIFFERENT_ANSWERS}")
+# How a problem reads in a one-line summary when "<field> <message>" would not read well.
+_SUMMARY = {IDENTICAL_ANSWERS: f"chosen and rejected are identical; {TWO_DIFFERENT_ANSWERS}"}
+
+
+class CheckedPair(NamedTuple):
+    prompt: list[dict[str, str]]  # messages, ending with a user turn
+    chosen: str
+    rejected: str
+
+
+def check_pair(
+    prompt: Any, chosen: Any, rejected: Any, problems: list[Problem], *, text_answers: bool = False
+) -> CheckedPair | None:
+    """Every rule a pair must meet: the pair as stored (prompt as messages, answers as text), or None with
+    its problems appended to `problems` in field order.
+
+    A field may be MISSING. `text_answers`: the answers must be strings (the store's API and the app's
+    editors), not message lists (files). The answers are compared only once nothing else is wrong, counting
+    problems the caller found before (a bad id): a broken pair has nothing sure to compare.
+    """
+    values: dict[str, Any] = {}
+    for name, value, parse in (("prompt", prompt, parse_prompt), ("chosen", chosen, parse_completion),
+                               ("rejected", rejected, parse_completion)):
+        if value is MISSING:
+            problems.append((name, "is missing"))
+        elif text_answers and parse is parse_completion and not isinstance(value, str):
+            problems.append((name, f"expected a string, got {type(value).__name__}"))
+        else:
+            values[name] = parse(value, name, problems)
+    if problems:
+        return None
+    if same_answers(values["chosen"], values["rejected"]):
+        problems.append(IDENTICAL_ANSWERS)
+        return None
+    return CheckedPair(values["prompt"], values["chosen"], values["rejected"])
+
+
+def pair_problem(prompt: Any, chosen: str, rejected: str) -> Problem | None:
+    """The first rule a pair typed or edited in the app breaks (a form shows one problem at a time), or None."""
+    problems: list[Problem] = []
+    check_pair(prompt, chosen, rejected, problems, text_answers=True)
+    return problems[0] if problems else None
+
+
+def checked_prompt(value: Any, name: str = "prompt") -> list[dict[str, str]]:
+    """A lone prompt (a skip's, a candidate's, a queued one) as messages; else MlxDpoError naming every problem."""
+    problems: list[Problem] = []
+    messages = parse_prompt(value, name, problems)
+    if problems:
+        raise MlxDpoError(describe_problems(problems))
+    return messages
+
+
+def same_answers(first: str, second: str) -> bool:
+    """Whether two answers count as the same (surrounding whitespace ignored), so they cannot form a pair."""
+    return first.strip() == second.strip()
+
+
+# --- reading ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Row:
+    id: str | None  # None when the row has no explicit id
+    prompt: list[dict[str, str]]
+    chosen: str
+    rejected: str
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file's contents, or MlxDpoError naming the file (and the line of a bad byte)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise MlxDpoError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise MlxDpoError(f"{path}: is a folder, not a file") from None
+    except OSError as e:
+        raise MlxDpoError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8-sig")  # tolerate the BOM some editors write
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        bad = f"byte 0x{data[e.start]:02x}"
+        raise MlxDpoError(f"{path}:{line}: not valid UTF-8 ({bad}); save the file as UTF-8") from None
+
+
+def _parse_line(line: str) -> tuple[_Row | None, list[Problem]]:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        return None, [(None, f"not valid JSON: {e.msg} (column {e.colno})")]
+    if not isinstance(obj, dict):
+        return None, [(None, f"expected a JSON object, got {_json_type(obj)}")]
+
+    problems: list[Problem] = []
+    row_id = _parse_id(obj["id"], problems) if "id" in obj else None
+    pair = check_pair(*(obj.get(name, MISSING) for name in ("prompt", "chosen", "rejected")), problems)
+    if pair is None:
+        return None, problems
+    return _Row(row_id, *pair), []
+
+
+def _parse_id(value: Any, problems: list[Problem]) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        problems.append(("id", f"expected a string or integer, got {_json_type(value)}"))
+        return None
+    if isinstance(value, str) and not value.strip():
+        problems.append(("id", "is empty"))
+        return None
+    return str(value)
+
+
+def parse_prompt(value: Any, name: str, problems: list[Problem]) -> list[dict[str, str]] | None:
+    """A prompt (text or messages ending with a user turn) as messages; else None, with `problems` added.
+
+    One set of rules for file rows, typed and sampled pairs, and prompt queues.
+    """
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}] if _non_blank(value, name, problems) else None
+    messages = _parse_messages(value, name, problems, roles=ROLES)
+    if messages is None:
+        return None
+    ok = True
+    for i, m in enumerate(messages[1:], start=1):
+        if m["role"] == "system":
+            problems.append((f"{name}[{i}].role", "a system message must come first"))
+            ok = False
+    if messages[-1]["role"] != "user":
+        last = len(messages) - 1
+        role = messages[-1]["role"]
+        problems.append((f"{name}[{last}].role", f"the last prompt message must be from the user, got {role!r}"))
+        ok = False
+    return messages if ok else None
+
+
+def parse_completion(value: Any, name: str, problems: list[Problem]) -> str | None:
+    """A completion (text or assistant messages) as text; else None, with `problems` added."""
+    if isinstance(value, str):
+        return value if _non_blank(value, name, problems) else None
+    messages = _parse_messages(value, name, problems, roles=("assistant",))
+    return None if messages is None else _COMPLETION_JOINER.join(m["content"] for m in messages)
+
+
+def _parse_messages(
+    value: Any, name: str, problems: list[Problem], *, roles: tuple[str, ...]
+) -> list[dict[str, str]] | None:
+    if not isinstance(value, list):
+        problems.append((name, f"expected a string or a list of messages, got {_json_type(value)}"))
+        return None
+    if not value:
+        problems.append((name, "is empty"))
+        return None
+    count = len(problems)
+    messages = []
+    for i, msg in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(msg, dict):
+            problems.append((where, f'expected a message {{"role": ..., "content": ...}}, got {_json_type(msg)}'))
+            continue
+        role, content = msg.get("role"), msg.get("content")
+        if "role" not in msg:
+            problems.append((f"{where}.role", "is missing"))
+        elif role not in ROLES:
+            problems.append((f"{where}.role", f"unknown role {_short(role)}; expected {', '.join(map(repr, ROLES))}"))
+        elif role not in roles:  # e.g. a user message inside a completion
+            problems.append((f"{where}.role", f"must be {' or '.join(map(repr, roles))} here, got {role!r}"))
+        if "content" not in msg:
+            problems.append((f"{where}.content", "is missing"))
+        elif isinstance(content, str):
+            _non_blank(content, f"{where}.content", problems)
+        else:
+            problems.append((f"{where}.content", f"expected a string, got {_json_type(content)}"))
+        messages.append({"role": role, "content": content})
+    return messages if len(problems) == count else None
+
+
+def _non_blank(text: str, name: str, problems: list[Problem]) -> bool:
+    if text.strip():
+        return True
+    problems.append((name, "is empty"))
+    return False
+
+
+def _duplicate_problem(row_id: str, explicit: bool, first_line: int, first_explicit: bool) -> Problem:
+    if explicit or first_explicit:
+        return ("id", f"duplicate id {row_id!r} (first used on line {first_line})")
+    return (None, f"duplicate pair: same prompt, chosen and rejected as line {first_line}")
+
+
+def describe_problems(problems: list[Problem]) -> str:
+    """One line: "prompt is empty; prompt[1].role: a system message must come first"."""
+    return "; ".join(_SUMMARY.get((f, m)) or (f"{f} {m}" if m.startswith("is ") else f"{f}: {m}") for f, m in problems)
+
+
+def _list_errors(errors: list[RowError]) -> str:
+    lines = [f"  {e}" for e in errors[:MAX_LISTED_ERRORS]]
+    if len(errors) > MAX_LISTED_ERRORS:
+        lines.append(f"  ... and {len(errors) - MAX_LISTED_ERRORS} more")
+    return "\n".join(lines)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."

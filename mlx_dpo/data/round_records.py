@@ -1,0 +1,111 @@
+"""Training-round records: which adapter version was trained, how, on which stored pairs, and how it ended.
+
+The tables `rounds` (one row per round, its id being the version number: `adapters/v<id>`) and
+`round_pairs` (the pairs each round trained on) are written when a round ends (mlx_dpo.training.rounds).
+Only a *finished* round counts as having trained its pairs: a cancelled or failed one leaves them untrained.
+
+RoundLog holds the store's round methods; PreferenceStore (mlx_dpo.data.store) builds on it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Literal, get_args
+
+from mlx_dpo.data.database import Database
+from mlx_dpo.data.records import PAIR_COLUMNS, SPLITS, Split, StoredPair, check_choice, pair_from_row
+from mlx_dpo.errors import MlxDpoError
+
+RoundStatus = Literal["finished", "cancelled", "failed"]
+ROUND_STATUSES: tuple[str, ...] = get_args(RoundStatus)
+
+# The ids of the pairs some finished round trained on (a subquery: `id IN (...)`).
+_FINISHED_ROUND_PAIRS = ("SELECT rp.pair_id FROM round_pairs rp JOIN rounds r ON r.id = rp.round_id "
+                        "WHERE r.status = 'finished'")
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    version: int  # the round's number: its adapter is <workspace>/adapters/v<version>
+    adapter_path: str
+    settings: dict[str, Any]  # the options it trained with (replay, model, init_adapter included)
+    metrics: dict[str, Any]  # its last step report, ref_cache/* counts, new/replayed pair counts; or {"error"}
+    status: str  # one of ROUND_STATUSES
+    created_at: float  # unix time
+    pair_ids: list[int]  # stored pairs it trained on, ascending
+
+    @property
+    def label(self) -> str:
+        """"v3": how the app and the logs name this version."""
+        return f"v{self.version}"
+
+
+class RoundLog(Database):
+    """The training rounds of a workspace's store, and which stored pairs they have trained."""
+
+    def untrained_pairs(self, split: Split = "train") -> list[StoredPair]:
+        """Pairs of `split` (oldest first) that no finished round has trained on."""
+        return self.pairs_by_training(False, split)
+
+    def trained_pairs(self, split: Split = "train") -> list[StoredPair]:
+        """Pairs of `split` (oldest first) that some finished round has trained on."""
+        return self.pairs_by_training(True, split)
+
+    def pairs_by_training(self, trained: bool, split: Split = "train") -> list[StoredPair]:
+        """Pairs of `split` (oldest first) that some finished round has (`trained`) or has not trained on."""
+        check_choice("split", split, SPLITS)
+        sql = (f"SELECT {PAIR_COLUMNS} FROM pairs WHERE split = ? AND id {'IN' if trained else 'NOT IN'} "
+               f"({_FINISHED_ROUND_PAIRS}) ORDER BY id")
+        with self._transaction(write=False) as conn:
+            return [pair_from_row(r) for r in conn.execute(sql, (split,))]
+
+    def record_round(self, version: int, adapter_path: str | Path, settings: dict, metrics: dict, status: str,
+                     pair_ids: Iterable[int]) -> RoundRecord:
+        """Record round `version` (status finished, cancelled or failed) with the pairs it trained on."""
+        check_choice("status", status, ROUND_STATUSES)
+        with self._transaction() as conn:
+            _insert_round(conn, version, adapter_path, settings, metrics, status, pair_ids, self._clock())
+            return _read_rounds(conn, version)[0]
+
+    def get_round(self, version: int) -> RoundRecord:
+        with self._transaction(write=False) as conn:
+            found = _read_rounds(conn, version)
+        if not found:
+            raise MlxDpoError(f"no training round v{version}")
+        return found[0]
+
+    def list_rounds(self) -> list[RoundRecord]:
+        """Every recorded round, oldest first."""
+        with self._transaction(write=False) as conn:
+            return _read_rounds(conn)
+
+    def latest_finished_round(self) -> RoundRecord | None:
+        finished = [r for r in self.list_rounds() if r.status == "finished"]
+        return finished[-1] if finished else None
+
+
+
+def _insert_round(conn: sqlite3.Connection, version: int, adapter_path: str | Path, settings: dict, metrics: dict,
+                  status: str, pair_ids: Iterable[int], now: float) -> None:
+    conn.execute("INSERT INTO rounds (id, adapter_path, settings, metrics, status, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                 (version, str(adapter_path), json.dumps(settings), json.dumps(metrics), status, now))
+    conn.executemany("INSERT OR IGNORE INTO round_pairs (round_id, pair_id) VALUES (?, ?)",
+                     [(version, int(i)) for i in pair_ids])
+
+
+def _read_rounds(conn: sqlite3.Connection, version: int | None = None) -> list[RoundRecord]:
+    """Every round oldest first, or only round `version` (an empty list if there is none)."""
+    one = version is not None
+    params = (version,) if one else ()
+    rows = conn.execute("SELECT id, adapter_path, settings, metrics, status, created_at FROM rounds"
+                        + (" WHERE id = ?" if one else "") + " ORDER BY id", params).fetchall()
+    pair_ids: dict[int, list[int]] = {}
+    members = conn.execute("SELECT round_id, pair_id FROM round_pairs" + (" WHERE round_id = ?" if one else "")
+                           + " ORDER BY round_id, pair_id", params)
+    for round_id, pair_id in members:
+        pair_ids.setdefault(round_id, []).append(pair_id)
+    return [RoundRecord(r[0], r[1], json.loads(r[2]), json.loads(r[3]), r[4], r[5], pair_ids.get(r[0], []))
+            for r in rows]

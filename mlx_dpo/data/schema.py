@@ -1,0 +1,145 @@
+"""The preference store's SQLite schema: its tables, the migrations that build them, and the version check.
+
+`meta.schema_version` says how many of MIGRATIONS have run. Opening a store runs the missing ones, in one
+transaction with the version bump, so a store is always at a version some mlx-dpo wrote; a store written by
+a newer mlx-dpo is refused before anything in it changes.
+
+MIGRATIONS is read at call time (never copied), so a test may append one to see it run.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Callable
+
+from mlx_dpo.errors import MlxDpoError
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def _sql(*statements: str) -> Migration:
+    """A migration made of SQL statements (run one by one: executescript would commit mid-migration)."""
+
+    def run(conn: sqlite3.Connection) -> None:
+        for statement in statements:
+            conn.execute(statement)
+
+    return run
+
+
+# MIGRATIONS[i] takes a store from schema version i to i + 1. Append only: never edit one that has shipped.
+# Version 0 is a database with none of our tables (a new or empty file).
+MIGRATIONS: list[Migration] = [
+    _sql(
+        """CREATE TABLE pairs (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so "store-N" ids stay unique
+            prompt      TEXT NOT NULL,                      -- JSON list of {"role", "content"} messages
+            chosen      TEXT NOT NULL,
+            rejected    TEXT NOT NULL,
+            content_key TEXT NOT NULL,                      -- mlx_dpo.data.pairs.pair_id: finds duplicates
+            origin      TEXT NOT NULL CHECK (origin IN ('typed', 'sampled', 'imported', 'compared')),
+            sampler     TEXT,
+            created_at  REAL NOT NULL,
+            updated_at  REAL NOT NULL,
+            note        TEXT,
+            split       TEXT NOT NULL CHECK (split IN ('train', 'valid')),
+            external_id TEXT
+        )""",
+        "CREATE INDEX pairs_content_key ON pairs (content_key)",
+        "CREATE INDEX pairs_split ON pairs (split)",
+        """CREATE TABLE skips (
+            id         INTEGER PRIMARY KEY AUTOINCREMENT,
+            prompt     TEXT NOT NULL,                       -- JSON messages
+            answers    TEXT NOT NULL,                       -- JSON list of strings (may be empty)
+            sampler    TEXT,
+            reason     TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE candidates (
+            id         INTEGER PRIMARY KEY AUTOINCREMENT,
+            prompt     TEXT NOT NULL,
+            answers    TEXT NOT NULL,
+            sampler    TEXT,
+            created_at REAL NOT NULL
+        )""",
+        # One row per labeling action; deleting the pair or skip removes its row (so it leaves the undo history).
+        """CREATE TABLE label_actions (
+            seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+            pair_id INTEGER REFERENCES pairs (id) ON DELETE CASCADE,
+            skip_id INTEGER REFERENCES skips (id) ON DELETE CASCADE,
+            CHECK ((pair_id IS NULL) <> (skip_id IS NULL))
+        )""",
+        "CREATE INDEX label_actions_pair ON label_actions (pair_id)",
+        "CREATE INDEX label_actions_skip ON label_actions (skip_id)",
+    ),
+    # Incremental training rounds (mlx_dpo.training.rounds): one row per round, its id being the version number (v<id>).
+    _sql(
+        """CREATE TABLE rounds (
+            id           INTEGER PRIMARY KEY,              -- the version number: adapters/v<id>
+            adapter_path TEXT NOT NULL,
+            settings     TEXT NOT NULL,                    -- JSON
+            metrics      TEXT NOT NULL,                    -- JSON: the last step report (ref_cache/* included)
+            status       TEXT NOT NULL CHECK (status IN ('finished', 'cancelled', 'failed')),
+            created_at   REAL NOT NULL
+        )""",
+        """CREATE TABLE round_pairs (
+            round_id INTEGER NOT NULL REFERENCES rounds (id) ON DELETE CASCADE,
+            pair_id  INTEGER NOT NULL,                     -- no foreign key: deleting a pair keeps the history
+            PRIMARY KEY (round_id, pair_id)
+        )""",
+        "CREATE INDEX round_pairs_pair ON round_pairs (pair_id)",
+    ),
+]
+
+SCHEMA_VERSION: int = len(MIGRATIONS)
+
+
+def prepare(conn: sqlite3.Connection, path: Path) -> None:
+    """Set the connection's pragmas and bring the schema up to date (MlxDpoError for a newer or foreign file)."""
+    conn.execute("PRAGMA foreign_keys = ON")  # per connection; label_actions relies on its cascades
+    # Refuse a newer or foreign database before changing anything in it (journal_mode rewrites the header).
+    version = schema_version(conn, path)
+    _check_version(version, path)
+    conn.execute("PRAGMA journal_mode = WAL")  # persistent; readers never block the writer
+    conn.execute("PRAGMA synchronous = FULL")  # fsync the WAL at every commit: a saved label stays saved
+    if version < len(MIGRATIONS):
+        _migrate(conn, path)
+
+
+def schema_version(conn: sqlite3.Connection, path: Path) -> int:
+    """The version recorded in `meta` (0 for a file with none of our tables); MlxDpoError for a foreign file."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "meta" not in tables:
+        if tables - {"sqlite_sequence"}:
+            raise MlxDpoError(f"{path}: holds other tables, not an mlx-dpo preference store; choose another workspace")
+        return 0
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        raise MlxDpoError(f"{path}: the meta table has no valid schema_version; the store is damaged") from None
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Run the missing migrations and record the new version, all in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = schema_version(conn, path)  # again, now holding the write lock: another process
+        _check_version(version, path)  # may have migrated meanwhile
+        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        for migrate in MIGRATIONS[version:]:
+            migrate(conn)
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(len(MIGRATIONS)),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.rollback()
+        raise
+
+
+def _check_version(version: int, path: Path) -> None:
+    if version > len(MIGRATIONS):
+        raise MlxDpoError(
+            f"{path}: written by a newer mlx-dpo (schema version {version}; this one reads up to "
+            f"{len(MIGRATIONS)}); upgrade mlx-dpo to open it"
+        )

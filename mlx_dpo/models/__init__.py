@@ -1,0 +1,1 @@
+"""Models: resolve a `--model` value and load it, import GGUF files, put a LoRA adapter on, generate."""

@@ -1,0 +1,321 @@
+"""A training run and an evaluation, start to end: what `mlx-dpo train`/`eval` and `mlx_dpo.api` do.
+
+    result = train("pairs.jsonl", iters=50, on_event=print, cancel=threading.Event())
+
+Order of work in `train`: load the base model, tokenize, run the reference pass (cache misses
+only) on the model in its starting state, add the adapter (or restore a checkpoint), train.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import mlx.core as mx
+
+from mlx_dpo.atomic import atomic_file
+from mlx_dpo.training import checkpoint
+from mlx_dpo.models.adapter import CONFIG_FILE, add_adapter, adapter_config, adapter_weights, read_adapter_config, settings_from_config
+from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.events import Event, EvalMetrics, Failed, Finished, Status, StepMetrics
+from mlx_dpo.models.load import LoadedModel, apply_adapter, load_model
+from mlx_dpo.data.pairs import PreferencePair, load_pairs
+from mlx_dpo.training.ref_cache import RefCache, arrays_digest, reference_fingerprint
+from mlx_dpo.training.reference import RefLogps, ReferenceStats, reference_logps
+from mlx_dpo.training.tokens import EncodedPair, Encoder
+from mlx_dpo.options import build, resolve, settings_of
+from mlx_dpo.settings import TRAIN_GROUPS, LoraSettings, RunOptions, TrainingArgs
+from mlx_dpo.training.trainer import evaluate_batches, train_loop
+
+DEFAULT_ADAPTERS_DIR = Path("adapters")
+METRICS_FILE = "metrics.jsonl"
+
+PairSource = str | Path | Sequence[PreferencePair]
+
+
+@dataclass
+class TrainResult:
+    adapter_path: Path
+    metrics: dict  # the last step report
+    eval_metrics: dict
+    reference: ReferenceStats
+    cancelled: bool = False
+
+
+def _pairs(source: PairSource, skip_invalid: bool, on_event: Callable[[Event], None]) -> list[PreferencePair]:
+    if isinstance(source, (str, Path)):
+        result = load_pairs(source, skip_invalid=skip_invalid)
+        if result.skipped:
+            on_event(Status(f"{source}: skipped {result.skipped} invalid row(s)"))
+        return result.pairs
+    return list(source)
+
+
+def _numeric_setup(loaded: LoadedModel) -> str:
+    dtype = loaded.model.model.embed_tokens.weight.dtype if not loaded.quantized else "quantized"
+    return f"{dtype}-{mx.default_device()}"
+
+
+def _split_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], RunOptions, TrainingArgs, LoraSettings]:
+    """train()'s setting keywords -> (the values given, by setting name; the three setting groups)."""
+    given, unknown = resolve(kwargs, settings_of(*TRAIN_GROUPS))
+    if unknown:
+        raise TypeError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    return given, build(RunOptions, given), build(TrainingArgs, given), build(LoraSettings, given)
+
+
+class MetricsWriter:
+    """Appends step and eval metrics as JSON lines (flushed per line, so a killed run keeps them)."""
+
+    def __init__(self, path: Path, forward: Callable[[Event], None]):
+        self.path, self.forward = path, forward
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, (StepMetrics, EvalMetrics)):
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(event.metrics) + "\n")
+        self.forward(event)
+
+
+def _forget_metrics_after(path: Path, step: int) -> None:
+    """Drop metrics lines past `step`: a killed run may have reported steps after its last checkpoint,
+    and the resumed run reports them again. A line cut short by the kill is dropped too."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+            kept.append(line + "\n")
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+
+
+def train(
+    data: PairSource,
+    *,
+    model: str | None = None,
+    adapter_path: str | Path | None = None,
+    reference: str = "start",
+    resume: bool = False,
+    on_event: Callable[[Event], None] | None = None,
+    cancel: threading.Event | None = None,
+    loaded: LoadedModel | None = None,
+    **settings: Any,
+) -> TrainResult:
+    """Train a DPO adapter on `data` (a JSON Lines file or a list of PreferencePair).
+
+    `settings` are named as in mlx_dpo.settings: RunOptions' (valid_data, init_adapter, max_length,
+    max_prompt_length, skip_invalid, metrics_file), TrainingArgs' (iters, beta, loss_type, ...) and
+    LoraSettings' as lora_<field> (lora_rank, lora_num_layers, ...); a CLI flag's spelling works too
+    (loss, lora_layers). A bad value raises SettingError, an unknown name TypeError.
+
+    `init_adapter` continues from an existing adapter; `reference="start"` uses it as the
+    reference (DPO's usual choice), `reference="base"` keeps the base model as the reference
+    so cached reference log-probs stay valid across incremental rounds.
+    """
+    emit = on_event or (lambda e: None)
+    try:
+        return _train(data, model, adapter_path, reference, resume, emit, cancel, loaded, settings)
+    except Exception as e:
+        emit(Failed(error=str(e)))
+        raise
+
+
+@dataclass
+class _Start:
+    """Where a run starts: afresh, from a starting adapter, or from its own last checkpoint."""
+
+    args: TrainingArgs
+    lora: LoraSettings
+    init_adapter: str | Path | None
+    reference: str
+    resume_from: Path | None = None
+
+
+def _start(adapter_dir: Path, resume: bool, reference: str, given: dict[str, Any], run: RunOptions,
+           args: TrainingArgs, lora: LoraSettings) -> _Start:
+    if reference not in ("start", "base"):
+        raise MlxDpoError(f"reference must be 'start' or 'base', not {reference!r}")
+    if not resume:
+        if checkpoint.latest(adapter_dir) is not None:
+            raise MlxDpoError(f"{adapter_dir}: already holds a training run; pass --resume to continue it "
+                              "or choose another --adapter-path")
+        if (adapter_dir / CONFIG_FILE).exists():
+            raise MlxDpoError(f"{adapter_dir}: already holds an adapter; choose another --adapter-path "
+                              "(or start from it with --init-adapter)")
+        return _Start(args, lora, run.init_adapter, reference)
+    resume_from = checkpoint.latest(adapter_dir)
+    if resume_from is None:
+        raise MlxDpoError(f"{adapter_dir}: no checkpoint to resume from")
+    # The checkpoint folder is complete by construction; the top-level adapter may lag behind it
+    # (a kill between the two writes), so the settings come from the checkpoint.
+    saved_config = read_adapter_config(resume_from)
+    saved = saved_config.get("mlx_dpo", {})
+    # The run continues with its own settings (schedule length, learning rate, ...) unless a
+    # setting given now says otherwise.
+    args = build(TrainingArgs, given, base=checkpoint.read_state(resume_from).get("args", {}))
+    return _Start(args, settings_from_config(saved_config), saved.get("init_adapter"), saved.get("reference", "start"),
+                  resume_from)
+
+
+def _reference_pass(loaded: LoadedModel, encoded: list[EncodedPair], start: _Start,
+                    emit: Callable[[Event], None]) -> tuple[RefLogps, ReferenceStats, LoraSettings, str]:
+    """The reference log-probs, then the adapter that trains: (ref, stats, its settings, the reference's fingerprint).
+
+    The reference is the model as it starts (base, or base + starting adapter), run before training
+    changes it. With reference="base" the starting adapter goes on only after the reference pass.
+    """
+    lora, start_digest = start.lora, None
+    if start.init_adapter and start.reference == "start":
+        lora = apply_adapter(loaded, start.init_adapter)
+        start_digest = arrays_digest(adapter_weights(loaded.model))
+    fingerprint = reference_fingerprint(loaded.path, adapter_digest=start_digest, numeric=_numeric_setup(loaded))
+    cache = RefCache(fingerprint)
+    emit(Status("reference pass"))
+    ref, stats = reference_logps(loaded.model, encoded, cache, batch_size=2 * start.args.batch_size,
+                                 shared_prompt=start.args.shared_prompt, full_logits=start.args.full_logits,
+                                 on_event=emit)
+    cache.close()
+    if start.init_adapter and start.reference == "base":
+        lora = apply_adapter(loaded, start.init_adapter)
+    elif not start.init_adapter:
+        # LoRA's A matrices start random: draw them from the run's seed, so the same seed gives the same run.
+        mx.random.seed(start.args.seed)
+        add_adapter(loaded.model, lora)
+    return ref, stats, lora, fingerprint
+
+
+def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, loaded, settings) -> TrainResult:
+    given, run, args, lora = _split_kwargs(settings)
+    adapter_dir = Path(adapter_path) if adapter_path else DEFAULT_ADAPTERS_DIR / time.strftime("dpo-%Y%m%d-%H%M%S")
+    start = _start(adapter_dir, resume, reference, given, run, args, lora)
+    args = start.args
+
+    train_pairs = _pairs(data, run.skip_invalid, emit)
+    valid_pairs = _pairs(run.valid_data, run.skip_invalid, emit) if run.valid_data is not None else []
+    if not train_pairs:
+        raise MlxDpoError("no training pairs")
+
+    if loaded is None:
+        emit(Status("loading model"))
+        loaded = load_model(model_spec)
+    encoder = Encoder(loaded.tokenizer, max_length=run.max_length, max_prompt_length=run.max_prompt_length)
+    emit(Status("tokenizing", total=len(train_pairs) + len(valid_pairs)))
+    train_enc, _ = encoder.encode_all(train_pairs, skip_invalid=run.skip_invalid)
+    valid_enc, _ = encoder.encode_all(valid_pairs, skip_invalid=run.skip_invalid)
+    if not train_enc:
+        raise MlxDpoError("no training pairs left after tokenization")
+
+    ref, stats, lora, fingerprint = _reference_pass(loaded, train_enc + valid_enc, start, emit)
+    config = adapter_config(lora, loaded.model, loaded.name, extra={
+        "init_adapter": str(start.init_adapter) if start.init_adapter else None,
+        "reference": start.reference,
+        "reference_fingerprint": fingerprint,
+        "num_pairs": len(train_enc),
+        "beta": args.beta,
+        "loss_type": args.loss_type,
+    })
+    metrics_path = Path(run.metrics_file) if run.metrics_file else adapter_dir / METRICS_FILE
+    if start.resume_from is None:
+        metrics_path.unlink(missing_ok=True)
+    else:
+        _forget_metrics_after(metrics_path, checkpoint.read_state(start.resume_from)["step"])
+    writer = MetricsWriter(metrics_path, emit)
+    eval_last: dict = {}
+
+    def on_loop_event(event: Event) -> None:
+        nonlocal eval_last
+        if isinstance(event, EvalMetrics):
+            eval_last = event.metrics
+        writer(event)
+
+    cancelled = threading.Event() if cancel is None else cancel
+    init_adapter = start.init_adapter
+    last = train_loop(
+        loaded.model, args, train_enc, ref, adapter_dir, config,
+        valid_pairs=valid_enc, resume_from=start.resume_from, on_event=on_loop_event, cancel=cancelled,
+        # Continuing from an adapter also continues its optimizer moments, when its run left them.
+        optimizer_from=checkpoint.latest(Path(init_adapter)) if init_adapter and not resume else None,
+        run_info=lambda: {"ref_cache/hits": stats.hits, "ref_cache/misses": stats.misses,
+                          "ref_pass_seconds": round(stats.seconds, 3)},
+    )
+    if cancelled.is_set():
+        return TrainResult(adapter_dir, last, eval_last, stats, cancelled=True)
+    emit(Finished(adapter_path=str(adapter_dir), metrics=last))
+    return TrainResult(adapter_dir, last, eval_last, stats)
+
+
+def _example_rows(pairs: list[EncodedPair], metrics: dict[str, mx.array], ref: RefLogps) -> list[dict]:
+    """One `--per-example` row per pair; the `_`-keys feed the means and are not written."""
+    values = {k: v.tolist() for k, v in metrics.items()}
+    return [{
+        "id": p.id,
+        "policy_chosen_logp": values["logps/chosen"][i],
+        "policy_rejected_logp": values["logps/rejected"][i],
+        "ref_chosen_logp": ref.values[p][0],
+        "ref_rejected_logp": ref.values[p][1],
+        "chosen_tokens": len(p.chosen),
+        "rejected_tokens": len(p.rejected),
+        "_accuracy": values["rewards/accuracies"][i],
+        "_margin": values["rewards/margins"][i],
+        "_loss": values["loss"][i],
+    } for i, p in enumerate(pairs)]
+
+
+def evaluate(
+    data: PairSource,
+    *,
+    model: str | None = None,
+    adapter_path: str | Path | None = None,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    batch_size: int = 4,
+    max_length: int | None = None,
+    skip_invalid: bool = False,
+    per_example: str | Path | None = None,
+    full_logits: bool = False,
+    shared_prompt: bool = True,
+    on_event: Callable[[Event], None] | None = None,
+    loaded: LoadedModel | None = None,
+) -> dict:
+    """Preference accuracy, mean reward margin and loss of base + adapter against the base as reference."""
+    emit = on_event or (lambda e: None)
+    pairs = _pairs(data, skip_invalid, emit)
+    loaded = loaded or load_model(model)
+    encoded, _ = Encoder(loaded.tokenizer, max_length=max_length).encode_all(pairs, skip_invalid=skip_invalid)
+    if not encoded:
+        raise MlxDpoError("no pairs to evaluate")
+    cache = RefCache(reference_fingerprint(loaded.path, adapter_digest=None, numeric=_numeric_setup(loaded)))
+    ref, stats = reference_logps(loaded.model, encoded, cache, batch_size=2 * batch_size,
+                                 shared_prompt=shared_prompt, full_logits=full_logits, on_event=emit)
+    cache.close()
+    if adapter_path:
+        apply_adapter(loaded, adapter_path)
+    loaded.model.eval()
+    args = TrainingArgs(beta=beta, loss_type=loss_type, batch_size=batch_size, full_logits=full_logits,
+                        shared_prompt=shared_prompt)
+    rows = [row for _, chunk, metrics in evaluate_batches(loaded.model, args, encoded, ref)
+            for row in _example_rows(chunk, metrics, ref)]
+    n = len(rows)
+    result = {
+        "accuracy": sum(r["_accuracy"] for r in rows) / n,
+        "margin": sum(r["_margin"] for r in rows) / n,
+        "loss": sum(r["_loss"] for r in rows) / n,
+        "n_pairs": n,
+        "ref_cache/hits": stats.hits,
+        "ref_cache/misses": stats.misses,
+    }
+    if per_example:
+        with atomic_file(per_example, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}) + "\n")
+    return result

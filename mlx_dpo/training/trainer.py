@@ -1,0 +1,292 @@
+"""The DPO training loop: batches of pairs, policy log-probs, preference loss, AdamW on the adapter.
+
+Read top to bottom: the data order and schedule, the loss of one batch (`batch_loss`, named fields
+of a `DpoBatch`), the step that compiles it for the run's one batch layout (`make_step`), the one
+evaluation loop (`evaluate_batches`), and `train_loop`.
+
+Reference log-probs come in precomputed (see `reference.py`); the loop never runs the reference.
+Events (`events.py`) report progress; a `threading.Event` cancels between steps.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_map
+
+from mlx_dpo.events import Cancelled, CheckpointSaved, Event, EvalMetrics, StepMetrics
+from mlx_dpo.settings import TrainingArgs
+from mlx_dpo.training import checkpoint
+from mlx_dpo.training.batching import BatchLayout, DpoBatch, layout_for, make_dpo_batch
+from mlx_dpo.training.logprobs import PairLogps, pair_logps
+from mlx_dpo.training.losses import implicit_rewards, preference_loss, rpo_nll, simpo_rewards
+from mlx_dpo.training.reference import RefLogps
+from mlx_dpo.training.tokens import EncodedPair
+
+
+def epoch_batches(pairs: list[EncodedPair], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch's batches: shuffled, grouped by length inside windows so padding stays small."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(pairs))
+    window = batch_size * 16
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: pairs[i].num_tokens)
+        batches += [[int(i) for i in chunk[s : s + batch_size]] for s in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def total_steps(args: TrainingArgs, num_pairs: int) -> int:
+    if args.iters:
+        return args.iters
+    per_epoch = math.ceil(num_pairs / args.batch_size)
+    return max(1, math.ceil(args.epochs * per_epoch / args.grad_accum))
+
+
+def make_optimizer(args: TrainingArgs, steps: int) -> optim.Optimizer:
+    warmup = min(args.warmup_steps, steps)
+    if args.lr_schedule == "cosine":
+        main = optim.cosine_decay(args.learning_rate, max(1, steps - warmup), args.learning_rate * 0.1)
+    else:
+        main = lambda _: mx.array(args.learning_rate)  # noqa: E731
+    schedule = main
+    if warmup:
+        schedule = optim.join_schedules([optim.linear_schedule(0.0, args.learning_rate, warmup), main], [warmup])
+    return optim.AdamW(learning_rate=schedule, weight_decay=args.weight_decay)
+
+
+def pair_metrics(args: TrainingArgs, logps: PairLogps, batch: DpoBatch) -> dict[str, mx.array]:
+    """TRL-named per-pair quantities (implicit rewards, accuracies, policy log-probs)."""
+    if args.loss_type == "simpo":
+        chosen_r = simpo_rewards(logps.chosen, logps.chosen_lengths, args.beta)
+        rejected_r = simpo_rewards(logps.rejected, logps.rejected_lengths, args.beta)
+    else:
+        chosen_r = implicit_rewards(logps.chosen, batch.ref_chosen, args.beta)
+        rejected_r = implicit_rewards(logps.rejected, batch.ref_rejected, args.beta)
+    return {
+        "rewards/chosen": chosen_r,
+        "rewards/rejected": rejected_r,
+        "rewards/margins": chosen_r - rejected_r,
+        "rewards/accuracies": (chosen_r > rejected_r).astype(mx.float32),
+        "logps/chosen": logps.chosen,
+        "logps/rejected": logps.rejected,
+    }
+
+
+def batch_loss(model: nn.Module, args: TrainingArgs, batch: DpoBatch) -> tuple[mx.array, dict[str, mx.array]]:
+    """Mean loss over a batch and the per-pair metrics: pure array code, compilable."""
+    logps = pair_logps(model, batch.tokens, full_logits=args.full_logits)
+    losses = preference_loss(
+        logps.chosen, logps.rejected, batch.ref_chosen, batch.ref_rejected, loss_type=args.loss_type,
+        beta=args.beta, label_smoothing=args.label_smoothing, chosen_lengths=logps.chosen_lengths,
+        rejected_lengths=logps.rejected_lengths, simpo_gamma=args.simpo_gamma,
+    )
+    if args.rpo_alpha:
+        losses = losses + args.rpo_alpha * rpo_nll(logps.chosen, logps.chosen_lengths)
+    metrics = pair_metrics(args, logps, batch)
+    metrics["loss"] = losses
+    return losses.mean(), metrics
+
+
+@dataclass
+class Step:
+    """`step(batch) -> ((loss, metrics), grads)` for batches in the one layout the step was built for."""
+
+    layout: BatchLayout
+    # Takes a DpoBatch's arrays(): mx.compile (mlx 0.32) accepts trees of arrays and constants, not dataclasses.
+    loss_and_grad: Callable
+
+    def batch(self, pairs: list[EncodedPair], ref: RefLogps) -> DpoBatch:
+        """The host side of a step: `pairs` packed in this step's layout, with their reference log-probs."""
+        return make_dpo_batch(pairs, self.layout, ref.values)
+
+    def __call__(self, batch: DpoBatch) -> tuple[tuple[mx.array, dict[str, mx.array]], dict]:
+        if batch.layout is not self.layout:
+            raise ValueError(f"a {batch.layout.name} batch given to a step built for {self.layout.name}")
+        return self.loss_and_grad(*batch.arrays())
+
+
+def make_step(model: nn.Module, args: TrainingArgs) -> Step:
+    """The training step of a run, compiled unless `args.compile` is off.
+
+    The layout is decided here, once, from the settings and the model. Padding to a few lengths
+    keeps the number of distinct shapes (and so of compilations) small.
+    """
+    layout = layout_for(model, args.shared_prompt)
+    loss_and_grad = nn.value_and_grad(
+        model, lambda *arrays: batch_loss(model, args, DpoBatch.from_arrays(layout, arrays)))
+    if args.compile:
+        state = [model.state, mx.random.state]
+        loss_and_grad = mx.compile(loss_and_grad, inputs=state, outputs=state)
+    return Step(layout, loss_and_grad)
+
+
+class MetricWindow:
+    """Sums per-pair metrics between reports."""
+
+    def __init__(self):
+        self.sums: dict[str, mx.array] = {}  # kept on the device; read back only when reported
+        self.pairs = 0
+        self.tokens = 0
+        self.start = time.perf_counter()
+
+    def add(self, metrics: dict[str, mx.array], tokens: int) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums[k] + v.sum() if k in self.sums else v.sum()
+        self.pairs += int(next(iter(metrics.values())).shape[0])
+        self.tokens += tokens
+
+    def means(self) -> dict[str, float]:
+        return {k: float(v.item()) / max(self.pairs, 1) for k, v in self.sums.items()}
+
+
+def evaluate_batches(model: nn.Module, args: TrainingArgs, pairs: list[EncodedPair],
+                     ref: RefLogps) -> Iterator[tuple[DpoBatch, list[EncodedPair], dict[str, mx.array]]]:
+    """The one evaluation loop: `pairs` in order, `args.batch_size` at a time, without gradients.
+
+    Yields each batch, its pairs and its evaluated per-pair metrics (see `batch_loss`).
+    """
+    layout = layout_for(model, args.shared_prompt)
+    for s in range(0, len(pairs), args.batch_size):
+        chunk = pairs[s : s + args.batch_size]
+        batch = make_dpo_batch(chunk, layout, ref.values)
+        _, metrics = batch_loss(model, args, batch)
+        mx.eval(metrics)
+        yield batch, chunk, metrics
+
+
+def evaluate_pairs(model: nn.Module, args: TrainingArgs, pairs: list[EncodedPair], ref: RefLogps) -> dict[str, float]:
+    """Mean loss and reward metrics over `pairs`, without gradients."""
+    window = MetricWindow()
+    for batch, _, metrics in evaluate_batches(model, args, pairs, ref):
+        window.add(metrics, batch.num_tokens)
+    return window.means()
+
+
+class _DataOrder:
+    """Which pairs each micro-batch holds: one epoch's shuffled batches at a time, computed once per epoch."""
+
+    def __init__(self, pairs: list[EncodedPair], args: TrainingArgs):
+        self.pairs, self.args = pairs, args
+        self._epoch: int | None = None
+        self._batches: list[list[int]] = []
+        self.batches_per_epoch = len(self.batches(0))
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, epoch_batches(self.pairs, self.args.batch_size, self.args.seed, epoch)
+        return self._batches
+
+    def micro_batch(self, index: int) -> tuple[int, list[EncodedPair]]:
+        """The epoch of the `index`-th micro-batch of the run, and its pairs."""
+        epoch, i = divmod(index, self.batches_per_epoch)
+        return epoch, [self.pairs[j] for j in self.batches(epoch)[i]]
+
+
+def _prepare(model: nn.Module, args: TrainingArgs, optimizer: optim.Optimizer,
+             resume_from: Path | None, optimizer_from: Path | None) -> int:
+    """Gradient checkpointing and what the run continues from; returns the step it starts after."""
+    if args.grad_checkpoint:
+        from mlx_lm.tuner.trainer import grad_checkpoint  # optional heavy import: mlx_lm pulls in transformers
+
+        grad_checkpoint(model.layers[0])
+    if resume_from is not None:
+        return checkpoint.restore(resume_from, model, optimizer)
+    if optimizer_from is not None:
+        checkpoint.restore_moments(optimizer_from, optimizer)
+    return 0
+
+
+def _micro_batches(step_fn: Step, args: TrainingArgs, ref: RefLogps, order: _DataOrder, step: int,
+                   window: MetricWindow) -> tuple[dict, int]:
+    """One optimizer step's gradients, averaged over its `grad_accum` micro-batches, and the last one's epoch."""
+    grads = None
+    for micro in range(args.grad_accum):
+        epoch, pairs = order.micro_batch((step - 1) * args.grad_accum + micro)
+        batch = step_fn.batch(pairs, ref)
+        (_, metrics), g = step_fn(batch)
+        grads = g if grads is None else tree_map(mx.add, grads, g)
+        window.add(metrics, batch.num_tokens)
+        if args.grad_accum > 1:
+            mx.eval(grads, window.sums)  # bound memory: free this micro-batch's activations
+    if args.grad_accum > 1:
+        grads = tree_map(lambda g: g / args.grad_accum, grads)
+    return grads, epoch
+
+
+def _report(args: TrainingArgs, step: int, window: MetricWindow, optimizer: optim.Optimizer,
+            batches_per_epoch: int, run_info: Callable[[], dict]) -> dict:
+    """The step report: the window's mean metrics, the schedule's position, throughput and memory."""
+    elapsed = time.perf_counter() - window.start
+    return {
+        "step": step,
+        "epoch": round(((step - 1) * args.grad_accum + args.grad_accum) / batches_per_epoch, 3),
+        **window.means(),
+        "learning_rate": float(optimizer.learning_rate.item()),
+        "tokens_per_second": window.tokens / max(elapsed, 1e-9),
+        "peak_memory_gb": mx.get_peak_memory() / 1e9,
+        **run_info(),
+    }
+
+
+def train_loop(
+    model: nn.Module,
+    args: TrainingArgs,
+    train_pairs: list[EncodedPair],
+    ref: RefLogps,
+    adapter_dir: Path,
+    adapter_config: dict,
+    *,
+    valid_pairs: list[EncodedPair] | None = None,
+    resume_from: Path | None = None,
+    optimizer_from: Path | None = None,
+    on_event: Callable[[Event], None] = lambda e: None,
+    cancel: threading.Event | None = None,
+    run_info: Callable[[], dict] = dict,
+) -> dict[str, float]:
+    """Train the adapter on `model` in place; returns the last reported metrics."""
+    steps = total_steps(args, len(train_pairs))
+    optimizer = make_optimizer(args, steps)
+    start_step = _prepare(model, args, optimizer, resume_from, optimizer_from)
+    model.train()
+    step_fn = make_step(model, args)
+    order = _DataOrder(train_pairs, args)
+    window, last = MetricWindow(), {}
+    for step in range(start_step + 1, steps + 1):
+        if cancel is not None and cancel.is_set():
+            on_event(Cancelled(step=step - 1, adapter_path=str(adapter_dir)))
+            model.eval()
+            return last
+        mx.random.seed(args.seed * 1_000_003 + step)  # dropout noise is a function of (seed, step): resumable
+        grads, epoch = _micro_batches(step_fn, args, ref, order, step, window)
+        if args.max_grad_norm:
+            grads, _ = optim.clip_grad_norm(grads, args.max_grad_norm)
+        optimizer.update(model, grads)
+        mx.eval(model.trainable_parameters(), optimizer.state, window.sums)
+
+        if step % args.steps_per_report == 0 or step == steps:
+            last = _report(args, step, window, optimizer, order.batches_per_epoch, run_info)
+            on_event(StepMetrics(step=step, total_steps=steps, metrics=last))
+            window = MetricWindow()
+        if valid_pairs and (step % args.steps_per_eval == 0 or step == steps):
+            model.eval()
+            ev = evaluate_pairs(model, args, valid_pairs, ref)
+            model.train()
+            on_event(EvalMetrics(step=step, metrics={"step": step, **{f"eval_{k}": v for k, v in ev.items()}}))
+        if step % args.save_every == 0 or step == steps:
+            path = checkpoint.save(adapter_dir, step, model, optimizer, adapter_config,
+                                   {"args": asdict(args), "batches_per_epoch": order.batches_per_epoch,
+                                    "epoch": epoch, "data_order": order.batches(epoch)})
+            on_event(CheckpointSaved(step=step, path=str(path)))
+    model.eval()
+    return last

@@ -1,0 +1,12 @@
+"""Label: type (or queue) a prompt, sample two answers, pick the better one.
+
+`screen.py` is the screen itself: keys, the worker's messages, drawing. The rules it follows are plain
+classes that the tests can drive without a terminal: the sampling request in `tui.sampling`
+(`SamplingState`, shared with the Compare screen), the prompt queue in `tui.prompts` (`PromptQueue`),
+and, beside the screen, unjudged answers kept in the store (`candidates.py`) and what undo brings
+back (`history.py`).
+"""
+
+from tui.screens.label.screen import LabelScreen
+
+__all__ = ["LabelScreen"]

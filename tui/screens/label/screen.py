@@ -1,0 +1,389 @@
+"""The Label screen: keys and the worker's messages in, the panes and the status line out.
+
+The screen never touches the model: it asks the app's model worker for two answers and feeds the
+worker's events for them to a `tui.sampling.SamplingState`, which knows the newest request and when
+both answers are in; the screen draws what it holds. Labels are written to the store on the event loop
+(one small committed transaction each), so "saved" is only shown after `add_pair` has returned.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer, Input, Static, TextArea
+
+from mlx_dpo.errors import MlxDpoError
+from tui.modals import EditAnswersModal, EditedAnswers, PathChoice, PathModal, SettingsModal
+from tui.prompts import PromptParts, PromptQueue, QueueError
+from tui.sampling import SLOTS
+from tui.screens.label.candidates import KeptCandidate
+from tui.screens.label.history import LabelHistory, LabelRecord, two
+from tui.screens.two_answers import EDITOR_BINDINGS, PICK_BINDINGS, TwoAnswersScreen
+from tui.widgets import AnswerPane, ModeBar, ModelStatus, ScreenButton, StatusLine, prompt_fields, read_prompt
+from tui.workers import SampleSettings
+
+
+class LabelScreen(TwoAnswersScreen):
+    JUDGED = "labeled"
+
+    # Descriptions are short for the footer; tooltips name the command in the command palette.
+    BINDINGS = [
+        Binding("ctrl+s", "sample", "Sample", tooltip="Sample two answers to the prompt"),
+        *PICK_BINDINGS,
+        Binding("t", "tie", "Tie", tooltip="Tie: record it, save no pair"),
+        Binding("e", "edit", "Edit", tooltip="Edit the answers before picking"),
+        Binding("r", "resample", "Resample", tooltip="Resample both answers"),
+        Binding("u", "undo", "Undo", tooltip="Undo the last label"),
+        Binding("n", "next", "Next", tooltip="Next prompt (from the queue, or a new one)"),
+        Binding("o", "open_queue", "Queue", tooltip="Open a prompt queue file"),
+        Binding("s", "settings", "Settings", tooltip="Sampling settings"),
+        *EDITOR_BINDINGS,
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="label-screen")
+        self.settings = SampleSettings()
+        self.history = LabelHistory()
+        self.queue = PromptQueue()
+        self.context: tuple[dict, ...] = ()  # earlier turns of a queued multi-turn prompt
+        self.candidate: KeptCandidate  # set on mount: it needs the app's store
+
+    # --- layout ---
+
+    def compose(self) -> ComposeResult:
+        yield ModeBar("label")
+        with Horizontal(id="label-status-row"):
+            yield ModelStatus(id="model-status")
+            yield Static("", id="queue-status")
+        with Vertical(id="prompt-box"):
+            yield from prompt_fields("system", "prompt", "Type a prompt, then ctrl+s to sample two answers")
+            with Horizontal(id="prompt-buttons"):
+                yield ScreenButton("ctrl+s sample", "sample", id="sample", variant="primary")
+                yield ScreenButton("s settings", "settings", id="settings")
+                yield ScreenButton("o open queue", "open_queue", id="open-queue")
+        with Horizontal(id="answers"):
+            yield AnswerPane(1, id="answer-1")
+            yield AnswerPane(2, id="answer-2")
+        with Horizontal(id="label-buttons"):
+            yield ScreenButton("1 better", "pick(1)", id="pick-1", variant="success")
+            yield ScreenButton("2 better", "pick(2)", id="pick-2", variant="success")
+            yield ScreenButton("t tie", "tie", id="tie")
+            yield ScreenButton("e edit", "edit", id="edit")
+            yield ScreenButton("r resample", "resample", id="resample")
+            yield ScreenButton("u undo", "undo", id="undo")
+            yield ScreenButton("n next", "next", id="next")
+        yield StatusLine(id="label-status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.settings = self.app.initial_settings
+        self.candidate = KeptCandidate(self.app.store)
+        self._show_settings()
+        self._show_queue()
+        self.query_one("#prompt", TextArea).focus()
+        self.call_after_refresh(self.app.first_screen_drawn)
+        self._restore_unjudged()
+
+    # --- small helpers ---
+
+    @property
+    def labeled(self) -> str | None:
+        """"pair #3" or "tie" once the shown answers are labeled."""
+        return self.sampling.judged
+
+    @property
+    def sampler(self) -> str | None:
+        """Who sampled the shown answers: the current model, or the one named by restored answers."""
+        return self.sampling.sources[0] or self.app.sampler
+
+    @property
+    def store(self):
+        return self.app.store
+
+    def _editor_parts(self) -> PromptParts:
+        return read_prompt(self, "system", "prompt", self.context)
+
+    def _set_editor(self, parts: PromptParts) -> None:
+        self.context = parts.context
+        self.query_one("#system", Input).value = parts.system
+        prompt = self.query_one("#prompt", TextArea)
+        prompt.text = parts.user
+        turns = len(parts.context)
+        prompt.border_title = f"prompt (after {turns} earlier turn{'s' * (turns != 1)})" if turns else "prompt"
+
+    def _show_settings(self) -> None:
+        self.query_one("#prompt", TextArea).border_subtitle = self.settings.summary()
+
+    def _show_queue(self) -> None:
+        self.query_one("#queue-status", Static).update(Text(self.queue.status()))
+
+    def _focus_answers(self) -> None:
+        self.pane(1).focus()
+
+    def _clear_answers(self) -> None:
+        """No answers on screen, and any request in flight cancelled. Unjudged answers are replaced or
+        skipped here, so the kept copy goes too: a restart should not bring them back."""
+        self.candidate.drop()
+        self.app.worker.cancel()
+        self.sampling.clear()
+        for slot in SLOTS:
+            self.pane(slot).set_text("")
+            self.pane(slot).set_title()
+
+    def _show_answers(self, parts: PromptParts, answers: tuple[str, str], sampler: str | None) -> None:
+        """Complete answers to `parts` on screen, ready to be judged (restored from the store, or undone)."""
+        self.app.worker.cancel()
+        self._set_editor(parts)
+        self.sampling.restore(parts, answers, (sampler, sampler))
+        for slot, text in zip(SLOTS, answers):
+            self.pane(slot).set_title()
+            self.pane(slot).set_text(text, "restored")
+
+    def _restore_unjudged(self) -> None:
+        """Answers sampled in an earlier session and never judged come back on screen."""
+        kept = self.candidate.restore()
+        if kept is None:
+            return
+        self._show_answers(PromptParts.from_messages(kept.prompt), two(kept.answers), kept.sampler)
+        self.show_status("answers from the last session, not judged yet: 1 / 2 pick · t tie · r resample", "warning")
+        self._focus_answers()
+
+    def _keep_candidate(self) -> None:
+        """Both answers are in: keep them in the store so quitting before a judgement loses nothing."""
+        error = self.candidate.keep(self.sampling.prompt.messages(), self.answers(), self.sampler)
+        if error is not None:
+            self.app.notify_warning(f"Could not keep the answers for a later session: {error}")
+
+    # --- sampling ---
+
+    def action_sample(self) -> None:
+        parts = self._editor_parts()
+        if parts.empty:
+            self.app.notify_error("The prompt is empty: type a prompt first, then press ctrl+s.", title="Nothing to sample")
+            self.query_one("#prompt", TextArea).focus()
+            return
+        if self.refuse_without_model():
+            return
+        self._start_sampling(parts, self.settings)
+
+    def _start_sampling(self, parts: PromptParts, settings: SampleSettings) -> None:
+        self._clear_answers()
+        self.sampling.start(self.app.worker.sample(parts.messages(), settings), parts)
+        waiting = "sampling…" if self.app.model_state == "ready" else "waiting for the model to load…"
+        for slot in SLOTS:
+            self.pane(slot).set_text("", waiting if slot == 1 else "queued")
+        self.show_status("")
+        self._focus_answers()
+
+    def action_resample(self) -> None:
+        if self.settings.seed is not None and self.sampling.state not in ("idle", "failed"):
+            # A fixed seed would give the same two answers again: move on to the next pair of seeds.
+            self.settings = self.settings.with_seed(self.settings.seed + 2)
+            self._show_settings()
+        self.action_sample()
+
+    # The newest request's events (TwoAnswersScreen drops those of older requests).
+
+    def show_started(self, seeds: tuple[int, int]) -> None:
+        for slot, seed in zip(SLOTS, seeds):
+            self.pane(slot).set_title(f"seed {seed}")
+        self._show_streaming()
+
+    def show_chunk(self, slot: int, text: str) -> None:
+        self.pane(slot).append(text)
+        self._show_streaming()
+
+    def _show_streaming(self) -> None:
+        """The worker answers slot 1, then slot 2: the pane it is writing says so."""
+        slot = self.sampling.streaming_slot
+        if slot is not None:
+            self.pane(slot).border_subtitle = "streaming…"
+
+    def show_failed(self, error: str) -> None:
+        self.app.notify_error(f"Sampling failed: {error}")
+        self.show_status("sampling failed", "error")
+
+    def show_done(self, slot: int, text: str) -> None:
+        self.pane(slot).set_text(text, "done" if text.strip() else "done (empty answer)")
+        self._show_streaming()
+        if self.sampling.state == "ready":
+            self._keep_candidate()
+            hint = "1 / 2 pick the better answer · t tie · e edit · r resample"
+            if self.sampling.identical:
+                hint = "the two answers are identical: r resample · e edit · t tie"
+            self.show_status(hint)
+
+    # --- labels ---
+
+    def _can_label(self) -> bool:
+        state = self.state
+        if state in ("idle", "failed"):
+            self.app.notify_warning("Nothing to label yet: type a prompt and press ctrl+s to sample two answers.")
+        elif state == "sampling":
+            self.app.notify_warning("Wait until both answers are complete (or press r to resample).")
+        elif state == "labeled":
+            self.app.notify_warning(f"Already labeled ({self.labeled}): press r to resample or n for the next prompt.")
+        return state == "ready"
+
+    def action_pick(self, slot: int) -> None:
+        if not self._can_label():
+            return
+        if self.sampling.identical:
+            self.app.notify_error(
+                "The two answers are identical, so they cannot form a pair. "
+                "Press r to resample, e to edit one of them, or t to record a tie.",
+                title="Not saved",
+            )
+            return
+        chosen, rejected = self.sampling.chosen_rejected(slot)
+        try:
+            pair = self.store.add_pair(
+                self.sampling.prompt.messages(), chosen, rejected, origin="sampled", sampler=self.sampler,
+                note="answers edited before labeling" if self.sampling.edited else None,
+                candidate_id=self.candidate.id,
+            )
+        except MlxDpoError as e:
+            self.app.notify_error(str(e), title="Not saved")
+            return
+        self._labeled(LabelRecord("pair", pair.id, self.sampling.prompt, self.answers(), self.queue.pos),
+                      f"saved pair #{pair.id} (answer {slot} chosen)", f"saved pair #{pair.id}", title="Saved")
+
+    def action_tie(self) -> None:
+        if not self._can_label():
+            return
+        try:
+            skip = self.store.add_skip(self.sampling.prompt.messages(), "tie", answers=list(self.answers()),
+                                       sampler=self.sampler, candidate_id=self.candidate.id)
+        except MlxDpoError as e:
+            self.app.notify_error(str(e), title="Not saved")
+            return
+        self._labeled(LabelRecord("skip", skip.id, self.sampling.prompt, self.answers(), self.queue.pos),
+                      "tie recorded: no pair saved", "tie recorded (no pair saved)")
+
+    def _labeled(self, record: LabelRecord, status: str, notice: str, title: str = "") -> None:
+        """The store has committed the label (and deleted the kept candidate with it): only now is it
+        reported as saved, and a queue moves on."""
+        self.candidate.judged()
+        self.sampling.judge(f"pair #{record.id}" if record.kind == "pair" else "tie")
+        self.history.add(record)
+        self.show_status(status, "saved")
+        self.app.notify(notice, title=title, timeout=2)
+        self.app.store_changed()
+        self._advance_queue()
+
+    def action_edit(self) -> None:
+        if not self._can_label():
+            return
+        first, second = self.answers()
+        self.app.push_screen(EditAnswersModal(first, second), self._edited)
+
+    def _edited(self, result: EditedAnswers | None) -> None:
+        self._focus_answers()
+        if result is None:
+            return
+        if self.sampling.edit(result.answers):
+            for slot, text in zip(SLOTS, result.answers):
+                self.pane(slot).set_text(text, "edited")
+            self._keep_candidate()  # a quit now brings back the edited answers
+        if result.pick is not None:
+            self.action_pick(result.pick)
+        else:
+            self.show_status("answers edited: 1 / 2 pick the better answer")
+
+    def action_undo(self) -> None:
+        try:
+            result = self.store.undo_last_label()
+        except MlxDpoError as e:
+            self.app.notify_error(str(e), title="Undo failed")
+            return
+        if result is None:
+            self.app.notify_warning("Nothing to undo.")
+            return
+        undone = self.history.undone(result)
+        if undone.queue_pos is not None and self.queue:
+            self.queue.pos = undone.queue_pos
+            self._show_queue()
+        self._show_answers(undone.parts, undone.answers, undone.sampler)
+        self._keep_candidate()  # unjudged again, so kept like freshly sampled answers
+        self.show_status(f"undid {undone.what}: label it again", "warning")
+        self.app.notify(f"undid {undone.what}", timeout=2)
+        self.app.store_changed()
+        self._focus_answers()
+
+    # --- prompts and queue ---
+
+    def action_next(self) -> None:
+        index = self.queue.next_index
+        if index is not None:
+            self._load_queued(index)
+            return
+        if self.queue:
+            self.app.notify("The queue is done: every prompt has been shown.", timeout=4)
+            self.queue = PromptQueue()
+            self._show_queue()
+        self._clear_answers()
+        self._set_editor(PromptParts())
+        self.show_status("")
+        self.query_one("#prompt", TextArea).focus()
+
+    def _advance_queue(self) -> None:
+        """After a label, a queue moves on by itself (the saved status stays visible)."""
+        if self.queue.pos is None:
+            return
+        index = self.queue.next_index
+        if index is not None:
+            status = self.status_text
+            self._load_queued(index)
+            self.show_status(status, "saved")
+        else:
+            self.show_status(f"{self.status_text} · queue done: n for a new prompt", "saved")
+
+    def _load_queued(self, index: int) -> None:
+        parts = self.queue.show(index)
+        self._show_queue()
+        self._set_editor(parts)
+        if self.app.model_state == "failed":
+            self._clear_answers()
+        else:
+            self._start_sampling(parts, self.settings)
+
+    def action_open_queue(self) -> None:
+        self.app.push_screen(
+            PathModal(
+                "Open a prompt queue",
+                "A text file with one prompt per line, or JSONL with a \"prompt\" (string or messages) per line.",
+                ok="Open",
+            ),
+            self._queue_chosen,
+        )
+
+    def _queue_chosen(self, choice: PathChoice | None) -> None:
+        if choice is None:
+            return
+        try:
+            queue = PromptQueue.open(choice.path)
+        except QueueError as e:
+            self.app.notify_error(str(e), title="Cannot open the queue")
+            return
+        self.queue = queue
+        self.app.notify(f"{len(queue)} prompts queued from {queue.name}", timeout=3)
+        self._load_queued(0)
+
+    # --- settings and focus ---
+
+    def action_settings(self) -> None:
+        self.app.push_screen(SettingsModal(self.settings), self._settings_chosen)
+
+    def _settings_chosen(self, settings: SampleSettings | None) -> None:
+        if settings is not None:
+            self.settings = settings
+            self._show_settings()
+
+    def action_focus_prompt(self) -> None:
+        self.query_one("#prompt", TextArea).focus()
+
+    def action_leave_editor(self) -> None:
+        if isinstance(self.focused, (TextArea, Input)):
+            self._focus_answers()

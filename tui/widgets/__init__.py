@@ -1,0 +1,12 @@
+"""Widgets the screens share, one module per feature; import them from here."""
+
+from tui.widgets.answer_pane import AnswerPane, visible
+from tui.widgets.mode_bar import ModeBar
+from tui.widgets.model_status import ModelStatus
+from tui.widgets.prompt_fields import prompt_fields, read_prompt
+from tui.widgets.screen_button import ScreenButton
+from tui.widgets.status_line import StatusLine
+
+__all__ = [
+    "AnswerPane", "ModeBar", "ModelStatus", "ScreenButton", "StatusLine", "prompt_fields", "read_prompt", "visible",
+]

@@ -1,0 +1,287 @@
+"""The model worker: one long-lived daemon thread that owns the loaded model.
+
+MLX streams are thread-local, so the model is loaded, and every answer generated, on this one thread;
+no MLX array ever leaves it. The UI talks to it through a queue (`sample`, `compare`, `set_adapter`,
+`cancel`, `stop`) and hears back through a single callback, called *on the worker thread* with the
+plain events of `tui.workers.events`.
+
+The library's model code (`mlx_dpo.models.*`, which pulls in mlx and mlx_lm: seconds of imports) is
+imported inside the methods that run on the worker thread, never at the top of this module: the app
+imports this module before its first screen is drawn, and that screen must not wait for mlx.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+from mlx_dpo.errors import MlxDpoError  # no mlx import: safe on the UI thread
+from mlx_dpo.names import display_name, is_default
+from tui.workers.events import (
+    AdapterFailed, AnswerChunk, AnswerDone, Event, LoadFailed, LoadProgress, ModelReady, SampleFailed, SampleStarted,
+)
+
+CHUNK_INTERVAL = 0.04  # seconds: stream pieces are batched so the UI is not woken per token
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """How answers are sampled. `seed=None` draws a fresh seed per request; slot 2 uses seed + 1."""
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int | None = None
+
+    def check(self) -> None:
+        """Raise ValueError naming the bad field."""
+        if not 0 <= self.temperature <= 10:
+            raise ValueError(f"temperature must be between 0 and 10 (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top-p must be in (0, 1] (got {self.top_p})")
+        if not 1 <= self.max_tokens <= 32768:
+            raise ValueError(f"max tokens must be between 1 and 32768 (got {self.max_tokens})")
+        if self.seed is not None and not 0 <= self.seed < 2**31:
+            raise ValueError(f"seed must be between 0 and 2^31-1 (got {self.seed})")
+
+    def summary(self) -> str:
+        seed = "random" if self.seed is None else str(self.seed)
+        return f"temp {self.temperature:g} · top-p {self.top_p:g} · max {self.max_tokens} tokens · seed {seed} · s to change"
+
+    def with_seed(self, seed: int | None) -> "SampleSettings":
+        return replace(self, seed=seed)
+
+
+@dataclass(frozen=True)
+class _Request:
+    id: int
+    messages: list[dict]
+    settings: SampleSettings
+    # A comparison: slot i answers with adapter adapters[i-1] (None: the base), both with the same seed.
+    adapters: tuple[str | None, str | None] | None = None
+
+
+@dataclass(frozen=True)
+class _SetAdapter:
+    path: str | None  # None: the base model alone
+
+
+def _describe(error: Exception) -> str:
+    """A user-facing message as it is; anything else keeps its type (it is a bug or an odd environment)."""
+    return str(error) if isinstance(error, MlxDpoError) else f"{type(error).__name__}: {error}"
+
+
+def _version_name(model: str | None, adapter: str | Path | None) -> str:
+    """What the status line calls a model version: "SmolLM2-135M-Instruct", "my-model + v2"."""
+    return display_name(model) + (f" + {Path(adapter).name}" if adapter else "")
+
+
+def _load_version(model: str | None, adapter: str | None):
+    """A fresh load of the base with `adapter` on it (None: the base alone); on the worker thread."""
+    from mlx_dpo.models.load import apply_adapter, load_model
+
+    loaded = load_model(model)
+    if adapter is not None:
+        apply_adapter(loaded, adapter)
+    return loaded
+
+
+class ModelWorker:
+    """Owns the model on one daemon thread; loads it, then serves sampling requests in order.
+
+    `report(event)` is called on the worker thread. Only the newest request matters: a newer
+    `sample()` (or `cancel()`) bumps a generation counter that the streaming loop checks between
+    chunks, so an older request stops producing output at once.
+    """
+
+    def __init__(self, model: str | None, adapter_path: str | Path | None, report: Callable[[Event], None]) -> None:
+        self.model = model
+        self.adapter_path = str(adapter_path) if adapter_path is not None else None
+        self.name = _version_name(model, adapter_path)
+        self._report_cb = report
+        self._requests: queue.Queue[_Request | _SetAdapter | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="mlx-dpo-model", daemon=True)
+        self.load_error: str | None = None
+        self.ready = threading.Event()
+
+    # --- called from the UI thread ---
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def sample(self, messages: list[dict], settings: SampleSettings) -> int:
+        """Queue a request for two answers; returns its id. Older requests stop producing output."""
+        return self._queue(messages, settings, None)
+
+    def compare(self, messages: list[dict], settings: SampleSettings, adapters: tuple[str | None, str | None]) -> int:
+        """Queue a comparison: answer 1 from base + adapters[0], answer 2 from base + adapters[1] (None: the
+        base alone), with the same seed. A version other than the current one is loaded for the request and
+        dropped after it. Reports the same events as `sample`; returns the request id."""
+        return self._queue(messages, settings, tuple(None if a is None else str(a) for a in adapters))
+
+    def _queue(self, messages: list[dict], settings: SampleSettings, adapters) -> int:
+        with self._lock:
+            self._generation += 1
+            request = _Request(self._generation, [dict(m) for m in messages], settings, adapters)
+        self._requests.put(request)
+        return request.id
+
+    def set_adapter(self, path: str | Path | None) -> None:
+        """Reload the base model with the adapter at `path` (None: the base alone), on the worker thread.
+        Reports ModelReady (name and sampler naming the adapter) when done, AdapterFailed if it cannot."""
+        self.cancel()  # a sample in progress belongs to the old adapter
+        self._requests.put(_SetAdapter(None if path is None else str(path)))
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._generation += 1
+
+    def stop(self, timeout: float = 0.0) -> bool:
+        """Stop after the current chunk (a load in progress runs to its end); wait up to `timeout` seconds.
+
+        Returns True when the thread has ended. The process must not exit while the thread is inside MLX
+        (the C++ runtime aborts), so callers wait, or leave with os._exit if a load is still running.
+        """
+        self._stopping = True
+        self.cancel()
+        self._requests.put(None)
+        if timeout and self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # --- the worker thread ---
+
+    def _report(self, event: Event) -> None:
+        if self._stopping and not isinstance(event, (LoadFailed, ModelReady)):
+            return
+        try:
+            self._report_cb(event)
+        except Exception:  # the app may be gone; never let a report kill the thread
+            pass
+
+    def _current(self, request_id: int) -> bool:
+        return not self._stopping and self._generation == request_id
+
+    def _load(self):
+        from mlx_dpo.models.load import converted_dir, default_gguf, load_model, resolve_model_path
+
+        spec = self.model
+        first_run = False
+        try:
+            if is_default(spec) or spec.lower().endswith(".gguf"):
+                gguf = default_gguf() if is_default(spec) else Path(spec).expanduser()
+                first_run = gguf.is_file() and not (converted_dir(gguf) / "config.json").is_file()
+        except Exception:
+            first_run = False
+        what = f"converting {self.name} for MLX (first run only)…" if first_run else f"finding {self.name}…"
+        self._report(LoadProgress(0, 2, what))
+        resolve_model_path(spec)
+        self._report(LoadProgress(1, 2, f"loading {self.name}…"))
+        return load_model(spec, adapter_path=self.adapter_path)
+
+    def _run(self) -> None:
+        loaded = None
+        try:
+            loaded = self._load()
+        except Exception as e:  # MlxDpoError: bad --model, missing file, offline...; else a bug: print it
+            self.load_error = _describe(e)
+            if not isinstance(e, MlxDpoError):
+                traceback.print_exc()
+            self._report(LoadFailed(self.load_error))
+        else:
+            self._report(LoadProgress(2, 2, f"{self.name} ready"))
+            # loaded.name: the --model value, or the default's name
+            self._report(ModelReady(self.name, loaded.name + (f"+{self.adapter_path}" if self.adapter_path else "")))
+        self.ready.set()
+        while True:
+            request = self._requests.get()
+            if request is None or self._stopping:
+                return
+            if isinstance(request, _SetAdapter):
+                loaded = self._switch_adapter(loaded, request.path)
+                continue
+            if not self._current(request.id):
+                continue  # superseded while waiting
+            if loaded is None:
+                self._report(SampleFailed(request.id, f"the model could not be loaded: {self.load_error}"))
+                continue
+            try:
+                self._serve(loaded, request)
+            except Exception as e:
+                self._report(SampleFailed(request.id, _describe(e)))
+
+    def _switch_adapter(self, loaded, path: str | None):
+        """Load the base afresh and put the adapter on it (simple and correct: no LoRA layers to strip)."""
+        try:
+            new = _load_version(self.model, path)
+        except Exception as e:
+            self._report(AdapterFailed(_describe(e)))
+            return loaded
+        self.adapter_path = path
+        self.name = _version_name(self.model, path)
+        self._report(ModelReady(self.name, new.name + (f"+{path}" if path else "")))
+        return new
+
+    def _model_for(self, loaded, adapter: str | None):
+        """The loaded model with `adapter` on it: the current one, or a fresh load for this request."""
+        return loaded if adapter == self.adapter_path else _load_version(self.model, adapter)
+
+    def _stream(self, loaded, request: _Request, seed: int) -> Iterator[str]:
+        from mlx_dpo.models.generate import stream_answer
+
+        s = request.settings
+        return stream_answer(
+            loaded, request.messages, max_tokens=s.max_tokens, temp=s.temperature, top_p=s.top_p, seed=seed
+        )
+
+    def _serve(self, loaded, request: _Request) -> None:
+        seed = request.settings.seed
+        if seed is None:
+            seed = random.randrange(0, 2**31 - 2)
+        seeds = (seed, seed) if request.adapters is not None else (seed, seed + 1)
+        self._report(SampleStarted(request.id, seeds))
+        for slot, slot_seed in zip((1, 2), seeds):
+            model = loaded if request.adapters is None else self._model_for(loaded, request.adapters[slot - 1])
+            if not self._current(request.id):
+                return
+            text = self._stream_slot(model, request, slot, slot_seed)
+            if text is None:
+                return
+            self._report(AnswerDone(request.id, slot, text))
+
+    def _stream_slot(self, model, request: _Request, slot: int, seed: int) -> str | None:
+        """Stream one answer as AnswerChunk events (batched every CHUNK_INTERVAL); None once superseded."""
+        text, pending, last = "", "", time.monotonic()
+        pieces = self._stream(model, request, seed)
+        try:
+            for piece in pieces:
+                if not self._current(request.id):
+                    return None
+                text += piece
+                pending += piece
+                now = time.monotonic()
+                if now - last >= CHUNK_INTERVAL:
+                    self._report(AnswerChunk(request.id, slot, pending))
+                    pending, last = "", now
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+        if not self._current(request.id):
+            return None
+        if pending:
+            self._report(AnswerChunk(request.id, slot, pending))
+        return text
