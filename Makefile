@@ -10,8 +10,12 @@ UNAME := $(shell uname -s)
 demo: setup
 	$(PY) -m mlx_dpo.demo
 
+# Test files run on TEST_WORKERS processes, each file whole on one worker (module fixtures, its own
+# tiny model and reference cache); many tests wait on subprocesses and the app, so two overlap well.
+TEST_WORKERS ?= 2
+
 test: setup-dev
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup-dev
 	$(PY) benchmarks/run.py

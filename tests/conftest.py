@@ -5,9 +5,11 @@ import tempfile
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-# Converted models and the reference cache go to one throwaway home per test session,
-# so a fresh clone tests the first-run path (conversion included) every time.
-os.environ.setdefault("MLX_DPO_HOME", tempfile.mkdtemp(prefix="mlx-dpo-test-home-"))
+# Converted models and the reference cache go to one throwaway home per test process, so a fresh clone
+# tests the first-run path (conversion included) every time. Each pytest-xdist worker gets its own, so
+# two workers never convert the default model into one folder at once.
+if os.environ.get("PYTEST_XDIST_WORKER") or "MLX_DPO_HOME" not in os.environ:
+    os.environ["MLX_DPO_HOME"] = tempfile.mkdtemp(prefix="mlx-dpo-test-home-")
 
 import mlx_dpo  # noqa: E402,F401  # before mlx: picks the BLAS
 import pytest  # noqa: E402
