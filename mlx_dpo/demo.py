@@ -30,20 +30,23 @@ def say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def main() -> int:
+def main(model: str | None = None, adapter_dir: Path = ADAPTER_DIR, run: dict | None = None,
+         data: Path = DEMO_PAIRS_PATH) -> int:
+    """The demo; tests/test_demo.py passes a tiny `model`, a shorter `run` (overrides of RUN) and fewer pairs."""
+    run = {**RUN, **(run or {})}
     rep = doctor.report(measure=False)
     say(f"mlx-dpo {rep['mlx_dpo']} on {rep['device']}; BLAS: {rep['blas'].get('library')}")
 
     start = time.perf_counter()
-    loaded = load_model()
+    loaded = load_model(model)
     say(f"default model ready in {time.perf_counter() - start:.1f} s: {loaded.path}")
 
     print(f"Q: {QUESTION}\nA: {answer(loaded, chat_messages(QUESTION), temp=0.0, max_tokens=40)}")
     before = answer(loaded, chat_messages(STYLE_PROMPT), temp=0.0, max_tokens=60)
 
-    say(f"DPO on {DEMO_PAIRS_PATH.name} ({RUN['iters']} steps, LoRA on the last {RUN['lora_num_layers']} layers)")
-    shutil.rmtree(ADAPTER_DIR, ignore_errors=True)
-    result = train(DEMO_PAIRS_PATH, adapter_path=ADAPTER_DIR, loaded=loaded, on_event=ProgressPrinter(sys.stdout), **RUN)
+    say(f"DPO on {data.name} ({run['iters']} steps, LoRA on the last {run['lora_num_layers']} layers)")
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    result = train(data, adapter_path=adapter_dir, loaded=loaded, on_event=ProgressPrinter(sys.stdout), **run)
     m = result.metrics
     print(f"last report: accuracy {m['rewards/accuracies']:.2f}, margin {m['rewards/margins']:.3f}, "
           f"reference cache {m['ref_cache/hits']} hits / {m['ref_cache/misses']} misses")
@@ -51,7 +54,7 @@ def main() -> int:
     after = answer(loaded, chat_messages(STYLE_PROMPT), temp=0.0, max_tokens=60)
     say(f"Q: {STYLE_PROMPT}")
     print(f"before: {before}\nafter:  {after}")
-    say(f"adapter saved in {ADAPTER_DIR}/ (try: mlx-dpo generate --adapter-path {ADAPTER_DIR} --prompt ...)")
+    say(f"adapter saved in {adapter_dir}/ (try: mlx-dpo generate --adapter-path {adapter_dir} --prompt ...)")
     return 0
 
 

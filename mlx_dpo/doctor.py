@@ -1,4 +1,5 @@
-"""`mlx-dpo doctor`: what this machine gives MLX (device, BLAS, matmul rate, memory, default model)."""
+"""`mlx-dpo doctor`: what this machine gives MLX (device, BLAS, matmul rate, memory, default model), and with
+`--model M` which log-prob path that model gets (the self-check of training/fast_path.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import mlx.core as mx
 
 from mlx_dpo import __version__, blas
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.models.load import converted_dir, default_gguf
+from mlx_dpo.models.load import converted_dir, default_gguf, load_model
 from mlx_dpo.names import DEFAULT_MODEL_NAME
 from mlx_dpo.paths import home
+from mlx_dpo.training import distributed, fast_path
 
 # fp32 matmul shape for the rate measurement: the size of an FFN projection over a short batch.
 MATMUL_SHAPE = (1024, 576, 1536)
@@ -107,8 +109,15 @@ def _default_model() -> dict:
     }
 
 
-def report(measure: bool = True) -> dict:
-    """Everything `doctor` shows, as a JSON-able dict. `measure` runs the matmul benchmarks (~2 s)."""
+def log_prob_path(model_spec: str) -> dict:
+    """The log-prob path training and evaluation take on a model (default settings), after the self-check."""
+    line, (shared, full_logits) = fast_path.describe(load_model(model_spec).model)
+    return {"model": model_spec, "shared_prompt": shared, "completion_only_head": not full_logits, "summary": line}
+
+
+def report(measure: bool = True, model: str | None = None) -> dict:
+    """Everything `doctor` shows, as a JSON-able dict. `measure` runs the matmul benchmarks (~2 s);
+    `model` loads that model and runs the log-prob self-check on it."""
     rep = {
         "mlx_dpo": __version__,
         "platform": {"system": platform.system(), "machine": platform.machine(), "python": platform.python_version()},
@@ -118,7 +127,11 @@ def report(measure: bool = True) -> dict:
         "memory": _memory(),
         "home": str(home()),
         "default_model": _default_model(),
+        # Under mlx.launch this joins the group (each rank prints its own report); alone, no network at all.
+        "distributed": distributed.group().describe(),
     }
+    if model is not None:
+        rep["log_prob_path"] = log_prob_path(model)
     if measure:
         rate = matmul_gflops()
         rep["matmul_gflops"] = round(rate, 1)
@@ -148,16 +161,23 @@ def format_report(rep: dict) -> str:
     if mem:
         lines.append("memory: " + ", ".join(f"{k.replace('_gb', '')} {v} GB" for k, v in mem.items()))
     lines.append(f"home: {rep['home']}")
+    d = rep.get("distributed") or {}
+    if d.get("size", 1) > 1:
+        lines.append(f"distributed: rank {d['rank']} of {d['size']} over {d['backend']}")
+    else:
+        lines.append("distributed: one process (start several ranks with mlx.launch)")
     dm = rep["default_model"]
     if "problem" in dm:
         lines.append(f"default model: {dm['problem']}")
     else:
         state = "converted" if dm["converted"] else "not converted yet (converts on first use)"
         lines.append(f"default model: {dm['name']} from {dm['gguf']}\n  {state}: {dm['converted_path']}")
+    if "log_prob_path" in rep:
+        lines.append(f"model {rep['log_prob_path']['model']}: {rep['log_prob_path']['summary']}")
     return "\n".join(lines)
 
 
-def main(as_json: bool, measure: bool = True) -> int:
-    rep = report(measure)
+def main(as_json: bool, measure: bool = True, model: str | None = None) -> int:
+    rep = report(measure, model)
     print(json.dumps(rep, indent=2) if as_json else format_report(rep))
     return 0

@@ -97,7 +97,9 @@ class SettingError(MlxDpoError, ValueError):
 
     def message(self, name: str, shown: str | None = None) -> str:
         """The message for a user, naming the setting `name` and its value as `shown` (default: as given)."""
-        return self.check.message(name, self.value if shown is None else shown, self.reason, user=True)
+        if shown is None:  # a list as it is typed (a,b), not as Python prints it
+            shown = ",".join(map(str, self.value)) if isinstance(self.value, list) else self.value
+        return self.check.message(name, shown, self.reason, user=True)
 
 
 # --- fields -------------------------------------------------------------------------------------------------
@@ -139,7 +141,7 @@ class Setting:
     @property
     def parse(self) -> Callable[[str], Any]:
         """Text (a flag's argument, a typed field) to a value; int/float raise ValueError on bad text."""
-        return comma_list if self.kind is list else self.kind
+        return {list: comma_list, bool: truth}.get(self.kind, self.kind)
 
     def spellings(self) -> dict[str, bool]:
         """Accepted keys -> whether the key means the opposite (no_compile=True is compile=False)."""
@@ -175,6 +177,20 @@ def settings_of(*groups: type) -> Mapping[str, Setting]:
         hints = typing.get_type_hints(group)
         table.update({s.name: s for s in (_setting(group, f, hints[f.name]) for f in dataclasses.fields(group))})
     return MappingProxyType(table)
+
+
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def truth(text: str) -> bool:
+    """A yes/no given as text (a quoted config value): true/false, yes/no, on/off, 1/0; anything else is refused.
+
+    bool("false") is True, so text must never reach bool() itself.
+    """
+    word = text.strip().lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise ValueError(text)
 
 
 def shown(value: Any) -> str | None:
@@ -219,6 +235,8 @@ def resolve(given: Mapping[str, Any], settings: Mapping[str, Setting]) -> tuple[
                 value = setting.parse(value)
             except ValueError:
                 raise SettingError(setting.name, value, _must_be(setting.kind), _TYPE) from None
+        if setting.kind is bool and not isinstance(value, bool):  # a number or a list for a yes/no
+            raise SettingError(setting.name, value, _must_be(bool), _TYPE)
         values[setting.name] = (not value) if off else value
     return values, unknown
 

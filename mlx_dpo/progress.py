@@ -43,7 +43,8 @@ class ProgressPrinter:
             self._line(
                 f"[{bar}] step {event.step}/{event.total_steps} ETA {_fmt(eta)} "
                 f"loss {m['loss']:.4f} acc {m['rewards/accuracies']:.2f} "
-                f"margin {m['rewards/margins']:.3f} {m['tokens_per_second']:.0f} tok/s",
+                f"margin {m['rewards/margins']:.3f} {m['tokens_per_second']:.0f} tok/s"
+                + (f" on {m['ranks']} ranks" if m.get("ranks", 1) > 1 else ""),
                 final=True,
             )
         elif isinstance(event, EvalMetrics):

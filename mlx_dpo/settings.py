@@ -20,18 +20,98 @@ from typing import Any, ClassVar, Mapping
 
 from mlx_dpo.options import Check, OneOf, at_least, check, check_fields, in_range, option, positive, rule, settings_of
 
-# The preference losses by name; their formulas are in mlx_dpo/training/losses.py.
-LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo", "simpo")
-LABEL_SMOOTHING_LOSSES = ("sigmoid", "robust")
+# The losses by name, as TRL 1.16's DPOConfig.loss_type names them, then ours: cdpo (sigmoid with label
+# smoothing, which TRL 1.16's sigmoid dropped), simpo, and the methods with trainers of their own in TRL
+# (orpo: no reference; kto: single answers marked good or bad). Formulas: mlx_dpo/training/losses.py.
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm", "cdpo", "simpo", "orpo", "kto")
+LABEL_SMOOTHING_LOSSES = ("cdpo", "robust", "exo_pair", "aot", "aot_unpaired")
+REFERENCE_FREE = ("simpo", "orpo", "sft")  # no reference pass runs when every loss of a run is one of these
+SOLO_LOSSES = ("orpo", "kto")  # their own trainers in TRL: not combined with other losses
+SORTING_LOSSES = ("aot", "aot_unpaired")  # sort within the batch, so per-pair weights (WPO) would misalign
+F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+
+
+def loss_types(value: str | list | tuple) -> tuple[str, ...]:
+    """"sigmoid,sft" (or ["sigmoid", "sft"]) -> ("sigmoid", "sft"): the one reading of a loss_type setting."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(str(p).strip() for p in parts if str(p).strip())
+
+
+def needs_reference(loss_type: str | list | tuple) -> bool:
+    """Whether a run with these losses needs reference log-probs (a reference pass)."""
+    return any(t not in REFERENCE_FREE for t in loss_types(loss_type))
+
+
+class _LossNames(OneOf):
+    """Each comma-separated name is a known loss; orpo and kto stand alone."""
+
+    def __init__(self):
+        super().__init__(LOSS_TYPES, "loss")
+        self.problem = self._problem
+
+    def _problem(self, value: Any, _values: Mapping[str, Any]) -> str | None:
+        names = loss_types(value)
+        unknown = [n for n in names if n not in LOSS_TYPES]
+        if unknown or not names:
+            self.unknown = unknown[0] if unknown else value
+            return "unknown"
+        if len(names) > 1 and any(n in SOLO_LOSSES for n in names):
+            return "combines orpo or kto with other losses; they each train alone"
+        if len(set(names)) != len(names):
+            return "names a loss twice"
+        return None
+
+    def message(self, name: str, value: Any, reason: str, *, user: bool) -> str:
+        if reason == "unknown":
+            return super().message(name, getattr(self, "unknown", value), reason, user=user)
+        return Check.message(self, name, value, reason, user=user)
+
+
+def _loss_weights_problem(weights: list, values: Mapping[str, Any]) -> str | None:
+    try:
+        numbers = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        return "must be numbers"
+    if len(numbers) != len(loss_types(values["loss_type"])):
+        return f"needs one weight per loss ({len(loss_types(values['loss_type']))})"
+    return None if all(w >= 0 for w in numbers) else "must be at least 0"
+
+
+def _ld_alpha_problem(alpha: float, values: Mapping[str, Any]) -> str | None:
+    if not 0 <= alpha <= 1:
+        return "must be in [0, 1]"
+    return "does not apply to kto (single answers have no shorter partner)" if "kto" in loss_types(
+        values["loss_type"]) else None
+
+
+def _weighting_problem(on: bool, values: Mapping[str, Any]) -> str | None:
+    names = loss_types(values["loss_type"])
+    if on and not any(n in SORTING_LOSSES + SOLO_LOSSES for n in names):
+        # WPO's weights need log Σ p² over the vocabulary at every completion token, which logprobs.py does
+        # not compute yet: refused rather than ignored.
+        return "(WPO) is not available yet in mlx-dpo"
+    if on:
+        return "(WPO) does not apply to --loss aot, aot_unpaired (they sort the batch), orpo or kto"
+    return None
+
+
+# What `mlx-dpo export` and the app's Export screen can write (mlx_dpo.export), and GGUF's tensor types.
+EXPORT_FORMATS = {"hf": "fused model folder", "peft": "PEFT LoRA adapter", "gguf": "fused model for llama.cpp"}
+GGUF_TYPES = ("f16", "q8_0")
 
 
 def _label_smoothing_problem(eps: float, values: Mapping[str, Any]) -> str | None:
-    loss_type = values["loss_type"]
-    if loss_type in LABEL_SMOOTHING_LOSSES:
-        # At ε = 0.5 the sigmoid loss no longer depends on which answer is chosen, and robust divides by zero.
+    names = loss_types(values["loss_type"])
+    if "exo_pair" in names and not 0 < eps < 1:
+        return "must be in (0, 1) for exo_pair (the EXO paper uses 1e-3)"
+    if any(n in LABEL_SMOOTHING_LOSSES for n in names):
+        # At ε = 0.5 cdpo no longer depends on which answer is chosen, and robust divides by zero.
         return None if 0 <= eps < 0.5 else "must be in [0, 0.5)"
+    if "sigmoid" in names and eps:
+        return "is not part of TRL 1.16's sigmoid loss; use --loss cdpo for conservative DPO"
     # Silently ignoring it would let a user believe they trained with smoothing.
-    return None if eps == 0 else f"applies only to loss types {', '.join(LABEL_SMOOTHING_LOSSES)}, not {loss_type!r}"
+    return None if eps == 0 else f"applies only to loss types {', '.join(LABEL_SMOOTHING_LOSSES)}, not {values['loss_type']!r}"
 
 
 @dataclass
@@ -48,9 +128,22 @@ class TrainingArgs:
     weight_decay: float = option(0.0, "AdamW weight decay", check=at_least(0))
     max_grad_norm: float = option(1.0, "gradient clipping norm; 0 disables", check=at_least(0))
     beta: float = option(0.1, "DPO beta", check=positive())
-    loss_type: str = option("sigmoid", f"{', '.join(LOSS_TYPES[:-1])} or {LOSS_TYPES[-1]}",
-                            check=OneOf(LOSS_TYPES, "loss"), flag="--loss")
-    label_smoothing: float = option(0.0, "conservative/robust DPO epsilon", check=Check(_label_smoothing_problem))
+    # One name or several, comma-separated (TRL's list): "sigmoid,sft" trains on their weighted sum.
+    loss_type: str = option("sigmoid", f"{', '.join(LOSS_TYPES[:-1])} or {LOSS_TYPES[-1]}; several comma-separated "
+                            "add up", check=_LossNames(), flag="--loss")
+    loss_weights: list[float] | None = option(None, "comma-separated weight of each --loss", default_text="1 each",
+                                              check=Check(_loss_weights_problem))
+    label_smoothing: float = option(0.0, "epsilon of cdpo, robust, exo_pair, aot", check=Check(_label_smoothing_problem))
+    f_divergence_type: str = option("reverse_kl", "f-DPO divergence: " + ", ".join(F_DIVERGENCES),
+                                    check=OneOf(F_DIVERGENCES, "divergence"))
+    f_alpha_divergence_coef: float = option(0.5, "alpha of alpha_divergence")
+    ld_alpha: float | None = option(None, "LD-DPO: weight of the tokens past the shorter answer's length",
+                                    check=Check(_ld_alpha_problem), default_text="off")
+    use_weighting: bool = option(False, "WPO: weight each pair by its answers' probability under the policy",
+                                 check=Check(_weighting_problem))
+    discopop_tau: float = option(0.05, "DiscoPOP temperature", check=positive())
+    desirable_weight: float = option(1.0, "KTO: weight of answers marked good", check=positive())
+    undesirable_weight: float = option(1.0, "KTO: weight of answers marked bad", check=positive())
     rpo_alpha: float = option(0.0, "RPO: weight of the chosen NLL term", check=at_least(0))
     simpo_gamma: float = option(0.5, "SimPO target margin")
     seed: int = option(0, "random seed", check=at_least(0))
@@ -66,6 +159,14 @@ class TrainingArgs:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        # One spelling each: the names as "a,b" text, the weights as numbers.
+        self.loss_type = ",".join(loss_types(self.loss_type))
+        if self.loss_weights is not None:
+            self.loss_weights = [float(w) for w in self.loss_weights]
+
+    @property
+    def losses(self) -> tuple[str, ...]:
+        return loss_types(self.loss_type)
 
 
 @dataclass
@@ -117,6 +218,12 @@ class RoundSettings:
     def __post_init__(self) -> None:
         check_fields(self)
 
+
+# The loss settings `mlx-dpo eval` / `api.evaluate` take besides beta and loss_type, so a loss that needs one
+# (exo_pair's label_smoothing) is scored as it trains. ld_alpha is left out: its reference log-probs of
+# completion prefixes come from training's reference pass.
+EVAL_LOSS_SETTINGS = ("loss_weights", "label_smoothing", "f_divergence_type", "f_alpha_divergence_coef",
+                      "discopop_tau", "rpo_alpha", "simpo_gamma")
 
 # A training run's settings; a round's add RoundSettings.
 TRAIN_GROUPS = (RunOptions, TrainingArgs, LoraSettings)

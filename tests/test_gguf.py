@@ -198,7 +198,7 @@ def test_tokenizer_prepends_bos_when_the_gguf_says_add_bos_token(add_bos_gguf: t
 
 
 def test_tokenizer_with_add_bos_token_matches_llama_cpp(add_bos_gguf: tuple[Path, Path]) -> None:
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the reference tokenizer")
+    import llama_cpp  # llama-cpp-python (a dev dependency) is the reference tokenizer: missing, this fails
     gguf_path, folder = add_bos_gguf
     llama = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
     tokenizer = load_tokenizer(folder)

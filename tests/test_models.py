@@ -182,3 +182,42 @@ def test_an_adapter_written_by_mlx_lm_loads_as_mlx_lm_loads_it(tmp_path: Path, d
     want = bare_model(str(tiny), adapter=adapter)(ids)
     assert mx.allclose(loaded.model(ids), want, atol=1e-5).item()
     assert loaded.adapter_path == adapter
+
+
+def test_switching_adapters_in_place_gives_each_version_exactly(tmp_path: Path, tiny: Path):
+    """The app swaps versions on its loaded base; each must compute what a fresh load of it computes."""
+    from helpers import make_adapter
+    from mlx_dpo.models.load import switch_adapter
+
+    lora = make_adapter(str(tiny), tmp_path / "v1", seed=1)
+    dora = make_adapter(str(tiny), tmp_path / "v2", seed=2, dora=True, keys=["self_attn.q_proj"])
+    tokens = mx.array([[1, 5, 9, 42, 7, 300]])
+
+    def logits(loaded) -> mx.array:
+        out = loaded.model(tokens)
+        mx.eval(out)
+        return out
+
+    fresh = {path: logits(load_model(str(tiny), adapter_path=path)) for path in (lora, dora)}
+    fresh[None] = logits(load_model(str(tiny)))
+    loaded = load_model(str(tiny))
+    for path in (lora, dora, None, dora, lora, None):
+        switch_adapter(loaded, path)
+        assert loaded.adapter_path == (None if path is None else path)
+        assert mx.array_equal(logits(loaded), fresh[path]), path
+    assert not mx.array_equal(fresh[lora], fresh[None])  # the adapters do change the model
+
+
+def test_an_adapter_that_does_not_fit_leaves_the_version_that_was_on(tmp_path: Path, tiny: Path, default_model_path):
+    from helpers import make_adapter
+    from mlx_dpo.models.load import switch_adapter
+
+    good = make_adapter(str(tiny), tmp_path / "good", seed=1)
+    other = make_tiny_model_folder(tmp_path / "wider", default_model_path, hidden=32)
+    misfit = make_adapter(str(other), tmp_path / "misfit")
+    loaded = load_model(str(tiny), adapter_path=good)
+    before = loaded.model(mx.array([[1, 2, 3]]))
+    with pytest.raises(MlxDpoError, match="does not fit"):
+        switch_adapter(loaded, misfit)
+    assert loaded.adapter_path == good
+    assert mx.array_equal(loaded.model(mx.array([[1, 2, 3]])), before)

@@ -358,7 +358,7 @@ def test_the_reference_pass_computes_misses_stores_them_and_then_runs_no_forward
 
     n = len(encoded_pairs)
     assert (stats.hits, stats.misses) == (0, 2 * n) and stats.seconds > 0
-    assert [e.done for e in events if isinstance(e, Status)] == [3, 4]  # batches of 3 pairs
+    assert [e.done for e in events if isinstance(e, Status) and e.message == "reference pass"] == [3, 4]  # batches of 3 pairs
     direct = sequence_logps(tiny_model, make_batch([(p.prompt, c) for p in encoded_pairs for c in (p.chosen, p.rejected)]))
     np.testing.assert_allclose(np.array([v for p in encoded_pairs for v in ref.values[p]]), np.array(direct), atol=1e-4)
 

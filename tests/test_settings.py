@@ -38,6 +38,9 @@ BAD_VALUES = {
     "--steps-per-report": ["0"], "--steps-per-eval": ["0"], "--save-every": ["0"], "--lora-rank": ["0"],
     "--lora-alpha": ["0"], "--lora-dropout": ["1"], "--lora-layers": ["0"], "--max-length": ["0"],
     "--max-prompt-length": ["0"], "--replay": ["-0.5", "--incremental"],
+    "--loss-weights": ["1,x"], "--f-divergence-type": ["kl"], "--ld-alpha": ["2"],
+    "--use-weighting": ["--loss", "aot"], "--discopop-tau": ["0"], "--desirable-weight": ["0"],
+    "--undesirable-weight": ["0"],
 }
 
 
@@ -115,7 +118,7 @@ def test_every_checked_setting_has_a_bad_value_above():
 def test_a_rule_that_depends_on_another_setting_sees_it():
     code = main(["train", "--data", "x.jsonl", "--loss", "hinge", "--label-smoothing", "0.1"])
     assert code == 2
-    with pytest.raises(SettingError, match="label_smoothing applies only to loss types sigmoid, robust, not 'hinge'"):
+    with pytest.raises(SettingError, match="label_smoothing applies only to loss types cdpo, robust, exo_pair, aot, aot_unpaired, not 'hinge'"):
         TrainingArgs(loss_type="hinge", label_smoothing=0.1)
     TrainingArgs(loss_type="robust", label_smoothing=0.1)
 
@@ -144,3 +147,18 @@ def test_a_config_file_key_given_twice_or_not_a_number_is_refused(tmp_path, caps
     config.write_text('data = "x.jsonl"\niters = "many"\n')
     assert main(["train", "--config", str(config)]) == 2
     assert f"{config}: iters must be a whole number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, value", [("false", False), ("No", False), ("0", False), ("off", False),
+                                         ("true", True), ("YES", True), ("1", True), ("on", True)])
+def test_a_yes_no_given_as_text_means_what_it_says(text, value):
+    given, _ = resolve({"lora_dora": text, "no_compile": text}, settings_of(LoraSettings, TrainingArgs))
+    assert given == {"lora_dora": value, "compile": not value}
+
+
+def test_a_yes_no_that_is_neither_is_refused_naming_its_file(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    for line in ('lora_dora = "maybe"', "lora_dora = 2"):
+        config.write_text(f'data = "x.jsonl"\n{line}\n')
+        assert main(["train", "--config", str(config)]) == 2
+        assert f"{config}: lora_dora must be true or false" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -46,7 +47,9 @@ def _files(folder: Path) -> dict[str, bytes]:
 # --- 2. kill and resume -------------------------------------------------------------------------------------
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrupted_run(tmp_path, tiny):
+def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrupted_run(tmp_path, tiny, capsys):
+    from mlx_dpo.cli import main
+
     data = write_demo_pairs(tmp_path / "pairs.jsonl", 8)
 
     def train_args(out: Path) -> list[str]:
@@ -54,18 +57,22 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrup
                 "--iters", "6", "--batch-size", "2", "--grad-accum", "1", "--learning-rate", "1e-3",
                 "--lora-dropout", "0.1", "--save-every", "2", "--steps-per-report", "1", "--seed", "3"]
 
-    whole = run_cli(*train_args(tmp_path / "whole"))
-    assert whole.returncode == 0, whole.stderr
+    # The uninterrupted run, in this process (the same command; only the killed and the resumed runs need
+    # processes of their own).
+    assert main(train_args(tmp_path / "whole")) == 0, capsys.readouterr().err
 
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "mlx_dpo.cli", *train_args(killed)], cwd=REPO,
+    # The child holds after step 5 (reported; its last checkpoint is step 4's) and is killed there: the kill
+    # lands at the same point on a fast machine and a slow one (mlx_dpo/training/pause.py).
+    killed, release = tmp_path / "killed", tmp_path / "release"
+    env = {**os.environ, "MLX_DPO_PAUSE_AT_STEP": "5", "MLX_DPO_PAUSE_FILE": str(release)}
+    proc = subprocess.Popen([sys.executable, "-m", "mlx_dpo.cli", *train_args(killed)], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while not (killed / "checkpoints" / "step-000004").is_dir():
-            assert proc.poll() is None, "the run ended before writing its step-4 checkpoint"
-            assert time.monotonic() < deadline, "no step-4 checkpoint within 120 s"
-            time.sleep(0.01)
+        deadline = time.monotonic() + 300  # only a hung child takes this long; the test does not time the run
+        while not Path(f"{release}.reached").is_file():
+            assert proc.poll() is None, "the run ended before pausing after step 5"
+            assert time.monotonic() < deadline, "the run did not reach step 5"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
     finally:
         if proc.poll() is None:
@@ -73,16 +80,11 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrup
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert checkpoint.latest(killed) == killed / "checkpoints" / "step-000004"
-    # Whatever the killed run reported agrees with the uninterrupted run so far...
+    # What the killed run reported agrees with the uninterrupted run, up to step 5: past its last checkpoint.
     whole_lines = read_metrics(tmp_path / "whole" / "metrics.jsonl")
-    killed_lines = []  # complete lines only: the kill may have cut the last one short
-    for line in (killed / "metrics.jsonl").read_text().splitlines():
-        try:
-            killed_lines.append(json.loads(line))
-        except ValueError:
-            pass
-    assert 4 <= len(killed_lines) < 6
-    assert [without_timing(line) for line in killed_lines] == [without_timing(line) for line in whole_lines[: len(killed_lines)]]
+    killed_lines = read_metrics(killed / "metrics.jsonl")
+    assert [line["step"] for line in killed_lines] == [1, 2, 3, 4, 5]
+    assert [without_timing(line) for line in killed_lines] == [without_timing(line) for line in whole_lines[:5]]
     # ... and a kill can land mid-write, leaving half a line behind.
     with open(killed / "metrics.jsonl", "a") as f:
         f.write('{"step": 6, "loss": 0.69')

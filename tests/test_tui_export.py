@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
+from fake_hub import hub  # noqa: F401  # the loopback Hub of the push tests
 from helpers import errors, make_adapter, model_ready, type_text, wait_until
 from tui.app import MlxDpoApp
 from tui.workers import SampleSettings
@@ -118,6 +121,37 @@ async def test_push_offline_is_a_clear_error(tiny, adapter, workspace, tmp_path,
         assert "HF_HUB_OFFLINE" in error
         assert "HF_HUB_OFFLINE" in status(screen, "#push-status")
         assert all(TOKEN not in text for _, text in pilot.app.notices)
+
+
+async def test_export_then_push_from_the_screen_to_the_hub(tiny, adapter, workspace, tmp_path, monkeypatch, hub):
+    from huggingface_hub import constants
+
+    # The app pushes in this process: point huggingface_hub at the loopback Hub, online, with a token.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True, raising=False)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    out = tmp_path / "out"
+    async with export_screen(tiny, workspace) as (pilot, screen):
+        await fill(pilot, screen, "#export-adapter", str(adapter))
+        await fill(pilot, screen, "#export-out", str(out))
+        await pilot.press("ctrl+e")
+        await finished(pilot, screen)
+        await fill(pilot, screen, "#push-repo", "someone/tiny-dpo")
+        await pilot.press("ctrl+u")
+        await finished(pilot, screen, "the push")
+        assert errors(pilot.app) == []
+        assert "someone/tiny-dpo" in status(screen, "#push-status")
+        assert all(TOKEN not in text for _, text in pilot.app.notices)
+    # (huggingface_hub also asks the Hub, at most once a day, for its list of AI agent harnesses: harmless.)
+    assert [call for call in hub.unknown if call != ("GET", "/api/agent-harnesses")] == []
+    assert len(hub.of("POST", "/api/repos/create")) == 1
+    (commit,) = hub.of("POST", "/commit/")
+    lines = [json.loads(line) for line in commit[3].decode().splitlines() if line.strip()]
+    pushed = {line["value"]["path"]: line["value"] for line in lines if line["key"] == "file"}
+    exported = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    assert set(pushed) == exported and "model.safetensors" in pushed  # the export, every file of it
+    assert base64.b64decode(pushed["config.json"]["content"]) == (out / "config.json").read_bytes()
 
 
 async def test_push_without_a_token_or_repo(tiny, workspace, tmp_path, monkeypatch):

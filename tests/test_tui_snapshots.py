@@ -2,7 +2,8 @@
 `pytest tests/test_tui_snapshots.py --snapshot-update` and review the SVGs in tests/__snapshots__/.
 
 Deterministic by construction: fixed terminal size, a relative workspace path, the (tiny, real) model
-loaded before the shot, fixed text, no sampled output, no elapsed times, no notifications on screen.
+loaded before the shot, fixed text, sampled output only with a fixed seed, no elapsed times, no notifications
+on screen.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import model_ready, type_text
+from helpers import model_ready, type_text, wait_until
 from mlx_dpo.data.store import PreferenceStore
 from tui.app import MlxDpoApp
+from tui.messages import WorkerEvent
 from tui.workers import SampleSettings
-from tui.modals import EditAnswersModal
+from tui.modals import ConfirmModal, EditAnswersModal
 
 SIZE = (120, 36)
 
@@ -91,6 +93,70 @@ def test_export_screen(snap_compare, app):
         screen = pilot.app.screen
         screen.query_one("#export-adapter").value = "workspace/adapters/run1"  # relative: the same in every run
         screen.query_one("#push-repo").value = "someone/tiny-dpo"
+        await pilot.pause()
+        await steady_cursors(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_train_screen_with_versions_and_plots(snap_compare, app):
+    with PreferenceStore(Path("workspace")) as store:
+        ids = [store.add_pair(f"question {i}", f"a good answer {i}", f"bad {i}", label=False).id for i in range(6)]
+        metrics = {"loss": 0.61, "rewards/accuracies": 0.75, "rewards/margins": 0.21, "new_pairs": 4,
+                   "ref_cache/misses": 8, "ref_cache/hits": 0}
+        store.record_round(1, "workspace/adapters/v1", {}, metrics, "finished", ids[:4])
+        store.record_round(2, "workspace/adapters/v2", {}, {**metrics, "new_pairs": 2}, "cancelled", ids)
+
+    async def run_before(pilot):
+        await model_ready(pilot)
+        await pilot.press("f4")
+        screen = pilot.app.screen
+        # A round's step reports, as the training child sends them (the last step: an ETA of 0 s).
+        for step in range(1, 9):
+            screen.post_message(WorkerEvent({"type": "StepMetrics", "step": step, "total_steps": 8, "metrics": {
+                "loss": 0.69 - 0.02 * step, "rewards/margins": 0.03 * step, "rewards/accuracies": min(1, 0.1 * step),
+                "tokens_per_second": 1000, "peak_memory_gb": 0.5}}))
+        await pilot.pause()
+        await steady_cursors(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_compare_screen_with_answers(snap_compare, app):
+    async def run_before(pilot):
+        await model_ready(pilot)
+        await pilot.press("f5")
+        await type_text(pilot, "Name a colour.")
+        await pilot.press("ctrl+s")
+        screen = pilot.app.screen
+        await wait_until(pilot, lambda: screen.state == "ready", timeout=60, what="both answers")
+        await pilot.press("escape")
+        await steady_cursors(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_confirm_modal(snap_compare, app):
+    async def run_before(pilot):
+        await model_ready(pilot)
+        await steady_cursors(pilot)  # the Label screen's, behind the modal
+        pilot.app.push_screen(ConfirmModal("Delete pair #3? This cannot be undone."))
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_export_screen_showing_an_error(snap_compare, app):
+    async def run_before(pilot):
+        await model_ready(pilot)
+        await pilot.press("f6")
+        await pilot.pause()
+        screen = pilot.app.screen
+        screen.query_one("#export-adapter").value = "workspace/adapters/missing"
+        screen.query_one("#export-out").value = "workspace/exports/out"
+        await pilot.press("ctrl+e")
+        await wait_until(pilot, lambda: screen.busy is None, timeout=60, what="the refused export")
+        pilot.app.clear_notifications()  # the toast's own timer would make the shot depend on time
         await pilot.pause()
         await steady_cursors(pilot)
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Input
 
-from helpers import model_ready, sample_answers, type_text, wait_until
+from helpers import errors, model_ready, sample_answers, type_text, wait_until, warnings
 from mlx_dpo.data.store import PreferenceStore
+from mlx_dpo.models.generate import answer, chat_messages
+from mlx_dpo.models.load import load_model
 from tui.app import MlxDpoApp
 from tui.workers import SampleSettings
 
@@ -70,10 +72,14 @@ async def label_one(pilot, prompt: str) -> None:
 
 
 @pytest.mark.slow
-async def test_label_train_sample_repeat_on_default_model(tmp_path):
-    """The whole loop on the default model: label 4, train v1, sample from v1, label 2, train v2, back to v1."""
+async def test_label_train_sample_repeat(tmp_path, tiny):
+    """The whole loop: label 4, train v1, sample from v1, label 2, train v2, back to v1.
+
+    On the tiny model: the same app, worker and training child as on the default one, whose rounds
+    `test_training.py` and the demo test train (this loop on it cost ~2 minutes of the suite's CPU).
+    """
     workspace = tmp_path / "ws"
-    app = MlxDpoApp(workspace, settings=FAST)
+    app = MlxDpoApp(workspace, model=str(tiny), settings=FAST)
     async with app.run_test(size=SIZE) as pilot:
         await model_ready(pilot)
         await pilot.press("escape")
@@ -198,7 +204,8 @@ async def test_keys_are_handled_while_the_training_child_is_stopped(tmp_path, ti
 
 
 async def test_compare_two_versions_saves_a_compared_pair(tmp_path, tiny):
-    async with on_train_screen(tmp_path / "ws", tiny, SampleSettings(max_tokens=12, seed=5)) as (pilot, _):
+    sampling = SampleSettings(max_tokens=12, seed=5)
+    async with on_train_screen(tmp_path / "ws", tiny, sampling) as (pilot, _):
         app = pilot.app
         await set_round_settings(pilot, {**TINY_ROUND, "train-lr": "5e-2"})
         await train_round(pilot)
@@ -209,10 +216,18 @@ async def test_compare_two_versions_saves_a_compared_pair(tmp_path, tiny):
         await type_text(pilot, "Name a colour.")
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: screen.state == "ready", timeout=60, what="both answers")
+        # Each answer is what its version says to the prompt with the screen's seed, sampled here afresh.
+        v1_path = app.store.list_rounds()[0].adapter_path
+        expected = [answer(load_model(str(tiny), adapter_path=adapter), chat_messages("Name a colour."),
+                           max_tokens=sampling.max_tokens, temp=sampling.temperature, seed=sampling.seed)
+                    for adapter in (None, v1_path)]
+        assert list(screen.answers()) == expected
+        assert expected[0] != expected[1]  # training moved v1: the check above tells the versions apart
         await pilot.press("escape", "2")
         assert screen.state == "saved"
         pair = app.store.list_pairs()[0]
         assert pair.origin == "compared" and "base vs v1" in pair.sampler
+        assert (pair.chosen, pair.rejected) == (expected[1], expected[0])  # 2 picked v1's answer
         # b cycles answer 2 to the base: same model, same seed, same answer.
         await pilot.press("b")
         assert [v[0] for v in screen.pair()] == ["base", "base"]
@@ -220,6 +235,12 @@ async def test_compare_two_versions_saves_a_compared_pair(tmp_path, tiny):
         await wait_until(pilot, lambda: screen.state == "ready", timeout=60, what="both answers")
         answers = [screen.query_one(f"#compare-{s}").text for s in (1, 2)]
         assert answers[0] == answers[1]
+        # Train's "use base": the app samples from the base again (v1 became current when its round ended).
+        assert app.current_version_label() == "v1" and app.worker.adapter_path == v1_path
+        await pilot.press("f4")
+        await pilot.click("#train-base")  # (a key would go to the focused settings field)
+        await model_ready(pilot)
+        assert app.current_version_label() == "base" and app.worker.adapter_path is None
 
 
 async def test_the_train_fields_take_a_fractional_epoch_and_name_a_bad_value_by_its_label(tmp_path, tiny):
@@ -230,11 +251,44 @@ async def test_the_train_fields_take_a_fractional_epoch_and_name_a_bad_value_by_
         await pilot.press("f4")
         screen = app.get_screen("train")
         await set_round_settings(pilot, {"train-iters": "", "train-epochs": "0.5"})
-        assert screen.settings() == {"beta": 0.1, "learning_rate": 5e-5, "epochs": 0.5, "batch_size": 4,
-                                     "lora_rank": 8, "replay": 0.5}
+        assert screen.settings() == {"loss_type": "sigmoid", "beta": 0.1, "learning_rate": 5e-5, "epochs": 0.5,
+                                     "batch_size": 4, "lora_rank": 8, "replay": 0.5}
         await set_round_settings(pilot, {"train-beta": "0"})
         with pytest.raises(ValueError, match=r"^β must be > 0 \(got 0\)$"):
             screen.settings()
         await set_round_settings(pilot, {"train-beta": "0.1", "train-epochs": "half"})
         with pytest.raises(ValueError, match=r"^epochs \(if no steps\): not a number \('half'\)$"):
             screen.settings()
+
+
+async def test_train_refuses_no_pairs_bad_settings_and_a_second_round_and_reports_a_failing_one(tmp_path, tiny):
+    workspace = tmp_path / "ws"
+    app = MlxDpoApp(workspace, model=str(tiny), settings=FAST)
+    async with app.run_test(size=SIZE) as pilot:
+        await model_ready(pilot)
+        await pilot.press("f4")
+        screen = app.get_screen("train")
+        await pilot.press("ctrl+t")  # an empty store
+        assert (screen.state, screen.process) == ("idle", None)
+        assert warnings(app)[-1] == "Nothing to train: No untrained pairs: label some first."
+
+        add_pairs(workspace, 4)
+        await set_round_settings(pilot, {"train-beta": "0"})
+        await pilot.press("ctrl+t")
+        assert (screen.state, screen.process) == ("idle", None)
+        assert errors(app)[-1] == "Not started: β must be > 0 (got 0)"
+
+        # More LoRA layers than the tiny model has: the settings pass their checks, the child fails.
+        await set_round_settings(pilot, {**TINY_ROUND, "train-beta": "0.1", "train-layers": "5"})
+        await pilot.press("ctrl+t")
+        assert screen.state == "training"
+        child = screen.process
+        await pilot.press("ctrl+t")
+        assert warnings(app)[-1] == "A round is already running."
+        assert screen.process is child  # no second child
+        await wait_until(pilot, lambda: screen.last_round is not None, timeout=240, what="the failing round")
+        assert screen.last_round["type"] == "RoundFailed"
+        assert screen.last_round["error"] and errors(app)[-1] == f"Training failed: {screen.last_round['error']}"
+        assert screen.state == "idle"
+        assert not [r for r in app.store.list_rounds() if r.status == "finished"]
+        assert len(app.store.untrained_pairs()) == 4  # the pairs are still to train

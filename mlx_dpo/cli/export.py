@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlx_dpo.export import FORMATS, GGUF_TYPES, export
-from mlx_dpo.export.push import push_folder
+from mlx_dpo.settings import EXPORT_FORMATS, GGUF_TYPES
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from mlx_dpo.export import export  # the heavy library loads when a command runs (see cli/__init__)
+
     if args.dequantize and args.format != "hf":
         print("mlx-dpo: note: --dequantize is for --format hf (gguf is always dequantized, peft has no base weights)",
               file=sys.stderr)
@@ -22,6 +23,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    from mlx_dpo.export.push import push_folder
+
     print(push_folder(args.folder, args.repo, private=args.private, message=args.message))
     return 0
 
@@ -31,9 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter-path", required=True, help="the trained adapter folder")
     p.add_argument("--model", help="its base model (default: the one the adapter was trained on)")
     p.add_argument("--out", required=True, help="output folder (for --format gguf: the .gguf file)")
-    p.add_argument("--format", choices=FORMATS, default="hf",
-                   help="hf: fused model folder (default); peft: PEFT LoRA adapter; gguf: fused model for llama.cpp")
-    p.add_argument("--dequantize", action="store_true", help="hf: write dense float16 weights (transformers can load them)")
+    p.add_argument("--format", choices=tuple(EXPORT_FORMATS), default="hf",
+                   help="; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items()) + " (default hf)")
+    p.add_argument("--dequantize", action="store_true", help="hf: dense weights transformers can load (the dtype the base declares, else float16)")
     p.add_argument("--gguf-type", choices=GGUF_TYPES, default="f16", help="gguf: tensor type (default f16)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_export)

@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlx_dpo import doctor
 from mlx_dpo.cli.common import add_model_args
-from mlx_dpo.models.generate import chat_messages, stream_answer
-from mlx_dpo.models.load import load_model, resolve_model_path
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    return doctor.main(as_json=args.json, measure=not args.no_measure)
+    from mlx_dpo import doctor  # the heavy library loads when a command runs (see cli/__init__)
+
+    return doctor.main(as_json=args.json, measure=not args.no_measure, model=args.model)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from mlx_dpo.models.generate import chat_messages, stream_answer
+    from mlx_dpo.models.load import load_model
+
     loaded = load_model(args.model, adapter_path=args.adapter_path)
     messages = chat_messages(args.prompt, args.system)
     for piece in stream_answer(
@@ -28,6 +30,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    from mlx_dpo.models.load import resolve_model_path
+
     print(resolve_model_path(args.model))
     return 0
 
@@ -36,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="show device, BLAS, matmul rate, memory and the default model")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--no-measure", action="store_true", help="skip the matmul measurements")
+    p.add_argument("--model", help="also load this model and report which log-prob path it gets (self-check)")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("generate", help="answer one prompt with the model (chat template applied)")

@@ -13,18 +13,18 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from mlx_dpo import api
 from mlx_dpo.cli.common import WORKSPACE_HELP, add_model_args
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.options import Setting, SettingError, add_flags, check, given_flags, resolve, settings_of
 from mlx_dpo.progress import ProgressPrinter
-from mlx_dpo.settings import TRAIN_GROUPS, RoundSettings
+from mlx_dpo.settings import EVAL_LOSS_SETTINGS, TRAIN_GROUPS, RoundSettings
 
 # What a config file may hold besides the settings: the run's pairs, model and folder.
 COMMAND_KEYS = ("data", "model", "adapter_path", "resume")
 # The settings `mlx-dpo eval` shares with `train`.
-EVAL_SETTINGS = ("beta", "loss_type", "batch_size", "max_length", "skip_invalid", "full_logits", "shared_prompt")
+EVAL_SETTINGS = ("beta", "loss_type", "batch_size", "max_length", "skip_invalid", "full_logits", "shared_prompt",
+                 *EVAL_LOSS_SETTINGS)
 
 
 def _read_config_file(path: str) -> dict:
@@ -86,6 +86,8 @@ def _options(args: argparse.Namespace, settings: Mapping[str, Setting],
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from mlx_dpo import api  # the heavy library loads when a command runs (see cli/__init__)
+
     if args.incremental:  # one round on the workspace's store (mlx_dpo.training.rounds)
         command, settings = _options(args, _train_settings(incremental=True), ("model",))
         workspace = args.workspace or PreferenceStore.default_workspace()
@@ -98,11 +100,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise MlxDpoError("--data is required (on the command line or in --config)")
     data = command.pop("data")
     result = api.train(data, on_event=ProgressPrinter(), **command, **settings)
-    print(json.dumps({"adapter_path": str(result.adapter_path), **result.metrics, **result.eval_metrics}))
+    if result.rank == 0:  # under mlx.launch every rank runs this command; rank 0 answers for the group
+        print(json.dumps({"adapter_path": str(result.adapter_path), **result.metrics, **result.eval_metrics}))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from mlx_dpo import api
+
     settings = _checked(given_flags(args, _eval_settings().values()), _eval_settings())
     result = api.evaluate(args.data, model=args.model, adapter_path=args.adapter_path, per_example=args.per_example,
                           on_event=ProgressPrinter(), **settings)

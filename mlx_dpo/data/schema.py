@@ -90,6 +90,22 @@ MIGRATIONS: list[Migration] = [
         )""",
         "CREATE INDEX round_pairs_pair ON round_pairs (pair_id)",
     ),
+    # Single answers marked good or bad, for KTO (mlx_dpo.data.feedback_records), and the rounds that trained them.
+    _sql(
+        """CREATE TABLE feedback (
+            id         INTEGER PRIMARY KEY AUTOINCREMENT,
+            prompt     TEXT NOT NULL,                        -- JSON messages
+            completion TEXT NOT NULL,
+            label      INTEGER NOT NULL CHECK (label IN (0, 1)),  -- 1: good (desirable)
+            sampler    TEXT,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE round_feedback (
+            round_id    INTEGER NOT NULL REFERENCES rounds (id) ON DELETE CASCADE,
+            feedback_id INTEGER NOT NULL,                   -- no foreign key: deleting a label keeps the history
+            PRIMARY KEY (round_id, feedback_id)
+        )""",
+    ),
 ]
 
 SCHEMA_VERSION: int = len(MIGRATIONS)

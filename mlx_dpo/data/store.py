@@ -38,13 +38,14 @@ from mlx_dpo.data.pairs import (
 from mlx_dpo.data.records import (
     ORIGINS, SPLITS, STYLES, Candidate, ImportResult, Origin, Skip, Split, StoredPair, UndoResult,
 )
-from mlx_dpo.data.round_records import RoundLog, RoundRecord
+from mlx_dpo.data.feedback_records import FeedbackLog
+from mlx_dpo.data.round_records import RoundLog, RoundRecord  # noqa: F401
 from mlx_dpo.errors import MlxDpoError
 
 __all__ = ["Candidate", "ImportResult", "PreferenceStore", "RoundRecord", "Skip", "StoredPair", "UndoResult"]
 
 
-class PreferenceStore(RoundLog):
+class PreferenceStore(FeedbackLog):  # FeedbackLog is a RoundLog
     """All preference data of one workspace folder. Every method that writes has committed when it returns.
 
     `PreferenceStore(workspace, create=True, clock=time.time)` opens (or creates) the database (see Database);

@@ -27,8 +27,9 @@ from mlx_dpo.export.base import ExportResult, no_stage
 from mlx_dpo.export.gguf import GGUF_TYPES, export_gguf
 from mlx_dpo.export.hf import export_hf
 from mlx_dpo.export.peft import export_peft
+from mlx_dpo.settings import EXPORT_FORMATS
 
-FORMATS = ("hf", "peft", "gguf")
+FORMATS = tuple(EXPORT_FORMATS)
 
 __all__ = ["FORMATS", "GGUF_TYPES", "ExportResult", "export"]
 

@@ -1,9 +1,11 @@
-"""Write a fused llama-architecture model as a GGUF file llama.cpp can run (F16 or Q8_0).
+"""Write a fused model as a GGUF file llama.cpp can run (F16 or Q8_0): llama, mistral, qwen2, qwen3.
 
 The writer is llama.cpp's own Python package (`gguf`). What this module adds is the mapping back
-from mlx-lm's names to llama.cpp's, llama.cpp's row order for Q and K, the `llama.*` metadata, and
-the tokenizer: copied verbatim from the GGUF the base was converted from, or rebuilt from
-`tokenizer.json` when the base was a Hugging Face folder.
+from mlx-lm's names to llama.cpp's, llama.cpp's row order for Q and K (its llama architecture rotates
+interleaved pairs; qwen2/qwen3 rotate halves, as mlx-lm does, so their rows stay), the `<arch>.*`
+metadata, and the tokenizer: copied verbatim from the GGUF the base was converted from, or rebuilt
+from `tokenizer.json` when the base was a Hugging Face folder. Other families are refused before
+the base is loaded (GGUF_FAMILIES is the list).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import mlx.core as mx
@@ -25,8 +28,8 @@ from mlx_dpo.export.gguf_header import gguf_fields
 from mlx_dpo.models.adapter import check_adapter_folder, read_adapter_config
 from mlx_dpo.models.gguf import CONTROL_TOKEN, USER_DEFINED_TOKEN, _LAYER_NAMES, _TOP_NAMES, permute_rows
 from mlx_dpo.models.load import resolve_model_path
+from mlx_dpo.settings import GGUF_TYPES
 
-GGUF_TYPES = ("f16", "q8_0")
 # One metadata field to write: (key, value, gguf.GGUFValueType, item type of an array or None).
 Entry = tuple[str, Any, Any, Any]
 NORMAL_TOKEN, UNUSED_TOKEN = 1, 5
@@ -34,49 +37,97 @@ NORMAL_TOKEN, UNUSED_TOKEN = 1, 5
 _TO_GGUF_LAYER = {v: k for k, v in _LAYER_NAMES.items()}
 _TO_GGUF_TOP = {v: k for k, v in _TOP_NAMES.items()}
 
+
+
+@dataclass(frozen=True)
+class GgufFamily:
+    arch: str  # llama.cpp's general.architecture and metadata prefix
+    permute_qk: bool  # llama.cpp's llama rope layout: Q/K rows interleaved per head
+    layer_names: dict[str, str] = field(default_factory=dict)  # mlx-lm -> llama.cpp, besides llama's
+
+
+# model_type -> how llama.cpp reads it (llama.cpp's converter writes Mistral as llama, too).
+GGUF_FAMILIES = {
+    "llama": GgufFamily("llama", True),
+    "mistral": GgufFamily("llama", True),
+    "qwen2": GgufFamily("qwen2", False),
+    "qwen3": GgufFamily("qwen3", False, {"self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}),
+}
+
 # A tokenizer.json pre-tokenizer, as (kind, detail) steps -> the llama.cpp pre-tokenizer that splits the same way.
 _PRE_TOKENIZER_NAMES = {
     (("Digits", True), ("ByteLevel", True)): "smollm",
-    (("ByteLevel", True),): "gpt2",
+    (("ByteLevel", True),): "gpt-2",  # llama.cpp knows GPT-2's split as "gpt-2" ("gpt2" fails to load)
 }
 
 
-def _gguf_name(name: str) -> str:
+def _gguf_name(name: str, family: GgufFamily) -> str:
     stem, _, kind = name.rpartition(".")
     parts = stem.split(".")
     if parts[:2] == ["model", "layers"] and len(parts) > 3:
-        part = _TO_GGUF_LAYER.get(".".join(parts[3:]))
+        layer = ".".join(parts[3:])
+        part = _TO_GGUF_LAYER.get(layer) or family.layer_names.get(layer)
         if part is not None:
             return f"blk.{parts[2]}.{part}.{kind}"
     elif stem in _TO_GGUF_TOP:
         return f"{_TO_GGUF_TOP[stem]}.{kind}"
-    raise MlxDpoError(f"tensor {name}: no llama.cpp name for it (is this a plain llama model?)")
+    raise MlxDpoError(f"tensor {name}: no llama.cpp name for it in the {family.arch} architecture")
 
 
 def gguf_tensors(model: Any, config: dict, gguf_type: str) -> list[tuple[str, np.ndarray, Any]]:
-    """(llama.cpp name, data, raw GGML type or None) for every parameter of a dense llama model."""
+    """(llama.cpp name, data, raw GGML type or None) for every parameter of a dense model of GGUF_FAMILIES."""
     import gguf
 
+    family = gguf_family(config)
     heads = int(config["num_attention_heads"])
     kv_heads = int(config.get("num_key_value_heads", heads))
     out = []
     for name, value in sorted(tree_flatten(model.parameters())):
         if "rotary_emb" in name:
             continue  # recomputed from the metadata
-        if ".self_attn.q_proj." in name:
+        if family.permute_qk and ".self_attn.q_proj." in name:
             value = permute_rows(value, heads)  # llama.cpp's rotary layout (pairs interleaved per head)
-        elif ".self_attn.k_proj." in name:
+        elif family.permute_qk and ".self_attn.k_proj." in name:
             value = permute_rows(value, kv_heads)
         data = np.array(value.astype(mx.float32))
         if data.ndim == 1:
-            out.append((_gguf_name(name), data, None))  # norms and biases stay F32, as in llama.cpp
+            out.append((_gguf_name(name, family), data, None))  # norms and biases stay F32, as in llama.cpp
         elif gguf_type == "q8_0" and data.shape[-1] % 32 == 0:
             qtype = gguf.GGMLQuantizationType.Q8_0
-            out.append((_gguf_name(name), gguf.quants.quantize(data, qtype), qtype))
+            out.append((_gguf_name(name, family), gguf.quants.quantize(data, qtype), qtype))
         else:
             # F16 (or a Q8_0 row length that is no multiple of its 32-value blocks: F16 too, as llama.cpp does).
-            out.append((_gguf_name(name), data.astype(np.float16), None))
+            out.append((_gguf_name(name, family), data.astype(np.float16), None))
+    factors = llama3_rope_factors(config)
+    if factors is not None:
+        out.append(("rope_freqs.weight", factors, None))
     return out
+
+
+def rope_scaling(config: dict) -> dict | None:
+    """The config's rope scaling (transformers 5 nests it in rope_parameters), None when there is none."""
+    scaling = config.get("rope_scaling") or config.get("rope_parameters") or None
+    kind = scaling and (scaling.get("rope_type") or scaling.get("type"))
+    return None if kind in (None, "default") else scaling
+
+
+def llama3_rope_factors(config: dict) -> np.ndarray | None:
+    """Llama 3.1+'s rope scaling as llama.cpp reads it: one divisor per rotary frequency (`rope_freqs`).
+
+    Frequencies whose wavelength is short against the original context stay, long ones are divided by
+    `factor`, and the ones between move smoothly from one to the other (Meta's rule, as mlx-lm applies it).
+    """
+    scaling = rope_scaling(config)
+    if not scaling or (scaling.get("rope_type") or scaling.get("type")) != "llama3":
+        return None
+    head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // int(config["num_attention_heads"]))
+    base = float(config.get("rope_theta") or scaling.get("rope_theta") or 10000.0)
+    factor, low, high = (float(scaling.get(k, d)) for k, d in
+                         (("factor", 8.0), ("low_freq_factor", 1.0), ("high_freq_factor", 4.0)))
+    old_context = float(scaling.get("original_max_position_embeddings", 8192))
+    wavelengths = 2 * np.pi * base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    smooth = np.clip((old_context / wavelengths - low) / (high - low), 0.0, 1.0)
+    return (1.0 / ((1 - smooth) / factor + smooth)).astype(np.float32)
 
 
 def _kv(key: str, value: Any, vtype: Any, sub_type: Any = None) -> Entry:
@@ -176,9 +227,11 @@ def built_tokenizer(folder: Path, config: dict) -> tuple[list[Entry], list[str]]
 
 
 def llama_metadata(config: dict, name: str, gguf_type: str, license_name: str | None) -> list[Entry]:
+    """general.* and the architecture's own keys (`llama.*`, `qwen2.*`, ...: the same fields for each)."""
     import gguf
 
     T = gguf.GGUFValueType
+    arch = gguf_family(config).arch
     hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
     head_dim = int(config.get("head_dim") or hidden // heads)
     file_type = gguf.LlamaFileType.MOSTLY_Q8_0 if gguf_type == "q8_0" else gguf.LlamaFileType.MOSTLY_F16
@@ -186,29 +239,30 @@ def llama_metadata(config: dict, name: str, gguf_type: str, license_name: str | 
         _kv("general.name", name, T.STRING),
         _kv("general.file_type", int(file_type), T.UINT32),
         _kv("general.quantization_version", gguf.GGML_QUANT_VERSION, T.UINT32),
-        _kv("llama.context_length", int(config.get("max_position_embeddings", 2048)), T.UINT32),
-        _kv("llama.embedding_length", hidden, T.UINT32),
-        _kv("llama.block_count", int(config["num_hidden_layers"]), T.UINT32),
-        _kv("llama.feed_forward_length", int(config["intermediate_size"]), T.UINT32),
-        _kv("llama.rope.dimension_count", head_dim, T.UINT32),
-        _kv("llama.attention.head_count", heads, T.UINT32),
-        _kv("llama.attention.head_count_kv", int(config.get("num_key_value_heads") or heads), T.UINT32),
-        _kv("llama.attention.layer_norm_rms_epsilon", float(config.get("rms_norm_eps", 1e-5)), T.FLOAT32),
-        _kv("llama.rope.freq_base", float(config.get("rope_theta", 10000.0)), T.FLOAT32),
-        _kv("llama.vocab_size", int(config["vocab_size"]), T.UINT32),
+        _kv(f"{arch}.context_length", int(config.get("max_position_embeddings", 2048)), T.UINT32),
+        _kv(f"{arch}.embedding_length", hidden, T.UINT32),
+        _kv(f"{arch}.block_count", int(config["num_hidden_layers"]), T.UINT32),
+        _kv(f"{arch}.feed_forward_length", int(config["intermediate_size"]), T.UINT32),
+        _kv(f"{arch}.rope.dimension_count", head_dim, T.UINT32),
+        _kv(f"{arch}.attention.head_count", heads, T.UINT32),
+        _kv(f"{arch}.attention.head_count_kv", int(config.get("num_key_value_heads") or heads), T.UINT32),
+        _kv(f"{arch}.attention.layer_norm_rms_epsilon", float(config.get("rms_norm_eps", 1e-5)), T.FLOAT32),
+        _kv(f"{arch}.rope.freq_base", float(config.get("rope_theta", 10000.0)), T.FLOAT32),
+        _kv(f"{arch}.vocab_size", int(config["vocab_size"]), T.UINT32),
     ]
     if head_dim != hidden // heads:
-        entries += [_kv("llama.attention.key_length", head_dim, T.UINT32),
-                    _kv("llama.attention.value_length", head_dim, T.UINT32)]
+        entries += [_kv(f"{arch}.attention.key_length", head_dim, T.UINT32),
+                    _kv(f"{arch}.attention.value_length", head_dim, T.UINT32)]
     if license_name:
         entries.append(_kv("general.license", license_name, T.STRING))
-    scaling = config.get("rope_scaling")
+    scaling = rope_scaling(config)
     if scaling:
         kind = scaling.get("type") or scaling.get("rope_type")
-        if kind != "linear":
-            raise MlxDpoError(f"rope scaling {kind!r} is not supported for GGUF export (only linear)")
-        entries += [_kv("llama.rope.scaling.type", "linear", T.STRING),
-                    _kv("llama.rope.scaling.factor", float(scaling["factor"]), T.FLOAT32)]
+        if kind == "linear":
+            entries += [_kv(f"{arch}.rope.scaling.type", "linear", T.STRING),
+                        _kv(f"{arch}.rope.scaling.factor", float(scaling["factor"]), T.FLOAT32)]
+        elif kind != "llama3":  # llama3's is the rope_freqs tensor (gguf_tensors)
+            raise MlxDpoError(f"rope scaling {kind!r} is not supported for GGUF export (only linear and llama3)")
     return entries
 
 
@@ -223,28 +277,40 @@ def check_gguf_out(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
-def check_llama(model_folder: Path) -> dict:
+def gguf_family(config: dict) -> GgufFamily:
+    """How llama.cpp reads this model_type, or one line naming the family it cannot be written for."""
+    kind = config.get("model_type")
+    family = GGUF_FAMILIES.get(kind)
+    if family is None:
+        raise MlxDpoError(
+            f"{kind}: GGUF export supports the {', '.join(GGUF_FAMILIES)} families only; "
+            "use --format hf and llama.cpp's convert_hf_to_gguf.py"
+        )
+    if "sliding_attention" in (config.get("layer_types") or []):
+        raise MlxDpoError(f"{kind}: a model with sliding-window layers cannot be written as GGUF "
+                          "(llama.cpp's llama architecture attends globally); use --format hf")
+    return family
+
+
+def check_family(model_folder: Path) -> dict:
+    """The base's config, if llama.cpp can read its family (refused with one line otherwise)."""
     try:
         config = json.loads((model_folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise MlxDpoError(f"{model_folder}: unreadable config.json ({e})") from None
-    arch = config.get("model_type")
-    if arch != "llama":
-        raise MlxDpoError(
-            f"{model_folder}: GGUF export supports the llama architecture only, not {arch!r}; "
-            "use --format hf and llama.cpp's convert_hf_to_gguf.py"
-        )
+    gguf_family(config)
     return config
 
 
-def write_gguf(path: Path, entries: list[Entry], tensors: list[tuple[str, np.ndarray, Any]]) -> None:
+def write_gguf(path: Path, entries: list[Entry], tensors: list[tuple[str, np.ndarray, Any]],
+               arch: str = "llama") -> None:
     """Write the file beside `path` and rename it into place: a failure never leaves half a GGUF."""
     import gguf
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        writer = gguf.GGUFWriter(str(tmp), "llama")
+        writer = gguf.GGUFWriter(str(tmp), arch)
         for key, value, vtype, sub_type in entries:
             writer.add_key_value(key, value, vtype, sub_type=sub_type)
         for name, data, raw_type in tensors:
@@ -270,7 +336,7 @@ def export_gguf(adapter_path: str | Path, out: str | Path, *, model: str | None 
     adapter_dir = check_adapter_folder(adapter_path)
     out = check_gguf_out(out, overwrite)
     spec = base_spec(read_adapter_config(adapter_dir), model, adapter_dir)
-    check_llama(resolve_model_path(spec))  # before the (slow) load: refuse other architectures at once
+    check_family(resolve_model_path(spec))  # before the (slow) load: refuse other families at once
     fused = fused_model(adapter_dir, model=model, dequantize=True, on_stage=on_stage)
     protect(out, (fused.loaded.path, adapter_dir))
     on_stage("writing")
@@ -278,10 +344,10 @@ def export_gguf(adapter_path: str | Path, out: str | Path, *, model: str | None 
 
 
 def write_fused_gguf(fused: FusedModel, out: Path, gguf_type: str = "f16") -> list[str]:
-    """Write an already fused, dense llama model as GGUF; returns notes for the user."""
+    """Write an already fused, dense model (of GGUF_FAMILIES) as GGUF; returns notes for the user."""
     entries, notes = gguf_metadata(fused, gguf_type)
     tensors = gguf_tensors(fused.loaded.model, fused.loaded.config, gguf_type)
-    write_gguf(out, entries, tensors)
+    write_gguf(out, entries, tensors, gguf_family(fused.loaded.config).arch)
     return notes
 
 

@@ -30,17 +30,23 @@ TOKENIZER_FILES = (
     "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
 )
 TORCH_DTYPE = {mx.float16: "float16", mx.bfloat16: "bfloat16", mx.float32: "float32"}
+DECLARED_DTYPE = {name: dtype for dtype, name in TORCH_DTYPE.items()}  # config.json's torch_dtype (or dtype)
 _FP16_MAX = 65504.0
 MAX_SHARD_GB = 5  # the Hub's usual shard size (and mlx-lm's)
 
 
-def float_dtype(model: nn.Module) -> mx.Dtype:
-    """Dense exports are float16 (half the size of fp32, what the Hub expects); bf16 bases stay bf16.
+def float_dtype(model: nn.Module, config: dict | None = None) -> mx.Dtype:
+    """The dense export's type: the one the base's config declares, else float16 (what the Hub expects).
 
-    fp16 tops out at 65504: a model with larger weights stays in float32 rather than turning into infs.
+    The declared type counts because on the CPU backend every base is loaded as float32: a bfloat16 base
+    stays bfloat16 and a float32 one float32 (exactly the fused model). fp16 tops out at 65504: a model with
+    larger weights stays in float32 rather than turning into infs.
     """
+    declared = DECLARED_DTYPE.get(str((config or {}).get("torch_dtype") or (config or {}).get("dtype")))
     params = [v for _, v in tree_flatten(model.parameters()) if mx.issubdtype(v.dtype, mx.floating)]
-    if any(v.dtype == mx.bfloat16 for v in params):
+    if declared is not None and declared != mx.float16:  # bfloat16 or float32, as declared
+        return declared
+    if declared is None and any(v.dtype == mx.bfloat16 for v in params):
         return mx.bfloat16
     largest = max((mx.abs(v).max().item() for v in params), default=0.0)
     return mx.float16 if largest < _FP16_MAX else mx.float32
@@ -82,6 +88,7 @@ def export_config(base_folder: Path, quantization: dict | None, dtype: mx.Dtype 
         config.pop("quantization_config", None)
         if dtype is not None:
             config["torch_dtype"] = TORCH_DTYPE[dtype]
+            config.pop("dtype", None)  # transformers 5's name for it: one declaration, the one written
     return config
 
 
@@ -116,7 +123,7 @@ def export_hf(adapter_path: str | Path, out: str | Path, *, model: str | None = 
     protect(out, (loaded.path,))
     dtype = None
     if not loaded.quantized:
-        dtype = float_dtype(loaded.model)
+        dtype = float_dtype(loaded.model, loaded.config)
         loaded.model.set_dtype(dtype)
         mx.eval(loaded.model.parameters())
     quantization = loaded.config.get("quantization") or loaded.config.get("quantization_config") or {}
@@ -133,7 +140,11 @@ def export_hf(adapter_path: str | Path, out: str | Path, *, model: str | None = 
     except OSError as e:
         raise write_failed(out, e) from None
     notes = list(fused.notes)
+    if any(".switch_mlp." in name for name, _ in tree_flatten(loaded.model.parameters())):
+        # mlx-lm stacks a mixture-of-experts' experts into one tensor per projection; transformers' layout differs.
+        notes.append("the experts are written in mlx-lm's stacked layout (switch_mlp): mlx-lm loads this folder, "
+                     "transformers does not")
     if loaded.quantized:
-        notes.append("the export keeps the base's MLX quantization (mlx-lm only); add --dequantize for a float16 "
+        notes.append("the export keeps the base's MLX quantization (mlx-lm only); add --dequantize for a dense "
                      "model transformers can load")
     return ExportResult(out, "hf", notes)

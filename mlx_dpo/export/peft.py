@@ -4,6 +4,13 @@
 
 No weights of the base are written; the base is loaded lazily, for its layer shapes only, to check
 the adapter fits it and to say exactly which layers the adapter covers.
+
+PEFT finds layers by their module names in the transformers model. mlx-lm keeps transformers' names for
+the linear layers of the families in PEFT_VERIFIED (tests/test_family_exports.py checks each against
+the transformers class), so the names are written as they are. Two kinds of layer have no PEFT
+counterpart: mixture-of-experts experts (mlx-lm's stacked `switch_mlp`, transformers' fused expert
+tensors) and routers (a router module in transformers, not a linear layer); an adapter on them is refused.
+A family outside PEFT_VERIFIED is exported with a note saying its names were not checked.
 """
 
 from __future__ import annotations
@@ -25,9 +32,32 @@ from mlx_dpo.models.adapter import (
     check_adapter_fits, check_adapter_folder, layer_dims, read_adapter_config, read_adapter_weights,
     settings_from_config,
 )
-from mlx_dpo.models.load import lazy_model, resolve_model_path
+from mlx_dpo.models.load import lazy_model, model_type, resolve_model_path
 from mlx_dpo.names import DEFAULT_MODEL_NAME, display_name
 from mlx_dpo.settings import LoraSettings
+
+
+# model_type values whose LoRA module names are checked against transformers' class (mistral runs as llama).
+PEFT_VERIFIED = frozenset({
+    "llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "mixtral", "gemma", "gemma2", "gemma3_text", "phi3",
+    "cohere", "granite", "olmo2", "smollm3",
+})
+# Layer paths PEFT cannot target: experts (stacked in mlx-lm, fused tensors in transformers) and MoE routers.
+_NOT_PEFT_LAYER = re.compile(r"(?:^|\.)(?:switch_mlp|experts)\.|\.(?:mlp|block_sparse_moe)\.gate$")
+
+
+def check_peft_family(family: str, paths: list[str]) -> list[str]:
+    """Refuse layers PEFT cannot target (one line naming the family); notes for an unverified family."""
+    refused = [p for p in paths if _NOT_PEFT_LAYER.search(p)]
+    if refused:
+        raise MlxDpoError(
+            f"{family}: the adapter covers {refused[0]} (a mixture-of-experts expert or router), which PEFT "
+            "cannot target on the transformers model; use --format hf, or train with --lora-keys naming "
+            "other layers (e.g. self_attn.q_proj,self_attn.v_proj)"
+        )
+    if family in PEFT_VERIFIED:
+        return []
+    return [f"PEFT module names for model type {family!r} are mlx-lm's, not checked against transformers"]
 
 
 def peft_tensors(weights: dict[str, mx.array]) -> dict[str, mx.array]:
@@ -106,6 +136,7 @@ def export_peft(adapter_path: str | Path, out: str | Path, *, model: str | None 
     base = lazy_model(path)  # only the layer shapes are needed to check the adapter fits, not the weights
     weights = read_adapter_weights(adapter_dir)
     check_adapter_fits(base, weights, adapter_config, adapter_dir, display_name(spec))
+    notes = check_peft_family(model_type(path), sorted({k.rpartition(".")[0] for k in weights}))
     config = peft_config(weights, settings, hub_id(spec, path) or str(spec or DEFAULT_MODEL_NAME), base)
     tensors = peft_tensors(weights)
     on_stage("writing")
@@ -117,4 +148,4 @@ def export_peft(adapter_path: str | Path, out: str | Path, *, model: str | None 
             (tmp / "README.md").write_text(card, encoding="utf-8")
     except OSError as e:
         raise write_failed(out, e) from None
-    return ExportResult(out, "peft", name_notes(adapter_config, spec, path))
+    return ExportResult(out, "peft", name_notes(adapter_config, spec, path) + notes)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_dpo.atomic import atomic_path, write_json
 from mlx_dpo.errors import MlxDpoError
@@ -40,6 +40,21 @@ def add_adapter(model: nn.Module, settings: LoraSettings) -> None:
     if settings.keys:
         config["keys"] = list(settings.keys)
     linear_to_lora_layers(model, _num_layers(settings, num_blocks), config, use_dora=settings.dora)
+
+
+def remove_adapter(model: nn.Module) -> None:
+    """Unwrap every adapter layer back to the base layer inside it: the base model again, in place.
+
+    Switching versions this way costs an adapter file's read, not a reload of the base.
+    """
+    from mlx_lm.tuner.dora import DoRAEmbedding, DoRALinear
+    from mlx_lm.tuner.lora import LoRAEmbedding, LoRALinear, LoRASwitchLinear
+
+    embeddings, linears = (LoRAEmbedding, DoRAEmbedding), (LoRALinear, LoRASwitchLinear, DoRALinear)
+    bases = [(name, m.embedding if isinstance(m, embeddings) else m.linear)
+             for name, m in model.named_modules() if isinstance(m, embeddings + linears)]
+    if bases:
+        model.update_modules(tree_unflatten(bases))
 
 
 def _num_layers(settings: LoraSettings, num_blocks: int) -> int:

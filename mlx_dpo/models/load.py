@@ -19,7 +19,7 @@ import mlx.nn as nn
 
 from mlx_dpo import blas
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.models.adapter import load_adapter
+from mlx_dpo.models.adapter import load_adapter, remove_adapter
 from mlx_dpo.models.gguf import convert_gguf
 from mlx_dpo.names import DEFAULT_MODEL_NAME, display_name, is_repo_id
 from mlx_dpo.paths import models_dir
@@ -152,6 +152,15 @@ def lazy_model(path: Path) -> nn.Module:
     return model
 
 
+def model_type(path: Path) -> str:
+    """The family of the mlx-lm folder `path`: its config.json's model_type ("llama", "qwen2", ...)."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MlxDpoError(f"{path / 'config.json'}: unreadable ({e})") from None
+    return str(config.get("model_type") or "unknown")
+
+
 def has_quantized_layers(model: nn.Module) -> bool:
     return any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules())
 
@@ -200,6 +209,25 @@ def load_model(
     if adapter_path is not None:
         apply_adapter(loaded, adapter_path)
     return loaded
+
+
+def switch_adapter(loaded: LoadedModel, adapter_path: str | Path | None) -> None:
+    """Take the loaded model's adapter off and put `adapter_path`'s on (None: the base alone), in place.
+
+    If the new adapter does not load, the one that was on goes back on before the error is raised.
+    """
+    previous = loaded.adapter_path
+    remove_adapter(loaded.model)
+    loaded.adapter_path = None
+    if adapter_path is None:
+        return
+    try:
+        apply_adapter(loaded, adapter_path)
+    except Exception:
+        remove_adapter(loaded.model)
+        if previous is not None:
+            apply_adapter(loaded, previous)
+        raise
 
 
 def apply_adapter(loaded: LoadedModel, adapter_path: str | Path) -> LoraSettings:

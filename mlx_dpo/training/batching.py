@@ -93,7 +93,10 @@ def supports_shared_prompt(model: Any) -> bool:
 
 
 def layout_for(model: Any, shared_prompt: bool) -> BatchLayout:
-    """The run's layout: prompts shared when the settings ask for it and the model's layout allows it."""
+    """The run's layout: prompts shared when the settings ask for it and the model's layout allows it.
+
+    Callers pass `shared_prompt` as the self-check (fast_path.py) left it, so a model whose shared-prompt
+    forward did not reproduce its own gets two full sequences."""
     if shared_prompt and supports_shared_prompt(model):
         return BatchLayout.SHARED_PROMPT
     return BatchLayout.SEQUENCES
@@ -166,6 +169,8 @@ class DpoBatch:
     tokens: TokenBatch
     ref_chosen: mx.array  # (B,) float32: reference summed log-prob of each chosen completion
     ref_rejected: mx.array  # (B,) float32
+    # (B,) float32: 1 for an answer marked good, 0 for bad (KTO examples, methods.py); 1 for pairs.
+    desirable: mx.array
     # The pairs' tokens, each pair counted as two sequences (EncodedPair.num_tokens) whatever the
     # layout, so tokens/s means the same with prompts shared or not.
     num_tokens: int = 0
@@ -176,12 +181,12 @@ class DpoBatch:
 
     def arrays(self) -> tuple[mx.array, ...]:
         """The token arrays in their class's order, then the reference chosen and rejected log-probs."""
-        return (*self.tokens.arrays(), self.ref_chosen, self.ref_rejected)
+        return (*self.tokens.arrays(), self.ref_chosen, self.ref_rejected, self.desirable)
 
     @classmethod
     def from_arrays(cls, layout: BatchLayout, arrays: Sequence[mx.array]) -> DpoBatch:
-        *tokens, ref_chosen, ref_rejected = arrays
-        return cls(layout.value.from_arrays(tokens), ref_chosen, ref_rejected)
+        *tokens, ref_chosen, ref_rejected, desirable = arrays
+        return cls(layout.value.from_arrays(tokens), ref_chosen, ref_rejected, desirable)
 
 
 def make_dpo_batch(pairs: Sequence[EncodedPair], layout: BatchLayout,
@@ -191,5 +196,6 @@ def make_dpo_batch(pairs: Sequence[EncodedPair], layout: BatchLayout,
         tokens=make_pair_batch(pairs, layout),
         ref_chosen=mx.array([reference[p][0] for p in pairs], dtype=mx.float32),
         ref_rejected=mx.array([reference[p][1] for p in pairs], dtype=mx.float32),
+        desirable=mx.array([1.0 if p.desirable is None else float(p.desirable) for p in pairs], dtype=mx.float32),
         num_tokens=sum(p.num_tokens for p in pairs),
     )

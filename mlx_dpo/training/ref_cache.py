@@ -66,6 +66,9 @@ def reference_fingerprint(model_path: Path, *, adapter_digest: str | None, numer
         },
         "adapter": adapter_digest,
         "numeric": numeric,  # e.g. "float32-dequantized-cpu": the same weights run differently elsewhere
+        # Before the self-check (fast_path.py) some families' log-probs were computed wrongly (a dropped
+        # soft-cap or logit scale, unwindowed masks): values cached then must not be reused.
+        "logps": 2,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 

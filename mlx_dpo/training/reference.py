@@ -15,6 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_dpo.events import Event, Status
+from mlx_dpo.training import distributed, fast_path
 from mlx_dpo.training.batching import layout_for, make_pair_batch
 from mlx_dpo.training.logprobs import completion_logps
 from mlx_dpo.training.ref_cache import RefCache
@@ -49,35 +50,54 @@ def reference_logps(
 
     `batch_size` counts pairs. The batch layout is the one a training step on `model` with the same
     `shared_prompt` setting takes (`batching.layout_for`).
+
+    With several ranks (distributed.py) a value cached on any rank serves all of them; the batches
+    of misses are dealt out to the ranks in turn and the results gathered, so every rank ends with
+    every value (the same batches as on one rank: the same numbers) and stores what its cache lacked.
     """
     items = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
-    hits_before, misses_before = cache.hits, cache.misses
+    group = distributed.group()
     values = cache.lookup(items)
+    local_missing = [i for i, v in enumerate(values) if v is None]
+    values = group.merge(values, "gathering cached reference log-probs")
     missing = [i for i, v in enumerate(values) if v is None]
-    stats = ReferenceStats(hits=cache.hits - hits_before, misses=cache.misses - misses_before)
+    stats = ReferenceStats(hits=len(items) - len(missing), misses=len(missing))
+    writes = group.writes_cache(str(cache.path.parent))  # one writer per cache file, when ranks share a machine
+    stored: set[int] = set()
     n = len(pairs)
     # A pair runs whole when either completion is missing (its prompt is shared by both).
     todo = sorted({i % n for i in missing}, key=lambda i: pairs[i].num_tokens, reverse=True)
     if todo:
         # Longest first keeps padding low inside each batch and meets an out-of-memory batch at once.
         start = time.perf_counter()
-        layout = layout_for(model, shared_prompt)  # only here: a fully cached pass never touches the model
+        # Only here: a fully cached pass never touches the model. The self-check runs before the first batch.
+        shared_prompt, full_logits = fast_path.resolve(model, shared_prompt=shared_prompt, full_logits=full_logits,
+                                                       on_event=on_event)
+        layout = layout_for(model, shared_prompt)
         was_training = model.training
         model.eval()  # no dropout in the reference
         try:
-            for s in range(0, len(todo), batch_size):
-                idx = todo[s : s + batch_size]
+            mine = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)][group.rank :: group.size]
+            done, total = 0, sum(len(idx) for idx in mine)  # progress counts this rank's pairs
+            for idx in mine:
                 batch = make_pair_batch([pairs[i] for i in idx], layout)
                 logps = completion_logps(model, batch, full_logits=full_logits)
                 mx.eval(logps)
                 results = logps.tolist()
                 computed = {i: lp for i, lp in zip(idx, results)} | {n + i: lp for i, lp in zip(idx, results[len(idx):])}
                 fresh = [(k, lp) for k, lp in computed.items() if values[k] is None]
-                cache.store((items[k][0], items[k][1], lp) for k, lp in fresh)
+                if writes:
+                    cache.store((items[k][0], items[k][1], lp) for k, lp in fresh)
+                    stored.update(k for k, _ in fresh)
                 for k, lp in fresh:
                     values[k] = lp
-                on_event(Status("reference pass", done=min(s + batch_size, len(todo)), total=len(todo)))
+                done += len(idx)
+                on_event(Status("reference pass", done=done, total=total))
         finally:
             model.train(was_training)
         stats.seconds = time.perf_counter() - start
+    if group.size > 1:
+        values = group.merge(values, "gathering the reference pass")
+        if writes:  # what this machine's cache lacked: computed elsewhere, or cached on another machine
+            cache.store((items[k][0], items[k][1], values[k]) for k in local_missing if k not in stored)
     return RefLogps({p: (values[i], values[n + i]) for i, p in enumerate(pairs)}), stats

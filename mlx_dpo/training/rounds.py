@@ -60,11 +60,11 @@ def next_version(store: PreferenceStore, workspace: str | Path) -> int:
     return max(used, default=0) + 1
 
 
-def plan_round(store: PreferenceStore, replay: float, seed: int, version: int):
-    """(new stored pairs, replayed stored pairs) for round `version`."""
+def plan_round(store: PreferenceStore, replay: float, seed: int, version: int, *, has_feedback: bool = False):
+    """(new stored pairs, replayed stored pairs) for round `version`; a KTO round may have only new feedback."""
     replay = RoundSettings(replay=replay).replay  # its rule (0 or more) is the setting's
     new = store.untrained_pairs()
-    if not new:
+    if not new and not has_feedback:
         raise MlxDpoError("no new pairs to train on: label some pairs first")
     old = store.trained_pairs()
     count = min(len(old), round(replay * len(new)))
@@ -108,13 +108,16 @@ def run_round(
     options, recorded_settings = round_options(settings)
     with PreferenceStore(workspace) as store:
         version = next_version(store, workspace)
-        new, replayed = plan_round(store, recorded_settings["replay"], recorded_settings["seed"], version)
+        # A KTO round also trains the answers marked good or bad (feedback_records.py), alongside the pairs.
+        feedback = store.untrained_feedback() if recorded_settings["loss_type"] == "kto" else []
+        new, replayed = plan_round(store, recorded_settings["replay"], recorded_settings["seed"], version,
+                                   has_feedback=bool(feedback))
         latest = store.latest_finished_round()
     init_adapter = latest.adapter_path if latest else None
     adapter_dir = adapters_root(workspace) / f"v{version}"
     emit(Status(f"round v{version}: {len(new)} new pair(s) + {len(replayed)} replayed, "
                 f"from {latest.label if latest else 'the base model'}"))
-    pairs = [p.to_preference_pair() for p in new + replayed]
+    pairs = [p.to_preference_pair() for p in new + replayed] + [f.to_feedback() for f in feedback]
     recorded_settings = {**recorded_settings, "model": model, "init_adapter": init_adapter}
     pair_ids = [p.id for p in new + replayed]
     try:
@@ -123,12 +126,14 @@ def run_round(
     except BaseException as e:
         with PreferenceStore(workspace) as store:
             store.record_round(version, adapter_dir, recorded_settings, {"error": str(e)}, "failed", pair_ids)
+            store.record_round_feedback(version, [f.id for f in feedback])
         raise
     status = "cancelled" if result.cancelled else "finished"
     metrics = {**result.metrics, **result.eval_metrics,
                "ref_cache/hits": result.reference.hits, "ref_cache/misses": result.reference.misses,
-               "new_pairs": len(new), "replayed_pairs": len(replayed)}
+               "new_pairs": len(new), "replayed_pairs": len(replayed), "new_feedback": len(feedback)}
     with PreferenceStore(workspace) as store:
         store.record_round(version, adapter_dir, recorded_settings, metrics, status, pair_ids)
+        store.record_round_feedback(version, [f.id for f in feedback])
     return RoundResult(version, adapter_dir, status, metrics, [p.id for p in new], [p.id for p in replayed],
                        init_adapter)

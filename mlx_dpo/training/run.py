@@ -8,17 +8,18 @@ only) on the model in its starting state, add the adapter (or restore a checkpoi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import mlx.core as mx
 
 from mlx_dpo.atomic import atomic_file
-from mlx_dpo.training import checkpoint
+from mlx_dpo.training import checkpoint, distributed
 from mlx_dpo.models.adapter import CONFIG_FILE, add_adapter, adapter_config, adapter_weights, read_adapter_config, settings_from_config
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, EvalMetrics, Failed, Finished, Status, StepMetrics
@@ -26,15 +27,18 @@ from mlx_dpo.models.load import LoadedModel, apply_adapter, load_model
 from mlx_dpo.data.pairs import PreferencePair, load_pairs
 from mlx_dpo.training.ref_cache import RefCache, arrays_digest, reference_fingerprint
 from mlx_dpo.training.reference import RefLogps, ReferenceStats, reference_logps
+from mlx_dpo.training.method_data import is_kto, kto_data, method_reference, with_labels
 from mlx_dpo.training.tokens import EncodedPair, Encoder
 from mlx_dpo.options import build, resolve, settings_of
-from mlx_dpo.settings import TRAIN_GROUPS, LoraSettings, RunOptions, TrainingArgs
+from mlx_dpo.settings import EVAL_LOSS_SETTINGS, TRAIN_GROUPS, LoraSettings, RunOptions, TrainingArgs, loss_types
 from mlx_dpo.training.trainer import evaluate_batches, train_loop
 
 DEFAULT_ADAPTERS_DIR = Path("adapters")
 METRICS_FILE = "metrics.jsonl"
 
 PairSource = str | Path | Sequence[PreferencePair]
+# Losses that compare the pairs of a batch with each other (KTO's KL point, AOT's sorts): one rank only.
+BATCH_COUPLED_LOSSES = {"kto", "aot", "aot_unpaired"}
 
 
 @dataclass
@@ -44,6 +48,7 @@ class TrainResult:
     eval_metrics: dict
     reference: ReferenceStats
     cancelled: bool = False
+    rank: int = 0  # this process's rank under mlx.launch; only rank 0 writes and reports
 
 
 def _pairs(source: PairSource, skip_invalid: bool, on_event: Callable[[Event], None]) -> list[PreferencePair]:
@@ -123,6 +128,8 @@ def train(
     so cached reference log-probs stay valid across incremental rounds.
     """
     emit = on_event or (lambda e: None)
+    if not distributed.group().is_writer:  # rank 0 alone reports: mlx.launch merges every rank's output
+        emit = lambda e: None  # noqa: E731
     try:
         return _train(data, model, adapter_path, reference, resume, emit, cancel, loaded, settings)
     except Exception as e:
@@ -179,12 +186,10 @@ def _reference_pass(loaded: LoadedModel, encoded: list[EncodedPair], start: _Sta
         lora = apply_adapter(loaded, start.init_adapter)
         start_digest = arrays_digest(adapter_weights(loaded.model))
     fingerprint = reference_fingerprint(loaded.path, adapter_digest=start_digest, numeric=_numeric_setup(loaded))
-    cache = RefCache(fingerprint)
-    emit(Status("reference pass"))
-    ref, stats = reference_logps(loaded.model, encoded, cache, batch_size=2 * start.args.batch_size,
-                                 shared_prompt=start.args.shared_prompt, full_logits=start.args.full_logits,
-                                 on_event=emit)
-    cache.close()
+    distributed.group().check_same(model=fingerprint)  # weights, tokenizer, starting adapter, numeric setup
+    # The method decides what the reference pass computes, and whether one runs at all (method_data.py).
+    ref, stats = method_reference(loaded.model, encoded, lambda: RefCache(fingerprint), start.args,
+                                  batch_size=2 * start.args.batch_size, on_event=emit)
     if start.init_adapter and start.reference == "base":
         lora = apply_adapter(loaded, start.init_adapter)
     elif not start.init_adapter:
@@ -194,24 +199,49 @@ def _reference_pass(loaded: LoadedModel, encoded: list[EncodedPair], start: _Sta
     return ref, stats, lora, fingerprint
 
 
+def _same_on_every_rank(group: distributed.Group, start: _Start, run: RunOptions,
+                        pairs: list[PreferencePair]) -> None:
+    """Several ranks must train on the same pairs with the same settings: compared before the model loads
+    (the model itself is compared by its fingerprint before the reference pass)."""
+    options = {k: v for k, v in asdict(run).items() if k != "metrics_file"}
+    settings = json.dumps([asdict(start.args), asdict(start.lora), options, start.init_adapter, start.reference,
+                           start.resume_from.name if start.resume_from else None], sort_keys=True, default=str)
+    rows = [[p.id, p.prompt, p.chosen, p.rejected] for p in pairs]  # not `source`: paths differ between machines
+    data = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    group.check_same(settings=settings, data=data)
+    coupled = sorted(set(loss_types(start.args.loss_type)) & BATCH_COUPLED_LOSSES)
+    if coupled:  # a loss of the whole batch is not the weighted sum of its shares' losses
+        raise MlxDpoError(f"--loss {','.join(coupled)} couples the pairs of a batch (a batch mean or a sort), so "
+                          "it does not train over several ranks yet; train it with one process")
+    if start.args.batch_size < group.size:
+        raise MlxDpoError(f"--batch-size {start.args.batch_size} is smaller than the {group.size} ranks: "
+                          "every rank needs at least one pair of each batch")
+
+
 def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, loaded, settings) -> TrainResult:
     given, run, args, lora = _split_kwargs(settings)
     adapter_dir = Path(adapter_path) if adapter_path else DEFAULT_ADAPTERS_DIR / time.strftime("dpo-%Y%m%d-%H%M%S")
     start = _start(adapter_dir, resume, reference, given, run, args, lora)
     args = start.args
 
-    train_pairs = _pairs(data, run.skip_invalid, emit)
-    valid_pairs = _pairs(run.valid_data, run.skip_invalid, emit) if run.valid_data is not None else []
+    read = (lambda src: kto_data(src, args, run.skip_invalid, emit)) if is_kto(args) else (
+        lambda src: (_pairs(src, run.skip_invalid, emit), None))
+    train_pairs, train_labels = read(data)
+    valid_pairs, valid_labels = read(run.valid_data) if run.valid_data is not None else ([], None)
     if not train_pairs:
         raise MlxDpoError("no training pairs")
+    group = distributed.group()
+    if group.size > 1:
+        _same_on_every_rank(group, start, run, train_pairs + valid_pairs)
+        emit(Status(f"training on {group.size} ranks ({group.backend})"))
 
     if loaded is None:
         emit(Status("loading model"))
         loaded = load_model(model_spec)
     encoder = Encoder(loaded.tokenizer, max_length=run.max_length, max_prompt_length=run.max_prompt_length)
     emit(Status("tokenizing", total=len(train_pairs) + len(valid_pairs)))
-    train_enc, _ = encoder.encode_all(train_pairs, skip_invalid=run.skip_invalid)
-    valid_enc, _ = encoder.encode_all(valid_pairs, skip_invalid=run.skip_invalid)
+    train_enc = with_labels(encoder.encode_all(train_pairs, skip_invalid=run.skip_invalid)[0], train_labels)
+    valid_enc = with_labels(encoder.encode_all(valid_pairs, skip_invalid=run.skip_invalid)[0], valid_labels)
     if not train_enc:
         raise MlxDpoError("no training pairs left after tokenization")
 
@@ -225,11 +255,13 @@ def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, load
         "loss_type": args.loss_type,
     })
     metrics_path = Path(run.metrics_file) if run.metrics_file else adapter_dir / METRICS_FILE
-    if start.resume_from is None:
+    if not group.is_writer:
+        pass  # rank 0 alone writes the metrics
+    elif start.resume_from is None:
         metrics_path.unlink(missing_ok=True)
     else:
         _forget_metrics_after(metrics_path, checkpoint.read_state(start.resume_from)["step"])
-    writer = MetricsWriter(metrics_path, emit)
+    writer = MetricsWriter(metrics_path, emit) if group.is_writer else emit
     eval_last: dict = {}
 
     def on_loop_event(event: Event) -> None:
@@ -246,12 +278,12 @@ def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, load
         # Continuing from an adapter also continues its optimizer moments, when its run left them.
         optimizer_from=checkpoint.latest(Path(init_adapter)) if init_adapter and not resume else None,
         run_info=lambda: {"ref_cache/hits": stats.hits, "ref_cache/misses": stats.misses,
-                          "ref_pass_seconds": round(stats.seconds, 3)},
+                          "ref_pass_seconds": round(stats.seconds, 3), "ranks": group.size},
     )
     if cancelled.is_set():
-        return TrainResult(adapter_dir, last, eval_last, stats, cancelled=True)
+        return TrainResult(adapter_dir, last, eval_last, stats, cancelled=True, rank=group.rank)
     emit(Finished(adapter_path=str(adapter_dir), metrics=last))
-    return TrainResult(adapter_dir, last, eval_last, stats)
+    return TrainResult(adapter_dir, last, eval_last, stats, rank=group.rank)
 
 
 def _example_rows(pairs: list[EncodedPair], metrics: dict[str, mx.array], ref: RefLogps) -> list[dict]:
@@ -286,9 +318,22 @@ def evaluate(
     shared_prompt: bool = True,
     on_event: Callable[[Event], None] | None = None,
     loaded: LoadedModel | None = None,
+    **loss_settings: Any,
 ) -> dict:
-    """Preference accuracy, mean reward margin and loss of base + adapter against the base as reference."""
+    """Preference accuracy, mean reward margin and loss of base + adapter against the base as reference.
+
+    `loss_settings` are the loss's own settings, named as in TrainingArgs (EVAL_LOSS_SETTINGS: label_smoothing,
+    loss_weights, discopop_tau, ...), so a loss that needs one (exo_pair's ε) is scored as it trains.
+    """
+    unknown = sorted(set(loss_settings) - set(EVAL_LOSS_SETTINGS))
+    if unknown:
+        raise TypeError(f"unknown evaluation option(s): {', '.join(unknown)}")
     emit = on_event or (lambda e: None)
+    # Built first: a bad setting is refused before anything loads.
+    args = TrainingArgs(beta=beta, loss_type=loss_type, batch_size=batch_size, full_logits=full_logits,
+                        shared_prompt=shared_prompt, **loss_settings)
+    if is_kto(args):  # its examples are single answers: no pair accuracy to give
+        raise MlxDpoError("eval scores preference pairs; give it a pair loss (sigmoid, ...), not kto")
     pairs = _pairs(data, skip_invalid, emit)
     loaded = loaded or load_model(model)
     encoded, _ = Encoder(loaded.tokenizer, max_length=max_length).encode_all(pairs, skip_invalid=skip_invalid)
@@ -301,9 +346,7 @@ def evaluate(
     if adapter_path:
         apply_adapter(loaded, adapter_path)
     loaded.model.eval()
-    args = TrainingArgs(beta=beta, loss_type=loss_type, batch_size=batch_size, full_logits=full_logits,
-                        shared_prompt=shared_prompt)
-    rows = [row for _, chunk, metrics in evaluate_batches(loaded.model, args, encoded, ref)
+    rows = [row for _, chunk, metrics in evaluate_batches(loaded.model, args, encoded, ref, emit)
             for row in _example_rows(chunk, metrics, ref)]
     n = len(rows)
     result = {

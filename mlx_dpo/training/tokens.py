@@ -6,6 +6,13 @@ after the template's first end-of-turn token (SmolLM's "<|im_end|>\n" keeps "<|i
 template that adds EOS after the turn, "<|end|>\n<|endoftext|>", keeps "<|end|>"). So every
 completion ends with exactly one end-of-turn token; a text that holds the end-of-turn marker
 itself is reported, not cut short.
+
+The end-of-turn tokens are the tokenizer's EOS ids plus the special token the template itself writes
+right after an answer (found once by rendering a probe answer): a model's config may list only
+"<eos>" while Gemma's template ends a turn with "<end_of_turn>\n", and the completion must be what
+the template renders, not the template's text plus an EOS it never writes. Only a template that
+writes nothing after an answer gets EOS appended. Templates without a system role (Gemma 2) are
+refused per pair with what to do; Gemma 3's template folds the system message in by itself.
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ class EncodedPair:
     chosen: tuple[int, ...]
     rejected: tuple[int, ...]
     truncated: bool = False
+    # A KTO example (mlx_dpo.training.methods): its completion is `chosen`, marked good (True) or bad;
+    # `rejected` is another example's completion, for the KL reference point. None for a pair.
+    desirable: bool | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -50,8 +60,11 @@ class Encoder:
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
         self.bos = tokenizer.bos_token_id
-        # The template's end-of-turn marker: the tokenizer's EOS (mlx-lm may list several).
+        # The template's end-of-turn markers: the tokenizer's EOS (mlx-lm may list several) and the
+        # special token the template writes after an answer.
         self.end_of_turn = set(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
+        self.end_of_turn |= template_end_of_turn(tokenizer)
+        self.end_of_turn.discard(None)
         # The end-of-turn markers as text ("<|im_end|>"): a completion holding one would end the turn early.
         decode = getattr(tokenizer, "decode", None)
         self._end_of_turn_texts = (
@@ -64,7 +77,10 @@ class Encoder:
                 self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
             )
         except TemplateError as e:  # e.g. a template that raises "System role not supported"
-            raise _Problem(f"the chat template cannot render this conversation: {e}") from None
+            hint = ""
+            if messages and messages[0].get("role") == "system" and "system" in str(e).lower():
+                hint = "; this model's template has no system role: put the instructions in the first user message"
+            raise _Problem(f"the chat template cannot render this conversation: {e}{hint}") from None
         if self.bos is not None and len(ids) > 1 and ids[0] == ids[1] == self.bos:
             ids = ids[1:]  # template and tokenizer both added BOS
         return ids
@@ -130,3 +146,22 @@ class Encoder:
 
 class _Problem(Exception):
     pass
+
+
+_PROBE = "Probe answer 7"
+
+
+def template_end_of_turn(tokenizer) -> set[int]:
+    """The special token a chat template writes right after an assistant's answer (empty: none, or unknown)."""
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
+    except (TemplateError, ValueError, TypeError, AttributeError):
+        return set()
+    if not isinstance(text, str) or _PROBE not in text:
+        return set()
+    after = text[text.rindex(_PROBE) + len(_PROBE):]
+    ids = tokenizer.encode(after, add_special_tokens=False) if after.strip() else []
+    special = set(getattr(tokenizer, "all_special_ids", None) or []) | set(
+        getattr(tokenizer, "added_tokens_decoder", None) or {})
+    return {ids[0]} if ids and ids[0] in special else set()

@@ -25,10 +25,10 @@ from mlx.utils import tree_map
 
 from mlx_dpo.events import Cancelled, CheckpointSaved, Event, EvalMetrics, StepMetrics
 from mlx_dpo.settings import TrainingArgs
-from mlx_dpo.training import checkpoint
+from mlx_dpo.training import checkpoint, distributed, fast_path, pause
 from mlx_dpo.training.batching import BatchLayout, DpoBatch, layout_for, make_dpo_batch
-from mlx_dpo.training.logprobs import PairLogps, pair_logps
-from mlx_dpo.training.losses import implicit_rewards, preference_loss, rpo_nll, simpo_rewards
+from mlx_dpo.training.logprobs import pair_logps
+from mlx_dpo.training.methods import method_losses
 from mlx_dpo.training.reference import RefLogps
 from mlx_dpo.training.tokens import EncodedPair
 
@@ -65,35 +65,10 @@ def make_optimizer(args: TrainingArgs, steps: int) -> optim.Optimizer:
     return optim.AdamW(learning_rate=schedule, weight_decay=args.weight_decay)
 
 
-def pair_metrics(args: TrainingArgs, logps: PairLogps, batch: DpoBatch) -> dict[str, mx.array]:
-    """TRL-named per-pair quantities (implicit rewards, accuracies, policy log-probs)."""
-    if args.loss_type == "simpo":
-        chosen_r = simpo_rewards(logps.chosen, logps.chosen_lengths, args.beta)
-        rejected_r = simpo_rewards(logps.rejected, logps.rejected_lengths, args.beta)
-    else:
-        chosen_r = implicit_rewards(logps.chosen, batch.ref_chosen, args.beta)
-        rejected_r = implicit_rewards(logps.rejected, batch.ref_rejected, args.beta)
-    return {
-        "rewards/chosen": chosen_r,
-        "rewards/rejected": rejected_r,
-        "rewards/margins": chosen_r - rejected_r,
-        "rewards/accuracies": (chosen_r > rejected_r).astype(mx.float32),
-        "logps/chosen": logps.chosen,
-        "logps/rejected": logps.rejected,
-    }
-
-
 def batch_loss(model: nn.Module, args: TrainingArgs, batch: DpoBatch) -> tuple[mx.array, dict[str, mx.array]]:
-    """Mean loss over a batch and the per-pair metrics: pure array code, compilable."""
-    logps = pair_logps(model, batch.tokens, full_logits=args.full_logits)
-    losses = preference_loss(
-        logps.chosen, logps.rejected, batch.ref_chosen, batch.ref_rejected, loss_type=args.loss_type,
-        beta=args.beta, label_smoothing=args.label_smoothing, chosen_lengths=logps.chosen_lengths,
-        rejected_lengths=logps.rejected_lengths, simpo_gamma=args.simpo_gamma,
-    )
-    if args.rpo_alpha:
-        losses = losses + args.rpo_alpha * rpo_nll(logps.chosen, logps.chosen_lengths)
-    metrics = pair_metrics(args, logps, batch)
+    """Mean loss over a batch and the per-example metrics (methods.py): pure array code, compilable."""
+    logps = pair_logps(model, batch.tokens, full_logits=args.full_logits, per_token=args.ld_alpha is not None)
+    losses, metrics = method_losses(args, logps, batch.ref_chosen, batch.ref_rejected, batch.desirable)
     metrics["loss"] = losses
     return losses.mean(), metrics
 
@@ -116,18 +91,34 @@ class Step:
         return self.loss_and_grad(*batch.arrays())
 
 
-def make_step(model: nn.Module, args: TrainingArgs) -> Step:
+def make_step(model: nn.Module, args: TrainingArgs, on_event: Callable[[Event], None] | None = None) -> Step:
     """The training step of a run, compiled unless `args.compile` is off.
 
-    The layout is decided here, once, from the settings and the model. Padding to a few lengths
-    keeps the number of distinct shapes (and so of compilations) small.
+    The layout is decided here, once, from the settings and the model, after the self-check
+    (fast_path.py) has turned off any fast path that does not reproduce the model's own forward.
+    Padding to a few lengths keeps the number of distinct shapes (and so of compilations) small.
     """
+    args = fast_path.checked_args(model, args, on_event)
     layout = layout_for(model, args.shared_prompt)
-    loss_and_grad = nn.value_and_grad(
+    value_and_grad = nn.value_and_grad(
         model, lambda *arrays: batch_loss(model, args, DpoBatch.from_arrays(layout, arrays)))
+    names: list[str] = []
+
+    def stacked(*arrays):
+        # The metrics leave as one stacked array: mx.compile (mlx 0.32) fails ("_Map_base::at") when an output
+        # of a compiled value_and_grad is itself a node of the loss graph (SimPO's, bco_pair's rewards are).
+        (loss, metrics), grads = value_and_grad(*arrays)
+        names[:] = list(metrics)
+        return (loss, mx.stack([metrics[k] for k in names])), grads
+
     if args.compile:
         state = [model.state, mx.random.state]
-        loss_and_grad = mx.compile(loss_and_grad, inputs=state, outputs=state)
+        stacked = mx.compile(stacked, inputs=state, outputs=state)
+
+    def loss_and_grad(*arrays):
+        (loss, metrics), grads = stacked(*arrays)
+        return (loss, dict(zip(names, metrics))), grads
+
     return Step(layout, loss_and_grad)
 
 
@@ -149,13 +140,20 @@ class MetricWindow:
     def means(self) -> dict[str, float]:
         return {k: float(v.item()) / max(self.pairs, 1) for k, v in self.sums.items()}
 
+    def across_ranks(self) -> "MetricWindow":
+        """This window summed over every rank of the group (itself on one rank): the global batch's metrics."""
+        self.sums, (self.pairs, self.tokens) = distributed.group().sum_metrics(self.sums, [self.pairs, self.tokens])
+        return self
 
-def evaluate_batches(model: nn.Module, args: TrainingArgs, pairs: list[EncodedPair],
-                     ref: RefLogps) -> Iterator[tuple[DpoBatch, list[EncodedPair], dict[str, mx.array]]]:
+
+def evaluate_batches(model: nn.Module, args: TrainingArgs, pairs: list[EncodedPair], ref: RefLogps,
+                     on_event: Callable[[Event], None] | None = None,
+                     ) -> Iterator[tuple[DpoBatch, list[EncodedPair], dict[str, mx.array]]]:
     """The one evaluation loop: `pairs` in order, `args.batch_size` at a time, without gradients.
 
     Yields each batch, its pairs and its evaluated per-pair metrics (see `batch_loss`).
     """
+    args = fast_path.checked_args(model, args, on_event)
     layout = layout_for(model, args.shared_prompt)
     for s in range(0, len(pairs), args.batch_size):
         chunk = pairs[s : s + args.batch_size]
@@ -170,7 +168,7 @@ def evaluate_pairs(model: nn.Module, args: TrainingArgs, pairs: list[EncodedPair
     window = MetricWindow()
     for batch, _, metrics in evaluate_batches(model, args, pairs, ref):
         window.add(metrics, batch.num_tokens)
-    return window.means()
+    return window.across_ranks().means()
 
 
 class _DataOrder:
@@ -209,17 +207,25 @@ def _prepare(model: nn.Module, args: TrainingArgs, optimizer: optim.Optimizer,
 
 def _micro_batches(step_fn: Step, args: TrainingArgs, ref: RefLogps, order: _DataOrder, step: int,
                    window: MetricWindow) -> tuple[dict, int]:
-    """One optimizer step's gradients, averaged over its `grad_accum` micro-batches, and the last one's epoch."""
-    grads = None
+    """One optimizer step's gradients, averaged over its `grad_accum` micro-batches, and the last one's epoch.
+
+    With several ranks each takes its share of every global micro-batch, weighted by its part of it
+    (distributed.py); None when this rank had no pairs at all.
+    """
+    grads, group = None, distributed.group()
     for micro in range(args.grad_accum):
-        epoch, pairs = order.micro_batch((step - 1) * args.grad_accum + micro)
+        epoch, global_pairs = order.micro_batch((step - 1) * args.grad_accum + micro)
+        pairs = group.share(global_pairs)
+        if not pairs:  # a global batch smaller than the group: this rank adds nothing to it
+            continue
         batch = step_fn.batch(pairs, ref)
         (_, metrics), g = step_fn(batch)
+        g = group.weigh(g, len(pairs), len(global_pairs))
         grads = g if grads is None else tree_map(mx.add, grads, g)
         window.add(metrics, batch.num_tokens)
         if args.grad_accum > 1:
             mx.eval(grads, window.sums)  # bound memory: free this micro-batch's activations
-    if args.grad_accum > 1:
+    if args.grad_accum > 1 and grads is not None:
         grads = tree_map(lambda g: g / args.grad_accum, grads)
     return grads, epoch
 
@@ -228,6 +234,7 @@ def _report(args: TrainingArgs, step: int, window: MetricWindow, optimizer: opti
             batches_per_epoch: int, run_info: Callable[[], dict]) -> dict:
     """The step report: the window's mean metrics, the schedule's position, throughput and memory."""
     elapsed = time.perf_counter() - window.start
+    window = window.across_ranks()
     return {
         "step": step,
         "epoch": round(((step - 1) * args.grad_accum + args.grad_accum) / batches_per_epoch, 3),
@@ -258,8 +265,12 @@ def train_loop(
     steps = total_steps(args, len(train_pairs))
     optimizer = make_optimizer(args, steps)
     start_step = _prepare(model, args, optimizer, resume_from, optimizer_from)
+    group = distributed.group()
+    if group.size > 1:  # every rank must start from the same adapter, at the same step
+        group.check_same(**{"starting adapter": distributed.tree_digest(model.trainable_parameters()),
+                            "starting step": str(start_step)})
     model.train()
-    step_fn = make_step(model, args)
+    step_fn = make_step(model, args, on_event)
     order = _DataOrder(train_pairs, args)
     window, last = MetricWindow(), {}
     for step in range(start_step + 1, steps + 1):
@@ -269,6 +280,7 @@ def train_loop(
             return last
         mx.random.seed(args.seed * 1_000_003 + step)  # dropout noise is a function of (seed, step): resumable
         grads, epoch = _micro_batches(step_fn, args, ref, order, step, window)
+        grads = group.sum_gradients(grads, model.trainable_parameters())  # the global batch's mean gradient
         if args.max_grad_norm:
             grads, _ = optim.clip_grad_norm(grads, args.max_grad_norm)
         optimizer.update(model, grads)
@@ -280,13 +292,14 @@ def train_loop(
             window = MetricWindow()
         if valid_pairs and (step % args.steps_per_eval == 0 or step == steps):
             model.eval()
-            ev = evaluate_pairs(model, args, valid_pairs, ref)
+            ev = evaluate_pairs(model, args, group.share(valid_pairs), ref)
             model.train()
             on_event(EvalMetrics(step=step, metrics={"step": step, **{f"eval_{k}": v for k, v in ev.items()}}))
-        if step % args.save_every == 0 or step == steps:
+        if group.is_writer and (step % args.save_every == 0 or step == steps):
             path = checkpoint.save(adapter_dir, step, model, optimizer, adapter_config,
                                    {"args": asdict(args), "batches_per_epoch": order.batches_per_epoch,
                                     "epoch": epoch, "data_order": order.batches(epoch)})
             on_event(CheckpointSaved(step=step, path=str(path)))
+        pause.pause_if_asked(step)  # a test hook: MLX_DPO_PAUSE_AT_STEP (pause.py)
     model.eval()
     return last

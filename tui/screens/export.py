@@ -19,11 +19,12 @@ from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Input, Label, ProgressBar, Select, Static
 
 from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.settings import EXPORT_FORMATS, GGUF_TYPES
 from tui.widgets import ModeBar, ScreenButton, StatusLine
 from tui.workers.export import push_folder, run_export
 
-FORMATS = [("hf: fused model folder", "hf"), ("peft: PEFT LoRA adapter", "peft"), ("gguf: llama.cpp file", "gguf")]
-GGUF_TYPES = [("f16", "f16"), ("q8_0", "q8_0")]
+FORMAT_CHOICES = [(f"{name}: {what}", name) for name, what in EXPORT_FORMATS.items()]
+GGUF_CHOICES = [(name, name) for name in GGUF_TYPES]
 # Files an adapter folder holds (mlx_dpo.models.adapter.CONFIG_FILE / ADAPTER_FILE; not imported: that imports MLX).
 ADAPTER_FILES = ("adapter_config.json", "adapters.safetensors")
 STAGES = ("loading base", "fusing", "writing", "done")
@@ -87,9 +88,9 @@ class ExportScreen(Screen):
                             id="export-model", compact=True)
             with Horizontal(classes="export-row"):
                 yield Label("format", classes="export-label")
-                yield Select(FORMATS, value="hf", allow_blank=False, id="export-format", compact=True)
+                yield Select(FORMAT_CHOICES, value="hf", allow_blank=False, id="export-format", compact=True)
                 yield Label("gguf type", classes="export-label-inline")
-                yield Select(GGUF_TYPES, value="f16", allow_blank=False, id="export-gguf-type", compact=True)
+                yield Select(GGUF_CHOICES, value="f16", allow_blank=False, id="export-gguf-type", compact=True)
             with Horizontal(classes="export-row"):
                 yield Label("output", classes="export-label")
                 yield Input(placeholder="output folder (gguf: the .gguf file)", id="export-out", compact=True)

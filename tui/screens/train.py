@@ -27,6 +27,7 @@ from tui.widgets import ModeBar, ScreenButton, StatusLine
 # None: the setting's default, blank where the default is "unset"). Parsers, defaults and checks are the
 # settings' own (mlx_dpo.settings).
 _OFFERED = (
+    ("train-loss", "loss_type", "loss (kto: marked answers too)", None),
     ("train-beta", "beta", "β", None),
     ("train-lr", "learning_rate", "learning rate", None),
     ("train-iters", "iters", "steps", "20"),  # a short round by default, rather than a whole epoch

@@ -82,16 +82,6 @@ def _version_name(model: str | None, adapter: str | Path | None) -> str:
     return display_name(model) + (f" + {Path(adapter).name}" if adapter else "")
 
 
-def _load_version(model: str | None, adapter: str | None):
-    """A fresh load of the base with `adapter` on it (None: the base alone); on the worker thread."""
-    from mlx_dpo.models.load import apply_adapter, load_model
-
-    loaded = load_model(model)
-    if adapter is not None:
-        apply_adapter(loaded, adapter)
-    return loaded
-
-
 class ModelWorker:
     """Owns the model on one daemon thread; loads it, then serves sampling requests in order.
 
@@ -224,20 +214,26 @@ class ModelWorker:
                 self._report(SampleFailed(request.id, _describe(e)))
 
     def _switch_adapter(self, loaded, path: str | None):
-        """Load the base afresh and put the adapter on it (simple and correct: no LoRA layers to strip)."""
+        """Swap the adapter on the loaded base in place (an adapter file's read, not a reload of the base)."""
+        from mlx_dpo.models.load import switch_adapter
+
         try:
-            new = _load_version(self.model, path)
+            switch_adapter(loaded, path)
         except Exception as e:
             self._report(AdapterFailed(_describe(e)))
             return loaded
         self.adapter_path = path
         self.name = _version_name(self.model, path)
-        self._report(ModelReady(self.name, new.name + (f"+{path}" if path else "")))
-        return new
+        self._report(ModelReady(self.name, loaded.name + (f"+{path}" if path else "")))
+        return loaded
 
-    def _model_for(self, loaded, adapter: str | None):
-        """The loaded model with `adapter` on it: the current one, or a fresh load for this request."""
-        return loaded if adapter == self.adapter_path else _load_version(self.model, adapter)
+    def _put_on(self, loaded, adapter: str | None) -> None:
+        """For one answer of a comparison: `adapter` on the base, whatever version the app has chosen."""
+        from mlx_dpo.models.load import switch_adapter
+
+        current = None if loaded.adapter_path is None else str(loaded.adapter_path)
+        if (None if adapter is None else str(Path(adapter).expanduser())) != current:
+            switch_adapter(loaded, adapter)
 
     def _stream(self, loaded, request: _Request, seed: int) -> Iterator[str]:
         from mlx_dpo.models.generate import stream_answer
@@ -253,14 +249,19 @@ class ModelWorker:
             seed = random.randrange(0, 2**31 - 2)
         seeds = (seed, seed) if request.adapters is not None else (seed, seed + 1)
         self._report(SampleStarted(request.id, seeds))
-        for slot, slot_seed in zip((1, 2), seeds):
-            model = loaded if request.adapters is None else self._model_for(loaded, request.adapters[slot - 1])
-            if not self._current(request.id):
-                return
-            text = self._stream_slot(model, request, slot, slot_seed)
-            if text is None:
-                return
-            self._report(AnswerDone(request.id, slot, text))
+        try:
+            for slot, slot_seed in zip((1, 2), seeds):
+                if request.adapters is not None:
+                    self._put_on(loaded, request.adapters[slot - 1])
+                if not self._current(request.id):
+                    return
+                text = self._stream_slot(loaded, request, slot, slot_seed)
+                if text is None:
+                    return
+                self._report(AnswerDone(request.id, slot, text))
+        finally:
+            if request.adapters is not None:  # back to the version the app has chosen
+                self._put_on(loaded, self.adapter_path)
 
     def _stream_slot(self, model, request: _Request, slot: int, seed: int) -> str | None:
         """Stream one answer as AnswerChunk events (batched every CHUNK_INTERVAL); None once superseded."""

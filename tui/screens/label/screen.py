@@ -20,6 +20,7 @@ from tui.prompts import PromptParts, PromptQueue, QueueError
 from tui.sampling import SLOTS
 from tui.screens.label.candidates import KeptCandidate
 from tui.screens.label.history import LabelHistory, LabelRecord, two
+from tui.screens.label.feedback import mark_answer
 from tui.screens.two_answers import EDITOR_BINDINGS, PICK_BINDINGS, TwoAnswersScreen
 from tui.widgets import AnswerPane, ModeBar, ModelStatus, ScreenButton, StatusLine, prompt_fields, read_prompt
 from tui.workers import SampleSettings
@@ -33,6 +34,8 @@ class LabelScreen(TwoAnswersScreen):
         Binding("ctrl+s", "sample", "Sample", tooltip="Sample two answers to the prompt"),
         *PICK_BINDINGS,
         Binding("t", "tie", "Tie", tooltip="Tie: record it, save no pair"),
+        Binding("g", "mark(True)", "Good", tooltip="Answer 1 alone is good: save it for KTO"),
+        Binding("b", "mark(False)", "Bad", tooltip="Answer 1 alone is bad: save it for KTO"),
         Binding("e", "edit", "Edit", tooltip="Edit the answers before picking"),
         Binding("r", "resample", "Resample", tooltip="Resample both answers"),
         Binding("u", "undo", "Undo", tooltip="Undo the last label"),
@@ -249,6 +252,9 @@ class LabelScreen(TwoAnswersScreen):
             return
         self._labeled(LabelRecord("pair", pair.id, self.sampling.prompt, self.answers(), self.queue.pos),
                       f"saved pair #{pair.id} (answer {slot} chosen)", f"saved pair #{pair.id}", title="Saved")
+
+    def action_mark(self, desirable: bool) -> None:
+        mark_answer(self, desirable)
 
     def action_tie(self) -> None:
         if not self._can_label():

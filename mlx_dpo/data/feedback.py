@@ -1,0 +1,135 @@
+"""Unpaired feedback for KTO: single answers marked good or bad, read from JSON Lines or made from pairs.
+
+Accepted rows (TRL's unpaired preference format; other keys are ignored):
+  standard        {"prompt": "...", "completion": "...", "label": true|false}
+  conversational  {"prompt": [messages], "completion": [messages], "label": true|false}
+with an optional "id". The prompt and completion follow the pair rules (pairs.py: `parse_prompt`,
+`parse_completion`); `label` must be a JSON boolean. A file may also hold preference pairs: each pair gives
+one desirable example (its chosen answer) and one undesirable one (its rejected answer), as
+`feedback_from_pairs` does for pairs given in memory. Bad rows are reported with file, line and field,
+as pairs are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from mlx_dpo.data.pairs import (MAX_LISTED_ERRORS, PreferencePair, RowError, check_pair, parse_completion,
+                                parse_prompt, read_text)
+from mlx_dpo.errors import MlxDpoError
+
+MISSING = object()
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """One prompt with one answer, marked desirable (True) or undesirable (False)."""
+
+    id: str
+    prompt: list[dict[str, str]]
+    completion: str
+    desirable: bool
+    source: str | None = field(default=None, compare=False)
+
+
+def feedback_id(prompt: list[dict[str, str]], completion: str, desirable: bool) -> str:
+    canonical = json.dumps({"prompt": prompt, "completion": completion, "label": desirable}, sort_keys=True,
+                           ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def feedback_from_pairs(pairs: Iterable[PreferencePair]) -> list[Feedback]:
+    """Each pair as two examples: its chosen answer desirable, its rejected answer undesirable.
+
+    All chosen answers come first, then all rejected ones (as TRL's unpair_preference_dataset does), so the
+    rotation in `kto_pairs` pairs a prompt with another prompt's answer, not its own pair's other answer.
+    """
+    pairs = list(pairs)
+    return ([Feedback(f"{p.id}/chosen", p.prompt, p.chosen, True, p.source) for p in pairs]
+            + [Feedback(f"{p.id}/rejected", p.prompt, p.rejected, False, p.source) for p in pairs])
+
+
+def is_feedback_row(obj: Any) -> bool:
+    return isinstance(obj, dict) and "label" in obj and "chosen" not in obj
+
+
+def _parse(obj: Any) -> tuple[list[Feedback], list[tuple[str | None, str]]]:
+    """A row as examples (one, or two from a pair), or its problems."""
+    if not isinstance(obj, dict):
+        return [], [(None, "expected a JSON object")]
+    problems: list[tuple[str | None, str]] = []
+    if not is_feedback_row(obj):
+        pair = check_pair(*(obj.get(name, MISSING) for name in ("prompt", "chosen", "rejected")), problems)
+        if pair is None:
+            return [], problems
+        prompt, chosen, rejected = pair
+        row_id = str(obj["id"]) if "id" in obj else feedback_id(prompt, chosen + "\0" + rejected, True)
+        return feedback_from_pairs([PreferencePair(row_id, prompt, chosen, rejected)]), []
+    prompt = parse_prompt(obj.get("prompt", ""), "prompt", problems) if "prompt" in obj else None
+    if "prompt" not in obj:
+        problems.append(("prompt", "is missing"))
+    completion = (parse_completion(obj["completion"], "completion", problems) if "completion" in obj
+                  else problems.append(("completion", "is missing")))
+    label = obj["label"]
+    if not isinstance(label, bool):
+        problems.append(("label", f"must be true or false, got {json.dumps(label)}"))
+    if problems:
+        return [], problems
+    row_id = str(obj["id"]) if "id" in obj else feedback_id(prompt, completion, label)
+    return [Feedback(row_id, prompt, completion, label)], []
+
+
+def load_feedback(path: str | Path, *, skip_invalid: bool = False) -> tuple[list[Feedback], int]:
+    """Every example of a JSONL file of unpaired feedback (or pairs), and how many bad rows were skipped.
+
+    Unless `skip_invalid`, any bad row raises MlxDpoError listing them all with file, line and field.
+    """
+    name = str(path)
+    examples: list[list[Feedback]] = []
+    from_pairs: list[list[Feedback]] = []  # [chosen, rejected] of each pair row
+    errors: list[RowError] = []
+    skipped = 0
+    for line_no, line in enumerate(read_text(Path(path)).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            found, problems = _parse(json.loads(line))
+        except json.JSONDecodeError as e:
+            found, problems = [], [(None, f"not valid JSON: {e.msg} (column {e.colno})")]
+        if problems:
+            skipped += 1
+            errors.extend(RowError(name, line_no, fld, msg) for fld, msg in problems)
+        found = [Feedback(f.id, f.prompt, f.completion, f.desirable, f"{name}:{line_no}") for f in found]
+        if found:
+            (examples if len(found) == 1 else from_pairs).append(found)
+    if errors and not skip_invalid:
+        listed = "\n".join(f"  {e}" for e in errors[:MAX_LISTED_ERRORS])
+        raise MlxDpoError(f"{name}: {skipped} invalid row{'s' if skipped != 1 else ''}:\n{listed}"
+                          "\nFix them, or pass --skip-invalid to drop invalid rows.")
+    # As feedback_from_pairs: the pairs' chosen answers, then their rejected ones.
+    examples = [f for (f,) in examples] + [c for c, _ in from_pairs] + [r for _, r in from_pairs]
+    if not examples:
+        raise MlxDpoError(f"{name}: no feedback rows found; expected one JSON object per line with "
+                          '"prompt", "completion" and "label" (or preference pairs)')
+    return examples, skipped
+
+
+def kto_pairs(examples: list[Feedback], batch_size: int) -> tuple[list[PreferencePair], dict[str, bool]]:
+    """KTO examples in the pair layout (methods.py), and each one's label by pair id.
+
+    chosen = the example's answer; rejected = the answer of the example before it in its chunk of
+    `batch_size` (the first takes the chunk's last): TRL's rotation, giving the mismatched (prompt, answer)
+    pairs whose log-ratios estimate KTO's KL reference point.
+    """
+    out, labels = [], {}
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        for i, ex in enumerate(chunk):
+            pair_id = ex.id if ex.id not in labels else f"{ex.id}#{start + i}"
+            out.append(PreferencePair(pair_id, ex.prompt, ex.completion, chunk[i - 1].completion, ex.source))
+            labels[pair_id] = ex.desirable
+    return out, labels

@@ -1,0 +1,83 @@
+"""Single answers marked good or bad in the store, for KTO (mlx_dpo.data.feedback, mlx_dpo.training.methods).
+
+The table `feedback` holds one row per judged answer: the prompt, the answer, its label and the sampler that
+wrote it. `round_feedback` says which rows a round trained on; as for pairs, only a *finished* round counts.
+A KTO round (mlx_dpo.training.rounds) trains the untrained feedback together with the untrained pairs
+(each pair giving one good and one bad answer).
+
+FeedbackLog holds these methods; PreferenceStore (mlx_dpo.data.store) builds on it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from mlx_dpo.data.feedback import Feedback
+from mlx_dpo.data.pairs import checked_prompt, parse_completion
+from mlx_dpo.data.round_records import RoundLog
+from mlx_dpo.errors import MlxDpoError
+
+_FINISHED = ("SELECT rf.feedback_id FROM round_feedback rf JOIN rounds r ON r.id = rf.round_id "
+             "WHERE r.status = 'finished'")
+_COLUMNS = "id, prompt, completion, label, sampler, created_at"
+
+
+@dataclass(frozen=True)
+class StoredFeedback:
+    id: int
+    prompt: list[dict[str, str]]
+    completion: str
+    desirable: bool
+    sampler: Any
+    created_at: float
+
+    def to_feedback(self) -> Feedback:
+        return Feedback(f"feedback-{self.id}", self.prompt, self.completion, self.desirable)
+
+
+class FeedbackLog(RoundLog):
+    """The store's single-answer labels."""
+
+    def add_feedback(self, prompt: Any, completion: str, desirable: bool,
+                     sampler: Any = None) -> StoredFeedback:
+        """Store one answer marked good (`desirable`) or bad; the prompt and answer follow the pair rules."""
+        prompt = checked_prompt(prompt)
+        problems: list = []
+        text = parse_completion(completion, "answer", problems)
+        if text is None:
+            raise MlxDpoError(f"answer {problems[0][1]}")
+        if not isinstance(desirable, bool):
+            raise MlxDpoError(f"a label must be good or bad (True or False), not {desirable!r}")
+        with self._transaction() as conn:
+            cur = conn.execute("INSERT INTO feedback (prompt, completion, label, sampler, created_at) VALUES (?, ?, ?, ?, ?)",
+                               (json.dumps(prompt), text, int(desirable), json.dumps(sampler) if sampler else None,
+                                self._clock()))
+            return self._feedback(conn, f"WHERE id = {int(cur.lastrowid)}")[0]
+
+    def list_feedback(self) -> list[StoredFeedback]:
+        with self._transaction(write=False) as conn:
+            return self._feedback(conn, "")
+
+    def untrained_feedback(self) -> list[StoredFeedback]:
+        """Labels (oldest first) that no finished round has trained on."""
+        with self._transaction(write=False) as conn:
+            return self._feedback(conn, f"WHERE id NOT IN ({_FINISHED})")
+
+    def record_round_feedback(self, version: int, feedback_ids: Iterable[int]) -> None:
+        """The labels round `version` trained on (the round itself is recorded by record_round)."""
+        with self._transaction() as conn:
+            conn.executemany("INSERT OR IGNORE INTO round_feedback (round_id, feedback_id) VALUES (?, ?)",
+                             [(version, int(i)) for i in feedback_ids])
+
+    def round_feedback_ids(self, version: int) -> list[int]:
+        with self._transaction(write=False) as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT feedback_id FROM round_feedback WHERE round_id = ? ORDER BY feedback_id", (version,))]
+
+    @staticmethod
+    def _feedback(conn, where: str) -> list[StoredFeedback]:
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM feedback {where} ORDER BY id").fetchall()
+        return [StoredFeedback(r[0], json.loads(r[1]), r[2], bool(r[3]), json.loads(r[4]) if r[4] else None, r[5])
+                for r in rows]
