@@ -255,13 +255,13 @@ def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, load
         "loss_type": args.loss_type,
     })
     metrics_path = Path(run.metrics_file) if run.metrics_file else adapter_dir / METRICS_FILE
-    if not group.is_writer:
-        pass  # rank 0 alone writes the metrics
-    elif start.resume_from is None:
-        metrics_path.unlink(missing_ok=True)
-    else:
-        _forget_metrics_after(metrics_path, checkpoint.read_state(start.resume_from)["step"])
-    writer = MetricsWriter(metrics_path, emit) if group.is_writer else emit
+    writer = emit
+    if group.is_writer:  # rank 0 alone writes the metrics
+        if start.resume_from is None:
+            metrics_path.unlink(missing_ok=True)
+        else:
+            _forget_metrics_after(metrics_path, checkpoint.read_state(start.resume_from)["step"])
+        writer = MetricsWriter(metrics_path, emit)
     eval_last: dict = {}
 
     def on_loop_event(event: Event) -> None:
