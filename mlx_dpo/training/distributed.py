@@ -124,15 +124,6 @@ def _digest_ints(text: str) -> list[int]:
     return [int(h[:7], 16), int(h[7:14], 16)]
 
 
-def tree_digest(tree: dict) -> str:
-    """A content hash of a tree of arrays (an adapter's weights): equal on every rank that holds the same values."""
-    h = hashlib.sha256()
-    for name, a in tree_flatten(tree):
-        h.update(name.encode())
-        h.update(np.asarray(a.astype(mx.float32)).tobytes())
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class Group:
     """This process's place in the group: its rank among `size` ranks over `backend` ("none" alone)."""

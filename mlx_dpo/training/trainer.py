@@ -21,7 +21,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map
 
 from mlx_dpo.events import Cancelled, CheckpointSaved, Event, EvalMetrics, StepMetrics
 from mlx_dpo.settings import TrainingArgs
@@ -29,6 +29,7 @@ from mlx_dpo.training import checkpoint, distributed, fast_path, pause
 from mlx_dpo.training.batching import BatchLayout, DpoBatch, layout_for, make_dpo_batch
 from mlx_dpo.training.logprobs import pair_logps
 from mlx_dpo.training.methods import method_losses
+from mlx_dpo.training.ref_cache import arrays_digest
 from mlx_dpo.training.reference import RefLogps
 from mlx_dpo.training.tokens import EncodedPair
 
@@ -267,7 +268,7 @@ def train_loop(
     start_step = _prepare(model, args, optimizer, resume_from, optimizer_from)
     group = distributed.group()
     if group.size > 1:  # every rank must start from the same adapter, at the same step
-        group.check_same(**{"starting adapter": distributed.tree_digest(model.trainable_parameters()),
+        group.check_same(**{"starting adapter": arrays_digest(dict(tree_flatten(model.trainable_parameters()))),
                             "starting step": str(start_step)})
     model.train()
     step_fn = make_step(model, args, on_event)
