@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from mlx_dpo.data.pairs import (MAX_LISTED_ERRORS, PreferencePair, RowError, check_pair, parse_completion,
+from mlx_dpo.data.pairs import (PreferencePair, RowError, check_pair, invalid_rows_error, parse_completion,
                                 parse_prompt, read_text)
 from mlx_dpo.errors import MlxDpoError
 
@@ -107,9 +107,7 @@ def load_feedback(path: str | Path, *, skip_invalid: bool = False) -> tuple[list
         if found:
             (examples if len(found) == 1 else from_pairs).append(found)
     if errors and not skip_invalid:
-        listed = "\n".join(f"  {e}" for e in errors[:MAX_LISTED_ERRORS])
-        raise MlxDpoError(f"{name}: {skipped} invalid row{'s' if skipped != 1 else ''}:\n{listed}"
-                          "\nFix them, or pass --skip-invalid to drop invalid rows.")
+        raise invalid_rows_error(name, skipped, errors)
     # As feedback_from_pairs: the pairs' chosen answers, then their rejected ones.
     examples = [f for (f,) in examples] + [c for c, _ in from_pairs] + [r for _, r in from_pairs]
     if not examples:

@@ -111,11 +111,7 @@ def load_pairs(path: str | Path, *, skip_invalid: bool = False) -> LoadResult:
             errors.extend(RowError(name, line_no, fld, msg) for fld, msg in problems)
 
     if errors and not skip_invalid:
-        raise MlxDpoError(
-            f"{name}: {skipped} invalid row{'s' if skipped != 1 else ''}:\n"
-            + _list_errors(errors)
-            + "\nFix them, or pass --skip-invalid to drop invalid rows."
-        )
+        raise invalid_rows_error(name, skipped, errors)
     if not pairs:
         detail = f" ({skipped} invalid row{'s' if skipped != 1 else ''} skipped)" if skipped else ""
         raise MlxDpoError(f"{name}: no preference pairs found{detail}; expected one JSON object per line")
@@ -352,6 +348,12 @@ def _duplicate_problem(row_id: str, explicit: bool, first_line: int, first_expli
 def describe_problems(problems: list[Problem]) -> str:
     """One line: "prompt is empty; prompt[1].role: a system message must come first"."""
     return "; ".join(_SUMMARY.get((f, m)) or (f"{f} {m}" if m.startswith("is ") else f"{f}: {m}") for f, m in problems)
+
+
+def invalid_rows_error(name: str, skipped: int, errors: list[RowError]) -> MlxDpoError:
+    """The one refusal of a JSONL file with bad rows (pairs or KTO feedback): each row's file, line and field."""
+    return MlxDpoError(f"{name}: {skipped} invalid row{'s' if skipped != 1 else ''}:\n{_list_errors(errors)}"
+                       "\nFix them, or pass --skip-invalid to drop invalid rows.")
 
 
 def _list_errors(errors: list[RowError]) -> str:
