@@ -27,10 +27,6 @@ from mlx_dpo.training.reference import RefLogps, ReferenceStats, reference_logps
 from mlx_dpo.training.tokens import EncodedPair
 
 
-def is_kto(args: TrainingArgs) -> bool:
-    return args.losses == ("kto",)
-
-
 def kto_data(source: str | Path | Sequence, args: TrainingArgs, skip_invalid: bool,
              emit: Callable[[Event], None]) -> tuple[list[PreferencePair], dict[str, bool]]:
     """A KTO run's data (a JSONL file of feedback or pairs, or a list of Feedback / PreferencePair) in the

@@ -27,6 +27,11 @@ from mlx_dpo.training.losses import (combined_loss, implicit_rewards, kto_loss, 
                                      orpo_log_odds, rpo_nll, sft_nll, simpo_rewards)
 
 
+def is_kto(args: TrainingArgs) -> bool:
+    """KTO trains on single answers marked good or bad (it cannot be combined with other losses)."""
+    return args.losses == ("kto",)
+
+
 def ld_weighted(logps: PairLogps, alpha: float) -> PairLogps:
     """LD-DPO: each completion's log-prob with the tokens past the shorter answer's length weighted by α.
 
@@ -53,7 +58,7 @@ def method_losses(args: TrainingArgs, logps: PairLogps, ref_chosen: mx.array, re
     """Per-example losses (B,) and TRL-named per-example metrics of one batch."""
     if args.ld_alpha is not None:
         logps = ld_weighted(logps, args.ld_alpha)
-    if args.losses == ("kto",):
+    if is_kto(args):
         return _kto(args, logps, ref_chosen, ref_rejected, desirable)
     losses = combined_loss(
         logps.chosen, logps.rejected, ref_chosen, ref_rejected, loss_types=args.losses,
@@ -97,7 +102,7 @@ def _kto(args: TrainingArgs, logps: PairLogps, ref_own: mx.array, ref_mismatched
     kl = kto_reference_point(logps.rejected, ref_mismatched)
     losses = kto_loss(logps.chosen, ref_own, desirable, kl, beta=args.beta,
                       desirable_weight=args.desirable_weight, undesirable_weight=args.undesirable_weight)
-    rewards = args.beta * (logps.chosen - ref_own)
+    rewards = implicit_rewards(logps.chosen, ref_own, args.beta)
     good, bad = desirable, 1 - desirable
     n = float(desirable.shape[0])
     # Spread each group's mean over the batch: the per-example mean is then TRL's mean over the group.

@@ -27,7 +27,8 @@ from mlx_dpo.models.load import LoadedModel, apply_adapter, load_model
 from mlx_dpo.data.pairs import PreferencePair, load_pairs
 from mlx_dpo.training.ref_cache import RefCache, arrays_digest, reference_fingerprint
 from mlx_dpo.training.reference import RefLogps, ReferenceStats, reference_logps
-from mlx_dpo.training.method_data import is_kto, kto_data, method_reference, with_labels
+from mlx_dpo.training.method_data import kto_data, method_reference, with_labels
+from mlx_dpo.training.methods import is_kto
 from mlx_dpo.training.tokens import EncodedPair, Encoder
 from mlx_dpo.options import build, resolve, settings_of
 from mlx_dpo.settings import EVAL_LOSS_SETTINGS, TRAIN_GROUPS, LoraSettings, RunOptions, TrainingArgs, loss_types
