@@ -4,7 +4,9 @@
     LoraSettings   the adapter put on the model (named lora_<field>: lora_rank, lora_num_layers, ...)
     RunOptions     what a run reads and writes besides the pairs: validation pairs, a starting adapter,
                    token limits, the metrics file
-    RoundSettings  what an incremental round adds (the replay share)
+    RoundSettings  what an incremental round adds (replay share, length by passes, reference, held-out)
+    OnlineSettings what `mlx-dpo online` adds (rounds, prompts per round, answers per prompt)
+    SampleSettings how answers are sampled (the app's sampler settings, `mlx-dpo online`'s too)
 
 `mlx-dpo train`'s flags, the keys of its --config file, the keywords of `mlx_dpo.api.train`, the app's
 Train fields and the settings a round records are all read from these fields (see `mlx_dpo.options`
@@ -14,7 +16,7 @@ when built. No mlx import: the app's UI process reads these too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -199,9 +201,12 @@ class RunOptions:
 
     valid_data: str | Path | list | None = option(None, "validation pairs (JSON Lines)")  # or a list of pairs
     init_adapter: str | Path | None = option(None, "start from this adapter (it becomes the reference)")
-    max_length: int | None = option(None, "max prompt+completion tokens; completions are cut at the end",
-                                    check=at_least(1))
-    max_prompt_length: int | None = option(None, "max prompt tokens; prompts keep their end", check=at_least(1))
+    # TRL's long-standing defaults (1024 / 512); the memory of a step grows with the square of the length.
+    max_length: int = option(1024, "max prompt+answer tokens, at most the model's context length (config.json "
+                             "max_position_embeddings); longer answers keep their start", check=at_least(1))
+    max_prompt_length: int = option(512, "max prompt tokens, below --max-length; longer prompts keep their end; 0: "
+                                    "never cut a prompt, refuse one that leaves no room for an answer",
+                                    check=at_least(0))
     skip_invalid: bool = option(False, "drop invalid rows instead of refusing to start")
     metrics_file: str | Path | None = option(None, "JSON Lines metrics", default_text="<adapter-path>/metrics.jsonl")
 
@@ -209,14 +214,84 @@ class RunOptions:
         check_fields(self)
 
 
+def _max_steps_problem(steps: int, values: Mapping[str, Any]) -> str | None:
+    if steps < 1:
+        return "must be at least 1"
+    return None if steps >= values["min_steps"] else f"must be at least --min-steps ({values['min_steps']})"
+
+
 @dataclass
 class RoundSettings:
-    """What an incremental round (mlx_dpo.training.rounds) adds to a run's settings."""
+    """What an incremental round (mlx_dpo.training.rounds) adds to a run's settings.
+
+    A round's length follows its data: `passes` over its new + replayed pairs, kept within
+    [min_steps, max_steps] (an `iters` given still sets it exactly). The defaults come from the experiment
+    in benchmarks/rounds.py (benchmarks/README.md, "Rounds").
+    """
 
     replay: float = option(0.5, "with --incremental: share of older pairs replayed", check=at_least(0))
+    passes: float = option(2.0, "a round's passes over its new + replayed pairs", check=positive())
+    min_steps: int = option(2, "a round's fewest optimizer steps", check=at_least(1))
+    max_steps: int = option(40, "a round's most optimizer steps", check=Check(_max_steps_problem))
+    # "previous": DPO against the last finished version (its adapter on), cached under its fingerprint.
+    reference: str = option("base", "the reference of a round: base or previous (the last finished version)",
+                            check=OneOf(("base", "previous"), "reference"))
+    heldout_samples: int = option(2, "answers sampled per held-out prompt after a round (KL, judge); 0: none",
+                                  check=at_least(0))
+    heldout_prompts: int = option(8, "held-out prompts measured after a round (the first ones)", check=at_least(1))
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+
+@dataclass
+class OnlineSettings:
+    """What `mlx-dpo online` (mlx_dpo.online.loop) adds to a round's settings: how many rounds, how many
+    prompts each, how many answers per prompt. `rounds` counts this prompt file's rounds in the workspace,
+    so the same command run again after a stop goes on to the same end."""
+
+    rounds: int = option(3, "online rounds of this prompt file in the workspace (a restart goes on to the same count)",
+                         check=at_least(1))
+    per_round: int = option(8, "prompts sampled and judged per round", check=at_least(1))
+    samples_per_prompt: int = option(2, "answers sampled per prompt (a score judge pairs the best with the worst)",
+                                     check=at_least(2))
+    sample_batch_size: int = option(8, "sequences generated together when sampling", check=at_least(1))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """How answers are sampled: the app's Label screen and `mlx-dpo online` use the same settings.
+
+    `seed=None` draws a fresh seed per request; in the app, slot 2 uses seed + 1. A plain frozen dataclass
+    checked on demand (`check()` raises ValueError naming the field), since the app's settings form builds
+    one from what was typed and then asks what is wrong with it.
+    """
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int | None = None
+
+    def check(self) -> None:
+        """Raise ValueError naming the bad field."""
+        if not 0 <= self.temperature <= 10:
+            raise ValueError(f"temperature must be between 0 and 10 (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top-p must be in (0, 1] (got {self.top_p})")
+        if not 1 <= self.max_tokens <= 32768:
+            raise ValueError(f"max tokens must be between 1 and 32768 (got {self.max_tokens})")
+        if self.seed is not None and not 0 <= self.seed < 2**31:
+            raise ValueError(f"seed must be between 0 and 2^31-1 (got {self.seed})")
+
+    def summary(self) -> str:
+        seed = "random" if self.seed is None else str(self.seed)
+        return f"temp {self.temperature:g} · top-p {self.top_p:g} · max {self.max_tokens} tokens · seed {seed} · s to change"
+
+    def with_seed(self, seed: int | None) -> "SampleSettings":
+        return replace(self, seed=seed)
 
 
 # The loss settings `mlx-dpo eval` / `api.evaluate` take besides beta and loss_type, so a loss that needs one

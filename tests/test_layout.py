@@ -43,7 +43,9 @@ LAZY_IMPORTS_ALLOWED_IN = {
     "mlx_dpo/cli/app.py": frozenset({"tui", "textual"}),
     "mlx_dpo/cli/models.py": HEAVY_LIBRARY,
     "mlx_dpo/cli/train.py": HEAVY_LIBRARY,
+    "mlx_dpo/cli/data.py": HEAVY_LIBRARY,
     "mlx_dpo/cli/export.py": HEAVY_LIBRARY,
+    "mlx_dpo/cli/online.py": HEAVY_LIBRARY | {"mlx_dpo.online", "tui", "textual"},  # --judge human opens the app
     "mlx_dpo/blas.py": frozenset({"mlx"}),
 }
 

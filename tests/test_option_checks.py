@@ -27,7 +27,7 @@ LOSSES = ", ".join(LOSS_TYPES)
 # or None when the rule accepts none yet)
 CHECKS: dict[str, tuple[list[tuple[list[str], str]], list[str] | None]] = {
     "--max-length": ([(["0"], "--max-length must be at least 1 (got 0)")], ["1"]),
-    "--max-prompt-length": ([(["0"], "--max-prompt-length must be at least 1 (got 0)")], ["1"]),
+    "--max-prompt-length": ([(["-1"], "--max-prompt-length must be at least 0 (got -1)")], ["0"]),
     "--iters": ([(["0"], "--iters must be at least 1 (got 0)")], ["1"]),
     "--epochs": ([(["0"], "--epochs must be > 0 (got 0.0)"), (["-1"], "--epochs must be > 0 (got -1.0)")], ["0.01"]),
     "--batch-size": ([(["0"], "--batch-size must be at least 1 (got 0)")], ["1"]),
@@ -78,6 +78,17 @@ CHECKS: dict[str, tuple[list[tuple[list[str], str]], list[str] | None]] = {
     "--lora-layers": ([(["0"], "--lora-layers must be -1 (all) or at least 1 (got 0)"),
                        (["-2"], "--lora-layers must be -1 (all) or at least 1 (got -2)")], ["-1"]),
     "--replay": ([(["-0.5", "--incremental"], "--replay must be at least 0 (got -0.5)")], ["0", "--incremental"]),
+    "--passes": ([(["0", "--incremental"], "--passes must be > 0 (got 0.0)")], ["0.5", "--incremental"]),
+    "--min-steps": ([(["0", "--incremental"], "--min-steps must be at least 1 (got 0)")], ["1", "--incremental"]),
+    "--max-steps": ([(["0", "--incremental"], "--max-steps must be at least 1 (got 0)"),
+                     (["3", "--min-steps", "4", "--incremental"], "--max-steps must be at least --min-steps (4) (got 3)")],
+                    ["4", "--min-steps", "4", "--incremental"]),
+    "--reference": ([(["latest", "--incremental"], "--reference latest: unknown reference (choose from base, previous)")],
+                    ["previous", "--incremental"]),
+    "--heldout-samples": ([(["-1", "--incremental"], "--heldout-samples must be at least 0 (got -1)")],
+                          ["0", "--incremental"]),
+    "--heldout-prompts": ([(["0", "--incremental"], "--heldout-prompts must be at least 1 (got 0)")],
+                          ["1", "--incremental"]),
 }
 BAD_CASES = [pytest.param(flag, argv, message, id=f"{flag}={' '.join(argv)}".rstrip("="))
              for flag, (cases, _) in CHECKS.items() for argv, message in cases]
@@ -165,7 +176,8 @@ def test_a_number_setting_refuses_text_that_is_no_number(capsys, setting):
     (["data", "export", "x.jsonl", "--style", "chatml"],
      "mlx-dpo data export: error: argument --style: invalid choice: 'chatml' (choose from conversational, standard)"),
     (["fly"], "mlx-dpo: error: argument COMMAND: invalid choice: 'fly' (choose from doctor, generate, train, eval, data, "
-              "export, push, convert, tui)"),
+              "export, push, online, convert, tui)"),
+    (["online", "--judge", "human"], "mlx-dpo online: error: the following arguments are required: --prompts"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_the_parser_refuses_bad_arguments_of_every_command(capsys, argv, line):
     # (Python 3.11's argparse quotes the choices, later versions do not.)

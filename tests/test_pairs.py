@@ -202,6 +202,21 @@ def test_a_non_utf8_file_is_named_with_its_line(data):
         load_pairs(data)
 
 
+# The kinds a new user's tour found that BAD_ROWS above does not hold (issue 15): each still one line naming
+# file, line and field. A NaN is a number to Python's json; it is refused as one.
+@pytest.mark.parametrize("content, fragment", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", ":1: not valid UTF-8 (byte 0x89)"),
+    (b"\x00\x01\x02binary\n", ":1: not valid JSON"),
+    (b'{"prompt": "Q?", "chosen": NaN, "rejected": "No."}\n', ":1: field 'chosen': expected a string or a list of messages, got number"),
+    (b'{"prompt": "  ", "chosen": "Yes.", "rejected": "No."}\n', ":1: field 'prompt': is empty"),
+])
+def test_binary_nan_and_blank_prompt_rows_are_refused_with_their_line(data, content, fragment):
+    data.write_bytes(content)
+    with pytest.raises(MlxDpoError) as info:
+        load_pairs(data)
+    assert f"{data}{fragment}" in str(info.value)
+
+
 def test_a_utf8_byte_order_mark_is_accepted(data):
     data.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n")
     assert len(load_pairs(data).pairs) == 1

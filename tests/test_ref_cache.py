@@ -21,6 +21,7 @@ import pytest
 
 from mlx_dpo.training import ref_cache
 from mlx_dpo.events import Status
+from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.training.batching import make_batch
 from mlx_dpo.training.logprobs import sequence_logps
 from mlx_dpo.data.pairs import PreferencePair
@@ -290,7 +291,7 @@ def test_a_busy_database_is_not_mistaken_for_a_damaged_one(tmp_path, monkeypatch
     connect = sqlite3.connect
     monkeypatch.setattr(ref_cache.sqlite3, "connect", lambda *a, **kw: connect(*a, **{**kw, "timeout": 0.05}))
 
-    with pytest.raises(sqlite3.OperationalError, match="locked"):
+    with pytest.raises(MlxDpoError, match="database is locked: another mlx-dpo process is writing it"):
         RefCache("fp-test", root=tmp_path)
     assert path.is_file() and not path.with_suffix(".damaged").exists()
     holder.rollback()

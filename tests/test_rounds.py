@@ -10,12 +10,15 @@ import mlx.core as mx
 import pytest
 
 from helpers import run_cli
+from mlx_dpo.cli import main
 from mlx_dpo.training import checkpoint
 from mlx_dpo.training import rounds, run
 from mlx_dpo.models.adapter import adapter_weights
+from mlx_dpo.models.load import load_model
 from mlx_dpo.events import StepMetrics
 from mlx_dpo.data.pairs import DEMO_PAIRS_PATH, load_pairs
 from mlx_dpo.data.store import PreferenceStore
+from mlx_dpo.settings import RoundSettings, TrainingArgs
 
 SETTINGS = dict(iters=2, batch_size=2, lora_rank=4, replay=0.5, seed=1)
 TINY_SEED = 23  # this module's `tiny` model (conftest.py): the cache-miss counts below are its own
@@ -131,3 +134,51 @@ def test_cli_incremental_end_to_end(tmp_path, tiny):
     # No new pairs: a one-line error, not a traceback.
     result = run_cli(*args)
     assert result.returncode != 0 and "no new pairs" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_round_lasts_passes_over_its_pairs_kept_between_min_and_max_steps():
+    args = TrainingArgs(batch_size=4)
+    steps = lambda pairs, **kw: rounds.round_steps(RoundSettings(**kw), args, pairs)  # noqa: E731
+    assert steps(1, passes=2, min_steps=1) == 2  # one pair, one batch a pass: seen twice, not twenty times
+    assert steps(10, passes=2, min_steps=1) == 6  # ceil(10 / 4) = 3 batches a pass
+    assert steps(1, passes=2, min_steps=3) == 3 and steps(100, passes=2, max_steps=40) == 40
+    assert rounds.round_steps(RoundSettings(passes=1, min_steps=1), TrainingArgs(batch_size=2, grad_accum=2), 8) == 2
+    with pytest.raises(Exception, match=r"max_steps must be at least --min-steps \(5\)"):
+        RoundSettings(min_steps=5, max_steps=4)
+    with pytest.raises(Exception, match="a round's length is set by passes"):
+        rounds.round_options({"epochs": 2})
+    options, record = rounds.round_options({"passes": 3, "reference": "previous"})
+    assert "passes" not in options and "reference" not in options  # round settings do not reach run.train
+    assert (record["passes"], record["reference"], record["min_steps"]) == (3, "previous", RoundSettings().min_steps)
+
+
+def test_reference_previous_caches_under_the_previous_version_and_a_rerun_reuses_it(tmp_path, tiny, fresh_cache):
+    ws = tmp_path / "ws"
+    add_demo_pairs(ws, 2, 0)
+    settings = {**SETTINGS, "iters": 1, "reference": "previous", "replay": 1, "compile": False}
+    loaded = load_model(str(tiny))
+    r1 = rounds.run_round(ws, settings=settings, loaded=loaded)  # no previous version: the base
+    assert r1.metrics["ref_cache/misses"] == 4
+    base_files = {p.name for p in (fresh_cache / "ref-cache").glob("*.sqlite")}
+    add_demo_pairs(ws, 2, 10)
+    cancel = threading.Event()
+    cancel.set()  # cancelled before its first step, after its reference pass
+    r2 = rounds.run_round(ws, settings=settings, cancel=cancel, loaded=loaded)
+    assert r2.status == "cancelled" and loaded.adapter_path == r1.adapter_path  # back on the version it started from
+    # Every pair (new and replayed) missed: its reference is v1 now, cached in a file of its own.
+    assert r2.metrics["ref_cache/misses"] == 2 * (2 + 2) and r2.metrics["ref_cache/hits"] == 0
+    files = {p.name for p in (fresh_cache / "ref-cache").glob("*.sqlite")}
+    r3 = rounds.run_round(ws, settings=settings, loaded=loaded)  # the same round again, from v1
+    assert r3.status == "finished" and r3.init_adapter == str(r1.adapter_path)
+    assert loaded.adapter_path == r3.adapter_path  # the loaded model is left on the new version
+    assert r3.metrics["ref_cache/misses"] == 0 and r3.metrics["ref_cache/hits"] == 2 * (2 + 2)
+    v1_config = json.loads((r1.adapter_path / "adapter_config.json").read_text())["mlx_dpo"]
+    v3_config = json.loads((r3.adapter_path / "adapter_config.json").read_text())["mlx_dpo"]
+    assert v3_config["reference"] == "start" and v3_config["init_adapter"] == str(r1.adapter_path)
+    assert v3_config["reference_fingerprint"] != v1_config["reference_fingerprint"]  # the adapter's digest is in it
+    assert files - base_files == {f"{v3_config['reference_fingerprint']}.sqlite"}
+
+
+def test_a_round_setting_on_a_plain_train_run_is_refused_not_ignored(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "never-read.jsonl"), "--passes", "3"]) == 2
+    assert capsys.readouterr().err == "mlx-dpo: error: --passes applies to a round: add --incremental (and --workspace)\n"

@@ -337,7 +337,9 @@ async def test_data_table_actions(make_app, workspace):
         assert screen.pair_ids == [ids[2], ids[0]]
         await pilot.press("f")  # valid only
         assert screen.pair_ids == [ids[1]]
-        await pilot.press("v", "f")  # back to train; then all splits
+        await pilot.press("v", "f")  # back to train; then the pairs a program judged: none
+        assert screen.view == "judged" and screen.pair_ids == []
+        await pilot.press("f")  # all pairs
         assert screen.pair_ids == ids[::-1] and app.pair_counts == (3, 0, 0)
         await pilot.press("slash")
         await type_text(pilot, "answer 3")

@@ -63,7 +63,8 @@ def test_data_screen(snap_compare, app):
         store.add_pair([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}],
                        "Blue.", "There are very many colours, and choosing one is difficult.", label=False)
         pair = store.add_pair("Say hello in French.", "Bonjour !", "Hello.", origin="sampled",
-                              sampler="SmolLM2-135M-Instruct", label=False)
+                              sampler="SmolLM2-135M-Instruct", label=False, judge="score:judges.py:french",
+                              version="v1", shown_first="rejected")
         store.update_pair(pair.id, split="valid")
 
     async def run_before(pilot):
@@ -104,7 +105,10 @@ def test_train_screen_with_versions_and_plots(snap_compare, app):
         ids = [store.add_pair(f"question {i}", f"a good answer {i}", f"bad {i}", label=False).id for i in range(6)]
         metrics = {"loss": 0.61, "rewards/accuracies": 0.75, "rewards/margins": 0.21, "new_pairs": 4,
                    "ref_cache/misses": 8, "ref_cache/hits": 0}
-        store.record_round(1, "workspace/adapters/v1", {}, metrics, "finished", ids[:4])
+        heldout = {"heldout/accuracy": 0.5, "heldout/kl": 0.042, "heldout/score": 0.61,
+                   "heldout/win_vs_previous": 0.55, "heldout/win_vs_base": 0.55,
+                   "heldout_base/accuracy": 0.25, "heldout_base/kl": 0.0, "heldout_base/score": 0.48}
+        store.record_round(1, "workspace/adapters/v1", {}, {**metrics, **heldout}, "finished", ids[:4])
         store.record_round(2, "workspace/adapters/v2", {}, {**metrics, "new_pairs": 2}, "cancelled", ids)
 
     async def run_before(pilot):

@@ -243,21 +243,21 @@ async def test_compare_two_versions_saves_a_compared_pair(tmp_path, tiny):
         assert app.current_version_label() == "base" and app.worker.adapter_path is None
 
 
-async def test_the_train_fields_take_a_fractional_epoch_and_name_a_bad_value_by_its_label(tmp_path, tiny):
-    """The fields parse and check with the settings' own parsers and rules (mlx_dpo.settings): epochs is a float."""
+async def test_the_train_fields_take_a_fractional_pass_count_and_name_a_bad_value_by_its_label(tmp_path, tiny):
+    """The fields parse and check with the settings' own parsers and rules (mlx_dpo.settings): passes is a float."""
     app = MlxDpoApp(tmp_path / "ws", model=str(tiny), settings=FAST)
     async with app.run_test(size=SIZE) as pilot:
         await model_ready(pilot)
         await pilot.press("f4")
         screen = app.get_screen("train")
-        await set_round_settings(pilot, {"train-iters": "", "train-epochs": "0.5"})
-        assert screen.settings() == {"loss_type": "sigmoid", "beta": 0.1, "learning_rate": 5e-5, "epochs": 0.5,
+        await set_round_settings(pilot, {"train-iters": "", "train-passes": "0.5"})
+        assert screen.settings() == {"loss_type": "sigmoid", "beta": 0.1, "learning_rate": 5e-5, "passes": 0.5,
                                      "batch_size": 4, "lora_rank": 8, "replay": 0.5}
         await set_round_settings(pilot, {"train-beta": "0"})
         with pytest.raises(ValueError, match=r"^β must be > 0 \(got 0\)$"):
             screen.settings()
-        await set_round_settings(pilot, {"train-beta": "0.1", "train-epochs": "half"})
-        with pytest.raises(ValueError, match=r"^epochs \(if no steps\): not a number \('half'\)$"):
+        await set_round_settings(pilot, {"train-beta": "0.1", "train-passes": "half"})
+        with pytest.raises(ValueError, match=r"^passes \(if no steps\): not a number \('half'\)$"):
             screen.settings()
 
 

@@ -7,12 +7,19 @@ model's version). The screens live in `tui.screens`, shared widgets in `tui.widg
 `tui.modals`, styles in the `.tcss` files next to this module.
 
 The library boundary is `tui.workers`, the only module that reaches mlx_dpo's model and training code:
-- the model thread (`ModelWorker`): loads the model, then generates; MLX arrays never leave it;
+- the model thread (`ModelWorker`): loads the model, then generates (and runs the Data screen's label
+  reviews, which need the loaded model); MLX arrays never leave it;
 - a child process per training round (`TrainingProcess`), read by a daemon thread;
+- the judge thread (`JudgeWorker`), with `judge=SPEC` (a program judge): its choice shown as a suggestion;
 - the Export screen's export and push calls, on Textual thread workers.
 They report on their own threads. Each event is wrapped, unchanged, in one message, `tui.messages.WorkerEvent`,
 and posted (thread-safe) to where it is handled: the model's state to the app, a sampling request's events to
-the screen that asked (Label or Compare), a round's events to the Train screen (which posts them itself).
+the screen that asked (Label or Compare), a suggestion to Label, a review to Data, a round's events to the
+Train screen (which posts them itself).
+
+The online loop with a person as its judge (`mlx-dpo online --judge human`) is this app opened with
+`prompts=FILE` (the Label screen's queue, starting at the first prompt not judged yet) and `per_round=K`
+(a round is started on the Train screen after every K labels), with `train_settings` filled in there.
 """
 
 from __future__ import annotations
@@ -31,8 +38,11 @@ from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
 from tui import modes
 from tui.messages import WorkerEvent
+from tui.prompts import PromptQueue, QueueError
 from tui.workers import ModelWorker, SampleSettings, TrainingProcess
-from tui.workers.events import SAMPLE_EVENTS, AdapterFailed, Event, LoadFailed, LoadProgress, ModelReady
+from tui.workers.events import (REVIEW_EVENTS, SAMPLE_EVENTS, AdapterFailed, Event, JudgeFailed, JudgeReady, LoadFailed,
+                                LoadProgress, ModelReady, Suggestion)
+from tui.workers.judge import JudgeWorker, is_program_judge
 
 WorkerFactory = Callable[..., ModelWorker]
 
@@ -56,22 +66,45 @@ class MlxDpoApp(App):
         adapter_path: str | Path | None = None,
         *,
         settings: SampleSettings | None = None,
+        prompts: str | Path | None = None,
+        judge: str | None = None,
+        rubric: str | None = None,
+        per_round: int | None = None,
+        train_settings: dict | None = None,
         worker_factory: WorkerFactory = ModelWorker,
+        judge_factory: Callable[..., JudgeWorker] = JudgeWorker,
     ) -> None:
-        """Opens the store right away, so a bad workspace fails before the terminal is taken over.
+        """Opens the store (and reads `prompts`) right away, so a bad workspace or prompt file fails before the
+        terminal is taken over.
 
-        `settings` are the initial sampling settings; `worker_factory(model, adapter_path, report)` builds the
-        model worker (tests may wrap the real one).
+        `settings` are the initial sampling settings; `prompts` a prompt file the Label screen works through;
+        `judge` a judge SPEC (`mlx_dpo.online.judges.load_judge`; "human" or None: no program judge) whose
+        choice the Label screen shows as a suggestion; `per_round` starts a round after every K labels, with
+        `train_settings` (round settings by name) filled in on the Train screen. `worker_factory(model,
+        adapter_path, report)` and `judge_factory(spec, rubric, report)` build the workers (tests may wrap them).
         """
         super().__init__()
         workspace = Path(workspace) if workspace is not None else PreferenceStore.default_workspace()
         self.store = PreferenceStore(workspace)  # MlxDpoError on problems
+        try:
+            self.initial_queue = PromptQueue.open(prompts) if prompts is not None else None
+        except QueueError:  # an MlxDpoError naming the file and line
+            self.store.close()
+            raise
+        if per_round is not None and per_round < 1:
+            self.store.close()
+            raise MlxDpoError(f"per-round must be at least 1 (got {per_round})")
+        self.per_round = per_round
+        self.train_settings = dict(train_settings or {})
+        self.labels_since_round = 0
         self.workspace_label = str(workspace)
         self.initial_settings = settings or SampleSettings()
         self.model_error: str | None = None
         self.sampler: str | None = None
         self.notices: list[tuple[str, str]] = []  # (severity, text) of every notification, newest last
         self.worker = worker_factory(model, adapter_path, self._worker_event)
+        self.judge = judge_factory(judge, rubric, self._worker_event) if is_program_judge(judge) else None
+        self.judge_name: str | None = None  # once the judge is loaded
         self.set_reactive(MlxDpoApp.model_status, ("loading", 0, 2, f"loading {self.worker.name}…"))
         self._label_screen: Screen | None = None  # set on mount: the model thread must not create screens
         self.compare_ids: set[int] = set()  # worker request ids of the Compare screen
@@ -94,12 +127,16 @@ class MlxDpoApp(App):
         if self.first_screen_at is None:
             self.first_screen_at = time.perf_counter()
             self.worker.start()
+            if self.judge is not None:
+                self.judge.start()
 
     def on_unmount(self) -> None:
         if self.training is not None and self.training.running:
             self.training.cancel()  # the child stops before its next step
             self.training.join(10)
         self.worker.stop(timeout=2.0)  # a generation stops at its next token; a load cannot be interrupted
+        if self.judge is not None:
+            self.judge.stop(timeout=2.0)
         self.store.close()
 
     # --- the model worker's events ---
@@ -111,6 +148,10 @@ class MlxDpoApp(App):
         if isinstance(event, SAMPLE_EVENTS):
             # A comparison (Compare screen: installed, since it asked) or a Label sample.
             target = self.get_screen("compare") if event.request_id in self.compare_ids else self._label_screen
+        elif isinstance(event, Suggestion):
+            target = self._label_screen
+        elif isinstance(event, REVIEW_EVENTS):
+            target = self.get_screen("data")  # installed: it asked
         if target is not None:
             target.post_message(WorkerEvent(event))  # thread-safe: queued on the event loop
 
@@ -130,6 +171,14 @@ class MlxDpoApp(App):
                 self.version_label = self._previous_version_label
                 self.model_status = ("ready", 2, 2, f"model ready: {self.worker.name}")
                 self.notify_error(error, title="Cannot switch the adapter")
+            case JudgeReady(name=name):
+                self.judge_name = name
+                self._label_screen.judge_ready()
+            case JudgeFailed(error=error):
+                self.judge = None
+                self.notify_error(f"{error}. Label on without suggestions.", title="The judge failed to load",
+                                  timeout=15)
+                self._label_screen.judge_ready()
 
     @property
     def model_state(self) -> str:
@@ -153,6 +202,17 @@ class MlxDpoApp(App):
 
     def current_version_label(self) -> str:
         return self.version_label
+
+    def labeled(self) -> None:
+        """A label was saved on the Label screen; with `per_round=K`, the K-th since the last round starts one."""
+        self.labels_since_round += 1
+        if self.per_round is None or self.labels_since_round < self.per_round:
+            return
+        if self.training is not None and self.training.running:
+            return  # the next label after this round ends starts the next one
+        self.labels_since_round = 0
+        self.notify(f"{self.per_round} new label{'s' * (self.per_round != 1)}: training a round", timeout=4)
+        self.call_later(self.run_in_mode, "train", "auto_round")
 
     def compare_request(self, messages: list[dict], settings: SampleSettings, adapters) -> int:
         request_id = self.worker.compare(messages, settings, adapters)

@@ -1,24 +1,19 @@
 """Prompt plumbing for the screens: message lists <-> editor fields, prompt queues, short cell text.
 
-No Textual and no model code here, so it is easy to test and to reuse. A queue file is checked by the
-pairs reader's rules for a prompt (`mlx_dpo.data.pairs.parse_prompt`), so a queued prompt can always be saved.
+No Textual and no model code here, so it is easy to test and to reuse. A queue file is read by the library's
+prompt-file rule (mlx_dpo.data.prompt_file, shared with `mlx-dpo online`), so a queued prompt can always be saved.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.data.pairs import checked_prompt, read_text
-
-MAX_QUEUE_ERRORS = 5
+from mlx_dpo.data.prompt_file import PromptFileError, read_prompt_file
 
 
-class QueueError(ValueError):
-    """A prompt queue file that cannot be read; the message names the file and line."""
+QueueError = PromptFileError  # a prompt queue file that cannot be read; the message names the file and line
 
 
 @dataclass(frozen=True)
@@ -51,23 +46,8 @@ class PromptParts:
 
 
 def read_prompt_queue(path: str | Path) -> list[list[dict]]:
-    """Prompts to label, as message lists.
-
-    A `.jsonl` / `.json` file holds one object per line with "prompt" (a string or a message list) or
-    "messages" (a message list); any other file is plain text with one prompt per non-empty line.
-    """
-    path = Path(path).expanduser()
-    try:
-        text = read_text(path)  # the pairs reader's rules: UTF-8 (BOM tolerated), clear errors
-    except MlxDpoError as e:
-        raise QueueError(str(e)) from None
-    if path.suffix.lower() in (".jsonl", ".json"):
-        prompts = _read_jsonl(path, text)
-    else:
-        prompts = [[{"role": "user", "content": line.strip()}] for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise QueueError(f"{path}: holds no prompts")
-    return prompts
+    """Prompts to label, as message lists: the library's prompt-file rule (mlx_dpo.data.prompt_file)."""
+    return read_prompt_file(path)
 
 
 class PromptQueue:
@@ -109,38 +89,6 @@ class PromptQueue:
         if not self.prompts:
             return "no queue · o to open one"
         return f"queue {self.name} {0 if self.pos is None else self.pos + 1}/{len(self.prompts)}"
-
-
-def _read_jsonl(path: Path, text: str) -> list[list[dict]]:
-    prompts, errors = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            errors.append(f"{path}:{number}: not valid JSON ({e.msg})")
-            continue
-        try:
-            prompts.append(_row_prompt(row))
-        except (ValueError, MlxDpoError) as e:
-            errors.append(f"{path}:{number}: {e}")
-    if errors:
-        more = len(errors) - MAX_QUEUE_ERRORS
-        raise QueueError("; ".join(errors[:MAX_QUEUE_ERRORS]) + (f"; and {more} more" if more > 0 else ""))
-    return prompts
-
-
-def _row_prompt(row: object) -> list[dict]:
-    if not isinstance(row, dict):
-        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-    name = "prompt" if "prompt" in row else "messages"
-    value = row.get(name)
-    if value is None:
-        raise ValueError('no "prompt" (or "messages") field')
-    if isinstance(value, list) and len(value) > 1 and isinstance(value[-1], dict) and value[-1].get("role") == "assistant":
-        value = value[:-1]  # a chat transcript: the model answers the last user turn
-    return checked_prompt(value, name)  # the same rules as a pair's prompt
 
 
 def snippet(text: str, width: int = 40) -> str:

@@ -7,9 +7,18 @@ older one may still be flushing after a resample, and its events return False, s
 nothing for them. The screens draw what this holds; the rules (which request is current, when both
 answers are in, what a judged or failed request may do next) live here once, and the tests drive them
 without a terminal.
+
+Slots and panes. The worker answers its slot 1 (seed s), then its slot 2 (seed s + 1); the screen shows
+them in panes 1 and 2 ("A" and "B"). With `shuffle=True` (the Label screen) the pane order is drawn per
+request, from the request's seeds (`shown_order`), so a person's habit of preferring the left answer is
+not tied to the first sample, and the same seeds always show the same order. Everything here is kept by
+pane: `answers`, `chosen_rejected(pane)`, `streaming_slot` (a pane); only the events speak of the
+worker's slots, and `pane_of` turns one into the other.
 """
 
 from __future__ import annotations
+
+import random
 
 from tui.workers import events
 from mlx_dpo.data.pairs import same_answers
@@ -21,10 +30,17 @@ SLOTS = (1, 2)
 Source = str | None
 
 
+def shown_order(seeds: tuple[int, int]) -> tuple[int, int]:
+    """The worker slots shown in panes 1 and 2 for a request with these seeds: (1, 2) or (2, 1), each for
+    about half of all seeds. Drawn from the seeds, so a fixed seed shows the same screen every time."""
+    return (2, 1) if random.Random(seeds[0]).random() < 0.5 else (1, 2)
+
+
 class SamplingState:
     """Two answers to one prompt: being streamed, complete (ready to judge), judged, or failed."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, shuffle: bool = False) -> None:
+        self.shuffle = shuffle  # draw the pane order of each request (Label); else slot i in pane i (Compare)
         self.clear()
 
     def clear(self) -> None:
@@ -33,7 +49,8 @@ class SamplingState:
         self.prompt: PromptParts | None = None  # the prompt the answers answer
         self.texts: list[str] = ["", ""]
         self.done: list[bool] = [False, False]
-        self.seeds: tuple[int, int] | None = None
+        self.seeds: tuple[int, int] | None = None  # by the worker's slot
+        self.order: tuple[int, int] = (1, 2)  # the worker slot shown in pane 1, and in pane 2
         self.error: str | None = None
         self.sources: tuple[Source, Source] = (None, None)
         self.edited = False  # the answers were changed by hand after sampling
@@ -62,20 +79,27 @@ class SamplingState:
         if not self.is_current(request_id):
             return False
         self.seeds = tuple(seeds)
+        if self.shuffle:  # before any answer arrives: the worker sends SampleStarted first
+            self.order = shown_order(self.seeds)
         return True
+
+    def pane_of(self, slot: int) -> int:
+        """The pane (1 or 2) that shows the worker's slot `slot`."""
+        return self.order.index(slot) + 1
 
     def chunk(self, request_id: int, slot: int, text: str) -> bool:
         if not self.is_current(request_id):
             return False
-        self.texts[slot - 1] += text
+        self.texts[self.pane_of(slot) - 1] += text
         return True
 
     def finish(self, request_id: int, slot: int, text: str) -> bool:
         """Slot `slot`'s whole answer (it replaces the chunks streamed so far)."""
         if not self.is_current(request_id):
             return False
-        self.texts[slot - 1] = text
-        self.done[slot - 1] = True
+        pane = self.pane_of(slot)
+        self.texts[pane - 1] = text
+        self.done[pane - 1] = True
         return True
 
     def fail(self, request_id: int, error: str) -> bool:
@@ -132,12 +156,24 @@ class SamplingState:
         return same_answers(*self.answers)
 
     @property
+    def pane_seeds(self) -> tuple[int, int] | None:
+        """The seeds of the answers in pane 1 and pane 2."""
+        if self.seeds is None:
+            return None
+        return self.seeds[self.order[0] - 1], self.seeds[self.order[1] - 1]
+
+    @property
     def streaming_slot(self) -> int | None:
-        """The slot the worker is answering now (it answers slot 1, then slot 2), or None."""
+        """The pane the worker is answering now (it answers its slot 1, then slot 2), or None."""
         if self.state != "sampling":
             return None
-        return next(slot for slot in SLOTS if not self.done[slot - 1])
+        return next(self.pane_of(slot) for slot in SLOTS if not self.done[self.pane_of(slot) - 1])
 
     def chosen_rejected(self, slot: int) -> tuple[str, str]:
-        """The answers as a pair when answer `slot` (1 or 2) is the better one."""
+        """The answers as a pair when the answer in pane `slot` (1 or 2) is the better one."""
         return self.texts[slot - 1], self.texts[2 - slot]
+
+    @staticmethod
+    def shown_first(slot: int) -> str:
+        """What the store records as shown first (in pane 1) when pane `slot` holds the chosen answer."""
+        return "chosen" if slot == 1 else "rejected"

@@ -2,7 +2,8 @@
 
     models.py  doctor, generate, convert     train.py   train, eval
     data.py    data import|export|stats      export.py  export, push
-    app.py     tui (the default command)     common.py  arguments several commands share
+    app.py     tui (the default command)     online.py  online (sample -> judge -> train rounds)
+    common.py  arguments several commands share
 
 Every `MlxDpoError` becomes one line on stderr and exit status 2: bad input never shows a traceback.
 """
@@ -14,7 +15,7 @@ import sys
 from typing import Callable, Sequence
 
 import mlx_dpo
-from mlx_dpo.cli import app, data, export, models, train
+from mlx_dpo.cli import app, data, export, models, online, train
 from mlx_dpo.errors import MlxDpoError
 
 EXIT_USER_ERROR = 2
@@ -31,6 +32,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
     train.register(sub)
     data.register(sub)
     export.register(sub)
+    online.register(sub)
     models.register_convert(sub)
     app_options = app.register(sub)
     return parser, app_options

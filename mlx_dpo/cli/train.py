@@ -95,6 +95,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps({"version": result.version, "adapter_path": str(result.adapter_path), "status": result.status,
                           **result.metrics}))
         return 0
+    round_flags = [s.flag for s in settings_of(RoundSettings).values() if getattr(args, s.name, None) is not None]
+    if round_flags:  # a round's setting on a plain run would be ignored without a word
+        raise MlxDpoError(f"{round_flags[0]} applies to a round: add --incremental (and --workspace)")
     command, settings = _options(args, _train_settings(incremental=False), COMMAND_KEYS)
     if "data" not in command:
         raise MlxDpoError("--data is required (on the command line or in --config)")

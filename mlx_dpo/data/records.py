@@ -20,8 +20,11 @@ ORIGINS: tuple[str, ...] = get_args(Origin)
 SPLITS: tuple[str, ...] = get_args(Split)
 STYLES: tuple[str, ...] = get_args(Style)
 
-PAIR_COLUMNS = "id, prompt, chosen, rejected, origin, sampler, created_at, updated_at, note, split, external_id"
-SKIP_COLUMNS = "id, prompt, reason, created_at, answers, sampler"
+PAIR_COLUMNS = ("id, prompt, chosen, rejected, origin, sampler, created_at, updated_at, note, split, external_id, "
+                "judge, version, shown_first, overruled")
+SKIP_COLUMNS = "id, prompt, reason, created_at, answers, sampler, judge, version"
+ShownFirst = Literal["chosen", "rejected"]
+SHOWN_FIRST: tuple[str, ...] = get_args(ShownFirst)
 CANDIDATE_COLUMNS = "id, prompt, answers, sampler, created_at"
 
 
@@ -38,6 +41,10 @@ class StoredPair:
     note: str | None
     split: str
     external_id: str | None  # id from an imported file
+    judge: str | None = None  # who chose: None for a person, else the program judge's name ("score:file.py:NAME")
+    version: str | None = None  # "base" or "v<N>": the version that sampled the answers (None: not sampled/unknown)
+    shown_first: str | None = None  # "chosen" | "rejected": which answer was shown as A (None: not recorded)
+    overruled: str | None = None  # the program judge a person overruled (then `judge` is None)
 
     def to_preference_pair(self) -> PreferencePair:
         return PreferencePair(
@@ -57,8 +64,10 @@ class Skip:
     prompt: list[dict[str, str]]
     reason: str
     created_at: float
-    answers: list[str] = field(default_factory=list)  # so an undo can put them back
+    answers: list[str] = field(default_factory=list)  # so an undo can put them back; in the order shown
     sampler: str | None = None
+    judge: str | None = None  # as StoredPair.judge: None for a person
+    version: str | None = None  # as StoredPair.version
 
 
 @dataclass(frozen=True)
@@ -109,8 +118,8 @@ def get_skip(conn: sqlite3.Connection, skip_id: int) -> Skip:
 
 
 def skip_from_row(r: tuple) -> Skip:
-    id_, prompt, reason, created, answers, sampler = r
-    return Skip(id_, json.loads(prompt), reason, created, json.loads(answers), sampler)
+    id_, prompt, reason, created, answers, *rest = r
+    return Skip(id_, json.loads(prompt), reason, created, json.loads(answers), *rest)
 
 
 def candidate_from_row(r: tuple) -> Candidate:

@@ -70,6 +70,17 @@ class RoundLog(Database):
             _insert_round(conn, version, adapter_path, settings, metrics, status, pair_ids, self._clock())
             return _read_rounds(conn, version)[0]
 
+    def update_round_metrics(self, version: int, metrics: dict) -> RoundRecord:
+        """Add to a recorded round's metrics: a finished round's held-out numbers, measured once it is recorded
+        (so a kill during the measurement loses no trained round)."""
+        with self._transaction() as conn:
+            found = _read_rounds(conn, version)
+            if not found:
+                raise MlxDpoError(f"no training round v{version}")
+            conn.execute("UPDATE rounds SET metrics = ? WHERE id = ?",
+                         (json.dumps({**found[0].metrics, **metrics}), version))
+            return _read_rounds(conn, version)[0]
+
     def get_round(self, version: int) -> RoundRecord:
         with self._transaction(write=False) as conn:
             found = _read_rounds(conn, version)

@@ -106,6 +106,27 @@ MIGRATIONS: list[Migration] = [
             PRIMARY KEY (round_id, feedback_id)
         )""",
     ),
+    # Who judged a pair or skip and what produced its answers (mlx_dpo.online), and how far an online run has
+    # come through its prompt file (mlx_dpo.data.online_records). Existing rows: judged by a person, version unknown.
+    _sql(
+        "ALTER TABLE pairs ADD COLUMN judge TEXT",          # NULL: a person; else the judge's name ("score:...")
+        "ALTER TABLE pairs ADD COLUMN version TEXT",        # "base" or "v<N>": the version that sampled the answers
+        "ALTER TABLE pairs ADD COLUMN shown_first TEXT CHECK (shown_first IN ('chosen', 'rejected'))",  # shown as A
+        "ALTER TABLE pairs ADD COLUMN overruled TEXT",      # the judge a person overruled (judge is then NULL)
+        "ALTER TABLE skips ADD COLUMN judge TEXT",
+        "ALTER TABLE skips ADD COLUMN version TEXT",        # (a skip keeps its answers in the order shown)
+        # One row per prompt of a prompt file an online run has judged, written with its pair or skip.
+        """CREATE TABLE online_prompts (
+            source     TEXT NOT NULL,                     -- the prompt file's resolved path
+            position   INTEGER NOT NULL,                  -- the prompt's index in the file (0-based)
+            prompt_key TEXT NOT NULL,                     -- hash of its messages: an edited file is noticed
+            round      INTEGER NOT NULL,                  -- the online round (1-based) that judged it
+            pair_id    INTEGER REFERENCES pairs (id) ON DELETE SET NULL,
+            skip_id    INTEGER REFERENCES skips (id) ON DELETE SET NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (source, position)
+        )""",
+    ),
 ]
 
 SCHEMA_VERSION: int = len(MIGRATIONS)

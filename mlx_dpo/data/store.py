@@ -2,8 +2,8 @@
 
 `<workspace>/preferences.sqlite` holds:
   meta          key/value; `schema_version` says which migrations have run (mlx_dpo.data.schema)
-  pairs         prompt (JSON messages), chosen, rejected, where they came from, split, note, timestamps
-  skips         prompts judged a tie or skipped (kept with their answers, but no pair)
+  pairs         prompt (JSON messages), chosen, rejected, origin, split, note, timestamps, judge, sampling version
+  skips         prompts judged a tie or skipped (with their answers, no pair); online_prompts: see online_records
   candidates    sampled answers waiting to be judged
   label_actions the labeling history `undo_last_label` walks back (newest first)
   rounds, round_pairs  the training rounds and the pairs each trained on (mlx_dpo.data.round_records)
@@ -38,18 +38,18 @@ from mlx_dpo.data.pairs import (
 from mlx_dpo.data.records import (
     ORIGINS, SPLITS, STYLES, Candidate, ImportResult, Origin, Skip, Split, StoredPair, UndoResult,
 )
-from mlx_dpo.data.feedback_records import FeedbackLog
+from mlx_dpo.data.online_records import JudgedLog, PromptRef, check_provenance, insert_online_prompt
 from mlx_dpo.data.round_records import RoundLog, RoundRecord  # noqa: F401
 from mlx_dpo.errors import MlxDpoError
 
 __all__ = ["Candidate", "ImportResult", "PreferenceStore", "RoundRecord", "Skip", "StoredPair", "UndoResult"]
 
 
-class PreferenceStore(FeedbackLog):  # FeedbackLog is a RoundLog
+class PreferenceStore(JudgedLog):  # JudgedLog is a FeedbackLog is a RoundLog
     """All preference data of one workspace folder. Every method that writes has committed when it returns.
 
     `PreferenceStore(workspace, create=True, clock=time.time)` opens (or creates) the database (see Database);
-    the round records' methods come from RoundLog.
+    the round records' methods come from RoundLog, overrule and the online runs' progress from JudgedLog.
     """
 
     @classmethod
@@ -71,19 +71,26 @@ class PreferenceStore(FeedbackLog):  # FeedbackLog is a RoundLog
         external_id: str | None = None,
         label: bool = True,
         candidate_id: int | None = None,
+        judge: str | None = None,
+        version: str | None = None,
+        shown_first: str | None = None,
+        online: PromptRef | None = None,
     ) -> StoredPair:
         """Save a pair (committed on return). Raises MlxDpoError naming the problem if it is not a valid pair.
 
-        `label` records it as a labeling action for `undo_last_label`. `candidate_id`, if given, is deleted in
-        the same transaction (if still there), so a crash can never leave both the judged candidate and its pair.
-        """
+        `label` records it for `undo_last_label`. `candidate_id` (if still there) and `online` (a prompt file's
+        prompt marked judged) are written in the same transaction: a crash leaves all or nothing. Provenance:
+        `judge` (None: a person), `version` ("base"/"v<N>" that sampled), `shown_first` (shown as A)."""
         messages, chosen, rejected = _checked_pair(prompt, chosen, rejected)
         records.check_choice("origin", origin, ORIGINS)
         records.check_choice("split", split, SPLITS)
+        check_provenance(judge, version, shown_first)
         now = self._clock()
         with self._transaction() as conn:
             new_id = _insert_pair(conn, messages, chosen, rejected, origin, sampler, _clean_note(note), split,
-                                  None if external_id is None else str(external_id), now)
+                                  None if external_id is None else str(external_id), now, (judge, version, shown_first))
+            if online is not None:
+                insert_online_prompt(conn, online, messages, new_id, None, now)
             if label:
                 conn.execute("INSERT INTO label_actions (pair_id) VALUES (?)", (new_id,))
             if candidate_id is not None:
@@ -186,21 +193,29 @@ class PreferenceStore(FeedbackLog):  # FeedbackLog is a RoundLog
         answers: list[str] | None = None,
         sampler: str | None = None,
         candidate_id: int | None = None,
+        judge: str | None = None,
+        version: str | None = None,
+        online: PromptRef | None = None,
+        label: bool = True,
     ) -> Skip:
-        """Record a prompt judged a tie (or skipped) as a labeling action; committed on return.
-
-        `answers` (the ones judged) are kept so an undo can show them again; `candidate_id` as in add_pair.
-        """
+        """Record a prompt judged a tie (or skipped) as a labeling action; committed on return. `answers` (the ones
+        judged, in the order shown) are kept for undo; candidate_id, judge, version, online, label: add_pair's."""
         messages = checked_prompt(prompt)
         answers = _checked_answers(answers or [], allow_empty=True)
         if not isinstance(reason, str) or not reason.strip():
             raise MlxDpoError("a skip needs a reason (e.g. 'tie')")
+        check_provenance(judge, version, None)
+        now = self._clock()
         with self._transaction() as conn:
             skip_id = conn.execute(
-                "INSERT INTO skips (prompt, answers, sampler, reason, created_at) VALUES (?, ?, ?, ?, ?)",
-                (_dumps(messages), _dumps(answers), sampler, reason, self._clock()),
+                "INSERT INTO skips (prompt, answers, sampler, reason, created_at, judge, version) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (_dumps(messages), _dumps(answers), sampler, reason, now, judge, version),
             ).lastrowid
-            conn.execute("INSERT INTO label_actions (skip_id) VALUES (?)", (skip_id,))
+            if online is not None:
+                insert_online_prompt(conn, online, messages, None, skip_id, now)
+            if label:  # a person's tie, which `undo_last_label` may take back (a program judge's is not)
+                conn.execute("INSERT INTO label_actions (skip_id) VALUES (?)", (skip_id,))
             if candidate_id is not None:
                 conn.execute("DELETE FROM candidates WHERE id = ?", (candidate_id,))
             return records.get_skip(conn, skip_id)
@@ -369,12 +384,14 @@ def _dumps(value: Any) -> str:
 
 
 def _insert_pair(conn: sqlite3.Connection, prompt: list[dict[str, str]], chosen: str, rejected: str, origin: str,
-                 sampler: str | None, note: str | None, split: str, external_id: str | None, now: float) -> int:
+                 sampler: str | None, note: str | None, split: str, external_id: str | None, now: float,
+                 provenance: tuple[str | None, str | None, str | None] = (None, None, None)) -> int:
+    """Insert one pair row; `provenance` is (judge, version, shown_first)."""
     return conn.execute(
         "INSERT INTO pairs (prompt, chosen, rejected, content_key, origin, sampler, created_at, updated_at, note, "
-        "split, external_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "split, external_id, judge, version, shown_first) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (_dumps(prompt), chosen, rejected, _content_key(prompt, chosen, rejected), origin, sampler, now, now, note,
-         split, external_id),
+         split, external_id, *provenance),
     ).lastrowid
 
 

@@ -1,4 +1,9 @@
-"""Answer a chat prompt with a loaded model, streaming text as it is produced."""
+"""Answer a chat prompt with a loaded model, streaming text as it is produced.
+
+The app's Label screen and `mlx-dpo online` (`mlx_dpo.online.sampling`, batched) sample with the same
+settings (`SampleSettings`, defined in mlx_dpo.settings so the app's UI reads it without mlx, and
+re-exported here), the same sampler rule (`sampler_for`) and the same decoding (`decode_answer`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,16 @@ from typing import Iterator
 import mlx.core as mx
 
 from mlx_dpo.models.load import LoadedModel
+from mlx_dpo.settings import SampleSettings  # here for callers that sample; defined with the settings (no mlx)
+
+__all__ = ["SampleSettings", "answer", "chat_messages", "decode_answer", "prompt_tokens", "sampler_for", "stream_answer"]
+
+
+def sampler_for(temp: float, top_p: float):
+    """mlx-lm's sampler for these settings (`temp=0`: greedy); one rule for streamed and batched sampling."""
+    from mlx_lm.sample_utils import make_sampler
+
+    return make_sampler(temp=temp, top_p=top_p)
 
 
 def chat_messages(prompt: str, system: str | None = None) -> list[dict[str, str]]:
@@ -17,6 +32,17 @@ def chat_messages(prompt: str, system: str | None = None) -> list[dict[str, str]
 def prompt_tokens(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     """The chat template rendered with a generation prompt, as token ids."""
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+
+
+def decode_answer(tokenizer, ids: list[int]) -> str:
+    """An answer's text from its token ids, decoded as streaming decodes it (mlx-lm's streaming detokenizer
+    drops the space a BPE answer's first token starts with; `tokenizer.decode` keeps it)."""
+    detokenizer = tokenizer.detokenizer
+    detokenizer.reset()
+    for token in ids:
+        detokenizer.add_token(token)
+    detokenizer.finalize()
+    return detokenizer.text
 
 
 def stream_answer(
@@ -30,11 +56,10 @@ def stream_answer(
 ) -> Iterator[str]:
     """Yield the answer's text piece by piece; `temp=0` is greedy decoding."""
     from mlx_lm import stream_generate
-    from mlx_lm.sample_utils import make_sampler
 
     if seed is not None:
         mx.random.seed(seed)
-    sampler = make_sampler(temp=temp, top_p=top_p)
+    sampler = sampler_for(temp, top_p)
     tokens = prompt_tokens(loaded.tokenizer, messages)
     for response in stream_generate(
         loaded.model, loaded.tokenizer, tokens, max_tokens=max_tokens, sampler=sampler

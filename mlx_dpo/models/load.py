@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,26 +120,108 @@ def resolve_model_path(spec: str | None) -> Path:
     raise MlxDpoError(f"--model {spec}: no such file or folder, and not a Hugging Face repo id (owner/name)")
 
 
+# Any one of these is a tokenizer mlx-lm (through transformers) can load.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model", "tokenizer.tiktoken")
+
+
 def _check_folder(path: Path) -> Path:
-    config = path / "config.json"
+    """A local model folder checked file by file before mlx-lm reads it, so a damaged or mismatched one is
+    one line naming the file and what is wrong (mlx-lm's own errors are tracebacks or several lines)."""
+    config_file = path / "config.json"
     try:
-        json.loads(config.read_text(encoding="utf-8"))
+        config = json.loads(config_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MlxDpoError(f"{path}: not a model folder (no config.json)") from None
     except PermissionError:
         raise MlxDpoError(f"{path}: folder is not readable (permission denied)") from None
     except (OSError, ValueError) as e:
-        raise MlxDpoError(f"{config}: unreadable ({e})") from None
-    if not list(path.glob("model*.safetensors")):
+        raise MlxDpoError(f"{config_file}: unreadable ({e})") from None
+    if not isinstance(config, dict):
+        raise MlxDpoError(f"{config_file}: expected a JSON object")
+    weights = sorted(path.glob("model*.safetensors"))
+    if not weights:
         raise MlxDpoError(f"{path}: no model*.safetensors weights in the folder")
+    for file in weights:
+        check_safetensors(file)
+    _check_architecture(config_file, config)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise MlxDpoError(f"{path}: no tokenizer ({', '.join(TOKENIZER_FILES[:3])}, ...); copy the tokenizer files "
+                          "of the model's original repo into the folder")
     return path
 
 
+def check_safetensors(file: Path) -> None:
+    """A safetensors file whose header and data are all there: an 8-byte header length, a JSON header, and
+    every tensor's bytes inside the file (a cut download fails here instead of deep inside a load)."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as f:
+            head = f.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = json.loads(f.read(length)) if 0 < length <= size - 8 else None
+    except (OSError, ValueError) as e:
+        raise MlxDpoError(f"{file}: damaged safetensors header ({e}); download the model again") from None
+    if not isinstance(header, dict):
+        raise MlxDpoError(f"{file}: truncated or not a safetensors file ({size:,} bytes, no complete header); "
+                          "download the model again")
+    ends = [t["data_offsets"][1] for k, t in header.items()
+            if k != "__metadata__" and isinstance(t, dict) and len(t.get("data_offsets") or ()) == 2]
+    needed = 8 + length + max(ends, default=0)
+    if needed > size:
+        raise MlxDpoError(f"{file}: truncated ({size:,} of {needed:,} bytes); download the model again")
+
+
+def _check_architecture(config_file: Path, config: dict) -> None:
+    from mlx_lm import __version__
+    from mlx_lm.utils import _get_classes  # mlx-lm's own lookup (with its remappings), not a copy of its list
+
+    if not config.get("model_type"):
+        raise MlxDpoError(f"{config_file}: no model_type, so the architecture is unknown")
+    try:
+        _get_classes(config)
+    except ValueError:
+        raise MlxDpoError(f"{config_file}: model_type {config['model_type']!r} is not an architecture mlx-lm "
+                          f"{__version__} knows; upgrade mlx-lm (pip install -U mlx-lm) or check the config") from None
+
+
 _LOAD_ERRORS = (ValueError, KeyError, FileNotFoundError, OSError)  # what mlx-lm raises for a bad folder
+# mlx's load_weights(strict=True) messages for weights that do not fit the model the config builds.
+_SHAPE = re.compile(r"Expected shape \(([^)]*)\) but received shape \(([^)]*)\) for parameter (\S+)")
+_MISSING = re.compile(r"Missing (\d+) parameters?:\s*([^\s,]+)")
+_EXTRA = re.compile(r"Received (\d+) parameters? not in model:\s*([^\s,]+)")
 
 
 def _cannot_load(path: Path, error: Exception) -> MlxDpoError:
-    return MlxDpoError(f"{path}: cannot load model ({type(error).__name__}: {error})")
+    """mlx-lm's error as one line naming the file: a config that does not match the weights, a tokenizer
+    that does not load, or the first line of anything else."""
+    text = str(error).strip()
+    shape, missing, extra = _SHAPE.search(text), _MISSING.search(text), _EXTRA.search(text)
+    if shape:
+        expected, found, name = shape.groups()
+        return MlxDpoError(f"{_file_holding(path, name)}: {name} has shape ({found}) but config.json calls for "
+                           f"({expected}); the config does not match the weights")
+    if missing or extra:
+        count, name = (missing or extra).groups()
+        what = "calls for {} parameter(s) the weights lack" if missing else "lacks {} parameter(s) the weights hold"
+        return MlxDpoError(f"{path / 'config.json'}: {what.format(count)} (e.g. {name.rstrip('.')}); the config "
+                           "does not match the weights")
+    first = text.splitlines()[0].strip() if text else type(error).__name__
+    if "tokenizer" in text.lower():
+        return MlxDpoError(f"{path}: cannot load the tokenizer ({first})")
+    return MlxDpoError(f"{path}: cannot load model ({type(error).__name__}: {first})")
+
+
+def _file_holding(path: Path, name: str) -> Path:
+    """The safetensors file of `path` that holds the tensor `name` (the folder's first when none says)."""
+    files = sorted(path.glob("model*.safetensors"))
+    for file in files:
+        try:
+            with open(file, "rb") as f:
+                if name in json.loads(f.read(int.from_bytes(f.read(8), "little"))):
+                    return file
+        except (OSError, ValueError):
+            continue
+    return files[0] if files else path
 
 
 def lazy_model(path: Path) -> nn.Module:
@@ -192,12 +275,17 @@ def load_model(
     if dequantize is None:
         dequantize = should_dequantize()
     if dequantize:
-        if has_quantized_layers(model):
-            dequantize_model(model)
-        # GGUF scales and many checkpoints are fp16/bf16; on MLX's CPU backend fp32 is several times
-        # faster and safer for training.
-        model.set_dtype(mx.float32)
-        mx.eval(model.parameters())
+        try:
+            if has_quantized_layers(model):
+                dequantize_model(model)
+            # GGUF scales and many checkpoints are fp16/bf16; on MLX's CPU backend fp32 is several times
+            # faster and safer for training.
+            model.set_dtype(mx.float32)
+            mx.eval(model.parameters())
+        except (ValueError, RuntimeError) as e:  # quantized weights whose scales do not fit the config
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MlxDpoError(f"{path / 'config.json'}: its quantization does not match the weights "
+                              f"(dequantizing failed: {first})") from None
     loaded = LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -209,6 +297,18 @@ def load_model(
     if adapter_path is not None:
         apply_adapter(loaded, adapter_path)
     return loaded
+
+
+def load_tokenizer_only(spec: str | None) -> tuple[Any, dict]:
+    """The tokenizer and config of `--model` without reading its weights: enough to count tokens."""
+    from mlx_lm.utils import load_tokenizer
+
+    path = resolve_model_path(spec)
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    try:
+        return load_tokenizer(path, eos_token_ids=config.get("eos_token_id")), config
+    except _LOAD_ERRORS as e:
+        raise _cannot_load(path, e) from None
 
 
 def switch_adapter(loaded: LoadedModel, adapter_path: str | Path | None) -> None:

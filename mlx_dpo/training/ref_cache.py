@@ -21,6 +21,8 @@ from typing import Iterable, Sequence
 import mlx.core as mx
 import numpy as np
 
+from mlx_dpo.atomic import write_failure
+from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.paths import ref_cache_dir
 
 Tokens = Sequence[int]
@@ -85,6 +87,25 @@ def _checksum(key: str, logp: float, tokens: int) -> str:
     return hashlib.sha256(f"{key}:{logp!r}:{tokens}".encode()).hexdigest()[:16]
 
 
+def _unusable(path: Path, e: BaseException) -> MlxDpoError | None:
+    """One line for a cache file the environment keeps from being written (full disk, read-only, locked...),
+    or None for another error. A failed write is rolled back whole: the entries stored before it stay."""
+    name = getattr(e, "sqlite_errorname", "") or ""
+    if isinstance(e, OSError):
+        failure = write_failure(path, e, path.exists())
+        return None if failure is None else MlxDpoError(f"reference cache {failure}")
+    if not name.startswith(("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_BUSY",
+                            "SQLITE_LOCKED", "SQLITE_PERM")):
+        return None
+    if name.startswith("SQLITE_FULL"):
+        hint = "the disk is full; free some space or set MLX_DPO_HOME to another disk"
+    elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        hint = f"{e}: another mlx-dpo process is writing it; try again when it is done"
+    else:
+        hint = str(e)
+    return MlxDpoError(f"reference cache {path}: cannot use it ({hint}); the entries stored before are kept")
+
+
 def _is_damage(e: sqlite3.DatabaseError) -> bool:
     """A damaged or foreign file (SQLITE_CORRUPT, SQLITE_NOTADB), not a busy, locked or unwritable one."""
     code = getattr(e, "sqlite_errorcode", None)  # Python 3.11+
@@ -99,11 +120,17 @@ class RefCache:
     def __init__(self, fingerprint: str, root: Path | None = None):
         self.fingerprint = fingerprint
         self.path = (root or ref_cache_dir()) / f"{fingerprint}.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.hits = 0
         self.misses = 0
         self.damaged = 0
-        self._db = self._open()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = self._open()
+        except (OSError, sqlite3.DatabaseError) as e:
+            failure = _unusable(self.path, e)
+            if failure is None:
+                raise
+            raise failure from None
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path)
@@ -169,12 +196,18 @@ class RefCache:
                 raise ValueError(f"reference log-prob {logp} is not finite; nothing was stored")
             rows.append((key, logp, len(completion), _checksum(key, logp, len(completion))))
         try:
-            self._write(rows)
-        except sqlite3.DatabaseError as e:
-            if not _is_damage(e):
+            try:
+                self._write(rows)
+            except sqlite3.DatabaseError as e:
+                if not _is_damage(e):
+                    raise
+                self._recover()
+                self._write(rows)
+        except (OSError, sqlite3.DatabaseError) as e:
+            failure = _unusable(self.path, e)
+            if failure is None:
                 raise
-            self._recover()
-            self._write(rows)
+            raise failure from None
 
     def _write(self, rows: list[tuple]) -> None:
         with self._db:  # one transaction: commits on success, rolls back on any error

@@ -1,15 +1,25 @@
 """Incremental training rounds on a workspace: label some pairs, train a round, label more, train again.
 
-    result = run_round("my-workspace", settings={"iters": 20, "replay": 0.5}, on_event=print)
+    result = run_round("my-workspace", settings={"passes": 2, "replay": 0.5}, on_event=print)
 
 Round N trains on the pairs no finished round has used yet, plus a seeded sample of older pairs
 (`replay` x the number of new pairs), starting from the latest finished round's adapter and writing
-`<workspace>/adapters/v<N>/`. The reference is always the base model (`reference="base"`), so every
-cached reference log-prob stays valid and only the new pairs need a reference pass.
+`<workspace>/adapters/v<N>/`.
+
+A round's length follows its data: `passes` over its new + replayed pairs, in optimizer steps, kept within
+[`min_steps`, `max_steps`] (`round_steps`); an `iters` given sets it exactly. One new pair is then seen a
+couple of times, not twenty (the defaults' experiment: benchmarks/rounds.py).
+
+The reference is the base model (`reference="base"`: every cached reference log-prob stays valid and only
+new pairs need a reference pass), or the previous finished version with its adapter on
+(`reference="previous"`: DPO re-anchored each round; its log-probs are cached under that adapter's
+fingerprint, so a rerun on the same version reuses them).
 
 A round is recorded in the store (rounds + round_pairs) when it ends: "finished" rounds count as
 trained; a cancelled round keeps its last checkpoint on disk but its pairs stay untrained, and the
-next round starts from the latest *finished* version.
+next round starts from the latest *finished* version. A finished round is then measured on held-out data
+(training/heldout.py: the store's validation pairs, and `eval_prompts` or the validation pairs' prompts),
+and its record's metrics hold those numbers (`heldout/...`) and the base's (`heldout_base/...`).
 
 Each round continues from the previous adapter's weights and its AdamW moments (from that round's
 last checkpoint); the step count and warmup/cosine schedule start afresh over the round's steps.
@@ -17,18 +27,26 @@ last checkpoint); the step count and warmup/cosine schedule start afresh over th
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, Status
+from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.data.store import PreferenceStore
+from mlx_dpo.models.generate import SampleSettings
+from mlx_dpo.models.load import LoadedModel, load_model, switch_adapter
 from mlx_dpo.options import build, flatten, resolve, settings_of
 from mlx_dpo.settings import TRAIN_GROUPS, LoraSettings, RoundSettings, RunOptions, TrainingArgs
-from mlx_dpo.training import run
+from mlx_dpo.training import heldout, run
+from mlx_dpo.training.trainer import total_steps
+
+if TYPE_CHECKING:  # the judge interface (mlx_dpo.online.judges)
+    from mlx_dpo.online.judges import Judge
 
 ADAPTERS_DIR = "adapters"
 # Round defaults that differ from a plain `train`: save (and report) every step, so a cancelled round
@@ -75,22 +93,72 @@ def plan_round(store: PreferenceStore, replay: float, seed: int, version: int, *
 def round_options(settings: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the options a round's run trains with, the settings its record keeps), both by setting name.
 
-    The record holds every training and LoRA setting (defaults included), the replay share and the
-    run options given, so a round says what it trained with even after a default changes.
+    The record holds every training, LoRA and round setting (defaults included) and the run options given,
+    so a round says what it trained with even after a default changes.
     """
     given, unknown = resolve(settings or {}, settings_of(*TRAIN_GROUPS, RoundSettings))
     if unknown:
         raise TypeError(f"unknown round setting(s): {', '.join(sorted(unknown))}")
     if "init_adapter" in given:
         raise MlxDpoError("a round starts from the workspace's latest finished round; init_adapter cannot be set")
+    if "epochs" in given:  # two ways of saying a round's length would leave one of them ignored
+        raise MlxDpoError("a round's length is set by passes (between min_steps and max_steps) or by iters; "
+                          "epochs applies to a plain train run")
     options = {**ROUND_DEFAULTS, **given}
     groups = [build(group, options) for group in (TrainingArgs, LoraSettings, RoundSettings, RunOptions)]  # checked
     record = flatten(*groups[:3])
     # Of the run options, those given; validation pairs only as a file name, not as a list of pairs.
     record.update({name: str(value) if isinstance(value, Path) else value for name, value in options.items()
                    if name in settings_of(RunOptions) and not isinstance(value, (list, tuple))})
-    options.pop("replay", None)
+    for name in settings_of(RoundSettings):
+        options.pop(name, None)
     return options, record
+
+
+def round_steps(settings: RoundSettings, args: TrainingArgs, num_pairs: int) -> int:
+    """A round's optimizer steps: `passes` over its pairs (counted as the trainer counts an epoch's steps),
+    kept within [min_steps, max_steps]."""
+    steps = total_steps(dataclasses.replace(args, iters=None, epochs=settings.passes), num_pairs)
+    return max(settings.min_steps, min(settings.max_steps, steps))
+
+
+def heldout_set(workspace: str | Path, settings: RoundSettings, *, valid_pairs: Sequence[PreferencePair],
+                eval_prompts: Sequence[list[dict]] | None, judge: Judge | None,
+                sample_settings: SampleSettings | None, beta: float, batch_size: int) -> heldout.HeldoutSet | None:
+    """What a finished round is measured on: `eval_prompts`, else the validation pairs' prompts (each once,
+    the first `heldout_prompts`), and the validation pairs. None when the workspace has neither."""
+    prompts = list(eval_prompts) if eval_prompts is not None else []
+    if eval_prompts is None:
+        for pair in valid_pairs:
+            if pair.prompt not in prompts:
+                prompts.append(pair.prompt)
+    prompts = prompts[: settings.heldout_prompts]
+    if not prompts and not valid_pairs:
+        return None
+    return heldout.HeldoutSet(Path(workspace), prompts, list(valid_pairs), judge, sample_settings or SampleSettings(),
+                              settings.heldout_samples, beta, batch_size)
+
+
+def _base_model(loaded: LoadedModel | None, model: str | None, emit: Callable[[Event], None]) -> LoadedModel:
+    """The model a round trains, as the bare base: a caller's loaded model may carry a version's adapter."""
+    if loaded is None:
+        emit(Status("loading model"))
+        return load_model(model)
+    switch_adapter(loaded, None)
+    return loaded
+
+
+def _measure(workspace: str | Path, version: int, loaded: LoadedModel, held: heldout.HeldoutSet,
+             adapter_dir: Path, latest, emit: Callable[[Event], None]) -> dict:
+    """A finished round's held-out numbers, added to its record; a failed measurement is noted, not raised."""
+    previous = (latest.label, latest.adapter_path) if latest else None
+    try:
+        found = heldout.measure_version(loaded, held, f"v{version}", adapter_dir, previous, emit)
+    except MlxDpoError as e:  # the round itself trained and is recorded; say why its numbers are missing
+        emit(Status(f"held-out measurement failed: {e}"))
+        found = {"heldout/error": str(e)}
+    with PreferenceStore(workspace) as store:
+        return store.update_round_metrics(version, found).metrics
 
 
 def run_round(
@@ -100,12 +168,23 @@ def run_round(
     settings: dict | None = None,
     on_event: Callable[[Event], None] | None = None,
     cancel: threading.Event | None = None,
-    loaded=None,
+    loaded: LoadedModel | None = None,
+    eval_prompts: Sequence[list[dict]] | None = None,
+    judge: Judge | None = None,
+    sample_settings: SampleSettings | None = None,
 ) -> RoundResult:
-    """Train one round. `settings`: RoundSettings' `replay` plus any `mlx_dpo.training.run.train` setting
-    (iters, epochs, batch_size, learning_rate, beta, seed, lora_rank, lora_num_layers, ...; see mlx_dpo.settings)."""
+    """Train one round, then measure it on held-out data (training/heldout.py).
+
+    `settings`: RoundSettings' (replay, passes, min_steps, max_steps, reference, heldout_samples,
+    heldout_prompts) plus any `mlx_dpo.training.run.train` setting (iters, batch_size, learning_rate, beta,
+    seed, lora_rank, ...; see mlx_dpo.settings). `eval_prompts` (chat message lists) are the held-out
+    prompts (default: the prompts of the store's validation pairs); `judge` (mlx_dpo.online.judges) adds
+    its score and win rates; `sample_settings` is how held-out answers are sampled (default: the app's).
+    `loaded` is used and left with the new version's adapter on (after a cancel: the version it started from).
+    """
     emit = on_event or (lambda e: None)
     options, recorded_settings = round_options(settings)
+    round_settings = build(RoundSettings, recorded_settings)
     with PreferenceStore(workspace) as store:
         version = next_version(store, workspace)
         # A KTO round also trains the answers marked good or bad (feedback_records.py), alongside the pairs.
@@ -113,27 +192,39 @@ def run_round(
         new, replayed = plan_round(store, recorded_settings["replay"], recorded_settings["seed"], version,
                                    has_feedback=bool(feedback))
         latest = store.latest_finished_round()
+        valid_pairs = store.training_pairs("valid")
     init_adapter = latest.adapter_path if latest else None
     adapter_dir = adapters_root(workspace) / f"v{version}"
-    emit(Status(f"round v{version}: {len(new)} new pair(s) + {len(replayed)} replayed, "
-                f"from {latest.label if latest else 'the base model'}"))
     pairs = [p.to_preference_pair() for p in new + replayed] + [f.to_feedback() for f in feedback]
+    options.setdefault("iters", round_steps(round_settings, build(TrainingArgs, recorded_settings), len(pairs)))
+    reference = "start" if round_settings.reference == "previous" and init_adapter else "base"
+    emit(Status(f"round v{version}: {len(new)} new pair(s) + {len(replayed)} replayed, {options['iters']} step(s), "
+                f"from {latest.label if latest else 'the base model'}"
+                f"{f', reference {latest.label}' if reference == 'start' else ''}"))
     recorded_settings = {**recorded_settings, "model": model, "init_adapter": init_adapter}
     pair_ids = [p.id for p in new + replayed]
     try:
-        result = run.train(pairs, model=model, adapter_path=adapter_dir, init_adapter=init_adapter, reference="base",
-                           on_event=emit, cancel=cancel, loaded=loaded, **options)
+        loaded = _base_model(loaded, model, emit)
+        result = run.train(pairs, model=model, adapter_path=adapter_dir, init_adapter=init_adapter,
+                           reference=reference, on_event=emit, cancel=cancel, loaded=loaded, **options)
     except BaseException as e:
         with PreferenceStore(workspace) as store:
             store.record_round(version, adapter_dir, recorded_settings, {"error": str(e)}, "failed", pair_ids)
             store.record_round_feedback(version, [f.id for f in feedback])
         raise
     status = "cancelled" if result.cancelled else "finished"
-    metrics = {**result.metrics, **result.eval_metrics,
+    metrics = {**result.metrics, **result.eval_metrics, "steps": options["iters"],
                "ref_cache/hits": result.reference.hits, "ref_cache/misses": result.reference.misses,
                "new_pairs": len(new), "replayed_pairs": len(replayed), "new_feedback": len(feedback)}
     with PreferenceStore(workspace) as store:
         store.record_round(version, adapter_dir, recorded_settings, metrics, status, pair_ids)
         store.record_round_feedback(version, [f.id for f in feedback])
+    held = heldout_set(workspace, round_settings, valid_pairs=valid_pairs, eval_prompts=eval_prompts, judge=judge,
+                       sample_settings=sample_settings, beta=recorded_settings["beta"],
+                       batch_size=recorded_settings["batch_size"])
+    if status == "finished" and held is not None:
+        metrics = _measure(workspace, version, loaded, held, adapter_dir, latest, emit)
+    else:  # the model as its adapter_path says: the new version, or after a cancel the one it started from
+        switch_adapter(loaded, adapter_dir if status == "finished" else init_adapter)
     return RoundResult(version, adapter_dir, status, metrics, [p.id for p in new], [p.id for p in replayed],
                        init_adapter)

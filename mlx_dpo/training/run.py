@@ -18,8 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import mlx.core as mx
 
-from mlx_dpo.atomic import atomic_file
-from mlx_dpo.training import checkpoint, distributed
+from mlx_dpo.atomic import atomic_file, write_failure
+from mlx_dpo.training import checkpoint, distributed, memory
 from mlx_dpo.models.adapter import CONFIG_FILE, add_adapter, adapter_config, adapter_weights, read_adapter_config, settings_from_config
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, EvalMetrics, Failed, Finished, Status, StepMetrics
@@ -29,7 +29,7 @@ from mlx_dpo.training.ref_cache import RefCache, arrays_digest, reference_finger
 from mlx_dpo.training.reference import RefLogps, ReferenceStats, reference_logps
 from mlx_dpo.training.method_data import kto_data, method_reference, with_labels
 from mlx_dpo.training.methods import is_kto
-from mlx_dpo.training.tokens import EncodedPair, Encoder
+from mlx_dpo.training.tokens import EncodedPair, Encoder, token_limits, truncation_report
 from mlx_dpo.options import build, resolve, settings_of
 from mlx_dpo.settings import EVAL_LOSS_SETTINGS, TRAIN_GROUPS, LoraSettings, RunOptions, TrainingArgs, loss_types
 from mlx_dpo.training.trainer import evaluate_batches, train_loop
@@ -61,9 +61,23 @@ def _pairs(source: PairSource, skip_invalid: bool, on_event: Callable[[Event], N
     return list(source)
 
 
+def _encode(encoder: Encoder, pairs: list[PreferencePair], skip_invalid: bool,
+            emit: Callable[[Event], None]) -> list[EncodedPair]:
+    """The pairs as token ids; with --skip-invalid the rows dropped are named in a Status line."""
+    encoded, problems = encoder.encode_all(pairs, skip_invalid=skip_invalid)
+    if problems:
+        emit(Status(f"skipped {len(problems)} row(s) that cannot be tokenized: " + "; ".join(problems[:10])))
+    return encoded
+
+
 def _numeric_setup(loaded: LoadedModel) -> str:
     dtype = loaded.model.model.embed_tokens.weight.dtype if not loaded.quantized else "quantized"
     return f"{dtype}-{mx.default_device()}"
+
+
+def model_fingerprint(loaded: LoadedModel, adapter_digest: str | None = None) -> str:
+    """The reference cache's name for the loaded model as it runs here, with an adapter's digest when one is on."""
+    return reference_fingerprint(loaded.path, adapter_digest=adapter_digest, numeric=_numeric_setup(loaded))
 
 
 def _split_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], RunOptions, TrainingArgs, LoraSettings]:
@@ -83,8 +97,14 @@ class MetricsWriter:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, (StepMetrics, EvalMetrics)):
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(event.metrics) + "\n")
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(event.metrics) + "\n")
+            except OSError as e:  # a full disk: one line (a line cut short is dropped on --resume)
+                failure = write_failure(self.path, e, True)
+                if failure is None:
+                    raise
+                raise failure from None
         self.forward(event)
 
 
@@ -186,7 +206,7 @@ def _reference_pass(loaded: LoadedModel, encoded: list[EncodedPair], start: _Sta
     if start.init_adapter and start.reference == "start":
         lora = apply_adapter(loaded, start.init_adapter)
         start_digest = arrays_digest(adapter_weights(loaded.model))
-    fingerprint = reference_fingerprint(loaded.path, adapter_digest=start_digest, numeric=_numeric_setup(loaded))
+    fingerprint = model_fingerprint(loaded, start_digest)
     distributed.group().check_same(model=fingerprint)  # weights, tokenizer, starting adapter, numeric setup
     # The method decides what the reference pass computes, and whether one runs at all (method_data.py).
     ref, stats = method_reference(loaded.model, encoded, lambda: RefCache(fingerprint), start.args,
@@ -239,12 +259,18 @@ def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, load
     if loaded is None:
         emit(Status("loading model"))
         loaded = load_model(model_spec)
-    encoder = Encoder(loaded.tokenizer, max_length=run.max_length, max_prompt_length=run.max_prompt_length)
+    limits = token_limits(loaded.config, run.max_length, run.max_prompt_length)
+    encoder = Encoder(loaded.tokenizer, max_length=limits.max_length, max_prompt_length=limits.max_prompt_length)
     emit(Status("tokenizing", total=len(train_pairs) + len(valid_pairs)))
-    train_enc = with_labels(encoder.encode_all(train_pairs, skip_invalid=run.skip_invalid)[0], train_labels)
-    valid_enc = with_labels(encoder.encode_all(valid_pairs, skip_invalid=run.skip_invalid)[0], valid_labels)
+    train_enc = with_labels(_encode(encoder, train_pairs, run.skip_invalid, emit), train_labels)
+    valid_enc = with_labels(_encode(encoder, valid_pairs, run.skip_invalid, emit), valid_labels)
     if not train_enc:
         raise MlxDpoError("no training pairs left after tokenization")
+    for line in (limits.note, truncation_report(train_pairs + valid_pairs, train_enc + valid_enc, limits)):
+        if line:
+            emit(Status(line))
+    # Before the first forward pass: a run that cannot fit stops here with one line, not in swap or the OOM killer.
+    emit(Status(memory.check_fits(loaded.model, loaded.config, train_enc, args, start.lora)))
 
     ref, stats, lora, fingerprint = _reference_pass(loaded, train_enc + valid_enc, start, emit)
     config = adapter_config(lora, loaded.model, loaded.name, extra={
@@ -337,10 +363,13 @@ def evaluate(
         raise MlxDpoError("eval scores preference pairs; give it a pair loss (sigmoid, ...), not kto")
     pairs = _pairs(data, skip_invalid, emit)
     loaded = loaded or load_model(model)
-    encoded, _ = Encoder(loaded.tokenizer, max_length=max_length).encode_all(pairs, skip_invalid=skip_invalid)
+    # The limits training uses: eval of a long row must not take more memory than training it.
+    limits = token_limits(loaded.config, max_length or RunOptions.max_length, RunOptions.max_prompt_length)
+    encoder = Encoder(loaded.tokenizer, max_length=limits.max_length, max_prompt_length=limits.max_prompt_length)
+    encoded, _ = encoder.encode_all(pairs, skip_invalid=skip_invalid)
     if not encoded:
         raise MlxDpoError("no pairs to evaluate")
-    cache = RefCache(reference_fingerprint(loaded.path, adapter_digest=None, numeric=_numeric_setup(loaded)))
+    cache = RefCache(model_fingerprint(loaded))
     ref, stats = reference_logps(loaded.model, encoded, cache, batch_size=2 * batch_size,
                                  shared_prompt=shared_prompt, full_logits=full_logits, on_event=emit)
     cache.close()

@@ -13,11 +13,19 @@ right after an answer (found once by rendering a probe answer): a model's config
 the template renders, not the template's text plus an EOS it never writes. Only a template that
 writes nothing after an answer gets EOS appended. Templates without a system role (Gemma 2) are
 refused per pair with what to do; Gemma 3's template folds the system message in by itself.
+
+Long rows (`token_limits`, `Encoder._truncate`): --max-length is bounded by the model's context length
+(config.json's max_position_embeddings or its kin), since positions past it were never trained and the
+attention of one long row grows with the square of its length. A prompt over --max-prompt-length keeps
+its end (the question usually comes last); answers keep their start, cut to what the prompt leaves of
+--max-length. A prompt that leaves no room for an answer is refused with its line. Cutting happens on
+token ids right after tokenizing, so nothing downstream ever holds a row longer than --max-length.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 from jinja2 import TemplateError
 
@@ -60,6 +68,11 @@ class Encoder:
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
         self.bos = tokenizer.bos_token_id
+        # transformers warns "Token indices sequence length is longer than ... indexing errors" for a long row;
+        # rows are cut right after tokenizing (`_truncate`) and the cut ones reported, so that warning misleads.
+        warned = getattr(getattr(tokenizer, "_tokenizer", tokenizer), "deprecation_warnings", None)
+        if isinstance(warned, dict):
+            warned["sequence-length-is-longer-than-the-specified-maximum"] = True
         # The template's end-of-turn markers: the tokenizer's EOS (mlx-lm may list several) and the
         # special token the template writes after an answer.
         self.end_of_turn = set(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
@@ -122,7 +135,8 @@ class Encoder:
             if len(prompt) >= self.max_length:
                 raise MlxDpoError(str(EncodeProblem(
                     pair.id, pair.source,
-                    f"prompt alone is {len(prompt)} tokens, not under --max-length {self.max_length}",
+                    f"prompt alone is {len(prompt)} tokens, not under --max-length {self.max_length}; shorten it, "
+                    "or set --max-prompt-length to keep its end",
                 )))
             budget = self.max_length - len(prompt)
             if len(chosen) > budget or len(rejected) > budget:
@@ -146,6 +160,90 @@ class Encoder:
 
 class _Problem(Exception):
     pass
+
+
+# Where configs keep the longest sequence a model was trained for, in the order they are looked up.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length", "n_ctx")
+
+
+def context_length(config: Mapping) -> tuple[int, str] | None:
+    """The model's context length and the config key it came from, or None when the config names none."""
+    for where in (config, config.get("text_config") or {}):  # multimodal configs nest the text model's
+        for key in CONTEXT_KEYS:
+            value = where.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value, key
+    return None
+
+
+@dataclass(frozen=True)
+class TokenLimits:
+    max_length: int | None
+    max_prompt_length: int | None  # None: prompts are never cut (a prompt that does not fit is refused)
+    note: str | None = None  # why a limit given is lower than asked, for the run's Status line
+
+
+def token_limits(config: Mapping, max_length: int | None, max_prompt_length: int | None) -> TokenLimits:
+    """The limits a run encodes with: --max-length bounded by the model's context length, and
+    --max-prompt-length below --max-length (0 or None: never cut a prompt)."""
+    note = None
+    context = context_length(config)
+    if context and (max_length is None or max_length > context[0]):
+        if max_length is not None:
+            note = (f"--max-length {max_length} is above the model's context length {context[0]} "
+                    f"(config.json {context[1]}): rows are cut to {context[0]} tokens")
+        max_length = context[0]
+    prompt = max_prompt_length or None
+    if prompt and max_length and prompt >= max_length:
+        prompt = max_length - 1  # at least one answer token must fit
+    return TokenLimits(max_length, prompt, note)
+
+
+# Template tokens a rendering adds around the texts (role markers, a default system line): generous.
+_TEMPLATE_TOKENS = 64
+
+
+def may_exceed(pair: PreferencePair, limits: TokenLimits) -> bool:
+    """False when the pair surely fits whole, judged without a tokenizer: a token holds at least one byte of
+    text (byte-level BPE, or SentencePiece with byte fallback), so tokens <= UTF-8 bytes + the template's."""
+    size = lambda text: len(text.encode("utf-8"))  # noqa: E731
+    prompt = sum(size(m["content"]) for m in pair.prompt) + _TEMPLATE_TOKENS
+    answer = max(size(pair.chosen), size(pair.rejected)) + _TEMPLATE_TOKENS
+    return bool((limits.max_prompt_length and prompt > limits.max_prompt_length)
+                or (limits.max_length and prompt + answer > limits.max_length))
+
+
+def rows_over_limits(pairs: Sequence[PreferencePair], tokenizer, limits: TokenLimits) -> list[tuple[PreferencePair, int]]:
+    """The pairs training would cut or refuse, each with its length in tokens (prompt + longer answer).
+
+    Only rows `may_exceed` flags are tokenized; a row that cannot be tokenized at all is left to `train`,
+    which names its problem."""
+    whole = Encoder(tokenizer)
+    over = []
+    for pair in pairs:
+        if not may_exceed(pair, limits):
+            continue
+        try:
+            e = whole.encode(pair)
+        except MlxDpoError:
+            continue
+        tokens = len(e.prompt) + max(len(e.chosen), len(e.rejected))
+        if (limits.max_length and tokens > limits.max_length) or (
+                limits.max_prompt_length and len(e.prompt) > limits.max_prompt_length):
+            over.append((pair, tokens))
+    return over
+
+
+def truncation_report(pairs: Sequence[PreferencePair], encoded: Sequence[EncodedPair], limits: TokenLimits) -> str | None:
+    """One line naming the rows that were cut (how many, which lines), or None when none was."""
+    cut = {e.id for e in encoded if e.truncated}
+    if not cut:
+        return None
+    where = [p.source or f"pair {p.id}" for p in pairs if p.id in cut]
+    shown = ", ".join(where[:10]) + (f" and {len(where) - 10} more" if len(where) > 10 else "")
+    prompt = f", prompts to {limits.max_prompt_length} keeping their end" if limits.max_prompt_length else ""
+    return (f"{len(cut)} row(s) longer than the limits were cut (rows to --max-length {limits.max_length} tokens, "
+            f"answers keeping their start{prompt}): {shown}")
 
 
 _PROBE = "Probe answer 7"

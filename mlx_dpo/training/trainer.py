@@ -124,13 +124,41 @@ def make_step(model: nn.Module, args: TrainingArgs, on_event: Callable[[Event], 
 
 
 class MetricWindow:
-    """Sums per-pair metrics between reports."""
+    """Sums per-pair metrics between reports.
+
+    A checkpoint taken mid-window keeps the window's sums (`state`, `restored`), so a resumed run reports
+    the window that spans the restart over all its steps, as the uninterrupted run does.
+    """
 
     def __init__(self):
         self.sums: dict[str, mx.array] = {}  # kept on the device; read back only when reported
         self.pairs = 0
         self.tokens = 0
         self.start = time.perf_counter()
+
+    def state(self) -> dict:
+        """The window so far as JSON, summed over every rank (a collective: every rank calls it).
+
+        A float32 sum read back as a Python float is exact, so the restored window adds up bit for bit.
+        """
+        sums, (pairs, tokens) = distributed.group().sum_metrics(self.sums, [self.pairs, self.tokens])
+        return {"sums": {k: float(v.item()) for k, v in sums.items()},
+                "dtypes": {k: str(v.dtype).rpartition(".")[2] for k, v in sums.items()},
+                "pairs": pairs, "tokens": tokens, "seconds": time.perf_counter() - self.start}
+
+    @classmethod
+    def restored(cls, state: dict | None) -> "MetricWindow":
+        """The window a checkpoint kept (an empty one for checkpoints older than this field).
+
+        Rank 0 alone takes the sums (they are every rank's), so the report's sum over ranks counts them once.
+        """
+        window = cls()
+        if state and distributed.group().is_writer:
+            dtypes = state.get("dtypes", {})
+            window.sums = {k: mx.array(v, dtype=getattr(mx, dtypes.get(k, "float32"))) for k, v in state["sums"].items()}
+            window.pairs, window.tokens = int(state["pairs"]), int(state["tokens"])
+            window.start -= float(state.get("seconds", 0.0))
+        return window
 
     def add(self, metrics: dict[str, mx.array], tokens: int) -> None:
         for k, v in metrics.items():
@@ -273,7 +301,8 @@ def train_loop(
     model.train()
     step_fn = make_step(model, args, on_event)
     order = _DataOrder(train_pairs, args)
-    window, last = MetricWindow(), {}
+    window = MetricWindow.restored(checkpoint.read_state(resume_from).get("report_window") if resume_from else None)
+    last: dict = {}
     for step in range(start_step + 1, steps + 1):
         if cancel is not None and cancel.is_set():
             on_event(Cancelled(step=step - 1, adapter_path=str(adapter_dir)))
@@ -296,11 +325,14 @@ def train_loop(
             ev = evaluate_pairs(model, args, group.share(valid_pairs), ref)
             model.train()
             on_event(EvalMetrics(step=step, metrics={"step": step, **{f"eval_{k}": v for k, v in ev.items()}}))
-        if group.is_writer and (step % args.save_every == 0 or step == steps):
-            path = checkpoint.save(adapter_dir, step, model, optimizer, adapter_config,
-                                   {"args": asdict(args), "batches_per_epoch": order.batches_per_epoch,
-                                    "epoch": epoch, "data_order": order.batches(epoch)})
-            on_event(CheckpointSaved(step=step, path=str(path)))
+        if step % args.save_every == 0 or step == steps:
+            window_state = window.state()  # on every rank: it sums over them
+            if group.is_writer:
+                path = checkpoint.save(adapter_dir, step, model, optimizer, adapter_config,
+                                       {"args": asdict(args), "batches_per_epoch": order.batches_per_epoch,
+                                        "epoch": epoch, "data_order": order.batches(epoch),
+                                        "report_window": window_state})
+                on_event(CheckpointSaved(step=step, path=str(path)))
         pause.pause_if_asked(step)  # a test hook: MLX_DPO_PAUSE_AT_STEP (pause.py)
     model.eval()
     return last

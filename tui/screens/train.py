@@ -3,6 +3,11 @@
 The round runs in a child process (`tui.workers.TrainingProcess`): the UI stays responsive and the
 model worker's MLX streams are never shared. Its events arrive as `WorkerEvent` messages (plain dicts).
 When a round finishes, the app switches the sampling model to the new version.
+
+The versions table answers "did it get better?": beside each round's training numbers, its held-out
+numbers as the round measured them (`HELDOUT`: preference accuracy on validation pairs, KL to the base in
+nats per answer, a judge's mean score and win rates), "–" where a round could not measure one; the base
+row shows the base's own held-out numbers.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ _OFFERED = (
     ("train-loss", "loss_type", "loss (kto: marked answers too)", None),
     ("train-beta", "beta", "β", None),
     ("train-lr", "learning_rate", "learning rate", None),
-    ("train-iters", "iters", "steps", "20"),  # a short round by default, rather than a whole epoch
-    ("train-epochs", "epochs", "epochs (if no steps)", ""),
+    ("train-iters", "iters", "steps", ""),  # blank: the round's length follows its data (passes)
+    ("train-passes", "passes", "passes (if no steps)", None),
     ("train-batch", "batch_size", "batch size", None),
     ("train-rank", "lora_rank", "LoRA rank", None),
     ("train-layers", "lora_num_layers", "LoRA layers", None),
@@ -52,6 +57,13 @@ FIELDS = tuple((input_id, label, name, ROUND_SETTINGS[name].parse, _start_text(n
                for input_id, name, label, text in _OFFERED)
 
 
+# The versions table's held-out columns: (title, metrics key, digits). The base's are "heldout_base/...".
+HELDOUT = (("acc*", "heldout/accuracy", 2), ("KL*", "heldout/kl", 3), ("score*", "heldout/score", 3),
+           ("win prev*", "heldout/win_vs_previous", 2), ("win base*", "heldout/win_vs_base", 2))
+VERSION_COLUMNS = ("version", "status", "pairs", "new", "loss", "accuracy", "margin", "ref hit/miss",
+                   *(title for title, _key, _digits in HELDOUT))
+
+
 class TrainScreen(Screen):
     BINDINGS = [
         Binding("ctrl+t", "train", "Train", tooltip="Train a round on the untrained pairs"),
@@ -68,6 +80,7 @@ class TrainScreen(Screen):
         self.history: dict[str, list[float]] = {"loss": [], "rewards/margins": [], "rewards/accuracies": []}
         self.started_at = 0.0
         self.last_round: dict | None = None  # the last RoundEnded / RoundFailed dict
+        self.return_to: str | None = None  # the mode to go back to when the round ends (a round the app started)
         self.events: list[dict] = []
 
     def compose(self) -> ComposeResult:
@@ -92,12 +105,16 @@ class TrainScreen(Screen):
                     yield Sparkline([], id=f"plot-{_slug(key)}")
         table = DataTable(id="versions", cursor_type="row")
         table.border_title = "versions"
+        table.border_subtitle = "* held out: accuracy on valid pairs, KL to the base, judge score and win rates"
         yield table
         yield Footer()
 
     def on_mount(self) -> None:
         table = self.query_one("#versions", DataTable)
-        table.add_columns("version", "status", "pairs", "new", "loss", "accuracy", "margin", "ref misses", "ref hits")
+        table.add_columns(*VERSION_COLUMNS)
+        for input_id, _label, key, _parse, _default in FIELDS:  # the round settings the app was opened with
+            if key in self.app.train_settings:
+                self.query_one(f"#{input_id}", Input).value = shown(self.app.train_settings[key]) or ""
         self.refresh_rounds()
 
     def on_screen_resume(self) -> None:
@@ -123,8 +140,9 @@ class TrainScreen(Screen):
         except SettingError as e:
             raise ValueError(e.message(*typed[e.name])) from None
         if "iters" in out:
-            out.pop("epochs", None)
-        return out
+            out.pop("passes", None)
+        offered = {key for _id, _label, key, _parse, _default in FIELDS}
+        return {**{k: v for k, v in self.app.train_settings.items() if k not in offered}, **out}
 
     def refresh_rounds(self) -> None:
         store = self.app.store
@@ -141,12 +159,14 @@ class TrainScreen(Screen):
         table = self.query_one("#versions", DataTable)
         row = table.cursor_row
         table.clear()
-        table.add_row("base", "", "", "", "", "", "", "", "", key="base")
+        base = next((r.metrics for r in reversed(rounds) if any(k.startswith("heldout_base/") for k in r.metrics)), {})
+        table.add_row("base", "", "", "", "", "", "", "", *_heldout(base, "heldout_base/"), key="base")
         for r in rounds:
             m = r.metrics
+            refs = f"{m['ref_cache/hits']}/{m['ref_cache/misses']}" if "ref_cache/hits" in m else ""
             table.add_row(r.label, r.status, str(len(r.pair_ids)), str(m.get("new_pairs", "")),
                           _fmt(m.get("loss")), _fmt(m.get("rewards/accuracies")), _fmt(m.get("rewards/margins")),
-                          str(m.get("ref_cache/misses", "")), str(m.get("ref_cache/hits", "")), key=str(r.version))
+                          refs, *_heldout(m), key=str(r.version))
         table.move_cursor(row=row if 0 < row <= len(rounds) else len(rounds))
 
     # --- actions ---
@@ -174,6 +194,15 @@ class TrainScreen(Screen):
         self._status("starting the training process…")
         self.process = self.app.start_training(settings, self.post_message_from_child)
         self._buttons()
+
+    def action_auto_round(self) -> None:
+        """A round the app starts after every K labels (`MlxDpoApp(per_round=K)`): it trains here, then the
+        Label screen comes back, sampling from the new version."""
+        self.action_train()
+        if self.state == "training":
+            self.return_to = "label"
+        else:
+            self.app.switch_mode("label")
 
     def post_message_from_child(self, data: dict) -> None:  # called on the reader thread
         self.post_message(WorkerEvent(data))
@@ -250,6 +279,9 @@ class TrainScreen(Screen):
                          "warning")
         self.refresh_rounds()
         self.app.store_changed()
+        if self.return_to is not None:
+            mode, self.return_to = self.return_to, None
+            self.app.switch_mode(mode)
 
     # --- display ---
 
@@ -270,6 +302,15 @@ class TrainScreen(Screen):
 
 def _slug(key: str) -> str:
     return key.replace("/", "-")
+
+
+def _heldout(metrics: dict, prefix: str = "heldout/") -> list[str]:
+    """A version's held-out cells; "–" for a number the round did not (or could not) measure."""
+    cells = []
+    for _title, key, digits in HELDOUT:
+        value = metrics.get(prefix + key.removeprefix("heldout/"))
+        cells.append("–" if value is None else f"{value:.{digits}f}")
+    return cells
 
 
 def _fmt(value) -> str:

@@ -14,7 +14,7 @@ from textual.screen import Screen
 from tui.messages import WorkerEvent
 from tui.sampling import SamplingState
 from tui.widgets import AnswerPane, StatusLine
-from tui.workers.events import AnswerChunk, AnswerDone, SampleFailed, SampleStarted
+from tui.workers.events import SAMPLE_EVENTS, AnswerChunk, AnswerDone, SampleFailed, SampleStarted
 
 
 # Both screens save a pair with 1 / 2 and edit the prompt with p; each lists these in its own BINDINGS.
@@ -32,9 +32,11 @@ class TwoAnswersScreen(Screen):
     PANE_ID = "answer-{slot}"  # the ids of the screen's two AnswerPanes
     JUDGED = "judged"  # what `state` calls answers that were saved (as the screen's tests and hints say)
 
+    SHUFFLE = False  # show each request's answers in a random pane order (tui.sampling.shown_order)
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.sampling = SamplingState()
+        self.sampling = SamplingState(shuffle=self.SHUFFLE)
 
     @property
     def state(self) -> str:
@@ -69,17 +71,20 @@ class TwoAnswersScreen(Screen):
     # --- the worker's events for the newest request (older ones stop here) ---
 
     def on_worker_event(self, message: WorkerEvent) -> None:
-        message.stop()  # the app routes only sampling events here; they are this screen's alone
+        message.stop()  # the app routes only this screen's events here: sampling, and Label's suggestions
         event = message.event
+        if not isinstance(event, SAMPLE_EVENTS):
+            self.show_other(event)
+            return
         if not self.sampling.apply(event):
             return
-        match event:
-            case SampleStarted(seeds=seeds):
-                self.show_started(seeds)
+        match event:  # the hooks get panes (tui.sampling: the Label screen may show slot 1 in pane 2)
+            case SampleStarted():
+                self.show_started(self.sampling.pane_seeds)
             case AnswerChunk(slot=slot, text=text):
-                self.show_chunk(slot, text)
+                self.show_chunk(self.sampling.pane_of(slot), text)
             case AnswerDone(slot=slot, text=text):
-                self.show_done(slot, text)
+                self.show_done(self.sampling.pane_of(slot), text)
             case SampleFailed(error=error):
                 self.show_failed(error)
 
@@ -96,3 +101,6 @@ class TwoAnswersScreen(Screen):
 
     def show_failed(self, error: str) -> None:
         pass
+
+    def show_other(self, event) -> None:
+        """An event about the shown answers that is not the worker's sampling (Label: a judge's suggestion)."""

@@ -1,7 +1,9 @@
 """The app's one boundary with the library's heavy parts: the workers that load models, sample and train.
 
-- `model.ModelWorker`: a daemon thread that owns the loaded model (load, sample, compare, switch adapters);
-  it reports the plain dataclasses of `events` through a callback on its own thread.
+- `model.ModelWorker`: a daemon thread that owns the loaded model (load, sample, compare, switch adapters,
+  review labels); it reports the plain dataclasses of `events` through a callback on its own thread.
+- `judge.JudgeWorker`: a program judge (`--judge SPEC`) on a thread of its own, for the Label screen's
+  suggestions (an `llm:` judge loads a model, which then stays on that thread).
 - `training.TrainingProcess`: one training round in a child process; it reports the round's events as dicts.
 - `export`: the Export screen's export and push calls, run on a Textual thread worker.
 

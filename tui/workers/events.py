@@ -59,7 +59,46 @@ class SampleFailed:
     error: str
 
 
+# A label review (the Data screen's "review" view), run on the model thread: it needs the loaded model.
+
+
+@dataclass(frozen=True)
+class ReviewDone:
+    request_id: int
+    report: object  # mlx_dpo.training.review.ReviewReport: plain data, no mlx arrays
+
+
+@dataclass(frozen=True)
+class ReviewFailed:
+    request_id: int
+    error: str
+
+
+# The judge worker's (tui.workers.judge): a program judge's suggestions for the Label screen.
+
+
+@dataclass(frozen=True)
+class JudgeReady:
+    name: str  # the judge's name, as the store records it
+
+
+@dataclass(frozen=True)
+class JudgeFailed:
+    error: str  # the judge could not be loaded: the app goes on without suggestions
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    request_id: int
+    answers: tuple[str, str]  # the answers judged, as shown (pane 1, pane 2)
+    choice: int | None  # 1 or 2: the better pane; 0: a tie; None: the judge skipped (or failed)
+    note: str
+    judge: str
+
+
 ModelEvent = LoadProgress | ModelReady | LoadFailed | AdapterFailed
 SampleEvent = SampleStarted | AnswerChunk | AnswerDone | SampleFailed
 SAMPLE_EVENTS = (SampleStarted, AnswerChunk, AnswerDone, SampleFailed)  # for isinstance
-Event = ModelEvent | SampleEvent
+REVIEW_EVENTS = (ReviewDone, ReviewFailed)
+JudgeEvent = JudgeReady | JudgeFailed | Suggestion
+Event = ModelEvent | SampleEvent | ReviewDone | ReviewFailed | JudgeEvent

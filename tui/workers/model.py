@@ -17,45 +17,19 @@ import random
 import threading
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from mlx_dpo.errors import MlxDpoError  # no mlx import: safe on the UI thread
 from mlx_dpo.names import display_name, is_default
+from mlx_dpo.settings import SampleSettings  # the library's sampler settings (no mlx), re-exported for the app
 from tui.workers.events import (
-    AdapterFailed, AnswerChunk, AnswerDone, Event, LoadFailed, LoadProgress, ModelReady, SampleFailed, SampleStarted,
+    AdapterFailed, AnswerChunk, AnswerDone, Event, LoadFailed, LoadProgress, ModelReady, ReviewDone, ReviewFailed,
+    SampleFailed, SampleStarted,
 )
 
 CHUNK_INTERVAL = 0.04  # seconds: stream pieces are batched so the UI is not woken per token
-
-
-@dataclass(frozen=True)
-class SampleSettings:
-    """How answers are sampled. `seed=None` draws a fresh seed per request; slot 2 uses seed + 1."""
-
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_tokens: int = 256
-    seed: int | None = None
-
-    def check(self) -> None:
-        """Raise ValueError naming the bad field."""
-        if not 0 <= self.temperature <= 10:
-            raise ValueError(f"temperature must be between 0 and 10 (got {self.temperature})")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top-p must be in (0, 1] (got {self.top_p})")
-        if not 1 <= self.max_tokens <= 32768:
-            raise ValueError(f"max tokens must be between 1 and 32768 (got {self.max_tokens})")
-        if self.seed is not None and not 0 <= self.seed < 2**31:
-            raise ValueError(f"seed must be between 0 and 2^31-1 (got {self.seed})")
-
-    def summary(self) -> str:
-        seed = "random" if self.seed is None else str(self.seed)
-        return f"temp {self.temperature:g} · top-p {self.top_p:g} · max {self.max_tokens} tokens · seed {seed} · s to change"
-
-    def with_seed(self, seed: int | None) -> "SampleSettings":
-        return replace(self, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -70,6 +44,13 @@ class _Request:
 @dataclass(frozen=True)
 class _SetAdapter:
     path: str | None  # None: the base model alone
+
+
+@dataclass(frozen=True)
+class _Review:
+    id: int
+    workspace: str
+    adapter: str | None  # the trained version reviewed; None: the review's own choice (the latest round)
 
 
 def _describe(error: Exception) -> str:
@@ -95,9 +76,10 @@ class ModelWorker:
         self.adapter_path = str(adapter_path) if adapter_path is not None else None
         self.name = _version_name(model, adapter_path)
         self._report_cb = report
-        self._requests: queue.Queue[_Request | _SetAdapter | None] = queue.Queue()
+        self._requests: queue.Queue[_Request | _SetAdapter | _Review | None] = queue.Queue()
         self._lock = threading.Lock()
         self._generation = 0
+        self._reviews = 0  # review request ids (their own count: a review is never superseded)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="mlx-dpo-model", daemon=True)
         self.load_error: str | None = None
@@ -130,6 +112,16 @@ class ModelWorker:
         Reports ModelReady (name and sampler naming the adapter) when done, AdapterFailed if it cannot."""
         self.cancel()  # a sample in progress belongs to the old adapter
         self._requests.put(_SetAdapter(None if path is None else str(path)))
+
+    def review(self, workspace: str | Path, adapter: str | Path | None = None) -> int:
+        """Queue a label review of the workspace's pairs by base + `adapter` (None: the latest finished round),
+        for the Data screen's "review" view; reports ReviewDone or ReviewFailed with the returned id. Sampling
+        is not cancelled: a review waits for the request before it, and the sample after it waits for it."""
+        with self._lock:
+            self._reviews += 1
+            request = _Review(self._reviews, str(workspace), None if adapter is None else str(adapter))
+        self._requests.put(request)
+        return request.id
 
     def cancel(self) -> None:
         with self._lock:
@@ -203,6 +195,9 @@ class ModelWorker:
             if isinstance(request, _SetAdapter):
                 loaded = self._switch_adapter(loaded, request.path)
                 continue
+            if isinstance(request, _Review):
+                self._serve_review(loaded, request)
+                continue
             if not self._current(request.id):
                 continue  # superseded while waiting
             if loaded is None:
@@ -226,6 +221,30 @@ class ModelWorker:
         self.name = _version_name(self.model, path)
         self._report(ModelReady(self.name, loaded.name + (f"+{path}" if path else "")))
         return loaded
+
+    def _review(self, loaded, request: _Review):
+        from mlx_dpo.training.review import review_pairs
+
+        return review_pairs(request.workspace, adapter_path=request.adapter, loaded=loaded)
+
+    def _serve_review(self, loaded, request: _Review) -> None:
+        """The review runs on the loaded base alone (its reference; it puts the reviewed version on itself), then
+        the app's chosen version goes back on."""
+        if loaded is None:
+            self._report(ReviewFailed(request.id, f"the model could not be loaded: {self.load_error}"))
+            return
+        try:
+            self._put_on(loaded, None)
+            report = self._review(loaded, request)
+        except Exception as e:
+            self._report(ReviewFailed(request.id, _describe(e)))
+        else:
+            self._report(ReviewDone(request.id, report))
+        finally:
+            try:
+                self._put_on(loaded, self.adapter_path)
+            except Exception as e:
+                self._report(AdapterFailed(_describe(e)))
 
     def _put_on(self, loaded, adapter: str | None) -> None:
         """For one answer of a comparison: `adapter` on the base, whatever version the app has chosen."""

@@ -2,7 +2,8 @@
 
 The store keeps the undo order itself (`PreferenceStore.undo_last_label`, which survives restarts); this
 remembers what the store does not: the prompt exactly as it was in the editors and the queue position.
-A label from an earlier session is rebuilt from the store's copy instead.
+A label from an earlier session is rebuilt from the store's copy instead, its answers in the order they
+were shown (the pair's `shown_first`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class LabelHistory:
             parts, answers, queue_pos = record.parts, record.answers, record.queue_pos
         else:  # labeled in an earlier session: rebuild the screen from the store's copy
             parts, queue_pos = PromptParts.from_messages(item.prompt), None
-            answers = (item.chosen, item.rejected) if result.kind == "pair" else two(item.answers)
+            answers = two(item.answers) if result.kind == "skip" else (
+                (item.rejected, item.chosen) if item.shown_first == "rejected" else (item.chosen, item.rejected))
         what = f"pair #{item.id}" if result.kind == "pair" else "tie"
         return Undone(what, parts, answers, item.sampler, queue_pos)

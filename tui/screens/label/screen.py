@@ -2,8 +2,11 @@
 
 The screen never touches the model: it asks the app's model worker for two answers and feeds the
 worker's events for them to a `tui.sampling.SamplingState`, which knows the newest request and when
-both answers are in; the screen draws what it holds. Labels are written to the store on the event loop
-(one small committed transaction each), so "saved" is only shown after `add_pair` has returned.
+both answers are in; the screen draws what it holds. Each request's answers are shown in a random pane
+order (`SHUFFLE`), and a saved pair records which of its answers was shown first (`shown_first`).
+A program judge's suggestion and a prompt file given at start are `online.py`'s. Labels are written to
+the store on the event loop (one small committed transaction each), so "saved" is only shown after
+`add_pair` has returned.
 """
 
 from __future__ import annotations
@@ -15,19 +18,23 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, Static, TextArea
 
 from mlx_dpo.errors import MlxDpoError
-from tui.modals import EditAnswersModal, EditedAnswers, PathChoice, PathModal, SettingsModal
-from tui.prompts import PromptParts, PromptQueue, QueueError
+from tui.modals import EditAnswersModal, EditedAnswers, SettingsModal
+from tui.prompts import PromptParts, PromptQueue
 from tui.sampling import SLOTS
 from tui.screens.label.candidates import KeptCandidate
 from tui.screens.label.history import LabelHistory, LabelRecord, two
 from tui.screens.label.feedback import mark_answer
+from tui.screens.label.queue import QueueActions
+from tui.screens.label import online
 from tui.screens.two_answers import EDITOR_BINDINGS, PICK_BINDINGS, TwoAnswersScreen
 from tui.widgets import AnswerPane, ModeBar, ModelStatus, ScreenButton, StatusLine, prompt_fields, read_prompt
 from tui.workers import SampleSettings
+from tui.workers.events import Suggestion
 
 
-class LabelScreen(TwoAnswersScreen):
+class LabelScreen(QueueActions, TwoAnswersScreen):
     JUDGED = "labeled"
+    SHUFFLE = True  # the first answer sampled is not always the one on the left
 
     # Descriptions are short for the footer; tooltips name the command in the command palette.
     BINDINGS = [
@@ -42,6 +49,7 @@ class LabelScreen(TwoAnswersScreen):
         Binding("n", "next", "Next", tooltip="Next prompt (from the queue, or a new one)"),
         Binding("o", "open_queue", "Queue", tooltip="Open a prompt queue file"),
         Binding("s", "settings", "Settings", tooltip="Sampling settings"),
+        Binding("a", "accept", "Accept", show=False, tooltip="Accept the judge's suggestion"),
         *EDITOR_BINDINGS,
     ]
 
@@ -52,6 +60,8 @@ class LabelScreen(TwoAnswersScreen):
         self.queue = PromptQueue()
         self.context: tuple[dict, ...] = ()  # earlier turns of a queued multi-turn prompt
         self.candidate: KeptCandidate  # set on mount: it needs the app's store
+        self.sampled_version: str | None = None  # the version that sampled the shown answers, if known
+        self.suggestion = None  # the judge's Suggestion for the shown answers
 
     # --- layout ---
 
@@ -59,6 +69,7 @@ class LabelScreen(TwoAnswersScreen):
         yield ModeBar("label")
         with Horizontal(id="label-status-row"):
             yield ModelStatus(id="model-status")
+            yield Static("", id="suggestion")
             yield Static("", id="queue-status")
         with Vertical(id="prompt-box"):
             yield from prompt_fields("system", "prompt", "Type a prompt, then ctrl+s to sample two answers")
@@ -73,6 +84,8 @@ class LabelScreen(TwoAnswersScreen):
             yield ScreenButton("1 better", "pick(1)", id="pick-1", variant="success")
             yield ScreenButton("2 better", "pick(2)", id="pick-2", variant="success")
             yield ScreenButton("t tie", "tie", id="tie")
+            if self.app.judge is not None:
+                yield ScreenButton("a accept", "accept", id="accept")
             yield ScreenButton("e edit", "edit", id="edit")
             yield ScreenButton("r resample", "resample", id="resample")
             yield ScreenButton("u undo", "undo", id="undo")
@@ -86,8 +99,10 @@ class LabelScreen(TwoAnswersScreen):
         self._show_settings()
         self._show_queue()
         self.query_one("#prompt", TextArea).focus()
+        self.query_one("#suggestion", Static).display = False
         self.call_after_refresh(self.app.first_screen_drawn)
         self._restore_unjudged()
+        online.open_initial_queue(self)
 
     # --- small helpers ---
 
@@ -131,6 +146,7 @@ class LabelScreen(TwoAnswersScreen):
         self.candidate.drop()
         self.app.worker.cancel()
         self.sampling.clear()
+        online.forget(self)
         for slot in SLOTS:
             self.pane(slot).set_text("")
             self.pane(slot).set_title()
@@ -140,9 +156,11 @@ class LabelScreen(TwoAnswersScreen):
         self.app.worker.cancel()
         self._set_editor(parts)
         self.sampling.restore(parts, answers, (sampler, sampler))
+        self.sampled_version = None
         for slot, text in zip(SLOTS, answers):
             self.pane(slot).set_title()
             self.pane(slot).set_text(text, "restored")
+        online.ask(self)
 
     def _restore_unjudged(self) -> None:
         """Answers sampled in an earlier session and never judged come back on screen."""
@@ -174,6 +192,7 @@ class LabelScreen(TwoAnswersScreen):
     def _start_sampling(self, parts: PromptParts, settings: SampleSettings) -> None:
         self._clear_answers()
         self.sampling.start(self.app.worker.sample(parts.messages(), settings), parts)
+        self.sampled_version = online.known_version(self.app.current_version_label())
         waiting = "sampling…" if self.app.model_state == "ready" else "waiting for the model to load…"
         for slot in SLOTS:
             self.pane(slot).set_text("", waiting if slot == 1 else "queued")
@@ -217,6 +236,7 @@ class LabelScreen(TwoAnswersScreen):
             if self.sampling.identical:
                 hint = "the two answers are identical: r resample · e edit · t tie"
             self.show_status(hint)
+            online.ask(self)
 
     # --- labels ---
 
@@ -231,6 +251,10 @@ class LabelScreen(TwoAnswersScreen):
         return state == "ready"
 
     def action_pick(self, slot: int) -> None:
+        self.save_pick(slot)
+
+    def save_pick(self, slot: int, note: str | None = None) -> None:
+        """Save the pair with the answer in pane `slot` chosen, with the order it was shown in."""
         if not self._can_label():
             return
         if self.sampling.identical:
@@ -241,11 +265,12 @@ class LabelScreen(TwoAnswersScreen):
             )
             return
         chosen, rejected = self.sampling.chosen_rejected(slot)
+        notes = ["answers edited before labeling"] * self.sampling.edited + [note] * (note is not None)
         try:
             pair = self.store.add_pair(
                 self.sampling.prompt.messages(), chosen, rejected, origin="sampled", sampler=self.sampler,
-                note="answers edited before labeling" if self.sampling.edited else None,
-                candidate_id=self.candidate.id,
+                note="; ".join(notes) or None, candidate_id=self.candidate.id, judge=None,
+                version=self.sampled_version, shown_first=self.sampling.shown_first(slot),
             )
         except MlxDpoError as e:
             self.app.notify_error(str(e), title="Not saved")
@@ -261,7 +286,8 @@ class LabelScreen(TwoAnswersScreen):
             return
         try:
             skip = self.store.add_skip(self.sampling.prompt.messages(), "tie", answers=list(self.answers()),
-                                       sampler=self.sampler, candidate_id=self.candidate.id)
+                                       sampler=self.sampler, candidate_id=self.candidate.id,
+                                       version=self.sampled_version)  # the answers in the order shown
         except MlxDpoError as e:
             self.app.notify_error(str(e), title="Not saved")
             return
@@ -273,11 +299,14 @@ class LabelScreen(TwoAnswersScreen):
         reported as saved, and a queue moves on."""
         self.candidate.judged()
         self.sampling.judge(f"pair #{record.id}" if record.kind == "pair" else "tie")
+        online.forget(self)
         self.history.add(record)
         self.show_status(status, "saved")
         self.app.notify(notice, title=title, timeout=2)
         self.app.store_changed()
         self._advance_queue()
+        if record.kind == "pair":
+            self.app.labeled()
 
     def action_edit(self) -> None:
         if not self._can_label():
@@ -318,64 +347,18 @@ class LabelScreen(TwoAnswersScreen):
         self.app.store_changed()
         self._focus_answers()
 
-    # --- prompts and queue ---
+    # --- a program judge's suggestion (online.py) ---
 
-    def action_next(self) -> None:
-        index = self.queue.next_index
-        if index is not None:
-            self._load_queued(index)
-            return
-        if self.queue:
-            self.app.notify("The queue is done: every prompt has been shown.", timeout=4)
-            self.queue = PromptQueue()
-            self._show_queue()
-        self._clear_answers()
-        self._set_editor(PromptParts())
-        self.show_status("")
-        self.query_one("#prompt", TextArea).focus()
+    def show_other(self, event) -> None:
+        if isinstance(event, Suggestion):
+            online.received(self, event)
 
-    def _advance_queue(self) -> None:
-        """After a label, a queue moves on by itself (the saved status stays visible)."""
-        if self.queue.pos is None:
-            return
-        index = self.queue.next_index
-        if index is not None:
-            status = self.status_text
-            self._load_queued(index)
-            self.show_status(status, "saved")
-        else:
-            self.show_status(f"{self.status_text} · queue done: n for a new prompt", "saved")
+    def judge_ready(self) -> None:
+        """The judge has loaded (or failed to): answers already on screen get their suggestion now."""
+        online.ask(self)
 
-    def _load_queued(self, index: int) -> None:
-        parts = self.queue.show(index)
-        self._show_queue()
-        self._set_editor(parts)
-        if self.app.model_state == "failed":
-            self._clear_answers()
-        else:
-            self._start_sampling(parts, self.settings)
-
-    def action_open_queue(self) -> None:
-        self.app.push_screen(
-            PathModal(
-                "Open a prompt queue",
-                "A text file with one prompt per line, or JSONL with a \"prompt\" (string or messages) per line.",
-                ok="Open",
-            ),
-            self._queue_chosen,
-        )
-
-    def _queue_chosen(self, choice: PathChoice | None) -> None:
-        if choice is None:
-            return
-        try:
-            queue = PromptQueue.open(choice.path)
-        except QueueError as e:
-            self.app.notify_error(str(e), title="Cannot open the queue")
-            return
-        self.queue = queue
-        self.app.notify(f"{len(queue)} prompts queued from {queue.name}", timeout=3)
-        self._load_queued(0)
+    def action_accept(self) -> None:
+        online.accept(self)
 
     # --- settings and focus ---
 

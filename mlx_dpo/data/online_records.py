@@ -1,0 +1,117 @@
+"""Who judged each pair, what sampled it, and how far an online run has come through its prompt file.
+
+Pairs and skips carry their provenance (schema migration 4): `judge` (None for a person, else the program
+judge's name), `version` ("base" or "v<N>": the adapter version that sampled the answers) and, for pairs,
+`shown_first` (which answer was shown as A: position bias can be measured) and `overruled` (the judge a
+person overruled). `overrule` is the one way a person corrects a program judge: swap, and the pair becomes
+the person's, the old judge kept.
+
+The table `online_prompts` (one row per prompt of a prompt file an online run has judged) is written in the
+same transaction as the prompt's pair or skip (PreferenceStore.add_pair/add_skip with `online=`), so a kill
+at any moment leaves either both or neither: a restarted run (mlx_dpo.online.loop) knows exactly which
+prompts it has used and which round they belong to.
+
+JudgedLog holds these methods; PreferenceStore (mlx_dpo.data.store) builds on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+from dataclasses import dataclass
+
+from mlx_dpo.data import records
+from mlx_dpo.data.feedback_records import FeedbackLog
+from mlx_dpo.data.pairs import pair_id as content_key
+from mlx_dpo.data.records import SHOWN_FIRST, StoredPair
+from mlx_dpo.data.round_records import _FINISHED_ROUND_PAIRS
+from mlx_dpo.errors import MlxDpoError
+
+HUMAN_JUDGE = "human"  # what `overruled`-aware views show for judge None
+_VERSION = re.compile(r"^(base|v[1-9][0-9]*)$")
+
+
+@dataclass(frozen=True)
+class PromptRef:
+    """Where a judged prompt came from: `position` in the prompt file `source`, judged in online `round`."""
+
+    source: str
+    position: int
+    round: int
+
+
+@dataclass(frozen=True)
+class OnlinePrompt:
+    """A prompt of a prompt file an online run has judged, and what it gave (a pair, a skip, or neither any
+    more: deleted since)."""
+
+    position: int
+    prompt_key: str
+    round: int
+    pair_id: int | None
+    skip_id: int | None
+    trained: bool  # its pair is in some finished round
+    tie: bool = False  # its skip is a tie (reason "tie")
+
+
+def prompt_key(messages: list[dict[str, str]]) -> str:
+    """The hash a prompt file's line is recognised by on restart (so an edited file is noticed)."""
+    return hashlib.sha256(json.dumps(messages, ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_provenance(judge: str | None, version: str | None, shown_first: str | None) -> None:
+    """MlxDpoError unless judge is None or a name, version None/"base"/"v<N>", shown_first None/chosen/rejected."""
+    if judge is not None and (not isinstance(judge, str) or not judge.strip()):
+        raise MlxDpoError(f"judge must be a judge's name, or None for a person (got {judge!r})")
+    if version is not None and (not isinstance(version, str) or not _VERSION.match(version)):
+        raise MlxDpoError(f"version must be 'base' or 'v<N>' (got {version!r})")
+    if shown_first is not None:
+        records.check_choice("shown_first", shown_first, SHOWN_FIRST)
+
+
+def insert_online_prompt(conn: sqlite3.Connection, ref: PromptRef, messages: list[dict[str, str]],
+                         pair_id: int | None, skip_id: int | None, now: float) -> None:
+    """Record `ref` as judged (inside the caller's transaction, with its pair or skip)."""
+    if not isinstance(ref.position, int) or ref.position < 0 or not isinstance(ref.round, int) or ref.round < 1:
+        raise MlxDpoError(f"bad prompt reference {ref!r}: position >= 0 and round >= 1 expected")
+    try:
+        conn.execute(
+            "INSERT INTO online_prompts (source, position, prompt_key, round, pair_id, skip_id, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (ref.source, ref.position, prompt_key(messages), ref.round, pair_id, skip_id, now))
+    except sqlite3.IntegrityError:
+        raise MlxDpoError(f"{ref.source}: prompt {ref.position + 1} was already judged in this workspace") from None
+
+
+class JudgedLog(FeedbackLog):
+    """Overruling a program judge, and the online runs' progress through their prompt files."""
+
+    def overrule(self, pair_id: int) -> StoredPair:
+        """A person disagrees with the program judge of pair `pair_id`: swap chosen and rejected, the pair
+        becomes the person's (judge None) and the old judge is kept in `overruled`. MlxDpoError if a person
+        judged it already (swap_pair is for that)."""
+        with self._transaction() as conn:
+            old = records.get_pair(conn, pair_id)
+            if old.judge is None:
+                raise MlxDpoError(f"pair {pair_id} was judged by a person; there is no program judge to overrule")
+            flipped = {"chosen": "rejected", "rejected": "chosen"}.get(old.shown_first or "")
+            conn.execute(
+                "UPDATE pairs SET chosen = rejected, rejected = chosen, judge = NULL, overruled = ?, "
+                "shown_first = ?, content_key = ?, updated_at = ? WHERE id = ?",
+                (old.judge, flipped, _swapped_key(old), self._clock(), pair_id))
+            return records.get_pair(conn, pair_id)
+
+    def online_prompts(self, source: str) -> list[OnlinePrompt]:
+        """The prompts of file `source` an online run has judged, by position."""
+        sql = ("SELECT o.position, o.prompt_key, o.round, o.pair_id, o.skip_id, "
+               f"o.pair_id IS NOT NULL AND o.pair_id IN ({_FINISHED_ROUND_PAIRS}), s.reason IS 'tie' "
+               "FROM online_prompts o LEFT JOIN skips s ON s.id = o.skip_id WHERE o.source = ? ORDER BY o.position")
+        with self._transaction(write=False) as conn:
+            return [OnlinePrompt(p, k, r, pid, sid, bool(t), bool(tie))
+                    for p, k, r, pid, sid, t, tie in conn.execute(sql, (source,))]
+
+
+def _swapped_key(pair: StoredPair) -> str:
+    return content_key(pair.prompt, pair.rejected, pair.chosen)

@@ -1,0 +1,269 @@
+"""Online rounds: the next prompts of a file -> two answers each from the latest version -> a judge -> the
+store -> a training round -> held-out numbers -> a report; then again, from the version just trained.
+
+    reports = run_online("ws", "prompts.txt", load_judge("mlx_dpo.online.demo_judges:one_sentence"), rounds=3)
+
+What a caller can rely on:
+- Every judged prompt is committed as it is judged, with its pair (or tie/skip) and its place in the prompt
+  file, in one transaction (PreferenceStore.add_pair/add_skip with `online=`): a SIGKILL loses no judged pair.
+- A restart goes on from where it stopped. `rounds` counts the rounds of this prompt file in this workspace,
+  not of this process: the prompts already judged are not used again, and a round whose pairs were judged but
+  not trained (killed before or during its training) is completed and trained first. An edited prompt file is
+  refused (a judged position holding another prompt) rather than silently re-numbered.
+- The model is loaded once. Each round trains with the app's rounds (mlx_dpo.training.rounds.run_round:
+  same versions, same round length, same reference), so `online` and the app share one history.
+- A score judge with more than two answers per prompt pairs the best against the worst; other judges take
+  exactly two. The first answer is the one shown first (`shown_first`), as the app's A.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from mlx_dpo.data.online_records import PromptRef, prompt_key
+from mlx_dpo.data.prompt_file import read_prompt_file
+from mlx_dpo.data.store import PreferenceStore
+from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.events import Event, Finished, Status
+from mlx_dpo.models.generate import SampleSettings
+from mlx_dpo.models.load import LoadedModel, load_model, switch_adapter
+from mlx_dpo.online.sampling import sample_answers
+from mlx_dpo.online.verdict import Judge
+from mlx_dpo.settings import OnlineSettings
+from mlx_dpo.training.rounds import run_round
+
+# Test hook (as training/pause.py): MLX_DPO_PAUSE_ONLINE=judged:<round> holds the run after that round's
+# prompts are judged and stored, before it trains; it writes <MLX_DPO_PAUSE_FILE>.reached and waits for the file.
+PAUSE_ONLINE = "MLX_DPO_PAUSE_ONLINE"
+PAUSE_FILE = "MLX_DPO_PAUSE_FILE"
+
+
+@dataclass
+class RoundReport:
+    """One online round, as `--json` prints it (one line per round)."""
+
+    round: int  # the online round of this prompt file (1-based)
+    sampled_by: str  # "base" or "v<N>": the version whose answers were judged
+    version: str | None  # "v<N>" the round trained; None when it had no pair to train (all ties/skips)
+    prompts: int  # prompts judged in this round (this process and an interrupted one before it)
+    pairs: int
+    ties: int
+    skips: int
+    status: str  # "finished", "cancelled", or "nothing to train"
+    heldout: dict[str, Any] = field(default_factory=dict)  # heldout/* of the version, heldout_base/* of the base
+    seconds: dict[str, float] = field(default_factory=dict)  # sampling, judging, reference, training, heldout
+    sampled_tokens_per_second: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Progress:
+    """Where a prompt file stands in a workspace: judged positions, and the open (judged, untrained) round."""
+
+    used: set[int]
+    last_round: int
+    open_round: int | None  # the round with untrained pairs, to be completed and trained first
+    open_counts: dict[str, int]  # pairs/ties/skips already judged in the open round
+
+
+def run_online(
+    workspace: str | Path,
+    prompts_file: str | Path,
+    judge: Judge,
+    *,
+    model: str | None = None,
+    online: OnlineSettings | None = None,
+    eval_prompts: list[list[dict]] | None = None,
+    sample_settings: SampleSettings | None = None,
+    settings: dict | None = None,
+    loaded: LoadedModel | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    on_round: Callable[[RoundReport], None] | None = None,
+) -> list[RoundReport]:
+    """Run online rounds until this prompt file has `online.rounds` of them in `workspace` (or runs out of
+    prompts). `judge` is a loaded judge (mlx_dpo.online.judges.load_judge); `settings` are round/training
+    settings by name, as `run_round` takes them. Returns the reports of the rounds this call ran; `on_round`
+    gets each as it ends.
+    """
+    emit = on_event or (lambda e: None)
+    sample = sample_settings or SampleSettings()
+    online = online or OnlineSettings()
+    _check_args(judge, online, sample)
+    prompts = read_prompt_file(prompts_file)
+    source = str(Path(prompts_file).expanduser().resolve())
+    with PreferenceStore(workspace) as store:
+        progress = _progress(store, source, prompts)
+    reports: list[RoundReport] = []
+    number = progress.open_round or progress.last_round + 1
+    if loaded is None and number <= online.rounds:  # nothing left to do loads nothing
+        emit(Status("loading model"))
+        loaded = load_model(model)
+    while number <= online.rounds:
+        counts = progress.open_counts if number == progress.open_round else {"pairs": 0, "ties": 0, "skips": 0}
+        already = sum(counts.values())
+        todo = [i for i in range(len(prompts)) if i not in progress.used][:max(0, online.per_round - already)]
+        if not todo and not already:
+            emit(Status(f"{prompts_file}: every prompt is used; stopping after {number - 1} round(s)"))
+            break
+        report = _one_round(workspace, loaded, model, judge, number, [(i, prompts[i]) for i in todo], source, counts,
+                            online, sample, settings, eval_prompts, emit)
+        progress.used.update(todo)
+        reports.append(report)
+        if on_round:
+            on_round(report)
+        if report.status == "cancelled":
+            break
+        number += 1
+    return reports
+
+
+def _check_args(judge: Judge, online: OnlineSettings, sample: SampleSettings) -> None:
+    n = online.samples_per_prompt  # its own rule (at least 2) ran when `online` was built
+    if n > 2 and judge.kind != "score":
+        raise MlxDpoError(f"--samples-per-prompt {n}: only a score judge ranks more than two answers; "
+                          f"{judge.name} compares two")
+    if judge.kind == "human":
+        raise MlxDpoError("the human judge labels in the app: run `mlx-dpo online --judge human` from the command line")
+    try:
+        sample.check()
+    except ValueError as e:
+        raise MlxDpoError(f"sampler settings: {e}") from None
+
+
+def _progress(store: PreferenceStore, source: str, prompts: list[list[dict]]) -> _Progress:
+    """What earlier runs on this file left: MlxDpoError if the file changed under a judged position."""
+    done = store.online_prompts(source)
+    for row in done:
+        if row.position >= len(prompts) or prompt_key(prompts[row.position]) != row.prompt_key:
+            raise MlxDpoError(f"{source}: prompt {row.position + 1} is not the one judged there before; the file "
+                              "changed since; use a new prompt file (or workspace) rather than editing one in use")
+    last = max((row.round for row in done), default=0)
+    pending = [row for row in done if row.round == last and row.pair_id is not None and not row.trained]
+    counts = {"pairs": 0, "ties": 0, "skips": 0}
+    if pending:
+        for row in done:
+            if row.round == last:
+                counts["pairs" if row.pair_id is not None else "ties" if row.tie else "skips"] += 1
+    return _Progress({row.position for row in done}, last, last if pending else None, counts)
+
+
+def _one_round(workspace, loaded, model, judge, number, todo, source, counts, online, sample, settings, eval_prompts,
+               emit) -> RoundReport:
+    """Sample, judge and store `todo` (position, prompt) pairs, then train and measure the round."""
+    with PreferenceStore(workspace) as store:
+        latest = store.latest_finished_round()
+    sampled_by = latest.label if latest else "base"
+    seconds = {"sampling": 0.0, "judging": 0.0, "reference": 0.0, "training": 0.0, "heldout": 0.0}
+    tokens_per_second = 0.0
+    if todo:
+        switch_adapter(loaded, latest.adapter_path if latest else None)
+        n = online.samples_per_prompt
+        emit(Status(f"round {number}: sampling {n} answers to {len(todo)} prompt(s) from {sampled_by}"))
+        samples = sample_answers(loaded, [p for _, p in todo], sample, n=n, seed=number,
+                                 batch_size=online.sample_batch_size)
+        seconds["sampling"], tokens_per_second = round(samples.seconds, 3), round(samples.tokens_per_second, 1)
+        sampler = f"{loaded.name} {sampled_by} · temp {sample.temperature:g} · top-p {sample.top_p:g}"
+        start = time.perf_counter()
+        with PreferenceStore(workspace) as store:
+            for (position, prompt), answers in zip(todo, samples.answers):
+                kind = judge_and_store(store, judge, prompt, answers, sampler=sampler, version=sampled_by,
+                                       online=PromptRef(source, position, number))
+                counts[kind] += 1
+        seconds["judging"] = round(time.perf_counter() - start, 3)
+        emit(Status(f"round {number}: {counts['pairs']} pair(s), {counts['ties']} tie(s), {counts['skips']} skip(s)"))
+    _pause_if_asked(f"judged:{number}")
+    report = RoundReport(number, sampled_by, None, sum(counts.values()), counts["pairs"], counts["ties"],
+                         counts["skips"], "nothing to train", seconds=seconds,
+                         sampled_tokens_per_second=tokens_per_second)
+    with PreferenceStore(workspace) as store:
+        untrained = bool(store.untrained_pairs())
+    if untrained:
+        _train(report, workspace, loaded, model, judge, settings, eval_prompts, sample, emit)
+    return report
+
+
+def judge_and_store(store: PreferenceStore, judge: Judge, prompt: list[dict], answers: list[str], *, sampler: str,
+                    version: str, online: PromptRef | None = None) -> str:
+    """Judge one prompt's answers and commit the result; returns "pairs", "ties" or "skips" (what it gave)."""
+    first, second, choice, note = _verdict(judge, prompt, answers)
+    # label=False: a program's judgments are not the person's labeling history (the app's undo)
+    common = {"sampler": sampler, "judge": judge.name, "version": version, "online": online, "label": False}
+    if choice in (1, 2) and first != second:
+        chosen, rejected = (first, second) if choice == 1 else (second, first)
+        store.add_pair(prompt, chosen, rejected, origin="sampled", note=note or None,
+                       shown_first="chosen" if choice == 1 else "rejected", **common)
+        return "pairs"
+    if choice == 0:
+        store.add_skip(prompt, "tie", answers=[first, second], **common)
+        return "ties"
+    reason = "identical answers" if first == second else (note or "skipped by the judge")
+    store.add_skip(prompt, reason, answers=[first, second], **common)
+    return "skips"
+
+
+def _verdict(judge: Judge, prompt: list[dict], answers: list[str]) -> tuple[str, str, int | None, str]:
+    """(answer shown first, answer shown second, the judge's choice 1/2/0/None, its note)."""
+    if len(answers) > 2:  # a score judge: the best against the worst (ties keep the earlier answer)
+        scores = [judge.score(prompt, a) for a in answers]
+        ranked = sorted(range(len(answers)), key=lambda i: (-scores[i], i))
+        best, worst = ranked[0], ranked[-1]
+        if scores[best] == scores[worst]:
+            return answers[0], answers[1], 0, ""
+        first, second = sorted((best, worst))
+        note = f"scores {scores[first]:g} vs {scores[second]:g}"
+        return answers[first], answers[second], 1 if first == best else 2, note
+    verdict = judge.judge([prompt], [(answers[0], answers[1])])[0]
+    note = verdict.note or (f"scores {verdict.scores[0]:g} vs {verdict.scores[1]:g}" if verdict.scores else "")
+    return answers[0], answers[1], verdict.choice, note
+
+
+def _train(report: RoundReport, workspace, loaded, model, judge, settings, eval_prompts, sample, emit) -> None:
+    """Train the round on the store's untrained pairs and fill in its version, status, timings, held-out numbers."""
+    switch_adapter(loaded, None)  # a round's reference pass runs on the base; it puts the adapter on itself
+    trained_at: list[float] = []
+
+    def timed(event: Event) -> None:  # training ends at Finished; the held-out measurement follows it
+        if isinstance(event, Finished):
+            trained_at.append(time.perf_counter())
+        emit(event)
+
+    start = time.perf_counter()
+    result = run_round(workspace, model=model, settings=settings, on_event=timed, loaded=loaded,
+                       eval_prompts=eval_prompts, judge=judge, sample_settings=sample)
+    end = time.perf_counter()
+    trained = trained_at[0] if trained_at else end
+    metrics = result.metrics
+    reference = float(metrics.get("ref_pass_seconds") or 0.0)
+    report.seconds.update(reference=round(reference, 3), training=round(max(0.0, trained - start - reference), 3),
+                          heldout=round(end - trained, 3))
+    report.version, report.status = f"v{result.version}", result.status
+    report.heldout = {k: v for k, v in metrics.items() if k.startswith(("heldout/", "heldout_base/"))}
+
+
+def _pause_if_asked(point: str) -> None:
+    if os.environ.get(PAUSE_ONLINE) != point:
+        return
+    release = Path(os.environ[PAUSE_FILE])
+    Path(f"{release}.reached").write_text(point)
+    while not release.exists():
+        time.sleep(0.01)
+
+
+def describe_round(report: RoundReport) -> str:
+    """One line for a person: what the round judged, what it trained, and the held-out numbers."""
+    held = report.heldout
+    parts = [f"round {report.round}: judged {report.prompts} answers of {report.sampled_by} "
+             f"({report.pairs} pairs, {report.ties} ties, {report.skips} skips)",
+             f"trained {report.version}" if report.version else report.status]
+    for key, name in (("heldout/score", "score"), ("heldout/kl", "KL"), ("heldout/accuracy", "accuracy"),
+                      ("heldout/win_vs_base", "wins vs base")):
+        if held.get(key) is not None:
+            base = held.get(key.replace("heldout/", "heldout_base/"))
+            parts.append(f"{name} {held[key]:.3f}" + (f" (base {base:.3f})" if isinstance(base, (int, float)) else ""))
+    return " · ".join(parts)

@@ -1,0 +1,170 @@
+"""Many prompts' answers at once: mlx-lm's batched generation with the app's sampler settings.
+
+`sample_answers` renders each prompt with the chat template (the same `prompt_tokens` rule the app uses),
+repeats it `n` times and hands the whole list to mlx-lm's `batch_generate`, which keeps up to `batch_size`
+sequences in flight (continuous batching) and right-pads prompts of unequal length inside its KV cache.
+
+What a caller can rely on:
+- Greedy decoding (`temperature=0`) gives, for each prompt, the answer single-prompt generation gives
+  (`mlx_dpo.models.generate.answer`): checked in tests on a tiny model and on the default model.
+  Padding does not leak into the answers. Batching is a fast path, so it is checked on each model before
+  first use (`batching_problem`: two prompts of different lengths, a few greedy tokens, batched against one at
+  a time, as `training/fast_path.py` checks the log-prob paths). A family whose caches mlx-lm cannot batch, or
+  whose batched answers differ, samples one answer at a time instead, and one Status line says why.
+- With `temperature > 0` the `n` answers of a prompt are separate draws. Answers that come out identical
+  (a short answer, a peaked model) are drawn again, up to `RETRIES` times; after that they stay identical and
+  the caller decides (the store refuses a pair of identical answers). `n >= 2` with `temperature=0` is refused:
+  greedy decoding cannot give two answers.
+- Reproducible: the same model, prompts, settings, `seed` and `batch_size` give the same answers. The draws
+  are not the ones single-prompt sampling makes with the same seed (the random stream is consumed per batch
+  step, for all sequences in flight), and a different `batch_size` gives different (equally valid) draws.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import mlx.core as mx
+
+from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.events import Event, Status
+from mlx_dpo.models.generate import SampleSettings, decode_answer, prompt_tokens, sampler_for
+from mlx_dpo.models.load import LoadedModel
+
+RETRIES = 2  # extra draws for a prompt whose answers came out identical
+_CHECKED = "_mlx_dpo_batching_problem"  # the probe's finding, kept on the model object
+_PROBE = ("Hi", "Tell me one thing about the sea, please, in a few words.")  # lengths differ: padding shows
+
+
+@dataclass(frozen=True)
+class Samples:
+    answers: list[list[str]]  # answers[i]: the n answers to prompts[i]
+    tokens: int  # tokens generated, all answers and retries included (the end-of-sequence token not counted)
+    seconds: float  # wall time of the generation, tokenization included
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_seed(settings: SampleSettings, seed: int) -> int:
+    """The seed the draws use: the caller's `seed` (e.g. the round) combined with the sampler's own seed,
+    so a person who fixed `--seed` gets the same run again and each round still draws new answers."""
+    return ((settings.seed or 0) * 1_000_003 + seed) % 2**31
+
+
+def _batched(loaded: LoadedModel, tokens: list[list[int]], settings: SampleSettings,
+             batch_size: int) -> list[list[int]]:
+    """Token ids of each answer (stop token excluded), `batch_size` sequences in flight."""
+    from mlx_lm.generate import batch_generate
+
+    response = batch_generate(
+        loaded.model, loaded.tokenizer, tokens, max_tokens=settings.max_tokens,
+        sampler=sampler_for(settings.temperature, settings.top_p), return_token_ids=True,
+        completion_batch_size=batch_size, prefill_batch_size=batch_size,
+    )
+    return [list(ids) for ids in response.token_ids]
+
+
+def _one_at_a_time(loaded: LoadedModel, tokens: list[list[int]], settings: SampleSettings) -> list[list[int]]:
+    """Token ids of each answer with mlx-lm's single-sequence generation (the app's streaming path)."""
+    from mlx_lm import stream_generate
+
+    sampler = sampler_for(settings.temperature, settings.top_p)
+    return [[r.token for r in stream_generate(loaded.model, loaded.tokenizer, ids, max_tokens=settings.max_tokens,
+                                              sampler=sampler) if r.finish_reason != "stop"]
+            for ids in tokens]
+
+
+def batching_probe(loaded: LoadedModel, max_tokens: int = 4) -> tuple[list[list[int]], list[list[int]]]:
+    """Greedy answers (token ids) to two prompts of different lengths, batched together and one at a time."""
+    greedy = SampleSettings(temperature=0.0, max_tokens=max_tokens)
+    probe = [prompt_tokens(loaded.tokenizer, [{"role": "user", "content": text}]) for text in _PROBE]
+    return _batched(loaded, probe, greedy, 2), _one_at_a_time(loaded, probe, greedy)
+
+
+def batching_problem(loaded: LoadedModel) -> str | None:
+    """Why batched generation is not used on this model (None: it reproduced one-at-a-time greedy answers on
+    the probe). Measured once per model object."""
+    found = getattr(loaded.model, _CHECKED, False)
+    if found is False:
+        try:
+            batched, single = batching_probe(loaded)
+            found = None if batched == single else "its batched greedy answers differ from one-at-a-time ones on a probe"
+        except Exception as e:  # e.g. a cache type mlx-lm cannot batch yet
+            found = f"mlx-lm cannot batch it ({type(e).__name__}: {' '.join(str(e).split())})"
+        setattr(loaded.model, _CHECKED, found)
+    return found
+
+
+def _generate(loaded: LoadedModel, tokens: list[list[int]], settings: SampleSettings, batch_size: int):
+    ids = (_one_at_a_time(loaded, tokens, settings) if batching_problem(loaded)
+           else _batched(loaded, tokens, settings, batch_size))
+    # Decoded as the app's streaming decodes, so a batched answer and a streamed one compare equal.
+    return [decode_answer(loaded.tokenizer, one) for one in ids], sum(len(one) for one in ids)
+
+
+def _check(prompts: list[list[dict]], settings: SampleSettings, n: int, batch_size: int) -> None:
+    try:
+        settings.check()
+    except ValueError as e:
+        raise MlxDpoError(f"sampler settings: {e}") from None
+    if n < 1:
+        raise MlxDpoError(f"samples per prompt must be at least 1 (got {n})")
+    if n >= 2 and settings.temperature == 0:
+        raise MlxDpoError("temperature 0 (greedy) gives the same answer every time; "
+                          "use a temperature above 0 to sample two answers")
+    if batch_size < 1:
+        raise MlxDpoError(f"batch size must be at least 1 (got {batch_size})")
+    for i, messages in enumerate(prompts):
+        if not messages or messages[-1].get("role") != "user":
+            raise MlxDpoError(f"prompt {i + 1}: a prompt must be a list of chat messages ending with the user's")
+
+
+def sample_answers(
+    loaded: LoadedModel,
+    prompts: list[list[dict]],
+    settings: SampleSettings,
+    *,
+    n: int = 2,
+    seed: int = 0,
+    batch_size: int = 8,
+    on_event: Callable[[Event], None] | None = None,
+) -> Samples:
+    """`n` answers to each prompt (a list of chat messages ending with the user's), `batch_size` sequences
+    generated together. See the module docstring for what is guaranteed about padding, draws and seeds.
+    `on_event` hears one Status line when the model cannot be sampled in batches."""
+    _check(prompts, settings, n, batch_size)
+    if not prompts:
+        return Samples([], 0, 0.0)
+    problem = batching_problem(loaded)
+    if problem and on_event is not None:
+        on_event(Status(f"sampling one answer at a time: {problem}"))
+    start = time.perf_counter()
+    rendered = [prompt_tokens(loaded.tokenizer, messages) for messages in prompts]
+    mx.random.seed(run_seed(settings, seed))
+    texts, total = _generate(loaded, [t for t in rendered for _ in range(n)], settings, batch_size)
+    answers = [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+    for _ in range(RETRIES if n >= 2 else 0):
+        again = [i for i, group in enumerate(answers) if len(set(group)) < n]
+        if not again:
+            break
+        redraw = [(i, j) for i in again for j in _repeats(answers[i])]
+        texts, more = _generate(loaded, [rendered[i] for i, _ in redraw], settings, batch_size)
+        total += more
+        for (i, j), text in zip(redraw, texts):
+            answers[i][j] = text
+    return Samples(answers, total, time.perf_counter() - start)
+
+
+def _repeats(group: list[str]) -> list[int]:
+    """Indices of answers equal to an earlier one in the group (the first of each stays)."""
+    seen: set[str] = set()
+    out = []
+    for j, text in enumerate(group):
+        if text in seen:
+            out.append(j)
+        seen.add(text)
+    return out

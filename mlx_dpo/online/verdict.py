@@ -1,0 +1,62 @@
+"""What a judge is and says: the `Judge` interface, its `Verdict` on one pair, and the `Prompt` it is shown.
+
+Kept apart from judges.py (which turns a spec into a judge) so every judge module, the LLM judge included,
+shares these without an import cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+Messages = list[dict[str, str]]
+Choice = Literal[1, 2, 0] | None
+KINDS = ("score", "prefer", "llm", "human")  # Judge.kind
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A judge's answer about one pair: 1 or 2 (that answer is better), 0 (a tie) or None (skip the pair).
+
+    `scores`: a score judge's two scores; for an LLM judge, the probability of each answer being chosen,
+    averaged over both orders. `note`: a short human-readable reason (shown in the app's Data screen).
+    """
+
+    choice: Choice
+    scores: tuple[float, float] | None = None
+    note: str = ""
+
+
+class Prompt(str):
+    """The text of the last user message, with the whole conversation in `.messages`."""
+
+    messages: Messages
+
+    def __new__(cls, messages: Sequence[dict[str, str]] | str) -> "Prompt":
+        if isinstance(messages, str):  # a bare prompt text: one user message
+            messages = [{"role": "user", "content": str(messages)}]
+        users = [m.get("content", "") for m in messages if m.get("role") == "user"]
+        prompt = super().__new__(cls, users[-1] if users else "")
+        prompt.messages = [dict(m) for m in messages]
+        return prompt
+
+
+class Judge:
+    """The interface the loop, held-out measurement and the app use. `name` is what the store records."""
+
+    name: str
+    kind: str
+
+    def judge(self, prompts: list[Messages], pairs: list[tuple[str, str]]) -> list[Verdict]:
+        """One verdict per (answer_1, answer_2) pair; prompts[i] is the chat pairs[i] answers."""
+        raise NotImplementedError
+
+    def score(self, prompt: Messages, answer: str) -> float | None:
+        """A score judge's score of one answer; None for judges that only compare."""
+        return None
+
+
+def check_lengths(judge: Judge, prompts: list[Messages], pairs: list[tuple[str, str]]) -> None:
+    """A caller's mistake (not the user's): one prompt per pair."""
+    if len(prompts) != len(pairs):
+        raise ValueError(f"judge {judge.name}: {len(prompts)} prompts for {len(pairs)} pairs")
