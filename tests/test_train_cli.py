@@ -55,7 +55,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrup
     def train_args(out: Path) -> list[str]:
         return ["train", "--model", str(tiny), "--data", str(data), "--adapter-path", str(out),
                 "--iters", "6", "--batch-size", "2", "--grad-accum", "1", "--learning-rate", "1e-3",
-                "--lora-dropout", "0.1", "--save-every", "2", "--steps-per-report", "1", "--seed", "3"]
+                "--lora-dropout", "0.1", "--save-every", "2", "--steps-per-report", "3", "--seed", "3"]
 
     # The uninterrupted run, in this process (the same command; only the killed and the resumed runs need
     # processes of their own).
@@ -79,25 +79,31 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrup
             proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert checkpoint.latest(killed) == killed / "checkpoints" / "step-000004"
-    # What the killed run reported agrees with the uninterrupted run, up to step 5: past its last checkpoint.
+    last = checkpoint.latest(killed)
+    assert last == killed / "checkpoints" / "step-000004"
+    # The kill lands inside the report window of steps 4-6: the checkpoint keeps its running sums (step 4's
+    # batch of two pairs), so the resumed run reports steps 4-6, not only the steps after the restart.
+    window = json.loads((last / checkpoint.STATE_FILE).read_text())["report_window"]
+    assert window["pairs"] == 2 and "loss" in window["sums"]
+    # What the killed run reported agrees with the uninterrupted run.
     whole_lines = read_metrics(tmp_path / "whole" / "metrics.jsonl")
     killed_lines = read_metrics(killed / "metrics.jsonl")
-    assert [line["step"] for line in killed_lines] == [1, 2, 3, 4, 5]
-    assert [without_timing(line) for line in killed_lines] == [without_timing(line) for line in whole_lines[:5]]
+    assert [line["step"] for line in killed_lines] == [3]
+    assert [without_timing(line) for line in killed_lines] == [without_timing(line) for line in whole_lines[:1]]
     # ... and a kill can land mid-write, leaving half a line behind.
     with open(killed / "metrics.jsonl", "a") as f:
         f.write('{"step": 6, "loss": 0.69')
 
     resumed = run_cli(*train_args(killed), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert [int(n) for n in re.findall(r"step (\d+)/6", resumed.stderr)] == [5, 6]  # continued after step 4
+    assert [int(n) for n in re.findall(r"step (\d+)/6", resumed.stderr)] == [6]  # one report: steps 4-6
 
-    # The resumed run's metrics continue exactly where the uninterrupted run's did: one line per step, equal.
-    assert [without_timing(line) for line in read_metrics(killed / "metrics.jsonl")] == [
-        without_timing(line) for line in whole_lines
-    ]
-    assert [line["step"] for line in whole_lines] == [1, 2, 3, 4, 5, 6]
+    # The resumed run reports what the uninterrupted run reports, the window that spans the kill included.
+    resumed_lines = read_metrics(killed / "metrics.jsonl")
+    assert [line["step"] for line in whole_lines] == [line["step"] for line in resumed_lines] == [3, 6]
+    for expected, got in zip(map(without_timing, whole_lines), map(without_timing, resumed_lines)):
+        assert expected.keys() == got.keys()
+        assert all(got[key] == pytest.approx(value, abs=1e-6, rel=0) for key, value in expected.items()), got
     whole_adapter = mx.load(str(tmp_path / "whole" / "adapters.safetensors"))
     resumed_adapter = mx.load(str(killed / "adapters.safetensors"))
     assert all(mx.array_equal(whole_adapter[k], resumed_adapter[k]).item() for k in whole_adapter)
