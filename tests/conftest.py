@@ -7,7 +7,7 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 # Converted models and the reference cache go to one throwaway home per test process, so a fresh clone
 # tests the first-run path (conversion included) every time. Each pytest-xdist worker gets its own, so
-# two workers never convert the default model into one folder at once.
+# workers never convert the default model into one folder at once.
 if os.environ.get("PYTEST_XDIST_WORKER") or "MLX_DPO_HOME" not in os.environ:
     os.environ["MLX_DPO_HOME"] = tempfile.mkdtemp(prefix="mlx-dpo-test-home-")
 
@@ -66,7 +66,7 @@ def anyio_backend():
     return "asyncio"
 
 
-# The longest files start first: `make test` hands whole files to two workers (pytest-xdist's loadfile), and a
+# The longest files start first: `make test` hands whole files to the workers (pytest-xdist's loadfile), and a
 # long file handed out last would leave one worker running alone at the end. Rough serial seconds, 2026-12-02.
 LONGEST_FILES_FIRST = ("test_training.py", "test_tui_train.py", "test_train_options.py", "test_tui.py",
                        "test_online.py", "test_tui_online.py", "test_export.py", "test_train_cli.py",
