@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,6 +26,27 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
         env={**os.environ, **(env or {})},
         cwd=REPO,
     )
+
+
+@contextmanager
+def held_child(args: list[str], hook: dict[str, str], release: Path, where: str) -> Iterator[subprocess.Popen]:
+    """Run `mlx-dpo ARGS` in a child with a pause hook set (training/pause.py), yield once it holds at `where`
+    (it wrote `<release>.reached`), then SIGKILL it there: the kill lands at the same point on any machine."""
+    proc = subprocess.Popen([sys.executable, "-m", "mlx_dpo.cli", *args], cwd=REPO, env={**os.environ, **hook},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300  # only a hung child takes this long; the test does not time the run
+        while not Path(f"{release}.reached").is_file():
+            assert proc.poll() is None, f"the run ended before {where}"
+            assert time.monotonic() < deadline, f"the run did not reach {where}"
+            time.sleep(0.05)
+        yield proc
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

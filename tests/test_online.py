@@ -4,11 +4,6 @@ restart that goes on where it stopped, and a tiny model that a program judge's r
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +11,7 @@ import pytest
 from mlx_dpo.data.online_records import PromptRef
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
-from helpers import REPO, run_cli, user
+from helpers import held_child, run_cli, user
 
 # --- provenance in the store ------------------------------------------------------------------------------
 
@@ -135,25 +130,12 @@ def test_a_run_killed_between_judging_and_training_keeps_every_judged_pair_and_g
     prompts = write_prompts(tmp_path / "prompts.txt", 8)
     args = online_args(workspace, prompts, spaces_judge, tiny)
     release = tmp_path / "release"
-    env = {**os.environ, "MLX_DPO_PAUSE_ONLINE": "judged:1", "MLX_DPO_PAUSE_FILE": str(release)}
-    proc = subprocess.Popen([sys.executable, "-m", "mlx_dpo.cli", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300  # only a hung child takes this long; the test does not time the run
-        while not Path(f"{release}.reached").is_file():
-            assert proc.poll() is None, "the run ended before pausing after round 1's judging"
-            assert time.monotonic() < deadline, "the run did not reach the end of round 1's judging"
-            time.sleep(0.05)
+    hook = {"MLX_DPO_PAUSE_ONLINE": "judged:1", "MLX_DPO_PAUSE_FILE": str(release)}
+    with held_child(args, hook, release, "the end of round 1's judging"):
         with PreferenceStore(workspace) as s:  # what the run had committed when it was killed
             judged = {(p.id, p.chosen, p.rejected) for p in s.list_pairs()}
             skipped = len(s.list_skips())
             assert s.list_rounds() == []
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
     assert len(judged) + skipped == 4
 
     restarted = run_cli(*args)

@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import mlx.core as mx
 import pytest
 
-from helpers import REPO, assert_clean_error, read_metrics, run_cli, without_timing, write_demo_pairs
+from helpers import assert_clean_error, held_child, read_metrics, run_cli, without_timing, write_demo_pairs
 from mlx_dpo.training import checkpoint
 
 
@@ -64,21 +59,9 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrup
     # The child holds after step 5 (reported; its last checkpoint is step 4's) and is killed there: the kill
     # lands at the same point on a fast machine and a slow one (mlx_dpo/training/pause.py).
     killed, release = tmp_path / "killed", tmp_path / "release"
-    env = {**os.environ, "MLX_DPO_PAUSE_AT_STEP": "5", "MLX_DPO_PAUSE_FILE": str(release)}
-    proc = subprocess.Popen([sys.executable, "-m", "mlx_dpo.cli", *train_args(killed)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300  # only a hung child takes this long; the test does not time the run
-        while not Path(f"{release}.reached").is_file():
-            assert proc.poll() is None, "the run ended before pausing after step 5"
-            assert time.monotonic() < deadline, "the run did not reach step 5"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    with held_child(train_args(killed), {"MLX_DPO_PAUSE_AT_STEP": "5", "MLX_DPO_PAUSE_FILE": str(release)},
+                    release, "step 5"):
+        pass
     last = checkpoint.latest(killed)
     assert last == killed / "checkpoints" / "step-000004"
     # The kill lands inside the report window of steps 4-6: the checkpoint keeps its running sums (step 4's
