@@ -88,12 +88,7 @@ def _ld_alpha_problem(alpha: float, values: Mapping[str, Any]) -> str | None:
 
 
 def _weighting_problem(on: bool, values: Mapping[str, Any]) -> str | None:
-    names = loss_types(values["loss_type"])
-    if on and not any(n in SORTING_LOSSES + SOLO_LOSSES for n in names):
-        # WPO's weights need log Σ p² over the vocabulary at every completion token, which logprobs.py does
-        # not compute yet: refused rather than ignored.
-        return "(WPO) is not available yet in mlx-dpo"
-    if on:
+    if on and any(n in SORTING_LOSSES + SOLO_LOSSES for n in loss_types(values["loss_type"])):
         return "(WPO) does not apply to --loss aot, aot_unpaired (they sort the batch), orpo or kto"
     return None
 

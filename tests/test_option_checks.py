@@ -59,10 +59,8 @@ CHECKS: dict[str, tuple[list[tuple[list[str], str]], list[str] | None]] = {
                                       "js_divergence, alpha_divergence)")], ["js_divergence"]),
     "--ld-alpha": ([(["2"], "--ld-alpha must be in [0, 1] (got 2.0)"), (["-0.1"], "--ld-alpha must be in [0, 1] (got -0.1)")],
                    ["1"]),
-    # No value passes yet: WPO is refused rather than ignored until its weights are computed.
-    "--use-weighting": ([([], "--use-weighting (WPO) is not available yet in mlx-dpo (got True)"),
-                         (["--loss", "aot"], "--use-weighting (WPO) does not apply to --loss aot, aot_unpaired (they "
-                                             "sort the batch), orpo or kto (got True)")], None),
+    "--use-weighting": ([(["--loss", "aot"], "--use-weighting (WPO) does not apply to --loss aot, aot_unpaired (they "
+                                             "sort the batch), orpo or kto (got True)")], ["--loss", "sigmoid,sft"]),
     "--discopop-tau": ([(["0"], "--discopop-tau must be > 0 (got 0.0)")], ["0.01"]),
     "--desirable-weight": ([(["0"], "--desirable-weight must be > 0 (got 0.0)")], ["0.5"]),
     "--undesirable-weight": ([(["0"], "--undesirable-weight must be > 0 (got 0.0)")], ["0.5"]),
