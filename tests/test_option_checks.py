@@ -28,6 +28,7 @@ LOSSES = ", ".join(LOSS_TYPES)
 CHECKS: dict[str, tuple[list[tuple[list[str], str]], list[str] | None]] = {
     "--max-length": ([(["0"], "--max-length must be at least 1 (got 0)")], ["1"]),
     "--max-prompt-length": ([(["-1"], "--max-prompt-length must be at least 0 (got -1)")], ["0"]),
+    "--report-to": ([(["wandb"], "--report-to wandb: unknown tracker (choose from none, trackio)")], ["trackio"]),
     "--iters": ([(["0"], "--iters must be at least 1 (got 0)")], ["1"]),
     "--epochs": ([(["0"], "--epochs must be > 0 (got 0.0)"), (["-1"], "--epochs must be > 0 (got -1.0)")], ["0.01"]),
     "--batch-size": ([(["0"], "--batch-size must be at least 1 (got 0)")], ["1"]),

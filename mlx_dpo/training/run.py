@@ -52,9 +52,10 @@ class TrainResult:
     rank: int = 0  # this process's rank under mlx.launch; only rank 0 writes and reports
 
 
-def _pairs(source: PairSource, skip_invalid: bool, on_event: Callable[[Event], None]) -> list[PreferencePair]:
+def _pairs(source: PairSource, skip_invalid: bool, on_event: Callable[[Event], None], config: str | None = None,
+           default_split: str = "train") -> list[PreferencePair]:
     if isinstance(source, (str, Path)):
-        result = load_pairs(source, skip_invalid=skip_invalid)
+        result = load_pairs(source, skip_invalid=skip_invalid, config=config, default_split=default_split)
         if result.skipped:
             on_event(Status(f"{source}: skipped {result.skipped} invalid row(s)"))
         return result.pairs
@@ -245,10 +246,11 @@ def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, load
     start = _start(adapter_dir, resume, reference, given, run, args, lora)
     args = start.args
 
-    read = (lambda src: kto_data(src, args, run.skip_invalid, emit)) if is_kto(args) else (
-        lambda src: (_pairs(src, run.skip_invalid, emit), None))
-    train_pairs, train_labels = read(data)
-    valid_pairs, valid_labels = read(run.valid_data) if run.valid_data is not None else ([], None)
+    # A Hub dataset without ":split" gives its "train" split to train on and its "test" split to validate with.
+    read = (lambda src, split: kto_data(src, args, run.skip_invalid, emit, run.data_config, split)) if is_kto(args) \
+        else (lambda src, split: (_pairs(src, run.skip_invalid, emit, run.data_config, split), None))
+    train_pairs, train_labels = read(data, "train")
+    valid_pairs, valid_labels = read(run.valid_data, "test") if run.valid_data is not None else ([], None)
     if not train_pairs:
         raise MlxDpoError("no training pairs")
     group = distributed.group()
@@ -340,6 +342,7 @@ def evaluate(
     batch_size: int = 4,
     max_length: int | None = None,
     skip_invalid: bool = False,
+    data_config: str | None = None,
     per_example: str | Path | None = None,
     full_logits: bool = False,
     shared_prompt: bool = True,
@@ -361,7 +364,7 @@ def evaluate(
                         shared_prompt=shared_prompt, **loss_settings)
     if is_kto(args):  # its examples are single answers: no pair accuracy to give
         raise MlxDpoError("eval scores preference pairs; give it a pair loss (sigmoid, ...), not kto")
-    pairs = _pairs(data, skip_invalid, emit)
+    pairs = _pairs(data, skip_invalid, emit, data_config, default_split="test")  # a Hub dataset: its test split
     loaded = loaded or load_model(model)
     # The limits training uses: eval of a long row must not take more memory than training it.
     limits = token_limits(loaded.config, max_length or RunOptions.max_length, RunOptions.max_prompt_length)
