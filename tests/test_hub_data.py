@@ -78,10 +78,13 @@ configs:
 
 
 def test_without_a_card_file_names_say_the_split_and_a_config_is_a_folder(hf_home, tmp_path):
+    # Anthropic/hh-rlhf's layout: a folder per subset, gzipped JSON Lines of implicit-prompt texts.
+    hh = {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi?\n\nAssistant: Go."}
     hub_dataset(hf_home, "acme/named", {"en/train.jsonl": [conversational(1)], "en/valid.jsonl": [conversational(2)],
-                                        "fr/train.jsonl": [conversational(3)]})
+                                        "harmless-base/train.jsonl.gz": [hh], "harmless-base/test.jsonl.gz": [hh]})
     assert [p.prompt for p in load_pairs("acme/named:validation", config="en").pairs] == [[user("Question 2?")]]
-    assert [p.prompt for p in load_pairs("acme/named", config="fr").pairs] == [[user("Question 3?")]]
+    [pair] = load_pairs("acme/named", config="harmless-base").pairs
+    assert (pair.prompt, pair.chosen, pair.rejected) == ([user("\n\nHuman: Hi?\n\nAssistant:")], " Hello.", " Go.")
     # A local folder is read by the same rules, without the Hub.
     folder = tmp_path / "local"
     (folder / "data").mkdir(parents=True)

@@ -11,7 +11,8 @@ conventions, as `datasets.load_dataset` reads them:
     `data/test.jsonl`, `validation/0000.parquet`; "training" also means train, "valid"/"val"/"dev" validation,
     "testing"/"eval"/"evaluation" test); when no file names a split, every file is "train". With
     `--data-config NAME` and no YAML configs, the files under the folder NAME/ (the Hub's Parquet conversion).
-A local folder is read by the same rules, without a download. Data files are Parquet or JSON Lines (rows.py).
+A local folder is read by the same rules, without a download. Data files are Parquet or JSON Lines, gzipped or
+not (rows.py).
 Without `:split`, training data reads "train" and validation data "test" (TRL's dataset_train_split and
 dataset_test_split defaults).
 """
@@ -22,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from mlx_dpo.data.rows import DATA_SUFFIXES
+from mlx_dpo.data.rows import DATA_SUFFIXES, is_data_file
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.names import is_repo_id
 
@@ -53,11 +54,11 @@ def data_source(spec: str | Path, config: str | None = None, default_split: str 
     if Path(base).expanduser().is_dir():
         folder = Path(base).expanduser()
         rel = _local_files(folder)
-        if not any(PurePosixPath(r).suffix.lower() in DATA_SUFFIXES for r in rel):
+        if not any(is_data_file(r) for r in rel):
             raise MlxDpoError(f"{base}: is a folder with no data files (Parquet or JSON Lines) in it")
         chosen = _select(base, rel, _card_configs(folder), config, split)
         return DataSource(f"{base}:{split}", [(str(folder / r), folder / r) for r in chosen])
-    if Path(base).suffix.lower() in DATA_SUFFIXES:
+    if is_data_file(base):
         raise MlxDpoError(f"{spec}: no such file")
     if not is_repo_id(base):
         raise MlxDpoError(f"{spec}: no such file or folder, and not a Hugging Face dataset (owner/name[:split])")
@@ -196,7 +197,7 @@ def _select(name: str, rel: list[str], configs: list[dict] | None, config: str |
         named = [r for r in rel if any(_names(r, w) for w in SPLIT_WORDS.values())]
         matched = [r for r in rel if _names(r, words)] if named or canonical != "train" else rel
         matched = [r for r in matched if r != CARD]
-    usable = [r for r in matched if PurePosixPath(r).suffix.lower() in DATA_SUFFIXES]
+    usable = [r for r in matched if is_data_file(r)]
     if not usable:
         other = sorted({PurePosixPath(r).suffix for r in matched if PurePosixPath(r).suffix})
         found = f" (found only {', '.join(other)} files; mlx-dpo reads Parquet and JSON Lines)" if other else ""

@@ -6,12 +6,13 @@ Every reader of pairs or feedback (pairs.py, feedback.py) walks rows through her
 same rules (`check_pair`) whichever file it came from, and is named by where it is: `file:line` in a JSON Lines
 file (lines count from 1, as editors do), `file row N` in a Parquet file (rows count from 0, as `datasets` and
 pandas do). A `.json` file is read as JSON Lines (as `datasets` reads it); a single JSON array is refused
-with what to do. Parquet needs `pyarrow` (the optional `parquet` extra, ~55 MB): imported only when a
+with what to do. Gzipped JSON Lines (`.jsonl.gz`) are read as well. Parquet needs `pyarrow` (the optional `parquet` extra, ~55 MB): imported only when a
 Parquet file is read, and its absence is one line saying how to install it.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, Iterator
 from mlx_dpo.errors import MlxDpoError
 
 PARQUET_SUFFIXES = (".parquet",)
-JSONL_SUFFIXES = (".jsonl", ".json")
+JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")  # gzipped JSON Lines: Anthropic/hh-rlhf's files
 DATA_SUFFIXES = PARQUET_SUFFIXES + JSONL_SUFFIXES
 _PARQUET_BATCH = 1024  # rows converted to Python at a time
 MAX_LISTED_ERRORS = 20
@@ -66,22 +67,27 @@ def _list_errors(errors: list[RowError]) -> str:
     return "\n".join(lines)
 
 
-def read_text(path: Path) -> str:
+def read_text(path: Path, gzipped: bool = False) -> str:
     """A UTF-8 text file's contents, or MlxDpoError naming the file (and the line of a bad byte)."""
     try:
-        data = path.read_bytes()
+        data = gzip.decompress(path.read_bytes()) if gzipped else path.read_bytes()
     except FileNotFoundError:
         raise MlxDpoError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise MlxDpoError(f"{path}: is a folder, not a file") from None
-    except OSError as e:
-        raise MlxDpoError(f"{path}: cannot read: {e.strerror or e}") from None
+    except (OSError, EOFError) as e:  # gzip's BadGzipFile is an OSError; a cut-off one, EOFError
+        raise MlxDpoError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
     try:
         return data.decode("utf-8-sig")  # tolerate the BOM some editors write
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         bad = f"byte 0x{data[e.start]:02x}"
         raise MlxDpoError(f"{path}:{line}: not valid UTF-8 ({bad}); save the file as UTF-8") from None
+
+
+def is_data_file(name: str | Path) -> bool:
+    """Whether a file's name says it is one this module reads (Parquet, JSON Lines, gzipped JSON Lines)."""
+    return str(name).lower().endswith(DATA_SUFFIXES)
 
 
 def read_rows(path: Path, shown: str | None = None) -> Iterator[tuple[Place, Any, str | None]]:
@@ -91,7 +97,7 @@ def read_rows(path: Path, shown: str | None = None) -> Iterator[tuple[Place, Any
     if path.suffix.lower() in PARQUET_SUFFIXES:
         yield from _parquet_rows(path, shown)
         return
-    text = read_text(path)
+    text = read_text(path, gzipped=path.name.lower().endswith(".gz"))
     if text.lstrip().startswith("["):
         raise MlxDpoError(f"{shown}: holds one JSON array; expected JSON Lines (one object per line), e.g. "
                           "`jq -c '.[]' file.json > file.jsonl`")
