@@ -17,8 +17,8 @@ there; rounds.py adds the held-out numbers after its round. trackio is local-fir
 TRACKIO_DIR (default $HF_HOME/trackio) and a local dashboard (`trackio show`); nothing leaves the machine unless
 the user points trackio at a Space or a server (TRACKIO_SPACE_ID, TRACKIO_SERVER_URL). It is an optional extra
 (`pip install 'mlx-dpo[trackio]'`), imported only when asked for. Its banners are silenced (a command's stdout
-is its JSON); one Status line names the project and run instead. A tracker that fails mid-run is switched off with one Status line: the run goes on, and
-metrics.jsonl keeps every number.
+is its JSON); one Status line names the project and run instead. A tracker that fails mid-run is switched off
+with one Status line: the run goes on, and metrics.jsonl keeps every number.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def _number(value: Any) -> bool:
 def check_available(report_to: str) -> None:
     """MlxDpoError, before anything loads, when the asked-for tracker is not installed."""
     if report_to == "trackio" and importlib.util.find_spec("trackio") is None:
-        raise MlxDpoError("--report-to trackio needs trackio; run: pip install 'mlx-dpo[trackio]' (or pip install trackio)")
+        raise MlxDpoError("--report-to trackio needs trackio; run: pip install 'mlx-dpo[trackio]' "
+                          "(or pip install trackio)")
 
 
 @contextlib.contextmanager
@@ -69,9 +70,13 @@ class Tracker:
         import trackio
 
         self._trackio, self._emit, self.project, self.name = trackio, on_event, project, run
-        with _quiet():
-            self._run = trackio.init(project=project, name=run, config=_plain(config), resume=resume, embed=False,
-                                     auto_log_cpu=False, auto_log_gpu=False)
+        try:
+            with _quiet():
+                self._run = trackio.init(project=project, name=run, config=_plain(config), resume=resume, embed=False,
+                                         auto_log_cpu=False, auto_log_gpu=False)
+        except ValueError as e:  # a project name trackio reserves ("registry-...", "..._system"): say which
+            raise MlxDpoError(f"trackio refuses the project {project!r} ({str(e).splitlines()[0]}); name another "
+                              "with --project") from None
         self._open = True
 
     def _guarded(self, what: str, call: Callable[[], None]) -> None:

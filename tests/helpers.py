@@ -244,7 +244,8 @@ def bare_model(model_spec: str | None, *, adapter: Path | None = None, dequantiz
 def hub_dataset(hf_home: Path, repo_id: str, files: dict[str, list[dict] | str], commit: str = "c" * 40) -> Path:
     """A Hub dataset as huggingface_hub's cache holds it (`$HF_HOME/hub/datasets--owner--name/refs/main` and
     `snapshots/<commit>/...`), which it resolves offline: `files` maps a path in the repo to rows (written as
-    Parquet, JSON Lines or gzipped JSON Lines by its suffix) or to text (a README.md card). Returns the snapshot folder."""
+    Parquet, JSON Lines or gzipped JSON Lines by its suffix) or to text (a README.md card). Returns the snapshot
+    folder."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

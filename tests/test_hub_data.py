@@ -71,7 +71,8 @@ configs:
                                       "big/a.jsonl": [conversational(2), conversational(3)]})
     assert len(load_pairs("acme/cfg:train_prefs").pairs) == 1
     assert len(load_pairs("acme/cfg:train_prefs", config="big").pairs) == 2
-    with pytest.raises(MlxDpoError, match=r"acme/cfg: no split 'train' \(splits: train_prefs\); name one as acme/cfg:SPLIT"):
+    with pytest.raises(MlxDpoError, match=r"acme/cfg: no split 'train' \(splits: train_prefs\); name one as "
+                                          r"acme/cfg:SPLIT"):
         load_pairs("acme/cfg")
     with pytest.raises(MlxDpoError, match=r"no config 'huge' \(configs: small, big\)"):
         load_pairs("acme/cfg:train_prefs", config="huge")
@@ -102,8 +103,10 @@ def test_a_dataset_the_cache_lacks_while_offline_is_one_line():
 # --- one rule set, whatever the file ----------------------------------------------------------------------
 
 # Parquet columns are typed: a bad row there is a blank, a null, a wrong role, conversations that do not part right.
-BAD = [conversational(0), {**conversational(1), "chosen": [assistant(" ")]}, {**conversational(2), "rejected": [user("Hm?")]},
-       {**conversational(3), "prompt": None, "chosen": [user("x"), assistant("y")], "rejected": [user("z"), assistant("w")]}]
+BAD = [conversational(0), {**conversational(1), "chosen": [assistant(" ")]},
+       {**conversational(2), "rejected": [user("Hm?")]},
+       {**conversational(3), "prompt": None, "chosen": [user("x"), assistant("y")],
+        "rejected": [user("z"), assistant("w")]}]
 
 
 def test_a_malformed_parquet_row_is_named_by_file_and_row_with_the_jsonl_readers_rules(hf_home, tmp_path):
@@ -130,7 +133,8 @@ def test_a_malformed_parquet_row_is_named_by_file_and_row_with_the_jsonl_readers
 
 def test_an_implicit_prompt_is_the_turns_both_conversations_share(tmp_path):
     text_prompt = {"prompt": "Hi 1?", **implicit(1)}  # a text prompt beside whole conversations: TRL extracts too
-    hh = {"chosen": "\n\nHuman: Sky?\n\nAssistant: It is blue.", "rejected": "\n\nHuman: Sky?\n\nAssistant: It was red."}
+    hh = {"chosen": "\n\nHuman: Sky?\n\nAssistant: It is blue.",
+          "rejected": "\n\nHuman: Sky?\n\nAssistant: It was red."}
     pairs = load_pairs(write_jsonl(tmp_path / "implicit.jsonl", implicit(0), text_prompt, hh)).pairs
     assert pairs[0].prompt == [system("Be kind."), user("Hi 0?"), assistant("Hello."), user("How are you?")]
     assert (pairs[0].chosen, pairs[0].rejected) == ("Well, thanks.", "Go away.")

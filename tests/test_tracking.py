@@ -9,6 +9,7 @@ answers as a `completions` table (TRL's LogCompletionsCallback columns); a plain
 from __future__ import annotations
 
 import socket
+import uuid
 
 import pytest
 
@@ -49,17 +50,17 @@ def test_a_train_run_logs_every_metrics_line_to_trackio_under_trls_names(tiny, t
     from mlx_dpo.cli import main
 
     data, valid = write_demo_pairs(tmp_path / "t.jsonl", 4), write_demo_pairs(tmp_path / "v.jsonl", 2, start=20)
-    adapter = tmp_path / "run-a"
+    adapter, project = tmp_path / "run-a", f"plain-{uuid.uuid4().hex[:8]}"  # a store that outlives a test run
     assert main(["train", "--model", str(tiny), "--data", str(data), "--valid-data", str(valid), "--adapter-path",
                  str(adapter), "--iters", "2", "--batch-size", "2", "--steps-per-report", "1", "--steps-per-eval", "2",
-                 "--no-compile", "--report-to", "trackio", "--project", "plain-runs"]) == 0
+                 "--no-compile", "--report-to", "trackio", "--project", project]) == 0
     out, err = capsys.readouterr()
     assert out.startswith("{") and len(out.splitlines()) == 1  # stdout stays the command's JSON
-    assert "trackio: project 'plain-runs', run 'run-a'" in err
+    assert f"trackio: project '{project}', run 'run-a'" in err
 
-    [run] = trackio.Api().runs("plain-runs")
+    [run] = trackio.Api().runs(project)
     assert (run.name, run.config["loss_type"], run.config["beta"]) == ("run-a", "sigmoid", 0.1)
-    logged = trackio_logs("plain-runs", "run-a")
+    logged = trackio_logs(project, "run-a")
     lines = read_metrics(adapter / "metrics.jsonl")
     assert len(logged) == len(lines) == 3  # two step reports, one evaluation
     for row, line in zip(logged, lines):
@@ -81,7 +82,7 @@ def test_two_online_rounds_are_two_runs_of_the_workspaces_project_with_held_out_
     judge.write_text("def spaces(prompt, answer):\n    return answer.count(' ') / max(1, len(answer))\n")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"Tell me about thing {i}.\n" for i in range(4)))
-    workspace = tmp_path / "my-ws"
+    workspace = tmp_path / f"ws-{uuid.uuid4().hex[:8]}"  # the project's name
     held_out = [[user("Describe a cat.")], [user("Describe a dog.")]]
     reports = api.run_online(workspace, prompts, f"{judge}:spaces", model=str(tiny),
                              online=OnlineSettings(rounds=2, per_round=2), eval_prompts=held_out,
@@ -90,9 +91,9 @@ def test_two_online_rounds_are_two_runs_of_the_workspaces_project_with_held_out_
                                        "report_to": "trackio"})
     assert [r.version for r in reports] == ["v1", "v2"]
 
-    assert [r.name for r in trackio.Api().runs("my-ws")] == ["v1", "v2"]
+    assert [r.name for r in trackio.Api().runs(workspace.name)] == ["v1", "v2"]
     for report in reports:
-        logs = trackio_logs("my-ws", report.version)
+        logs = trackio_logs(workspace.name, report.version)
         steps = [row for row in logs if "train/loss" in row]
         assert [row["step"] for row in steps] == [1, 2]  # a round reports every step
         [held] = [row for row in logs if "heldout/score" in row]
@@ -110,8 +111,10 @@ def test_a_missing_tracker_is_refused_in_one_line_before_anything_loads(tmp_path
     from mlx_dpo.cli import main
 
     real = tracking.importlib.util.find_spec
-    monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else real(name, *a))
+    monkeypatch.setattr(tracking.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "trackio" else real(name, *a))
     data = write_demo_pairs(tmp_path / "t.jsonl", 2)
-    assert main(["train", "--data", str(data), "--model", str(tmp_path / "never-loaded"), "--report-to", "trackio"]) == 2
+    assert main(["train", "--data", str(data), "--model", str(tmp_path / "never-loaded"),
+                 "--report-to", "trackio"]) == 2
     assert capsys.readouterr().err == ("mlx-dpo: error: --report-to trackio needs trackio; run: pip install "
                                        "'mlx-dpo[trackio]' (or pip install trackio)\n")

@@ -69,7 +69,8 @@ def expected(model, pairs) -> tuple[float, list[float]]:
     """The batch's WPO-weighted DPO loss and each pair's weight, by the formula, from `full_vocabulary`."""
     losses, weights = [], []
     for p in pairs:
-        (lp_c, sq_c), (lp_r, sq_r) = full_vocabulary(model, p.prompt, p.chosen), full_vocabulary(model, p.prompt, p.rejected)
+        lp_c, sq_c = full_vocabulary(model, p.prompt, p.chosen)
+        lp_r, sq_r = full_vocabulary(model, p.prompt, p.rejected)
         weight = math.exp((lp_c - sq_c).mean()) * math.exp((lp_r - sq_r).mean())
         delta = (lp_c.sum() - REF[0]) - (lp_r.sum() - REF[1])
         losses.append(weight * math.log1p(math.exp(-BETA * delta)))  # −log σ(βΔ)·w
@@ -89,12 +90,11 @@ def step_loss(model, pairs, **settings) -> tuple[float, dict]:
                          ids=["shared+head", "shared+full", "sequences+head", "plain"])
 def test_the_weighted_loss_is_the_hand_computed_value_on_every_path(loaded, pairs, shared_prompt, full_logits):
     want, weights = expected(loaded.model, pairs)
-    assert all(0 < w < 1 for w in weights) and max(weights) / min(weights) > 1.2  # the weights differ between pairs
+    # The weights are far from 1 and differ between pairs, so an unweighted or evenly weighted loss would fail.
+    assert all(0 < w < 0.5 for w in weights) and max(weights) / min(weights) > 1.2
     got, _ = step_loss(loaded.model, pairs, use_weighting=True, shared_prompt=shared_prompt,
                        full_logits=full_logits, compile=not full_logits)
     assert got == pytest.approx(want, rel=1e-4)
-    unweighted, _ = step_loss(loaded.model, pairs, shared_prompt=shared_prompt, full_logits=full_logits)
-    assert abs(unweighted - want) > 10 * abs(got - want)  # the weights change the loss, so the check above has teeth
 
 
 def test_no_gradient_flows_through_the_weights(loaded, pairs):

@@ -69,8 +69,8 @@ class FeedbackLog(RoundLog):
                                 row).fetchone():
                     duplicates += 1  # also a repeat within `examples`: it was inserted just before
                     continue
-                conn.execute("INSERT INTO feedback (prompt, completion, label, sampler, created_at) VALUES (?, ?, ?, ?, ?)",
-                             (*row, sampler, self._clock()))
+                conn.execute("INSERT INTO feedback (prompt, completion, label, sampler, created_at) "
+                             "VALUES (?, ?, ?, ?, ?)", (*row, sampler, self._clock()))
                 added += 1
         return ImportResult(added, duplicates, 0, [])
 

@@ -42,12 +42,14 @@ class DataSource:
 
 
 def data_source(spec: str | Path, config: str | None = None, default_split: str = "train") -> DataSource:
-    """The files of a `--data` value: a file, a dataset folder (`DIR[:split]`) or a Hub dataset (`owner/name[:split]`)."""
+    """The files of a `--data` value: a file, a dataset folder (`DIR[:split]`) or a Hub dataset
+    (`owner/name[:split]`)."""
     spec = str(spec)
     path = Path(spec).expanduser()
     if path.is_file():
         if config is not None:
-            raise MlxDpoError(f"--data-config {config}: applies to a dataset (a Hub name or a folder), not to the file {spec}")
+            raise MlxDpoError(f"--data-config {config}: applies to a dataset (a Hub name or a folder), "
+                              f"not to the file {spec}")
         return DataSource(spec, [(spec, path)])
     base, split = (spec, None) if path.is_dir() or ":" not in spec else spec.rsplit(":", 1)
     split = split or default_split
@@ -141,8 +143,10 @@ def _names(rel: str, words: tuple[str, ...]) -> bool:
 def _data_files(config: dict) -> dict[str, list[str]]:
     """A YAML config's data_files as {split: [patterns]} (a bare pattern or list means "train")."""
     files = config.get("data_files")
-    if isinstance(files, (str, list)) and all(isinstance(f, str) for f in ([files] if isinstance(files, str) else files)):
-        return {"train": [files] if isinstance(files, str) else list(files)}
+    if isinstance(files, str):
+        files = [files]
+    if isinstance(files, list) and all(isinstance(f, str) for f in files):
+        return {"train": list(files)}
     if isinstance(files, dict):
         return {str(k): [v] if isinstance(v, str) else list(v) for k, v in files.items()}
     if isinstance(files, list):

@@ -376,7 +376,8 @@ def _duplicate_problem(row_id: str, explicit: bool, place: Place, first: Place, 
     at = f"on line {first.index}" if (first.file, first.kind) == (place.file, "line") else f"at {first}"
     if explicit or first_explicit:
         return ("id", f"duplicate id {row_id!r} (first used {at})")
-    return (None, f"duplicate pair: same prompt, chosen and rejected as {'line ' + str(first.index) if at.startswith('on') else str(first)}")
+    where = f"line {first.index}" if at.startswith("on") else str(first)
+    return (None, f"duplicate pair: same prompt, chosen and rejected as {where}")
 
 
 def describe_problems(problems: list[Problem]) -> str:

@@ -6,8 +6,9 @@ Every reader of pairs or feedback (pairs.py, feedback.py) walks rows through her
 same rules (`check_pair`) whichever file it came from, and is named by where it is: `file:line` in a JSON Lines
 file (lines count from 1, as editors do), `file row N` in a Parquet file (rows count from 0, as `datasets` and
 pandas do). A `.json` file is read as JSON Lines (as `datasets` reads it); a single JSON array is refused
-with what to do. Gzipped JSON Lines (`.jsonl.gz`) are read as well. Parquet needs `pyarrow` (the optional `parquet` extra, ~55 MB): imported only when a
-Parquet file is read, and its absence is one line saying how to install it.
+with what to do. Gzipped JSON Lines (`.jsonl.gz`) are read as well. Parquet needs `pyarrow` (the optional
+`parquet` extra, ~55 MB): imported only when a Parquet file is read, and its absence is one line saying how to
+install it.
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ def metrics_writer(run: RunOptions, adapter_dir: Path, resume_step: int | None, 
         _forget_metrics_after(metrics_path, resume_step)
     own = tracker is None
     if own:
-        tracker = open_tracker(run.report_to, run.project, adapter_dir.name, config, emit, resume=resume_step is not None)
+        tracker = open_tracker(run.report_to, run.project, adapter_dir.name, config, emit,
+                               resume=resume_step is not None)
     return MetricsWriter(metrics_path, emit, tracker, own)
 
 

@@ -103,10 +103,11 @@ def train(
     tracker: Tracker | None = None,
     **settings: Any,
 ) -> TrainResult:
-    """Train a DPO adapter on `data` (a JSON Lines file or a list of PreferencePair).
+    """Train a DPO adapter on `data` (a JSONL or Parquet file, a dataset folder, a Hub dataset `owner/name[:split]`,
+    or a list of PreferencePair).
 
-    `settings` are named as in mlx_dpo.settings: RunOptions' (valid_data, init_adapter, max_length,
-    max_prompt_length, skip_invalid, metrics_file), TrainingArgs' (iters, beta, loss_type, ...) and
+    `settings` are named as in mlx_dpo.settings: RunOptions' (valid_data, data_config, init_adapter, max_length,
+    max_prompt_length, skip_invalid, metrics_file, report_to, project), TrainingArgs' (iters, beta, loss_type, ...) and
     LoraSettings' as lora_<field> (lora_rank, lora_num_layers, ...); a CLI flag's spelling works too
     (loss, lora_layers). A bad value raises SettingError, an unknown name TypeError.
 
