@@ -198,7 +198,7 @@ class RunOptions:
     # A file, a dataset folder or a Hub dataset (owner/name[:split], default split "test"), or a list of pairs.
     valid_data: str | Path | list | None = option(None, "validation pairs: a JSONL or Parquet file, a dataset folder "
                                                   "or a Hub dataset owner/name[:split] (default split: test)")
-    data_config: str | None = option(None, "the config (subset) of a Hub dataset given as --data / --valid-data",
+    data_config: str | None = option(None, "which config (subset) of a Hub dataset or dataset folder to read",
                                      default_text="its default config")
     init_adapter: str | Path | None = option(None, "start from this adapter (it becomes the reference)")
     # TRL's long-standing defaults (1024 / 512); the memory of a step grows with the square of the length.
