@@ -3,7 +3,7 @@
     TrainingArgs   the optimisation and the preference loss
     LoraSettings   the adapter put on the model (named lora_<field>: lora_rank, lora_num_layers, ...)
     RunOptions     what a run reads and writes besides the pairs: validation pairs, a starting adapter,
-                   token limits, the metrics file
+                   token limits, the metrics file, a tracker (trackio)
     RoundSettings  what an incremental round adds (replay share, length by passes, reference, held-out)
     OnlineSettings what `mlx-dpo online` adds (rounds, prompts per round, answers per prompt)
     SampleSettings how answers are sampled (the app's sampler settings, `mlx-dpo online`'s too)
@@ -32,6 +32,7 @@ REFERENCE_FREE = ("simpo", "orpo", "sft")  # no reference pass runs when every l
 SOLO_LOSSES = ("orpo", "kto")  # their own trainers in TRL: not combined with other losses
 SORTING_LOSSES = ("aot", "aot_unpaired")  # sort within the batch, so per-pair weights (WPO) would misalign
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+REPORT_TO = ("none", "trackio")  # where a run's metrics go besides metrics.jsonl (mlx_dpo/tracking.py)
 
 
 def loss_types(value: str | list | tuple) -> tuple[str, ...]:
@@ -88,12 +89,7 @@ def _ld_alpha_problem(alpha: float, values: Mapping[str, Any]) -> str | None:
 
 
 def _weighting_problem(on: bool, values: Mapping[str, Any]) -> str | None:
-    names = loss_types(values["loss_type"])
-    if on and not any(n in SORTING_LOSSES + SOLO_LOSSES for n in names):
-        # WPO's weights need log Σ p² over the vocabulary at every completion token, which logprobs.py does
-        # not compute yet: refused rather than ignored.
-        return "(WPO) is not available yet in mlx-dpo"
-    if on:
+    if on and any(n in SORTING_LOSSES + SOLO_LOSSES for n in loss_types(values["loss_type"])):
         return "(WPO) does not apply to --loss aot, aot_unpaired (they sort the batch), orpo or kto"
     return None
 
@@ -199,7 +195,11 @@ class LoraSettings:
 class RunOptions:
     """What a run reads and writes besides the training pairs, the model and the adapter folder."""
 
-    valid_data: str | Path | list | None = option(None, "validation pairs (JSON Lines)")  # or a list of pairs
+    # A file, a dataset folder or a Hub dataset (owner/name[:split], default split "test"), or a list of pairs.
+    valid_data: str | Path | list | None = option(None, "validation pairs: a JSONL or Parquet file, a dataset folder "
+                                                  "or a Hub dataset owner/name[:split] (default split: test)")
+    data_config: str | None = option(None, "which config (subset) of a Hub dataset or dataset folder to read",
+                                     default_text="its default config")
     init_adapter: str | Path | None = option(None, "start from this adapter (it becomes the reference)")
     # TRL's long-standing defaults (1024 / 512); the memory of a step grows with the square of the length.
     max_length: int = option(1024, "max prompt+answer tokens, at most the model's context length (config.json "
@@ -209,6 +209,11 @@ class RunOptions:
                                     check=at_least(0))
     skip_invalid: bool = option(False, "drop invalid rows instead of refusing to start")
     metrics_file: str | Path | None = option(None, "JSON Lines metrics", default_text="<adapter-path>/metrics.jsonl")
+    # TRL's report_to: the metrics also go to this tracker (local; `trackio show`), under TRL's names.
+    report_to: str = option("none", "also log metrics to: none or trackio (pip install 'mlx-dpo[trackio]')",
+                            check=OneOf(REPORT_TO, "tracker"))
+    project: str | None = option(None, "the tracker's project; each run (a round: its version) is a run in it",
+                                 default_text="the workspace's folder name, or mlx-dpo")
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 from mlx_dpo.data.feedback import Feedback
 from mlx_dpo.data.pairs import checked_prompt, parse_completion
+from mlx_dpo.data.records import ImportResult
 from mlx_dpo.data.round_records import RoundLog
 from mlx_dpo.errors import MlxDpoError
 
@@ -55,6 +56,23 @@ class FeedbackLog(RoundLog):
                                (json.dumps(prompt), text, int(desirable), json.dumps(sampler) if sampler else None,
                                 self._clock()))
             return self._feedback(conn, f"WHERE id = {int(cur.lastrowid)}")[0]
+
+    def import_feedback(self, examples: Iterable[Feedback], source: str | None = None) -> ImportResult:
+        """Add answers marked good or bad read from a file (TRL's unpaired rows: feedback.load_feedback), all in one
+        transaction. An answer stored before with the same prompt and label counts as a duplicate, not added again."""
+        rows = [(json.dumps(checked_prompt(f.prompt)), f.completion, int(f.desirable)) for f in examples]
+        sampler = json.dumps({"imported": source}) if source else None
+        added = duplicates = 0
+        with self._transaction() as conn:
+            for row in rows:
+                if conn.execute("SELECT 1 FROM feedback WHERE prompt = ? AND completion = ? AND label = ? LIMIT 1",
+                                row).fetchone():
+                    duplicates += 1  # also a repeat within `examples`: it was inserted just before
+                    continue
+                conn.execute("INSERT INTO feedback (prompt, completion, label, sampler, created_at) "
+                             "VALUES (?, ?, ?, ?, ?)", (*row, sampler, self._clock()))
+                added += 1
+        return ImportResult(added, duplicates, 0, [])
 
     def list_feedback(self) -> list[StoredFeedback]:
         with self._transaction(write=False) as conn:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mlx_dpo.data.pairs import checked_prompt, read_text
+from mlx_dpo.data.pairs import checked_prompt
+from mlx_dpo.data.rows import read_text
 from mlx_dpo.errors import MlxDpoError
 
 MAX_LISTED_ERRORS = 5

@@ -42,6 +42,7 @@ from mlx_dpo.models.generate import SampleSettings
 from mlx_dpo.models.load import LoadedModel, load_model, switch_adapter
 from mlx_dpo.options import build, flatten, resolve, settings_of
 from mlx_dpo.settings import TRAIN_GROUPS, LoraSettings, RoundSettings, RunOptions, TrainingArgs
+from mlx_dpo.tracking import open_tracker
 from mlx_dpo.training import heldout, run
 from mlx_dpo.training.trainer import total_steps
 
@@ -203,11 +204,16 @@ def run_round(
                 f"{f', reference {latest.label}' if reference == 'start' else ''}"))
     recorded_settings = {**recorded_settings, "model": model, "init_adapter": init_adapter}
     pair_ids = [p.id for p in new + replayed]
+    # --report-to: the workspace is the tracker's project, this version its run (tracking.py).
+    tracker = open_tracker(options.get("report_to", "none"), options.get("project") or Path(workspace).resolve().name,
+                           f"v{version}", recorded_settings, emit)
     try:
         loaded = _base_model(loaded, model, emit)
         result = run.train(pairs, model=model, adapter_path=adapter_dir, init_adapter=init_adapter,
-                           reference=reference, on_event=emit, cancel=cancel, loaded=loaded, **options)
+                           reference=reference, on_event=emit, cancel=cancel, loaded=loaded, tracker=tracker, **options)
     except BaseException as e:
+        if tracker is not None:
+            tracker.finish()
         with PreferenceStore(workspace) as store:
             store.record_round(version, adapter_dir, recorded_settings, {"error": str(e)}, "failed", pair_ids)
             store.record_round_feedback(version, [f.id for f in feedback])
@@ -224,7 +230,11 @@ def run_round(
                        batch_size=recorded_settings["batch_size"])
     if status == "finished" and held is not None:
         metrics = _measure(workspace, version, loaded, held, adapter_dir, latest, emit)
+        if tracker is not None:  # the held-out numbers, and the version's held-out answers as a table
+            tracker.log_heldout(metrics, held.prompts, held.kept(f"v{version}").get("answers") or [], options["iters"])
     else:  # the model as its adapter_path says: the new version, or after a cancel the one it started from
         switch_adapter(loaded, adapter_dir if status == "finished" else init_adapter)
+    if tracker is not None:
+        tracker.finish()
     return RoundResult(version, adapter_dir, status, metrics, [p.id for p in new], [p.id for p in replayed],
                        init_adapter)
