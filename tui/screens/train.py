@@ -22,8 +22,8 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Sparkline, Static
 
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.options import SettingError, check, settings_of, shown
-from mlx_dpo.settings import TRAIN_GROUPS, RoundSettings
+from mlx_dpo.options import SettingError, check, shown
+from mlx_dpo.settings import TRAIN_GROUPS, RoundSettings, round_settings_table
 from tui.messages import WorkerEvent
 from tui.workers import TrainingProcess
 from tui.widgets import ModeBar, ScreenButton, StatusLine
@@ -42,7 +42,7 @@ _OFFERED = (
     ("train-layers", "lora_num_layers", "LoRA layers", None),
     ("train-replay", "replay", "replay share", None),
 )
-ROUND_SETTINGS = settings_of(*TRAIN_GROUPS, RoundSettings)
+ROUND_SETTINGS = round_settings_table(*TRAIN_GROUPS, RoundSettings)  # a round's defaults (rpo_alpha...)
 
 
 def _start_text(name: str, text: str | None) -> str:
