@@ -70,6 +70,7 @@ BASE_KEYS = ("heldout/accuracy", "heldout/margin", "heldout/kl", "heldout/score"
              "heldout/unfinished", "heldout/samples")  # copied into each round's record as heldout_base/...
 HELDOUT_DIR = "heldout"
 HELDOUT_SEED = 0  # the same draws for every version (see the module docstring)
+HELDOUT_BATCH = 16  # sequences sampled together: part of the draws (mlx_dpo.online.sampling), so fixed
 _KEPT_FORMAT = 2  # kept answer files: 2 adds each answer's finished flag (older files are sampled again)
 _WORD = re.compile(r"\w+(?:['’-]\w+)*")
 
@@ -78,7 +79,7 @@ def sample(loaded: LoadedModel, adapter_path: str | Path | None, prompts: Sequen
            settings: SampleSettings, n: int) -> Answers:
     """`n` answers per prompt from base + `adapter_path` (None: the base), with the held-out seed."""
     switch_adapter(loaded, adapter_path)
-    return sample_answers(loaded, list(prompts), settings, n=n, seed=HELDOUT_SEED).answers
+    return sample_answers(loaded, list(prompts), settings, n=n, seed=HELDOUT_SEED, batch_size=HELDOUT_BATCH).answers
 
 
 def answer_logps(loaded: LoadedModel, prompts: Sequence[Prompt], answers: Answers,
@@ -236,7 +237,8 @@ class HeldoutSet:
     @property
     def key(self) -> str:
         """Which answers a kept file holds: the prompts, the sampler settings and the samples per prompt."""
-        text = json.dumps([self.prompts, asdict(self.settings), self.n, HELDOUT_SEED, _KEPT_FORMAT], sort_keys=True)
+        text = json.dumps([self.prompts, asdict(self.settings), self.n, HELDOUT_SEED, _KEPT_FORMAT, HELDOUT_BATCH],
+                          sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
