@@ -144,13 +144,18 @@ def online_arm(loaded, run: Run, work: Path, held: list, out: Path, snapshot: Pa
 
 
 def offline_arm(loaded, run: Run, work: Path, held: list, out: Path, online_rows: list[dict]) -> None:
-    """Round 1 is the online arm's (a copy of its workspace); later rounds judge base samples of the same prompts."""
+    """Round 1 is the online arm's (a copy of its workspace, when the online arm ran in this command; else run
+    again, the same by construction); later rounds judge base samples of the same prompts."""
     workspace, start = work / "offline", time.perf_counter()
-    first = next(r for r in online_rows if r["round"] == 1)
-    write(out, {**first, "arm": "offline"})
+    copied = workspace.exists()
+    if copied:
+        first = next(r for r in online_rows if r["round"] == 1)
+        write(out, {**first, "arm": "offline"})
+    else:
+        share_base(run, workspace, held, work.parent / "base-cache")
     prompts = read_prompt_file(demo.PROMPTS)
     k = run.online.per_round
-    for number in range(2, run.online.rounds + 1):
+    for number in range(2 if copied else 1, run.online.rounds + 1):
         todo = prompts[(number - 1) * k:number * k]
         switch_adapter(loaded, None)
         samples = sample_answers(loaded, todo, run.sample, n=run.online.samples_per_prompt, seed=number,
@@ -196,7 +201,7 @@ def cmd_run(args) -> None:
                 if len(online_rows) < args.rounds:
                     online_arm(loaded, run, work, held, out, work / "offline" if "offline" in arms else None)
                     online_rows = done(out).get(("online", judge, seed, name), [])
-                if "offline" in arms and (work / "offline").exists():
+                if "offline" in arms:
                     run.arm = "offline"
                     run.key["arm"] = "offline"
                     offline_arm(loaded, run, work, held, out, online_rows)
@@ -204,6 +209,12 @@ def cmd_run(args) -> None:
 
 
 # --- the report ----------------------------------------------------------------------------------------------
+
+
+def raw_gain(row: dict) -> float:
+    """The gain by the judge's function alone (without the missing-end penalty): score + penalty x unfinished share."""
+    penalty = OnlineSettings().missing_end_penalty
+    return (row["score"] + penalty * row["unfinished"]) - (row["base_score"] + penalty * row["base_unfinished"])
 
 
 def spread(values: list[float]) -> str:
@@ -237,6 +248,17 @@ def cmd_report(args) -> None:
             unfinished.append(last["unfinished"] if last else base["base_unfinished"])
         print(f"| {plan} | {judge} | {arm} | {spread(gains)} | {spread(kls).replace('+', '')} | "
               f"{spread(reps).replace('+', '')} | {spread(unfinished).replace('+', '')} | {rejected} |")
+    print("\n| judge | arm | round | score gain over the base | ... without the penalty | KL (nats/answer) | "
+          "repeated 3-grams | unfinished | kept |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (plan, judge, arm), seeds in sorted(groups.items()):
+        for number in sorted({r["round"] for rs in seeds.values() for r in rs}):
+            at = [r for rs in seeds.values() for r in rs if r["round"] == number]
+            kept = sum(r["decision"] != "rejected" for r in at)
+            print(f"| {judge} | {arm} | {number} | {spread([r['score'] - r['base_score'] for r in at])} | "
+                  f"{spread([raw_gain(r) for r in at])} | {spread([r['kl'] for r in at]).replace('+', '')} | "
+                  f"{spread([r['repetition'] for r in at]).replace('+', '')} | "
+                  f"{spread([r['unfinished'] for r in at]).replace('+', '')} | {kept}/{len(at)} |")
     if args.png:
         plot(rows, Path(args.png))
 
