@@ -18,7 +18,7 @@ from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.options import Setting, SettingError, add_flags, check, given_flags, resolve, settings_of
 from mlx_dpo.progress import ProgressPrinter
-from mlx_dpo.settings import EVAL_LOSS_SETTINGS, TRAIN_GROUPS, RoundSettings
+from mlx_dpo.settings import EVAL_LOSS_SETTINGS, TRAIN_GROUPS, RoundSettings, round_settings_table
 
 # What a config file may hold besides the settings: the run's pairs, model and folder.
 COMMAND_KEYS = ("data", "model", "adapter_path", "resume")
@@ -51,7 +51,7 @@ def _read_config_file(path: str) -> dict:
 
 def _train_settings(incremental: bool) -> Mapping[str, Setting]:
     if incremental:  # a round writes its own metrics into its own folder
-        return {n: s for n, s in settings_of(*TRAIN_GROUPS, RoundSettings).items() if n != "metrics_file"}
+        return {n: s for n, s in round_settings_table(*TRAIN_GROUPS, RoundSettings).items() if n != "metrics_file"}
     return settings_of(*TRAIN_GROUPS)
 
 
