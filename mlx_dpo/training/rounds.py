@@ -198,6 +198,24 @@ def _first_decision(status: str, checked: bool, accept: str) -> tuple[str | None
                         else "kept unchecked: no held-out prompts or validation pairs")
 
 
+def _smaller_step(options: dict, recorded_settings: dict, rejected: int) -> str:
+    """A smaller step after each rejection since the last accepted version (acceptance.py says why): lowers the
+    round's learning rate in place and returns the note for its Status line ("" when nothing was rejected)."""
+    if not rejected:
+        return ""
+    options["learning_rate"] = recorded_settings["learning_rate"] = (recorded_settings["learning_rate"]
+                                                                     * step_scale(rejected))
+    return f", learning rate {recorded_settings['learning_rate']:g} after {rejected} rejection(s)"
+
+
+def _record(workspace: str | Path, version: int, adapter_dir: Path, settings: dict, metrics: dict, status: str,
+            pairs: list, feedback: list, decision: str | None = None, reason: str | None = None) -> None:
+    """The round's record, with the stored pairs and feedback it trained, in the store."""
+    with PreferenceStore(workspace) as store:
+        store.record_round(version, adapter_dir, settings, metrics, status, [p.id for p in pairs], decision, reason)
+        store.record_round_feedback(version, [f.id for f in feedback])
+
+
 def run_round(
     workspace: str | Path,
     *,
@@ -232,21 +250,18 @@ def run_round(
         latest = store.latest_kept_round()
         rejected = store.rejected_since_kept()
         valid_pairs = store.training_pairs("valid")
-    if rejected:  # a smaller step after each rejection since the last accepted version (acceptance.py says why)
-        options["learning_rate"] = recorded_settings["learning_rate"] = (recorded_settings["learning_rate"]
-                                                                         * step_scale(rejected))
+    smaller = _smaller_step(options, recorded_settings, rejected)
     init_adapter = latest.adapter_path if latest else None
     adapter_dir = adapters_root(workspace) / f"v{version}"
-    pairs = [p.to_preference_pair() for p in new + replayed] + [f.to_feedback() for f in feedback]
+    trained = new + replayed  # the stored pairs this round trains
+    pairs = [p.to_preference_pair() for p in trained] + [f.to_feedback() for f in feedback]
     options.setdefault("iters", round_steps(round_settings, build(TrainingArgs, recorded_settings), len(pairs)))
     reference = "start" if round_settings.reference == "previous" and init_adapter else "base"
-    smaller = f", learning rate {recorded_settings['learning_rate']:g} after {rejected} rejection(s)" if rejected else ""
     emit(Status(f"round v{version}: {len(new)} new pair(s) + {len(replayed)} replayed, {options['iters']} step(s), "
                 f"from {latest.label if latest else 'the base model'}"
                 f"{f', reference {latest.label}' if reference == 'start' else ''}{smaller}"))
     recorded_settings = {**recorded_settings, "model": model, "init_adapter": init_adapter,
                          "step_scale": step_scale(rejected)}
-    pair_ids = [p.id for p in new + replayed]
     # --report-to: the workspace is the tracker's project, this version its run (tracking.py).
     tracker = open_tracker(options.get("report_to", "none"), options.get("project") or Path(workspace).resolve().name,
                            f"v{version}", recorded_settings, emit)
@@ -257,22 +272,17 @@ def run_round(
     except BaseException as e:
         if tracker is not None:
             tracker.finish()
-        with PreferenceStore(workspace) as store:
-            store.record_round(version, adapter_dir, recorded_settings, {"error": str(e)}, "failed", pair_ids)
-            store.record_round_feedback(version, [f.id for f in feedback])
+        _record(workspace, version, adapter_dir, recorded_settings, {"error": str(e)}, "failed", trained, feedback)
         raise
     status = "cancelled" if result.cancelled else "finished"
     metrics = {**result.metrics, **result.eval_metrics, "steps": options["iters"],
                "ref_cache/hits": result.reference.hits, "ref_cache/misses": result.reference.misses,
                "new_pairs": len(new), "replayed_pairs": len(replayed), "new_feedback": len(feedback)}
     held = heldout_set(workspace, round_settings, valid_pairs=valid_pairs, eval_prompts=eval_prompts, judge=judge,
-                       sample_settings=sample_settings, beta=recorded_settings["beta"],
-                       batch_size=recorded_settings["batch_size"])
+                       sample_settings=sample_settings, **{k: recorded_settings[k] for k in ("beta", "batch_size")})
     checked = status == "finished" and held is not None and round_settings.accept != "always"
     decision, reason = _first_decision(status, checked, round_settings.accept)
-    with PreferenceStore(workspace) as store:
-        store.record_round(version, adapter_dir, recorded_settings, metrics, status, pair_ids, decision, reason)
-        store.record_round_feedback(version, [f.id for f in feedback])
+    _record(workspace, version, adapter_dir, recorded_settings, metrics, status, trained, feedback, decision, reason)
     if status == "finished" and held is not None:
         metrics = _measure(workspace, version, loaded, held, adapter_dir, latest, emit)
         if tracker is not None:  # the held-out numbers, and the version's held-out answers as a table
