@@ -6,21 +6,32 @@
 
 The work itself lives in `mlx_dpo.training` (`run.py` for a run, `rounds.py` for a round); this module
 is the stable surface that the CLI, the app and user code import.
+
+A model is loaded once into a session (`load_model` -> `ModelSession`: the model, which adapter is on it, and what
+its self-checks found) that every call taking `loaded=` shares:
+
+    session = api.load_model("my-model")
+    with session.adapter("adapters/v2"):
+        print(api.sample_answers(session, [[{"role": "user", "content": "Hi"}]], api.SampleSettings()).answers)
 """
 
 from pathlib import Path
 from typing import Any
 
+from mlx_dpo.models.load import load_model
+from mlx_dpo.models.session import ModelSession
 from mlx_dpo.online import judges
 from mlx_dpo.online.judges import Judge, Verdict, load_judge
 from mlx_dpo.online.sampling import Samples, sample_answers
 from mlx_dpo.online.loop import RoundReport, run_online as _run_online
 from mlx_dpo.training.review import ReviewReport, review_pairs
 from mlx_dpo.training.rounds import RoundResult, run_round
+from mlx_dpo.settings import SampleSettings
 from mlx_dpo.training.run import TrainResult, evaluate, train
 
-__all__ = ["Judge", "ReviewReport", "RoundReport", "RoundResult", "Samples", "TrainResult", "Verdict", "evaluate",
-           "load_judge", "review_pairs", "run_online", "run_round", "sample_answers", "train"]
+__all__ = ["Judge", "ModelSession", "ReviewReport", "RoundReport", "RoundResult", "SampleSettings", "Samples",
+           "TrainResult", "Verdict", "evaluate", "load_judge", "load_model", "review_pairs", "run_online", "run_round",
+           "sample_answers", "train"]
 
 
 def run_online(workspace: str | Path, prompts: str | Path, judge: str, *, rubric: str | None = None,

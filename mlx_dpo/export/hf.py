@@ -18,6 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from mlx_dpo import compat
 from mlx_dpo.atomic import atomic_directory
 from mlx_dpo.export.base import ExportResult, check_out, no_stage, protect, write_failed, write_json
 from mlx_dpo.export.card import model_card
@@ -58,10 +59,8 @@ def save_weights(folder: Path, model: nn.Module, *, fmt: str, max_shard_gb: int 
     Parameters keep the model's own names, in name order. `fmt` goes into the safetensors metadata:
     "pt" for dense weights transformers reads, "mlx" for MLX-quantized ones.
     """
-    from mlx_lm.utils import make_shards
-
     weights = dict(sorted(tree_flatten(model.parameters())))
-    shards = make_shards(weights, max_file_size_gb=max_shard_gb)
+    shards = compat.shards(weights, max_shard_gb)
     names = ["model.safetensors"] if len(shards) == 1 else [
         f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
     ]

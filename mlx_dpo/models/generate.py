@@ -11,8 +11,9 @@ from typing import Iterator
 
 import mlx.core as mx
 
+from mlx_dpo.compat import streaming_decode
 from mlx_dpo.data.answers import Answer
-from mlx_dpo.models.load import LoadedModel
+from mlx_dpo.models.session import ModelSession
 from mlx_dpo.settings import SampleSettings  # here for callers that sample; defined with the settings (no mlx)
 
 __all__ = ["AnswerStream", "SampleSettings", "answer", "chat_messages", "decode_answer", "prompt_tokens", "sampler_for",
@@ -39,12 +40,7 @@ def prompt_tokens(tokenizer, messages: list[dict[str, str]]) -> list[int]:
 def decode_answer(tokenizer, ids: list[int]) -> str:
     """An answer's text from its token ids, decoded as streaming decodes it (mlx-lm's streaming detokenizer
     drops the space a BPE answer's first token starts with; `tokenizer.decode` keeps it)."""
-    detokenizer = tokenizer.detokenizer
-    detokenizer.reset()
-    for token in ids:
-        detokenizer.add_token(token)
-    detokenizer.finalize()
-    return detokenizer.text
+    return streaming_decode(tokenizer, ids)
 
 
 class AnswerStream:
@@ -67,7 +63,7 @@ class AnswerStream:
 
 
 def stream_answer(
-    loaded: LoadedModel,
+    loaded: ModelSession,
     messages: list[dict[str, str]],
     *,
     max_tokens: int = 256,
@@ -86,7 +82,7 @@ def stream_answer(
     return AnswerStream(stream_generate(loaded.model, loaded.tokenizer, tokens, max_tokens=max_tokens, sampler=sampler))
 
 
-def answer(loaded: LoadedModel, messages: list[dict[str, str]], **kwargs) -> str:
+def answer(loaded: ModelSession, messages: list[dict[str, str]], **kwargs) -> str:
     """The whole answer, as an Answer that knows whether it finished (mlx_dpo.data.answers)."""
     stream = stream_answer(loaded, messages, **kwargs)
     return Answer("".join(stream), stream.finished)

