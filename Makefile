@@ -18,9 +18,9 @@ TEST_WORKERS ?= 3
 test: setup-dev
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-# The suite against the newest mlx and mlx-lm releases, past pyproject.toml's bounds, in a venv of its own (.venv-latest):
-# what to run before raising the bounds (mlx_dpo/compat.py lists what a new mlx-lm may break). pip warns that
-# mlx-dpo's bounds are exceeded there: that is the point.
+# The suite against the newest mlx and mlx-lm releases, past pyproject.toml's bounds, in a venv of its own
+# (.venv-latest): what to run before raising the bounds (mlx_dpo/compat.py lists what a new mlx-lm may break).
+# pip warns that mlx-dpo's bounds are exceeded there: that is the point.
 LATEST_VENV ?= .venv-latest
 MLX_PACKAGE := $(if $(filter Linux,$(UNAME)),mlx[cpu],mlx)
 
@@ -29,7 +29,8 @@ test-latest: blas
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
 	$(LATEST_VENV)/bin/python -m pip install -q -e ".[dev]"
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade "$(MLX_PACKAGE)" mlx-lm
-	@$(LATEST_VENV)/bin/python -c "import importlib.metadata as m; print('test-latest on mlx', m.version('mlx'), 'and mlx-lm', m.version('mlx-lm'))"
+	@$(LATEST_VENV)/bin/python -c "import importlib.metadata as m; \
+		print('test-latest on mlx', m.version('mlx'), 'and mlx-lm', m.version('mlx-lm'))"
 	MLX_DPO_TEST_LATEST=1 $(LATEST_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup-dev

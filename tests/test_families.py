@@ -103,11 +103,12 @@ def path_token_logps(model, batch, full_logits: bool, compiled: bool, mask_dims:
     """(2B, C) per-token log-probs of a batch through the path logprobs.py takes for its layout (`mask_dims`: the
     shared-prompt mask layout the self-check found)."""
     cls = type(batch)
-    if isinstance(batch, SharedPromptBatch):
-        run = lambda *arrays: logprobs.shared_prompt_token_logps(model, cls.from_arrays(arrays), full_logits,  # noqa: E731
-                                                                 mask_dims)
-    else:
-        run = lambda *arrays: logprobs.token_logps(model, cls.from_arrays(arrays), full_logits)  # noqa: E731
+
+    def run(*arrays):
+        if isinstance(batch, SharedPromptBatch):
+            return logprobs.shared_prompt_token_logps(model, cls.from_arrays(arrays), full_logits, mask_dims)
+        return logprobs.token_logps(model, cls.from_arrays(arrays), full_logits)
+
     if compiled:
         run = mx.compile(run)
     return run(*batch.arrays())

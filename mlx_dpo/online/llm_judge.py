@@ -122,7 +122,7 @@ class LlmJudge(Judge):
         self.model_spec = model
         self.name = f"llm:{model}"
         self.rubric = rubric or DEFAULT_RUBRIC
-        self.loaded = loaded if loaded is not None else load_model(None if model == "default" else model)
+        self.loaded = loaded if loaded is not None else load_model(model)  # "default": the default model
         tokenizer = self.loaded.tokenizer
         self.ids = (digit_ids(tokenizer, "1"), digit_ids(tokenizer, "2"))
 

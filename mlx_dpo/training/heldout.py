@@ -25,9 +25,9 @@ also for rounds trained with `reference="previous"`, so versions compare with ea
 
 Log-probs come from the reference pass (`reference.reference_logps`: the training code's own batching and
 log-prob path), with the version's adapter on, then with the base alone (`with session.adapter(...)`: the model
-session puts back whatever was on, models/session.py), each cached under the model's fingerprint. A sampled answer is scored as the chat template renders it (re-tokenized, ending with
-one end-of-turn token; an answer cut at max tokens without one, as it was sampled), the same token sequence
-under both models.
+session puts back whatever was on, models/session.py), each cached under the model's fingerprint. A sampled
+answer is scored as the chat template renders it (re-tokenized, ending with one end-of-turn token; an answer cut
+at max tokens without one, as it was sampled), the same token sequence under both models.
 
 Every version samples with the same seed (common random numbers): two versions' answers differ by their
 weights, not by the dice. Each version's answers are kept in `<workspace>/heldout/<label>.json` (keyed by the
@@ -52,6 +52,7 @@ from mlx_dpo.events import Event, Status
 from mlx_dpo.models.adapter import adapter_weights
 from mlx_dpo.models.generate import SampleSettings
 from mlx_dpo.models.session import ModelSession
+from mlx_dpo.settings import RoundSettings, TrainingArgs
 from mlx_dpo.online.sampling import sample_answers
 from mlx_dpo.training import run
 from mlx_dpo.training.ref_cache import RefCache, arrays_digest
@@ -180,9 +181,9 @@ def heldout_metrics(
     previous_answers: Answers | None = None,
     base_answers: Answers | None = None,
     sample_settings: SampleSettings | None = None,
-    n: int = 2,
-    beta: float = 0.1,
-    batch_size: int = 4,
+    n: int = RoundSettings.heldout_samples,
+    beta: float = TrainingArgs.beta,
+    batch_size: int = TrainingArgs.batch_size,
 ) -> dict[str, float | None]:
     """The held-out numbers (KEYS) of base + `adapter_path` (None: the base itself).
 
@@ -228,9 +229,9 @@ class HeldoutSet:
     valid_pairs: list[PreferencePair]
     judge: Judge | None = None
     settings: SampleSettings = field(default_factory=SampleSettings)
-    n: int = 2
-    beta: float = 0.1
-    batch_size: int = 4
+    n: int = RoundSettings.heldout_samples
+    beta: float = TrainingArgs.beta
+    batch_size: int = TrainingArgs.batch_size
 
     @property
     def key(self) -> str:

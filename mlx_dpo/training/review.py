@@ -38,7 +38,7 @@ from mlx_dpo.training.tokens import EncodedPair, Encoder, token_limits
 from mlx_dpo.training.trainer import evaluate_batches
 
 REVIEW_BATCH_SIZE = 4  # pairs per forward pass
-DEFAULT_BETA = 0.1  # for an adapter whose config does not say what it trained with
+DEFAULT_BETA = TrainingArgs.beta  # for an adapter whose config does not say what it trained with
 
 
 @dataclass(frozen=True)
