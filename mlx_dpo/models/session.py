@@ -24,7 +24,7 @@ the thread that loaded it (the app's model worker owns its session on its own th
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -109,7 +109,7 @@ class ModelSession:
         finally:
             self.use_adapter(previous)
 
-    def base(self) -> Any:
+    def base(self) -> AbstractContextManager[ModelSession]:
         """`with session.base():` the base model alone for the block (`adapter(None)`)."""
         return self.adapter(None)
 
@@ -163,7 +163,8 @@ class ModelSession:
         return count
 
     def drop_training(self) -> None:
-        """A run that failed: its half-trained adapter comes off, leaving the base alone."""
+        """A run that failed or was cancelled: its half-trained adapter (past its last checkpoint) comes off,
+        leaving the base alone."""
         self._training = False
         self._take_off()
 
