@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from helpers import REPO, write_jsonl
+from helpers import REPO, console_script, write_jsonl
 from mlx_dpo.data import schema
 from mlx_dpo.data.store import PreferenceStore
 
@@ -139,11 +139,6 @@ def test_two_processes_writing_at_once_lose_no_write(workspace):
 
 
 # --- a new workspace opened by several processes at once ------------------------------------------------------
-
-
-def console_script() -> Path:
-    """The installed `mlx-dpo` console script, next to this interpreter (as a user runs it)."""
-    return Path(sys.executable).with_name("mlx-dpo")
 
 
 @contextmanager

@@ -44,6 +44,7 @@ _ENVIRONMENT_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_RE
                        "SQLITE_CANTOPEN", "SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_PERM")
 
 _D = TypeVar("_D", bound="Database")
+_T = TypeVar("_T")
 
 
 class Database:
@@ -78,25 +79,20 @@ class Database:
                                    check_same_thread=False)
         except sqlite3.Error as e:
             raise MlxDpoError(f"{self.path}: cannot open ({e})") from None
-        while True:
-            try:
-                schema.prepare(conn, self.path)
-                return conn
-            except BaseException as e:
-                name = _error_name(e)
+        try:
+            wait_out_busy(lambda: schema.prepare(conn, self.path), self.busy_timeout)
+            return conn
+        except BaseException as e:
+            conn.close()
+            name = _error_name(e)
+            if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+                raise MlxDpoError(
+                    f"{self.path}: not a usable preference database ({e}); move it aside to start a new store"
+                ) from None
+            if name.startswith(_ENVIRONMENT_ERRORS):
                 waited = time.monotonic() - started
-                if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) and waited < self.busy_timeout:
-                    # A busy answered at once (see the module docstring): wait a little, as SQLite's own wait would.
-                    time.sleep(random.uniform(0.005, 0.05))
-                    continue
-                conn.close()
-                if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
-                    raise MlxDpoError(
-                        f"{self.path}: not a usable preference database ({e}); move it aside to start a new store"
-                    ) from None
-                if name.startswith(_ENVIRONMENT_ERRORS):
-                    raise MlxDpoError(_error_message(self.path, e, waited, self.busy_timeout, "cannot open")) from None
-                raise
+                raise MlxDpoError(_error_message(self.path, e, waited, self.busy_timeout, "cannot open")) from None
+            raise
 
     def _make_folder(self) -> None:
         try:
@@ -148,6 +144,23 @@ class Database:
                     waited = time.monotonic() - started
                     raise MlxDpoError(_error_message(self.path, e, waited, self.busy_timeout, what)) from None
                 raise
+
+
+def wait_out_busy(operation: Callable[[], _T], timeout: float) -> _T:
+    """`operation()`, run again while SQLite answers "busy" at once, until `timeout` seconds have passed.
+
+    SQLite's busy wait covers most contention, but not all: where waiting could deadlock (two connections that
+    both read a file and then both want it to themselves, as when two processes switch a new file to WAL) it
+    refuses one of them at once. That one retries here after a short random pause, as SQLite's own wait would.
+    """
+    started = time.monotonic()
+    while True:
+        try:
+            return operation()
+        except sqlite3.OperationalError as e:
+            if not _error_name(e).startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or time.monotonic() - started > timeout:
+                raise
+        time.sleep(random.uniform(0.005, 0.05))
 
 
 def _error_message(path: Path, e: BaseException, waited: float, limit: float, what: str) -> str:
