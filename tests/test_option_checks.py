@@ -56,7 +56,11 @@ CHECKS: dict[str, tuple[list[tuple[list[str], str]], list[str] | None]] = {
                                                         "exo_pair, aot, aot_unpaired, not 'hinge' (got 0.1)")],
                           ["0.49", "--loss", "cdpo"]),
     "--f-divergence-type": ([(["kl"], "--f-divergence-type kl: unknown divergence (choose from reverse_kl, forward_kl, "
-                                      "js_divergence, alpha_divergence)")], ["js_divergence"]),
+                                      "js_divergence, alpha_divergence)"),
+                             (["forward_kl", "--loss", "ipo,nca_pair"],
+                              "--f-divergence-type applies only to the losses of a chosen − rejected score difference "
+                              "(sigmoid, cdpo, robust, hinge, ipo, exo_pair, discopop, sigmoid_norm, sft), not nca_pair, "
+                              "as in TRL (got forward_kl)")], ["js_divergence"]),
     "--ld-alpha": ([(["2"], "--ld-alpha must be in [0, 1] (got 2.0)"), (["-0.1"], "--ld-alpha must be in [0, 1] (got -0.1)")],
                    ["1"]),
     # No value passes yet: WPO is refused rather than ignored until its weights are computed.
