@@ -1,5 +1,6 @@
 """Shared fixtures. Tests never touch the network: the Hub is forced offline before anything imports it."""
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -44,6 +45,20 @@ def tiny(request, tmp_path_factory, default_model_path) -> Path:
     """
     seed = getattr(request.module, "TINY_SEED", 0)
     return make_tiny_model_folder(tmp_path_factory.mktemp("models") / "tiny-llama", default_model_path, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory) -> Path:
+    """A 2-layer qwen2 model with a 512-token vocabulary and a ChatML template (tests/chat_tokenizers.py): the
+    cheapest real model to start, for tests that run many `mlx-dpo` processes (most of a start is the vocabulary)."""
+    from chat_tokenizers import VOCAB_SIZE, make_chat_tokenizer
+    from family_models import make_family_folder
+
+    root = tmp_path_factory.mktemp("small")
+    tokenizer = make_chat_tokenizer("qwen2", root / "tokenizer")
+    eos = json.loads((tokenizer / "config.json").read_text())["eos_token_id"]
+    return make_family_folder("qwen2", root / "small-qwen2", tokenizer, seed=24, vocab_size=VOCAB_SIZE,
+                              eos_token_id=eos)
 
 
 @pytest.fixture

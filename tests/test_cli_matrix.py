@@ -9,7 +9,7 @@ Once, `mlx-dpo train --loss kto` on unpaired rows ended in a traceback at its fi
 KTO through the Python API only, so no test met the console printer.
 
 Kept cheap, since a process's start (Python, mlx-lm, the tokenizer) is most of its cost: a 2-layer model with a
-512-token vocabulary (tests/chat_tokenizers.py), one optimizer step (`--iters 1`, `--no-compile`: compiled and
+512-token vocabulary (conftest.small_model), one optimizer step (`--iters 1`, `--no-compile`: compiled and
 plain steps agree for every loss in tests/test_methods.py), 4 short pairs, no held-out sampling, one reference
 cache for the module, and two runs at a time (the `runs` fixture starts the selected cells' processes ahead).
 """
@@ -25,8 +25,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from chat_tokenizers import VOCAB_SIZE, make_chat_tokenizer
-from family_models import make_family_folder
 from helpers import read_metrics, run_console, user, write_jsonl
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.settings import LOSS_TYPES
@@ -66,13 +64,10 @@ def expected_metrics(loss: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> SimpleNamespace:
-    """A tiny model with a small vocabulary, 4 pairs, 4 unpaired KTO rows, a prompt file and a judge, and a
-    workspace template holding the pairs and 2 answers marked good and bad (a KTO round trains them too)."""
+def files(tmp_path_factory, small_model) -> SimpleNamespace:
+    """The small model, 4 pairs, 4 unpaired KTO rows, a prompt file and a judge, and a workspace template holding
+    the pairs and 2 answers marked good and bad (a KTO round trains them too)."""
     root = tmp_path_factory.mktemp("matrix")
-    tokenizer = make_chat_tokenizer("qwen2", root / "tokenizer")
-    eos = json.loads((tokenizer / "config.json").read_text())["eos_token_id"]
-    model = make_family_folder("qwen2", root / "model", tokenizer, seed=24, vocab_size=VOCAB_SIZE, eos_token_id=eos)
     rows = [{"prompt": f"Name a colour, {i}.", "chosen": f"Blue {i}.", "rejected": f"No {i}."} for i in range(4)]
     pairs = write_jsonl(root / "pairs.jsonl", *rows)
     unpaired = write_jsonl(root / "unpaired.jsonl", *(
@@ -88,7 +83,7 @@ def files(tmp_path_factory) -> SimpleNamespace:
             store.add_pair(row["prompt"], row["chosen"], row["rejected"])
         store.add_feedback([user("Say yes.")], "Yes.", True)
         store.add_feedback([user("Say no.")], "Maybe.", False)
-    return SimpleNamespace(root=root, model=str(model), data={"pairs": pairs, "unpaired": unpaired}, prompts=prompts,
+    return SimpleNamespace(root=root, model=str(small_model), data={"pairs": pairs, "unpaired": unpaired}, prompts=prompts,
                            judge=judge, template=template)
 
 

@@ -43,6 +43,8 @@ from mlx_dpo.models.load import LoadedModel, load_model, switch_adapter
 from mlx_dpo.options import build, flatten, resolve, settings_of
 from mlx_dpo.settings import TRAIN_GROUPS, LoraSettings, RoundSettings, RunOptions, TrainingArgs
 from mlx_dpo.training import heldout, run
+from mlx_dpo.training.pause import pause_at
+from mlx_dpo.training.versions import claim_version
 from mlx_dpo.training.trainer import total_steps
 
 if TYPE_CHECKING:  # the judge interface (mlx_dpo.online.judges)
@@ -151,6 +153,7 @@ def _base_model(loaded: LoadedModel | None, model: str | None, emit: Callable[[E
 def _measure(workspace: str | Path, version: int, loaded: LoadedModel, held: heldout.HeldoutSet,
              adapter_dir: Path, latest, emit: Callable[[Event], None]) -> dict:
     """A finished round's held-out numbers, added to its record; a failed measurement is noted, not raised."""
+    pause_at("heldout")  # a test hook (pause.py)
     previous = (latest.label, latest.adapter_path) if latest else None
     try:
         found = heldout.measure_version(loaded, held, f"v{version}", adapter_dir, previous, emit)
@@ -186,13 +189,19 @@ def run_round(
     options, recorded_settings = round_options(settings)
     round_settings = build(RoundSettings, recorded_settings)
     with PreferenceStore(workspace) as store:
-        version = next_version(store, workspace)
-        # A KTO round also trains the answers marked good or bad (feedback_records.py), alongside the pairs.
-        feedback = store.untrained_feedback() if recorded_settings["loss_type"] == "kto" else []
-        new, replayed = plan_round(store, recorded_settings["replay"], recorded_settings["seed"], version,
-                                   has_feedback=bool(feedback))
-        latest = store.latest_finished_round()
-        valid_pairs = store.training_pairs("valid")
+        # Its folder made and locked (a round a killed process left unrecorded is recorded first: versions.py).
+        claim = claim_version(store, adapters_root(workspace), lambda: next_version(store, workspace))
+        version = claim.version
+        try:
+            # A KTO round also trains the answers marked good or bad (feedback_records.py), alongside the pairs.
+            feedback = store.untrained_feedback() if recorded_settings["loss_type"] == "kto" else []
+            new, replayed = plan_round(store, recorded_settings["replay"], recorded_settings["seed"], version,
+                                       has_feedback=bool(feedback))
+            latest = store.latest_finished_round()
+            valid_pairs = store.training_pairs("valid")
+        except BaseException:  # nothing to train (or no store to read): no round, so no folder either
+            claim.abandon()
+            raise
     init_adapter = latest.adapter_path if latest else None
     adapter_dir = adapters_root(workspace) / f"v{version}"
     pairs = [p.to_preference_pair() for p in new + replayed] + [f.to_feedback() for f in feedback]
@@ -219,6 +228,7 @@ def run_round(
     with PreferenceStore(workspace) as store:
         store.record_round(version, adapter_dir, recorded_settings, metrics, status, pair_ids)
         store.record_round_feedback(version, [f.id for f in feedback])
+    claim.release()
     held = heldout_set(workspace, round_settings, valid_pairs=valid_pairs, eval_prompts=eval_prompts, judge=judge,
                        sample_settings=sample_settings, beta=recorded_settings["beta"],
                        batch_size=recorded_settings["batch_size"])
