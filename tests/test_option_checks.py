@@ -209,8 +209,8 @@ def test_a_config_file_that_cannot_be_read_or_parsed_is_refused_naming_it(capsys
 def test_a_bad_value_in_a_config_file_names_the_file_and_the_key(capsys, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("data: x.jsonl\nbatch-size: 0\n")
-    # The key may be spelled as the flag; the message names the setting by its flag either way.
-    assert _error(capsys, "train", "--config", str(config)) == "--batch-size must be at least 1 (got 0)"
+    # The key may be spelled as the flag; the message names the setting by its flag either way, after the file.
+    assert _error(capsys, "train", "--config", str(config)) == f"{config}: --batch-size must be at least 1 (got 0)"
 
 
 # --- the real script ----------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mlx_dpo.data.pairs import (PreferencePair, RowError, check_pair, invalid_rows_error, parse_completion,
-                                parse_prompt, read_text)
+                                parse_json_line, parse_prompt, read_text)
 from mlx_dpo.errors import MlxDpoError
 
 MISSING = object()
@@ -96,10 +96,8 @@ def load_feedback(path: str | Path, *, skip_invalid: bool = False) -> tuple[list
     for line_no, line in enumerate(read_text(Path(path)).split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            found, problems = _parse(json.loads(line))
-        except json.JSONDecodeError as e:
-            found, problems = [], [(None, f"not valid JSON: {e.msg} (column {e.colno})")]
+        obj, bad = parse_json_line(line)
+        found, problems = ([], [(None, bad)]) if bad else _parse(obj)
         if problems:
             skipped += 1
             errors.extend(RowError(name, line_no, fld, msg) for fld, msg in problems)

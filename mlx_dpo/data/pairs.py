@@ -242,11 +242,20 @@ def read_text(path: Path) -> str:
         raise MlxDpoError(f"{path}:{line}: not valid UTF-8 ({bad}); save the file as UTF-8") from None
 
 
-def _parse_line(line: str) -> tuple[_Row | None, list[Problem]]:
+def parse_json_line(line: str) -> tuple[Any, str | None]:
+    """A JSONL line's value, or (None, what is wrong with it): the one JSON reading of every JSONL reader."""
     try:
-        obj = json.loads(line)
+        return json.loads(line), None
     except json.JSONDecodeError as e:
-        return None, [(None, f"not valid JSON: {e.msg} (column {e.colno})")]
+        return None, f"not valid JSON: {e.msg} (column {e.colno})"
+    except RecursionError:  # "[[[[..." thousands deep: Python's parser gives up, and no row needs it
+        return None, "not valid JSON here: nested too deeply"
+
+
+def _parse_line(line: str) -> tuple[_Row | None, list[Problem]]:
+    obj, bad = parse_json_line(line)
+    if bad:
+        return None, [(None, bad)]
     if not isinstance(obj, dict):
         return None, [(None, f"expected a JSON object, got {_json_type(obj)}")]
 
@@ -264,6 +273,9 @@ def _parse_id(value: Any, problems: list[Problem]) -> str | None:
         return None
     if isinstance(value, str) and not value.strip():
         problems.append(("id", "is empty"))
+        return None
+    if isinstance(value, str) and not _encodable(value):
+        problems.append(("id", _SURROGATE))
         return None
     return str(value)
 
@@ -333,10 +345,26 @@ def _parse_messages(
 
 
 def _non_blank(text: str, name: str, problems: list[Problem]) -> bool:
-    if text.strip():
-        return True
-    problems.append((name, "is empty"))
-    return False
+    """Text with something in it, that UTF-8 can carry (the store, the tokenizer, a file written back)."""
+    if not text.strip():
+        problems.append((name, "is empty"))
+        return False
+    if not _encodable(text):
+        problems.append((name, _SURROGATE))
+        return False
+    return True
+
+
+# JSON may escape half of a UTF-16 pair ("\ud800") where no text can hold it; a file saved in a broken encoding.
+_SURROGATE = "holds a lone surrogate escape (\\ud800-\\udfff), which is not text; fix the file's encoding"
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _duplicate_problem(row_id: str, explicit: bool, first_line: int, first_explicit: bool) -> Problem:
