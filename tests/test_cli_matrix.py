@@ -83,8 +83,8 @@ def files(tmp_path_factory, small_model) -> SimpleNamespace:
             store.add_pair(row["prompt"], row["chosen"], row["rejected"])
         store.add_feedback([user("Say yes.")], "Yes.", True)
         store.add_feedback([user("Say no.")], "Maybe.", False)
-    return SimpleNamespace(root=root, model=str(small_model), data={"pairs": pairs, "unpaired": unpaired}, prompts=prompts,
-                           judge=judge, template=template)
+    return SimpleNamespace(root=root, model=str(small_model), data={"pairs": pairs, "unpaired": unpaired},
+                           prompts=prompts, judge=judge, template=template)
 
 
 def command_args(files, command: str, name: str, loss: str, data: str) -> list[str]:

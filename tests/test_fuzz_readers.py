@@ -73,7 +73,8 @@ def lines_of(draw, rows: st.SearchStrategy) -> bytes:
             line = line[: draw(st.integers(0, len(line)))]
         elif how == "deep":
             depth = draw(st.sampled_from([50, 5000]))
-            line = "[" * depth + "]" * depth if draw(st.booleans()) else '{"prompt": ' + "[" * depth + '"x"' + "]" * depth
+            inner = "[" * depth + '"x"' + "]" * depth
+            line = inner if draw(st.booleans()) else '{"prompt": ' + inner + "}"
         elif how == "blank":
             line = draw(st.sampled_from(["", "   ", "\r"]))
         lines.append(line.encode("utf-8", "surrogatepass"))
