@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from mlx_dpo.data.jsonl import parse_json_line
 from mlx_dpo.data.pairs import (PreferencePair, RowError, check_pair, invalid_rows_error, parse_completion,
-                                parse_json_line, parse_prompt, read_text)
+                                parse_prompt, read_text)
 from mlx_dpo.errors import MlxDpoError
 
 MISSING = object()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, NamedTuple
 
 from mlx_dpo.atomic import atomic_file
+from mlx_dpo.data.jsonl import SURROGATE, encodable, parse_json_line
 from mlx_dpo.errors import MlxDpoError
 
 DEMO_PAIRS_PATH = Path(__file__).with_name("datasets") / "demo_pairs.jsonl"
@@ -242,16 +243,6 @@ def read_text(path: Path) -> str:
         raise MlxDpoError(f"{path}:{line}: not valid UTF-8 ({bad}); save the file as UTF-8") from None
 
 
-def parse_json_line(line: str) -> tuple[Any, str | None]:
-    """A JSONL line's value, or (None, what is wrong with it): the one JSON reading of every JSONL reader."""
-    try:
-        return json.loads(line), None
-    except json.JSONDecodeError as e:
-        return None, f"not valid JSON: {e.msg} (column {e.colno})"
-    except RecursionError:  # "[[[[..." thousands deep: Python's parser gives up, and no row needs it
-        return None, "not valid JSON here: nested too deeply"
-
-
 def _parse_line(line: str) -> tuple[_Row | None, list[Problem]]:
     obj, bad = parse_json_line(line)
     if bad:
@@ -274,8 +265,8 @@ def _parse_id(value: Any, problems: list[Problem]) -> str | None:
     if isinstance(value, str) and not value.strip():
         problems.append(("id", "is empty"))
         return None
-    if isinstance(value, str) and not _encodable(value):
-        problems.append(("id", _SURROGATE))
+    if isinstance(value, str) and not encodable(value):
+        problems.append(("id", SURROGATE))
         return None
     return str(value)
 
@@ -349,20 +340,8 @@ def _non_blank(text: str, name: str, problems: list[Problem]) -> bool:
     if not text.strip():
         problems.append((name, "is empty"))
         return False
-    if not _encodable(text):
-        problems.append((name, _SURROGATE))
-        return False
-    return True
-
-
-# JSON may escape half of a UTF-16 pair ("\ud800") where no text can hold it; a file saved in a broken encoding.
-_SURROGATE = "holds a lone surrogate escape (\\ud800-\\udfff), which is not text; fix the file's encoding"
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    if not encodable(text):
+        problems.append((name, SURROGATE))
         return False
     return True
 
