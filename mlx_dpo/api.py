@@ -27,5 +27,8 @@ def run_online(workspace: str | Path, prompts: str | Path, judge: str, *, rubric
                **options: Any) -> list[RoundReport]:
     """Online rounds on `prompts` judged by `judge` (a SPEC: "file.py:NAME", "module:NAME", "llm:MODEL"):
     see mlx_dpo.online.loop.run_online for `options` (model, online, eval_prompts, sample_settings, settings,
-    on_event, on_round). A restart goes on where the last run on this workspace and file stopped."""
-    return _run_online(workspace, prompts, judges.load_judge(judge, rubric=rubric), **options)
+    on_event, on_round). A restart goes on where the last run on this workspace and file stopped. A score judge
+    takes its missing-end penalty from `online` (OnlineSettings.missing_end_penalty)."""
+    penalty = options["online"].missing_end_penalty if options.get("online") is not None else None
+    return _run_online(workspace, prompts, judges.load_judge(judge, rubric=rubric, missing_end_penalty=penalty),
+                       **options)

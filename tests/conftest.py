@@ -11,6 +11,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # workers never convert the default model into one folder at once.
 if os.environ.get("PYTEST_XDIST_WORKER") or "MLX_DPO_HOME" not in os.environ:
     os.environ["MLX_DPO_HOME"] = tempfile.mkdtemp(prefix="mlx-dpo-test-home-")
+# trackio (--report-to trackio) keeps its store beside them, and never logs to a Space or a server from a test.
+os.environ["TRACKIO_DIR"] = os.path.join(os.environ["MLX_DPO_HOME"], "trackio")
+for _name in ("TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL", "TRACKIO_BUCKET_ID", "TRACKIO_DATASET_ID"):
+    os.environ.pop(_name, None)
 
 import mlx_dpo  # noqa: E402,F401  # before mlx: picks the BLAS
 import pytest  # noqa: E402

@@ -31,8 +31,10 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 
 # Top-level names a function in mlx_dpo/ may import lazily: optional or heavy, and not needed by most
-# commands (mlx_lm pulls in transformers; yaml, tomllib and tokenizers serve one file format each).
-LAZY_IMPORTS_ALLOWED = frozenset({"mlx_lm", "huggingface_hub", "gguf", "tokenizers", "yaml", "tomllib"})
+# commands (mlx_lm pulls in transformers; yaml, tomllib and tokenizers serve one file format each; pyarrow
+# (Parquet) and trackio are optional extras).
+LAZY_IMPORTS_ALLOWED = frozenset({"mlx_lm", "huggingface_hub", "gguf", "tokenizers", "yaml", "tomllib", "pyarrow",
+                                  "trackio"})
 # ... and per file, on top of those: `mlx-dpo tui` is the one place the library starts the app.
 # blas.py chooses which BLAS MLX binds to, so it must run before anything imports mlx.
 # The CLI's command modules build their parsers from light modules only and load the library's heavy

@@ -8,7 +8,7 @@ import pytest
 
 from mlx_dpo.settings import LOSS_TYPES, TrainingArgs
 from mlx_dpo.training.losses import (combined_loss, f_scores, implicit_rewards, kto_loss, kto_reference_point,
-                                     orpo_log_odds, preference_loss, rpo_nll, simpo_rewards)
+                                     orpo_log_odds, preference_loss, rpo_nll, simpo_rewards, wpo_weights)
 
 PAIR_LOSSES = [t for t in LOSS_TYPES if t != "kto"]
 
@@ -222,6 +222,14 @@ def test_alpha_divergence_at_alpha_one_is_reverse_kl():
                  [softplus(-0.3), softplus(0.3)])
 
 
+def test_wpo_weights_are_the_mean_per_token_log_ratio_to_sum_p_squared_of_both_answers_multiplied():
+    # Rows: chosen of pair 0, rejected of pair 0 (0 at padding). Chosen: ((−1+3) + (−2+3))/2 = 1.5; rejected:
+    # (−0.5+1)/1 = 0.5; the pair's weight is e^1.5 · e^0.5 = e².
+    tokens = mx.array([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]])
+    log_sum_sq = mx.array([[-3.0, -3.0, 0.0], [-1.0, 0.0, 0.0]])
+    assert close(wpo_weights(tokens, log_sum_sq, mx.array([2.0, 1.0])), [math.exp(2.0)])
+
+
 def test_combined_losses_are_the_weighted_sum_of_their_parts():
     arrays = [mx.array(v) for v in (PI_C, PI_R, REF_C, REF_R)]
     options = dict(beta=BETA, **lengths())
@@ -395,7 +403,6 @@ def test_exo_pair_needs_label_smoothing():
     (dict(loss_type="kto,sigmoid"), "they each train alone"),
     (dict(loss_type="sigmoid,dpo"), "unknown loss_type 'dpo'"),
     (dict(loss_type="aot", use_weighting=True), "does not apply to --loss aot"),
-    (dict(use_weighting=True), "not available yet"),
     (dict(ld_alpha=1.5), r"must be in \[0, 1\]"),
     (dict(loss_type="kto", ld_alpha=0.5), "does not apply to kto"),
     (dict(f_divergence_type="kl"), "unknown f_divergence_type 'kl'"),

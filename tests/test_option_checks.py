@@ -28,6 +28,7 @@ LOSSES = ", ".join(LOSS_TYPES)
 CHECKS: dict[str, tuple[list[tuple[list[str], str]], list[str] | None]] = {
     "--max-length": ([(["0"], "--max-length must be at least 1 (got 0)")], ["1"]),
     "--max-prompt-length": ([(["-1"], "--max-prompt-length must be at least 0 (got -1)")], ["0"]),
+    "--report-to": ([(["wandb"], "--report-to wandb: unknown tracker (choose from none, trackio)")], ["trackio"]),
     "--iters": ([(["0"], "--iters must be at least 1 (got 0)")], ["1"]),
     "--epochs": ([(["0"], "--epochs must be > 0 (got 0.0)"), (["-1"], "--epochs must be > 0 (got -1.0)")], ["0.01"]),
     "--batch-size": ([(["0"], "--batch-size must be at least 1 (got 0)")], ["1"]),
@@ -63,10 +64,8 @@ CHECKS: dict[str, tuple[list[tuple[list[str], str]], list[str] | None]] = {
                               "as in TRL (got forward_kl)")], ["js_divergence"]),
     "--ld-alpha": ([(["2"], "--ld-alpha must be in [0, 1] (got 2.0)"), (["-0.1"], "--ld-alpha must be in [0, 1] (got -0.1)")],
                    ["1"]),
-    # No value passes yet: WPO is refused rather than ignored until its weights are computed.
-    "--use-weighting": ([([], "--use-weighting (WPO) is not available yet in mlx-dpo (got True)"),
-                         (["--loss", "aot"], "--use-weighting (WPO) does not apply to --loss aot, aot_unpaired (they "
-                                             "sort the batch), orpo or kto (got True)")], None),
+    "--use-weighting": ([(["--loss", "aot"], "--use-weighting (WPO) does not apply to --loss aot, aot_unpaired (they "
+                                             "sort the batch), orpo or kto (got True)")], ["--loss", "sigmoid,sft"]),
     "--discopop-tau": ([(["0"], "--discopop-tau must be > 0 (got 0.0)")], ["0.01"]),
     "--desirable-weight": ([(["0"], "--desirable-weight must be > 0 (got 0.0)")], ["0.5"]),
     "--undesirable-weight": ([(["0"], "--undesirable-weight must be > 0 (got 0.0)")], ["0.5"]),
@@ -93,6 +92,9 @@ CHECKS: dict[str, tuple[list[tuple[list[str], str]], list[str] | None]] = {
                           ["0", "--incremental"]),
     "--heldout-prompts": ([(["0", "--incremental"], "--heldout-prompts must be at least 1 (got 0)")],
                           ["1", "--incremental"]),
+    "--accept": ([(["sometimes", "--incremental"],
+                   "--accept sometimes: unknown accept rule (choose from always, kl, better)")], ["kl", "--incremental"]),
+    "--kl-budget": ([(["0", "--incremental"], "--kl-budget must be > 0 (got 0.0)")], ["0.01", "--incremental"]),
 }
 BAD_CASES = [pytest.param(flag, argv, message, id=f"{flag}={' '.join(argv)}".rstrip("="))
              for flag, (cases, _) in CHECKS.items() for argv, message in cases]

@@ -47,7 +47,8 @@ def test_greedy_batched_answers_equal_single_prompt_answers_on_the_default_model
     # together and one at a time (mlx-lm's stream_generate, the app's path).
     batched, single = batching_probe(default_model, max_tokens=5)
     assert batched == single
-    texts = [decode_answer(default_model.tokenizer, ids) for ids in batched]
+    assert [finished for _ids, finished in batched] == [False, False]  # cut at 5 tokens: neither finished
+    texts = [decode_answer(default_model.tokenizer, ids) for ids, _finished in batched]
     assert all(any(ch.isalpha() for ch in text) for text in texts), texts  # words, not padding garbage
 
 

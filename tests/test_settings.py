@@ -40,10 +40,11 @@ BAD_VALUES = {
     "--max-prompt-length": ["-1"], "--replay": ["-0.5", "--incremental"], "--passes": ["0", "--incremental"],
     "--min-steps": ["0", "--incremental"], "--max-steps": ["0", "--incremental"],
     "--reference": ["latest", "--incremental"], "--heldout-samples": ["-1", "--incremental"],
-    "--heldout-prompts": ["0", "--incremental"],
+    "--heldout-prompts": ["0", "--incremental"], "--accept": ["sometimes", "--incremental"],
+    "--kl-budget": ["0", "--incremental"],
     "--loss-weights": ["1,x"], "--f-divergence-type": ["kl"], "--ld-alpha": ["2"],
     "--use-weighting": ["--loss", "aot"], "--discopop-tau": ["0"], "--desirable-weight": ["0"],
-    "--undesirable-weight": ["0"],
+    "--undesirable-weight": ["0"], "--report-to": ["wandb"],
 }
 
 

@@ -18,13 +18,13 @@ from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.options import Setting, SettingError, add_flags, check, given_flags, resolve, settings_of
 from mlx_dpo.progress import ProgressPrinter
-from mlx_dpo.settings import EVAL_LOSS_SETTINGS, TRAIN_GROUPS, RoundSettings
+from mlx_dpo.settings import EVAL_LOSS_SETTINGS, TRAIN_GROUPS, RoundSettings, round_settings_table
 
 # What a config file may hold besides the settings: the run's pairs, model and folder.
 COMMAND_KEYS = ("data", "model", "adapter_path", "resume")
 # The settings `mlx-dpo eval` shares with `train`.
 EVAL_SETTINGS = ("beta", "loss_type", "batch_size", "max_length", "skip_invalid", "full_logits", "shared_prompt",
-                 *EVAL_LOSS_SETTINGS)
+                 "data_config", *EVAL_LOSS_SETTINGS)
 
 
 def _read_config_file(path: str) -> dict:
@@ -53,7 +53,7 @@ def _read_config_file(path: str) -> dict:
 
 def _train_settings(incremental: bool) -> Mapping[str, Setting]:
     if incremental:  # a round writes its own metrics into its own folder
-        return {n: s for n, s in settings_of(*TRAIN_GROUPS, RoundSettings).items() if n != "metrics_file"}
+        return {n: s for n, s in round_settings_table(*TRAIN_GROUPS, RoundSettings).items() if n != "metrics_file"}
     return settings_of(*TRAIN_GROUPS)
 
 
@@ -132,7 +132,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a DPO LoRA adapter on preference pairs")
-    p.add_argument("--data", help="training pairs (JSON Lines, TRL standard or conversational format)")
+    p.add_argument("--data", help="training pairs in a TRL preference format: a JSONL or Parquet file, a dataset "
+                   "folder, or a Hugging Face dataset owner/name[:split] (default split: train)")
     add_model_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --adapter-path from its last checkpoint")
     p.add_argument("--config", help="YAML or TOML file with the same options")
@@ -144,7 +145,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="preference accuracy and reward margin of a model/adapter on pairs")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="pairs: a JSONL or Parquet file, a dataset folder, or a Hugging "
+                   "Face dataset owner/name[:split] (default split: test)")
     add_model_args(p)
     add_flags(p, _eval_settings().values())
     p.add_argument("--per-example", metavar="OUT.jsonl", help="write per-pair log-probs here")

@@ -1,7 +1,6 @@
 """Preference data: the rules a pair must meet, reading and writing JSONL, and the workspace's SQLite store.
 
   pairs.py          the pair rules (`check_pair`, the one place they are stated), JSONL read/write
-  jsonl.py          one line of a user's JSONL file: its JSON, and text UTF-8 can carry
   store.py          PreferenceStore: pairs, ties/skips, sampled candidates, undo, import/export, stats
   round_records.py  training-round records (RoundRecord) and which pairs a finished round has trained
   records.py        the frozen records the store returns, and the values its columns may hold

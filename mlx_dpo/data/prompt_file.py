@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlx_dpo.data.jsonl import parse_json_line
-from mlx_dpo.data.pairs import checked_prompt, read_text
+from mlx_dpo.data.pairs import checked_prompt
+from mlx_dpo.data.rows import parse_json_line, read_text
 from mlx_dpo.errors import MlxDpoError
 
 MAX_LISTED_ERRORS = 5

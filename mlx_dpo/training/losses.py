@@ -18,7 +18,7 @@ import mlx.core as mx
 from mlx_dpo.settings import LOSS_TYPES, REFERENCE_FREE, check_loss_settings
 
 __all__ = ["LOSS_TYPES", "combined_loss", "f_scores", "implicit_rewards", "kto_loss", "log1mexp", "log_sigmoid",
-           "orpo_log_odds", "orpo_loss", "preference_loss", "rpo_nll", "sft_nll", "simpo_rewards"]
+           "orpo_log_odds", "orpo_loss", "preference_loss", "rpo_nll", "sft_nll", "simpo_rewards", "wpo_weights"]
 
 _NEEDS_LENGTHS = ("ipo", "simpo", "sigmoid_norm", "sft", "orpo")
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
@@ -57,6 +57,18 @@ def rpo_nll(chosen_logps: mx.array, chosen_lengths: mx.array) -> mx.array:
 def sft_nll(chosen_logps: mx.array, chosen_lengths: mx.array) -> mx.array:
     """The batch's token-mean cross-entropy on the chosen completions, −Σπ_c/ΣL_c, repeated per pair (TRL's sft)."""
     return mx.broadcast_to(-chosen_logps.sum() / chosen_lengths.sum(), chosen_logps.shape)
+
+
+def wpo_weights(token_logps: mx.array, log_sum_sq: mx.array, lengths: mx.array) -> mx.array:
+    """WPO's pair weights (TRL's use_weighting, eq. 2 of the WPO paper), without gradient:
+      w(y) = exp(mean over y's tokens of (log p_t − log Σ_v p_v²)),  weight of a pair = w(chosen)·w(rejected)
+    Dividing by Σ_v p_v² (the probability two samples of that position agree) measures each token against the
+    policy's own confidence there, so a pair the policy would itself write weighs near 1. Inputs are (2B, C)
+    per-token values, 0 at padding (chosen rows, then rejected rows) and (2B,) token counts; returns (B,).
+    """
+    per_answer = mx.exp(mx.stop_gradient((token_logps - log_sum_sq).sum(axis=-1) / mx.maximum(lengths, 1)))
+    n = per_answer.shape[0] // 2
+    return per_answer[:n] * per_answer[n:]
 
 
 def f_scores(log_ratio: mx.array, f_divergence_type: str, alpha: float = 0.5) -> mx.array:

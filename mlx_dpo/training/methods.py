@@ -68,7 +68,9 @@ def method_losses(args: TrainingArgs, logps: PairLogps, ref_chosen: mx.array, re
         f_divergence_type=args.f_divergence_type, f_alpha_divergence_coef=args.f_alpha_divergence_coef,
         discopop_tau=args.discopop_tau)
     if args.rpo_alpha:
-        losses = losses + args.rpo_alpha * rpo_nll(logps.chosen, logps.chosen_lengths)
+        # Weighted as every other term (WPO): RPO is TRL 1.x's sigmoid + sft, whose sft term carries the weights too.
+        nll = rpo_nll(logps.chosen, logps.chosen_lengths)
+        losses = losses + args.rpo_alpha * (nll if pair_weights is None else nll * pair_weights)
     metrics = pair_metrics(args, logps, ref_chosen, ref_rejected)
     if args.losses == ("orpo",):
         log_odds = orpo_log_odds(logps.chosen, logps.rejected, logps.chosen_lengths, logps.rejected_lengths)

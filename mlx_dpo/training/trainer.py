@@ -68,8 +68,9 @@ def make_optimizer(args: TrainingArgs, steps: int) -> optim.Optimizer:
 
 def batch_loss(model: nn.Module, args: TrainingArgs, batch: DpoBatch) -> tuple[mx.array, dict[str, mx.array]]:
     """Mean loss over a batch and the per-example metrics (methods.py): pure array code, compilable."""
-    logps = pair_logps(model, batch.tokens, full_logits=args.full_logits, per_token=args.ld_alpha is not None)
-    losses, metrics = method_losses(args, logps, batch.ref_chosen, batch.ref_rejected, batch.desirable)
+    logps = pair_logps(model, batch.tokens, full_logits=args.full_logits, per_token=args.ld_alpha is not None,
+                       weighting=args.use_weighting)
+    losses, metrics = method_losses(args, logps, batch.ref_chosen, batch.ref_rejected, batch.desirable, logps.weights)
     metrics["loss"] = losses
     return losses.mean(), metrics
 

@@ -6,8 +6,10 @@ When a round finishes, the app switches the sampling model to the new version.
 
 The versions table answers "did it get better?": beside each round's training numbers, its held-out
 numbers as the round measured them (`HELDOUT`: preference accuracy on validation pairs, KL to the base in
-nats per answer, a judge's mean score and win rates), "–" where a round could not measure one; the base
-row shows the base's own held-out numbers.
+nats per answer, a judge's mean score and win rates, the share of repeated 3-grams and of answers cut at max
+tokens), "–" where a round could not measure one; the base row shows the base's own held-out numbers. Then
+whether the round was kept and why (mlx_dpo.training.acceptance): a rejected round is not sampled from or built
+on, and `k` keeps the selected one anyway (a person's word over the rule's, recorded as such).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Sparkline, Static
 
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.options import SettingError, check, settings_of, shown
-from mlx_dpo.settings import TRAIN_GROUPS, RoundSettings
+from mlx_dpo.options import SettingError, check, shown
+from mlx_dpo.settings import TRAIN_GROUPS, RoundSettings, round_settings_table
 from tui.messages import WorkerEvent
 from tui.workers import TrainingProcess
 from tui.widgets import ModeBar, ScreenButton, StatusLine
@@ -42,7 +44,7 @@ _OFFERED = (
     ("train-layers", "lora_num_layers", "LoRA layers", None),
     ("train-replay", "replay", "replay share", None),
 )
-ROUND_SETTINGS = settings_of(*TRAIN_GROUPS, RoundSettings)
+ROUND_SETTINGS = round_settings_table(*TRAIN_GROUPS, RoundSettings)  # a round's defaults (rpo_alpha...)
 
 
 def _start_text(name: str, text: str | None) -> str:
@@ -59,9 +61,11 @@ FIELDS = tuple((input_id, label, name, ROUND_SETTINGS[name].parse, _start_text(n
 
 # The versions table's held-out columns: (title, metrics key, digits). The base's are "heldout_base/...".
 HELDOUT = (("acc*", "heldout/accuracy", 2), ("KL*", "heldout/kl", 3), ("score*", "heldout/score", 3),
-           ("win prev*", "heldout/win_vs_previous", 2), ("win base*", "heldout/win_vs_base", 2))
+           ("win prev*", "heldout/win_vs_previous", 2), ("win base*", "heldout/win_vs_base", 2),
+           ("rep*", "heldout/repetition", 2), ("cut*", "heldout/unfinished", 2))
 VERSION_COLUMNS = ("version", "status", "pairs", "new", "loss", "accuracy", "margin", "ref hit/miss",
-                   *(title for title, _key, _digits in HELDOUT))
+                   *(title for title, _key, _digits in HELDOUT), "kept", "why")
+KEPT = {"accepted": "✓ yes", "rejected": "✗ no", "pending": "… unchecked", None: "✓ yes"}  # None: before the rule
 
 
 class TrainScreen(Screen):
@@ -70,6 +74,7 @@ class TrainScreen(Screen):
         Binding("c", "cancel", "Cancel", tooltip="Cancel the running round (keeps its last checkpoint)"),
         Binding("v", "use_version", "Use version", tooltip="Sample from the selected version"),
         Binding("b", "use_base", "Use base", tooltip="Sample from the base model (no adapter)"),
+        Binding("k", "keep_version", "Keep", tooltip="Keep the selected rejected version (accept it by hand)"),
         Binding("escape", "leave_editor", "Leave editor", show=False),
     ]
 
@@ -105,7 +110,8 @@ class TrainScreen(Screen):
                     yield Sparkline([], id=f"plot-{_slug(key)}")
         table = DataTable(id="versions", cursor_type="row")
         table.border_title = "versions"
-        table.border_subtitle = "* held out: accuracy on valid pairs, KL to the base, judge score and win rates"
+        table.border_subtitle = ("* held out: accuracy on valid pairs, KL to the base, judge score and win rates, "
+                                 "repeated 3-grams, answers cut at max tokens")
         yield table
         yield Footer()
 
@@ -160,13 +166,14 @@ class TrainScreen(Screen):
         row = table.cursor_row
         table.clear()
         base = next((r.metrics for r in reversed(rounds) if any(k.startswith("heldout_base/") for k in r.metrics)), {})
-        table.add_row("base", "", "", "", "", "", "", "", *_heldout(base, "heldout_base/"), key="base")
+        table.add_row("base", "", "", "", "", "", "", "", *_heldout(base, "heldout_base/"), "", "", key="base")
         for r in rounds:
             m = r.metrics
             refs = f"{m['ref_cache/hits']}/{m['ref_cache/misses']}" if "ref_cache/hits" in m else ""
             table.add_row(r.label, r.status, str(len(r.pair_ids)), str(m.get("new_pairs", "")),
                           _fmt(m.get("loss")), _fmt(m.get("rewards/accuracies")), _fmt(m.get("rewards/margins")),
-                          refs, *_heldout(m), key=str(r.version))
+                          refs, *_heldout(m), KEPT.get(r.decision, "") if r.status == "finished" else "",
+                          r.reason or "", key=str(r.version))
         table.move_cursor(row=row if 0 < row <= len(rounds) else len(rounds))
 
     # --- actions ---
@@ -227,6 +234,28 @@ class TrainScreen(Screen):
         self.app.switch_adapter(round_.adapter_path, round_.label)
         self.refresh_rounds()
 
+    def action_keep_version(self) -> None:
+        """Keep the selected version although its round's check rejected it: later rounds build on it."""
+        round_ = self._selected_round()
+        if round_ is None or round_.status != "finished" or round_.kept:
+            self.app.notify_warning("Select a rejected (or unchecked) version to keep it.")
+            return
+        try:
+            self.app.store.decide_round(round_.version, True,
+                                        f"kept by a person (the rule said: {round_.reason or 'nothing'})")
+        except MlxDpoError as e:
+            self.app.notify_error(str(e), title="Not kept")
+            return
+        self._status(f"{round_.label} kept: later rounds build on it; v to sample from it", "saved")
+        self.refresh_rounds()
+
+    def _selected_round(self):
+        table = self.query_one("#versions", DataTable)
+        if table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        return next((r for r in self.rounds if str(r.version) == key), None)
+
     def action_use_base(self) -> None:
         self.app.switch_adapter(None, "base")
         self.refresh_rounds()
@@ -269,6 +298,11 @@ class TrainScreen(Screen):
         if data["type"] == "RoundFailed":
             self._status(f"failed: {data['error']}", "error")
             self.app.notify_error(data["error"], title="Training failed")
+        elif data["status"] == "finished" and data.get("decision") == "rejected":
+            version = f"v{data['version']}"
+            self._status(f"round {version} rejected ({data.get('reason')}) · still sampling from "
+                         f"{self.app.current_version_label()} · k keeps it anyway", "warning")
+            self.app.notify_warning(f"{version} not kept: {data.get('reason')}", title="Rejected")
         elif data["status"] == "finished":
             version = f"v{data['version']}"
             self._status(f"round {version} finished · sampling from {version} now", "saved")

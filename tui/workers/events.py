@@ -51,6 +51,7 @@ class AnswerDone:
     request_id: int
     slot: int
     text: str  # the whole answer
+    finished: bool = True  # False: cut at max tokens (the model did not end it)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from mlx_dpo.errors import MlxDpoError  # no mlx import: safe on the UI thread
+from mlx_dpo.data.answers import Answer, is_finished  # no mlx import: safe on the UI thread
+from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.names import display_name, is_default
 from mlx_dpo.settings import SampleSettings  # the library's sampler settings (no mlx), re-exported for the app
 from tui.workers.events import (
@@ -277,13 +278,14 @@ class ModelWorker:
                 text = self._stream_slot(loaded, request, slot, slot_seed)
                 if text is None:
                     return
-                self._report(AnswerDone(request.id, slot, text))
+                self._report(AnswerDone(request.id, slot, text, is_finished(text)))
         finally:
             if request.adapters is not None:  # back to the version the app has chosen
                 self._put_on(loaded, self.adapter_path)
 
     def _stream_slot(self, model, request: _Request, slot: int, seed: int) -> str | None:
-        """Stream one answer as AnswerChunk events (batched every CHUNK_INTERVAL); None once superseded."""
+        """Stream one answer as AnswerChunk events (batched every CHUNK_INTERVAL); None once superseded. The
+        answer is an Answer: unfinished when the stream says it stopped at max tokens."""
         text, pending, last = "", "", time.monotonic()
         pieces = self._stream(model, request, seed)
         try:
@@ -304,4 +306,4 @@ class ModelWorker:
             return None
         if pending:
             self._report(AnswerChunk(request.id, slot, pending))
-        return text
+        return Answer(text, getattr(pieces, "finished", True))

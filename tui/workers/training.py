@@ -65,7 +65,8 @@ def _child(workspace: str, model: str | None, settings: dict, events, cancel) ->
         events.put({"type": "RoundFailed", "error": f"{type(e).__name__}: {e}"})
     else:
         events.put({"type": "RoundEnded", "version": result.version, "status": result.status,
-                    "adapter_path": str(result.adapter_path), "metrics": result.metrics})
+                    "adapter_path": str(result.adapter_path), "metrics": result.metrics,
+                    "decision": result.decision, "reason": result.reason})
     events.put(None)  # the end of the stream
 
 
