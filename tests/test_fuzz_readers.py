@@ -2,25 +2,30 @@
 (hypothesis), gives rows or a named error (MlxDpoError naming the file, and the line and field of a bad row),
 never a traceback.
 
-    pairs        mlx_dpo.data.pairs.load_pairs          (train --data/--valid-data, eval, data import)
+    pairs        mlx_dpo.data.pairs.load_pairs          (train --data/--valid-data, eval, data import): JSON Lines,
+                 gzipped JSON Lines and Parquet files
     KTO rows     mlx_dpo.data.feedback.load_feedback    (train/eval --loss kto)
     prompt files mlx_dpo.data.prompt_file.read_prompt_file  (online --prompts/--eval-prompts, the app's queue)
     config files the --config reader of train, with its settings' checks (TOML and YAML)
 
 Near-valid JSON is a valid row with fields dropped, retyped (any JSON value), cut short, nested deeply, or holding
-escaped lone surrogates ("\\ud800": valid JSON, not text). Each of the 8 properties runs EXAMPLES (60) cases,
-derandomized so that the suite sees the same 480 cases every run.
+escaped lone surrogates ("\\ud800": valid JSON, not text), or such rows written as Parquet. Each of the 9
+properties runs EXAMPLES (60) cases, derandomized so that the suite sees the same 540 cases every run.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
 import tempfile
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -93,18 +98,18 @@ def written(content: bytes, suffix: str) -> Path:
 
 
 def named_error(path: Path, error: MlxDpoError) -> None:
-    """A user error names the file first, and a bad row by its line (and field, where one is at fault)."""
+    """A user error names the file first, and a bad row by its line (a Parquet file's: its row) and field."""
     message = str(error)
     assert message.startswith(str(path)), message
     for row in re.findall(rf"^  {re.escape(str(path))}(.*)$", message, re.M):  # the listed rows of a bad file
-        assert re.match(r":\d+: ", row), message
+        assert re.match(r"(:\d+| row \d+): ", row), message
 
 
 # --- the readers ---------------------------------------------------------------------------------------------
 
 
-def read_pairs(content: bytes) -> None:
-    path = written(content, ".jsonl")
+def read_pairs(content: bytes, suffix: str = ".jsonl") -> None:
+    path = written(gzip.compress(content) if suffix == ".jsonl.gz" else content, suffix)
     for skip in (False, True):
         try:
             result = load_pairs(path, skip_invalid=skip)
@@ -154,9 +159,9 @@ def read_config(content: bytes, suffix: str) -> None:
 
 
 @FUZZ
-@given(ANY_BYTES)
-def test_random_bytes_as_pairs_give_pairs_or_a_named_error(content):
-    read_pairs(content)
+@given(ANY_BYTES, st.sampled_from([".jsonl", ".parquet", ".jsonl.gz"]))
+def test_random_bytes_as_pairs_give_pairs_or_a_named_error(content, suffix):
+    read_pairs(content, suffix)
 
 
 @FUZZ
@@ -181,9 +186,24 @@ def test_random_bytes_as_a_config_file_give_settings_or_a_named_error(content, s
 
 
 @FUZZ
-@given(lines_of(PAIR_ROW))
-def test_near_valid_pair_rows_give_pairs_or_errors_naming_line_and_field(content):
-    read_pairs(content)
+@given(lines_of(PAIR_ROW), st.sampled_from([".jsonl", ".jsonl.gz"]))
+def test_near_valid_pair_rows_give_pairs_or_errors_naming_line_and_field(content, suffix):
+    read_pairs(content, suffix)
+
+
+@FUZZ
+@given(st.lists(PAIR_ROW | st.just(VALID_PAIR), min_size=1, max_size=4))
+def test_near_valid_parquet_rows_give_pairs_or_errors_naming_row_and_field(rows):
+    try:  # a column of one type, as a Parquet file holds it (rows whose values pyarrow cannot unify are skipped)
+        table = pa.Table.from_pylist(rows)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return
+    path = written(b"", ".parquet")
+    try:
+        pq.write_table(table, path)
+    except (pa.ArrowException, TypeError, ValueError):
+        return
+    read_pairs(path.read_bytes(), ".parquet")
 
 
 @FUZZ
@@ -209,8 +229,6 @@ CONFIG_VALUES = JSON_VALUES | st.sampled_from(["1e-3", "sigmoid,sft", "yes", "kt
 @given(st.dictionaries(CONFIG_KEYS, CONFIG_VALUES, max_size=5), st.sampled_from([".yaml", ".toml"]))
 def test_near_valid_config_files_give_settings_or_a_named_error(config, suffix):
     if suffix == ".yaml":
-        import yaml
-
         try:
             content = yaml.safe_dump(config, allow_unicode=False).encode("utf-8", "surrogatepass")
         except yaml.YAMLError:
@@ -223,6 +241,7 @@ def test_near_valid_config_files_give_settings_or_a_named_error(config, suffix):
 @pytest.mark.parametrize("depth", [100, 100_000])
 def test_deeply_nested_json_is_a_bad_row_not_a_crash(tmp_path, depth):
     path = tmp_path / "pairs.jsonl"
-    path.write_text("[" * depth + "]" * depth + "\n" + json.dumps(VALID_PAIR) + "\n")
+    nested = '{"prompt": ' + "[" * depth + "]" * depth + ', "chosen": "a", "rejected": "b"}'
+    path.write_text(json.dumps(VALID_PAIR) + "\n" + nested + "\n")
     result = load_pairs(path, skip_invalid=True)
-    assert [e.line for e in result.errors] == [1] and len(result.pairs) == 1
+    assert [e.line for e in result.errors] == [2] and len(result.pairs) == 1

@@ -219,6 +219,16 @@ def _record(workspace: str | Path, version: int, adapter_dir: Path, settings: di
         store.record_round_feedback(version, [f.id for f in feedback])
 
 
+def _round_data(store: PreferenceStore, settings: dict, version: int) -> tuple:
+    """What round `version` trains and starts from: (new answers marked good or bad, new pairs, replayed pairs, the
+    latest kept round, the rounds rejected since, the validation pairs)."""
+    # A KTO round also trains the answers marked good or bad (feedback_records.py), alongside the pairs.
+    feedback = store.untrained_feedback() if settings["loss_type"] == "kto" else []
+    new, replayed = plan_round(store, settings["replay"], settings["seed"], version, has_feedback=bool(feedback))
+    latest, rejected = store.latest_kept_round(), store.rejected_since_kept()
+    return feedback, new, replayed, latest, rejected, store.training_pairs("valid")
+
+
 def run_round(
     workspace: str | Path,
     *,
@@ -247,18 +257,10 @@ def run_round(
     with PreferenceStore(workspace) as store:
         # Its folder made and locked (a round a killed process left unrecorded is recorded first: versions.py).
         claim = claim_version(store, adapters_root(workspace), lambda: next_version(store, workspace))
-        version = claim.version
-        try:
-            # A KTO round also trains the answers marked good or bad (feedback_records.py), alongside the pairs.
-            feedback = store.untrained_feedback() if recorded_settings["loss_type"] == "kto" else []
-            new, replayed = plan_round(store, recorded_settings["replay"], recorded_settings["seed"], version,
-                                       has_feedback=bool(feedback))
-            latest = store.latest_kept_round()
-            rejected = store.rejected_since_kept()
-            valid_pairs = store.training_pairs("valid")
-        except BaseException:  # nothing to train (or no store to read): no round, so no folder either
-            claim.abandon()
-            raise
+        with claim.given_up_on_error():  # nothing to train: no round, so no folder either
+            feedback, new, replayed, latest, rejected, valid_pairs = _round_data(store, recorded_settings,
+                                                                                 claim.version)
+    version = claim.version
     smaller = _smaller_step(options, recorded_settings, rejected)
     init_adapter = latest.adapter_path if latest else None
     adapter_dir = adapters_root(workspace) / f"v{version}"

@@ -44,6 +44,15 @@ class Claim:
         self.release()
         self.folder.rmdir()
 
+    @contextmanager
+    def given_up_on_error(self) -> Iterator[None]:
+        """The claim abandoned if the block raises (a round that cannot start leaves no folder)."""
+        try:
+            yield
+        except BaseException:
+            self.abandon()
+            raise
+
 
 def claim_version(store: PreferenceStore, root: Path, next_free: Callable[[], int]) -> Claim:
     """The next version number free in `root` (at least `next_free()`), its folder made and locked; first,
