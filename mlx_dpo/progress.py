@@ -17,6 +17,18 @@ def _fmt(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
+# What a report line shows, in order, when the method logs it (methods.py): every method has a loss; KTO has a KL
+# reference point and no pair accuracy. One printer for every method.
+SHOWN = (("loss", "loss", ".4f"), ("acc", "rewards/accuracies", ".2f"), ("kl", "kl", ".3f"),
+         ("margin", "rewards/margins", ".3f"))
+
+
+def scores(metrics: dict, prefix: str = "") -> str:
+    """"loss 0.6931 acc 0.50 margin 0.012": the numbers of SHOWN that `metrics` holds (names after `prefix`)."""
+    return " ".join(f"{label} {metrics[prefix + name]:{spec}}" for label, name, spec in SHOWN
+                    if isinstance(metrics.get(prefix + name), (int, float)))
+
+
 class ProgressPrinter:
     """Prints events: a bar (step, ETA, loss, accuracy, margin, tokens/s) and one line per report."""
 
@@ -41,16 +53,13 @@ class ProgressPrinter:
             filled = int(self.width * event.step / event.total_steps)
             bar = "#" * filled + "-" * (self.width - filled)
             self._line(
-                f"[{bar}] step {event.step}/{event.total_steps} ETA {_fmt(eta)} "
-                f"loss {m['loss']:.4f} acc {m['rewards/accuracies']:.2f} "
-                f"margin {m['rewards/margins']:.3f} {m['tokens_per_second']:.0f} tok/s"
+                f"[{bar}] step {event.step}/{event.total_steps} ETA {_fmt(eta)} {scores(m)} "
+                f"{m.get('tokens_per_second', 0):.0f} tok/s"
                 + (f" on {m['ranks']} ranks" if m.get("ranks", 1) > 1 else ""),
                 final=True,
             )
         elif isinstance(event, EvalMetrics):
-            m = event.metrics
-            self._line(f"  eval @ step {event.step}: loss {m['eval_loss']:.4f} "
-                       f"acc {m['eval_rewards/accuracies']:.2f} margin {m['eval_rewards/margins']:.3f}", final=True)
+            self._line(f"  eval @ step {event.step}: {scores(event.metrics, 'eval_')}", final=True)
         elif isinstance(event, CheckpointSaved):
             self._line(f"  checkpoint: {event.path}", final=True)
         elif isinstance(event, Finished):

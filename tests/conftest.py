@@ -1,5 +1,6 @@
 """Shared fixtures. Tests never touch the network: the Hub is forced offline before anything imports it."""
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -50,6 +51,20 @@ def tiny(request, tmp_path_factory, default_model_path) -> Path:
     return make_tiny_model_folder(tmp_path_factory.mktemp("models") / "tiny-llama", default_model_path, seed=seed)
 
 
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory) -> Path:
+    """A 2-layer qwen2 model with a 512-token vocabulary and a ChatML template (tests/chat_tokenizers.py): the
+    cheapest real model to start, for tests that run many `mlx-dpo` processes (most of a start is the vocabulary)."""
+    from chat_tokenizers import VOCAB_SIZE, make_chat_tokenizer
+    from family_models import make_family_folder
+
+    root = tmp_path_factory.mktemp("small")
+    tokenizer = make_chat_tokenizer("qwen2", root / "tokenizer")
+    eos = json.loads((tokenizer / "config.json").read_text())["eos_token_id"]
+    return make_family_folder("qwen2", root / "small-qwen2", tokenizer, seed=24, vocab_size=VOCAB_SIZE,
+                              eos_token_id=eos)
+
+
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch) -> Path:
     """A reference cache nobody has filled yet (MLX_DPO_HOME is read when a cache opens)."""
@@ -72,10 +87,11 @@ def anyio_backend():
 
 # The longest files start first: `make test` hands whole files to the workers (pytest-xdist's loadfile), and a
 # long file handed out last would leave one worker running alone at the end. Rough serial seconds, 2026-12-02.
-LONGEST_FILES_FIRST = ("test_training.py", "test_tui_train.py", "test_train_options.py", "test_tui.py",
-                       "test_online.py", "test_tui_online.py", "test_models.py", "test_export.py", "test_train_cli.py",
-                       "test_families.py", "test_distributed.py", "test_methods.py", "test_rounds.py",
-                       "test_family_exports.py", "test_step_paths.py", "test_tui_snapshots.py", "test_gguf.py",
+LONGEST_FILES_FIRST = ("test_cli_matrix.py", "test_training.py", "test_tui_train.py", "test_train_options.py",
+                       "test_tui.py", "test_online.py", "test_online_kill.py", "test_tui_online.py",
+                       "test_models.py", "test_export.py", "test_train_cli.py", "test_families.py",
+                       "test_distributed.py", "test_methods.py", "test_rounds.py", "test_family_exports.py",
+                       "test_soak.py", "test_step_paths.py", "test_tui_snapshots.py", "test_gguf.py",
                        "test_tui_export.py")
 
 
