@@ -119,7 +119,7 @@ def main(model: str | None = None, workspace: Path = WORKSPACE, online: OnlineSe
          judge: str = JUDGE) -> int:
     """The demo; tests/test_demo.py passes a tiny `model`, one small round, fewer held-out prompts and a judge
     a random tiny model's answers do not all tie under."""
-    run = {**RUN, **(run or {})}
+    run = {**RUN, "heldout_prompts": heldout_prompts, **(run or {})}  # every held-out prompt is measured
     rep = doctor.report(measure=False)
     say(f"mlx-dpo {rep['mlx_dpo']} on {rep['device']}; BLAS: {rep['blas'].get('library')}")
 
