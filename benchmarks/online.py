@@ -290,7 +290,7 @@ def plot(rows: list[dict], png: Path) -> None:
         ax.set_ylabel("held-out score - base's")
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.legend()
-    fig.suptitle("online vs offline DPO at equal judged prompts (x: a rejected round)")
+    fig.suptitle("held-out score gain vs KL, every version (x: rejected)", fontsize=9)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
