@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/online.py run --judges one_sentence,asks_question,held_back --seeds 1,2,3 \\
         --arms online,offline --out benchmarks/results/online.jsonl
-    .venv/bin/python benchmarks/online.py report --out benchmarks/results/online.jsonl --png benchmarks/online_frontier.png
+    .venv/bin/python benchmarks/online.py report --out benchmarks/results/online.jsonl \
+        --png benchmarks/online_frontier.png
 
 The DPO paper's controlled-generation experiment (reward reached against the KL to the reference), small: the
 default model (SmolLM2-135M-Instruct), the shipped online prompts, a program judge as the reward, and two arms

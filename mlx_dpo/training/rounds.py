@@ -239,7 +239,8 @@ def run_round(
     pairs = [p.to_preference_pair() for p in new + replayed] + [f.to_feedback() for f in feedback]
     options.setdefault("iters", round_steps(round_settings, build(TrainingArgs, recorded_settings), len(pairs)))
     reference = "start" if round_settings.reference == "previous" and init_adapter else "base"
-    smaller = f", learning rate {recorded_settings['learning_rate']:g} after {rejected} rejection(s)" if rejected else ""
+    smaller = (f", learning rate {recorded_settings['learning_rate']:g} after {rejected} rejection(s)"
+               if rejected else "")
     emit(Status(f"round v{version}: {len(new)} new pair(s) + {len(replayed)} replayed, {options['iters']} step(s), "
                 f"from {latest.label if latest else 'the base model'}"
                 f"{f', reference {latest.label}' if reference == 'start' else ''}{smaller}"))
