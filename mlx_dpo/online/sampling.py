@@ -93,7 +93,8 @@ def _one_at_a_time(loaded: LoadedModel, tokens: list[list[int]], settings: Sampl
     out = []
     for prompt in tokens:
         ids, finished = [], False
-        for r in stream_generate(loaded.model, loaded.tokenizer, prompt, max_tokens=settings.max_tokens, sampler=sampler):
+        for r in stream_generate(loaded.model, loaded.tokenizer, prompt, max_tokens=settings.max_tokens,
+                                 sampler=sampler):
             if r.finish_reason != "stop":
                 ids.append(r.token)
             finished = r.finish_reason == "stop"
