@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/online.py run --judges one_sentence,asks_question,held_back --seeds 1,2,3 \\
         --arms online,offline --out benchmarks/results/online.jsonl
-    .venv/bin/python benchmarks/online.py report --out benchmarks/results/online.jsonl --png benchmarks/online_frontier.png
+    .venv/bin/python benchmarks/online.py report --out benchmarks/results/online.jsonl \
+        --png benchmarks/online_frontier.png
 
 The DPO paper's controlled-generation experiment (reward reached against the KL to the reference), small: the
 default model (SmolLM2-135M-Instruct), the shipped online prompts, a program judge as the reward, and two arms
@@ -290,7 +291,7 @@ def plot(rows: list[dict], png: Path) -> None:
         ax.set_ylabel("held-out score - base's")
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.legend()
-    fig.suptitle("online vs offline DPO at equal judged prompts (x: a rejected round)")
+    fig.suptitle("held-out score gain vs KL, every version (x: rejected)", fontsize=9)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)

@@ -64,8 +64,8 @@ def show_round(report: RoundReport) -> None:
     if score is not None and base is not None:
         print(f"  held-out judge score {score:.3f} (base {base:.3f}, {score - base:+.3f}), KL to base {kl:.2f} "
               f"nats/answer, repeated 3-grams {held.get('heldout/repetition', 0):.2f} (base "
-              f"{held.get('heldout_base/repetition', 0):.2f}), cut at max tokens {held.get('heldout/unfinished', 0):.2f}"
-              f" (base {held.get('heldout_base/unfinished', 0):.2f})", flush=True)
+              f"{held.get('heldout_base/repetition', 0):.2f}), cut at max tokens "
+              f"{held.get('heldout/unfinished', 0):.2f} (base {held.get('heldout_base/unfinished', 0):.2f})", flush=True)
     if report.decision:
         print(f"  {report.version} {report.decision}: {report.reason}", flush=True)
 
@@ -119,7 +119,7 @@ def main(model: str | None = None, workspace: Path = WORKSPACE, online: OnlineSe
          judge: str = JUDGE) -> int:
     """The demo; tests/test_demo.py passes a tiny `model`, one small round, fewer held-out prompts and a judge
     a random tiny model's answers do not all tie under."""
-    run = {**RUN, **(run or {})}
+    run = {**RUN, "heldout_prompts": heldout_prompts, **(run or {})}  # every held-out prompt is measured
     rep = doctor.report(measure=False)
     say(f"mlx-dpo {rep['mlx_dpo']} on {rep['device']}; BLAS: {rep['blas'].get('library')}")
 

@@ -93,7 +93,8 @@ def test_a_round_past_its_kl_budget_is_rejected_and_the_next_round_samples_from_
         v3 = store.get_round(3)
         pairs = {p.id: p for p in store.list_pairs()}
     assert v3.settings["init_adapter"] == str(workspace / "adapters" / "v1")  # ... and trained on top of it
-    assert v3.settings["learning_rate"] == pytest.approx(PUSHED["learning_rate"] / 2) and v3.settings["step_scale"] == 0.5
+    assert v3.settings["learning_rate"] == pytest.approx(PUSHED["learning_rate"] / 2)  # a smaller step
+    assert v3.settings["step_scale"] == 0.5
     assert rejected_pairs <= set(v3.pair_ids)  # the rejected round's pairs are tried again, with the new ones
     assert {pairs[i].version for i in v3.pair_ids if i not in rejected_pairs} <= {"v1", "base"}  # new (v1) + replayed
     assert third.decision in ("accepted", "rejected") and third.reason

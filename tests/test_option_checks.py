@@ -95,7 +95,8 @@ CHECKS: dict[str, tuple[list[tuple[list[str], str]], list[str] | None]] = {
     "--heldout-prompts": ([(["0", "--incremental"], "--heldout-prompts must be at least 1 (got 0)")],
                           ["1", "--incremental"]),
     "--accept": ([(["sometimes", "--incremental"],
-                   "--accept sometimes: unknown accept rule (choose from always, kl, better)")], ["kl", "--incremental"]),
+                   "--accept sometimes: unknown accept rule (choose from always, kl, better)")],
+                 ["kl", "--incremental"]),
     "--kl-budget": ([(["0", "--incremental"], "--kl-budget must be > 0 (got 0.0)")], ["0.01", "--incremental"]),
 }
 BAD_CASES = [pytest.param(flag, argv, message, id=f"{flag}={' '.join(argv)}".rstrip("="))

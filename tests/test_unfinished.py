@@ -88,7 +88,8 @@ def test_a_penalty_lowers_a_cut_answers_score_and_a_person_may_still_choose_one(
     assert judge.score(SHORT, "abc") == 3.0  # text without the flag counts as finished
     assert may_prefer(Answer("cut", False), Answer("done"), by_person=True)
     assert not may_prefer(Answer("cut", False), Answer("done"))
-    assert may_prefer(Answer("cut", False), Answer("also cut", False)) and may_prefer(Answer("done"), Answer("x", False))
+    assert may_prefer(Answer("cut", False), Answer("also cut", False))
+    assert may_prefer(Answer("done"), Answer("x", False))
 
 
 def test_a_knockout_makes_n_minus_1_comparisons_pairs_the_winner_with_the_first_loser_and_stores_them(

@@ -77,7 +77,8 @@ def _one_at_a_time(loaded: ModelSession, tokens: list[list[int]], settings: Samp
     out = []
     for prompt in tokens:
         ids, finished = [], False
-        for r in stream_generate(loaded.model, loaded.tokenizer, prompt, max_tokens=settings.max_tokens, sampler=sampler):
+        for r in stream_generate(loaded.model, loaded.tokenizer, prompt, max_tokens=settings.max_tokens,
+                                 sampler=sampler):
             if r.finish_reason != "stop":
                 ids.append(r.token)
             finished = r.finish_reason == "stop"

@@ -81,7 +81,8 @@ def decide(candidate: Numbers, previous: Numbers | None, base: Numbers, *, accep
         jumped = now - before > margin(samples)
         (failed if jumped else passed).append(f"{name} {before:.2f} -> {now:.2f}" + (" (a jump)" if jumped else ""))
     if accept == "better":
-        rate, n = _number(candidate, "heldout/win_vs_previous"), int(_number(candidate, "heldout/compared_previous") or 0)
+        rate = _number(candidate, "heldout/win_vs_previous")
+        n = int(_number(candidate, "heldout/compared_previous") or 0)
         if rate is None:
             passed.append("no judge's win rate to check")
         else:

@@ -11,15 +11,15 @@ The end-of-turn tokens are the tokenizer's EOS ids plus the special token the te
 right after an answer (found once by rendering a probe answer): a model's config may list only
 "<eos>" while Gemma's template ends a turn with "<end_of_turn>\n", and the completion must be what
 the template renders, not the template's text plus an EOS it never writes. Only a template that
-writes nothing after an answer gets EOS appended.
+writes nothing after an answer gets EOS appended. Templates without a system role (Gemma 2) are
+refused per pair with what to do; Gemma 3's template folds the system message in by itself.
 
 An answer cut at max tokens (an unfinished `Answer`, mlx_dpo.data.answers) is trained on its own tokens with
 *no* end-of-turn token after them: the template's rendering cut just before its end-of-turn token. Appending one
 would teach the model to stop mid-sentence where the cut fell (as chosen), or to go on past nothing in
 particular (as rejected); its tokens without an end are exactly what the model sampled (up to re-tokenizing
 the text), so their log-probability is the sample's. Leaving such answers out instead would throw away the
-pairs that teach a model to finish within its budget (a finished answer chosen over a cut one). Templates without a system role (Gemma 2) are
-refused per pair with what to do; Gemma 3's template folds the system message in by itself.
+pairs that teach a model to finish within its budget (a finished answer chosen over a cut one).
 
 Long rows (`token_limits`, `Encoder._truncate`): --max-length is bounded by the model's context length
 (config.json's max_position_embeddings or its kin), since positions past it were never trained and the

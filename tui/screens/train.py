@@ -65,7 +65,8 @@ HELDOUT = (("acc*", "heldout/accuracy", 2), ("KL*", "heldout/kl", 3), ("score*",
            ("rep*", "heldout/repetition", 2), ("cut*", "heldout/unfinished", 2))
 VERSION_COLUMNS = ("version", "status", "pairs", "new", "loss", "accuracy", "margin", "ref hit/miss",
                    *(title for title, _key, _digits in HELDOUT), "kept", "why")
-KEPT = {"accepted": "✓ yes", "rejected": "✗ no", "pending": "… unchecked", None: "✓ yes"}  # None: before the rule
+# None: a round recorded before the rule existed, kept as it was
+KEPT = {"accepted": "✓ yes", "rejected": "✗ no", "pending": "… unchecked", None: "✓ yes"}
 
 
 class TrainScreen(Screen):
