@@ -9,6 +9,7 @@ from typing import TextIO
 from mlx_dpo.events import (
     Cancelled, CheckpointSaved, Event, EvalMetrics, Failed, Finished, Status, StepMetrics,
 )
+from mlx_dpo.metric_names import ACCURACY, EVAL, LOSS, MARGIN, TOKENS_PER_SECOND
 
 
 def _fmt(seconds: float) -> str:
@@ -42,15 +43,15 @@ class ProgressPrinter:
             bar = "#" * filled + "-" * (self.width - filled)
             self._line(
                 f"[{bar}] step {event.step}/{event.total_steps} ETA {_fmt(eta)} "
-                f"loss {m['loss']:.4f} acc {m['rewards/accuracies']:.2f} "
-                f"margin {m['rewards/margins']:.3f} {m['tokens_per_second']:.0f} tok/s"
+                f"loss {m[LOSS]:.4f} acc {m[ACCURACY]:.2f} "
+                f"margin {m[MARGIN]:.3f} {m[TOKENS_PER_SECOND]:.0f} tok/s"
                 + (f" on {m['ranks']} ranks" if m.get("ranks", 1) > 1 else ""),
                 final=True,
             )
         elif isinstance(event, EvalMetrics):
             m = event.metrics
-            self._line(f"  eval @ step {event.step}: loss {m['eval_loss']:.4f} "
-                       f"acc {m['eval_rewards/accuracies']:.2f} margin {m['eval_rewards/margins']:.3f}", final=True)
+            self._line(f"  eval @ step {event.step}: loss {m[EVAL + LOSS]:.4f} "
+                       f"acc {m[EVAL + ACCURACY]:.2f} margin {m[EVAL + MARGIN]:.3f}", final=True)
         elif isinstance(event, CheckpointSaved):
             self._line(f"  checkpoint: {event.path}", final=True)
         elif isinstance(event, Finished):

@@ -34,7 +34,7 @@ from textual.binding import Binding
 from textual.reactive import reactive
 from textual.screen import Screen
 
-from mlx_dpo.data.store import PreferenceStore
+from mlx_dpo.api import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
 from tui import modes
 from tui.messages import WorkerEvent
