@@ -38,6 +38,14 @@ def default_model_path():
     return resolve_model_path(None)
 
 
+@pytest.fixture(scope="session")
+def default_tokenizer(default_model_path):
+    """The default model's tokenizer (the one `default_model` has), without loading its weights."""
+    from mlx_dpo.models.load import load_tokenizer_only
+
+    return load_tokenizer_only(None)[0]
+
+
 @pytest.fixture(scope="module")
 def tiny(request, tmp_path_factory, default_model_path) -> Path:
     """A small random llama (2 layers, hidden size 64) with the default model's tokenizer: one folder per test
@@ -48,6 +56,22 @@ def tiny(request, tmp_path_factory, default_model_path) -> Path:
     """
     seed = getattr(request.module, "TINY_SEED", 0)
     return make_tiny_model_folder(tmp_path_factory.mktemp("models") / "tiny-llama", default_model_path, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded(tiny):
+    """The module's tiny model, loaded once for the module (`mlx_dpo.models.load.load_model`)."""
+    from mlx_dpo.models.load import load_model
+
+    return load_model(str(tiny))
+
+
+@pytest.fixture
+def tiny_weights(tiny):
+    """A fresh copy of the module's tiny model per test, weights only, no tokenizer (a test may change it)."""
+    from mlx_lm.utils import load_model as load_weights_only
+
+    return load_weights_only(tiny)[0]
 
 
 @pytest.fixture
