@@ -578,3 +578,19 @@ def test_imports_past_the_api_and_heavy_api_names_in_light_tui_modules_are_named
     assert api_lazy_names_undefined(modules) == [
         "mlx_dpo/api.py: LAZY['gone'] = 'mlx_dpo.run': mlx_dpo/run.py defines no gone",
         "mlx_dpo/api.py: LAZY['lost'] = 'mlx_dpo.nowhere': no such module"]
+
+
+def test_the_slow_tests_listed_in_conftest_exist():
+    # A renamed test would silently move to `make test-fast`: every name the tier list gives must be a test.
+    from conftest import SLOW_TESTS
+
+    missing = []
+    for file, names in SLOW_TESTS.items():
+        path = REPO / "tests" / file
+        if not path.is_file():
+            missing.append(f"tests/{file}: no such file")
+            continue
+        defined = {n.name for n in ast.parse(path.read_text(encoding="utf-8")).body
+                   if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name.startswith("test")}
+        missing += [f"tests/{file}: no test {name}" for name in sorted(set(names) - defined) if names != "*"]
+    fail_if("tests/conftest.py SLOW_TESTS names tests that do not exist:", missing)
