@@ -68,12 +68,16 @@ LAZY = {
     "push_folder": "mlx_dpo.export.push",
 }
 
-__all__ = sorted([
-    *LAZY, "Answer", "Candidate", "HUMAN_JUDGE", "IDENTICAL_ANSWERS", "Judge", "PreferenceStore", "Problem",
-    "PromptFileError", "StoredPair", "TWO_DIFFERENT_ANSWERS", "UndoResult", "Verdict", "check_provenance",
-    "converts_on_load", "display_name", "find_contradictions", "is_default", "is_finished", "pair_problem",
-    "read_prompt_file", "run_online", "same_answers",
-])
+# Everything above and in LAZY (tests/test_layout.py checks LAZY is all here).
+__all__ = [
+    "Answer", "Candidate", "ExportResult", "HUMAN_JUDGE", "IDENTICAL_ANSWERS", "Judge", "LoadedModel",
+    "PreferenceStore", "Problem", "PromptFileError", "ReviewReport", "RoundReport", "RoundResult", "Samples",
+    "StoredPair", "TWO_DIFFERENT_ANSWERS", "TrainResult", "UndoResult", "Verdict", "check_provenance",
+    "converts_on_load", "display_name", "evaluate", "export", "find_contradictions", "is_default", "is_finished",
+    "load_judge", "load_model", "pair_problem", "push_folder", "read_prompt_file", "resolve_model_path",
+    "review_pairs", "run_online", "run_round", "same_answers", "sample_answers", "stream_answer",
+    "switch_adapter", "train",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -66,7 +66,8 @@ def show_round(report: RoundReport) -> None:
         print(f"  held-out judge score {score:.3f} (base {base:.3f}, {score - base:+.3f}), KL to base {kl:.2f} "
               f"nats/answer, repeated 3-grams {held.get(HELDOUT_REPETITION, 0):.2f} (base "
               f"{held.get(base_key(HELDOUT_REPETITION), 0):.2f}), cut at max tokens "
-              f"{held.get(HELDOUT_UNFINISHED, 0):.2f} (base {held.get(base_key(HELDOUT_UNFINISHED), 0):.2f})", flush=True)
+              f"{held.get(HELDOUT_UNFINISHED, 0):.2f} (base {held.get(base_key(HELDOUT_UNFINISHED), 0):.2f})",
+              flush=True)
     if report.decision:
         print(f"  {report.version} {report.decision}: {report.reason}", flush=True)
 

@@ -473,6 +473,9 @@ def test_only_the_tui_workers_use_the_apis_heavy_names(modules):
 
 def test_every_heavy_name_of_the_api_is_defined_where_its_table_says(modules):
     fail_if("the API's LAZY table names:", api_lazy_names_undefined(modules))
+    exported = next(ast.literal_eval(n.value) for n in modules[API_MODULE].tree.body if isinstance(n, ast.Assign)
+                    and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets))
+    assert sorted(set(api_lazy_names(modules)) - set(exported)) == []  # `from mlx_dpo.api import *` has them too
 
 
 # --- each rule fails where it should (a made-up tree) ----------------------------------------------------------

@@ -11,8 +11,8 @@
 The whole app imports the library through `mlx_dpo.api` (and its event, settings, metric-name and error
 modules); only these workers use the API's heavy names (train, load_model, stream_answer, export, ...), which
 load mlx and mlx_lm the first time they are used: on the worker thread or in the child process, so the first
-screen never waits for them (tests/test_layout.py). Nothing here imports Textual either: the training child process imports
-this package (to find its entry point) and should not pay for a UI it does not have.
+screen never waits for them (tests/test_layout.py). Nothing here imports Textual either: the training child
+process imports this package (to find its entry point) and should not pay for a UI it does not have.
 """
 
 from tui.workers.model import ModelWorker, SampleSettings
