@@ -36,6 +36,10 @@ REFERENCE_FREE = ("simpo", "orpo", "sft")  # no reference pass runs when every l
 SOLO_LOSSES = ("orpo", "kto")  # their own trainers in TRL: not combined with other losses
 SORTING_LOSSES = ("aot", "aot_unpaired")  # sort within the batch, so per-pair weights (WPO) would misalign
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+# The losses an f-divergence other than reverse KL applies to (TRL 1.16's DPOTrainer refuses the others, and so do
+# we): f-DPO's reparameterization leaves a β·log Z(x) term that cancels only in the chosen − rejected difference of
+# scores. sft reads no score; cdpo is our name for sigmoid with label smoothing.
+F_DIVERGENCE_LOSSES = ("sigmoid", "cdpo", "robust", "hinge", "ipo", "exo_pair", "discopop", "sigmoid_norm", "sft")
 REPORT_TO = ("none", "trackio")  # where a run's metrics go besides metrics.jsonl (mlx_dpo/tracking.py)
 
 
@@ -98,6 +102,27 @@ def _weighting_problem(on: bool, values: Mapping[str, Any]) -> str | None:
     return None
 
 
+class _FDivergence(OneOf):
+    """A known divergence, and reverse KL unless every loss of the run is one of F_DIVERGENCE_LOSSES."""
+
+    def __init__(self):
+        super().__init__(F_DIVERGENCES, "divergence")
+        self.problem = self._problem
+
+    def _problem(self, value: Any, values: Mapping[str, Any]) -> str | None:
+        if value not in F_DIVERGENCES:
+            return "unknown"
+        others = [n for n in loss_types(values["loss_type"]) if n not in F_DIVERGENCE_LOSSES]
+        if value != "reverse_kl" and others:
+            return (f"applies only to the losses of a chosen − rejected score difference "
+                    f"({', '.join(F_DIVERGENCE_LOSSES)}), not {', '.join(others)}, as in TRL")
+        return None
+
+    def message(self, name: str, value: Any, reason: str, *, user: bool) -> str:
+        return super().message(name, value, reason, user=user) if reason == "unknown" else Check.message(
+            self, name, value, reason, user=user)
+
+
 # What `mlx-dpo export` and the app's Export screen can write (mlx_dpo.export), and GGUF's tensor types.
 EXPORT_FORMATS = {"hf": "fused model folder", "peft": "PEFT LoRA adapter", "gguf": "fused model for llama.cpp"}
 GGUF_TYPES = ("f16", "q8_0")
@@ -137,7 +162,7 @@ class TrainingArgs:
                                               check=Check(_loss_weights_problem))
     label_smoothing: float = option(0.0, "epsilon of cdpo, robust, exo_pair, aot", check=Check(_label_smoothing_problem))
     f_divergence_type: str = option("reverse_kl", "f-DPO divergence: " + ", ".join(F_DIVERGENCES),
-                                    check=OneOf(F_DIVERGENCES, "divergence"))
+                                    check=_FDivergence())
     f_alpha_divergence_coef: float = option(0.5, "alpha of alpha_divergence")
     ld_alpha: float | None = option(None, "LD-DPO: weight of the tokens past the shorter answer's length",
                                     check=Check(_ld_alpha_problem), default_text="off")
@@ -338,6 +363,8 @@ def round_settings_table(*groups: type) -> dict[str, Setting]:
             for name, s in settings_of(*groups).items()}
 
 
-def check_loss_settings(loss_type: str, beta: float, label_smoothing: float) -> None:
+def check_loss_settings(loss_type: str, beta: float, label_smoothing: float,
+                        f_divergence_type: str = "reverse_kl") -> None:
     """The loss settings' rules, for callers of the loss functions (the checks TrainingArgs makes)."""
-    check({"loss_type": loss_type, "beta": beta, "label_smoothing": label_smoothing}, settings_of(TrainingArgs))
+    check({"loss_type": loss_type, "beta": beta, "label_smoothing": label_smoothing,
+           "f_divergence_type": f_divergence_type}, settings_of(TrainingArgs))

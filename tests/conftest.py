@@ -1,5 +1,6 @@
 """Shared fixtures. Tests never touch the network: the Hub is forced offline before anything imports it."""
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -74,6 +75,20 @@ def tiny_weights(tiny):
     return load_weights_only(tiny)[0]
 
 
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory) -> Path:
+    """A 2-layer qwen2 model with a 512-token vocabulary and a ChatML template (tests/chat_tokenizers.py): the
+    cheapest real model to start, for tests that run many `mlx-dpo` processes (most of a start is the vocabulary)."""
+    from chat_tokenizers import VOCAB_SIZE, make_chat_tokenizer
+    from family_models import make_family_folder
+
+    root = tmp_path_factory.mktemp("small")
+    tokenizer = make_chat_tokenizer("qwen2", root / "tokenizer")
+    eos = json.loads((tokenizer / "config.json").read_text())["eos_token_id"]
+    return make_family_folder("qwen2", root / "small-qwen2", tokenizer, seed=24, vocab_size=VOCAB_SIZE,
+                              eos_token_id=eos)
+
+
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch) -> Path:
     """A reference cache nobody has filled yet (MLX_DPO_HOME is read when a cache opens)."""
@@ -96,10 +111,11 @@ def anyio_backend():
 
 # The longest files start first: `make test` hands whole files to the workers (pytest-xdist's loadfile), and a
 # long file handed out last would leave one worker running alone at the end. Rough serial seconds, 2026-12-02.
-LONGEST_FILES_FIRST = ("test_training.py", "test_tui_train.py", "test_train_options.py", "test_tui.py",
-                       "test_online.py", "test_tui_online.py", "test_models.py", "test_export.py", "test_train_cli.py",
-                       "test_families.py", "test_distributed.py", "test_methods.py", "test_rounds.py",
-                       "test_family_exports.py", "test_step_paths.py", "test_tui_snapshots.py", "test_gguf.py",
+LONGEST_FILES_FIRST = ("test_cli_matrix.py", "test_training.py", "test_tui_train.py", "test_train_options.py",
+                       "test_tui.py", "test_online.py", "test_online_kill.py", "test_tui_online.py",
+                       "test_models.py", "test_export.py", "test_train_cli.py", "test_families.py",
+                       "test_distributed.py", "test_methods.py", "test_rounds.py", "test_family_exports.py",
+                       "test_soak.py", "test_step_paths.py", "test_tui_snapshots.py", "test_gguf.py",
                        "test_tui_export.py")
 
 
@@ -117,12 +133,14 @@ LONGEST_FILES_FIRST = ("test_training.py", "test_tui_train.py", "test_train_opti
 SLOW_TESTS: dict[str, str | frozenset[str]] = {
     "test_training.py": "*", "test_train_cli.py": "*", "test_train_options.py": "*", "test_rounds.py": "*",
     "test_heldout.py": "*", "test_export.py": "*", "test_tui.py": "*", "test_tui_train.py": "*",
-    "test_tui_kto.py": "*", "test_tui_export.py": "*", "test_tui_snapshots.py": "*",
+    "test_tui_kto.py": "*", "test_tui_export.py": "*", "test_tui_snapshots.py": "*", "test_cli_matrix.py": "*",
+    "test_online_kill.py": "*", "test_soak.py": "*",
     "test_acceptance.py": frozenset({
         "test_a_round_past_its_kl_budget_is_rejected_and_the_next_round_samples_from_the_last_accepted_version"}),
     "test_data_cli.py": frozenset({"test_a_bad_file_exits_2_naming_file_line_and_field_and_changes_nothing",
                                    "test_import_stats_and_export_end_to_end",
-                                   "test_importing_the_same_file_twice_adds_nothing_the_second_time"}),
+                                   "test_importing_the_same_file_twice_adds_nothing_the_second_time",
+                                   "test_stats_or_export_of_a_missing_store_is_one_clean_error_and_creates_nothing"}),
     "test_distributed.py": frozenset({
         "test_two_ranks_train_what_one_rank_trains_and_a_run_resumes_on_another_number_of_ranks",
         "test_a_killed_rank_stops_the_other_with_one_line_naming_it"}),
@@ -138,11 +156,16 @@ SLOW_TESTS: dict[str, str | frozenset[str]] = {
     "test_models.py": frozenset({"test_cli_generate_streams_an_answer_on_the_default_model",
                                  "test_an_adapter_for_another_base_is_one_line_naming_the_tensor",
                                  "test_switching_adapters_in_place_gives_each_version_exactly"}),
+    "test_option_checks.py": frozenset({"test_the_mlx_dpo_script_gives_the_same_line_and_status_to_the_shell"}),
     "test_online.py": frozenset({
         "test_a_program_judges_rounds_raise_the_held_out_score_of_a_tiny_model_above_the_bases",
         "test_a_run_killed_between_judging_and_training_keeps_every_judged_pair_and_goes_on_with_the_next_round"}),
     "test_review.py": frozenset({"test_the_swapped_pair_comes_first_in_the_review_of_a_trained_round",
                                  "test_data_review_prints_the_worst_pairs_as_json"}),  # one trained round, shared
+    "test_store_locking.py": frozenset({
+        "test_two_processes_writing_at_once_lose_no_write",
+        "test_an_import_into_a_new_store_another_process_is_creating_waits_for_it_and_saves_everything",
+        "test_processes_opening_the_same_new_or_old_stores_at_once_all_succeed"}),
     "test_step_paths.py": frozenset({"test_every_path_gives_the_plain_paths_loss_and_gradients",
                                      "test_switching_the_optimisations_off_on_the_cli_trains_to_the_same_loss"}),
     "test_tracking.py": frozenset({"test_a_train_run_logs_every_metrics_line_to_trackio_under_trls_names"}),

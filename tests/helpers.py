@@ -29,6 +29,17 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
     )
 
 
+def console_script() -> Path:
+    """The installed `mlx-dpo` console script, next to this interpreter: the command a user types."""
+    return Path(sys.executable).with_name("mlx-dpo")
+
+
+def run_console(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the installed `mlx-dpo ARGS` (the console script, not `python -m`); returns the CompletedProcess."""
+    return subprocess.run([console_script(), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=REPO)
+
+
 @contextmanager
 def held_child(args: list[str], hook: dict[str, str], release: Path, where: str) -> Iterator[subprocess.Popen]:
     """Run `mlx-dpo ARGS` in a child with a pause hook set (training/pause.py), yield once it holds at `where`

@@ -130,7 +130,7 @@ def test_a_run_killed_between_judging_and_training_keeps_every_judged_pair_and_g
     prompts = write_prompts(tmp_path / "prompts.txt", 8)
     args = online_args(workspace, prompts, spaces_judge, tiny)
     release = tmp_path / "release"
-    hook = {"MLX_DPO_PAUSE_ONLINE": "judged:1", "MLX_DPO_PAUSE_FILE": str(release)}
+    hook = {"MLX_DPO_PAUSE_AT": "online:judged:1", "MLX_DPO_PAUSE_FILE": str(release)}
     with held_child(args, hook, release, "the end of round 1's judging"):
         with PreferenceStore(workspace) as s:  # what the run had committed when it was killed
             judged = {(p.id, p.chosen, p.rejected) for p in s.list_pairs()}

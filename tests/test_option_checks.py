@@ -57,7 +57,11 @@ CHECKS: dict[str, tuple[list[tuple[list[str], str]], list[str] | None]] = {
                                                         "exo_pair, aot, aot_unpaired, not 'hinge' (got 0.1)")],
                           ["0.49", "--loss", "cdpo"]),
     "--f-divergence-type": ([(["kl"], "--f-divergence-type kl: unknown divergence (choose from reverse_kl, forward_kl, "
-                                      "js_divergence, alpha_divergence)")], ["js_divergence"]),
+                                      "js_divergence, alpha_divergence)"),
+                             (["forward_kl", "--loss", "ipo,nca_pair"],
+                              "--f-divergence-type applies only to the losses of a chosen − rejected score difference "
+                              "(sigmoid, cdpo, robust, hinge, ipo, exo_pair, discopop, sigmoid_norm, sft), not nca_pair, "
+                              "as in TRL (got forward_kl)")], ["js_divergence"]),
     "--ld-alpha": ([(["2"], "--ld-alpha must be in [0, 1] (got 2.0)"), (["-0.1"], "--ld-alpha must be in [0, 1] (got -0.1)")],
                    ["1"]),
     "--use-weighting": ([(["--loss", "aot"], "--use-weighting (WPO) does not apply to --loss aot, aot_unpaired (they "
@@ -207,8 +211,8 @@ def test_a_config_file_that_cannot_be_read_or_parsed_is_refused_naming_it(capsys
 def test_a_bad_value_in_a_config_file_names_the_file_and_the_key(capsys, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("data: x.jsonl\nbatch-size: 0\n")
-    # The key may be spelled as the flag; the message names the setting by its flag either way.
-    assert _error(capsys, "train", "--config", str(config)) == "--batch-size must be at least 1 (got 0)"
+    # The key may be spelled as the flag; the message names the setting by its flag either way, after the file.
+    assert _error(capsys, "train", "--config", str(config)) == f"{config}: --batch-size must be at least 1 (got 0)"
 
 
 # --- the real script ----------------------------------------------------------------------------------------

@@ -288,8 +288,7 @@ def test_a_busy_database_is_not_mistaken_for_a_damaged_one(tmp_path, monkeypatch
     holder.execute("CREATE TABLE ref_logps (key TEXT PRIMARY KEY, logp REAL NOT NULL, tokens INTEGER NOT NULL, "
                    "checksum TEXT NOT NULL)")
     holder.execute("BEGIN EXCLUSIVE")  # another process in the middle of writing
-    connect = sqlite3.connect
-    monkeypatch.setattr(ref_cache.sqlite3, "connect", lambda *a, **kw: connect(*a, **{**kw, "timeout": 0.05}))
+    monkeypatch.setattr(ref_cache, "BUSY_TIMEOUT", 0.05)
 
     with pytest.raises(MlxDpoError, match="database is locked: another mlx-dpo process is writing it"):
         RefCache("fp-test", root=tmp_path)

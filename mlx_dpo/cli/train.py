@@ -34,6 +34,8 @@ def _read_config_file(path: str) -> dict:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise MlxDpoError(f"{path}: cannot read config file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise MlxDpoError(f"{path}: not valid UTF-8 (byte 0x{e.object[e.start]:02x}); save the file as UTF-8") from None
     try:
         if p.suffix == ".toml":
             import tomllib  # Python 3.11+; optional on 3.10
@@ -79,11 +81,21 @@ def _options(args: argparse.Namespace, settings: Mapping[str, Setting],
         raise MlxDpoError(f"{args.config}: {e}") from None
     if unknown:
         raise MlxDpoError(f"{args.config}: unknown option(s): {', '.join(sorted(unknown))}")
-    given.update(given_flags(args, settings.values()))
+    for key, value in command.items():  # a path or a name (resume: a yes/no), as its flag would give it
+        if not isinstance(value, bool if key == "resume" else str):
+            raise MlxDpoError(f"{args.config}: {key} must be {'true or false' if key == 'resume' else 'text'} "
+                              f"(got {json.dumps(value, default=str)})")
+    from_file = set(given)
+    given.update(flags := given_flags(args, settings.values()))
     for key in command_keys:
         if getattr(args, key, None) not in (None, False):
             command[key] = getattr(args, key)
-    return command, _checked(given, settings)
+    try:
+        check(given, settings)
+    except SettingError as e:  # by its flag; and by the file, when the file gave the value
+        where = f"{args.config}: " if e.name in from_file and e.name not in flags else ""
+        raise MlxDpoError(where + e.message(settings[e.name].flag)) from None
+    return command, given
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ from typing import Any, Iterable, Literal, NamedTuple
 from mlx_dpo.atomic import atomic_file
 from mlx_dpo.data.hub import data_source
 from mlx_dpo.data.implicit_prompt import parting_turn
-from mlx_dpo.data.rows import Place, RowError, invalid_rows_error, read_rows
+from mlx_dpo.data.rows import Place, RowError, invalid_rows_error, read_rows, text_problem
 from mlx_dpo.errors import MlxDpoError
 
 DEMO_PAIRS_PATH = Path(__file__).with_name("datasets") / "demo_pairs.jsonl"
@@ -295,8 +295,8 @@ def _parse_id(value: Any, problems: list[Problem]) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         problems.append(("id", f"expected a string or integer, got {_json_type(value)}"))
         return None
-    if isinstance(value, str) and not value.strip():
-        problems.append(("id", "is empty"))
+    if isinstance(value, str) and text_problem(value):
+        problems.append(("id", text_problem(value)))
         return None
     return str(value)
 
@@ -366,10 +366,10 @@ def _parse_messages(
 
 
 def _non_blank(text: str, name: str, problems: list[Problem]) -> bool:
-    if text.strip():
-        return True
-    problems.append((name, "is empty"))
-    return False
+    problem = text_problem(text)  # empty, or not text UTF-8 can carry (rows.py)
+    if problem:
+        problems.append((name, problem))
+    return problem is None
 
 
 def _duplicate_problem(row_id: str, explicit: bool, place: Place, first: Place, first_explicit: bool) -> Problem:

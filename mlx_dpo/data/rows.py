@@ -106,10 +106,8 @@ def read_rows(path: Path, shown: str | None = None) -> Iterator[tuple[Place, Any
     for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            yield Place(shown, line_no), json.loads(line), None
-        except json.JSONDecodeError as e:
-            yield Place(shown, line_no), None, f"not valid JSON: {e.msg} (column {e.colno})"
+        obj, not_json = parse_json_line(line)
+        yield Place(shown, line_no), obj, not_json
 
 
 def _parquet_rows(path: Path, shown: str) -> Iterator[tuple[Place, Any, str | None]]:
@@ -130,3 +128,30 @@ def _parquet_rows(path: Path, shown: str) -> Iterator[tuple[Place, Any, str | No
     except (pa.ArrowException, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MlxDpoError(f"{shown}: not a readable Parquet file ({first})") from None
+
+
+# A user's file may hold anything: JSON cut short, arrays nested thousands deep (Python's parser gives up with a
+# RecursionError), or half of a UTF-16 surrogate pair written as an escape ("\\ud800"): valid JSON, but not text
+# UTF-8 (the store, a tokenizer, a file written back) can carry. Each is a bad row named by its place, not a crash.
+SURROGATE = "holds a lone surrogate escape (\\ud800-\\udfff), which is not text; fix the file's encoding"
+
+
+def parse_json_line(line: str) -> tuple[Any, str | None]:
+    """A line's value, or (None, what is wrong with it)."""
+    try:
+        return json.loads(line), None
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON: {e.msg} (column {e.colno})"
+    except RecursionError:  # "[[[[..." thousands deep; no row needs it
+        return None, "not valid JSON here: nested too deeply"
+
+
+def text_problem(text: str) -> str | None:
+    """What keeps `text` from being a field's text ("is empty", or a lone surrogate), or None."""
+    if not text.strip():
+        return "is empty"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return SURROGATE
+    return None

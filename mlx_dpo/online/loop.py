@@ -22,7 +22,6 @@ What a caller can rely on:
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,13 +42,8 @@ from mlx_dpo.online.pairing import choose_pair
 from mlx_dpo.online.sampling import sample_answers
 from mlx_dpo.online.verdict import Judge
 from mlx_dpo.settings import ONLINE_SAMPLING, OnlineSettings
+from mlx_dpo.training.pause import pause_at
 from mlx_dpo.training.rounds import run_round
-
-# Test hook (as training/pause.py): MLX_DPO_PAUSE_ONLINE=judged:<round> holds the run after that round's
-# prompts are judged and stored, before it trains; it writes <MLX_DPO_PAUSE_FILE>.reached and waits for the file.
-PAUSE_ONLINE = "MLX_DPO_PAUSE_ONLINE"
-PAUSE_FILE = "MLX_DPO_PAUSE_FILE"
-
 
 @dataclass
 class RoundReport:
@@ -174,6 +168,7 @@ def _one_round(workspace, loaded, model, judge, number, todo, source, counts, on
         switch_adapter(loaded, latest.adapter_path if latest else None)
         n = online.samples_per_prompt
         emit(Status(f"round {number}: sampling {n} answers to {len(todo)} prompt(s) from {sampled_by}"))
+        pause_at(f"online:sampling:{number}")  # test hooks (training/pause.py), here and below
         samples = sample_answers(loaded, [p for _, p in todo], sample, n=n, seed=number,
                                  batch_size=online.sample_batch_size)
         seconds["sampling"], tokens_per_second = round(samples.seconds, 3), round(samples.tokens_per_second, 1)
@@ -184,9 +179,10 @@ def _one_round(workspace, loaded, model, judge, number, todo, source, counts, on
                 kind = judge_and_store(store, judge, prompt, answers, sampler=sampler, version=sampled_by,
                                        online=PromptRef(source, position, number))
                 counts[kind] += 1
+                pause_at(f"online:judging:{number}")
         seconds["judging"] = round(time.perf_counter() - start, 3)
         emit(Status(f"round {number}: {counts['pairs']} pair(s), {counts['ties']} tie(s), {counts['skips']} skip(s)"))
-    _pause_if_asked(f"judged:{number}")
+    pause_at(f"online:judged:{number}")
     report = RoundReport(number, sampled_by, None, sum(counts.values()), counts["pairs"], counts["ties"],
                          counts["skips"], "nothing to train", seconds=seconds,
                          sampled_tokens_per_second=tokens_per_second)
@@ -241,15 +237,6 @@ def _train(report: RoundReport, workspace, loaded, model, judge, settings, eval_
     report.version, report.status = f"v{result.version}", result.status
     report.decision, report.reason = result.decision, result.reason or ""
     report.heldout = {k: v for k, v in metrics.items() if k.startswith((HELDOUT, HELDOUT_BASE))}
-
-
-def _pause_if_asked(point: str) -> None:
-    if os.environ.get(PAUSE_ONLINE) != point:
-        return
-    release = Path(os.environ[PAUSE_FILE])
-    Path(f"{release}.reached").write_text(point)
-    while not release.exists():
-        time.sleep(0.01)
 
 
 def describe_round(report: RoundReport) -> str:

@@ -52,6 +52,8 @@ from mlx_dpo.settings import ROUND_DEFAULTS, TRAIN_GROUPS, LoraSettings, RoundSe
 from mlx_dpo.tracking import open_tracker
 from mlx_dpo.training import heldout, run
 from mlx_dpo.training.acceptance import decide, step_scale
+from mlx_dpo.training.pause import pause_at
+from mlx_dpo.training.versions import claim_version
 from mlx_dpo.training.trainer import total_steps
 
 if TYPE_CHECKING:  # the judge interface (mlx_dpo.online.judges)
@@ -163,6 +165,7 @@ def _base_model(loaded: LoadedModel | None, model: str | None, emit: Callable[[E
 def _measure(workspace: str | Path, version: int, loaded: LoadedModel, held: heldout.HeldoutSet,
              adapter_dir: Path, latest, emit: Callable[[Event], None]) -> dict:
     """A finished round's held-out numbers, added to its record; a failed measurement is noted, not raised."""
+    pause_at("heldout")  # a test hook (pause.py)
     previous = (latest.label, latest.adapter_path) if latest else None
     try:
         found = heldout.measure_version(loaded, held, f"v{version}", adapter_dir, previous, emit)
@@ -219,6 +222,16 @@ def _record(workspace: str | Path, version: int, adapter_dir: Path, settings: di
         store.record_round_feedback(version, [f.id for f in feedback])
 
 
+def _round_data(store: PreferenceStore, settings: dict, version: int) -> tuple:
+    """What round `version` trains and starts from: (new answers marked good or bad, new pairs, replayed pairs, the
+    latest kept round, the rounds rejected since, the validation pairs)."""
+    # A KTO round also trains the answers marked good or bad (feedback_records.py), alongside the pairs.
+    feedback = store.untrained_feedback() if settings["loss_type"] == "kto" else []
+    new, replayed = plan_round(store, settings["replay"], settings["seed"], version, has_feedback=bool(feedback))
+    latest, rejected = store.latest_kept_round(), store.rejected_since_kept()
+    return feedback, new, replayed, latest, rejected, store.training_pairs("valid")
+
+
 def run_round(
     workspace: str | Path,
     *,
@@ -245,14 +258,12 @@ def run_round(
     options, recorded_settings = round_options(settings)
     round_settings = build(RoundSettings, recorded_settings)
     with PreferenceStore(workspace) as store:
-        version = next_version(store, workspace)
-        # A KTO round also trains the answers marked good or bad (feedback_records.py), alongside the pairs.
-        feedback = store.untrained_feedback() if recorded_settings["loss_type"] == "kto" else []
-        new, replayed = plan_round(store, recorded_settings["replay"], recorded_settings["seed"], version,
-                                   has_feedback=bool(feedback))
-        latest = store.latest_kept_round()
-        rejected = store.rejected_since_kept()
-        valid_pairs = store.training_pairs("valid")
+        # Its folder made and locked (a round a killed process left unrecorded is recorded first: versions.py).
+        claim = claim_version(store, adapters_root(workspace), lambda: next_version(store, workspace))
+        with claim.given_up_on_error():  # nothing to train: no round, so no folder either
+            feedback, new, replayed, latest, rejected, valid_pairs = _round_data(store, recorded_settings,
+                                                                                 claim.version)
+    version = claim.version
     smaller = _smaller_step(options, recorded_settings, rejected)
     init_adapter = latest.adapter_path if latest else None
     adapter_dir = adapters_root(workspace) / f"v{version}"
@@ -286,6 +297,7 @@ def run_round(
     checked = status == "finished" and held is not None and round_settings.accept != "always"
     decision, reason = _first_decision(status, checked, round_settings.accept)
     _record(workspace, version, adapter_dir, recorded_settings, metrics, status, trained, feedback, decision, reason)
+    claim.release()
     if status == "finished" and held is not None:
         metrics = _measure(workspace, version, loaded, held, adapter_dir, latest, emit)
         if tracker is not None:  # the held-out numbers, and the version's held-out answers as a table

@@ -28,6 +28,7 @@ from mlx_dpo.models.load import LoadedModel, apply_adapter, load_model
 from mlx_dpo.data.pairs import PreferencePair, load_pairs
 from mlx_dpo.training.ref_cache import RefCache, arrays_digest, reference_fingerprint
 from mlx_dpo.training.reference import RefLogps, ReferenceStats, reference_logps
+from mlx_dpo.training.kto_scores import kto_scores
 from mlx_dpo.training.method_data import kto_data, method_reference, with_labels
 from mlx_dpo.training.methods import is_kto
 from mlx_dpo.training.tokens import EncodedPair, Encoder, token_limits, truncation_report
@@ -320,7 +321,8 @@ def evaluate(
     loaded: LoadedModel | None = None,
     **loss_settings: Any,
 ) -> dict:
-    """Preference accuracy, mean reward margin and loss of base + adapter against the base as reference.
+    """Preference accuracy, mean reward margin and loss of base + adapter against the base as reference (KTO:
+    each answer against its label, kto_scores.py).
 
     `loss_settings` are the loss's own settings, named as in TrainingArgs (EVAL_LOSS_SETTINGS: label_smoothing,
     loss_weights, discopop_tau, ...), so a loss that needs one (exo_pair's ε) is scored as it trains.
@@ -332,14 +334,17 @@ def evaluate(
     # Built first: a bad setting is refused before anything loads.
     args = TrainingArgs(beta=beta, loss_type=loss_type, batch_size=batch_size, full_logits=full_logits,
                         shared_prompt=shared_prompt, **loss_settings)
-    if is_kto(args):  # its examples are single answers: no pair accuracy to give
-        raise MlxDpoError("eval scores preference pairs; give it a pair loss (sigmoid, ...), not kto")
-    pairs = _pairs(data, skip_invalid, emit, data_config, default_split="test")  # a Hub dataset: its test split
+    # KTO's examples are single answers marked good or bad, in the pair layout (method_data.py, kto_scores.py); a Hub
+    # dataset gives its test split.
+    if is_kto(args):
+        pairs, labels = kto_data(data, args, skip_invalid, emit, data_config, default_split="test")
+    else:
+        pairs, labels = _pairs(data, skip_invalid, emit, data_config, default_split="test"), None
     loaded = loaded or load_model(model)
     # The limits training uses: eval of a long row must not take more memory than training it.
     limits = token_limits(loaded.config, max_length or RunOptions.max_length, RunOptions.max_prompt_length)
     encoder = Encoder(loaded.tokenizer, max_length=limits.max_length, max_prompt_length=limits.max_prompt_length)
-    encoded, _ = encoder.encode_all(pairs, skip_invalid=skip_invalid)
+    encoded = with_labels(encoder.encode_all(pairs, skip_invalid=skip_invalid)[0], labels)
     if not encoded:
         raise MlxDpoError("no pairs to evaluate")
     cache = RefCache(model_fingerprint(loaded))
@@ -349,17 +354,15 @@ def evaluate(
     if adapter_path:
         apply_adapter(loaded, adapter_path)
     loaded.model.eval()
-    rows = [row for _, chunk, metrics in evaluate_batches(loaded.model, args, encoded, ref, emit)
-            for row in _example_rows(chunk, metrics, ref)]
-    n = len(rows)
-    result = {
-        "accuracy": sum(r["_accuracy"] for r in rows) / n,
-        "margin": sum(r["_margin"] for r in rows) / n,
-        "loss": sum(r["_loss"] for r in rows) / n,
-        "n_pairs": n,
-        REF_HITS: stats.hits,
-        REF_MISSES: stats.misses,
-    }
+    batches = evaluate_batches(loaded.model, args, encoded, ref, emit)
+    if is_kto(args):
+        result, rows = kto_scores(batches, ref, args.beta)
+    else:
+        rows = [row for _, chunk, metrics in batches for row in _example_rows(chunk, metrics, ref)]
+        n = len(rows)
+        result = {"accuracy": sum(r["_accuracy"] for r in rows) / n, "margin": sum(r["_margin"] for r in rows) / n,
+                  "loss": sum(r["_loss"] for r in rows) / n, "n_pairs": n}
+    result.update({REF_HITS: stats.hits, REF_MISSES: stats.misses})
     if per_example:
         with atomic_file(per_example, "w", encoding="utf-8") as f:
             for r in rows:

@@ -335,6 +335,6 @@ def train_loop(
                                         "epoch": epoch, "data_order": order.batches(epoch),
                                         "report_window": window_state})
                 on_event(CheckpointSaved(step=step, path=str(path)))
-        pause.pause_if_asked(step)  # a test hook: MLX_DPO_PAUSE_AT_STEP (pause.py)
+        pause.pause_at(f"step:{step}")  # a test hook (pause.py)
     model.eval()
     return last
