@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from mlx_dpo import api  # light: its heavy names (run_online, ...) load the library when the command runs
 from mlx_dpo.cli.common import WORKSPACE_HELP, add_model_args
 from mlx_dpo.cli.train import _checked, _train_settings
 from mlx_dpo.data.prompt_file import read_prompt_file
@@ -52,8 +53,7 @@ def _rubric(text: str | None) -> str | None:
 
 
 def cmd_online(args: argparse.Namespace) -> int:
-    from mlx_dpo import api  # the heavy library loads when the command runs (see cli/__init__)
-    from mlx_dpo.online.loop import describe_round
+    from mlx_dpo.online.loop import describe_round  # the heavy library loads when the command runs
 
     online_given = _checked(given_flags(args, settings_of(OnlineSettings).values()), settings_of(OnlineSettings))
     online = OnlineSettings(**online_given)
