@@ -27,7 +27,6 @@ from mlx_dpo.api import evaluate, train
 from mlx_dpo.cli import main
 from mlx_dpo.events import StepMetrics
 from mlx_dpo.models.load import load_model
-from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.options import SettingError
 from mlx_dpo.settings import LOSS_TYPES, TrainingArgs
 from mlx_dpo.training import checkpoint, trainer
