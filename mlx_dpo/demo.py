@@ -28,6 +28,7 @@ from mlx_dpo import doctor
 from mlx_dpo.api import run_online
 from mlx_dpo.data.pairs import DEMO_PAIRS_PATH
 from mlx_dpo.data.prompt_file import read_prompt_file
+from mlx_dpo.metric_names import HELDOUT_KL, HELDOUT_REPETITION, HELDOUT_SCORE, HELDOUT_UNFINISHED, base_key
 from mlx_dpo.models.generate import SampleSettings
 from mlx_dpo.models.load import load_model
 from mlx_dpo.online.judges import load_judge
@@ -60,12 +61,13 @@ def show_round(report: RoundReport) -> None:
     print(f"round {report.round}: judged {report.prompts} prompts' answers from {report.sampled_by} "
           f"({report.pairs} pairs, {report.ties} ties, {report.skips} skips), trained {report.version or 'nothing'}",
           flush=True)
-    score, base, kl = held.get("heldout/score"), held.get("heldout_base/score"), held.get("heldout/kl")
+    score, base, kl = held.get(HELDOUT_SCORE), held.get(base_key(HELDOUT_SCORE)), held.get(HELDOUT_KL)
     if score is not None and base is not None:
         print(f"  held-out judge score {score:.3f} (base {base:.3f}, {score - base:+.3f}), KL to base {kl:.2f} "
-              f"nats/answer, repeated 3-grams {held.get('heldout/repetition', 0):.2f} (base "
-              f"{held.get('heldout_base/repetition', 0):.2f}), cut at max tokens "
-              f"{held.get('heldout/unfinished', 0):.2f} (base {held.get('heldout_base/unfinished', 0):.2f})", flush=True)
+              f"nats/answer, repeated 3-grams {held.get(HELDOUT_REPETITION, 0):.2f} (base "
+              f"{held.get(base_key(HELDOUT_REPETITION), 0):.2f}), cut at max tokens "
+              f"{held.get(HELDOUT_UNFINISHED, 0):.2f} (base {held.get(base_key(HELDOUT_UNFINISHED), 0):.2f})",
+              flush=True)
     if report.decision:
         print(f"  {report.version} {report.decision}: {report.reason}", flush=True)
 
@@ -119,7 +121,7 @@ def main(model: str | None = None, workspace: Path = WORKSPACE, online: OnlineSe
          judge: str = JUDGE) -> int:
     """The demo; tests/test_demo.py passes a tiny `model`, one small round, fewer held-out prompts and a judge
     a random tiny model's answers do not all tie under."""
-    run = {**RUN, "heldout_prompts": heldout_prompts, **(run or {})}  # every held-out prompt is measured
+    run = {**RUN, **(run or {})}
     rep = doctor.report(measure=False)
     say(f"mlx-dpo {rep['mlx_dpo']} on {rep['device']}; BLAS: {rep['blas'].get('library')}")
 

@@ -9,6 +9,7 @@ from typing import TextIO
 from mlx_dpo.events import (
     Cancelled, CheckpointSaved, Event, EvalMetrics, Failed, Finished, Status, StepMetrics,
 )
+from mlx_dpo.metric_names import ACCURACY, EVAL, KTO_KL, LOSS, MARGIN, TOKENS_PER_SECOND
 
 
 def _fmt(seconds: float) -> str:
@@ -19,8 +20,7 @@ def _fmt(seconds: float) -> str:
 
 # What a report line shows, in order, when the method logs it (methods.py): every method has a loss; KTO has a KL
 # reference point and no pair accuracy. One printer for every method.
-SHOWN = (("loss", "loss", ".4f"), ("acc", "rewards/accuracies", ".2f"), ("kl", "kl", ".3f"),
-         ("margin", "rewards/margins", ".3f"))
+SHOWN = (("loss", LOSS, ".4f"), ("acc", ACCURACY, ".2f"), ("kl", KTO_KL, ".3f"), ("margin", MARGIN, ".3f"))
 
 
 def scores(metrics: dict, prefix: str = "") -> str:
@@ -54,12 +54,12 @@ class ProgressPrinter:
             bar = "#" * filled + "-" * (self.width - filled)
             self._line(
                 f"[{bar}] step {event.step}/{event.total_steps} ETA {_fmt(eta)} {scores(m)} "
-                f"{m.get('tokens_per_second', 0):.0f} tok/s"
+                f"{m.get(TOKENS_PER_SECOND, 0):.0f} tok/s"
                 + (f" on {m['ranks']} ranks" if m.get("ranks", 1) > 1 else ""),
                 final=True,
             )
         elif isinstance(event, EvalMetrics):
-            self._line(f"  eval @ step {event.step}: {scores(event.metrics, 'eval_')}", final=True)
+            self._line(f"  eval @ step {event.step}: {scores(event.metrics, EVAL)}", final=True)
         elif isinstance(event, CheckpointSaved):
             self._line(f"  checkpoint: {event.path}", final=True)
         elif isinstance(event, Finished):

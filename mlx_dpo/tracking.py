@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, Status
+from mlx_dpo.metric_names import EVAL, HELDOUT, HELDOUT_BASE
 
 DEFAULT_PROJECT = "mlx-dpo"
 COMPLETIONS = "completions"  # TRL's LogCompletionsCallback table name and columns
@@ -39,7 +40,7 @@ COMPLETION_COLUMNS = ("step", "prompt", "completion")
 def trl_names(metrics: Mapping[str, Any]) -> tuple[int, dict[str, float]]:
     """(step, the numbers by TRL's names in a tracker): `loss` -> train/loss, `eval_loss` -> eval/loss."""
     step = int(metrics["step"])
-    named = {("eval/" + k[len("eval_"):] if k.startswith("eval_") else "train/" + k): v
+    named = {("eval/" + k[len(EVAL):] if k.startswith(EVAL) else "train/" + k): v
              for k, v in metrics.items() if k != "step" and _number(v)}
     return step, {**named, "train/global_step": step}
 
@@ -98,7 +99,7 @@ class Tracker:
     def log_heldout(self, metrics: Mapping[str, Any], prompts: Sequence[list[dict]], answers: Sequence[Sequence[str]],
                     step: int) -> None:
         """A round's held-out numbers, and its held-out answers as a `completions` table (one row per answer)."""
-        numbers = {k: v for k, v in metrics.items() if k.startswith(("heldout/", "heldout_base/")) and _number(v)}
+        numbers = {k: v for k, v in metrics.items() if k.startswith((HELDOUT, HELDOUT_BASE)) and _number(v)}
         rows = [[step, prompt[-1]["content"], answer] for prompt, group in zip(prompts, answers) for answer in group]
         table = self._trackio.Table(columns=list(COMPLETION_COLUMNS), data=rows) if rows else None
         self._guarded("logging", lambda: self._run.log({**numbers, **({COMPLETIONS: table} if table else {})},

@@ -20,6 +20,7 @@ import pytest
 from helpers import errors, model_ready, sample_answers, type_text, wait_until, warnings
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.events import RoundEnded, RoundFailed
 from tui.app import MlxDpoApp
 from tui.messages import WorkerEvent
 from tui.sampling import shown_order
@@ -263,7 +264,7 @@ async def test_after_every_k_labels_the_app_trains_a_round_with_the_loops_settin
 
     def start_training(settings, report):  # no training child here: the round is recorded and ends at once
         app.rounds_started.append(settings)
-        report({"type": "RoundFailed", "error": "no training in this test"})
+        report(RoundFailed("no training in this test"))
         return SimpleNamespace(running=False)
 
     app.start_training = start_training
@@ -402,9 +403,8 @@ async def test_a_rejected_version_says_why_is_not_switched_to_and_a_person_can_k
         assert row("1")[-4:] == ["0.01", "0.25", "✓ yes", "KL 0.40 <= budget 3 nats"]
         assert row("2")[-2:] == ["✗ no", "KL 7.50 > budget 3 nats"]
         # A round that ends rejected, as the training child reports it: the app stays on its version.
-        screen.post_message(WorkerEvent({"type": "RoundEnded", "version": 2, "status": "finished",
-                                         "adapter_path": "adapters/v2", "metrics": {}, "decision": "rejected",
-                                         "reason": "KL 7.50 > budget 3 nats"}))
+        screen.post_message(WorkerEvent(RoundEnded(2, "finished", "adapters/v2", {}, decision="rejected",
+                                                    reason="KL 7.50 > budget 3 nats")))
         await pilot.pause()
         assert warnings(app)[-1] == "Rejected: v2 not kept: KL 7.50 > budget 3 nats"
         assert app.current_version_label() == "base"  # not switched to v2

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import random
 
-from mlx_dpo.data.answers import Answer
+from mlx_dpo.api import Answer, same_answers
 from tui.workers import events
-from mlx_dpo.data.pairs import same_answers
 from tui.prompts import PromptParts
 
 SLOTS = (1, 2)

@@ -15,6 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from mlx_dpo import api  # light: its heavy names (run_online, ...) load the library when the command runs
 from mlx_dpo.cli.common import WORKSPACE_HELP, add_model_args, checked, train_settings
 from mlx_dpo.data.prompt_file import read_prompt_file
 from mlx_dpo.data.store import PreferenceStore
@@ -44,8 +45,7 @@ def _rubric(text: str | None) -> str | None:
 
 
 def cmd_online(args: argparse.Namespace) -> int:
-    from mlx_dpo import api  # the heavy library loads when the command runs (see cli/__init__)
-    from mlx_dpo.online.loop import describe_round
+    from mlx_dpo.online.loop import describe_round  # the heavy library loads when the command runs
 
     online = build(OnlineSettings, checked(given_flags(args, settings_of(OnlineSettings).values()),
                                            settings_of(OnlineSettings)))

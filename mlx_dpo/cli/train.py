@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from mlx_dpo import api  # light: its heavy names (train, evaluate, ...) load the library when a command runs
 from mlx_dpo.cli.common import WORKSPACE_HELP, add_model_args, checked, train_settings
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
@@ -84,8 +85,6 @@ def _options(args: argparse.Namespace, settings: Mapping[str, Setting],
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mlx_dpo import api  # the heavy library loads when a command runs (see cli/__init__)
-
     if args.incremental:  # one round on the workspace's store (mlx_dpo.training.rounds)
         command, settings = _options(args, train_settings(incremental=True), ("model",))
         workspace = args.workspace or PreferenceStore.default_workspace()
@@ -107,8 +106,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from mlx_dpo import api
-
     settings = checked(given_flags(args, _eval_settings().values()), _eval_settings())
     result = api.evaluate(args.data, model=args.model, adapter_path=args.adapter_path, per_example=args.per_example,
                           on_event=ProgressPrinter(), **settings)

@@ -32,6 +32,10 @@ from mlx_dpo.data.prompt_file import read_prompt_file
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, Finished, Status
+from mlx_dpo.metric_names import (
+    HELDOUT, HELDOUT_ACCURACY, HELDOUT_BASE, HELDOUT_KL, HELDOUT_REPETITION, HELDOUT_SCORE, HELDOUT_UNFINISHED,
+    HELDOUT_WIN_VS_BASE
+)
 from mlx_dpo.models.generate import SampleSettings
 from mlx_dpo.models.load import load_model
 from mlx_dpo.models.session import ModelSession
@@ -232,7 +236,7 @@ def _train(report: RoundReport, workspace, loaded, model, judge, settings, eval_
                           heldout=round(end - trained, 3))
     report.version, report.status = f"v{result.version}", result.status
     report.decision, report.reason = result.decision, result.reason or ""
-    report.heldout = {k: v for k, v in metrics.items() if k.startswith(("heldout/", "heldout_base/"))}
+    report.heldout = {k: v for k, v in metrics.items() if k.startswith((HELDOUT, HELDOUT_BASE))}
 
 
 def describe_round(report: RoundReport) -> str:
@@ -243,10 +247,10 @@ def describe_round(report: RoundReport) -> str:
              f"trained {report.version}" if report.version else report.status]
     if report.decision:
         parts.append(f"{report.decision}: {report.reason}" if report.reason else report.decision)
-    for key, name in (("heldout/score", "score"), ("heldout/kl", "KL"), ("heldout/accuracy", "accuracy"),
-                      ("heldout/win_vs_base", "wins vs base"), ("heldout/unfinished", "unfinished"),
-                      ("heldout/repetition", "repeated 3-grams")):
+    for key, name in ((HELDOUT_SCORE, "score"), (HELDOUT_KL, "KL"), (HELDOUT_ACCURACY, "accuracy"),
+                      (HELDOUT_WIN_VS_BASE, "wins vs base"), (HELDOUT_UNFINISHED, "unfinished"),
+                      (HELDOUT_REPETITION, "repeated 3-grams")):
         if held.get(key) is not None:
-            base = held.get(key.replace("heldout/", "heldout_base/"))
+            base = held.get(key.replace(HELDOUT, HELDOUT_BASE))
             parts.append(f"{name} {held[key]:.3f}" + (f" (base {base:.3f})" if isinstance(base, (int, float)) else ""))
     return " · ".join(parts)

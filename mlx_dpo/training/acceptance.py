@@ -34,6 +34,10 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
+from mlx_dpo.metric_names import (
+    HELDOUT_COMPARED_PREVIOUS, HELDOUT_KL, HELDOUT_REPETITION, HELDOUT_SAMPLES, HELDOUT_UNFINISHED,
+    HELDOUT_WIN_VS_PREVIOUS
+)
 from mlx_dpo.settings import ACCEPT_MODES  # always, kl, better
 
 Z = 2.0  # standard errors a loss (or a jump) must exceed before it counts
@@ -68,21 +72,20 @@ def decide(candidate: Numbers, previous: Numbers | None, base: Numbers, *, accep
     reference = previous if previous is not None else base
     against = "the previous version" if previous is not None else "the base"
     failed, passed = [], []
-    kl = _number(candidate, "heldout/kl")
+    kl = _number(candidate, HELDOUT_KL)
     if kl is None:
         return True, "kept unchecked: no held-out samples to measure its KL on"
     (failed if kl > kl_budget else passed).append(f"KL {kl:.2f} {'>' if kl > kl_budget else '<='} budget "
                                                   f"{kl_budget:g} nats")
-    samples = int(_number(candidate, "heldout/samples") or 0)
-    for key, name in (("heldout/repetition", "repeated 3-grams"), ("heldout/unfinished", "unfinished")):
+    samples = int(_number(candidate, HELDOUT_SAMPLES) or 0)
+    for key, name in ((HELDOUT_REPETITION, "repeated 3-grams"), (HELDOUT_UNFINISHED, "unfinished")):
         now, before = _number(candidate, key), _number(reference, key)
         if now is None or before is None:
             continue
         jumped = now - before > margin(samples)
         (failed if jumped else passed).append(f"{name} {before:.2f} -> {now:.2f}" + (" (a jump)" if jumped else ""))
     if accept == "better":
-        rate = _number(candidate, "heldout/win_vs_previous")
-        n = int(_number(candidate, "heldout/compared_previous") or 0)
+        rate, n = _number(candidate, HELDOUT_WIN_VS_PREVIOUS), int(_number(candidate, HELDOUT_COMPARED_PREVIOUS) or 0)
         if rate is None:
             passed.append("no judge's win rate to check")
         else:

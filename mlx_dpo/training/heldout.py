@@ -49,6 +49,11 @@ from mlx_dpo.atomic import write_json
 from mlx_dpo.data.answers import flags, is_finished, with_flags
 from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.events import Event, Status
+from mlx_dpo.metric_names import (
+    HELDOUT, HELDOUT_ACCURACY, HELDOUT_BASE, HELDOUT_COMPARED_BASE, HELDOUT_COMPARED_PREVIOUS, HELDOUT_KL,
+    HELDOUT_MARGIN, HELDOUT_REPETITION, HELDOUT_SAMPLES, HELDOUT_SCORE, HELDOUT_UNFINISHED, HELDOUT_WIN_VS_BASE,
+    HELDOUT_WIN_VS_PREVIOUS
+)
 from mlx_dpo.models.adapter import adapter_weights
 from mlx_dpo.models.generate import SampleSettings
 from mlx_dpo.models.session import ModelSession
@@ -64,11 +69,11 @@ if TYPE_CHECKING:  # the judge interface (mlx_dpo.online.judges); only its metho
 
 Prompt = list[dict[str, str]]
 Answers = list[list[str]]  # answers[i]: the samples for prompt i
-KEYS = ("heldout/accuracy", "heldout/margin", "heldout/kl", "heldout/score", "heldout/win_vs_previous",
-        "heldout/win_vs_base", "heldout/repetition", "heldout/unfinished", "heldout/samples",
-        "heldout/compared_previous", "heldout/compared_base")
-BASE_KEYS = ("heldout/accuracy", "heldout/margin", "heldout/kl", "heldout/score", "heldout/repetition",
-             "heldout/unfinished", "heldout/samples")  # copied into each round's record as heldout_base/...
+KEYS = (HELDOUT_ACCURACY, HELDOUT_MARGIN, HELDOUT_KL, HELDOUT_SCORE, HELDOUT_WIN_VS_PREVIOUS,
+        HELDOUT_WIN_VS_BASE, HELDOUT_REPETITION, HELDOUT_UNFINISHED, HELDOUT_SAMPLES,
+        HELDOUT_COMPARED_PREVIOUS, HELDOUT_COMPARED_BASE)
+BASE_KEYS = (HELDOUT_ACCURACY, HELDOUT_MARGIN, HELDOUT_KL, HELDOUT_SCORE, HELDOUT_REPETITION,
+             HELDOUT_UNFINISHED, HELDOUT_SAMPLES)  # copied into each round's record as heldout_base/...
 HELDOUT_DIR = "heldout"
 HELDOUT_SEED = 0  # the same draws for every version (see the module docstring)
 HELDOUT_BATCH = 16  # sequences sampled together: part of the draws (mlx_dpo.online.sampling), so fixed
@@ -160,9 +165,9 @@ def degeneration(answers: Answers) -> dict[str, float | None]:
     """The degeneration figures of a version's samples: mean repetition, share unfinished, and the sample count."""
     flat = [a for group in answers for a in group]
     if not flat:
-        return {"heldout/repetition": None, "heldout/unfinished": None, "heldout/samples": 0}
-    return {"heldout/repetition": sum(repetition(a) for a in flat) / len(flat),
-            "heldout/unfinished": sum(not is_finished(a) for a in flat) / len(flat), "heldout/samples": len(flat)}
+        return {HELDOUT_REPETITION: None, HELDOUT_UNFINISHED: None, HELDOUT_SAMPLES: 0}
+    return {HELDOUT_REPETITION: sum(repetition(a) for a in flat) / len(flat),
+            HELDOUT_UNFINISHED: sum(not is_finished(a) for a in flat) / len(flat), HELDOUT_SAMPLES: len(flat)}
 
 
 def kept_answers(kept: dict) -> Answers:
@@ -195,11 +200,11 @@ def heldout_metrics(
     prompts = list(eval_prompts)
     if adapter_path is None:
         answers = answers if answers is not None or not prompts or not n else sample(loaded, None, prompts, settings, n)
-        return {"heldout/accuracy": 0.5 if valid_pairs else None, "heldout/margin": 0.0 if valid_pairs else None,
-                "heldout/kl": 0.0 if answers else None,
-                "heldout/score": mean_score(judge, prompts, answers or []),
-                "heldout/win_vs_previous": None, "heldout/win_vs_base": None, **degeneration(answers or []),
-                "heldout/compared_previous": 0, "heldout/compared_base": 0}
+        return {HELDOUT_ACCURACY: 0.5 if valid_pairs else None, HELDOUT_MARGIN: 0.0 if valid_pairs else None,
+                HELDOUT_KL: 0.0 if answers else None,
+                HELDOUT_SCORE: mean_score(judge, prompts, answers or []),
+                HELDOUT_WIN_VS_PREVIOUS: None, HELDOUT_WIN_VS_BASE: None, **degeneration(answers or []),
+                HELDOUT_COMPARED_PREVIOUS: 0, HELDOUT_COMPARED_BASE: 0}
     kl = None
     if prompts and n:
         answers = answers if answers is not None else sample(loaded, adapter_path, prompts, settings, n)
@@ -214,10 +219,10 @@ def heldout_metrics(
     answers = answers or []
     previous, compared_previous = wins(judge, prompts, answers, previous_answers)
     base, compared_base = wins(judge, prompts, answers, base_answers)
-    return {"heldout/accuracy": scored.get("accuracy"), "heldout/margin": scored.get("margin"), "heldout/kl": kl,
-            "heldout/score": mean_score(judge, prompts, answers), "heldout/win_vs_previous": previous,
-            "heldout/win_vs_base": base, **degeneration(answers), "heldout/compared_previous": compared_previous,
-            "heldout/compared_base": compared_base}
+    return {HELDOUT_ACCURACY: scored.get("accuracy"), HELDOUT_MARGIN: scored.get("margin"), HELDOUT_KL: kl,
+            HELDOUT_SCORE: mean_score(judge, prompts, answers), HELDOUT_WIN_VS_PREVIOUS: previous,
+            HELDOUT_WIN_VS_BASE: base, **degeneration(answers), HELDOUT_COMPARED_PREVIOUS: compared_previous,
+            HELDOUT_COMPARED_BASE: compared_base}
 
 
 @dataclass
@@ -299,5 +304,5 @@ def measure_version(loaded: ModelSession, heldout: HeldoutSet, label: str, adapt
                               previous_answers=previous_answers, base_answers=base_answers,
                               sample_settings=heldout.settings, n=heldout.n, beta=heldout.beta,
                               batch_size=heldout.batch_size)
-    return {**metrics, **{key.replace("heldout/", "heldout_base/"): value for key, value in base.items()
+    return {**metrics, **{key.replace(HELDOUT, HELDOUT_BASE): value for key, value in base.items()
                           if key in BASE_KEYS}}

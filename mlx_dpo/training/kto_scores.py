@@ -21,6 +21,7 @@ from typing import Iterable
 
 import mlx.core as mx
 
+from mlx_dpo.metric_names import KTO_KL, LOGPS_CHOSEN, LOGPS_REJECTED, LOSS
 from mlx_dpo.training.reference import RefLogps
 from mlx_dpo.training.tokens import EncodedPair
 
@@ -35,10 +36,10 @@ def kto_scores(batches: Iterable[tuple[object, list[EncodedPair], dict[str, mx.a
         for i, p in enumerate(chunk):
             # Undo the spread: logps/chosen holds π·n/#good for a good answer, logps/rejected π·n/#bad for a bad.
             group = good if p.desirable else len(chunk) - good
-            logp = values["logps/chosen" if p.desirable else "logps/rejected"][i] * group / len(chunk)
-            u, z = logp - ref.values[p][0], values["kl"][i]
+            logp = values[LOGPS_CHOSEN if p.desirable else LOGPS_REJECTED][i] * group / len(chunk)
+            u, z = logp - ref.values[p][0], values[KTO_KL][i]
             rows.append({"id": p.id, "label": bool(p.desirable), "policy_logp": logp, "ref_logp": ref.values[p][0],
-                         "reward": beta * u, "tokens": len(p.chosen), "_loss": values["loss"][i], "_kl": z,
+                         "reward": beta * u, "tokens": len(p.chosen), "_loss": values[LOSS][i], "_kl": z,
                          "_right": (u > z) if p.desirable else (u < z)})
     good = [r["reward"] for r in rows if r["label"]]
     bad = [r["reward"] for r in rows if not r["label"]]

@@ -41,6 +41,9 @@ from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, Status
 from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.data.store import PreferenceStore
+from mlx_dpo.metric_names import (
+    HELDOUT, HELDOUT_BASE, HELDOUT_ERROR, NEW_FEEDBACK, NEW_PAIRS, REF_HITS, REF_MISSES, REPLAYED_PAIRS
+)
 from mlx_dpo.models.generate import SampleSettings
 from mlx_dpo.settings import ONLINE_SAMPLING
 from mlx_dpo.models.load import load_model
@@ -169,7 +172,7 @@ def _measure(workspace: str | Path, version: int, loaded: ModelSession, held: he
         found = heldout.measure_version(loaded, held, f"v{version}", adapter_dir, previous, emit)
     except MlxDpoError as e:  # the round itself trained and is recorded; say why its numbers are missing
         emit(Status(f"held-out measurement failed: {e}"))
-        found = {"heldout/error": str(e)}
+        found = {HELDOUT_ERROR: str(e)}
     with PreferenceStore(workspace) as store:
         return store.update_round_metrics(version, found).metrics
 
@@ -177,10 +180,10 @@ def _measure(workspace: str | Path, version: int, loaded: ModelSession, held: he
 def _decide(workspace: str | Path, version: int, metrics: dict, latest, settings: RoundSettings,
             emit: Callable[[Event], None]) -> tuple[bool, str]:
     """Keep the measured round or not (training/acceptance.py), recorded with its reason."""
-    base = {key.replace("heldout_base/", "heldout/"): value for key, value in metrics.items()
-            if key.startswith("heldout_base/")}
-    if "heldout/error" in metrics:
-        accepted, reason = False, f"not checked: {metrics['heldout/error']}"
+    base = {key.replace(HELDOUT_BASE, HELDOUT): value for key, value in metrics.items()
+            if key.startswith(HELDOUT_BASE)}
+    if HELDOUT_ERROR in metrics:
+        accepted, reason = False, f"not checked: {metrics[HELDOUT_ERROR]}"
     else:
         accepted, reason = decide(metrics, latest.metrics if latest else None, base, accept=settings.accept,
                                   kl_budget=settings.kl_budget)
@@ -288,8 +291,8 @@ def run_round(
         raise
     status = "cancelled" if result.cancelled else "finished"
     metrics = {**result.metrics, **result.eval_metrics, "steps": options["iters"],
-               "ref_cache/hits": result.reference.hits, "ref_cache/misses": result.reference.misses,
-               "new_pairs": len(new), "replayed_pairs": len(replayed), "new_feedback": len(feedback)}
+               REF_HITS: result.reference.hits, REF_MISSES: result.reference.misses,
+               NEW_PAIRS: len(new), REPLAYED_PAIRS: len(replayed), NEW_FEEDBACK: len(feedback)}
     held = heldout_set(workspace, round_settings, valid_pairs=valid_pairs, eval_prompts=eval_prompts, judge=judge,
                        sample_settings=sample_settings, **{k: recorded_settings[k] for k in ("beta", "batch_size")})
     checked = status == "finished" and held is not None and round_settings.accept != "always"

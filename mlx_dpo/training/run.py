@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 import mlx.core as mx
 
 from mlx_dpo.atomic import atomic_file
+from mlx_dpo.metric_names import ACCURACY, LOGPS_CHOSEN, LOGPS_REJECTED, LOSS, MARGIN, REF_HITS, REF_MISSES
 from mlx_dpo.training import checkpoint, distributed, memory
 from mlx_dpo.models.adapter import CONFIG_FILE, adapter_config, adapter_weights, read_adapter_config, settings_from_config
 from mlx_dpo.errors import MlxDpoError
@@ -273,7 +274,7 @@ def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, load
             valid_pairs=valid_enc, resume_from=start.resume_from, on_event=on_loop_event, cancel=cancelled,
             # Continuing from an adapter also continues its optimizer moments, when its run left them.
             optimizer_from=checkpoint.latest(Path(init_adapter)) if init_adapter and not resume else None,
-            run_info=lambda: {"ref_cache/hits": stats.hits, "ref_cache/misses": stats.misses,
+            run_info=lambda: {REF_HITS: stats.hits, REF_MISSES: stats.misses,
                               "ref_pass_seconds": round(stats.seconds, 3), "ranks": group.size}, checks=loaded.checks)
     except BaseException:
         loaded.drop_training()  # a half-trained adapter is nobody's version
@@ -294,15 +295,15 @@ def _example_rows(pairs: list[EncodedPair], metrics: dict[str, mx.array], ref: R
     values = {k: v.tolist() for k, v in metrics.items()}
     return [{
         "id": p.id,
-        "policy_chosen_logp": values["logps/chosen"][i],
-        "policy_rejected_logp": values["logps/rejected"][i],
+        "policy_chosen_logp": values[LOGPS_CHOSEN][i],
+        "policy_rejected_logp": values[LOGPS_REJECTED][i],
         "ref_chosen_logp": ref.values[p][0],
         "ref_rejected_logp": ref.values[p][1],
         "chosen_tokens": len(p.chosen),
         "rejected_tokens": len(p.rejected),
-        "_accuracy": values["rewards/accuracies"][i],
-        "_margin": values["rewards/margins"][i],
-        "_loss": values["loss"][i],
+        "_accuracy": values[ACCURACY][i],
+        "_margin": values[MARGIN][i],
+        "_loss": values[LOSS][i],
     } for i, p in enumerate(pairs)]
 
 
@@ -369,7 +370,7 @@ def evaluate(
             n = len(rows)
             result = {"accuracy": sum(r["_accuracy"] for r in rows) / n, "margin": sum(r["_margin"] for r in rows) / n,
                       "loss": sum(r["_loss"] for r in rows) / n, "n_pairs": n}
-    result.update({"ref_cache/hits": stats.hits, "ref_cache/misses": stats.misses})
+    result.update({REF_HITS: stats.hits, REF_MISSES: stats.misses})
     if per_example:
         with atomic_file(per_example, "w", encoding="utf-8") as f:
             for r in rows:

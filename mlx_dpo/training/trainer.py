@@ -25,6 +25,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from mlx_dpo.compat import checkpoint_layers
 from mlx_dpo.events import Cancelled, CheckpointSaved, Event, EvalMetrics, StepMetrics
+from mlx_dpo.metric_names import EVAL, LEARNING_RATE, LOSS, PEAK_MEMORY_GB, TOKENS_PER_SECOND
 from mlx_dpo.models.session import SelfChecks
 from mlx_dpo.settings import TrainingArgs
 from mlx_dpo.training import checkpoint, distributed, fast_path, pause
@@ -75,7 +76,7 @@ def batch_loss(model: nn.Module, args: TrainingArgs, batch: DpoBatch,
     logps = pair_logps(model, batch.tokens, full_logits=args.full_logits, per_token=args.ld_alpha is not None,
                        weighting=args.use_weighting, mask_dims=mask_dims)
     losses, metrics = method_losses(args, logps, batch.ref_chosen, batch.ref_rejected, batch.desirable, logps.weights)
-    metrics["loss"] = losses
+    metrics[LOSS] = losses
     return losses.mean(), metrics
 
 
@@ -279,9 +280,9 @@ def _report(args: TrainingArgs, step: int, window: MetricWindow, optimizer: opti
         "step": step,
         "epoch": round(((step - 1) * args.grad_accum + args.grad_accum) / batches_per_epoch, 3),
         **window.means(),
-        "learning_rate": float(optimizer.learning_rate.item()),
-        "tokens_per_second": window.tokens / max(elapsed, 1e-9),
-        "peak_memory_gb": mx.get_peak_memory() / 1e9,
+        LEARNING_RATE: float(optimizer.learning_rate.item()),
+        TOKENS_PER_SECOND: window.tokens / max(elapsed, 1e-9),
+        PEAK_MEMORY_GB: mx.get_peak_memory() / 1e9,
         **run_info(),
     }
 
@@ -338,7 +339,7 @@ def train_loop(
             model.eval()
             ev = evaluate_pairs(model, args, group.share(valid_pairs), ref, checks)
             model.train()
-            on_event(EvalMetrics(step=step, metrics={"step": step, **{f"eval_{k}": v for k, v in ev.items()}}))
+            on_event(EvalMetrics(step=step, metrics={"step": step, **{f"{EVAL}{k}": v for k, v in ev.items()}}))
         if step % args.save_every == 0 or step == steps:
             window_state = window.state()  # on every rank: it sums over them
             if group.is_writer:

@@ -5,9 +5,10 @@ no MLX array ever leaves it. The UI talks to it through a queue (`sample`, `comp
 `cancel`, `stop`) and hears back through a single callback, called *on the worker thread* with the
 plain events of `tui.workers.events`.
 
-The library's model code (`mlx_dpo.models.*`, which pulls in mlx and mlx_lm: seconds of imports) is
-imported inside the methods that run on the worker thread, never at the top of this module: the app
-imports this module before its first screen is drawn, and that screen must not wait for mlx.
+The library's model code (which pulls in mlx and mlx_lm: seconds of imports) is reached through the heavy
+names of `mlx_dpo.api` (load_model, stream_answer, ...), which load it the first time they are used: on
+the worker thread. The app imports this module before its first screen is drawn, and that screen must
+not wait for mlx.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from mlx_dpo.data.answers import Answer, is_finished  # no mlx import: safe on the UI thread
+from mlx_dpo import api
+from mlx_dpo.api import Answer, display_name, is_finished  # no mlx import: safe on the UI thread
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.names import display_name, is_default
 from mlx_dpo.settings import SampleSettings  # the library's sampler settings (no mlx), re-exported for the app
 from tui.workers.events import (
     AdapterFailed, AnswerChunk, AnswerDone, Event, LoadFailed, LoadProgress, ModelReady, ReviewDone, ReviewFailed,
@@ -135,21 +136,13 @@ class ModelWorker(ThreadWorker):
         return not self._stopping and self._generation == request_id
 
     def _load(self):
-        from mlx_dpo.models.load import converted_dir, default_gguf, load_model, resolve_model_path
-
         spec = self.model
-        first_run = False
-        try:
-            if is_default(spec) or spec.lower().endswith(".gguf"):
-                gguf = default_gguf() if is_default(spec) else Path(spec).expanduser()
-                first_run = gguf.is_file() and not (converted_dir(gguf) / "config.json").is_file()
-        except Exception:
-            first_run = False
+        first_run = api.converts_on_load(spec)
         what = f"converting {self.name} for MLX (first run only)…" if first_run else f"finding {self.name}…"
         self._report(LoadProgress(0, 2, what))
-        resolve_model_path(spec)
+        api.resolve_model_path(spec)
         self._report(LoadProgress(1, 2, f"loading {self.name}…"))
-        return load_model(spec, adapter_path=self.adapter_path)
+        return api.load_model(spec, adapter_path=self.adapter_path)
 
     def _run(self) -> None:
         loaded = None
@@ -198,9 +191,7 @@ class ModelWorker(ThreadWorker):
         return loaded
 
     def _review(self, loaded, request: _Review):
-        from mlx_dpo.training.review import review_pairs
-
-        return review_pairs(request.workspace, adapter_path=request.adapter, loaded=loaded)
+        return api.review_pairs(request.workspace, adapter_path=request.adapter, loaded=loaded)
 
     def _serve_review(self, loaded, request: _Review) -> None:
         """The review puts the versions it needs on the session itself (the base as its reference, then the reviewed
@@ -216,10 +207,8 @@ class ModelWorker(ThreadWorker):
             self._report(ReviewDone(request.id, report))
 
     def _stream(self, loaded, request: _Request, seed: int) -> Iterator[str]:
-        from mlx_dpo.models.generate import stream_answer
-
         s = request.settings
-        return stream_answer(
+        return api.stream_answer(
             loaded, request.messages, max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=seed
         )
 

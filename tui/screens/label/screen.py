@@ -17,7 +17,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, Static, TextArea
 
-from mlx_dpo.data.answers import is_finished
+from mlx_dpo.api import is_finished
 from mlx_dpo.errors import MlxDpoError
 from tui.modals import EditAnswersModal, EditedAnswers, SettingsModal
 from tui.prompts import PromptParts, PromptQueue
