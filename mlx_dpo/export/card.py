@@ -15,7 +15,7 @@ from huggingface_hub import ModelCardData
 
 from mlx_dpo.export.base import hub_id, source_gguf
 from mlx_dpo.export.fuse import FusedModel
-from mlx_dpo.export.gguf_header import gguf_fields
+from mlx_dpo.models.gguf_header import gguf_fields
 from mlx_dpo.names import display_name
 from mlx_dpo.settings import LoraSettings
 

@@ -24,7 +24,7 @@ from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.export.base import ExportResult, base_spec, no_stage, protect, source_gguf
 from mlx_dpo.export.card import base_license
 from mlx_dpo.export.fuse import FusedModel, fused_model
-from mlx_dpo.export.gguf_header import gguf_fields
+from mlx_dpo.models.gguf_header import gguf_fields
 from mlx_dpo.models.adapter import check_adapter_folder, read_adapter_config
 from mlx_dpo.models.gguf import CONTROL_TOKEN, USER_DEFINED_TOKEN, _LAYER_NAMES, _TOP_NAMES, permute_rows
 from mlx_dpo.models.load import resolve_model_path
@@ -102,32 +102,6 @@ def gguf_tensors(model: Any, config: dict, gguf_type: str) -> list[tuple[str, np
     if factors is not None:
         out.append(("rope_freqs.weight", factors, None))
     return out
-
-
-def rope_scaling(config: dict) -> dict | None:
-    """The config's rope scaling (transformers 5 nests it in rope_parameters), None when there is none."""
-    scaling = config.get("rope_scaling") or config.get("rope_parameters") or None
-    kind = scaling and (scaling.get("rope_type") or scaling.get("type"))
-    return None if kind in (None, "default") else scaling
-
-
-def llama3_rope_factors(config: dict) -> np.ndarray | None:
-    """Llama 3.1+'s rope scaling as llama.cpp reads it: one divisor per rotary frequency (`rope_freqs`).
-
-    Frequencies whose wavelength is short against the original context stay, long ones are divided by
-    `factor`, and the ones between move smoothly from one to the other (Meta's rule, as mlx-lm applies it).
-    """
-    scaling = rope_scaling(config)
-    if not scaling or (scaling.get("rope_type") or scaling.get("type")) != "llama3":
-        return None
-    head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // int(config["num_attention_heads"]))
-    base = float(config.get("rope_theta") or scaling.get("rope_theta") or 10000.0)
-    factor, low, high = (float(scaling.get(k, d)) for k, d in
-                         (("factor", 8.0), ("low_freq_factor", 1.0), ("high_freq_factor", 4.0)))
-    old_context = float(scaling.get("original_max_position_embeddings", 8192))
-    wavelengths = 2 * np.pi * base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    smooth = np.clip((old_context / wavelengths - low) / (high - low), 0.0, 1.0)
-    return (1.0 / ((1 - smooth) / factor + smooth)).astype(np.float32)
 
 
 def _kv(key: str, value: Any, vtype: Any, sub_type: Any = None) -> Entry:
