@@ -217,5 +217,6 @@ def _bits_of_first_quantized(weights: dict[str, mx.array]) -> int:
 def _write_model_folder(out_dir: Path, weights: dict[str, mx.array], files: dict[str, Any]) -> None:
     with atomic_directory(out_dir) as tmp:
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
-        for name, content in files.items():
-            (tmp / name).write_text(json.dumps(content, indent=2, ensure_ascii=False), encoding="utf-8")
+        for name, content in files.items():  # JSON objects, or JSON already written out
+            text = content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False)
+            (tmp / name).write_text(text, encoding="utf-8")

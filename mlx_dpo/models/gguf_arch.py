@@ -109,8 +109,8 @@ def gguf_to_config(metadata: Mapping[str, Any], tensors: Mapping[str, tuple[int,
         "num_attention_heads": heads,
         "num_key_value_heads": int(meta.get("attention.head_count_kv", heads)),
         "head_dim": head_dim,
-        "rms_norm_eps": float(meta.get("attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": float(meta.get("rope.freq_base", 10000.0)),
+        "rms_norm_eps": _f32(meta.get("attention.layer_norm_rms_epsilon", 1e-5)),
+        "rope_theta": _f32(meta.get("rope.freq_base", 10000.0)),
         "max_position_embeddings": int(meta.get("context_length", 2048)),
         "vocab_size": int(vocab_size),
         "tie_word_embeddings": "output.weight" not in tensors,
@@ -136,6 +136,11 @@ def gguf_to_config(metadata: Mapping[str, Any], tensors: Mapping[str, tuple[int,
     return config
 
 
+def _f32(value: Any) -> float:
+    """A float32 metadata value as its shortest decimal (1e-06, not 9.999999974752427e-07): the value it was."""
+    return float(str(np.float32(value)))
+
+
 class _Meta:
     """`<arch>.<key>` metadata lookups, with one line naming a missing required field."""
 
@@ -156,7 +161,7 @@ def _rope_scaling(meta: _Meta, tensors: Mapping[str, tuple[int, ...]]) -> dict |
     if kind in (None, "none"):  # Llama 3's scaling is a tensor (rope_freqs): `llama3_rope_config` reads it
         return None
     if kind == "linear" and meta.arch != "phi3":
-        return {"type": "linear", "factor": float(meta.need("rope.scaling.factor"))}
+        return {"type": "linear", "factor": _f32(meta.need("rope.scaling.factor"))}
     raise MlxDpoError(f"{meta.source}: rope scaling {kind!r} ({meta.arch}.rope.scaling.type) is not supported "
                       "for GGUF import")
 
@@ -219,7 +224,7 @@ def _gemma3_config(meta: _Meta, config: dict) -> dict:
         "sliding_window": int(window) if window else 4096,
         "sliding_window_pattern": pattern,
         "layer_types": layer_types,  # transformers 5 reads this; mlx-lm the pattern
-        "rope_local_base_freq": float(meta.get("rope.freq_base_swa", GEMMA3_LOCAL_ROPE_BASE)),
+        "rope_local_base_freq": _f32(meta.get("rope.freq_base_swa", GEMMA3_LOCAL_ROPE_BASE)),
         "query_pre_attn_scalar": query_scale,
         "final_logit_softcapping": None,
         "attn_logit_softcapping": None,
