@@ -169,19 +169,27 @@ def _rope_scaling(meta: _Meta, tensors: Mapping[str, tuple[int, ...]]) -> dict |
 def llama3_rope_config(factors: np.ndarray, config: dict, source: str) -> dict:
     """Llama 3.1+'s rope scaling recovered from llama.cpp's `rope_freqs` tensor (one divisor per frequency).
 
-    The tensor is what Meta's rule gives for (factor, low 1, high 4, original context 8192), the values every
-    Llama 3.1/3.2/3.3 model uses; mlx-lm needs the rule's parameters, so they are checked against the tensor
-    rather than assumed. Anything else is refused: running without the right scaling is silently wrong.
+    mlx-lm needs the rule's parameters, not the divisors: `factor` is the largest divisor, the low and high
+    frequency factors are Meta's 1 and 4 (every Llama 3.1/3.2/3.3), and the original context follows from a
+    divisor between 1 and `factor` (else 8192). The parameters are then checked against the tensor; anything
+    else is refused, since running without the right scaling is silently wrong.
     """
-    factor = float(np.max(factors))
-    for low, high, context in ((1.0, 4.0, 8192), (1.0, 4.0, 4096)):
+    factor, low, high = float(np.max(factors)), 1.0, 4.0
+    head_dim = int(config["head_dim"])
+    wavelengths = 2 * np.pi * float(config["rope_theta"]) ** (np.arange(0, head_dim, 2) / head_dim)
+    contexts = [8192.0]
+    between = np.flatnonzero((factors > 1 + 1e-6) & (factors < factor - 1e-6))
+    if factor > 1 and between.size:  # its smoothing weight s gives old_context / wavelength = low + s (high - low)
+        s = (1 / factors[between[0]] - 1 / factor) / (1 - 1 / factor)
+        contexts.insert(0, float(np.round(wavelengths[between[0]] * (low + s * (high - low)))))
+    for context in contexts:
         scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
-                   "original_max_position_embeddings": context}
+                   "original_max_position_embeddings": int(context)}
         expected = llama3_rope_factors({**config, "rope_scaling": scaling})
-        if expected is not None and expected.shape == factors.shape and np.allclose(expected, factors, rtol=1e-5):
+        if expected is not None and expected.shape == factors.shape and np.allclose(expected, factors, rtol=1e-4):
             return scaling
-    raise MlxDpoError(f"{source}: its rope_freqs tensor is not Llama 3's rope scaling with the usual parameters; "
-                      "this rope scaling is not supported for GGUF import")
+    raise MlxDpoError(f"{source}: its rope_freqs tensor is not Llama 3's rope scaling (low/high frequency factors "
+                      "1 and 4); this rope scaling is not supported for GGUF import")
 
 
 def rope_scaling(config: dict) -> dict | None:
