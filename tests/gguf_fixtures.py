@@ -39,6 +39,7 @@ CONTEXT = 256
 class Dims:
     hidden: int = HIDDEN
     intermediate: int = INTERMEDIATE
+    vocab: int = 0  # 0: the byte-level BPE vocabulary's size
 
 
 TINY, WIDE = Dims(), Dims(hidden=256, intermediate=256)  # WIDE: every row a whole number of 256-value blocks
@@ -137,6 +138,31 @@ def tiny_vocab() -> tuple[list[str], list[int], list[str]]:
 
 VOCAB = len(tiny_vocab()[0])
 
+# A SentencePiece-style vocabulary as llama.cpp stores one (`tokenizer.ggml.model = llama`): no merges, a score
+# per token (higher merges first), byte tokens for what no piece covers, control and user-defined tokens.
+SPM_SPECIALS = [("<unk>", gguf.TokenType.UNKNOWN), ("<s>", gguf.TokenType.CONTROL), ("</s>", gguf.TokenType.CONTROL),
+                ("<start_of_turn>", gguf.TokenType.CONTROL), ("<tool>", gguf.TokenType.USER_DEFINED),
+                ("\n\n", gguf.TokenType.USER_DEFINED)]  # Gemma stores its runs of newlines like this
+SPM_CHARS = list("\u2581abcdefghijklmnopqrstuvwxyzTHW.,!?'0123456789")
+SPM_PIECES = ["\u2581t", "he", "\u2581the", "\u2581a", "in", "er", "an", "\u2581q", "ui", "ck", "\u2581qui", "\u2581quick",
+              "\u2581b", "ro", "wn", "\u2581bro", "\u2581brown", "\u2581f", "ox", "\u2581fox", "\u2581h", "ll", "\u2581he",
+              "\u2581hell", "\u2581hello", "\u2581w", "or", "\u2581wor", "ld", "\u2581world", "\u2581\u2581", "\u2581\u2581\u2581"]
+
+
+def spm_vocab() -> tuple[list[str], list[float], list[int]]:
+    """Tokens, scores and types: specials, the 256 byte tokens, characters, then pieces best-first."""
+    tokens = [t for t, _ in SPM_SPECIALS] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [int(k) for _, k in SPM_SPECIALS] + [int(gguf.TokenType.BYTE)] * 256
+    scores = [0.0] * len(tokens)
+    pieces = SPM_PIECES + SPM_CHARS  # merged pieces outrank single characters, as SentencePiece scores them
+    tokens += pieces
+    types += [int(gguf.TokenType.NORMAL)] * len(pieces)
+    scores += [-float(i) for i in range(len(pieces))]
+    return tokens, scores, types
+
+
+SPM_DIMS = Dims(vocab=len(spm_vocab()[0]))
+
 
 def tiny_args(tied: bool, dims: Dims = TINY) -> ModelArgs:
     return ModelArgs(
@@ -147,7 +173,7 @@ def tiny_args(tied: bool, dims: Dims = TINY) -> ModelArgs:
         num_attention_heads=HEADS,
         num_key_value_heads=KV_HEADS,
         rms_norm_eps=RMS_EPS,
-        vocab_size=VOCAB,
+        vocab_size=dims.vocab or VOCAB,
         rope_theta=ROPE_THETA,
         max_position_embeddings=CONTEXT,
         tie_word_embeddings=tied,
@@ -197,6 +223,33 @@ def gguf_name(mlx_name: str) -> str:
     if parts[:2] == ["model", "layers"]:
         return f"blk.{parts[2]}.{_LAYER_TENSORS['.'.join(parts[3:])]}.{kind}"
     return f"{_TOP_TENSORS[stem]}.{kind}"
+
+
+def write_spm_llama_gguf(path: Path, *, add_space_prefix: bool, add_bos: bool = True) -> None:
+    """A tiny llama with the SentencePiece-style vocabulary (spm_vocab), for tokenizer checks."""
+    tokens, scores, types = spm_vocab()
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for key, value in (("context_length", CONTEXT), ("embedding_length", HIDDEN), ("block_count", LAYERS),
+                       ("feed_forward_length", INTERMEDIATE), ("rope.dimension_count", HIDDEN // HEADS),
+                       ("attention.head_count", HEADS), ("attention.head_count_kv", KV_HEADS)):
+        writer.add_uint32(f"llama.{key}", value)
+    writer.add_layer_norm_rms_eps(RMS_EPS)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(add_bos)
+    writer.add_add_space_prefix(add_space_prefix)
+    for name, w in random_llama_weights(seed=0, tied=True, dims=SPM_DIMS).items():
+        writer.add_tensor(gguf_name(name), w)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
 
 
 def write_llama_gguf(
