@@ -195,6 +195,10 @@ class LoraSettings:
         return self.alpha / self.rank
 
 
+def _template_file_problem(path: str | Path, _values: Mapping[str, Any]) -> str | None:
+    return None if Path(path).expanduser().is_file() else "is not a file"
+
+
 @dataclass
 class RunOptions:
     """What a run reads and writes besides the training pairs, the model and the adapter folder."""
@@ -209,6 +213,10 @@ class RunOptions:
                                     check=at_least(0))
     skip_invalid: bool = option(False, "drop invalid rows instead of refusing to start")
     metrics_file: str | Path | None = option(None, "JSON Lines metrics", default_text="<adapter-path>/metrics.jsonl")
+    # A base model often has none: its rows are then plain text (mlx_dpo.training.tokens), conversations refused.
+    chat_template: str | Path | None = option(None, "a Jinja chat template file for the model: one for a base model "
+                                              "without a template, or one replacing the model's own",
+                                              default_text="the model's", check=Check(_template_file_problem))
 
     def __post_init__(self) -> None:
         check_fields(self)
