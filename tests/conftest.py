@@ -68,7 +68,7 @@ def anyio_backend():
 
 # The longest files start first: `make test` hands whole files to the workers (pytest-xdist's loadfile), and a
 # long file handed out last would leave one worker running alone at the end. Rough serial seconds, 2026-12-02.
-LONGEST_FILES_FIRST = ("test_training.py", "test_tui_train.py", "test_train_options.py", "test_tui.py",
+LONGEST_FILES_FIRST = ("test_gemma3.py", "test_training.py", "test_tui_train.py", "test_train_options.py", "test_tui.py",
                        "test_online.py", "test_tui_online.py", "test_models.py", "test_export.py", "test_train_cli.py",
                        "test_families.py", "test_distributed.py", "test_methods.py", "test_rounds.py",
                        "test_family_exports.py", "test_step_paths.py", "test_tui_snapshots.py", "test_gguf.py",
