@@ -262,6 +262,7 @@ def write_llama_gguf(
     dims: Dims = TINY,
     types_by_name: dict[str, GGMLQuantizationType] | None = None,
     seed: int = 0,
+    pre: str = "smollm",
 ) -> dict[str, np.ndarray]:
     """Write `weights` as a llama.cpp-style GGUF; return the weights a reader should get back.
 
@@ -285,7 +286,7 @@ def write_llama_gguf(
     writer.add_rope_freq_base(ROPE_THETA)
     writer.add_vocab_size(len(tokens))
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("smollm")
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)

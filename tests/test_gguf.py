@@ -241,6 +241,19 @@ def test_tokenizer_with_add_bos_token_matches_llama_cpp(add_bos_gguf: tuple[Path
         assert tokenizer.encode(text) == llama.tokenize(text.encode(), add_bos=True, special=True), text
 
 
+@pytest.mark.parametrize("pre", ["qwen2", "llama-bpe"])
+def test_qwen_and_llama3_pre_tokenizers_split_as_llama_cpps(pre: str, tmp_path: Path) -> None:
+    """Qwen2/Qwen3 files say pre "qwen2" (digits one at a time), Llama 3 files "llama-bpe" (up to three)."""
+    import llama_cpp
+
+    path = tmp_path / f"{pre}.gguf"
+    tiny.write_llama_gguf(path, tiny.random_llama_weights(seed=0, tied=True), pre=pre)
+    tokenizer = load_tokenizer(convert_gguf(path, tmp_path / "model"))
+    llama = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    for text in ["12345 and 3.14159", " the quick brown fox's tail", "I'M LOUD\n\n  spaced\tout", "a1b22c333"]:
+        assert tokenizer.encode(text) == llama.tokenize(text.encode(), add_bos=False, special=True), text
+
+
 def test_folder_records_its_source(converted_f32: Converted) -> None:
     source = json.loads((converted_f32.folder / "mlx_dpo_source.json").read_text())
     assert source == {"gguf": str(converted_f32.gguf.resolve()), "name": "tiny-llama"}

@@ -43,7 +43,7 @@ BAD_VALUES = {
     "--heldout-prompts": ["0", "--incremental"],
     "--loss-weights": ["1,x"], "--f-divergence-type": ["kl"], "--ld-alpha": ["2"],
     "--use-weighting": ["--loss", "aot"], "--discopop-tau": ["0"], "--desirable-weight": ["0"],
-    "--undesirable-weight": ["0"],
+    "--undesirable-weight": ["0"], "--chat-template": ["no-such-template.jinja"],
 }
 
 
