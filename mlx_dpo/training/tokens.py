@@ -213,6 +213,10 @@ class Encoder:
                 encoded.append(self.encode(pair))
             except MlxDpoError as e:
                 problems.append(str(e))
+        if problems and not skip_invalid and all(p.endswith(": " + NO_TEMPLATE) for p in problems):
+            # Every row a conversation for a model without a template: one line naming them.
+            where = ", ".join(p[: -len(NO_TEMPLATE) - 2] for p in problems[:10]) + (" and more" if problems[10:] else "")
+            raise MlxDpoError(f"{where}: {NO_TEMPLATE} (or --skip-invalid to drop such rows)")
         if problems and not skip_invalid:
             listed = "\n".join(problems[:20]) + (f"\n... and {len(problems) - 20} more" if len(problems) > 20 else "")
             raise MlxDpoError(f"{len(problems)} pair(s) cannot be tokenized:\n{listed}\n"
