@@ -43,7 +43,8 @@ def prompt_tokens(tokenizer, messages: list[dict[str, str]]) -> list[int]:
 
 def template_note(loaded: LoadedModel) -> str | None:
     """What a user should know before sampling from a model without a chat template (None: it has one)."""
-    if has_chat_template(loaded.tokenizer):
+    tokenizer = getattr(loaded, "tokenizer", None)  # a test's stand-in for a loaded model may have none
+    if tokenizer is None or has_chat_template(tokenizer):
         return None
     return (f"{loaded.name} has no chat template: no template applies, the prompt is continued as plain text "
             "(--chat-template FILE gives it one)")
