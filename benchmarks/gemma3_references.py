@@ -14,6 +14,7 @@ What it measures (log-probs in nats per token, over the completion tokens of PAI
 prompt, answer, EOS):
   base          mlx-dpo vs transformers and vs llama.cpp; and mlx-dpo with mlx-lm's embedding scale made exact
                 (see `exact_embedding_scale`), which isolates the one difference between mlx-lm and transformers
+  eval          `mlx-dpo eval`'s summed log-prob of each answer (its fast path) vs the references' sums, per token
   greedy        the first 8 greedy tokens after PROMPT from mlx-dpo, transformers and llama.cpp
   round trip    an adapter trained 2 steps, exported as a fused HF folder (transformers loads it), as PEFT (PEFT
                 puts it on transformers' GGUF model) and as GGUF (llama.cpp runs it): log-probs and greedy tokens
@@ -116,6 +117,27 @@ def torch_greedy(model, ids: list[int], n: int = 8) -> list[int]:
     return out[0, len(ids):].tolist()
 
 
+def eval_against(loaded, theirs: list[np.ndarray], cpp: list[np.ndarray], work: Path) -> dict:
+    """`mlx-dpo eval`'s own log-probs (the fast path: shared prompt, completion-only head, chunked) of PAIRS'
+    answers, summed per answer, against the references' sums: the gap per answer token."""
+    from mlx_dpo import api
+    from mlx_dpo.data.pairs import PreferencePair
+
+    pairs = [PreferencePair(f"p{i}", [{"role": "user", "content": p}], c, r) for i, (p, c, r) in enumerate(PAIRS)]
+    api.evaluate(pairs, loaded=loaded, per_example=work / "per-example.jsonl")
+    by_id = {r["id"]: r for r in map(json.loads, (work / "per-example.jsonl").read_text().splitlines())}
+    rows = [by_id[p.id] for p in pairs]  # eval batches by length: back to PAIRS' order
+    ours = [v for r in rows for v in (r["ref_chosen_logp"], r["ref_rejected_logp"])]
+    lengths = [n for r in rows for n in (r["chosen_tokens"], r["rejected_tokens"])]
+
+    def per_token(reference: list[np.ndarray]) -> dict:
+        gaps = [abs(o - float(t.sum())) / n for o, t, n in zip(ours, reference, lengths)]
+        return {"mean_nats_per_token": round(float(np.mean(gaps)), 6), "max_nats_per_token": round(max(gaps), 6),
+                "answers": len(gaps)}
+
+    return {"eval_vs_transformers": per_token(theirs), "eval_vs_llama_cpp": per_token(cpp)}
+
+
 def exact_embedding_scale(model) -> None:
     """mlx-lm's gemma3_text multiplies the embeddings by sqrt(hidden) rounded to bfloat16 (25.25 for 640, as
     Gemma's bfloat16 reference code does); transformers in float32 uses 25.298. This swaps in the exact scale,
@@ -181,6 +203,7 @@ def main() -> None:
                    "llama_cpp": llama_greedy(llama, prompt_ids)},
     }
     out["greedy"]["text"] = loaded.tokenizer.decode(out["greedy"]["mlx_dpo"])
+    out["eval"] = eval_against(loaded, theirs, cpp, work)
 
     # The round trip: two DPO steps, then every export, each read by the tool it is for.
     adapter = work / "adapter"
