@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 UNAME := $(shell uname -s)
 
-.PHONY: demo test bench setup setup-dev blas clean
+.PHONY: demo test test-fast bench setup setup-dev blas clean
 
 demo: setup
 	$(PY) -m mlx_dpo.demo
@@ -17,6 +17,11 @@ TEST_WORKERS ?= 3
 
 test: setup-dev
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# The edit loop's tier: every test not marked slow (the rule is in tests/conftest.py: no default model, at most
+# one child process per test, no long training, sampling or export).
+test-fast: setup-dev
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 bench: setup-dev
 	$(PY) benchmarks/run.py

@@ -34,6 +34,7 @@ import mlx_dpo  # noqa: E402,F401  # before anything imports mlx: picks the BLAS
 from textual import events  # noqa: E402
 
 from mlx_dpo.data.store import PreferenceStore  # noqa: E402
+from mlx_dpo.events import StepMetrics  # noqa: E402
 from tui.app import MlxDpoApp  # noqa: E402
 from tui.workers import SampleSettings  # noqa: E402
 
@@ -78,7 +79,7 @@ async def training_figures(pilot, app: MlxDpoApp, iters: int) -> list[float]:
     for input_id, value in settings.items():
         screen.query_one(f"#{input_id}").value = value
     await pilot.press("escape", "ctrl+t")
-    await wait_until(pilot, lambda: any(e["type"] == "StepMetrics" for e in screen.events), 300, "the first step")
+    await wait_until(pilot, lambda: any(isinstance(e, StepMetrics) for e in screen.events), 300, "the first step")
     beta = screen.query_one("#train-beta")
     beta.focus()
     await pilot.pause()

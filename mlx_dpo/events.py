@@ -53,3 +53,23 @@ class Cancelled(Event):
 @dataclass
 class Failed(Event):
     error: str
+
+
+# The end of a round run in a process of its own (the app's Train screen): what `run_round` returned, as
+# plain fields, or why it failed. The child sends every event as its dataclass (a multiprocessing queue
+# pickles it), and the parent gets the same class back; these two end the stream.
+
+
+@dataclass
+class RoundEnded(Event):
+    version: int
+    status: str  # "finished" or "cancelled"
+    adapter_path: str
+    metrics: dict = field(default_factory=dict)
+    decision: str | None = None  # a finished round's: "accepted" or "rejected"
+    reason: str | None = None
+
+
+@dataclass
+class RoundFailed(Event):
+    error: str

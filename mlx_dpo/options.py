@@ -68,7 +68,8 @@ _TYPE = Check(lambda _value, _values: None)  # the "check" of a value of the wro
 
 
 def _must_be(kind: type) -> str:
-    return "must be " + {int: "a whole number", float: "a number", bool: "true or false"}.get(kind, kind.__name__)
+    return "must be " + {int: "a whole number", float: "a number", bool: "true or false", str: "text",
+                         list: "a list"}.get(kind, kind.__name__)
 
 
 def rule(test: Callable[[Any], bool], reason: str) -> Check:
@@ -97,8 +98,8 @@ class SettingError(MlxDpoError, ValueError):
 
     def message(self, name: str, shown: str | None = None) -> str:
         """The message for a user, naming the setting `name` and its value as `shown` (default: as given)."""
-        if shown is None:  # a list as it is typed (a,b), not as Python prints it
-            shown = ",".join(map(str, self.value)) if isinstance(self.value, list) else self.value
+        if shown is None:  # a list as it is typed (a,b), not as Python prints it; an empty one as []
+            shown = ",".join(map(str, self.value)) if isinstance(self.value, list) and self.value else self.value
         return self.check.message(name, shown, self.reason, user=True)
 
 

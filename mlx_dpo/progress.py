@@ -9,12 +9,24 @@ from typing import TextIO
 from mlx_dpo.events import (
     Cancelled, CheckpointSaved, Event, EvalMetrics, Failed, Finished, Status, StepMetrics,
 )
+from mlx_dpo.metric_names import ACCURACY, EVAL, KTO_KL, LOSS, MARGIN, TOKENS_PER_SECOND
 
 
 def _fmt(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+# What a report line shows, in order, when the method logs it (methods.py): every method has a loss; KTO has a KL
+# reference point and no pair accuracy. One printer for every method.
+SHOWN = (("loss", LOSS, ".4f"), ("acc", ACCURACY, ".2f"), ("kl", KTO_KL, ".3f"), ("margin", MARGIN, ".3f"))
+
+
+def scores(metrics: dict, prefix: str = "") -> str:
+    """"loss 0.6931 acc 0.50 margin 0.012": the numbers of SHOWN that `metrics` holds (names after `prefix`)."""
+    return " ".join(f"{label} {metrics[prefix + name]:{spec}}" for label, name, spec in SHOWN
+                    if isinstance(metrics.get(prefix + name), (int, float)))
 
 
 class ProgressPrinter:
@@ -41,16 +53,13 @@ class ProgressPrinter:
             filled = int(self.width * event.step / event.total_steps)
             bar = "#" * filled + "-" * (self.width - filled)
             self._line(
-                f"[{bar}] step {event.step}/{event.total_steps} ETA {_fmt(eta)} "
-                f"loss {m['loss']:.4f} acc {m['rewards/accuracies']:.2f} "
-                f"margin {m['rewards/margins']:.3f} {m['tokens_per_second']:.0f} tok/s"
+                f"[{bar}] step {event.step}/{event.total_steps} ETA {_fmt(eta)} {scores(m)} "
+                f"{m.get(TOKENS_PER_SECOND, 0):.0f} tok/s"
                 + (f" on {m['ranks']} ranks" if m.get("ranks", 1) > 1 else ""),
                 final=True,
             )
         elif isinstance(event, EvalMetrics):
-            m = event.metrics
-            self._line(f"  eval @ step {event.step}: loss {m['eval_loss']:.4f} "
-                       f"acc {m['eval_rewards/accuracies']:.2f} margin {m['eval_rewards/margins']:.3f}", final=True)
+            self._line(f"  eval @ step {event.step}: {scores(event.metrics, EVAL)}", final=True)
         elif isinstance(event, CheckpointSaved):
             self._line(f"  checkpoint: {event.path}", final=True)
         elif isinstance(event, Finished):

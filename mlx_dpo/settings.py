@@ -3,7 +3,7 @@
     TrainingArgs   the optimisation and the preference loss
     LoraSettings   the adapter put on the model (named lora_<field>: lora_rank, lora_num_layers, ...)
     RunOptions     what a run reads and writes besides the pairs: validation pairs, a starting adapter,
-                   token limits, the metrics file
+                   token limits, the metrics file, a tracker (trackio)
     RoundSettings  what an incremental round adds (replay share, length by passes, reference, held-out)
     OnlineSettings what `mlx-dpo online` adds (rounds, prompts per round, answers per prompt)
     SampleSettings how answers are sampled (the app's sampler settings, `mlx-dpo online`'s too)
@@ -20,7 +20,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-from mlx_dpo.options import Check, OneOf, at_least, check, check_fields, in_range, option, positive, rule, settings_of
+from mlx_dpo.options import (
+    Check, OneOf, Setting, at_least, check, check_fields, in_range, option, positive, rule, settings_of,
+)
+
+ACCEPT_MODES = ("always", "kl", "better")  # --accept: mlx_dpo.training.acceptance
 
 # The losses by name, as TRL 1.16's DPOConfig.loss_type names them, then ours: cdpo (sigmoid with label
 # smoothing, which TRL 1.16's sigmoid dropped), simpo, and the methods with trainers of their own in TRL
@@ -32,6 +36,11 @@ REFERENCE_FREE = ("simpo", "orpo", "sft")  # no reference pass runs when every l
 SOLO_LOSSES = ("orpo", "kto")  # their own trainers in TRL: not combined with other losses
 SORTING_LOSSES = ("aot", "aot_unpaired")  # sort within the batch, so per-pair weights (WPO) would misalign
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+# The losses an f-divergence other than reverse KL applies to (TRL 1.16's DPOTrainer refuses the others, and so do
+# we): f-DPO's reparameterization leaves a β·log Z(x) term that cancels only in the chosen − rejected difference of
+# scores. sft reads no score; cdpo is our name for sigmoid with label smoothing.
+F_DIVERGENCE_LOSSES = ("sigmoid", "cdpo", "robust", "hinge", "ipo", "exo_pair", "discopop", "sigmoid_norm", "sft")
+REPORT_TO = ("none", "trackio")  # where a run's metrics go besides metrics.jsonl (mlx_dpo/tracking.py)
 
 
 def loss_types(value: str | list | tuple) -> tuple[str, ...]:
@@ -88,14 +97,30 @@ def _ld_alpha_problem(alpha: float, values: Mapping[str, Any]) -> str | None:
 
 
 def _weighting_problem(on: bool, values: Mapping[str, Any]) -> str | None:
-    names = loss_types(values["loss_type"])
-    if on and not any(n in SORTING_LOSSES + SOLO_LOSSES for n in names):
-        # WPO's weights need log Σ p² over the vocabulary at every completion token, which logprobs.py does
-        # not compute yet: refused rather than ignored.
-        return "(WPO) is not available yet in mlx-dpo"
-    if on:
+    if on and any(n in SORTING_LOSSES + SOLO_LOSSES for n in loss_types(values["loss_type"])):
         return "(WPO) does not apply to --loss aot, aot_unpaired (they sort the batch), orpo or kto"
     return None
+
+
+class _FDivergence(OneOf):
+    """A known divergence, and reverse KL unless every loss of the run is one of F_DIVERGENCE_LOSSES."""
+
+    def __init__(self):
+        super().__init__(F_DIVERGENCES, "divergence")
+        self.problem = self._problem
+
+    def _problem(self, value: Any, values: Mapping[str, Any]) -> str | None:
+        if value not in F_DIVERGENCES:
+            return "unknown"
+        others = [n for n in loss_types(values["loss_type"]) if n not in F_DIVERGENCE_LOSSES]
+        if value != "reverse_kl" and others:
+            return (f"applies only to the losses of a chosen − rejected score difference "
+                    f"({', '.join(F_DIVERGENCE_LOSSES)}), not {', '.join(others)}, as in TRL")
+        return None
+
+    def message(self, name: str, value: Any, reason: str, *, user: bool) -> str:
+        return super().message(name, value, reason, user=user) if reason == "unknown" else Check.message(
+            self, name, value, reason, user=user)
 
 
 # What `mlx-dpo export` and the app's Export screen can write (mlx_dpo.export), and GGUF's tensor types.
@@ -137,7 +162,7 @@ class TrainingArgs:
                                               check=Check(_loss_weights_problem))
     label_smoothing: float = option(0.0, "epsilon of cdpo, robust, exo_pair, aot", check=Check(_label_smoothing_problem))
     f_divergence_type: str = option("reverse_kl", "f-DPO divergence: " + ", ".join(F_DIVERGENCES),
-                                    check=OneOf(F_DIVERGENCES, "divergence"))
+                                    check=_FDivergence())
     f_alpha_divergence_coef: float = option(0.5, "alpha of alpha_divergence")
     ld_alpha: float | None = option(None, "LD-DPO: weight of the tokens past the shorter answer's length",
                                     check=Check(_ld_alpha_problem), default_text="off")
@@ -203,7 +228,11 @@ def _template_file_problem(path: str | Path, _values: Mapping[str, Any]) -> str 
 class RunOptions:
     """What a run reads and writes besides the training pairs, the model and the adapter folder."""
 
-    valid_data: str | Path | list | None = option(None, "validation pairs (JSON Lines)")  # or a list of pairs
+    # A file, a dataset folder or a Hub dataset (owner/name[:split], default split "test"), or a list of pairs.
+    valid_data: str | Path | list | None = option(None, "validation pairs: a JSONL or Parquet file, a dataset folder "
+                                                  "or a Hub dataset owner/name[:split] (default split: test)")
+    data_config: str | None = option(None, "which config (subset) of a Hub dataset or dataset folder to read",
+                                     default_text="its default config")
     init_adapter: str | Path | None = option(None, "start from this adapter (it becomes the reference)")
     # TRL's long-standing defaults (1024 / 512); the memory of a step grows with the square of the length.
     max_length: int = option(1024, "max prompt+answer tokens, at most the model's context length (config.json "
@@ -213,6 +242,11 @@ class RunOptions:
                                     check=at_least(0))
     skip_invalid: bool = option(False, "drop invalid rows instead of refusing to start")
     metrics_file: str | Path | None = option(None, "JSON Lines metrics", default_text="<adapter-path>/metrics.jsonl")
+    # TRL's report_to: the metrics also go to this tracker (local; `trackio show`), under TRL's names.
+    report_to: str = option("none", "also log metrics to: none or trackio (pip install 'mlx-dpo[trackio]')",
+                            check=OneOf(REPORT_TO, "tracker"))
+    project: str | None = option(None, "the tracker's project; each run (a round: its version) is a run in it",
+                                 default_text="the workspace's folder name, or mlx-dpo")
     # A base model often has none: its rows are then plain text (mlx_dpo.training.tokens), conversations refused.
     chat_template: str | Path | None = option(None, "a Jinja chat template file for the model: one for a base model "
                                               "without a template, or one replacing the model's own",
@@ -247,6 +281,12 @@ class RoundSettings:
     heldout_samples: int = option(2, "answers sampled per held-out prompt after a round (KL, judge); 0: none",
                                   check=at_least(0))
     heldout_prompts: int = option(8, "held-out prompts measured after a round (the first ones)", check=at_least(1))
+    # Whether a measured round is kept (mlx_dpo.training.acceptance); a rejected one is not built on.
+    accept: str = option("better", "keep a round: always, kl (within --kl-budget, no degeneration jump) or better "
+                         "(kl, and no loss to the previous version by the judge)",
+                         check=OneOf(ACCEPT_MODES, "accept rule"))
+    kl_budget: float = option(3.0, "most KL to the base a kept round may reach, nats per held-out answer",
+                              check=positive())
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -261,9 +301,12 @@ class OnlineSettings:
     rounds: int = option(3, "online rounds of this prompt file in the workspace (a restart goes on to the same count)",
                          check=at_least(1))
     per_round: int = option(8, "prompts sampled and judged per round", check=at_least(1))
-    samples_per_prompt: int = option(2, "answers sampled per prompt (a score judge pairs the best with the worst)",
-                                     check=at_least(2))
-    sample_batch_size: int = option(8, "sequences generated together when sampling", check=at_least(1))
+    samples_per_prompt: int = option(4, "answers sampled per prompt: a score judge pairs the best with the worst, "
+                                     "a prefer judge runs a knockout (a person always compares two)", check=at_least(2))
+    # TRL's missing_eos_penalty: subtracted from a score judge's score of an answer cut at max tokens.
+    missing_end_penalty: float = option(1.0, "subtracted from a score judge's score of an answer cut at --max-tokens",
+                                        check=at_least(0))
+    sample_batch_size: int = option(16, "sequences generated together when sampling", check=at_least(1))
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -311,7 +354,25 @@ EVAL_LOSS_SETTINGS = ("loss_weights", "label_smoothing", "f_divergence_type", "f
 # A training run's settings; a round's add RoundSettings.
 TRAIN_GROUPS = (RunOptions, TrainingArgs, LoraSettings)
 
+# What a round (the app's, `train --incremental`, `online`) sets differently from a plain `train`, by setting name:
+# save and report every step (a cancelled round keeps its last step's adapter; the app plots every step), and an
+# NLL anchor on the chosen answers (RPO; Iterative RPO calls it crucial for stability; chosen by experiment:
+# benchmarks/README.md, "Online rounds"). The surfaces that start rounds show these as the defaults.
+ROUND_DEFAULTS: dict[str, Any] = {"save_every": 1, "steps_per_report": 1, "rpo_alpha": 1.0}
+# How `mlx-dpo online` samples unless told otherwise (the app's Label screen keeps SampleSettings' own defaults,
+# longer answers for a person to read): short enough to sample a round quickly on a laptop, long enough that the
+# default model can finish an answer in it (benchmarks/README.md, "Online rounds").
+ONLINE_SAMPLING = SampleSettings(temperature=0.8, max_tokens=96)
 
-def check_loss_settings(loss_type: str, beta: float, label_smoothing: float) -> None:
+
+def round_settings_table(*groups: type) -> dict[str, Setting]:
+    """The settings of `groups` as a round shows them: ROUND_DEFAULTS in place of the plain defaults."""
+    return {name: replace(s, default=ROUND_DEFAULTS[name]) if name in ROUND_DEFAULTS else s
+            for name, s in settings_of(*groups).items()}
+
+
+def check_loss_settings(loss_type: str, beta: float, label_smoothing: float,
+                        f_divergence_type: str = "reverse_kl") -> None:
     """The loss settings' rules, for callers of the loss functions (the checks TrainingArgs makes)."""
-    check({"loss_type": loss_type, "beta": beta, "label_smoothing": label_smoothing}, settings_of(TrainingArgs))
+    check({"loss_type": loss_type, "beta": beta, "label_smoothing": label_smoothing,
+           "f_divergence_type": f_divergence_type}, settings_of(TrainingArgs))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -26,6 +27,17 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
         env={**os.environ, **(env or {})},
         cwd=REPO,
     )
+
+
+def console_script() -> Path:
+    """The installed `mlx-dpo` console script, next to this interpreter: the command a user types."""
+    return Path(sys.executable).with_name("mlx-dpo")
+
+
+def run_console(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the installed `mlx-dpo ARGS` (the console script, not `python -m`); returns the CompletedProcess."""
+    return subprocess.run([console_script(), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=REPO)
 
 
 @contextmanager
@@ -238,3 +250,30 @@ def bare_model(model_spec: str | None, *, adapter: Path | None = None, dequantiz
         model.eval()
     mx.eval(model.parameters())
     return model
+
+
+def hub_dataset(hf_home: Path, repo_id: str, files: dict[str, list[dict] | str], commit: str = "c" * 40) -> Path:
+    """A Hub dataset as huggingface_hub's cache holds it (`$HF_HOME/hub/datasets--owner--name/refs/main` and
+    `snapshots/<commit>/...`), which it resolves offline: `files` maps a path in the repo to rows (written as
+    Parquet, JSON Lines or gzipped JSON Lines by its suffix) or to text (a README.md card). Returns the snapshot
+    folder."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    owner, name = repo_id.split("/")
+    repo = hf_home / "hub" / f"datasets--{owner}--{name}"
+    snapshot = repo / "snapshots" / commit
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    for rel, content in files.items():
+        path = snapshot / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            path.write_text(content)
+        elif path.suffix == ".parquet":
+            pq.write_table(pa.Table.from_pylist(content), path)
+        elif path.suffix == ".gz":
+            path.write_bytes(gzip.compress("".join(json.dumps(row) + "\n" for row in content).encode()))
+        else:
+            write_jsonl(path, *content)
+    return snapshot

@@ -28,8 +28,11 @@ def test_building_the_parser_loads_no_heavy_module():
 
 
 def test_the_probe_sees_a_heavy_module_when_one_is_loaded():
-    # The check itself can fail: the same probe after a command module's heavy import names it.
-    assert "mlx_dpo.api" in loaded_heavy_modules(PROBE.replace("import mlx_dpo.cli\n", "import mlx_dpo.cli, mlx_dpo.api\n"))
+    # The check itself can fail: the same probe after a command's first use of a heavy API name (the API
+    # itself is light: its `train` loads the training code when asked for) names what that loaded.
+    loaded = loaded_heavy_modules(PROBE.replace("import mlx_dpo.cli\n", "import mlx_dpo.cli, mlx_dpo.api\n"
+                                                "mlx_dpo.api.train\n"))
+    assert {"mlx", "mlx_dpo.training.run"} <= set(loaded)
 
 
 def test_help_runs_without_the_heavy_library():

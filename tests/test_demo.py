@@ -1,8 +1,8 @@
 """`make demo` (`python -m mlx_dpo.demo`) end to end on a tiny model, so it cannot break unseen.
 
 The demo itself runs three online rounds on the embedded default model (minutes on a CPU); here the same
-code runs one round of two prompts on the module's tiny llama, with one held-out prompt: the doctor line,
-the round judged by the shipped judge and trained, the held-out scores, the answer before and after.
+code runs one round of two prompts on the module's tiny llama, with two held-out prompts: the doctor line,
+the round judged and trained, the held-out scores with their noise, base and tuned answers side by side.
 """
 
 from __future__ import annotations
@@ -18,27 +18,29 @@ from mlx_dpo.settings import OnlineSettings
 SPACES = 'def spaces(prompt, answer):\n    return answer.count(" ") / max(1, len(answer))\n'
 
 
-def test_the_demo_runs_an_online_round_and_prints_the_held_out_scores_and_the_answer_before_and_after(
+def test_the_demo_runs_an_online_round_and_prints_the_held_out_scores_and_the_answers_before_and_after(
         tmp_path, tiny, fresh_cache, capsys):
     workspace, judge = tmp_path / "demo", tmp_path / "judge.py"
     judge.write_text(SPACES)
     assert demo.main(model=str(tiny), workspace=workspace, online=OnlineSettings(rounds=1, per_round=2),
-                     sampler=SampleSettings(temperature=2.0, max_tokens=6), heldout_prompts=1, judge=f"{judge}:spaces",
-                     run=dict(iters=1, lora_num_layers=2, compile=False, heldout_samples=2)) == 0
+                     sampler=SampleSettings(temperature=2.0, max_tokens=6), heldout_prompts=2, judge=f"{judge}:spaces",
+                     run=dict(iters=1, lora_num_layers=2, compile=False, heldout_samples=2, accept="always")) == 0
     printed = capsys.readouterr().out
 
     assert printed.startswith("\n== mlx-dpo ") and "BLAS:" in printed and "default model ready in" in printed
-    assert "== 1 online rounds of 2 prompts, judged by spaces, in " in printed
+    assert "== 1 online rounds of 2 prompts x 4 answers, judged by spaces, every setting at its default" in printed
     assert "round 1: judged 2 prompts' answers from base" in printed
-    assert "held-out score by version (1 prompts, 2 answers each" in printed
-    assert f"== Q: {demo.QUESTION}\nbase: " in printed
+    assert "  held-out judge score " in printed and "KL to base " in printed and "repeated 3-grams " in printed
+    assert "  v1 accepted: kept without a check (--accept always)" in printed
+    assert "== held-out score (2 prompts, 4 samples; one sample moves it by 0.250 at most" in printed  # both prompts
+    assert "\n  base  " in printed and "\n  v1    " in printed and "standard error over 4 samples" in printed
+    assert "== base and v1 side by side: the first sample for the first 3 held-out prompts" in printed
+    assert f"\nQ: {demo.read_prompt_file(demo.HELDOUT)[0][-1]['content']}\nbase (score " in printed
     with PreferenceStore(workspace) as store:
         judged = store.list_pairs() + store.list_skips()
         rounds = store.list_rounds()
     assert len(judged) == 2 and {p.judge for p in judged} == {f"score:{judge}:spaces"}
     assert [r.version for r in rounds] == [1]
-    assert "  held-out judge score " in printed and "  base  " in printed and "  v1    " in printed
-    assert "\nv1:   " in printed  # the answer after the round, from v1
 
 
 def test_the_demos_judge_and_prompt_files_ship_with_the_package():

@@ -335,17 +335,20 @@ def test_an_unsupported_tensor_type_is_one_line_naming_it_and_the_tensor(iq_gguf
     assert_nothing_written(out)
 
 
-def test_the_cli_names_an_unsupported_type_or_architecture_in_one_line_and_exits_2(iq_gguf: Path,
-                                                                                    tmp_path: Path) -> None:
+def test_the_cli_names_an_unsupported_type_in_one_line_and_exits_2(iq_gguf: Path, tmp_path: Path) -> None:
     from helpers import assert_clean_error, run_cli
 
-    env = {"MLX_DPO_HOME": str(tmp_path / "home")}
-    result = run_cli("convert", "--model", str(iq_gguf), env=env)
+    result = run_cli("convert", "--model", str(iq_gguf), env={"MLX_DPO_HOME": str(tmp_path / "home")})
     assert result.returncode == 2
     assert_clean_error(result, "is stored as IQ4_XS, a type mlx-dpo cannot import")
+
+
+def test_the_cli_names_an_unsupported_architecture_in_one_line_and_exits_2(tmp_path: Path) -> None:
+    from helpers import assert_clean_error, run_cli
+
     mamba = tmp_path / "mamba.gguf"
     tiny.write_llama_gguf(mamba, tiny.random_llama_weights(seed=0, tied=True), arch="mamba")
-    result = run_cli("generate", "--model", str(mamba), "--prompt", "hi", env=env)
+    result = run_cli("generate", "--model", str(mamba), "--prompt", "hi", env={"MLX_DPO_HOME": str(tmp_path / "home")})
     assert result.returncode == 2
     assert_clean_error(result, f"{mamba}: architecture 'mamba' is not supported (supported: llama, qwen2, qwen3, "
                                "gemma3, phi3)")

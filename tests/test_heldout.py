@@ -18,7 +18,8 @@ from mlx_dpo.training import heldout, rounds, run
 from mlx_dpo.training.tokens import Encoder
 
 TINY_SEED = 31
-ROUND = dict(iters=1, batch_size=2, lora_rank=4, learning_rate=1e-2, seed=3, compile=False)
+# Every round measured and kept (the rule itself: tests/test_acceptance.py).
+ROUND = dict(iters=1, batch_size=2, lora_rank=4, learning_rate=1e-2, seed=3, compile=False, accept="always")
 SAMPLER = SampleSettings(temperature=1.0, max_tokens=6)
 
 
@@ -60,7 +61,8 @@ def test_two_rounds_measure_accuracy_kl_score_and_win_rates_and_keep_the_base_on
         assert store.get_round(1).metrics == m  # the numbers are in the round's record
         valid = store.training_pairs("valid")
     prompts = [p.prompt for p in valid]  # no eval prompts given: the validation pairs' prompts
-    kept = {label: json.loads((ws / "heldout" / f"{label}.json").read_text())["answers"] for label in ("base", "v1")}
+    kept = {label: heldout.kept_answers(json.loads((ws / "heldout" / f"{label}.json").read_text()))
+            for label in ("base", "v1")}
     assert [len(a) for a in kept["v1"]] == [2, 2]
     assert m["heldout_base/score"] == pytest.approx(heldout.mean_score(judge, prompts, kept["base"]))
     assert m["heldout/score"] == pytest.approx(heldout.mean_score(judge, prompts, kept["v1"]))
@@ -79,7 +81,7 @@ def test_two_rounds_measure_accuracy_kl_score_and_win_rates_and_keep_the_base_on
     sampled.clear()
     r2 = rounds.run_round(ws, settings=ROUND, loaded=loaded, judge=judge, sample_settings=SAMPLER)
     assert sampled == [r2.adapter_path]  # the base's and v1's answers are read back, not sampled again
-    v2 = json.loads((ws / "heldout" / "v2.json").read_text())["answers"]
+    v2 = heldout.kept_answers(json.loads((ws / "heldout" / "v2.json").read_text()))
     assert r2.metrics["heldout/win_vs_previous"] == heldout.win_rate(judge, prompts, v2, kept["v1"])
     assert r2.metrics["heldout/win_vs_base"] == heldout.win_rate(judge, prompts, v2, kept["base"])
     assert r2.metrics["heldout_base/score"] == m["heldout_base/score"]

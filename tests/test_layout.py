@@ -7,8 +7,11 @@ file and line of each offence:
 - no import placed inside a function in `mlx_dpo/` (the usual way to hide a cycle), except for the
   optional heavy dependencies listed in LAZY_IMPORTS_ALLOWED;
 - no module over MAX_MODULE_LINES lines, no function over MAX_FUNCTION_LINES;
-- the library never imports Textual or `tui`; in `tui/`, only the worker modules (TUI_WORKER_MODULES)
-  reach MLX, mlx-lm or the library's model/training/export packages.
+- the library never imports Textual or `tui`;
+- the app has one boundary with the library: `tui/` imports `mlx_dpo.api` and the event, settings, metric
+  name and error modules (TUI_LIBRARY_SURFACE), nothing deeper, and never mlx or mlx-lm itself;
+- `mlx_dpo.api` loads no mlx when imported: its heavy names (LAZY) load on first use, and only the worker
+  modules (TUI_WORKER_MODULES) use them, so the rest of the app never waits for MLX.
 
 Each rule is checked on the real tree and, below, on a small made-up tree that breaks it, so a walker
 that silently stopped seeing imports would fail too.
@@ -31,15 +34,18 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 
 # Top-level names a function in mlx_dpo/ may import lazily: optional or heavy, and not needed by most
-# commands (mlx_lm pulls in transformers; yaml, tomllib and tokenizers serve one file format each).
-LAZY_IMPORTS_ALLOWED = frozenset({"mlx_lm", "huggingface_hub", "gguf", "tokenizers", "yaml", "tomllib"})
+# commands (mlx_lm pulls in transformers; yaml, tomllib and tokenizers serve one file format each; pyarrow
+# (Parquet) and trackio are optional extras).
+LAZY_IMPORTS_ALLOWED = frozenset({"mlx_lm", "huggingface_hub", "gguf", "tokenizers", "yaml", "tomllib", "pyarrow",
+                                  "trackio"})
 # ... and per file, on top of those: `mlx-dpo tui` is the one place the library starts the app.
 # blas.py chooses which BLAS MLX binds to, so it must run before anything imports mlx.
 # The CLI's command modules build their parsers from light modules only and load the library's heavy
 # parts when a command runs: `mlx-dpo --help`, `data stats` and the app's first screen do not wait for MLX.
-HEAVY_LIBRARY = frozenset({"mlx", "mlx_dpo.api", "mlx_dpo.doctor", "mlx_dpo.models", "mlx_dpo.training",
-                           "mlx_dpo.export"})
+# mlx_dpo.api is light: its heavy names are resolved on first use, by the imports its functions make.
+HEAVY_LIBRARY = frozenset({"mlx", "mlx_dpo.doctor", "mlx_dpo.models", "mlx_dpo.training", "mlx_dpo.export"})
 LAZY_IMPORTS_ALLOWED_IN = {
+    "mlx_dpo/api.py": HEAVY_LIBRARY | {"mlx_dpo.online"},
     "mlx_dpo/cli/app.py": frozenset({"tui", "textual"}),
     "mlx_dpo/cli/models.py": HEAVY_LIBRARY,
     "mlx_dpo/cli/train.py": HEAVY_LIBRARY,
@@ -58,6 +64,11 @@ TUI_ENTRY_SCRIPTS = ("tui.__main__",)
 HEAVY_FOR_TUI = ("mlx", "mlx_lm", "mlx_dpo.models", "mlx_dpo.training", "mlx_dpo.export")
 # What the library must never import.
 UI_PACKAGES = ("textual", "tui")
+# The part of the library the app may import: the API and the types it speaks in (each with its submodules).
+TUI_LIBRARY_SURFACE = ("mlx_dpo.api", "mlx_dpo.events", "mlx_dpo.settings", "mlx_dpo.options", "mlx_dpo.errors",
+                       "mlx_dpo.metric_names")
+# Where the API's heavy names are listed: `LAZY = {name: defining module, ...}` in this module.
+API_MODULE = "mlx_dpo.api"
 
 
 # --- reading the tree -------------------------------------------------------------------------------------
@@ -319,6 +330,71 @@ def tui_lazy_heavy_imports(modules: dict[str, Module]) -> list[str]:
             for imp in mod.imports if imp.function is not None and _within(imp.module, HEAVY_FOR_TUI)]
 
 
+def api_lazy_names(modules: dict[str, Module]) -> dict[str, str]:
+    """The API's heavy names and the modules defining them, read from its `LAZY = {...}` literal."""
+    for node in modules[API_MODULE].tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Dict):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "LAZY" for t in targets):
+                return {ast.literal_eval(k): ast.literal_eval(v) for k, v in zip(node.value.keys, node.value.values)}
+    raise AssertionError(f"{modules[API_MODULE].rel}: no `LAZY = {{...}}` table")
+
+
+def _top_level_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+    return names
+
+
+def api_lazy_names_undefined(modules: dict[str, Module]) -> list[str]:
+    """Entries of the API's LAZY table whose module does not exist or does not define the name."""
+    return [f"{modules[API_MODULE].rel}: LAZY[{name!r}] = {module!r}: "
+            + ("no such module" if module not in modules else f"{modules[module].rel} defines no {name}")
+            for name, module in sorted(api_lazy_names(modules).items())
+            if module not in modules or name not in _top_level_names(modules[module].tree)]
+
+
+def tui_imports_past_the_api(modules: dict[str, Module]) -> list[str]:
+    """Imports in tui (anywhere, lazily too) of a library module outside TUI_LIBRARY_SURFACE, or of mlx and
+    mlx-lm themselves: the app reaches the library through its API."""
+    return [f"{imp.path}:{imp.line}: imports {imp.module}"
+            for mod in sorted(modules.values(), key=lambda m: m.rel)
+            if _within(mod.name, ["tui"]) and mod.name not in TUI_ENTRY_SCRIPTS
+            for imp in mod.imports
+            if (_within(imp.module, ["mlx_dpo"]) and not _within(imp.module, TUI_LIBRARY_SURFACE))
+            or _within(imp.module, ["mlx", "mlx_lm"])]
+
+
+def tui_heavy_api_uses(modules: dict[str, Module]) -> list[str]:
+    """Uses of the API's heavy names (`from mlx_dpo.api import train`, `api.train`) in tui modules other than
+    the workers: each would load mlx on the UI thread."""
+    heavy = set(api_lazy_names(modules))
+    offenders = []
+    for mod in sorted(modules.values(), key=lambda m: m.rel):
+        if not _within(mod.name, ["tui"]) or is_tui_worker(mod.name) or mod.name in TUI_ENTRY_SCRIPTS:
+            continue
+        bound: set[str] = set()  # the names mlx_dpo.api is known by in this module
+        for node in ast.walk(mod.tree):
+            if isinstance(node, ast.ImportFrom) and node.module == API_MODULE:
+                offenders += [f"{mod.rel}:{node.lineno}: imports {a.name} from {API_MODULE}"
+                              for a in node.names if a.name in heavy]
+            elif isinstance(node, ast.ImportFrom) and node.module == "mlx_dpo" and node.level == 0:
+                bound.update(a.asname or a.name for a in node.names if a.name == "api")
+            elif isinstance(node, ast.Import):
+                bound.update(a.asname for a in node.names if a.name == API_MODULE and a.asname)
+        offenders += [f"{mod.rel}:{node.lineno}: uses {API_MODULE}.{node.attr}" for node in ast.walk(mod.tree)
+                      if isinstance(node, ast.Attribute) and node.attr in heavy
+                      and isinstance(node.value, ast.Name) and node.value.id in bound]
+    return sorted(offenders)
+
+
 def describe_heavy_chains(modules: dict[str, Module], chains: list[tuple[str, ...]]) -> list[str]:
     """One entry per import that makes tui heavy (usually a few cause all): where it is, one chain that
     reaches it, and every light tui module it weighs on."""
@@ -382,6 +458,24 @@ def test_only_the_tui_workers_reach_mlx_or_the_heavy_library_packages(modules):
 def test_only_the_tui_workers_call_into_mlx_or_the_heavy_library_packages_even_lazily(modules):
     fail_if(f"tui modules other than {TUI_WORKER_MODULES} that import {HEAVY_FOR_TUI} inside a function:",
             tui_lazy_heavy_imports(modules))
+
+
+def test_the_app_reaches_the_library_through_its_api_alone(modules):
+    fail_if(f"tui imports past the library's surface ({', '.join(TUI_LIBRARY_SURFACE)}):",
+            tui_imports_past_the_api(modules))
+
+
+def test_only_the_tui_workers_use_the_apis_heavy_names(modules):
+    assert {"train", "run_round", "load_model"} <= set(api_lazy_names(modules))  # the table is read
+    fail_if(f"tui modules other than {TUI_WORKER_MODULES} that use a heavy name of {API_MODULE} (its LAZY table):",
+            tui_heavy_api_uses(modules))
+
+
+def test_every_heavy_name_of_the_api_is_defined_where_its_table_says(modules):
+    fail_if("the API's LAZY table names:", api_lazy_names_undefined(modules))
+    exported = next(ast.literal_eval(n.value) for n in modules[API_MODULE].tree.body if isinstance(n, ast.Assign)
+                    and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets))
+    assert sorted(set(api_lazy_names(modules)) - set(exported)) == []  # `from mlx_dpo.api import *` has them too
 
 
 # --- each rule fails where it should (a made-up tree) ----------------------------------------------------------
@@ -465,3 +559,41 @@ def test_ui_imports_in_the_library_and_heavy_imports_in_light_tui_modules_are_na
         "      tui.screens.label -> mlx_dpo.data.store -> mlx_dpo.training.tokens\n"
         "      from: tui/screens/__init__.py, tui/screens/label.py, tui/screens/write.py"
     ]
+
+
+def test_imports_past_the_api_and_heavy_api_names_in_light_tui_modules_are_named(tmp_path):
+    modules = make_tree(tmp_path, {
+        "mlx_dpo/__init__.py": "",
+        "mlx_dpo/api.py": "LAZY = {'train': 'mlx_dpo.run', 'gone': 'mlx_dpo.run', 'lost': 'mlx_dpo.nowhere'}\n",
+        "mlx_dpo/run.py": "def train():\n    pass\n",
+        "mlx_dpo/errors.py": "", "mlx_dpo/data/__init__.py": "", "mlx_dpo/data/store.py": "",
+        "tui/__init__.py": "",
+        "tui/__main__.py": "from mlx_dpo.run import train\n",  # the launcher: not part of the app
+        "tui/app.py": ("from mlx_dpo.api import PreferenceStore, train\nfrom mlx_dpo.errors import E\n"
+                       "from mlx_dpo.data.store import S\nfrom mlx_dpo import api as a\n\n"
+                       "def f():\n    import mlx_lm\n    return a.train, a.PreferenceStore\n"),
+        "tui/workers/__init__.py": "from mlx_dpo import api\n\ndef g():\n    return api.train\n",
+    })
+    assert tui_imports_past_the_api(modules) == ["tui/app.py:3: imports mlx_dpo.data.store",
+                                                 "tui/app.py:7: imports mlx_lm"]
+    assert tui_heavy_api_uses(modules) == ["tui/app.py:1: imports train from mlx_dpo.api",
+                                           "tui/app.py:8: uses mlx_dpo.api.train"]
+    assert api_lazy_names_undefined(modules) == [
+        "mlx_dpo/api.py: LAZY['gone'] = 'mlx_dpo.run': mlx_dpo/run.py defines no gone",
+        "mlx_dpo/api.py: LAZY['lost'] = 'mlx_dpo.nowhere': no such module"]
+
+
+def test_the_slow_tests_listed_in_conftest_exist():
+    # A renamed test would silently move to `make test-fast`: every name the tier list gives must be a test.
+    from conftest import SLOW_TESTS
+
+    missing = []
+    for file, names in SLOW_TESTS.items():
+        path = REPO / "tests" / file
+        if not path.is_file():
+            missing.append(f"tests/{file}: no such file")
+            continue
+        defined = {n.name for n in ast.parse(path.read_text(encoding="utf-8")).body
+                   if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name.startswith("test")}
+        missing += [f"tests/{file}: no test {name}" for name in sorted(set(names) - defined) if names != "*"]
+    fail_if("tests/conftest.py SLOW_TESTS names tests that do not exist:", missing)

@@ -41,15 +41,6 @@ def random_sequences(lengths: list[tuple[int, int]], seed: int = 0, vocab: int =
     return [(rng.integers(3, vocab, p).tolist(), rng.integers(3, vocab, c).tolist()) for p, c in lengths]
 
 
-@pytest.fixture
-def tiny_model(tiny):
-    """A fresh copy of the module's tiny model (conftest.py) per test (the LoRA test changes the model in
-    place); weights only, no tokenizer."""
-    from mlx_lm.utils import load_model as load_weights_only
-
-    return load_weights_only(tiny)[0]
-
-
 def untied_tiny_model(tiny) -> nn.Module:
     """The same small llama with its own lm_head instead of the tied embedding."""
     from mlx_lm.models import llama
@@ -105,11 +96,11 @@ def test_batched_padded_log_probs_equal_a_direct_unbatched_forward_on_the_defaul
             assert np.all(per_token[i, n:] == 0.0)
 
 
-def test_sequence_logps_is_the_sum_of_the_token_logps(tiny_model):
+def test_sequence_logps_is_the_sum_of_the_token_logps(tiny_weights):
     batch = make_batch(random_sequences([(5, 3), (9, 12), (2, 1)]))
     for full_logits in (False, True):
-        per_token = np.array(token_logps(tiny_model, batch, full_logits=full_logits))
-        sums = np.array(sequence_logps(tiny_model, batch, full_logits=full_logits))
+        per_token = np.array(token_logps(tiny_weights, batch, full_logits=full_logits))
+        sums = np.array(sequence_logps(tiny_weights, batch, full_logits=full_logits))
         np.testing.assert_allclose(sums, per_token.sum(axis=1), rtol=1e-6)
 
 
@@ -117,10 +108,10 @@ def test_sequence_logps_is_the_sum_of_the_token_logps(tiny_model):
 
 
 @pytest.mark.parametrize("full_logits", [False, True], ids=["chunked", "full-logits"])
-def test_padding_contributes_exactly_zero_and_what_the_padding_holds_does_not_matter(tiny_model, full_logits):
+def test_padding_contributes_exactly_zero_and_what_the_padding_holds_does_not_matter(tiny_weights, full_logits):
     sequences = random_sequences([(5, 3), (9, 12), (2, 1)])
     batch = make_batch(sequences)
-    per_token = np.array(token_logps(tiny_model, batch, full_logits=full_logits))
+    per_token = np.array(token_logps(tiny_weights, batch, full_logits=full_logits))
     mask = np.array(batch.mask)
 
     assert np.all(per_token[mask == 0] == 0.0)
@@ -131,31 +122,32 @@ def test_padding_contributes_exactly_zero_and_what_the_padding_holds_does_not_ma
     for i, (p, c) in enumerate(sequences):
         inputs[i, len(p) + len(c) - 1 :] = 1000 + i
     batch.inputs = mx.array(inputs)
-    np.testing.assert_allclose(np.array(token_logps(tiny_model, batch, full_logits=full_logits)), per_token, atol=1e-6)
+    np.testing.assert_allclose(np.array(token_logps(tiny_weights, batch, full_logits=full_logits)), per_token,
+                               atol=1e-6)
 
 
-def test_a_sequence_scores_the_same_alone_and_padded_next_to_a_longer_one(tiny_model):
+def test_a_sequence_scores_the_same_alone_and_padded_next_to_a_longer_one(tiny_weights):
     short, long = random_sequences([(4, 3), (40, 30)], seed=2)
-    alone = sequence_logps(tiny_model, make_batch([short])).item()
-    batched = sequence_logps(tiny_model, make_batch([short, long])).tolist()
+    alone = sequence_logps(tiny_weights, make_batch([short])).item()
+    batched = sequence_logps(tiny_weights, make_batch([short, long])).tolist()
 
     assert abs(batched[0] - alone) <= PER_TOKEN_TOLERANCE * len(short[1])
-    assert abs(batched[1] - direct_token_logps(tiny_model, *long).sum()) <= PER_TOKEN_TOLERANCE * len(long[1])
+    assert abs(batched[1] - direct_token_logps(tiny_weights, *long).sum()) <= PER_TOKEN_TOLERANCE * len(long[1])
 
 
 @pytest.mark.parametrize("vocab_chunk", [1, 5, logprobs.VOCAB_CHUNK])
-def test_chunked_and_full_logits_log_probs_agree_across_vocab_chunk_boundaries(tiny_model, monkeypatch, vocab_chunk):
+def test_chunked_and_full_logits_log_probs_agree_across_vocab_chunk_boundaries(tiny_weights, monkeypatch, vocab_chunk):
     monkeypatch.setattr(logprobs, "VOCAB_CHUNK", vocab_chunk)
     sequences = random_sequences([(6, 23), (3, 11), (10, 2)], seed=3)
     assert max(len(c) for _, c in sequences) > vocab_chunk or vocab_chunk == logprobs.VOCAB_CHUNK
     batch = make_batch(sequences)
 
-    chunked = np.array(token_logps(tiny_model, batch))
-    full = np.array(token_logps(tiny_model, batch, full_logits=True))
+    chunked = np.array(token_logps(tiny_weights, batch))
+    full = np.array(token_logps(tiny_weights, batch, full_logits=True))
 
     np.testing.assert_allclose(chunked, full, rtol=0, atol=PER_TOKEN_TOLERANCE)
     for i, (prompt, completion) in enumerate(sequences):
-        np.testing.assert_allclose(chunked[i, : len(completion)], direct_token_logps(tiny_model, prompt, completion),
+        np.testing.assert_allclose(chunked[i, : len(completion)], direct_token_logps(tiny_weights, prompt, completion),
                                    rtol=0, atol=PER_TOKEN_TOLERANCE)
 
 
@@ -174,8 +166,8 @@ def lora_gradients(model: nn.Module, batch, full_logits: bool) -> tuple[float, d
 
 
 @pytest.mark.parametrize("head", ["tied embedding", "own lm_head"])
-def test_chunked_and_full_logits_give_equal_lora_gradients(tiny, tiny_model, monkeypatch, head):
-    model = tiny_model if head == "tied embedding" else untied_tiny_model(tiny)
+def test_chunked_and_full_logits_give_equal_lora_gradients(tiny, tiny_weights, monkeypatch, head):
+    model = tiny_weights if head == "tied embedding" else untied_tiny_model(tiny)
     add_adapter(model, LoraSettings(rank=4))
     # LoRA's B starts at zero, which would make every gradient for A zero: start from small random values instead.
     mx.random.seed(0)

@@ -8,7 +8,7 @@ import pytest
 
 from mlx_dpo.settings import LOSS_TYPES, TrainingArgs
 from mlx_dpo.training.losses import (combined_loss, f_scores, implicit_rewards, kto_loss, kto_reference_point,
-                                     orpo_log_odds, preference_loss, rpo_nll, simpo_rewards)
+                                     orpo_log_odds, preference_loss, rpo_nll, simpo_rewards, wpo_weights)
 
 PAIR_LOSSES = [t for t in LOSS_TYPES if t != "kto"]
 
@@ -151,22 +151,83 @@ def test_orpo_is_chosen_nll_minus_beta_log_sigmoid_of_the_log_odds_ratio():
         assert close(loss("orpo", ref_c=None, ref_r=None, beta=beta, **lengths()), expected)
 
 
-@pytest.mark.parametrize("divergence, f", [
-    ("forward_kl", lambda u: -math.exp(-u)),
-    ("js_divergence", logsig),
-    ("alpha_divergence", lambda u: math.exp(-0.5 * u) / -0.5),  # α = 0.5: e^((α−1)u)/(α−1)
-])
-def test_f_divergences_replace_the_log_ratio_by_their_score(divergence, f):
-    assert close(f_scores(mx.array(U_C), divergence, 0.5), [f(u) for u in U_C])
-    expected = [softplus(-0.1 * (f(c) - f(r))) for c, r in zip(U_C, U_R)]
-    assert close(loss("sigmoid", f_divergence_type=divergence), expected)
-    expected = [max(0.0, 1 - 0.1 * (f(c) - f(r))) for c, r in zip(U_C, U_R)]
-    assert close(loss("hinge", f_divergence_type=divergence), expected)
+# f'(t) at t = π/ref = e^u, with its constants, written from the f-DPO paper's table (TRL 1.16's scores).
+def f_prime(divergence: str, u: float, alpha: float = 0.5) -> float:
+    t = math.exp(u)
+    return {"reverse_kl": math.log(t), "forward_kl": 1 - 1 / t, "js_divergence": math.log(2 * t / (1 + t)),
+            "alpha_divergence": (t ** (alpha - 1) - 1) / (alpha - 1)}[divergence]
+
+
+DIVERGENCES = ["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"]
+EPS = 0.1  # label smoothing of cdpo, robust and exo_pair in the table below
+TAU = 0.05
+
+
+def formula(loss_type: str, divergence: str) -> list[float]:
+    """TRL 1.16's DPOTrainer loss per pair, from the scores s = f'(t) of the two pairs above, in plain Python."""
+    out = []
+    for c, r, lc, lr, pc in zip(U_C, U_R, LEN_C, LEN_R, PI_C):
+        sc, sr = f_prime(divergence, c), f_prime(divergence, r)
+        x = BETA * (sc - sr)  # β·Δ
+        q, q_bar = sig(x), sig(-x)
+        out.append({
+            "sigmoid": softplus(-x),
+            "cdpo": (1 - EPS) * softplus(-x) + EPS * softplus(x),
+            "robust": ((1 - EPS) * softplus(-x) - EPS * softplus(x)) / (1 - 2 * EPS),
+            "hinge": max(0.0, 1 - x),
+            "ipo": (sc / lc - sr / lr - 1 / (2 * BETA)) ** 2,
+            "exo_pair": q * (math.log(q) - math.log(1 - EPS)) + q_bar * (math.log(q_bar) - math.log(EPS)),
+            "discopop": (1 - sig(x / TAU)) * softplus(-x) + sig(x / TAU) * math.exp(-x),
+            "sigmoid_norm": softplus(-BETA * (sc / lc - sr / lr)),
+            "sft": -sum(PI_C) / sum(LEN_C),
+        }[loss_type])
+    return out
+
+
+F_DIVERGENCE_LOSSES = ["sigmoid", "cdpo", "robust", "hinge", "ipo", "exo_pair", "discopop", "sigmoid_norm", "sft"]
+
+
+def test_f_scores_are_f_prime_of_the_ratio_constants_included():
+    for divergence in DIVERGENCES:
+        u = [1.0, -2.0, 0.0, 3.5]
+        assert close(f_scores(mx.array(u), divergence, 0.5), [f_prime(divergence, x) for x in u])
+    assert close(f_scores(mx.array([1.0, -2.0]), "alpha_divergence", 0.3), [f_prime("alpha_divergence", x, 0.3)
+                                                                           for x in (1.0, -2.0)])
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+@pytest.mark.parametrize("loss_type", F_DIVERGENCE_LOSSES)
+def test_every_loss_an_f_divergence_applies_to_is_trls_formula_on_its_scores(loss_type, divergence):
+    # ipo and sigmoid_norm divide each score by its own length, so the constants of f' matter there (once, ipo
+    # with forward_kl gave 1138.04 against TRL's 1137.32: the constants were dropped).
+    options = {"label_smoothing": EPS} if loss_type in ("cdpo", "robust", "exo_pair") else {}
+    out = loss(loss_type, f_divergence_type=divergence, discopop_tau=TAU, **options, **lengths())
+    assert close(out, formula(loss_type, divergence))
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES[1:])
+@pytest.mark.parametrize("loss_type", [t for t in LOSS_TYPES if t not in F_DIVERGENCE_LOSSES])
+def test_an_f_divergence_is_refused_where_trl_refuses_it(loss_type, divergence):
+    # nca_pair, bco_pair and sppo_hard read each score on its own (an offset TRL does not want); aot, aot_unpaired,
+    # apo_zero and apo_down use the raw log-ratios; simpo, orpo and kto have no reference ratio to transform.
+    with pytest.raises(ValueError, match=rf"f_divergence_type applies only to .* not {loss_type}, as in TRL"):
+        TrainingArgs(loss_type=loss_type, f_divergence_type=divergence)
+    if loss_type != "kto":
+        with pytest.raises(ValueError, match="f_divergence_type applies only to"):
+            loss(loss_type, f_divergence_type=divergence, **lengths())
 
 
 def test_alpha_divergence_at_alpha_one_is_reverse_kl():
     assert close(loss("sigmoid", f_divergence_type="alpha_divergence", f_alpha_divergence_coef=1.0),
                  [softplus(-0.3), softplus(0.3)])
+
+
+def test_wpo_weights_are_the_mean_per_token_log_ratio_to_sum_p_squared_of_both_answers_multiplied():
+    # Rows: chosen of pair 0, rejected of pair 0 (0 at padding). Chosen: ((−1+3) + (−2+3))/2 = 1.5; rejected:
+    # (−0.5+1)/1 = 0.5; the pair's weight is e^1.5 · e^0.5 = e².
+    tokens = mx.array([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]])
+    log_sum_sq = mx.array([[-3.0, -3.0, 0.0], [-1.0, 0.0, 0.0]])
+    assert close(wpo_weights(tokens, log_sum_sq, mx.array([2.0, 1.0])), [math.exp(2.0)])
 
 
 def test_combined_losses_are_the_weighted_sum_of_their_parts():
@@ -342,7 +403,6 @@ def test_exo_pair_needs_label_smoothing():
     (dict(loss_type="kto,sigmoid"), "they each train alone"),
     (dict(loss_type="sigmoid,dpo"), "unknown loss_type 'dpo'"),
     (dict(loss_type="aot", use_weighting=True), "does not apply to --loss aot"),
-    (dict(use_weighting=True), "not available yet"),
     (dict(ld_alpha=1.5), r"must be in \[0, 1\]"),
     (dict(loss_type="kto", ld_alpha=0.5), "does not apply to kto"),
     (dict(f_divergence_type="kl"), "unknown f_divergence_type 'kl'"),

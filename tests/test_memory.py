@@ -11,17 +11,11 @@ import pytest
 from helpers import write_jsonl
 from mlx_dpo.api import train
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.models.load import load_model
 from mlx_dpo.settings import LoraSettings, TrainingArgs
 from mlx_dpo.training.memory import LIMIT_ENV, check_fits, device_limit, estimate, parse_size
 from mlx_dpo.training.tokens import EncodedPair
 
 TINY_SEED = 16
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny):
-    return load_model(str(tiny))
 
 
 def pairs(count: int, prompt: int, answer: int) -> list[EncodedPair]:
@@ -45,33 +39,35 @@ def test_the_limit_is_the_devices_unless_the_environment_sets_one(monkeypatch):
     assert device_limit({LIMIT_ENV: "3GB"}).bytes == 3 * 10**9
 
 
-def test_the_estimate_grows_with_the_batch_and_the_length_and_shrinks_with_grad_checkpoint(loaded):
+def test_the_estimate_grows_with_the_batch_and_the_length_and_shrinks_with_grad_checkpoint(tiny_loaded):
     args, lora = TrainingArgs(batch_size=4), LoraSettings()
-    base = estimate(loaded.model, loaded.config, pairs(8, 64, 64), args, lora)
+    base = estimate(tiny_loaded.model, tiny_loaded.config, pairs(8, 64, 64), args, lora)
     assert base.weights > 0 and base.total > base.weights
     assert base.batch == "4 pair(s), prompt 64 + answer 64 tokens"  # the batch size, not all 8 pairs
-    longer = estimate(loaded.model, loaded.config, pairs(8, 64, 512), args, lora)
-    wider = estimate(loaded.model, loaded.config, pairs(8, 64, 64), TrainingArgs(batch_size=8), lora)
+    longer = estimate(tiny_loaded.model, tiny_loaded.config, pairs(8, 64, 512), args, lora)
+    wider = estimate(tiny_loaded.model, tiny_loaded.config, pairs(8, 64, 64), TrainingArgs(batch_size=8), lora)
     assert longer.total > base.total and wider.total > base.total
     # One pair: the training step, not the reference pass's forward on twice the pairs, sets the peak.
-    kept = estimate(loaded.model, loaded.config, pairs(1, 64, 512), args, lora)
-    saved = estimate(loaded.model, loaded.config, pairs(1, 64, 512), TrainingArgs(batch_size=4, grad_checkpoint=True), lora)
+    kept = estimate(tiny_loaded.model, tiny_loaded.config, pairs(1, 64, 512), args, lora)
+    saved = estimate(tiny_loaded.model, tiny_loaded.config, pairs(1, 64, 512),
+                     TrainingArgs(batch_size=4, grad_checkpoint=True), lora)
     assert saved.total < kept.total
 
 
-def test_a_batch_that_fits_is_reported_with_its_estimate_and_the_limit(loaded, monkeypatch):
+def test_a_batch_that_fits_is_reported_with_its_estimate_and_the_limit(tiny_loaded, monkeypatch):
     monkeypatch.delenv(LIMIT_ENV, raising=False)
-    line = check_fits(loaded.model, loaded.config, pairs(4, 32, 32), TrainingArgs(batch_size=2), LoraSettings())
+    line = check_fits(tiny_loaded.model, tiny_loaded.config, pairs(4, 32, 32), TrainingArgs(batch_size=2),
+                      LoraSettings())
     assert line.startswith("memory: about ") and "B at peak for 2 pair(s), prompt 32 + answer 32 tokens" in line
     assert "(estimate; limit " in line
 
 
-def test_a_run_that_would_not_fit_stops_before_the_reference_pass_with_one_line(loaded, tmp_path, monkeypatch):
+def test_a_run_that_would_not_fit_stops_before_the_reference_pass_with_one_line(tiny_loaded, tmp_path, monkeypatch):
     monkeypatch.setenv(LIMIT_ENV, "1MB")
     data = write_jsonl(tmp_path / "pairs.jsonl", *[
         {"prompt": f"Question {i}?", "chosen": f"Answer {i}.", "rejected": "No."} for i in range(4)])
     with pytest.raises(MlxDpoError) as info:
-        train(data, loaded=loaded, adapter_path=tmp_path / "adapter", iters=1, batch_size=2)
+        train(data, loaded=tiny_loaded, adapter_path=tmp_path / "adapter", iters=1, batch_size=2)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("the largest batch (2 pair(s), prompt ")

@@ -48,7 +48,7 @@ def step_setup(tiny):
 ALL_PAIR_LOSSES = ",".join(t for t in LOSS_TYPES if t not in ("orpo", "kto"))
 STEP_CASES = [
     dict(loss_type=ALL_PAIR_LOSSES, label_smoothing=1e-3, rpo_alpha=0.5),
-    dict(loss_type="bco_pair,sigmoid_norm", f_divergence_type="js_divergence", ld_alpha=0.5),
+    dict(loss_type="ipo,sigmoid_norm", f_divergence_type="js_divergence", ld_alpha=0.5),
     dict(loss_type="orpo"),
     dict(loss_type="kto"),
 ]

@@ -77,7 +77,9 @@ def spaces(prompt, answer):
 '''
 # Sampling hot enough that two answers differ, short enough to be cheap; steps large enough to move a tiny model.
 SAMPLER = {"temperature": 2.0, "max_tokens": 8}
-ROUND = {"learning_rate": 2e-2, "iters": 8, "batch_size": 4, "beta": 0.1, "compile": False}
+# The loop alone: no NLL anchor and every round kept (tests/test_acceptance.py checks the rule on its own).
+ROUND = {"learning_rate": 2e-2, "iters": 8, "batch_size": 4, "beta": 0.1, "compile": False, "rpo_alpha": 0.0,
+         "accept": "always"}
 
 
 def write_prompts(path: Path, count: int, start: int = 0) -> Path:
@@ -130,7 +132,7 @@ def test_a_run_killed_between_judging_and_training_keeps_every_judged_pair_and_g
     prompts = write_prompts(tmp_path / "prompts.txt", 8)
     args = online_args(workspace, prompts, spaces_judge, tiny)
     release = tmp_path / "release"
-    hook = {"MLX_DPO_PAUSE_ONLINE": "judged:1", "MLX_DPO_PAUSE_FILE": str(release)}
+    hook = {"MLX_DPO_PAUSE_AT": "online:judged:1", "MLX_DPO_PAUSE_FILE": str(release)}
     with held_child(args, hook, release, "the end of round 1's judging"):
         with PreferenceStore(workspace) as s:  # what the run had committed when it was killed
             judged = {(p.id, p.chosen, p.rejected) for p in s.list_pairs()}

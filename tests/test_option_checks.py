@@ -30,6 +30,7 @@ LOSSES = ", ".join(LOSS_TYPES)
 CHECKS: dict[str, tuple[list[tuple[list[str], str]], list[str] | None]] = {
     "--max-length": ([(["0"], "--max-length must be at least 1 (got 0)")], ["1"]),
     "--max-prompt-length": ([(["-1"], "--max-prompt-length must be at least 0 (got -1)")], ["0"]),
+    "--report-to": ([(["wandb"], "--report-to wandb: unknown tracker (choose from none, trackio)")], ["trackio"]),
     "--iters": ([(["0"], "--iters must be at least 1 (got 0)")], ["1"]),
     "--epochs": ([(["0"], "--epochs must be > 0 (got 0.0)"), (["-1"], "--epochs must be > 0 (got -1.0)")], ["0.01"]),
     "--batch-size": ([(["0"], "--batch-size must be at least 1 (got 0)")], ["1"]),
@@ -58,13 +59,15 @@ CHECKS: dict[str, tuple[list[tuple[list[str], str]], list[str] | None]] = {
                                                         "exo_pair, aot, aot_unpaired, not 'hinge' (got 0.1)")],
                           ["0.49", "--loss", "cdpo"]),
     "--f-divergence-type": ([(["kl"], "--f-divergence-type kl: unknown divergence (choose from reverse_kl, forward_kl, "
-                                      "js_divergence, alpha_divergence)")], ["js_divergence"]),
+                                      "js_divergence, alpha_divergence)"),
+                             (["forward_kl", "--loss", "ipo,nca_pair"],
+                              "--f-divergence-type applies only to the losses of a chosen − rejected score difference "
+                              "(sigmoid, cdpo, robust, hinge, ipo, exo_pair, discopop, sigmoid_norm, sft), not nca_pair, "
+                              "as in TRL (got forward_kl)")], ["js_divergence"]),
     "--ld-alpha": ([(["2"], "--ld-alpha must be in [0, 1] (got 2.0)"), (["-0.1"], "--ld-alpha must be in [0, 1] (got -0.1)")],
                    ["1"]),
-    # No value passes yet: WPO is refused rather than ignored until its weights are computed.
-    "--use-weighting": ([([], "--use-weighting (WPO) is not available yet in mlx-dpo (got True)"),
-                         (["--loss", "aot"], "--use-weighting (WPO) does not apply to --loss aot, aot_unpaired (they "
-                                             "sort the batch), orpo or kto (got True)")], None),
+    "--use-weighting": ([(["--loss", "aot"], "--use-weighting (WPO) does not apply to --loss aot, aot_unpaired (they "
+                                             "sort the batch), orpo or kto (got True)")], ["--loss", "sigmoid,sft"]),
     "--discopop-tau": ([(["0"], "--discopop-tau must be > 0 (got 0.0)")], ["0.01"]),
     "--desirable-weight": ([(["0"], "--desirable-weight must be > 0 (got 0.0)")], ["0.5"]),
     "--undesirable-weight": ([(["0"], "--undesirable-weight must be > 0 (got 0.0)")], ["0.5"]),
@@ -91,6 +94,10 @@ CHECKS: dict[str, tuple[list[tuple[list[str], str]], list[str] | None]] = {
                           ["0", "--incremental"]),
     "--heldout-prompts": ([(["0", "--incremental"], "--heldout-prompts must be at least 1 (got 0)")],
                           ["1", "--incremental"]),
+    "--accept": ([(["sometimes", "--incremental"],
+                   "--accept sometimes: unknown accept rule (choose from always, kl, better)")],
+                 ["kl", "--incremental"]),
+    "--kl-budget": ([(["0", "--incremental"], "--kl-budget must be > 0 (got 0.0)")], ["0.01", "--incremental"]),
     "--chat-template": ([(["no-such-template.jinja"], "--chat-template is not a file (got no-such-template.jinja)")],
                         [str(Path(__file__).resolve().parent / "templates" / "gemma3.jinja")]),
 }
@@ -209,8 +216,8 @@ def test_a_config_file_that_cannot_be_read_or_parsed_is_refused_naming_it(capsys
 def test_a_bad_value_in_a_config_file_names_the_file_and_the_key(capsys, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("data: x.jsonl\nbatch-size: 0\n")
-    # The key may be spelled as the flag; the message names the setting by its flag either way.
-    assert _error(capsys, "train", "--config", str(config)) == "--batch-size must be at least 1 (got 0)"
+    # The key may be spelled as the flag; the message names the setting by its flag either way, after the file.
+    assert _error(capsys, "train", "--config", str(config)) == f"{config}: --batch-size must be at least 1 (got 0)"
 
 
 # --- the real script ----------------------------------------------------------------------------------------

@@ -288,8 +288,7 @@ def test_a_busy_database_is_not_mistaken_for_a_damaged_one(tmp_path, monkeypatch
     holder.execute("CREATE TABLE ref_logps (key TEXT PRIMARY KEY, logp REAL NOT NULL, tokens INTEGER NOT NULL, "
                    "checksum TEXT NOT NULL)")
     holder.execute("BEGIN EXCLUSIVE")  # another process in the middle of writing
-    connect = sqlite3.connect
-    monkeypatch.setattr(ref_cache.sqlite3, "connect", lambda *a, **kw: connect(*a, **{**kw, "timeout": 0.05}))
+    monkeypatch.setattr(ref_cache, "BUSY_TIMEOUT", 0.05)
 
     with pytest.raises(MlxDpoError, match="database is locked: another mlx-dpo process is writing it"):
         RefCache("fp-test", root=tmp_path)
@@ -336,31 +335,25 @@ class Untouchable:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tiny):
-    """The module's tiny model (conftest.py): weights only, no tokenizer."""
-    from mlx_lm.utils import load_model as load_weights_only
-
-    return load_weights_only(tiny)[0]
-
-
-@pytest.fixture(scope="module")
-def encoded_pairs(default_model):
+def encoded_pairs(default_tokenizer):
     questions = ["Name a colour.", "What is 2+2?", "Say hi.", "Spell cat."]
     pairs = [PreferencePair(f"q{i}", [{"role": "user", "content": q}], f"Answer {i}: yes.", "No." * (i + 1))
              for i, q in enumerate(questions)]
-    return Encoder(default_model.tokenizer).encode_all(pairs)[0]
+    return Encoder(default_tokenizer).encode_all(pairs)[0]
 
 
-def test_the_reference_pass_computes_misses_stores_them_and_then_runs_no_forward_pass(tiny_model, encoded_pairs, tmp_path):
+def test_the_reference_pass_computes_misses_stores_them_and_then_runs_no_forward_pass(tiny_weights, encoded_pairs,
+                                                                                     tmp_path):
     cold_cache = RefCache("fp-ref", root=tmp_path)
     events = []
-    ref, stats = reference_logps(tiny_model, encoded_pairs, cold_cache, batch_size=3, on_event=events.append)
+    ref, stats = reference_logps(tiny_weights, encoded_pairs, cold_cache, batch_size=3, on_event=events.append)
     cold_cache.close()
 
     n = len(encoded_pairs)
     assert (stats.hits, stats.misses) == (0, 2 * n) and stats.seconds > 0
     assert [e.done for e in events if isinstance(e, Status) and e.message == "reference pass"] == [3, 4]  # batches of 3 pairs
-    direct = sequence_logps(tiny_model, make_batch([(p.prompt, c) for p in encoded_pairs for c in (p.chosen, p.rejected)]))
+    direct = sequence_logps(tiny_weights, make_batch([(p.prompt, c) for p in encoded_pairs
+                                                      for c in (p.chosen, p.rejected)]))
     np.testing.assert_allclose(np.array([v for p in encoded_pairs for v in ref.values[p]]), np.array(direct), atol=1e-4)
 
     warm_cache = RefCache("fp-ref", root=tmp_path)
@@ -371,11 +364,11 @@ def test_the_reference_pass_computes_misses_stores_them_and_then_runs_no_forward
     warm_cache.close()
 
 
-def test_the_reference_pass_computes_only_the_misses(tiny_model, encoded_pairs, cache):
+def test_the_reference_pass_computes_only_the_misses(tiny_weights, encoded_pairs, cache):
     # Pretend the chosen completions were cached with values no model would give.
     cache.store([(p.prompt, p.chosen, -1000.0 - i) for i, p in enumerate(encoded_pairs)])
 
-    ref, stats = reference_logps(tiny_model, encoded_pairs, cache)
+    ref, stats = reference_logps(tiny_weights, encoded_pairs, cache)
 
     assert (stats.hits, stats.misses) == (len(encoded_pairs), len(encoded_pairs))
     for i, p in enumerate(encoded_pairs):
@@ -385,7 +378,7 @@ def test_the_reference_pass_computes_only_the_misses(tiny_model, encoded_pairs, 
     assert cache.lookup([(p.prompt, p.rejected) for p in encoded_pairs]) == [ref.values[p][1] for p in encoded_pairs]
 
 
-def test_the_reference_pass_runs_in_eval_mode_and_restores_the_training_mode(tiny_model, encoded_pairs, cache):
+def test_the_reference_pass_runs_in_eval_mode_and_restores_the_training_mode(tiny_weights, encoded_pairs, cache):
     seen = []
 
     class Recording:  # notes the mode the model is in when it runs
@@ -399,14 +392,14 @@ def test_the_reference_pass_runs_in_eval_mode_and_restores_the_training_mode(tin
             seen.append(self.inner.training)
             return self.inner(*args, **kwargs)
 
-    tiny_model.train()
-    reference_logps(Recording(tiny_model), encoded_pairs[:1], cache, shared_prompt=False, full_logits=True)
+    tiny_weights.train()
+    reference_logps(Recording(tiny_weights), encoded_pairs[:1], cache, shared_prompt=False, full_logits=True)
 
     assert seen == [False]
-    assert tiny_model.training
+    assert tiny_weights.training
 
 
-def test_a_failing_reference_pass_still_restores_the_training_mode(tiny_model, encoded_pairs, cache):
+def test_a_failing_reference_pass_still_restores_the_training_mode(tiny_weights, encoded_pairs, cache):
     class Failing:
         def __init__(self, model):
             self.inner = model
@@ -417,9 +410,9 @@ def test_a_failing_reference_pass_still_restores_the_training_mode(tiny_model, e
         def __call__(self, *args, **kwargs):
             raise MemoryError("out of memory")
 
-    tiny_model.train()
+    tiny_weights.train()
     with pytest.raises(MemoryError):
-        reference_logps(Failing(tiny_model), encoded_pairs, cache, shared_prompt=False, full_logits=True)
+        reference_logps(Failing(tiny_weights), encoded_pairs, cache, shared_prompt=False, full_logits=True)
 
-    assert tiny_model.training
+    assert tiny_weights.training
     assert cache.lookup([(p.prompt, p.chosen) for p in encoded_pairs]) == [None] * len(encoded_pairs)

@@ -18,25 +18,21 @@ PROMPTS = [[user("Hi")], [user("What is the capital of France? Answer in one wor
            [user("Write a haiku about the sea.")], [user("2+2?")], [user("Name three colours of the rainbow.")]]
 
 
-@pytest.fixture(scope="module")
-def loaded(tiny):
-    return load_model(str(tiny))
-
-
 def test_the_app_and_the_library_share_one_sample_settings_class():
     from tui.workers import SampleSettings as AppSettings
 
     assert AppSettings is SampleSettings
 
 
-def test_greedy_batched_answers_equal_single_prompt_answers_padding_does_not_leak(loaded):
-    assert batching_problem(loaded) is None  # the probe passes: batches are used below
+def test_greedy_batched_answers_equal_single_prompt_answers_padding_does_not_leak(tiny_loaded):
+    assert batching_problem(tiny_loaded) is None  # the probe passes: batches are used below
     settings = SampleSettings(temperature=0.0, max_tokens=10)
-    single_ids = [[r.token for r in stream_generate(loaded.model, loaded.tokenizer, prompt_tokens(loaded.tokenizer, p),
-                                                     max_tokens=10) if r.finish_reason != "stop"] for p in PROMPTS]
-    single = [answer(loaded, p, max_tokens=10, temp=0.0) for p in PROMPTS]
+    model, tokenizer = tiny_loaded.model, tiny_loaded.tokenizer
+    single_ids = [[r.token for r in stream_generate(model, tokenizer, prompt_tokens(tokenizer, p),
+                                    max_tokens=10) if r.finish_reason != "stop"] for p in PROMPTS]
+    single = [answer(tiny_loaded, p, max_tokens=10, temp=0.0) for p in PROMPTS]
     for batch_size in (1, 4):
-        samples = sample_answers(loaded, PROMPTS, settings, n=1, batch_size=batch_size)
+        samples = sample_answers(tiny_loaded, PROMPTS, settings, n=1, batch_size=batch_size)
         assert [group[0] for group in samples.answers] == single
         assert samples.tokens == sum(len(ids) for ids in single_ids)
         assert samples.seconds > 0
@@ -47,7 +43,8 @@ def test_greedy_batched_answers_equal_single_prompt_answers_on_the_default_model
     # together and one at a time (mlx-lm's stream_generate, the app's path).
     batched, single = batching_probe(default_model, max_tokens=5)
     assert batched == single
-    texts = [decode_answer(default_model.tokenizer, ids) for ids in batched]
+    assert [finished for _ids, finished in batched] == [False, False]  # cut at 5 tokens: neither finished
+    texts = [decode_answer(default_model.tokenizer, ids) for ids, _finished in batched]
     assert all(any(ch.isalpha() for ch in text) for text in texts), texts  # words, not padding garbage
 
 
@@ -66,24 +63,25 @@ def test_a_model_that_cannot_be_batched_samples_one_at_a_time_and_says_so(tiny, 
     assert [e.message for e in events] == [f"sampling one answer at a time: {batching_problem(loaded)}"]
 
 
-def test_two_samples_of_a_prompt_are_different_draws_and_a_seed_reproduces_them(loaded):
+def test_two_samples_of_a_prompt_are_different_draws_and_a_seed_reproduces_them(tiny_loaded):
     settings = SampleSettings(temperature=1.0, max_tokens=8)
-    first = sample_answers(loaded, PROMPTS[:3], settings, n=2, seed=3, batch_size=4)
+    first = sample_answers(tiny_loaded, PROMPTS[:3], settings, n=2, seed=3, batch_size=4)
     assert [len(group) for group in first.answers] == [2, 2, 2]
     assert all(a != b for a, b in first.answers)
-    again = sample_answers(loaded, PROMPTS[:3], settings, n=2, seed=3, batch_size=4)
+    again = sample_answers(tiny_loaded, PROMPTS[:3], settings, n=2, seed=3, batch_size=4)
     assert again.answers == first.answers
-    other = sample_answers(loaded, PROMPTS[:3], settings, n=2, seed=4, batch_size=4)
+    other = sample_answers(tiny_loaded, PROMPTS[:3], settings, n=2, seed=4, batch_size=4)
     assert other.answers != first.answers
     # The sampler's own seed (the app's --seed) changes the draws too.
-    assert sample_answers(loaded, PROMPTS[:3], settings.with_seed(9), n=2, seed=3, batch_size=4).answers != first.answers
+    reseeded = sample_answers(tiny_loaded, PROMPTS[:3], settings.with_seed(9), n=2, seed=3, batch_size=4)
+    assert reseeded.answers != first.answers
 
 
-def test_identical_answers_are_drawn_again_and_every_draw_is_counted(loaded):
+def test_identical_answers_are_drawn_again_and_every_draw_is_counted(tiny_loaded):
     # At a temperature this low the likeliest token always wins: the draws are greedy and cannot differ.
     near_greedy = SampleSettings(temperature=1e-4, max_tokens=6)
-    greedy = sample_answers(loaded, PROMPTS[:2], SampleSettings(temperature=0.0, max_tokens=6), n=1)
-    samples = sample_answers(loaded, PROMPTS[:2], near_greedy, n=2)
+    greedy = sample_answers(tiny_loaded, PROMPTS[:2], SampleSettings(temperature=0.0, max_tokens=6), n=1)
+    samples = sample_answers(tiny_loaded, PROMPTS[:2], near_greedy, n=2)
     assert samples.answers == [[g[0], g[0]] for g in greedy.answers]  # still identical: the caller decides
     assert samples.tokens == (2 + RETRIES) * greedy.tokens  # two answers, then the second redrawn RETRIES times
 
@@ -94,6 +92,6 @@ def test_identical_answers_are_drawn_again_and_every_draw_is_counted(loaded):
     (SampleSettings(), 0, PROMPTS[:1], "samples per prompt"),
     (SampleSettings(), 2, [[{"role": "assistant", "content": "hi"}]], "prompt 1"),
 ])
-def test_bad_sampling_requests_are_one_line_errors(loaded, settings, n, prompts, fragment):
+def test_bad_sampling_requests_are_one_line_errors(tiny_loaded, settings, n, prompts, fragment):
     with pytest.raises(MlxDpoError, match=re.escape(fragment)):
-        sample_answers(loaded, prompts, settings, n=n)
+        sample_answers(tiny_loaded, prompts, settings, n=n)

@@ -42,8 +42,8 @@ def make_pair(prompt, chosen="Blue.", rejected="I would rather not say.", id="p1
 
 
 @pytest.fixture(scope="module")
-def tokenizer(default_model):
-    return default_model.tokenizer
+def tokenizer(default_tokenizer):
+    return default_tokenizer
 
 
 def render(tokenizer, messages, *, generation_prompt: bool, tokenize: bool):

@@ -59,7 +59,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrup
     # The child holds after step 5 (reported; its last checkpoint is step 4's) and is killed there: the kill
     # lands at the same point on a fast machine and a slow one (mlx_dpo/training/pause.py).
     killed, release = tmp_path / "killed", tmp_path / "release"
-    with held_child(train_args(killed), {"MLX_DPO_PAUSE_AT_STEP": "5", "MLX_DPO_PAUSE_FILE": str(release)},
+    with held_child(train_args(killed), {"MLX_DPO_PAUSE_AT": "step:5", "MLX_DPO_PAUSE_FILE": str(release)},
                     release, "step 5"):
         pass
     last = checkpoint.latest(killed)

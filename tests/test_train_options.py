@@ -27,7 +27,6 @@ from mlx_dpo.api import evaluate, train
 from mlx_dpo.cli import main
 from mlx_dpo.events import StepMetrics
 from mlx_dpo.models.load import load_model
-from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.options import SettingError
 from mlx_dpo.settings import LOSS_TYPES, TrainingArgs
 from mlx_dpo.training import checkpoint, trainer
@@ -329,9 +328,9 @@ def test_every_loss_runs_in_a_training_step_and_in_evaluation(tmp_path, data, fr
                    rpo_alpha=rpo_alpha, **QUICK)
     options = dict(loss_type=loss_type, label_smoothing=label_smoothing, rpo_alpha=rpo_alpha)
     assert math.isfinite(result.metrics["loss"]) and math.isfinite(result.eval_metrics["eval_loss"])
-    if loss_type == "kto":  # single answers: the run evaluates them; `eval`, which scores pairs, refuses kto
-        with pytest.raises(MlxDpoError, match="eval scores preference pairs; give it a pair loss"):
-            evaluate(data.valid, loaded=fresh(), adapter_path=out, loss_type=loss_type)
+    if loss_type == "kto":  # single answers: `eval` scores each against its label and KTO's KL point (kto_scores.py)
+        summary = evaluate(data.valid, loaded=fresh(), adapter_path=out, beta=BETA, loss_type=loss_type)
+        assert math.isfinite(summary["loss"]) and math.isfinite(summary["kl"]), summary
         return
     rows_path = tmp_path / "valid_rows.jsonl"
     summary = evaluate(data.valid, loaded=fresh(), adapter_path=out, beta=BETA, per_example=rows_path, **options)

@@ -7,6 +7,7 @@ from textual.widgets import Input
 
 from helpers import model_ready, sample_answers, wait_until
 from mlx_dpo.data.store import PreferenceStore
+from mlx_dpo.events import RoundEnded
 from tui.app import MlxDpoApp
 from tui.workers import SampleSettings
 
@@ -40,7 +41,7 @@ async def test_mark_one_answer_bad_then_a_kto_round_trains_it(tmp_path, tiny):
         await pilot.pause()
         await pilot.press("ctrl+t")
         await wait_until(pilot, lambda: train.last_round is not None, timeout=600, what="the KTO round")
-        assert train.last_round["type"] == "RoundEnded", train.last_round
+        assert isinstance(train.last_round, RoundEnded), train.last_round
         [round_] = app.store.list_rounds()
         assert (round_.version, round_.status, round_.settings["loss_type"]) == (1, "finished", "kto")
         assert app.store.round_feedback_ids(1) == [mark.id] and len(round_.pair_ids) == 2

@@ -20,7 +20,9 @@ import pytest
 from helpers import errors, model_ready, sample_answers, type_text, wait_until, warnings
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.events import RoundEnded, RoundFailed
 from tui.app import MlxDpoApp
+from tui.messages import WorkerEvent
 from tui.sampling import shown_order
 from tui.workers import ModelWorker, SampleSettings
 from tui.workers.events import AnswerDone, ReviewDone, ReviewFailed
@@ -51,6 +53,24 @@ class ScriptedWorker(ModelWorker):
 
     def _review(self, loaded, request):
         return self.report
+
+
+class CutStream:
+    """A scripted answer stream that, like mlx-lm's, knows afterwards whether the answer finished."""
+
+    def __init__(self, pieces: list[str], finished: bool) -> None:
+        self.pieces, self.finished = pieces, finished
+
+    def __iter__(self):
+        return iter(self.pieces)
+
+
+class CuttingWorker(ScriptedWorker):
+    """Answers with an odd seed stop at max tokens (unfinished); even seeds finish."""
+
+    def _stream(self, loaded, request, seed):
+        text = scripted_answer(seed)
+        return CutStream([text[:6], text[6:]], finished=seed % 2 == 0)
 
 
 @pytest.fixture
@@ -244,7 +264,7 @@ async def test_after_every_k_labels_the_app_trains_a_round_with_the_loops_settin
 
     def start_training(settings, report):  # no training child here: the round is recorded and ends at once
         app.rounds_started.append(settings)
-        report({"type": "RoundFailed", "error": "no training in this test"})
+        report(RoundFailed("no training in this test"))
         return SimpleNamespace(running=False)
 
     app.start_training = start_training
@@ -358,7 +378,56 @@ async def test_the_train_screen_shows_held_out_numbers_per_version(make_app, wor
     async with started(app) as pilot:
         await pilot.press("f4")
         table = app.screen.query_one("#versions")
-        rows = {key: [str(c) for c in table.get_row(key)][-5:] for key in ("base", "1", "2")}
-    assert rows["base"] == ["0.25", "0.000", "–", "–", "–"]
-    assert rows["1"] == ["0.50", "0.012", "–", "–", "–"]
-    assert rows["2"] == ["0.75", "0.050", "0.400", "0.60", "0.70"]
+        rows = {key: [str(c) for c in table.get_row(key)][-9:-2] for key in ("base", "1", "2")}
+    assert rows["base"] == ["0.25", "0.000", "–", "–", "–", "–", "–"]
+    assert rows["1"] == ["0.50", "0.012", "–", "–", "–", "–", "–"]
+    assert rows["2"] == ["0.75", "0.050", "0.400", "0.60", "0.70", "–", "–"]
+
+
+async def test_a_rejected_version_says_why_is_not_switched_to_and_a_person_can_keep_it(make_app, workspace):
+    """The versions table says whether each round was kept and why; a round the rule rejected leaves the app on
+    the version it had, and `k` (or the command palette) keeps it anyway, recorded as a person's decision."""
+    with PreferenceStore(workspace) as store:
+        ids = [store.add_pair(f"q{i}", "yes", "no", label=False).id for i in range(2)]
+        store.record_round(1, "adapters/v1", {}, {"heldout/kl": 0.4, "heldout/repetition": 0.01,
+                                                  "heldout/unfinished": 0.25}, "finished", ids[:1], "accepted",
+                           "KL 0.40 <= budget 3 nats")
+        store.record_round(2, "adapters/v2", {}, {"heldout/kl": 7.5}, "finished", ids, "rejected",
+                           "KL 7.50 > budget 3 nats")
+    app = make_app()
+    async with started(app) as pilot:
+        await pilot.press("f4")
+        screen = app.screen
+        table = screen.query_one("#versions")
+        row = lambda key: [str(c) for c in table.get_row(key)]  # noqa: E731
+        assert row("1")[-4:] == ["0.01", "0.25", "✓ yes", "KL 0.40 <= budget 3 nats"]
+        assert row("2")[-2:] == ["✗ no", "KL 7.50 > budget 3 nats"]
+        # A round that ends rejected, as the training child reports it: the app stays on its version.
+        screen.post_message(WorkerEvent(RoundEnded(2, "finished", "adapters/v2", {}, decision="rejected",
+                                                    reason="KL 7.50 > budget 3 nats")))
+        await pilot.pause()
+        assert warnings(app)[-1] == "Rejected: v2 not kept: KL 7.50 > budget 3 nats"
+        assert app.current_version_label() == "base"  # not switched to v2
+        table.focus()
+        table.move_cursor(row=2)  # base, v1, v2
+        await pilot.press("k")
+        with PreferenceStore(workspace) as store:
+            v2 = store.get_round(2)
+        assert (v2.decision, v2.reason) == ("accepted", "kept by a person (the rule said: KL 7.50 > budget 3 nats)")
+        assert row("2")[-2] == "✓ yes"
+        titles = [c.title for c in app.get_system_commands(screen)]
+        assert "Train: Keep the selected rejected version (accept it by hand)" in titles
+
+
+async def test_an_answer_cut_at_max_tokens_is_marked_on_the_label_screen_and_stored_unfinished(make_app, workspace):
+    app = make_app(worker_factory=CuttingWorker)  # seeds 0 and 1: one finished answer, one cut
+    async with started(app) as pilot:
+        screen = app.get_screen("label")
+        await sample_answers(pilot, "Name a colour.")
+        subtitles = {pane: str(screen.pane(pane).border_subtitle) for pane in (1, 2)}
+        cut = next(pane for pane in (1, 2) if not screen.answers()[pane - 1].finished)
+        assert subtitles[cut] == "done · unfinished: cut at max tokens" and subtitles[3 - cut] == "done"
+        await pilot.press(str(cut))  # a person may prefer the cut answer: the rule binds program judges only
+    with PreferenceStore(workspace) as store:
+        [pair] = store.list_pairs()
+    assert (pair.chosen.finished, pair.rejected.finished) == (False, True)

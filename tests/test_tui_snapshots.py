@@ -14,6 +14,7 @@ import pytest
 
 from helpers import model_ready, type_text, wait_until
 from mlx_dpo.data.store import PreferenceStore
+from mlx_dpo.events import StepMetrics
 from tui.app import MlxDpoApp
 from tui.messages import WorkerEvent
 from tui.workers import SampleSettings
@@ -117,9 +118,9 @@ def test_train_screen_with_versions_and_plots(snap_compare, app):
         screen = pilot.app.screen
         # A round's step reports, as the training child sends them (the last step: an ETA of 0 s).
         for step in range(1, 9):
-            screen.post_message(WorkerEvent({"type": "StepMetrics", "step": step, "total_steps": 8, "metrics": {
+            screen.post_message(WorkerEvent(StepMetrics(step, 8, {
                 "loss": 0.69 - 0.02 * step, "rewards/margins": 0.03 * step, "rewards/accuracies": min(1, 0.1 * step),
-                "tokens_per_second": 1000, "peak_memory_gb": 0.5}}))
+                "tokens_per_second": 1000, "peak_memory_gb": 0.5})))
         await pilot.pause()
         await steady_cursors(pilot)
 

@@ -1,9 +1,10 @@
 """The app's structure, read from its source and its imports (no terminal, no model).
 
-- `tui.workers` is the app's one boundary with the library's heavy parts (the import rule itself is in
-  tests/test_layout.py).
-- Importing the app loads neither mlx nor mlx_lm nor the library's model, training or export code: the
-  first screen never waits for them.
+- The app reaches the library through `mlx_dpo.api` (and its event, settings and error types); only
+  `tui.workers` uses the API's heavy names (the import rules themselves are in tests/test_layout.py).
+- Importing the app and the API loads neither mlx nor mlx_lm nor the library's model, training or export
+  code: the first screen never waits for them.
+- The Train screen shows every field's label whole, down to an 80-column terminal.
 - The six modes are one table (`tui.modes.MODES`): the app's screens, modes, keys, mode bar and palette
   follow it.
 """
@@ -22,14 +23,15 @@ from tui.workers import ModelWorker
 
 REPO = Path(__file__).resolve().parent.parent
 TUI = REPO / "tui"
-# The library modules the UI may use directly (and their submodules): none of them loads model code.
-MLX_FREE = ("mlx_dpo.errors", "mlx_dpo.names", "mlx_dpo.data", "mlx_dpo.events", "mlx_dpo.options", "mlx_dpo.settings")
+# The library modules the UI may use directly (tests/test_layout.py): none of them loads model code.
+MLX_FREE = ("mlx_dpo.api", "mlx_dpo.errors", "mlx_dpo.events", "mlx_dpo.metric_names", "mlx_dpo.options",
+            "mlx_dpo.settings")
 
 
 def test_importing_the_app_loads_no_model_code():
     code = (f"import sys, tui.app, tui.workers, {', '.join(MLX_FREE)}; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm') or m.startswith(("
-            "'mlx_dpo.models', 'mlx_dpo.training', 'mlx_dpo.export', 'mlx_dpo.api'))))")
+            "'mlx_dpo.models', 'mlx_dpo.training', 'mlx_dpo.export', 'mlx_dpo.online.judges'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]", out.stdout
 
@@ -66,3 +68,17 @@ async def test_every_mode_is_reached_by_its_key_its_button_and_the_palette(works
             assert [str(b.label) for b in app.screen.query(".mode-button.-current")] == [mode.label]
         titles = [c.title for c in app.get_system_commands(app.screen)]
         assert [t for t in titles if t.startswith("Go to ")] == [f"Go to {m.title}" for m in modes.MODES]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("size", [(80, 24), (120, 36)])
+async def test_the_train_screen_shows_every_field_label_whole(workspace, size):
+    app = MlxDpoApp(workspace, worker_factory=IdleWorker)
+    async with app.run_test(size=size) as pilot:
+        await pilot.press("f4")
+        await pilot.pause()
+        labels = list(app.screen.query(".train-field Label"))
+        assert len(labels) == 9
+        for label in labels:  # the field (a label over its input) clips what does not fit in it
+            text, field = str(label.render()), label.parent.region
+            assert field.width >= len(text) and field.right <= size[0], (text, field)

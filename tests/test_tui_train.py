@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Input
 
 from helpers import errors, model_ready, sample_answers, type_text, wait_until, warnings
 from mlx_dpo.data.store import PreferenceStore
+from mlx_dpo.events import RoundEnded, RoundFailed, StepMetrics
 from mlx_dpo.models.generate import answer, chat_messages
 from mlx_dpo.models.load import load_model
 from tui.app import MlxDpoApp
@@ -38,12 +39,12 @@ async def set_round_settings(pilot, values: dict) -> None:
     await pilot.pause()
 
 
-async def train_round(pilot, *, timeout: float = 240) -> dict:
+async def train_round(pilot, *, timeout: float = 240) -> RoundEnded:
     screen = pilot.app.get_screen("train")
     await pilot.press("ctrl+t")
     assert screen.state == "training"
     await wait_until(pilot, lambda: screen.last_round is not None, timeout=timeout, what="the round to end")
-    assert screen.last_round["type"] == "RoundEnded", screen.last_round
+    assert isinstance(screen.last_round, RoundEnded), screen.last_round
     return screen.last_round
 
 
@@ -92,8 +93,8 @@ async def test_label_train_sample_repeat(tmp_path, tiny):
         assert "4 untrained pairs" in str(train.query_one("#train-summary").render())
         await set_round_settings(pilot, TINY_ROUND)
         r1 = await train_round(pilot)
-        assert r1["status"] == "finished" and r1["version"] == 1
-        assert r1["metrics"]["ref_cache/misses"] == 8
+        assert r1.status == "finished" and r1.version == 1
+        assert r1.metrics["ref_cache/misses"] == 8
         assert len(train.history["loss"]) == 2  # one point per step on the live plots
         v1 = str(workspace / "adapters" / "v1")
         await model_ready(pilot)
@@ -109,7 +110,7 @@ async def test_label_train_sample_repeat(tmp_path, tiny):
 
         await pilot.press("f4")
         r2 = await train_round(pilot)
-        assert r2["status"] == "finished" and r2["version"] == 2
+        assert r2.status == "finished" and r2.version == 2
         rounds = app.store.list_rounds()
         assert rounds[1].settings["init_adapter"] == v1
         m = rounds[1].metrics
@@ -135,20 +136,20 @@ async def test_cancel_mid_round_keeps_checkpoint_and_app_usable(tmp_path, tiny):
         app = pilot.app
         await set_round_settings(pilot, TINY_ROUND)
         r1 = await train_round(pilot)
-        assert r1["status"] == "finished"
+        assert r1.status == "finished"
         await model_ready(pilot)
 
         add_pairs(workspace, 2, start=10)
         await set_round_settings(pilot, {"train-iters": "200"})
         await pilot.press("escape", "ctrl+t")
-        await wait_until(pilot, lambda: any(e["type"] == "StepMetrics" and e["step"] >= 2 for e in screen.events),
+        await wait_until(pilot, lambda: any(isinstance(e, StepMetrics) and e.step >= 2 for e in screen.events),
                          timeout=120, what="two steps")
         await pilot.press("c")
         assert screen.state in ("cancelling", "idle")  # a tiny model may already have stopped
         await wait_until(pilot, lambda: screen.last_round is not None, timeout=60, what="the cancelled round")
-        assert screen.last_round["status"] == "cancelled" and screen.state == "idle"
+        assert screen.last_round.status == "cancelled" and screen.state == "idle"
         v2 = workspace / "adapters" / "v2"
-        steps = [e["step"] for e in screen.events if e["type"] == "StepMetrics"]
+        steps = [e.step for e in screen.events if isinstance(e, StepMetrics)]
         ckpts = sorted(p.name for p in (v2 / "checkpoints").iterdir())
         assert ckpts[-1] == f"step-{max(steps):06d}" and max(steps) < 200  # stopped within a step, kept the last
         assert app.worker.adapter_path == str(workspace / "adapters" / "v1")  # still sampling from v1
@@ -159,7 +160,7 @@ async def test_cancel_mid_round_keeps_checkpoint_and_app_usable(tmp_path, tiny):
         await pilot.press("f4")
         await set_round_settings(pilot, {"train-iters": "2"})
         r3 = await train_round(pilot)
-        assert r3["status"] == "finished" and r3["version"] == 3
+        assert r3.status == "finished" and r3.version == 3
         rounds = app.store.list_rounds()
         assert [r.status for r in rounds] == ["finished", "cancelled", "finished"]
         assert rounds[2].settings["init_adapter"] == str(workspace / "adapters" / "v1")
@@ -173,7 +174,7 @@ async def test_keys_are_handled_while_the_training_child_is_stopped(tmp_path, ti
         app = pilot.app
         await set_round_settings(pilot, {**TINY_ROUND, "train-iters": "100", "train-beta": "0.1"})
         await pilot.press("escape", "ctrl+t")
-        await wait_until(pilot, lambda: any(e["type"] == "StepMetrics" for e in screen.events), timeout=120,
+        await wait_until(pilot, lambda: any(isinstance(e, StepMetrics) for e in screen.events), timeout=120,
                          what="the first step")
         child = screen.process.process
         os.kill(child.pid, signal.SIGSTOP)
@@ -200,7 +201,7 @@ async def test_keys_are_handled_while_the_training_child_is_stopped(tmp_path, ti
             os.kill(child.pid, signal.SIGCONT)
         await pilot.press("escape", "c")
         await wait_until(pilot, lambda: screen.last_round is not None, timeout=60, what="the cancelled round")
-        assert screen.last_round["status"] == "cancelled"
+        assert screen.last_round.status == "cancelled"
 
 
 async def test_compare_two_versions_saves_a_compared_pair(tmp_path, tiny):
@@ -287,8 +288,8 @@ async def test_train_refuses_no_pairs_bad_settings_and_a_second_round_and_report
         assert warnings(app)[-1] == "A round is already running."
         assert screen.process is child  # no second child
         await wait_until(pilot, lambda: screen.last_round is not None, timeout=240, what="the failing round")
-        assert screen.last_round["type"] == "RoundFailed"
-        assert screen.last_round["error"] and errors(app)[-1] == f"Training failed: {screen.last_round['error']}"
+        assert isinstance(screen.last_round, RoundFailed)
+        assert screen.last_round.error and errors(app)[-1] == f"Training failed: {screen.last_round.error}"
         assert screen.state == "idle"
         assert not [r for r in app.store.list_rounds() if r.status == "finished"]
         assert len(app.store.untrained_pairs()) == 4  # the pairs are still to train

@@ -6,7 +6,8 @@ events, and offers the screens a few shared services (notifications, the store's
 model's version). The screens live in `tui.screens`, shared widgets in `tui.widgets`, dialogs in
 `tui.modals`, styles in the `.tcss` files next to this module.
 
-The library boundary is `tui.workers`, the only module that reaches mlx_dpo's model and training code:
+The app reaches the library through `mlx_dpo.api` alone (and its event, settings and error types); the
+workers in `tui.workers` are the only modules that use its heavy names (model, training, export):
 - the model thread (`ModelWorker`): loads the model, then generates (and runs the Data screen's label
   reviews, which need the loaded model); MLX arrays never leave it;
 - a child process per training round (`TrainingProcess`), read by a daemon thread;
@@ -34,7 +35,7 @@ from textual.binding import Binding
 from textual.reactive import reactive
 from textual.screen import Screen
 
-from mlx_dpo.data.store import PreferenceStore
+from mlx_dpo.api import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
 from tui import modes
 from tui.messages import WorkerEvent

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
+from mlx_dpo import events as library_events
 from tui.workers.events import Event
 
 
 @dataclass
 class WorkerEvent(Message):
     """`event` is a model-worker event (a dataclass of `tui.workers.events`) or, from a training round, the
-    library's event as the child sent it: a dict `{"type": class name, **fields}`."""
+    library's event (a dataclass of `mlx_dpo.events`), rebuilt from what the child process sent."""
 
-    event: Event | dict
+    event: Event | library_events.Event

@@ -18,7 +18,7 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Static, TextArea
 
-from mlx_dpo.data.pairs import IDENTICAL_ANSWERS, TWO_DIFFERENT_ANSWERS, pair_problem, same_answers
+from mlx_dpo.api import IDENTICAL_ANSWERS, TWO_DIFFERENT_ANSWERS, pair_problem, same_answers
 from tui.prompts import PromptParts
 from tui.widgets import prompt_fields, read_prompt
 from tui.workers import SampleSettings

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlx_dpo.data.prompt_file import PromptFileError, read_prompt_file
+from mlx_dpo.api import PromptFileError, read_prompt_file
 
 
 QueueError = PromptFileError  # a prompt queue file that cannot be read; the message names the file and line

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import random
 
+from mlx_dpo.api import Answer, same_answers
 from tui.workers import events
-from mlx_dpo.data.pairs import same_answers
 from tui.prompts import PromptParts
 
 SLOTS = (1, 2)
@@ -93,12 +93,13 @@ class SamplingState:
         self.texts[self.pane_of(slot) - 1] += text
         return True
 
-    def finish(self, request_id: int, slot: int, text: str) -> bool:
-        """Slot `slot`'s whole answer (it replaces the chunks streamed so far)."""
+    def finish(self, request_id: int, slot: int, text: str, finished: bool = True) -> bool:
+        """Slot `slot`'s whole answer (it replaces the chunks streamed so far); `finished` False: cut at max tokens.
+        The answer is kept as an Answer (mlx_dpo.data.answers), so a pair or tie saved from it keeps the flag."""
         if not self.is_current(request_id):
             return False
         pane = self.pane_of(slot)
-        self.texts[pane - 1] = text
+        self.texts[pane - 1] = Answer(text, finished)
         self.done[pane - 1] = True
         return True
 
@@ -115,7 +116,7 @@ class SamplingState:
         if isinstance(event, events.AnswerChunk):
             return self.chunk(event.request_id, event.slot, event.text)
         if isinstance(event, events.AnswerDone):
-            return self.finish(event.request_id, event.slot, event.text)
+            return self.finish(event.request_id, event.slot, event.text, event.finished)
         if isinstance(event, events.SampleFailed):
             return self.fail(event.request_id, event.error)
         raise TypeError(f"not a sampling event: {type(event).__name__}")

@@ -7,10 +7,13 @@ import json
 import sys
 
 from mlx_dpo.cli.common import WORKSPACE_HELP
-from mlx_dpo.data.pairs import MAX_LISTED_ERRORS, load_pairs
+from mlx_dpo.data.feedback import load_feedback
+from mlx_dpo.data.pairs import UnpairedRows, load_pairs
+from mlx_dpo.data.rows import MAX_LISTED_ERRORS
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.progress import ProgressPrinter
+from mlx_dpo.options import add_flags, settings_of
 from mlx_dpo.settings import RunOptions
 
 
@@ -20,7 +23,12 @@ def cmd_data(args: argparse.Namespace) -> int:
         return cmd_review(args, workspace)
     if args.action == "import":
         # Read the whole file before touching the workspace: a bad file changes nothing, not even a new folder.
-        loaded = load_pairs(args.file, skip_invalid=args.skip_invalid)
+        # A Hub dataset without ":split" gives its train split, or for --split valid its test split.
+        split = "test" if args.split == "valid" else "train"
+        try:
+            loaded = load_pairs(args.file, skip_invalid=args.skip_invalid, config=args.data_config, default_split=split)
+        except UnpairedRows:
+            return import_feedback(args, workspace, split)
         warning = long_rows_warning(loaded.pairs, args.model)
         with PreferenceStore(workspace) as store:
             result = store.import_pairs(loaded.pairs, split=args.split)
@@ -47,6 +55,24 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(f"origins:    {', '.join(f'{k} {v}' for k, v in stats['by_origin'].items())}")
         print(f"skips:      {stats['skips']}")
         print(f"candidates: {stats['candidates']}")
+    return 0
+
+
+def import_feedback(args: argparse.Namespace, workspace, split: str) -> int:
+    """`data import` of TRL's unpaired rows (prompt, completion, label): the store's answers marked good or bad,
+    which a KTO round trains on, as the app's g/b marks are."""
+    if args.split == "valid":
+        raise MlxDpoError(f"{args.file}: unpaired rows (prompt, completion, label) have no validation split in the "
+                          "store; import them without --split valid")
+    examples, skipped = load_feedback(args.file, skip_invalid=args.skip_invalid, config=args.data_config,
+                                      default_split=split)
+    with PreferenceStore(workspace) as store:
+        result = store.import_feedback(examples, source=str(args.file))
+        path = store.path
+    if skipped:
+        print(f"mlx-dpo: {args.file}: skipped {skipped} invalid row(s)", file=sys.stderr)
+    print(f"imported {result.added} answer(s) marked good or bad into {path} ({result.duplicates} already there); "
+          "a round with --loss kto trains them")
     return 0
 
 
@@ -121,8 +147,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="import, export, count or review the pairs of a workspace's preference store")
     actions = data.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    p = actions.add_parser("import", help="add the pairs of a JSONL file (TRL standard or conversational)")
-    p.add_argument("file", metavar="FILE")
+    p = actions.add_parser("import", help="add the pairs (or KTO's answers marked good or bad) of a file, folder or "
+                           "Hub dataset, in any TRL preference format")
+    p.add_argument("file", metavar="DATA", help="a JSONL or Parquet file, a dataset folder, or a Hugging Face dataset "
+                   "owner/name[:split] (default split: train; with --split valid: test)")
+    add_flags(p, [settings_of(RunOptions)["data_config"]])
     p.add_argument("--workspace", help=WORKSPACE_HELP)
     p.add_argument("--skip-invalid", action="store_true", help="drop invalid rows instead of importing nothing")
     p.add_argument("--split", choices=("train", "valid"), default="train", help="split of the new pairs")

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 import os
 import sys
 from pathlib import Path
 
+from mlx_dpo import api  # light: its heavy names (run_online, ...) load the library when the command runs
 from mlx_dpo.cli.common import WORKSPACE_HELP, add_model_args
 from mlx_dpo.cli.train import _checked, _train_settings
 from mlx_dpo.data.prompt_file import read_prompt_file
@@ -21,15 +23,15 @@ from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.options import add_flags, given_flags, settings_of
 from mlx_dpo.progress import ProgressPrinter
-from mlx_dpo.settings import OnlineSettings, RoundSettings, SampleSettings, TRAIN_GROUPS
+from mlx_dpo.settings import ONLINE_SAMPLING, OnlineSettings, RoundSettings, SampleSettings, TRAIN_GROUPS
 
 
 def _sample_settings(args: argparse.Namespace) -> SampleSettings:
-    """The app's sampler settings, with the sampler flags given (their defaults are SampleSettings')."""
+    """The sampler settings: online's defaults (ONLINE_SAMPLING), with the sampler flags given."""
     given = {k: getattr(args, a) for k, a in (("temperature", "temperature"), ("top_p", "top_p"),
                                               ("max_tokens", "max_tokens"), ("seed", "sample_seed"))
              if getattr(args, a) is not None}
-    sample = SampleSettings(**given)
+    sample = replace(ONLINE_SAMPLING, **given)
     try:
         sample.check()
     except ValueError as e:
@@ -51,8 +53,7 @@ def _rubric(text: str | None) -> str | None:
 
 
 def cmd_online(args: argparse.Namespace) -> int:
-    from mlx_dpo import api  # the heavy library loads when the command runs (see cli/__init__)
-    from mlx_dpo.online.loop import describe_round
+    from mlx_dpo.online.loop import describe_round  # the heavy library loads when the command runs
 
     online_given = _checked(given_flags(args, settings_of(OnlineSettings).values()), settings_of(OnlineSettings))
     online = OnlineSettings(**online_given)
@@ -102,8 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-prompts", metavar="FILE", help="held-out prompts measured after each round (and the base)")
     p.add_argument("--json", action="store_true", help="print one JSON line per round")
     add_model_args(p, adapter=False)
-    sampler = p.add_argument_group("sampler (the app's sampler settings)")
-    app = SampleSettings()  # the defaults are the app's sampler's
+    sampler = p.add_argument_group("sampler (the app's sampler settings, with online's own defaults)")
+    app = ONLINE_SAMPLING
     sampler.add_argument("--temperature", type=float, help=f"sampling temperature (default {app.temperature:g})")
     sampler.add_argument("--top-p", type=float, help=f"nucleus top-p (default {app.top_p:g})")
     sampler.add_argument("--max-tokens", type=int, help=f"longest answer in tokens (default {app.max_tokens})")
@@ -111,5 +112,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_flags(p, settings_of(OnlineSettings).values())
     add_flags(p.add_argument_group("rounds"), settings_of(RoundSettings).values())
     add_flags(p.add_argument_group("training"),
-              [s for n, s in settings_of(*TRAIN_GROUPS).items() if n in _train_settings(incremental=True)])
+              [s for n, s in _train_settings(incremental=True).items() if n in settings_of(*TRAIN_GROUPS)])
     p.set_defaults(func=cmd_online)

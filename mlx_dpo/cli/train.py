@@ -13,18 +13,19 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from mlx_dpo import api  # light: its heavy names (train, evaluate, ...) load the library when a command runs
 from mlx_dpo.cli.common import WORKSPACE_HELP, add_model_args
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.options import Setting, SettingError, add_flags, check, given_flags, resolve, settings_of
 from mlx_dpo.progress import ProgressPrinter
-from mlx_dpo.settings import EVAL_LOSS_SETTINGS, TRAIN_GROUPS, RoundSettings
+from mlx_dpo.settings import EVAL_LOSS_SETTINGS, TRAIN_GROUPS, RoundSettings, round_settings_table
 
 # What a config file may hold besides the settings: the run's pairs, model and folder.
 COMMAND_KEYS = ("data", "model", "adapter_path", "resume")
 # The settings `mlx-dpo eval` shares with `train`.
 EVAL_SETTINGS = ("beta", "loss_type", "batch_size", "max_length", "skip_invalid", "full_logits", "shared_prompt",
-                 "chat_template", *EVAL_LOSS_SETTINGS)
+                 "data_config", "chat_template", *EVAL_LOSS_SETTINGS)
 
 
 def _read_config_file(path: str) -> dict:
@@ -33,6 +34,8 @@ def _read_config_file(path: str) -> dict:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise MlxDpoError(f"{path}: cannot read config file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise MlxDpoError(f"{path}: not valid UTF-8 (byte 0x{e.object[e.start]:02x}); save the file as UTF-8") from None
     try:
         if p.suffix == ".toml":
             import tomllib  # Python 3.11+; optional on 3.10
@@ -51,7 +54,7 @@ def _read_config_file(path: str) -> dict:
 
 def _train_settings(incremental: bool) -> Mapping[str, Setting]:
     if incremental:  # a round writes its own metrics into its own folder
-        return {n: s for n, s in settings_of(*TRAIN_GROUPS, RoundSettings).items() if n != "metrics_file"}
+        return {n: s for n, s in round_settings_table(*TRAIN_GROUPS, RoundSettings).items() if n != "metrics_file"}
     return settings_of(*TRAIN_GROUPS)
 
 
@@ -78,16 +81,24 @@ def _options(args: argparse.Namespace, settings: Mapping[str, Setting],
         raise MlxDpoError(f"{args.config}: {e}") from None
     if unknown:
         raise MlxDpoError(f"{args.config}: unknown option(s): {', '.join(sorted(unknown))}")
-    given.update(given_flags(args, settings.values()))
+    for key, value in command.items():  # a path or a name (resume: a yes/no), as its flag would give it
+        if not isinstance(value, bool if key == "resume" else str):
+            raise MlxDpoError(f"{args.config}: {key} must be {'true or false' if key == 'resume' else 'text'} "
+                              f"(got {json.dumps(value, default=str)})")
+    from_file = set(given)
+    given.update(flags := given_flags(args, settings.values()))
     for key in command_keys:
         if getattr(args, key, None) not in (None, False):
             command[key] = getattr(args, key)
-    return command, _checked(given, settings)
+    try:
+        check(given, settings)
+    except SettingError as e:  # by its flag; and by the file, when the file gave the value
+        where = f"{args.config}: " if e.name in from_file and e.name not in flags else ""
+        raise MlxDpoError(where + e.message(settings[e.name].flag)) from None
+    return command, given
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mlx_dpo import api  # the heavy library loads when a command runs (see cli/__init__)
-
     if args.incremental:  # one round on the workspace's store (mlx_dpo.training.rounds)
         command, settings = _options(args, _train_settings(incremental=True), ("model",))
         workspace = args.workspace or PreferenceStore.default_workspace()
@@ -109,8 +120,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from mlx_dpo import api
-
     settings = _checked(given_flags(args, _eval_settings().values()), _eval_settings())
     result = api.evaluate(args.data, model=args.model, adapter_path=args.adapter_path, per_example=args.per_example,
                           on_event=ProgressPrinter(), **settings)
@@ -120,7 +129,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a DPO LoRA adapter on preference pairs")
-    p.add_argument("--data", help="training pairs (JSON Lines, TRL standard or conversational format)")
+    p.add_argument("--data", help="training pairs in a TRL preference format: a JSONL or Parquet file, a dataset "
+                   "folder, or a Hugging Face dataset owner/name[:split] (default split: train)")
     add_model_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --adapter-path from its last checkpoint")
     p.add_argument("--config", help="YAML or TOML file with the same options")
@@ -132,7 +142,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="preference accuracy and reward margin of a model/adapter on pairs")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="pairs: a JSONL or Parquet file, a dataset folder, or a Hugging "
+                   "Face dataset owner/name[:split] (default split: test)")
     add_model_args(p)
     add_flags(p, _eval_settings().values())
     p.add_argument("--per-example", metavar="OUT.jsonl", help="write per-pair log-probs here")

@@ -8,7 +8,13 @@ may call from a worker thread and the event loop alike; calls are serialized, ne
 Several processes (the app, `mlx-dpo data import`, `mlx-dpo online`) may open the same file: SQLite
 serializes their writes (each takes the write lock up front, BEGIN IMMEDIATE), and a writer waits up to
 `busy_timeout` seconds (default BUSY_TIMEOUT) for another one's transaction to end; readers never wait
-(WAL). A store still locked after that wait is one line saying so (`_error_message`), never a traceback.
+(WAL). A store still locked after that wait is one line saying so and how long it waited (`_error_message`),
+never a traceback.
+
+Opening is safe when several processes open one store at once, a new one included (`_open`): the schema is
+created or migrated in one transaction that re-reads the version under the write lock (mlx_dpo.data.schema),
+and a "busy" that SQLite answers at once instead of waiting (its deadlock rule: two processes switching a new
+file to WAL together, one of them is refused) is retried until `busy_timeout`, like any other wait.
 
 SQLite errors the user can act on (busy, disk full, read-only, not a database...) become MlxDpoError
 naming the file; any other error is a bug and propagates as it is. A transaction that fails, a full
@@ -17,6 +23,7 @@ disk included, is rolled back whole: the store keeps every write committed befor
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
 import time
@@ -37,6 +44,7 @@ _ENVIRONMENT_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_RE
                        "SQLITE_CANTOPEN", "SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_PERM")
 
 _D = TypeVar("_D", bound="Database")
+_T = TypeVar("_T")
 
 
 class Database:
@@ -60,6 +68,11 @@ class Database:
         if not create and not self.path.exists():
             raise MlxDpoError(f"{self.path}: no preference store here; label or import some pairs first")
         self._make_folder()
+        self._conn = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect and bring the schema up to date, waiting up to busy_timeout for other processes."""
+        started = time.monotonic()
         try:
             # isolation_level=None: no implicit transactions; every write opens its own explicitly.
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
@@ -67,7 +80,8 @@ class Database:
         except sqlite3.Error as e:
             raise MlxDpoError(f"{self.path}: cannot open ({e})") from None
         try:
-            schema.prepare(conn, self.path)
+            wait_out_busy(lambda: schema.prepare(conn, self.path), self.busy_timeout)
+            return conn
         except BaseException as e:
             conn.close()
             name = _error_name(e)
@@ -76,9 +90,9 @@ class Database:
                     f"{self.path}: not a usable preference database ({e}); move it aside to start a new store"
                 ) from None
             if name.startswith(_ENVIRONMENT_ERRORS):
-                raise MlxDpoError(_error_message(self.path, e, self.busy_timeout, "cannot open")) from None
+                waited = time.monotonic() - started
+                raise MlxDpoError(_error_message(self.path, e, waited, self.busy_timeout, "cannot open")) from None
             raise
-        self._conn = conn
 
     def _make_folder(self) -> None:
         try:
@@ -117,6 +131,7 @@ class Database:
             if self._conn is None:
                 raise RuntimeError("the preference store is closed")
             conn = self._conn
+            started = time.monotonic()
             try:
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield conn
@@ -126,16 +141,35 @@ class Database:
                     conn.rollback()
                 if _error_name(e).startswith(_ENVIRONMENT_ERRORS):
                     what = "the change was not saved" if write else "the store could not be read"
-                    raise MlxDpoError(_error_message(self.path, e, self.busy_timeout, what)) from None
+                    waited = time.monotonic() - started
+                    raise MlxDpoError(_error_message(self.path, e, waited, self.busy_timeout, what)) from None
                 raise
 
 
-def _error_message(path: Path, e: BaseException, waited: float, what: str) -> str:
-    """One line for an SQLite error the user can act on: a store another process keeps locked, a full disk."""
+def wait_out_busy(operation: Callable[[], _T], timeout: float) -> _T:
+    """`operation()`, run again while SQLite answers "busy" at once, until `timeout` seconds have passed.
+
+    SQLite's busy wait covers most contention, but not all: where waiting could deadlock (two connections that
+    both read a file and then both want it to themselves, as when two processes switch a new file to WAL) it
+    refuses one of them at once. That one retries here after a short random pause, as SQLite's own wait would.
+    """
+    started = time.monotonic()
+    while True:
+        try:
+            return operation()
+        except sqlite3.OperationalError as e:
+            if not _error_name(e).startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or time.monotonic() - started > timeout:
+                raise
+        time.sleep(random.uniform(0.005, 0.05))
+
+
+def _error_message(path: Path, e: BaseException, waited: float, limit: float, what: str) -> str:
+    """One line for an SQLite error the user can act on: a store another process keeps locked (with the wait
+    that actually happened, and the longest this process would wait), a full disk."""
     name = _error_name(e)
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         return (f"{path}: the store is in use: another process (the app, `data import` or `online`) kept it "
-                f"locked for over {waited:g} s; try again when it is done")
+                f"locked; gave up after waiting {waited:.1f} s (the limit is {limit:g} s); try again when it is done")
     if name.startswith("SQLITE_FULL"):
         return f"{path}: the disk is full: {what}; nothing of it was written and earlier changes are kept"
     return f"{path}: {what} ({e})"

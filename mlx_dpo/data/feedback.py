@@ -1,13 +1,15 @@
-"""Unpaired feedback for KTO: single answers marked good or bad, read from JSON Lines or made from pairs.
+"""Unpaired feedback for KTO: single answers marked good or bad, read from data files or made from pairs.
 
-Accepted rows (TRL's unpaired preference format; other keys are ignored):
+Accepted rows (TRL's unpaired preference format; other keys are ignored), from JSON Lines or Parquet files, a
+dataset folder or a Hub dataset (rows.py, hub.py), as pairs are read:
   standard        {"prompt": "...", "completion": "...", "label": true|false}
   conversational  {"prompt": [messages], "completion": [messages], "label": true|false}
 with an optional "id". The prompt and completion follow the pair rules (pairs.py: `parse_prompt`,
 `parse_completion`); `label` must be a JSON boolean. A file may also hold preference pairs: each pair gives
 one desirable example (its chosen answer) and one undesirable one (its rejected answer), as
-`feedback_from_pairs` does for pairs given in memory. Bad rows are reported with file, line and field,
-as pairs are.
+`feedback_from_pairs` does for pairs given in memory (in any of TRL's pair formats, implicit prompt
+included: pairs.py's `pair_from_row`). Bad rows are reported with file, line (or Parquet row) and field, as
+pairs are.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from mlx_dpo.data.pairs import (PreferencePair, RowError, check_pair, invalid_rows_error, parse_completion,
-                                parse_prompt, read_text)
+from mlx_dpo.data.hub import data_source
+from mlx_dpo.data.pairs import PreferencePair, is_unpaired_row, pair_from_row, parse_completion, parse_prompt
+from mlx_dpo.data.rows import RowError, invalid_rows_error, read_rows
 from mlx_dpo.errors import MlxDpoError
 
 MISSING = object()
@@ -53,21 +56,18 @@ def feedback_from_pairs(pairs: Iterable[PreferencePair]) -> list[Feedback]:
             + [Feedback(f"{p.id}/rejected", p.prompt, p.rejected, False, p.source) for p in pairs])
 
 
-def is_feedback_row(obj: Any) -> bool:
-    return isinstance(obj, dict) and "label" in obj and "chosen" not in obj
-
-
 def _parse(obj: Any) -> tuple[list[Feedback], list[tuple[str | None, str]]]:
     """A row as examples (one, or two from a pair), or its problems."""
     if not isinstance(obj, dict):
         return [], [(None, "expected a JSON object")]
     problems: list[tuple[str | None, str]] = []
-    if not is_feedback_row(obj):
-        pair = check_pair(*(obj.get(name, MISSING) for name in ("prompt", "chosen", "rejected")), problems)
+    explicit_id = obj.get("id") is not None
+    if not is_unpaired_row(obj):
+        pair = pair_from_row(obj, problems)
         if pair is None:
             return [], problems
         prompt, chosen, rejected = pair
-        row_id = str(obj["id"]) if "id" in obj else feedback_id(prompt, chosen + "\0" + rejected, True)
+        row_id = str(obj["id"]) if explicit_id else feedback_id(prompt, chosen + "\0" + rejected, True)
         return feedback_from_pairs([PreferencePair(row_id, prompt, chosen, rejected)]), []
     prompt = parse_prompt(obj.get("prompt", ""), "prompt", problems) if "prompt" in obj else None
     if "prompt" not in obj:
@@ -79,31 +79,30 @@ def _parse(obj: Any) -> tuple[list[Feedback], list[tuple[str | None, str]]]:
         problems.append(("label", f"must be true or false, got {json.dumps(label)}"))
     if problems:
         return [], problems
-    row_id = str(obj["id"]) if "id" in obj else feedback_id(prompt, completion, label)
+    row_id = str(obj["id"]) if explicit_id else feedback_id(prompt, completion, label)
     return [Feedback(row_id, prompt, completion, label)], []
 
 
-def load_feedback(path: str | Path, *, skip_invalid: bool = False) -> tuple[list[Feedback], int]:
-    """Every example of a JSONL file of unpaired feedback (or pairs), and how many bad rows were skipped.
+def load_feedback(path: str | Path, *, skip_invalid: bool = False, config: str | None = None,
+                  default_split: str = "train") -> tuple[list[Feedback], int]:
+    """Every example of a data source of unpaired feedback (or pairs), and how many bad rows were skipped:
+    a JSONL or Parquet file, a dataset folder or a Hub dataset (`config`: its --data-config; hub.py).
 
-    Unless `skip_invalid`, any bad row raises MlxDpoError listing them all with file, line and field.
+    Unless `skip_invalid`, any bad row raises MlxDpoError listing them all with file, line (or row) and field.
     """
-    name = str(path)
+    source = data_source(path, config, default_split)
+    name = source.name
     examples: list[list[Feedback]] = []
     from_pairs: list[list[Feedback]] = []  # [chosen, rejected] of each pair row
     errors: list[RowError] = []
     skipped = 0
-    for line_no, line in enumerate(read_text(Path(path)).split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            found, problems = _parse(json.loads(line))
-        except json.JSONDecodeError as e:
-            found, problems = [], [(None, f"not valid JSON: {e.msg} (column {e.colno})")]
+    rows = ((place, obj, why) for shown, file in source.files for place, obj, why in read_rows(file, shown))
+    for place, obj, not_json in rows:
+        found, problems = ([], [(None, not_json)]) if not_json else _parse(obj)
         if problems:
             skipped += 1
-            errors.extend(RowError(name, line_no, fld, msg) for fld, msg in problems)
-        found = [Feedback(f.id, f.prompt, f.completion, f.desirable, f"{name}:{line_no}") for f in found]
+            errors.extend(RowError(place.file, place.index, fld, msg, place.kind) for fld, msg in problems)
+        found = [Feedback(f.id, f.prompt, f.completion, f.desirable, str(place)) for f in found]
         if found:
             (examples if len(found) == 1 else from_pairs).append(found)
     if errors and not skip_invalid:

@@ -16,19 +16,20 @@ from typing import Any, Iterable
 
 from mlx_dpo.data.feedback import Feedback
 from mlx_dpo.data.pairs import checked_prompt, parse_completion
-from mlx_dpo.data.round_records import RoundLog
+from mlx_dpo.data.answers import Answer, is_finished
+from mlx_dpo.data.records import ImportResult
+from mlx_dpo.data.round_records import KEPT_ROUND, RoundLog
 from mlx_dpo.errors import MlxDpoError
 
-_FINISHED = ("SELECT rf.feedback_id FROM round_feedback rf JOIN rounds r ON r.id = rf.round_id "
-             "WHERE r.status = 'finished'")
-_COLUMNS = "id, prompt, completion, label, sampler, created_at"
+_FINISHED = f"SELECT rf.feedback_id FROM round_feedback rf JOIN rounds r ON r.id = rf.round_id WHERE {KEPT_ROUND}"
+_COLUMNS = "id, prompt, completion, label, sampler, created_at, finished"
 
 
 @dataclass(frozen=True)
 class StoredFeedback:
     id: int
     prompt: list[dict[str, str]]
-    completion: str
+    completion: str  # an Answer: `.finished` False for one cut at max tokens
     desirable: bool
     sampler: Any
     created_at: float
@@ -51,17 +52,35 @@ class FeedbackLog(RoundLog):
         if not isinstance(desirable, bool):
             raise MlxDpoError(f"a label must be good or bad (True or False), not {desirable!r}")
         with self._transaction() as conn:
-            cur = conn.execute("INSERT INTO feedback (prompt, completion, label, sampler, created_at) VALUES (?, ?, ?, ?, ?)",
-                               (json.dumps(prompt), text, int(desirable), json.dumps(sampler) if sampler else None,
-                                self._clock()))
+            cur = conn.execute("INSERT INTO feedback (prompt, completion, label, sampler, created_at, finished) "
+                               "VALUES (?, ?, ?, ?, ?, ?)", (json.dumps(prompt), text, int(desirable),
+                                                             json.dumps(sampler) if sampler else None, self._clock(),
+                                                             int(is_finished(completion))))
             return self._feedback(conn, f"WHERE id = {int(cur.lastrowid)}")[0]
+
+    def import_feedback(self, examples: Iterable[Feedback], source: str | None = None) -> ImportResult:
+        """Add answers marked good or bad read from a file (TRL's unpaired rows: feedback.load_feedback), all in one
+        transaction. An answer stored before with the same prompt and label counts as a duplicate, not added again."""
+        rows = [(json.dumps(checked_prompt(f.prompt)), f.completion, int(f.desirable)) for f in examples]
+        sampler = json.dumps({"imported": source}) if source else None
+        added = duplicates = 0
+        with self._transaction() as conn:
+            for row in rows:
+                if conn.execute("SELECT 1 FROM feedback WHERE prompt = ? AND completion = ? AND label = ? LIMIT 1",
+                                row).fetchone():
+                    duplicates += 1  # also a repeat within `examples`: it was inserted just before
+                    continue
+                conn.execute("INSERT INTO feedback (prompt, completion, label, sampler, created_at) "
+                             "VALUES (?, ?, ?, ?, ?)", (*row, sampler, self._clock()))
+                added += 1
+        return ImportResult(added, duplicates, 0, [])
 
     def list_feedback(self) -> list[StoredFeedback]:
         with self._transaction(write=False) as conn:
             return self._feedback(conn, "")
 
     def untrained_feedback(self) -> list[StoredFeedback]:
-        """Labels (oldest first) that no finished round has trained on."""
+        """Labels (oldest first) that no kept round has trained on."""
         with self._transaction(write=False) as conn:
             return self._feedback(conn, f"WHERE id NOT IN ({_FINISHED})")
 
@@ -79,5 +98,5 @@ class FeedbackLog(RoundLog):
     @staticmethod
     def _feedback(conn, where: str) -> list[StoredFeedback]:
         rows = conn.execute(f"SELECT {_COLUMNS} FROM feedback {where} ORDER BY id").fetchall()
-        return [StoredFeedback(r[0], json.loads(r[1]), r[2], bool(r[3]), json.loads(r[4]) if r[4] else None, r[5])
-                for r in rows]
+        return [StoredFeedback(r[0], json.loads(r[1]), Answer(r[2], bool(r[6])), bool(r[3]),
+                               json.loads(r[4]) if r[4] else None, r[5]) for r in rows]

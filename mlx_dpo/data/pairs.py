@@ -1,10 +1,13 @@
-"""Preference pairs: read them from JSON Lines (TRL's standard and conversational formats), check them, write them.
+"""Preference pairs: read them in TRL's preference formats (files or Hub datasets), check them, write them.
 
-Accepted rows (other keys are ignored):
+Accepted rows (other keys are ignored), from JSON Lines or Parquet files, local or on the Hub (rows.py, hub.py):
   standard        {"prompt": "...", "chosen": "...", "rejected": "..."}
   conversational  {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
+  implicit prompt {"chosen": [whole conversation], "rejected": [whole conversation]} (or two texts): the
+                  turns both start with are the prompt, the rest each answer, as TRL's extract_prompt splits them
 with an optional "id" (string or integer). A message is {"role": "system"|"user"|"assistant", "content": "..."};
 extra message keys are dropped. The two styles may be mixed per field (a string prompt with message completions).
+TRL's unpaired rows ({"prompt", "completion", "label"}) are KTO's (feedback.py); here they are one clear refusal.
 
 Rules a pair must meet, stated once in `check_pair` (the reader, the store and the app's forms all ask it):
   - prompt: a non-blank string, or a non-empty message list whose system message (if any) comes first and
@@ -13,9 +16,11 @@ Rules a pair must meet, stated once in `check_pair` (the reader, the store and t
     joined with a blank line into one completion string (the store and the app take strings only);
   - chosen and rejected differ (ignoring surrounding whitespace: `same_answers`);
   - in a file, ids are unique. Rows without an id get one derived from their content.
-Text is kept exactly as written; whitespace only matters for the "is empty" and "identical" checks.
-A problem is a (field, message) pair, e.g. ("chosen", "is empty"): the reader prints it with file and line,
-the store joins a pair's problems into one line (`describe_problems`), and a form shows the first one.
+An implicit-prompt row is split first (`extract_prompt`): its two conversations must share their first turns and
+part only in their final assistant answer. Text is kept exactly as written; whitespace only matters for the
+"is empty" and "identical" checks.
+A problem is a (field, message) pair, e.g. ("chosen", "is empty"): the reader prints it with file and line (or
+Parquet row), the store joins a pair's problems into one line (`describe_problems`), and a form shows the first one.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, NamedTuple
 
 from mlx_dpo.atomic import atomic_file
+from mlx_dpo.data.hub import data_source
+from mlx_dpo.data.implicit_prompt import parting_turn
+from mlx_dpo.data.rows import Place, RowError, invalid_rows_error, read_rows, text_problem
 from mlx_dpo.errors import MlxDpoError
 
 DEMO_PAIRS_PATH = Path(__file__).with_name("datasets") / "demo_pairs.jsonl"
 
 ROLES = ("system", "user", "assistant")
-MAX_LISTED_ERRORS = 20
 _COMPLETION_JOINER = "\n\n"
 
 Style = Literal["conversational", "standard"]
@@ -50,16 +57,8 @@ class PreferencePair:
     source: str | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True)
-class RowError:
-    file: str
-    line: int
-    field: str | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:"
-        return f"{where} field '{self.field}': {self.message}" if self.field else f"{where} {self.message}"
+class UnpairedRows(MlxDpoError):
+    """A data source of TRL's unpaired rows (KTO's) where pairs were expected: feedback.py reads those."""
 
 
 @dataclass
@@ -80,36 +79,41 @@ def pair_id(prompt: list[dict[str, str]], chosen: str, rejected: str) -> str:
     return hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def load_pairs(path: str | Path, *, skip_invalid: bool = False) -> LoadResult:
-    """Read and check every row of a JSONL file of preference pairs.
+def load_pairs(path: str | Path, *, skip_invalid: bool = False, config: str | None = None,
+               default_split: str = "train") -> LoadResult:
+    """Read and check every row of a data source: a JSONL or Parquet file, a dataset folder or a Hub dataset
+    (`owner/name[:split]`, `config` its --data-config; hub.py), in any TRL preference format.
 
-    Every bad row is reported with file, line and field. Unless `skip_invalid`, any bad row raises
+    Every bad row is reported with file, line (or row) and field. Unless `skip_invalid`, any bad row raises
     MlxDpoError listing them all; with it, bad rows are dropped and counted. No usable pair raises too.
     """
-    name = str(path)
-    text = read_text(Path(path))
+    source = data_source(path, config, default_split)
+    name = source.name
     pairs: list[PreferencePair] = []
     errors: list[RowError] = []
-    skipped = 0
-    first_line_of_id: dict[str, tuple[int, bool]] = {}  # id -> (line, was the id explicit)
+    skipped = rows = unpaired = 0
+    first_use: dict[str, tuple[Place, bool]] = {}  # id -> (where, was the id explicit)
 
-    # Split on "\n" only: str.splitlines would also break at U+2028 and friends, which JSON strings may hold raw.
-    for line_no, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        row, problems = _parse_line(line)
-        if row is not None:
-            explicit = row.id is not None
-            id_ = row.id if explicit else pair_id(row.prompt, row.chosen, row.rejected)
-            if id_ in first_line_of_id:
-                problems.append(_duplicate_problem(id_, explicit, *first_line_of_id[id_]))
-            else:
-                first_line_of_id[id_] = (line_no, explicit)
-                pairs.append(PreferencePair(id_, row.prompt, row.chosen, row.rejected, f"{name}:{line_no}"))
-        if problems:
-            skipped += 1
-            errors.extend(RowError(name, line_no, fld, msg) for fld, msg in problems)
+    for shown, file in source.files:
+        for place, obj, not_json in read_rows(file, shown):
+            rows += 1
+            unpaired += is_unpaired_row(obj)
+            row, problems = (None, [(None, not_json)]) if not_json else _parse_row(obj)
+            if row is not None:
+                explicit = row.id is not None
+                id_ = row.id if explicit else pair_id(row.prompt, row.chosen, row.rejected)
+                if id_ in first_use:
+                    problems.append(_duplicate_problem(id_, explicit, place, *first_use[id_]))
+                else:
+                    first_use[id_] = (place, explicit)
+                    pairs.append(PreferencePair(id_, row.prompt, row.chosen, row.rejected, str(place)))
+            if problems:
+                skipped += 1
+                errors.extend(RowError(place.file, place.index, fld, msg, place.kind) for fld, msg in problems)
 
+    if rows and unpaired == rows:  # a KTO file given to a pair method: one line, not one per row
+        raise UnpairedRows(f"{name}: holds unpaired rows (prompt, completion, label), which only --loss kto trains on; "
+                          "train with --loss kto, or give preference pairs (prompt, chosen, rejected)")
     if errors and not skip_invalid:
         raise invalid_rows_error(name, skipped, errors)
     if not pairs:
@@ -224,35 +228,64 @@ class _Row:
     rejected: str
 
 
-def read_text(path: Path) -> str:
-    """A UTF-8 text file's contents, or MlxDpoError naming the file (and the line of a bad byte)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise MlxDpoError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise MlxDpoError(f"{path}: is a folder, not a file") from None
-    except OSError as e:
-        raise MlxDpoError(f"{path}: cannot read: {e.strerror or e}") from None
-    try:
-        return data.decode("utf-8-sig")  # tolerate the BOM some editors write
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        bad = f"byte 0x{data[e.start]:02x}"
-        raise MlxDpoError(f"{path}:{line}: not valid UTF-8 ({bad}); save the file as UTF-8") from None
+def is_unpaired_row(obj: Any) -> bool:
+    """TRL's unpaired preference row (KTO's): prompt, completion and a label, no chosen answer."""
+    return isinstance(obj, dict) and "label" in obj and "chosen" not in obj
 
 
-def _parse_line(line: str) -> tuple[_Row | None, list[Problem]]:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        return None, [(None, f"not valid JSON: {e.msg} (column {e.colno})")]
+UNPAIRED: Problem = (None, "an unpaired row (prompt, completion, label): only --loss kto trains on these")
+
+
+def pair_from_row(obj: dict, problems: list[Problem]) -> CheckedPair | None:
+    """A row in any TRL preference format as a checked pair: explicit prompt, or implicit (`extract_prompt`).
+
+    As TRL's maybe_extract_prompt: the prompt is implicit when there is none, or when it is text and the answers
+    are whole conversations (some datasets carry both). A text prompt with answers of assistant messages only
+    is an explicit row in mixed styles.
+    """
+    if is_unpaired_row(obj):
+        problems.append(UNPAIRED)
+        return None
+    prompt, chosen, rejected = (obj.get(name, MISSING) for name in ("prompt", "chosen", "rejected"))
+    if chosen is not MISSING and rejected is not MISSING and (
+            prompt is MISSING or prompt is None or (isinstance(prompt, str) and _holds_a_prompt(chosen)
+                                                        and _holds_a_prompt(rejected))):
+        return extract_prompt(chosen, rejected, problems)
+    return check_pair(prompt, chosen, rejected, problems)
+
+
+def _holds_a_prompt(value: Any) -> bool:
+    """A whole conversation: a message list with a turn that is not the assistant's."""
+    return isinstance(value, list) and any(isinstance(m, dict) and m.get("role") != "assistant" for m in value)
+
+
+def extract_prompt(chosen: Any, rejected: Any, problems: list[Problem]) -> CheckedPair | None:
+    """An implicit-prompt row split as TRL's extract_prompt does: the longest shared start of `chosen` and
+    `rejected` (turns of two conversations, or characters of two texts) is the prompt, the rest each answer.
+    Conversations must share their first turns and part only in their final assistant turns (implicit_prompt.py).
+    """
+    count = len(problems)
+    for name, value in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(value, (str, list)):
+            parse_completion(value, name, problems)  # "expected a string or a list of messages, got null"
+    if len(problems) == count and isinstance(chosen, list) and isinstance(rejected, list):
+        chosen, rejected = (_parse_messages(value, name, problems, roles=ROLES)
+                            for name, value in (("chosen", chosen), ("rejected", rejected)))
+    if len(problems) == count:
+        k, problem = parting_turn(chosen, rejected)
+        if problem is not None:
+            problems.append(problem)
+    if len(problems) > count:
+        return None
+    return check_pair(chosen[:k], chosen[k:], rejected[k:], problems)
+
+
+def _parse_row(obj: Any) -> tuple[_Row | None, list[Problem]]:
     if not isinstance(obj, dict):
         return None, [(None, f"expected a JSON object, got {_json_type(obj)}")]
-
     problems: list[Problem] = []
-    row_id = _parse_id(obj["id"], problems) if "id" in obj else None
-    pair = check_pair(*(obj.get(name, MISSING) for name in ("prompt", "chosen", "rejected")), problems)
+    row_id = _parse_id(obj["id"], problems) if "id" in obj and obj["id"] is not None else None
+    pair = pair_from_row(obj, problems)
     if pair is None:
         return None, problems
     return _Row(row_id, *pair), []
@@ -262,8 +295,8 @@ def _parse_id(value: Any, problems: list[Problem]) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         problems.append(("id", f"expected a string or integer, got {_json_type(value)}"))
         return None
-    if isinstance(value, str) and not value.strip():
-        problems.append(("id", "is empty"))
+    if isinstance(value, str) and text_problem(value):
+        problems.append(("id", text_problem(value)))
         return None
     return str(value)
 
@@ -333,34 +366,23 @@ def _parse_messages(
 
 
 def _non_blank(text: str, name: str, problems: list[Problem]) -> bool:
-    if text.strip():
-        return True
-    problems.append((name, "is empty"))
-    return False
+    problem = text_problem(text)  # empty, or not text UTF-8 can carry (rows.py)
+    if problem:
+        problems.append((name, problem))
+    return problem is None
 
 
-def _duplicate_problem(row_id: str, explicit: bool, first_line: int, first_explicit: bool) -> Problem:
+def _duplicate_problem(row_id: str, explicit: bool, place: Place, first: Place, first_explicit: bool) -> Problem:
+    at = f"on line {first.index}" if (first.file, first.kind) == (place.file, "line") else f"at {first}"
     if explicit or first_explicit:
-        return ("id", f"duplicate id {row_id!r} (first used on line {first_line})")
-    return (None, f"duplicate pair: same prompt, chosen and rejected as line {first_line}")
+        return ("id", f"duplicate id {row_id!r} (first used {at})")
+    where = f"line {first.index}" if at.startswith("on") else str(first)
+    return (None, f"duplicate pair: same prompt, chosen and rejected as {where}")
 
 
 def describe_problems(problems: list[Problem]) -> str:
     """One line: "prompt is empty; prompt[1].role: a system message must come first"."""
     return "; ".join(_SUMMARY.get((f, m)) or (f"{f} {m}" if m.startswith("is ") else f"{f}: {m}") for f, m in problems)
-
-
-def invalid_rows_error(name: str, skipped: int, errors: list[RowError]) -> MlxDpoError:
-    """The one refusal of a JSONL file with bad rows (pairs or KTO feedback): each row's file, line and field."""
-    return MlxDpoError(f"{name}: {skipped} invalid row{'s' if skipped != 1 else ''}:\n{_list_errors(errors)}"
-                       "\nFix them, or pass --skip-invalid to drop invalid rows.")
-
-
-def _list_errors(errors: list[RowError]) -> str:
-    lines = [f"  {e}" for e in errors[:MAX_LISTED_ERRORS]]
-    if len(errors) > MAX_LISTED_ERRORS:
-        lines.append(f"  ... and {len(errors) - MAX_LISTED_ERRORS} more")
-    return "\n".join(lines)
 
 
 def _json_type(value: Any) -> str:

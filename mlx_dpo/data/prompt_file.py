@@ -9,10 +9,10 @@ saved in a pair. A bad file raises PromptFileError naming the file and the first
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from mlx_dpo.data.pairs import checked_prompt, read_text
+from mlx_dpo.data.pairs import checked_prompt
+from mlx_dpo.data.rows import parse_json_line, read_text
 from mlx_dpo.errors import MlxDpoError
 
 MAX_LISTED_ERRORS = 5
@@ -43,10 +43,9 @@ def _read_jsonl(path: Path, text: str) -> list[list[dict]]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            errors.append(f"{path}:{number}: not valid JSON ({e.msg})")
+        row, bad = parse_json_line(line)
+        if bad:
+            errors.append(f"{path}:{number}: {bad}")
             continue
         try:
             prompts.append(_row_prompt(row))

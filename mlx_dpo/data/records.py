@@ -11,6 +11,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from mlx_dpo.data.answers import Answer, with_flags
 from mlx_dpo.data.pairs import PreferencePair, Style
 from mlx_dpo.errors import MlxDpoError
 
@@ -21,11 +22,11 @@ SPLITS: tuple[str, ...] = get_args(Split)
 STYLES: tuple[str, ...] = get_args(Style)
 
 PAIR_COLUMNS = ("id, prompt, chosen, rejected, origin, sampler, created_at, updated_at, note, split, external_id, "
-                "judge, version, shown_first, overruled")
-SKIP_COLUMNS = "id, prompt, reason, created_at, answers, sampler, judge, version"
+                "judge, version, shown_first, overruled, chosen_finished, rejected_finished")
+SKIP_COLUMNS = "id, prompt, reason, created_at, answers, sampler, judge, version, finished"
 ShownFirst = Literal["chosen", "rejected"]
 SHOWN_FIRST: tuple[str, ...] = get_args(ShownFirst)
-CANDIDATE_COLUMNS = "id, prompt, answers, sampler, created_at"
+CANDIDATE_COLUMNS = "id, prompt, answers, sampler, created_at, finished"
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class StoredPair:
     version: str | None = None  # "base" or "v<N>": the version that sampled the answers (None: not sampled/unknown)
     shown_first: str | None = None  # "chosen" | "rejected": which answer was shown as A (None: not recorded)
     overruled: str | None = None  # the program judge a person overruled (then `judge` is None)
+    # `chosen` and `rejected` are Answers (mlx_dpo.data.answers): `.finished` False for one cut at max tokens.
 
     def to_preference_pair(self) -> PreferencePair:
         return PreferencePair(
@@ -64,7 +66,7 @@ class Skip:
     prompt: list[dict[str, str]]
     reason: str
     created_at: float
-    answers: list[str] = field(default_factory=list)  # so an undo can put them back; in the order shown
+    answers: list[str] = field(default_factory=list)  # so an undo can put them back; in the order shown (Answers)
     sampler: str | None = None
     judge: str | None = None  # as StoredPair.judge: None for a person
     version: str | None = None  # as StoredPair.version
@@ -76,7 +78,7 @@ class Candidate:
 
     id: int
     prompt: list[dict[str, str]]
-    answers: list[str]
+    answers: list[str]  # Answers: each knows whether it finished
     sampler: str | None
     created_at: float
 
@@ -110,7 +112,9 @@ def get_pair(conn: sqlite3.Connection, pair_id: int) -> StoredPair:
 
 
 def pair_from_row(r: tuple) -> StoredPair:
-    return StoredPair(r[0], json.loads(r[1]), *r[2:])
+    id_, prompt, chosen, rejected, *rest, chosen_finished, rejected_finished = r
+    return StoredPair(id_, json.loads(prompt), Answer(chosen, bool(chosen_finished)),
+                      Answer(rejected, bool(rejected_finished)), *rest)
 
 
 def get_skip(conn: sqlite3.Connection, skip_id: int) -> Skip:
@@ -118,10 +122,15 @@ def get_skip(conn: sqlite3.Connection, skip_id: int) -> Skip:
 
 
 def skip_from_row(r: tuple) -> Skip:
-    id_, prompt, reason, created, answers, *rest = r
-    return Skip(id_, json.loads(prompt), reason, created, json.loads(answers), *rest)
+    id_, prompt, reason, created, answers, *rest, finished = r
+    return Skip(id_, json.loads(prompt), reason, created, _answers(answers, finished), *rest)
 
 
 def candidate_from_row(r: tuple) -> Candidate:
-    id_, prompt, answers, sampler, created = r
-    return Candidate(id_, json.loads(prompt), json.loads(answers), sampler, created)
+    id_, prompt, answers, sampler, created, finished = r
+    return Candidate(id_, json.loads(prompt), _answers(answers, finished), sampler, created)
+
+
+def _answers(answers: str, finished: str | None) -> list[str]:
+    """A JSON list of answers and its JSON list of finished flags (NULL: all finished), as Answers."""
+    return with_flags(json.loads(answers), None if finished is None else [bool(f) for f in json.loads(finished)])

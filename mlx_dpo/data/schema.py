@@ -127,6 +127,39 @@ MIGRATIONS: list[Migration] = [
             PRIMARY KEY (source, position)
         )""",
     ),
+    # Rounds that help (mlx_dpo.data.answers, mlx_dpo.online.pairing, mlx_dpo.training.acceptance): whether each
+    # stored answer finished or was cut at max tokens, every comparison a judge made to pick a prompt's pair, and
+    # whether a round was kept. Existing rows: finished answers, no comparisons, rounds with no decision (kept).
+    _sql(
+        "ALTER TABLE pairs ADD COLUMN chosen_finished INTEGER NOT NULL DEFAULT 1 CHECK (chosen_finished IN (0, 1))",
+        "ALTER TABLE pairs ADD COLUMN rejected_finished INTEGER NOT NULL DEFAULT 1 CHECK (rejected_finished IN (0, 1))",
+        "ALTER TABLE skips ADD COLUMN finished TEXT",       # JSON list of 0/1 beside `answers`; NULL: all finished
+        "ALTER TABLE candidates ADD COLUMN finished TEXT",  # the same
+        "ALTER TABLE feedback ADD COLUMN finished INTEGER NOT NULL DEFAULT 1 CHECK (finished IN (0, 1))",
+        # One row per comparison a judge made for a prompt (a knockout makes N - 1), written with its pair or skip.
+        """CREATE TABLE comparisons (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            pair_id     INTEGER REFERENCES pairs (id) ON DELETE CASCADE,
+            skip_id     INTEGER REFERENCES skips (id) ON DELETE CASCADE,
+            seq         INTEGER NOT NULL,                     -- its place in the prompt's knockout (0-based)
+            first       TEXT NOT NULL,                        -- the answer shown to the judge first
+            second      TEXT NOT NULL,
+            first_finished  INTEGER NOT NULL CHECK (first_finished IN (0, 1)),
+            second_finished INTEGER NOT NULL CHECK (second_finished IN (0, 1)),
+            choice      INTEGER CHECK (choice IN (0, 1, 2)),  -- the judge's verdict; NULL: it skipped
+            counted     INTEGER NOT NULL CHECK (counted IN (0, 1)),  -- 0: it broke the finished-answer rule
+            note        TEXT,
+            judge       TEXT NOT NULL,
+            created_at  REAL NOT NULL,
+            CHECK ((pair_id IS NULL) <> (skip_id IS NULL))
+        )""",
+        "CREATE INDEX comparisons_pair ON comparisons (pair_id)",
+        "CREATE INDEX comparisons_skip ON comparisons (skip_id)",
+        # A finished round's decision after its held-out check: accepted (trained on and sampled from), rejected
+        # (kept on disk, not built on) or pending (trained, not checked yet: not built on); NULL: rounds before this.
+        "ALTER TABLE rounds ADD COLUMN decision TEXT CHECK (decision IN ('accepted', 'rejected', 'pending'))",
+        "ALTER TABLE rounds ADD COLUMN reason TEXT",         # why, in words (the rule's, or the person's)
+    ),
 ]
 
 SCHEMA_VERSION: int = len(MIGRATIONS)

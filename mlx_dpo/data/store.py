@@ -4,7 +4,7 @@
   meta          key/value; `schema_version` says which migrations have run (mlx_dpo.data.schema)
   pairs         prompt (JSON messages), chosen, rejected, origin, split, note, timestamps, judge, sampling version
   skips         prompts judged a tie or skipped (with their answers, no pair); online_prompts: see online_records
-  candidates    sampled answers waiting to be judged
+  candidates    sampled answers waiting to be judged (answers keep whether they finished: mlx_dpo.data.answers)
   label_actions the labeling history `undo_last_label` walks back (newest first)
   rounds, round_pairs  the training rounds and the pairs each trained on (mlx_dpo.data.round_records)
 
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mlx_dpo.data import records, schema
+from mlx_dpo.data.answers import flags_json, is_finished, same_flag
 from mlx_dpo.data.pairs import (
     PreferencePair,
     Problem,
@@ -38,7 +39,7 @@ from mlx_dpo.data.pairs import (
 from mlx_dpo.data.records import (
     ORIGINS, SPLITS, STYLES, Candidate, ImportResult, Origin, Skip, Split, StoredPair, UndoResult,
 )
-from mlx_dpo.data.online_records import JudgedLog, PromptRef, check_provenance, insert_online_prompt
+from mlx_dpo.data.online_records import Comparison, JudgedLog, PromptRef, check_provenance, record_judging
 from mlx_dpo.data.round_records import RoundLog, RoundRecord  # noqa: F401
 from mlx_dpo.errors import MlxDpoError
 
@@ -75,12 +76,13 @@ class PreferenceStore(JudgedLog):  # JudgedLog is a FeedbackLog is a RoundLog
         version: str | None = None,
         shown_first: str | None = None,
         online: PromptRef | None = None,
+        comparisons: list[Comparison] | None = None,
     ) -> StoredPair:
         """Save a pair (committed on return). Raises MlxDpoError naming the problem if it is not a valid pair.
 
-        `label` records it for `undo_last_label`. `candidate_id` (if still there) and `online` (a prompt file's
-        prompt marked judged) are written in the same transaction: a crash leaves all or nothing. Provenance:
-        `judge` (None: a person), `version` ("base"/"v<N>" that sampled), `shown_first` (shown as A)."""
+        `label` records it for `undo_last_label`. `candidate_id` (if still there), `online` (a prompt file's prompt
+        marked judged) and the judge's `comparisons` go in the same transaction. Provenance: `judge` (None: a person),
+        `version` ("base"/"v<N>" that sampled), `shown_first` (shown as A); an unfinished `Answer` stays unfinished."""
         messages, chosen, rejected = _checked_pair(prompt, chosen, rejected)
         records.check_choice("origin", origin, ORIGINS)
         records.check_choice("split", split, SPLITS)
@@ -88,9 +90,9 @@ class PreferenceStore(JudgedLog):  # JudgedLog is a FeedbackLog is a RoundLog
         now = self._clock()
         with self._transaction() as conn:
             new_id = _insert_pair(conn, messages, chosen, rejected, origin, sampler, _clean_note(note), split,
-                                  None if external_id is None else str(external_id), now, (judge, version, shown_first))
-            if online is not None:
-                insert_online_prompt(conn, online, messages, new_id, None, now)
+                                  None if external_id is None else str(external_id), now,
+                                  (judge, version, shown_first, is_finished(chosen), is_finished(rejected)))
+            record_judging(conn, online, comparisons, judge, messages, now, pair_id=new_id)
             if label:
                 conn.execute("INSERT INTO label_actions (pair_id) VALUES (?)", (new_id,))
             if candidate_id is not None:
@@ -122,18 +124,15 @@ class PreferenceStore(JudgedLog):  # JudgedLog is a FeedbackLog is a RoundLog
     def _update(self, conn: sqlite3.Connection, pair_id: int, *, prompt: Any = None, chosen: str | None = None,
                 rejected: str | None = None, note: str | None = None, split: str | None = None) -> StoredPair:
         old = records.get_pair(conn, pair_id)
-        messages, new_chosen, new_rejected = _checked_pair(
-            old.prompt if prompt is None else prompt,
-            old.chosen if chosen is None else chosen,
-            old.rejected if rejected is None else rejected,
-        )
-        conn.execute(
+        chosen, rejected = [o if v in (None, o) else v for v, o in ((chosen, old.chosen), (rejected, old.rejected))]
+        messages, new_chosen, new_rejected = _checked_pair(old.prompt if prompt is None else prompt, chosen, rejected)
+        conn.execute(  # an answer typed anew is finished; one left as it was (or swapped) keeps its flag
             "UPDATE pairs SET prompt = ?, chosen = ?, rejected = ?, content_key = ?, note = ?, split = ?, "
-            "updated_at = ? WHERE id = ?",
+            "updated_at = ?, chosen_finished = ?, rejected_finished = ? WHERE id = ?",
             (
                 _dumps(messages), new_chosen, new_rejected, _content_key(messages, new_chosen, new_rejected),
                 old.note if note is None else _clean_note(note), old.split if split is None else split,
-                self._clock(), pair_id,
+                self._clock(), is_finished(new_chosen), is_finished(new_rejected), pair_id,
             ),
         )
         return records.get_pair(conn, pair_id)
@@ -197,10 +196,11 @@ class PreferenceStore(JudgedLog):  # JudgedLog is a FeedbackLog is a RoundLog
         version: str | None = None,
         online: PromptRef | None = None,
         label: bool = True,
+        comparisons: list[Comparison] | None = None,
     ) -> Skip:
         """Record a prompt judged a tie (or skipped) as a labeling action; committed on return. `answers` (the ones
-        judged, in the order shown) are kept for undo; candidate_id, judge, version, online, label: add_pair's."""
-        messages = checked_prompt(prompt)
+        judged, in the order shown) are kept for undo; the other keywords are add_pair's."""
+        messages, finished = checked_prompt(prompt), flags_json(answers or [])
         answers = _checked_answers(answers or [], allow_empty=True)
         if not isinstance(reason, str) or not reason.strip():
             raise MlxDpoError("a skip needs a reason (e.g. 'tie')")
@@ -208,12 +208,11 @@ class PreferenceStore(JudgedLog):  # JudgedLog is a FeedbackLog is a RoundLog
         now = self._clock()
         with self._transaction() as conn:
             skip_id = conn.execute(
-                "INSERT INTO skips (prompt, answers, sampler, reason, created_at, judge, version) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (_dumps(messages), _dumps(answers), sampler, reason, now, judge, version),
+                "INSERT INTO skips (prompt, answers, sampler, reason, created_at, judge, version, finished) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (_dumps(messages), _dumps(answers), sampler, reason, now, judge, version, finished),
             ).lastrowid
-            if online is not None:
-                insert_online_prompt(conn, online, messages, None, skip_id, now)
+            record_judging(conn, online, comparisons, judge, messages, now, skip_id=skip_id)
             if label:  # a person's tie, which `undo_last_label` may take back (a program judge's is not)
                 conn.execute("INSERT INTO label_actions (skip_id) VALUES (?)", (skip_id,))
             if candidate_id is not None:
@@ -251,12 +250,12 @@ class PreferenceStore(JudgedLog):  # JudgedLog is a FeedbackLog is a RoundLog
         self, prompt: str | list[dict[str, str]], answers: list[str], sampler: str | None = None
     ) -> Candidate:
         """Keep sampled answers until they are judged (so a restart does not lose them)."""
-        messages = checked_prompt(prompt)
+        messages, finished = checked_prompt(prompt), flags_json(answers or [])
         answers = _checked_answers(answers, allow_empty=False)
         with self._transaction() as conn:
             cid = conn.execute(
-                "INSERT INTO candidates (prompt, answers, sampler, created_at) VALUES (?, ?, ?, ?)",
-                (_dumps(messages), _dumps(answers), sampler, self._clock()),
+                "INSERT INTO candidates (prompt, answers, sampler, created_at, finished) VALUES (?, ?, ?, ?, ?)",
+                (_dumps(messages), _dumps(answers), sampler, self._clock(), finished),
             ).lastrowid
             row = conn.execute(f"SELECT {records.CANDIDATE_COLUMNS} FROM candidates WHERE id = ?", (cid,)).fetchone()
             return records.candidate_from_row(row)
@@ -359,12 +358,12 @@ class PreferenceStore(JudgedLog):  # JudgedLog is a FeedbackLog is a RoundLog
 
 
 def _checked_pair(prompt: Any, chosen: Any, rejected: Any) -> tuple[list[dict[str, str]], str, str]:
-    """The pair as stored, or MlxDpoError listing every problem (the rules of a JSONL row; answers as text)."""
+    """The pair as stored (answers keep their finished flag), or MlxDpoError listing every problem (JSONL's rules)."""
     problems: list[Problem] = []
     pair = check_pair(prompt, chosen, rejected, problems, text_answers=True)
     if pair is None:
         raise MlxDpoError(describe_problems(problems))
-    return pair
+    return pair[0], same_flag(pair[1], chosen), same_flag(pair[2], rejected)
 
 
 def _checked_answers(answers: Any, *, allow_empty: bool) -> list[str]:
@@ -385,11 +384,12 @@ def _dumps(value: Any) -> str:
 
 def _insert_pair(conn: sqlite3.Connection, prompt: list[dict[str, str]], chosen: str, rejected: str, origin: str,
                  sampler: str | None, note: str | None, split: str, external_id: str | None, now: float,
-                 provenance: tuple[str | None, str | None, str | None] = (None, None, None)) -> int:
-    """Insert one pair row; `provenance` is (judge, version, shown_first)."""
+                 provenance: tuple = (None, None, None, True, True)) -> int:
+    """Insert one pair row; `provenance` is (judge, version, shown_first, chosen finished, rejected finished)."""
     return conn.execute(
         "INSERT INTO pairs (prompt, chosen, rejected, content_key, origin, sampler, created_at, updated_at, note, "
-        "split, external_id, judge, version, shown_first) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "split, external_id, judge, version, shown_first, chosen_finished, rejected_finished) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (_dumps(prompt), chosen, rejected, _content_key(prompt, chosen, rejected), origin, sampler, now, now, note,
          split, external_id, *provenance),
     ).lastrowid

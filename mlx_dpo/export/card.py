@@ -15,12 +15,13 @@ from huggingface_hub import ModelCardData
 
 from mlx_dpo.export.base import hub_id, source_gguf
 from mlx_dpo.export.fuse import FusedModel
+from mlx_dpo.metric_names import PEAK_MEMORY_GB, TOKENS_PER_SECOND
 from mlx_dpo.models.gguf_header import gguf_fields
 from mlx_dpo.names import display_name
 from mlx_dpo.settings import LoraSettings
 
 # Metrics lines also carry machine measurements; a model card reports the training, not the laptop.
-_MACHINE_METRICS = ("tokens_per_second", "peak_memory_gb", "ref_pass_seconds", "ref_cache/")
+_MACHINE_METRICS = (TOKENS_PER_SECOND, PEAK_MEMORY_GB, "ref_pass_seconds", "ref_cache/")
 _USE_WITH_MLX_LM = (
     "```python\nfrom mlx_lm import load, generate\n\n"
     'model, tokenizer = load("{name}")  # this folder, or its Hub repo id once pushed\n'

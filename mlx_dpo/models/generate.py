@@ -13,12 +13,13 @@ from typing import Iterator
 
 import mlx.core as mx
 
+from mlx_dpo.data.answers import Answer
 from mlx_dpo.models.load import LoadedModel
 from mlx_dpo.settings import SampleSettings  # here for callers that sample; defined with the settings (no mlx)
 from mlx_dpo.training.tokens import has_chat_template, plain_prompt
 
-__all__ = ["SampleSettings", "answer", "chat_messages", "decode_answer", "prompt_tokens", "sampler_for", "stream_answer",
-           "template_note"]
+__all__ = ["AnswerStream", "SampleSettings", "answer", "chat_messages", "decode_answer", "prompt_tokens", "sampler_for",
+           "stream_answer", "template_note"]
 
 
 def sampler_for(temp: float, top_p: float):
@@ -61,6 +62,25 @@ def decode_answer(tokenizer, ids: list[int]) -> str:
     return detokenizer.text
 
 
+class AnswerStream:
+    """An answer's text piece by piece; once the pieces run out, `finished` says whether the model ended it with its
+    end-of-turn token (mlx-lm's finish reason "stop") rather than reaching max tokens ("length")."""
+
+    def __init__(self, responses) -> None:
+        self._responses = responses
+        self.finished = False
+
+    def __iter__(self) -> Iterator[str]:
+        for response in self._responses:
+            if response.finish_reason is not None:
+                self.finished = response.finish_reason == "stop"
+            if response.text:
+                yield response.text
+
+    def close(self) -> None:
+        self._responses.close()
+
+
 def stream_answer(
     loaded: LoadedModel,
     messages: list[dict[str, str]],
@@ -69,20 +89,19 @@ def stream_answer(
     temp: float = 0.7,
     top_p: float = 1.0,
     seed: int | None = None,
-) -> Iterator[str]:
-    """Yield the answer's text piece by piece; `temp=0` is greedy decoding."""
+) -> AnswerStream:
+    """The answer's text piece by piece (an AnswerStream, which knows afterwards whether it finished); `temp=0` is
+    greedy decoding."""
     from mlx_lm import stream_generate
 
     if seed is not None:
         mx.random.seed(seed)
     sampler = sampler_for(temp, top_p)
     tokens = prompt_tokens(loaded.tokenizer, messages)
-    for response in stream_generate(
-        loaded.model, loaded.tokenizer, tokens, max_tokens=max_tokens, sampler=sampler
-    ):
-        if response.text:
-            yield response.text
+    return AnswerStream(stream_generate(loaded.model, loaded.tokenizer, tokens, max_tokens=max_tokens, sampler=sampler))
 
 
 def answer(loaded: LoadedModel, messages: list[dict[str, str]], **kwargs) -> str:
-    return "".join(stream_answer(loaded, messages, **kwargs))
+    """The whole answer, as an Answer that knows whether it finished (mlx_dpo.data.answers)."""
+    stream = stream_answer(loaded, messages, **kwargs)
+    return Answer("".join(stream), stream.finished)

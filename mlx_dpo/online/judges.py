@@ -14,7 +14,13 @@ A callable's signature says its kind, by the number of parameters it needs posit
 
 `prompt` is passed as a `Prompt`: a `str` holding the text of the conversation's last user message, so
 `len(prompt)` or `"poem" in prompt` just work; its `.messages` holds the whole chat (system message and
-earlier turns included) for a judge that needs a multi-turn conversation.
+earlier turns included) for a judge that needs a multi-turn conversation. Each answer is an `Answer`, a `str`
+whose `.finished` is False when sampling cut it at max tokens.
+
+A score judge's score of an unfinished answer is the function's score minus `missing_end_penalty` (TRL's
+`missing_eos_penalty`; `--missing-end-penalty`, mlx_dpo.settings.OnlineSettings): everywhere the judge's score
+is used, pairing and held-out numbers alike. Whatever a judge says, no program judge's pair prefers an
+unfinished answer over a finished one (mlx_dpo.online.verdict.may_prefer).
 
 A bad spec or a judge that misbehaves (raises, returns a bool, NaN, a string, 3...) raises MlxDpoError:
 one line naming the spec and what is wrong, before anything is stored.
@@ -32,7 +38,8 @@ from typing import Any, Callable
 
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.online.llm_judge import LlmJudge
-from mlx_dpo.online.verdict import Choice, Judge, Messages, Prompt, Verdict, check_lengths
+from mlx_dpo.online.verdict import Choice, Judge, Messages, Prompt, Verdict, check_lengths, is_finished
+from mlx_dpo.settings import OnlineSettings
 
 __all__ = ["Judge", "Prompt", "Verdict", "load_judge", "LlmJudge", "ScoreJudge", "PreferJudge", "HumanJudge"]
 
@@ -55,14 +62,16 @@ class _CallableJudge(Judge):
 
 
 class ScoreJudge(_CallableJudge):
-    def __init__(self, spec: str, fn: Callable[[str, str], float]) -> None:
+    def __init__(self, spec: str, fn: Callable[[str, str], float], missing_end_penalty: float = 0.0) -> None:
         super().__init__("score", spec, fn)
+        self.missing_end_penalty = float(missing_end_penalty)
 
     def score(self, prompt: Messages, answer: str) -> float:
+        """The function's score, less `missing_end_penalty` for an answer cut at max tokens."""
         value = self._call(Prompt(prompt), answer)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise MlxDpoError(f"judge {self.spec} returned {value!r}; a score judge must return a finite number")
-        return float(value)
+        return float(value) - (0.0 if is_finished(answer) else self.missing_end_penalty)
 
     def judge(self, prompts: list[Messages], pairs: list[tuple[str, str]]) -> list[Verdict]:
         check_lengths(self, prompts, pairs)
@@ -184,8 +193,9 @@ def read_rubric(rubric: str) -> str:
     return rubric.strip()
 
 
-def load_judge(spec: str, *, rubric: str | None = None) -> Judge:
-    """The Judge a `--judge SPEC` names (see the module docstring); `rubric` only for `llm:` judges."""
+def load_judge(spec: str, *, rubric: str | None = None, missing_end_penalty: float | None = None) -> Judge:
+    """The Judge a `--judge SPEC` names (see the module docstring); `rubric` only for `llm:` judges;
+    `missing_end_penalty` for score judges (None: the setting's default)."""
     spec = spec.strip()
     if spec.startswith("llm:"):
         model = spec[len("llm:"):].strip()
@@ -197,4 +207,7 @@ def load_judge(spec: str, *, rubric: str | None = None) -> Judge:
     if spec == "human":
         return HumanJudge()
     fn = _find(spec)
-    return ScoreJudge(spec, fn) if callable_kind(spec, fn) == "score" else PreferJudge(spec, fn)
+    if callable_kind(spec, fn) == "prefer":
+        return PreferJudge(spec, fn)
+    penalty = OnlineSettings().missing_end_penalty if missing_end_penalty is None else missing_end_penalty
+    return ScoreJudge(spec, fn, penalty)

@@ -11,14 +11,17 @@ What a caller can rely on:
   not trained (killed before or during its training) is completed and trained first. An edited prompt file is
   refused (a judged position holding another prompt) rather than silently re-numbered.
 - The model is loaded once. Each round trains with the app's rounds (mlx_dpo.training.rounds.run_round:
-  same versions, same round length, same reference), so `online` and the app share one history.
-- A score judge with more than two answers per prompt pairs the best against the worst; other judges take
-  exactly two. The first answer is the one shown first (`shown_first`), as the app's A.
+  same versions, same round length, same reference, same held-out check), so `online` and the app share one
+  history. A round its held-out check rejects is kept on disk but not built on: the next round samples from,
+  and trains on top of, the last accepted version (mlx_dpo.training.acceptance).
+- Each prompt gets `samples_per_prompt` answers; a score judge pairs the best against the worst, a prefer judge
+  runs a knockout and pairs its winner with its first loser (mlx_dpo.online.pairing, where the rule lives that
+  no pair prefers an answer cut at max tokens over a finished one). The first answer of the pair is the one
+  shown first (`shown_first`), as the app's A.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,18 +32,18 @@ from mlx_dpo.data.prompt_file import read_prompt_file
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, Finished, Status
+from mlx_dpo.metric_names import (
+    HELDOUT, HELDOUT_ACCURACY, HELDOUT_BASE, HELDOUT_KL, HELDOUT_REPETITION, HELDOUT_SCORE, HELDOUT_UNFINISHED,
+    HELDOUT_WIN_VS_BASE
+)
 from mlx_dpo.models.generate import SampleSettings, template_note
 from mlx_dpo.models.load import LoadedModel, load_model, switch_adapter
+from mlx_dpo.online.pairing import choose_pair
 from mlx_dpo.online.sampling import sample_answers
 from mlx_dpo.online.verdict import Judge
-from mlx_dpo.settings import OnlineSettings
+from mlx_dpo.settings import ONLINE_SAMPLING, OnlineSettings
+from mlx_dpo.training.pause import pause_at
 from mlx_dpo.training.rounds import run_round
-
-# Test hook (as training/pause.py): MLX_DPO_PAUSE_ONLINE=judged:<round> holds the run after that round's
-# prompts are judged and stored, before it trains; it writes <MLX_DPO_PAUSE_FILE>.reached and waits for the file.
-PAUSE_ONLINE = "MLX_DPO_PAUSE_ONLINE"
-PAUSE_FILE = "MLX_DPO_PAUSE_FILE"
-
 
 @dataclass
 class RoundReport:
@@ -55,6 +58,8 @@ class RoundReport:
     skips: int
     status: str  # "finished", "cancelled", or "nothing to train"
     heldout: dict[str, Any] = field(default_factory=dict)  # heldout/* of the version, heldout_base/* of the base
+    decision: str | None = None  # the trained version: accepted (the next round builds on it) or rejected
+    reason: str = ""  # why, in words (mlx_dpo.training.acceptance)
     seconds: dict[str, float] = field(default_factory=dict)  # sampling, judging, reference, training, heldout
     sampled_tokens_per_second: float = 0.0
 
@@ -92,7 +97,7 @@ def run_online(
     gets each as it ends.
     """
     emit = on_event or (lambda e: None)
-    sample = sample_settings or SampleSettings()
+    sample = sample_settings or ONLINE_SAMPLING
     online = online or OnlineSettings()
     _check_args(judge, online, sample)
     prompts = read_prompt_file(prompts_file)
@@ -127,10 +132,6 @@ def run_online(
 
 
 def _check_args(judge: Judge, online: OnlineSettings, sample: SampleSettings) -> None:
-    n = online.samples_per_prompt  # its own rule (at least 2) ran when `online` was built
-    if n > 2 and judge.kind != "score":
-        raise MlxDpoError(f"--samples-per-prompt {n}: only a score judge ranks more than two answers; "
-                          f"{judge.name} compares two")
     if judge.kind == "human":
         raise MlxDpoError("the human judge labels in the app: run `mlx-dpo online --judge human` from the command line")
     try:
@@ -147,7 +148,9 @@ def _progress(store: PreferenceStore, source: str, prompts: list[list[dict]]) ->
             raise MlxDpoError(f"{source}: prompt {row.position + 1} is not the one judged there before; the file "
                               "changed since; use a new prompt file (or workspace) rather than editing one in use")
     last = max((row.round for row in done), default=0)
-    pending = [row for row in done if row.round == last and row.pair_id is not None and not row.trained]
+    # A round is open while it has judged pairs no finished round has tried (a rejected round's pairs are tried: they
+    # wait untrained for the next round, which starts again from the last accepted version).
+    pending = [row for row in done if row.round == last and row.pair_id is not None and not row.tried]
     counts = {"pairs": 0, "ties": 0, "skips": 0}
     if pending:
         for row in done:
@@ -160,7 +163,7 @@ def _one_round(workspace, loaded, model, judge, number, todo, source, counts, on
                emit) -> RoundReport:
     """Sample, judge and store `todo` (position, prompt) pairs, then train and measure the round."""
     with PreferenceStore(workspace) as store:
-        latest = store.latest_finished_round()
+        latest = store.latest_kept_round()
     sampled_by = latest.label if latest else "base"
     seconds = {"sampling": 0.0, "judging": 0.0, "reference": 0.0, "training": 0.0, "heldout": 0.0}
     tokens_per_second = 0.0
@@ -168,6 +171,7 @@ def _one_round(workspace, loaded, model, judge, number, todo, source, counts, on
         switch_adapter(loaded, latest.adapter_path if latest else None)
         n = online.samples_per_prompt
         emit(Status(f"round {number}: sampling {n} answers to {len(todo)} prompt(s) from {sampled_by}"))
+        pause_at(f"online:sampling:{number}")  # test hooks (training/pause.py), here and below
         samples = sample_answers(loaded, [p for _, p in todo], sample, n=n, seed=number,
                                  batch_size=online.sample_batch_size)
         seconds["sampling"], tokens_per_second = round(samples.seconds, 3), round(samples.tokens_per_second, 1)
@@ -178,9 +182,10 @@ def _one_round(workspace, loaded, model, judge, number, todo, source, counts, on
                 kind = judge_and_store(store, judge, prompt, answers, sampler=sampler, version=sampled_by,
                                        online=PromptRef(source, position, number))
                 counts[kind] += 1
+                pause_at(f"online:judging:{number}")
         seconds["judging"] = round(time.perf_counter() - start, 3)
         emit(Status(f"round {number}: {counts['pairs']} pair(s), {counts['ties']} tie(s), {counts['skips']} skip(s)"))
-    _pause_if_asked(f"judged:{number}")
+    pause_at(f"online:judged:{number}")
     report = RoundReport(number, sampled_by, None, sum(counts.values()), counts["pairs"], counts["ties"],
                          counts["skips"], "nothing to train", seconds=seconds,
                          sampled_tokens_per_second=tokens_per_second)
@@ -193,10 +198,13 @@ def _one_round(workspace, loaded, model, judge, number, todo, source, counts, on
 
 def judge_and_store(store: PreferenceStore, judge: Judge, prompt: list[dict], answers: list[str], *, sampler: str,
                     version: str, online: PromptRef | None = None) -> str:
-    """Judge one prompt's answers and commit the result; returns "pairs", "ties" or "skips" (what it gave)."""
-    first, second, choice, note = _verdict(judge, prompt, answers)
+    """Judge one prompt's answers (mlx_dpo.online.pairing) and commit the result with every comparison the judge
+    made; returns "pairs", "ties" or "skips" (what it gave)."""
+    judged = choose_pair(judge, prompt, answers)
+    first, second, choice, note = answers[judged.first], answers[judged.second], judged.choice, judged.note
     # label=False: a program's judgments are not the person's labeling history (the app's undo)
-    common = {"sampler": sampler, "judge": judge.name, "version": version, "online": online, "label": False}
+    common = {"sampler": sampler, "judge": judge.name, "version": version, "online": online, "label": False,
+              "comparisons": judged.comparisons}
     if choice in (1, 2) and first != second:
         chosen, rejected = (first, second) if choice == 1 else (second, first)
         store.add_pair(prompt, chosen, rejected, origin="sampled", note=note or None,
@@ -208,22 +216,6 @@ def judge_and_store(store: PreferenceStore, judge: Judge, prompt: list[dict], an
     reason = "identical answers" if first == second else (note or "skipped by the judge")
     store.add_skip(prompt, reason, answers=[first, second], **common)
     return "skips"
-
-
-def _verdict(judge: Judge, prompt: list[dict], answers: list[str]) -> tuple[str, str, int | None, str]:
-    """(answer shown first, answer shown second, the judge's choice 1/2/0/None, its note)."""
-    if len(answers) > 2:  # a score judge: the best against the worst (ties keep the earlier answer)
-        scores = [judge.score(prompt, a) for a in answers]
-        ranked = sorted(range(len(answers)), key=lambda i: (-scores[i], i))
-        best, worst = ranked[0], ranked[-1]
-        if scores[best] == scores[worst]:
-            return answers[0], answers[1], 0, ""
-        first, second = sorted((best, worst))
-        note = f"scores {scores[first]:g} vs {scores[second]:g}"
-        return answers[first], answers[second], 1 if first == best else 2, note
-    verdict = judge.judge([prompt], [(answers[0], answers[1])])[0]
-    note = verdict.note or (f"scores {verdict.scores[0]:g} vs {verdict.scores[1]:g}" if verdict.scores else "")
-    return answers[0], answers[1], verdict.choice, note
 
 
 def _train(report: RoundReport, workspace, loaded, model, judge, settings, eval_prompts, sample, emit) -> None:
@@ -246,16 +238,8 @@ def _train(report: RoundReport, workspace, loaded, model, judge, settings, eval_
     report.seconds.update(reference=round(reference, 3), training=round(max(0.0, trained - start - reference), 3),
                           heldout=round(end - trained, 3))
     report.version, report.status = f"v{result.version}", result.status
-    report.heldout = {k: v for k, v in metrics.items() if k.startswith(("heldout/", "heldout_base/"))}
-
-
-def _pause_if_asked(point: str) -> None:
-    if os.environ.get(PAUSE_ONLINE) != point:
-        return
-    release = Path(os.environ[PAUSE_FILE])
-    Path(f"{release}.reached").write_text(point)
-    while not release.exists():
-        time.sleep(0.01)
+    report.decision, report.reason = result.decision, result.reason or ""
+    report.heldout = {k: v for k, v in metrics.items() if k.startswith((HELDOUT, HELDOUT_BASE))}
 
 
 def describe_round(report: RoundReport) -> str:
@@ -264,9 +248,12 @@ def describe_round(report: RoundReport) -> str:
     parts = [f"round {report.round}: judged {report.prompts} answers of {report.sampled_by} "
              f"({report.pairs} pairs, {report.ties} ties, {report.skips} skips)",
              f"trained {report.version}" if report.version else report.status]
-    for key, name in (("heldout/score", "score"), ("heldout/kl", "KL"), ("heldout/accuracy", "accuracy"),
-                      ("heldout/win_vs_base", "wins vs base")):
+    if report.decision:
+        parts.append(f"{report.decision}: {report.reason}" if report.reason else report.decision)
+    for key, name in ((HELDOUT_SCORE, "score"), (HELDOUT_KL, "KL"), (HELDOUT_ACCURACY, "accuracy"),
+                      (HELDOUT_WIN_VS_BASE, "wins vs base"), (HELDOUT_UNFINISHED, "unfinished"),
+                      (HELDOUT_REPETITION, "repeated 3-grams")):
         if held.get(key) is not None:
-            base = held.get(key.replace("heldout/", "heldout_base/"))
+            base = held.get(key.replace(HELDOUT, HELDOUT_BASE))
             parts.append(f"{name} {held[key]:.3f}" + (f" (base {base:.3f})" if isinstance(base, (int, float)) else ""))
     return " · ".join(parts)

@@ -18,6 +18,9 @@ What a caller can rely on:
 - Reproducible: the same model, prompts, settings, `seed` and `batch_size` give the same answers. The draws
   are not the ones single-prompt sampling makes with the same seed (the random stream is consumed per batch
   step, for all sequences in flight), and a different `batch_size` gives different (equally valid) draws.
+- Each answer is an `Answer` (mlx_dpo.data.answers) that knows whether it finished: mlx-lm's generation reports
+  why each sequence stopped ("stop": it sampled an end-of-turn token; "length": it reached max tokens), and an
+  answer cut at max tokens has `finished` False. Nothing is guessed from the text.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Callable
 
 import mlx.core as mx
 
+from mlx_dpo.data.answers import Answer
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, Status
 from mlx_dpo.models.generate import SampleSettings, decode_answer, prompt_tokens, sampler_for
@@ -40,7 +44,7 @@ _PROBE = ("Hi", "Tell me one thing about the sea, please, in a few words.")  # l
 
 @dataclass(frozen=True)
 class Samples:
-    answers: list[list[str]]  # answers[i]: the n answers to prompts[i]
+    answers: list[list[Answer]]  # answers[i]: the n answers to prompts[i], each knowing whether it finished
     tokens: int  # tokens generated, all answers and retries included (the end-of-sequence token not counted)
     seconds: float  # wall time of the generation, tokenization included
 
@@ -55,31 +59,51 @@ def run_seed(settings: SampleSettings, seed: int) -> int:
     return ((settings.seed or 0) * 1_000_003 + seed) % 2**31
 
 
-def _batched(loaded: LoadedModel, tokens: list[list[int]], settings: SampleSettings,
-             batch_size: int) -> list[list[int]]:
-    """Token ids of each answer (stop token excluded), `batch_size` sequences in flight."""
-    from mlx_lm.generate import batch_generate
-
-    response = batch_generate(
-        loaded.model, loaded.tokenizer, tokens, max_tokens=settings.max_tokens,
-        sampler=sampler_for(settings.temperature, settings.top_p), return_token_ids=True,
-        completion_batch_size=batch_size, prefill_batch_size=batch_size,
-    )
-    return [list(ids) for ids in response.token_ids]
+Generated = list[tuple[list[int], bool]]  # per sequence: its token ids (stop token excluded), whether it finished
 
 
-def _one_at_a_time(loaded: LoadedModel, tokens: list[list[int]], settings: SampleSettings) -> list[list[int]]:
-    """Token ids of each answer with mlx-lm's single-sequence generation (the app's streaming path)."""
+def _batched(loaded: LoadedModel, tokens: list[list[int]], settings: SampleSettings, batch_size: int) -> Generated:
+    """Each answer's token ids and finish, `batch_size` sequences in flight (mlx-lm's `batch_generate` loop, keeping
+    each sequence's finish reason, which `batch_generate` itself drops)."""
+    from mlx_lm.generate import BatchGenerator
+
+    gen = BatchGenerator(loaded.model, stop_tokens=[[t] for t in loaded.tokenizer.eos_token_ids],
+                         sampler=sampler_for(settings.temperature, settings.top_p),
+                         completion_batch_size=batch_size, prefill_batch_size=batch_size)
+    try:
+        uids = gen.insert(tokens, [settings.max_tokens] * len(tokens))
+        ids: dict[int, list[int]] = {uid: [] for uid in uids}
+        finished: dict[int, bool] = {}
+        while responses := gen.next_generated():
+            for r in responses:
+                if r.finish_reason != "stop":  # the end-of-turn token is not part of the answer's text
+                    ids[r.uid].append(r.token)
+                if r.finish_reason is not None:
+                    finished[r.uid] = r.finish_reason == "stop"
+    finally:
+        gen.close()
+    return [(ids[uid], finished[uid]) for uid in uids]
+
+
+def _one_at_a_time(loaded: LoadedModel, tokens: list[list[int]], settings: SampleSettings) -> Generated:
+    """Each answer's token ids and finish with mlx-lm's single-sequence generation (the app's streaming path)."""
     from mlx_lm import stream_generate
 
     sampler = sampler_for(settings.temperature, settings.top_p)
-    return [[r.token for r in stream_generate(loaded.model, loaded.tokenizer, ids, max_tokens=settings.max_tokens,
-                                              sampler=sampler) if r.finish_reason != "stop"]
-            for ids in tokens]
+    out = []
+    for prompt in tokens:
+        ids, finished = [], False
+        for r in stream_generate(loaded.model, loaded.tokenizer, prompt, max_tokens=settings.max_tokens,
+                                 sampler=sampler):
+            if r.finish_reason != "stop":
+                ids.append(r.token)
+            finished = r.finish_reason == "stop"
+        out.append((ids, finished))
+    return out
 
 
-def batching_probe(loaded: LoadedModel, max_tokens: int = 4) -> tuple[list[list[int]], list[list[int]]]:
-    """Greedy answers (token ids) to two prompts of different lengths, batched together and one at a time."""
+def batching_probe(loaded: LoadedModel, max_tokens: int = 4) -> tuple[Generated, Generated]:
+    """Greedy answers (token ids, finished) to two prompts of different lengths, batched together and one at a time."""
     greedy = SampleSettings(temperature=0.0, max_tokens=max_tokens)
     probe = [prompt_tokens(loaded.tokenizer, [{"role": "user", "content": text}]) for text in _PROBE]
     return _batched(loaded, probe, greedy, 2), _one_at_a_time(loaded, probe, greedy)
@@ -99,11 +123,13 @@ def batching_problem(loaded: LoadedModel) -> str | None:
     return found
 
 
-def _generate(loaded: LoadedModel, tokens: list[list[int]], settings: SampleSettings, batch_size: int):
-    ids = (_one_at_a_time(loaded, tokens, settings) if batching_problem(loaded)
-           else _batched(loaded, tokens, settings, batch_size))
+def _generate(loaded: LoadedModel, tokens: list[list[int]], settings: SampleSettings,
+              batch_size: int) -> tuple[list[Answer], int]:
+    generated = (_one_at_a_time(loaded, tokens, settings) if batching_problem(loaded)
+                 else _batched(loaded, tokens, settings, batch_size))
     # Decoded as the app's streaming decodes, so a batched answer and a streamed one compare equal.
-    return [decode_answer(loaded.tokenizer, one) for one in ids], sum(len(one) for one in ids)
+    return ([Answer(decode_answer(loaded.tokenizer, ids), finished) for ids, finished in generated],
+            sum(len(ids) for ids, _ in generated))
 
 
 def _check(prompts: list[list[dict]], settings: SampleSettings, n: int, batch_size: int) -> None:

@@ -1,4 +1,8 @@
-"""What a judge is and says: the `Judge` interface, its `Verdict` on one pair, and the `Prompt` it is shown.
+"""What a judge is and says: the `Judge` interface, its `Verdict` on one pair, the `Prompt` and `Answer`s it is
+shown, and the one rule every program judge's pair obeys (`may_prefer`).
+
+An answer reaches a judge as an `Answer` (mlx_dpo.data.answers): a `str` whose `.finished` is False when the
+sampler cut it at max tokens, so a judge may read it as it reads `prompt.messages`.
 
 Kept apart from judges.py (which turns a spec into a judge) so every judge module, the LLM judge included,
 shares these without an import cycle.
@@ -8,6 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal, Sequence
+
+from mlx_dpo.data.answers import Answer, is_finished
+
+__all__ = ["Answer", "Choice", "Judge", "Messages", "Prompt", "Verdict", "check_lengths", "is_finished", "may_prefer"]
 
 Messages = list[dict[str, str]]
 Choice = Literal[1, 2, 0] | None
@@ -54,6 +62,12 @@ class Judge:
     def score(self, prompt: Messages, answer: str) -> float | None:
         """A score judge's score of one answer; None for judges that only compare."""
         return None
+
+
+def may_prefer(chosen: str, rejected: str, *, by_person: bool = False) -> bool:
+    """The rule: a pair never prefers an unfinished answer (cut at max tokens) over a finished one, unless a person
+    chose it. Every program judge's pair and comparison goes through here (mlx_dpo.online.pairing)."""
+    return by_person or is_finished(chosen) or not is_finished(rejected)
 
 
 def check_lengths(judge: Judge, prompts: list[Messages], pairs: list[tuple[str, str]]) -> None:

@@ -6,7 +6,8 @@ Two optimisations can go wrong on a family we have not met (logprobs.py, shared_
   shared prompt          each prompt runs once, with our caches and masks driving mlx-lm's layers.
 Before the first train step, evaluation or reference pass on a model, both are run on a short probe
 (two pairs whose prompts and completions differ in length, so left and right padding are exercised)
-and compared per token with log-softmax of the model's own `model(inputs)`. A path that differs beyond
+and compared per token with log-softmax of the model's own `model(inputs)`: the log-probs, and log Σ_v p_v²
+(WPO's normaliser, computed from the same projected logits). A path that differs beyond
 tolerance, or raises, is switched off for that model, and one Status line says which path runs and why.
 
 The result is kept on the model object, so the reference pass, the step and evaluation of one run
@@ -26,7 +27,7 @@ from mlx_dpo.events import Event, Status
 from mlx_dpo.settings import TrainingArgs
 from mlx_dpo.training import shared_prompt as shared_forward
 from mlx_dpo.training.batching import BatchLayout, make_pair_batch, supports_shared_prompt
-from mlx_dpo.training.logprobs import shared_prompt_token_logps, token_logps
+from mlx_dpo.training.logprobs import shared_prompt_token_stats, token_stats
 from mlx_dpo.training.tokens import EncodedPair
 
 # Per-token tolerance. In float32 two correct paths differ by rounding only: log-probs are differences of
@@ -75,8 +76,8 @@ def _error(fast: Callable[[], mx.array], plain: mx.array, mask: mx.array) -> tup
         mx.eval(values)
     except Exception as e:  # any failure of an unknown family's forward means: not this path
         return None, f"fails on this model ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-    C = min(values.shape[1], plain.shape[1])
-    err = float(mx.max(mx.abs(values[:, :C] - plain[:, :C]) * mask[:, :C]).item())
+    C = min(values.shape[-1], plain.shape[-1])
+    err = float(mx.max(mx.abs(values[..., :C] - plain[..., :C]) * mask[:, :C]).item())
     return err, None
 
 
@@ -87,7 +88,7 @@ def _check_shared(model: nn.Module, pairs: list[EncodedPair], plain: mx.array, m
     problem, worst = None, 0.0
     for dims in (4, 5):
         setattr(model, shared_forward.MASK_DIMS_ATTR, dims)
-        err, failure = _error(lambda: shared_prompt_token_logps(model, batch), plain, mask)
+        err, failure = _error(lambda: mx.stack(shared_prompt_token_stats(model, batch)), plain, mask)
         if failure is None and err <= tol:
             return err, None
         if problem is None or failure is None:  # a mismatch says more than a shape error of the other layout
@@ -106,9 +107,10 @@ def _measure(model: nn.Module) -> FastPaths:
     was_training = model.training
     model.eval()  # no dropout: both sides must see the same function
     try:
-        plain = token_logps(model, sequences, full_logits=True)
+        # (2, n, C): each path's log-probs and log Σ p² per token, both checked.
+        plain = mx.stack(token_stats(model, sequences, full_logits=True))
         tol = _tolerance(model(sequences.inputs[:1, :1]).dtype)
-        head_err, head_problem = _error(lambda: token_logps(model, sequences), plain, sequences.mask)
+        head_err, head_problem = _error(lambda: mx.stack(token_stats(model, sequences)), plain, sequences.mask)
         if head_problem is None and head_err > tol:
             head_problem = f"differs from the model's own forward by {head_err:.3g} per token on a probe"
         if head_problem is not None:

@@ -5,9 +5,18 @@
   heldout/margin           the mean implicit reward margin (chosen - rejected) on those pairs
   heldout/kl               KL(version || base), estimated from fresh samples y of the version on held-out
                            prompts x: the mean over samples of log pi(y|x) - log pi_base(y|x), nats per answer
-  heldout/score            a score judge's mean score of the version's samples
-  heldout/win_vs_previous  the judge's win rate of the version's samples against the previous version's
+  heldout/score            a score judge's mean score of the version's samples (an unfinished sample's score
+                           carries the judge's missing-end penalty: mlx_dpo.online.judges)
+  heldout/win_vs_previous  the judge's win rate of the version's samples against the previous (accepted) version's
   heldout/win_vs_base      ... and against the base's, on the same prompts (ties count half, skips not at all)
+  heldout/repetition       degeneration: the mean over samples of the share of a sample's word 3-grams that repeat
+                           an earlier 3-gram of the same sample (0 for varied prose; a repetition loop nears 1)
+  heldout/unfinished       degeneration: the share of samples cut at max tokens (no end-of-turn token)
+  heldout/samples          how many samples the score, the KL and the degeneration figures are means over
+  heldout/compared_previous, heldout/compared_base: how many judged comparisons each win rate counts
+
+The counts size the noise: one sample moves a mean of [0, 1] values by 1/samples, and a win rate's standard
+error is at most 0.5/sqrt(compared) (mlx_dpo.training.acceptance uses them to tell a real loss from chance).
 
 A number that cannot be measured (no validation pairs, no prompts, no judge, a person as the judge: nobody
 is asked during a measurement) is None. The base against itself: accuracy 0.5 (its implicit rewards are all
@@ -17,7 +26,8 @@ also for rounds trained with `reference="previous"`, so versions compare with ea
 Log-probs come from the reference pass (`reference.reference_logps`: the training code's own batching and
 log-prob path), with the version's adapter on, then off (`models.load.switch_adapter`), each cached under the
 model's fingerprint. A sampled answer is scored as the chat template renders it (re-tokenized, ending with
-one end-of-turn token), the same token sequence under both models.
+one end-of-turn token; an answer cut at max tokens without one, as it was sampled), the same token sequence
+under both models.
 
 Every version samples with the same seed (common random numbers): two versions' answers differ by their
 weights, not by the dice. Each version's answers are kept in `<workspace>/heldout/<label>.json` (keyed by the
@@ -30,13 +40,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from mlx_dpo.atomic import write_json
+from mlx_dpo.data.answers import flags, is_finished, with_flags
 from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.events import Event, Status
+from mlx_dpo.metric_names import (
+    HELDOUT, HELDOUT_ACCURACY, HELDOUT_BASE, HELDOUT_COMPARED_BASE, HELDOUT_COMPARED_PREVIOUS, HELDOUT_KL,
+    HELDOUT_MARGIN, HELDOUT_REPETITION, HELDOUT_SAMPLES, HELDOUT_SCORE, HELDOUT_UNFINISHED, HELDOUT_WIN_VS_BASE,
+    HELDOUT_WIN_VS_PREVIOUS
+)
 from mlx_dpo.models.adapter import adapter_weights
 from mlx_dpo.models.generate import SampleSettings
 from mlx_dpo.models.load import LoadedModel, switch_adapter
@@ -51,17 +68,23 @@ if TYPE_CHECKING:  # the judge interface (mlx_dpo.online.judges); only its metho
 
 Prompt = list[dict[str, str]]
 Answers = list[list[str]]  # answers[i]: the samples for prompt i
-KEYS = ("heldout/accuracy", "heldout/margin", "heldout/kl", "heldout/score", "heldout/win_vs_previous",
-        "heldout/win_vs_base")
+KEYS = (HELDOUT_ACCURACY, HELDOUT_MARGIN, HELDOUT_KL, HELDOUT_SCORE, HELDOUT_WIN_VS_PREVIOUS,
+        HELDOUT_WIN_VS_BASE, HELDOUT_REPETITION, HELDOUT_UNFINISHED, HELDOUT_SAMPLES,
+        HELDOUT_COMPARED_PREVIOUS, HELDOUT_COMPARED_BASE)
+BASE_KEYS = (HELDOUT_ACCURACY, HELDOUT_MARGIN, HELDOUT_KL, HELDOUT_SCORE, HELDOUT_REPETITION,
+             HELDOUT_UNFINISHED, HELDOUT_SAMPLES)  # copied into each round's record as heldout_base/...
 HELDOUT_DIR = "heldout"
 HELDOUT_SEED = 0  # the same draws for every version (see the module docstring)
+HELDOUT_BATCH = 16  # sequences sampled together: part of the draws (mlx_dpo.online.sampling), so fixed
+_KEPT_FORMAT = 2  # kept answer files: 2 adds each answer's finished flag (older files are sampled again)
+_WORD = re.compile(r"\w+(?:['’-]\w+)*")
 
 
 def sample(loaded: LoadedModel, adapter_path: str | Path | None, prompts: Sequence[Prompt],
            settings: SampleSettings, n: int) -> Answers:
     """`n` answers per prompt from base + `adapter_path` (None: the base), with the held-out seed."""
     switch_adapter(loaded, adapter_path)
-    return sample_answers(loaded, list(prompts), settings, n=n, seed=HELDOUT_SEED).answers
+    return sample_answers(loaded, list(prompts), settings, n=n, seed=HELDOUT_SEED, batch_size=HELDOUT_BATCH).answers
 
 
 def answer_logps(loaded: LoadedModel, prompts: Sequence[Prompt], answers: Answers,
@@ -113,14 +136,41 @@ def mean_score(judge: Judge | None, prompts: Sequence[Prompt], answers: Answers)
 def win_rate(judge: Judge | None, prompts: Sequence[Prompt], answers: Answers, others: Answers | None) -> float | None:
     """How often the judge prefers `answers` to `others` (sample j against sample j of the same prompt);
     a tie counts half, a skip not at all. None without a program judge or anything to compare."""
+    return wins(judge, prompts, answers, others)[0]
+
+
+def wins(judge: Judge | None, prompts: Sequence[Prompt], answers: Answers,
+         others: Answers | None) -> tuple[float | None, int]:
+    """(`win_rate`, how many comparisons it counts)."""
     if judge is None or judge.kind == "human" or not others:
-        return None
+        return None, 0
     items = [(prompt, a, b) for prompt, mine, theirs in zip(prompts, answers, others) for a, b in zip(mine, theirs)]
     if not items:
-        return None
+        return None, 0
     verdicts = judge.judge([p for p, _, _ in items], [(a, b) for _, a, b in items])
     choices = [v.choice for v in verdicts if v.choice is not None]
-    return sum({1: 1.0, 0: 0.5}.get(c, 0.0) for c in choices) / len(choices) if choices else None
+    return (sum({1: 1.0, 0: 0.5}.get(c, 0.0) for c in choices) / len(choices) if choices else None), len(choices)
+
+
+def repetition(text: str) -> float:
+    """The share of a text's word 3-grams that repeat an earlier 3-gram of the same text (0: none repeats)."""
+    words = _WORD.findall(text.lower())
+    grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
+
+
+def degeneration(answers: Answers) -> dict[str, float | None]:
+    """The degeneration figures of a version's samples: mean repetition, share unfinished, and the sample count."""
+    flat = [a for group in answers for a in group]
+    if not flat:
+        return {HELDOUT_REPETITION: None, HELDOUT_UNFINISHED: None, HELDOUT_SAMPLES: 0}
+    return {HELDOUT_REPETITION: sum(repetition(a) for a in flat) / len(flat),
+            HELDOUT_UNFINISHED: sum(not is_finished(a) for a in flat) / len(flat), HELDOUT_SAMPLES: len(flat)}
+
+
+def kept_answers(kept: dict) -> Answers:
+    """A kept file's answers (`<workspace>/heldout/<label>.json`), each an Answer knowing whether it finished."""
+    return [with_flags(group, finished) for group, finished in zip(kept["answers"], kept["finished"])]
 
 
 def heldout_metrics(
@@ -148,10 +198,11 @@ def heldout_metrics(
     prompts = list(eval_prompts)
     if adapter_path is None:
         answers = answers if answers is not None or not prompts or not n else sample(loaded, None, prompts, settings, n)
-        return {"heldout/accuracy": 0.5 if valid_pairs else None, "heldout/margin": 0.0 if valid_pairs else None,
-                "heldout/kl": 0.0 if answers else None,
-                "heldout/score": mean_score(judge, prompts, answers or []),
-                "heldout/win_vs_previous": None, "heldout/win_vs_base": None}
+        return {HELDOUT_ACCURACY: 0.5 if valid_pairs else None, HELDOUT_MARGIN: 0.0 if valid_pairs else None,
+                HELDOUT_KL: 0.0 if answers else None,
+                HELDOUT_SCORE: mean_score(judge, prompts, answers or []),
+                HELDOUT_WIN_VS_PREVIOUS: None, HELDOUT_WIN_VS_BASE: None, **degeneration(answers or []),
+                HELDOUT_COMPARED_PREVIOUS: 0, HELDOUT_COMPARED_BASE: 0}
     kl = None
     if prompts and n:
         answers = answers if answers is not None else sample(loaded, adapter_path, prompts, settings, n)
@@ -167,10 +218,12 @@ def heldout_metrics(
     else:
         switch_adapter(loaded, adapter_path)
     answers = answers or []
-    return {"heldout/accuracy": scored.get("accuracy"), "heldout/margin": scored.get("margin"), "heldout/kl": kl,
-            "heldout/score": mean_score(judge, prompts, answers),
-            "heldout/win_vs_previous": win_rate(judge, prompts, answers, previous_answers),
-            "heldout/win_vs_base": win_rate(judge, prompts, answers, base_answers)}
+    previous, compared_previous = wins(judge, prompts, answers, previous_answers)
+    base, compared_base = wins(judge, prompts, answers, base_answers)
+    return {HELDOUT_ACCURACY: scored.get("accuracy"), HELDOUT_MARGIN: scored.get("margin"), HELDOUT_KL: kl,
+            HELDOUT_SCORE: mean_score(judge, prompts, answers), HELDOUT_WIN_VS_PREVIOUS: previous,
+            HELDOUT_WIN_VS_BASE: base, **degeneration(answers), HELDOUT_COMPARED_PREVIOUS: compared_previous,
+            HELDOUT_COMPARED_BASE: compared_base}
 
 
 @dataclass
@@ -189,7 +242,8 @@ class HeldoutSet:
     @property
     def key(self) -> str:
         """Which answers a kept file holds: the prompts, the sampler settings and the samples per prompt."""
-        text = json.dumps([self.prompts, asdict(self.settings), self.n, HELDOUT_SEED], sort_keys=True)
+        text = json.dumps([self.prompts, asdict(self.settings), self.n, HELDOUT_SEED, _KEPT_FORMAT, HELDOUT_BATCH],
+                          sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
@@ -214,12 +268,13 @@ class HeldoutSet:
             return None
         kept = self.kept(label)
         if "answers" in kept:
-            return kept["answers"]
+            return kept_answers(kept)
         if adapter_path is not None and not Path(adapter_path).is_dir():
             return None  # a version whose folder is gone: nothing to compare with
         on_event(Status(f"held-out: sampling {self.n} answer(s) to {len(self.prompts)} prompt(s) from {label}"))
         answers = sample(loaded, adapter_path, self.prompts, self.settings, self.n)
-        write_json(self.path(label), {"key": self.key, "answers": answers, "metrics": {}})
+        write_json(self.path(label), {"key": self.key, "answers": answers,
+                                      "finished": [flags(group) for group in answers], "metrics": {}})
         return answers
 
     def base_metrics(self, loaded: LoadedModel, on_event: Callable[[Event], None]) -> dict[str, float | None]:
@@ -250,5 +305,5 @@ def measure_version(loaded: LoadedModel, heldout: HeldoutSet, label: str, adapte
                               previous_answers=previous_answers, base_answers=base_answers,
                               sample_settings=heldout.settings, n=heldout.n, beta=heldout.beta,
                               batch_size=heldout.batch_size)
-    return {**metrics, **{key.replace("heldout/", "heldout_base/"): value for key, value in base.items()
-                          if key in ("heldout/accuracy", "heldout/margin", "heldout/kl", "heldout/score")}}
+    return {**metrics, **{key.replace(HELDOUT, HELDOUT_BASE): value for key, value in base.items()
+                          if key in BASE_KEYS}}

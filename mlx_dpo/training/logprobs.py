@@ -5,6 +5,10 @@ prompt never pays for the (large) vocabulary projection and log-softmax and no w
 (tokens x vocab) float32 tensor is built. `full_logits=True` runs the plain path (every position
 projected and log-softmaxed, as TRL does) for checking.
 
+WPO (`use_weighting`) also needs log Σ_v p_v² at each completion token, a second reduction over the same
+logits: the `*_stats` functions return it beside the log-probs, computed chunk by chunk where the
+log-probs are, without gradient (`wpo_weights` in losses.py turns both into pair weights).
+
 The vocabulary projection is the model's own (`output_head` replays what its forward does after the
 transformer), and fast_path.py checks every fast path against the model's own forward before a run uses it.
 
@@ -21,6 +25,7 @@ import mlx.nn as nn
 
 from mlx_dpo.training import shared_prompt
 from mlx_dpo.training.batching import SequenceBatch, SharedPromptBatch, TokenBatch
+from mlx_dpo.training.losses import wpo_weights
 
 VOCAB_CHUNK = 64  # completion positions projected onto the vocabulary at a time
 
@@ -65,33 +70,63 @@ def output_head(model: nn.Module) -> Callable[[mx.array], mx.array]:
     return head
 
 
-def _token_logps(logits: mx.array, targets: mx.array) -> mx.array:
+def _log_sum_sq(logits: mx.array, lse: mx.array) -> mx.array:
+    """log Σ_v p_v² = logsumexp(2z) − 2·logsumexp(z) at each position (WPO's normaliser); no gradient."""
+    return mx.stop_gradient(mx.logsumexp(2 * logits, axis=-1) - 2 * lse)
+
+
+def _token_stats(logits: mx.array, targets: mx.array, squares: bool) -> tuple[mx.array, mx.array | None]:
     logits = logits.astype(mx.float32)
+    lse = mx.logsumexp(logits, axis=-1)
     picked = mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
-    return picked - mx.logsumexp(logits, axis=-1)
+    return picked - lse, _log_sum_sq(logits, lse) if squares else None
 
 
 def chunked_logps(head: Callable[[mx.array], mx.array], states: mx.array, targets: mx.array) -> mx.array:
     """Log-probs of `targets` from `states`, projecting VOCAB_CHUNK positions at a time."""
-    chunks = [
-        _token_logps(head(states[:, s : s + VOCAB_CHUNK]), targets[:, s : s + VOCAB_CHUNK])
-        for s in range(0, states.shape[1], VOCAB_CHUNK)
-    ]
-    return mx.concatenate(chunks, axis=1)
+    return _chunks(head, states, targets, squares=False)[0]
+
+
+def chunked_stats(head: Callable[[mx.array], mx.array], states: mx.array,
+                  targets: mx.array) -> tuple[mx.array, mx.array]:
+    """`chunked_logps` and log Σ_v p_v² at each position, from the same projected chunks."""
+    return _chunks(head, states, targets, squares=True)
+
+
+def _chunks(head: Callable[[mx.array], mx.array], states: mx.array, targets: mx.array,
+            squares: bool) -> tuple[mx.array, mx.array | None]:
+    chunks = [_token_stats(head(states[:, s : s + VOCAB_CHUNK]), targets[:, s : s + VOCAB_CHUNK], squares)
+              for s in range(0, states.shape[1], VOCAB_CHUNK)]
+    logps = mx.concatenate([c[0] for c in chunks], axis=1)
+    return logps, mx.concatenate([c[1] for c in chunks], axis=1) if squares else None
+
+
+def _completion_head(head: Callable[[mx.array], mx.array], states: mx.array, targets: mx.array,
+                     squares: bool) -> tuple[mx.array, mx.array | None]:
+    return chunked_stats(head, states, targets) if squares else (chunked_logps(head, states, targets), None)
 
 
 def token_logps(model: nn.Module, batch: SequenceBatch, full_logits: bool = False) -> mx.array:
     """(n, C) log-probabilities of each completion token (0 at padding)."""
+    return token_stats(model, batch, full_logits, squares=False)[0]
+
+
+def token_stats(model: nn.Module, batch: SequenceBatch, full_logits: bool = False,
+                squares: bool = True) -> tuple[mx.array, mx.array | None]:
+    """(n, C) log-probabilities of each completion token and, with `squares`, log Σ_v p_v² there (0 at padding)."""
     if full_logits:
         # The plain path, as TRL runs it: every position projected and log-softmaxed, then picked.
         logits = model(batch.inputs).astype(mx.float32)
-        lse = mx.take_along_axis(mx.logsumexp(logits, axis=-1), batch.positions, axis=1)
+        all_lse = mx.logsumexp(logits, axis=-1)
+        lse = mx.take_along_axis(all_lse, batch.positions, axis=1)
         picked = mx.take_along_axis(logits, batch.positions[..., None], axis=1)
         picked = mx.take_along_axis(picked, batch.targets[..., None], axis=-1).squeeze(-1)
-        return (picked - lse) * batch.mask
+        log_sq = mx.take_along_axis(_log_sum_sq(logits, all_lse), batch.positions, axis=1) if squares else None
+        return (picked - lse) * batch.mask, None if log_sq is None else log_sq * batch.mask
     hidden = model.model(batch.inputs)  # (n, T, D), final norm applied
     hidden = mx.take_along_axis(hidden, batch.positions[..., None], axis=1)  # (n, C, D)
-    return chunked_logps(output_head(model), hidden, batch.targets) * batch.mask
+    logps, log_sq = _completion_head(output_head(model), hidden, batch.targets, squares)
+    return logps * batch.mask, None if log_sq is None else log_sq * batch.mask
 
 
 def sequence_logps(model: nn.Module, batch: SequenceBatch, full_logits: bool = False) -> mx.array:
@@ -101,6 +136,12 @@ def sequence_logps(model: nn.Module, batch: SequenceBatch, full_logits: bool = F
 
 def shared_prompt_token_logps(model: nn.Module, batch: SharedPromptBatch, full_logits: bool = False) -> mx.array:
     """(2B, C) log-probability of each completion token (0 at padding), each prompt run once (shared_prompt.py)."""
+    return shared_prompt_token_stats(model, batch, full_logits, squares=False)[0]
+
+
+def shared_prompt_token_stats(model: nn.Module, batch: SharedPromptBatch, full_logits: bool = False,
+                              squares: bool = True) -> tuple[mx.array, mx.array | None]:
+    """`shared_prompt_token_logps` and, with `squares`, log Σ_v p_v² at each completion token (0 at padding)."""
     prompt_hidden, comp_hidden = shared_prompt.forward(model, batch)
     head = output_head(model)
     if full_logits:
@@ -108,10 +149,12 @@ def shared_prompt_token_logps(model: nn.Module, batch: SharedPromptBatch, full_l
         prompt_logits = head(prompt_hidden).astype(mx.float32)
         first = mx.concatenate([prompt_logits[:, -1:]] * 2, axis=0)
         logits = mx.concatenate([first, head(comp_hidden[:, :-1]).astype(mx.float32)], axis=1)
-        token = _token_logps(logits, batch.completions) + 0.0 * mx.logsumexp(prompt_logits, axis=-1).sum()
+        token, log_sq = _token_stats(logits, batch.completions, squares)
+        token = token + 0.0 * mx.logsumexp(prompt_logits, axis=-1).sum()
     else:
-        token = chunked_logps(head, shared_prompt.predicting_states(prompt_hidden, comp_hidden), batch.completions)
-    return token * batch.mask
+        states = shared_prompt.predicting_states(prompt_hidden, comp_hidden)
+        token, log_sq = _completion_head(head, states, batch.completions, squares)
+    return token * batch.mask, None if log_sq is None else log_sq * batch.mask
 
 
 def shared_prompt_logps(model: nn.Module, batch: SharedPromptBatch, full_logits: bool = False) -> mx.array:
@@ -128,9 +171,15 @@ def completion_logps(model: nn.Module, batch: TokenBatch, full_logits: bool = Fa
 
 def completion_token_logps(model: nn.Module, batch: TokenBatch, full_logits: bool = False) -> mx.array:
     """(2B, C) per-token log-probs of a pair batch's completions (0 at padding), rows as completion_logps."""
+    return completion_token_stats(model, batch, full_logits, squares=False)[0]
+
+
+def completion_token_stats(model: nn.Module, batch: TokenBatch, full_logits: bool = False,
+                           squares: bool = True) -> tuple[mx.array, mx.array | None]:
+    """`completion_token_logps` and, with `squares`, log Σ_v p_v² at each completion token (WPO's normaliser)."""
     if isinstance(batch, SharedPromptBatch):
-        return shared_prompt_token_logps(model, batch, full_logits)
-    return token_logps(model, batch, full_logits)
+        return shared_prompt_token_stats(model, batch, full_logits, squares)
+    return token_stats(model, batch, full_logits, squares)
 
 
 @dataclass
@@ -142,12 +191,20 @@ class PairLogps:
     chosen_lengths: mx.array  # (B,) float32 token counts
     rejected_lengths: mx.array  # (B,)
     tokens: mx.array | None = None  # (2B, C) per-token log-probs when asked for (LD-DPO splits them)
+    weights: mx.array | None = None  # (B,) WPO pair weights when asked for (no gradient)
 
 
-def pair_logps(model: nn.Module, batch: TokenBatch, full_logits: bool = False, per_token: bool = False) -> PairLogps:
-    """The pairs' chosen and rejected log-probs and lengths, split from `completion_logps`' rows."""
-    tokens = completion_token_logps(model, batch, full_logits) if per_token else None
-    logps = tokens.sum(axis=-1) if per_token else completion_logps(model, batch, full_logits)
+def pair_logps(model: nn.Module, batch: TokenBatch, full_logits: bool = False, per_token: bool = False,
+               weighting: bool = False) -> PairLogps:
+    """The pairs' chosen and rejected log-probs and lengths, split from `completion_logps`' rows; with
+    `weighting`, WPO's pair weights from the same pass (losses.wpo_weights)."""
+    weights = None
+    if weighting:
+        tokens, log_sq = completion_token_stats(model, batch, full_logits)
+        weights = wpo_weights(tokens, log_sq, batch.lengths)
+    else:
+        tokens = completion_token_logps(model, batch, full_logits) if per_token else None
+    logps = tokens.sum(axis=-1) if tokens is not None else completion_logps(model, batch, full_logits)
     lengths, n = batch.lengths, logps.shape[0] // 2
     return PairLogps(chosen=logps[:n], rejected=logps[n:], chosen_lengths=lengths[:n], rejected_lengths=lengths[n:],
-                     tokens=tokens)
+                     tokens=tokens, weights=weights)

@@ -11,12 +11,14 @@ The loss names (LOSS_TYPES) and the rules on their settings live in mlx_dpo.sett
 
 from __future__ import annotations
 
+import math
+
 import mlx.core as mx
 
 from mlx_dpo.settings import LOSS_TYPES, REFERENCE_FREE, check_loss_settings
 
 __all__ = ["LOSS_TYPES", "combined_loss", "f_scores", "implicit_rewards", "kto_loss", "log1mexp", "log_sigmoid",
-           "orpo_log_odds", "orpo_loss", "preference_loss", "rpo_nll", "sft_nll", "simpo_rewards"]
+           "orpo_log_odds", "orpo_loss", "preference_loss", "rpo_nll", "sft_nll", "simpo_rewards", "wpo_weights"]
 
 _NEEDS_LENGTHS = ("ipo", "simpo", "sigmoid_norm", "sft", "orpo")
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
@@ -57,21 +59,35 @@ def sft_nll(chosen_logps: mx.array, chosen_lengths: mx.array) -> mx.array:
     return mx.broadcast_to(-chosen_logps.sum() / chosen_lengths.sum(), chosen_logps.shape)
 
 
+def wpo_weights(token_logps: mx.array, log_sum_sq: mx.array, lengths: mx.array) -> mx.array:
+    """WPO's pair weights (TRL's use_weighting, eq. 2 of the WPO paper), without gradient:
+      w(y) = exp(mean over y's tokens of (log p_t − log Σ_v p_v²)),  weight of a pair = w(chosen)·w(rejected)
+    Dividing by Σ_v p_v² (the probability two samples of that position agree) measures each token against the
+    policy's own confidence there, so a pair the policy would itself write weighs near 1. Inputs are (2B, C)
+    per-token values, 0 at padding (chosen rows, then rejected rows) and (2B,) token counts; returns (B,).
+    """
+    per_answer = mx.exp(mx.stop_gradient((token_logps - log_sum_sq).sum(axis=-1) / mx.maximum(lengths, 1)))
+    n = per_answer.shape[0] // 2
+    return per_answer[:n] * per_answer[n:]
+
+
 def f_scores(log_ratio: mx.array, f_divergence_type: str, alpha: float = 0.5) -> mx.array:
-    """The f-DPO score f'(π/ref) of a log-ratio u = π − ref, constants dropped (TRL's f_divergence_type):
-      reverse_kl  u                 (plain DPO)
-      forward_kl  −e^(−u)
-      js_divergence  log σ(u)
-      alpha_divergence  e^((α−1)·u) / (α−1), exponent clipped at 80; α = 1 is reverse_kl
+    """The f-DPO score f'(t) at t = π/ref = e^u, u = π − ref, with its constants (TRL 1.16's f_divergence_type):
+      reverse_kl        log t = u                                            (plain DPO)
+      forward_kl        1 − 1/t = 1 − e^(−u)
+      js_divergence     log(2t/(1+t)) = log 2 + log σ(u)
+      alpha_divergence  (t^(α−1) − 1)/(α−1) = (e^((α−1)·u) − 1)/(α−1), exponent clipped at 80; α = 1 is reverse_kl
+    A constant cancels in s_c − s_r, but not where a loss divides each score by its own length (ipo,
+    sigmoid_norm): there the scores must be f'(t) itself, as TRL computes them.
     """
     if f_divergence_type == "reverse_kl" or (f_divergence_type == "alpha_divergence" and abs(alpha - 1) < 1e-6):
         return log_ratio
     if f_divergence_type == "forward_kl":
-        return -mx.exp(-log_ratio)
+        return 1 - mx.exp(-log_ratio)
     if f_divergence_type == "js_divergence":
-        return log_sigmoid(log_ratio)
+        return math.log(2) + log_sigmoid(log_ratio)
     if f_divergence_type == "alpha_divergence":
-        return mx.exp(mx.minimum((alpha - 1) * log_ratio, 80.0)) / (alpha - 1)
+        return (mx.exp(mx.minimum((alpha - 1) * log_ratio, 80.0)) - 1) / (alpha - 1)
     raise ValueError(f"unknown f_divergence_type {f_divergence_type!r}; choose from {', '.join(F_DIVERGENCES)}")
 
 
@@ -125,7 +141,9 @@ def preference_loss(
 ) -> mx.array:
     """Per-pair losses of one loss type, shape (B,).
 
-    With log-ratios u_c = π_c − ref_c, u_r = π_r − ref_r, scores s = f_scores(u) (= u for reverse_kl),
+    With log-ratios u_c = π_c − ref_c, u_r = π_r − ref_r, scores s = f_scores(u) (= u for reverse_kl; another
+    f-divergence is refused for the losses outside settings.F_DIVERGENCE_LOSSES, so nca_pair, bco_pair,
+    sppo_hard, aot, aot_unpaired, apo_zero and apo_down only ever see s = u, as in TRL),
     Δ = s_c − s_r, ε = label_smoothing, L = completion token counts, as TRL 1.16 unless marked (ours):
       sigmoid       −logσ(βΔ)                                    DPO
       cdpo          −(1−ε)·logσ(βΔ) − ε·logσ(−βΔ)                (ours) conservative DPO: TRL 1.16's sigmoid dropped ε
@@ -147,8 +165,8 @@ def preference_loss(
       orpo          −Σπ_c/ΣL_c − β·logσ(orpo_log_odds)           (TRL's ORPOTrainer) no reference
     ipo, sigmoid_norm, simpo, sft and orpo need `chosen_lengths`/`rejected_lengths` (token counts, all > 0).
     """
-    _check_arguments(loss_type, beta, label_smoothing, ref_chosen_logps, ref_rejected_logps, chosen_lengths,
-                     rejected_lengths)
+    _check_arguments(loss_type, beta, label_smoothing, f_divergence_type, ref_chosen_logps, ref_rejected_logps,
+                     chosen_lengths, rejected_lengths)
     return _pair_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                       loss_type=loss_type, beta=beta, label_smoothing=label_smoothing, chosen_lengths=chosen_lengths,
                       rejected_lengths=rejected_lengths, simpo_gamma=simpo_gamma, f_divergence_type=f_divergence_type,
@@ -250,7 +268,7 @@ def combined_loss(
         raise ValueError(f"{len(weights)} loss weights for {len(loss_types)} loss types")
     options = {**_DEFAULTS, **options}
     # label_smoothing applies to the losses that use it: checked once for the whole list.
-    check_loss_settings(",".join(loss_types), options["beta"], options["label_smoothing"])
+    check_loss_settings(",".join(loss_types), options["beta"], options["label_smoothing"], options["f_divergence_type"])
     total = None
     for loss_type, weight in zip(loss_types, weights):
         _check_arrays(loss_type, ref_chosen_logps, ref_rejected_logps, options["chosen_lengths"],
@@ -263,11 +281,12 @@ def combined_loss(
     return total
 
 
-def _check_arguments(loss_type: str, beta: float, label_smoothing: float, ref_chosen_logps: mx.array | None,
-                     ref_rejected_logps: mx.array | None, chosen_lengths: mx.array | None,
-                     rejected_lengths: mx.array | None) -> None:
-    # The settings' own rules (known loss, beta > 0, label smoothing) are TrainingArgs'; the arrays' are here.
-    check_loss_settings(loss_type, beta, label_smoothing)
+def _check_arguments(loss_type: str, beta: float, label_smoothing: float, f_divergence_type: str,
+                     ref_chosen_logps: mx.array | None, ref_rejected_logps: mx.array | None,
+                     chosen_lengths: mx.array | None, rejected_lengths: mx.array | None) -> None:
+    # The settings' own rules (known loss, beta > 0, label smoothing, f-divergence) are TrainingArgs'; the arrays'
+    # are here.
+    check_loss_settings(loss_type, beta, label_smoothing, f_divergence_type)
     _check_arrays(loss_type, ref_chosen_logps, ref_rejected_logps, chosen_lengths, rejected_lengths)
 
 

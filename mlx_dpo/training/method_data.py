@@ -27,12 +27,12 @@ from mlx_dpo.training.reference import RefLogps, ReferenceStats, reference_logps
 from mlx_dpo.training.tokens import EncodedPair
 
 
-def kto_data(source: str | Path | Sequence, args: TrainingArgs, skip_invalid: bool,
-             emit: Callable[[Event], None]) -> tuple[list[PreferencePair], dict[str, bool]]:
-    """A KTO run's data (a JSONL file of feedback or pairs, or a list of Feedback / PreferencePair) in the
-    pair layout, with each example's label by id."""
+def kto_data(source: str | Path | Sequence, args: TrainingArgs, skip_invalid: bool, emit: Callable[[Event], None],
+             config: str | None = None, default_split: str = "train") -> tuple[list[PreferencePair], dict[str, bool]]:
+    """A KTO run's data (a data file, folder or Hub dataset of feedback or pairs, or a list of Feedback /
+    PreferencePair) in the pair layout, with each example's label by id."""
     if isinstance(source, (str, Path)):
-        examples, skipped = load_feedback(source, skip_invalid=skip_invalid)
+        examples, skipped = load_feedback(source, skip_invalid=skip_invalid, config=config, default_split=default_split)
         if skipped:
             emit(Status(f"{source}: skipped {skipped} invalid row(s)"))
     else:

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from mlx_dpo.metric_names import (
+    ACCURACY, KTO_KL, LOGPS_CHOSEN, LOGPS_REJECTED, MARGIN, NLL_LOSS, REWARD_CHOSEN, REWARD_REJECTED
+)
 from mlx_dpo.settings import TrainingArgs, needs_reference
 from mlx_dpo.training.logprobs import PairLogps
 from mlx_dpo.training.losses import (combined_loss, implicit_rewards, kto_loss, kto_reference_point, log_sigmoid,
@@ -68,11 +71,13 @@ def method_losses(args: TrainingArgs, logps: PairLogps, ref_chosen: mx.array, re
         f_divergence_type=args.f_divergence_type, f_alpha_divergence_coef=args.f_alpha_divergence_coef,
         discopop_tau=args.discopop_tau)
     if args.rpo_alpha:
-        losses = losses + args.rpo_alpha * rpo_nll(logps.chosen, logps.chosen_lengths)
+        # Weighted as every other term (WPO): RPO is TRL 1.x's sigmoid + sft, whose sft term carries the weights too.
+        nll = rpo_nll(logps.chosen, logps.chosen_lengths)
+        losses = losses + args.rpo_alpha * (nll if pair_weights is None else nll * pair_weights)
     metrics = pair_metrics(args, logps, ref_chosen, ref_rejected)
     if args.losses == ("orpo",):
         log_odds = orpo_log_odds(logps.chosen, logps.rejected, logps.chosen_lengths, logps.rejected_lengths)
-        metrics["nll_loss"] = sft_nll(logps.chosen, logps.chosen_lengths)
+        metrics[NLL_LOSS] = sft_nll(logps.chosen, logps.chosen_lengths)
         metrics["log_odds_ratio"] = log_sigmoid(log_odds)
         metrics["log_odds_chosen"] = log_odds
     return losses, metrics
@@ -88,12 +93,12 @@ def pair_metrics(args: TrainingArgs, logps: PairLogps, ref_chosen: mx.array,
         chosen_r = simpo_rewards(logps.chosen, logps.chosen_lengths, args.beta)
         rejected_r = simpo_rewards(logps.rejected, logps.rejected_lengths, args.beta)
     return {
-        "rewards/chosen": chosen_r,
-        "rewards/rejected": rejected_r,
-        "rewards/margins": chosen_r - rejected_r,
-        "rewards/accuracies": (chosen_r > rejected_r).astype(mx.float32),
-        "logps/chosen": logps.chosen,
-        "logps/rejected": logps.rejected,
+        REWARD_CHOSEN: chosen_r,
+        REWARD_REJECTED: rejected_r,
+        MARGIN: chosen_r - rejected_r,
+        ACCURACY: (chosen_r > rejected_r).astype(mx.float32),
+        LOGPS_CHOSEN: logps.chosen,
+        LOGPS_REJECTED: logps.rejected,
     }
 
 
@@ -109,10 +114,10 @@ def _kto(args: TrainingArgs, logps: PairLogps, ref_own: mx.array, ref_mismatched
     spread_good, spread_bad = good * n / mx.maximum(good.sum(), 1), bad * n / mx.maximum(bad.sum(), 1)
     chosen_r, rejected_r = rewards * spread_good, rewards * spread_bad
     return losses, {
-        "kl": mx.broadcast_to(kl, desirable.shape),
-        "rewards/chosen": chosen_r,
-        "rewards/rejected": rejected_r,
-        "rewards/margins": chosen_r - rejected_r,
-        "logps/chosen": logps.chosen * spread_good,
-        "logps/rejected": logps.chosen * spread_bad,
+        KTO_KL: mx.broadcast_to(kl, desirable.shape),
+        REWARD_CHOSEN: chosen_r,
+        REWARD_REJECTED: rejected_r,
+        MARGIN: chosen_r - rejected_r,
+        LOGPS_CHOSEN: logps.chosen * spread_good,
+        LOGPS_REJECTED: logps.chosen * spread_bad,
     }

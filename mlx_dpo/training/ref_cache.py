@@ -22,10 +22,12 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_dpo.atomic import write_failure
+from mlx_dpo.data.database import wait_out_busy
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.paths import ref_cache_dir
 
 Tokens = Sequence[int]
+BUSY_TIMEOUT = 5.0  # seconds a write waits for another process's (SQLite's default in Python)
 _SCHEMA = "CREATE TABLE IF NOT EXISTS ref_logps (key TEXT PRIMARY KEY, logp REAL NOT NULL, tokens INTEGER NOT NULL, checksum TEXT NOT NULL)"
 
 
@@ -133,9 +135,10 @@ class RefCache:
             raise failure from None
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path)
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            # Two processes creating one cache file at once (the app and `online`, two ranks): see wait_out_busy.
+            wait_out_busy(lambda: db.execute("PRAGMA journal_mode=WAL"), BUSY_TIMEOUT)
             db.execute(_SCHEMA)
             db.execute("SELECT count(*) FROM ref_logps").fetchone()
         except BaseException:

@@ -18,6 +18,7 @@ from mlx_dpo.events import Event, Status
 from mlx_dpo.training import distributed, fast_path
 from mlx_dpo.training.batching import layout_for, make_pair_batch
 from mlx_dpo.training.logprobs import completion_logps
+from mlx_dpo.training.pause import pause_at
 from mlx_dpo.training.ref_cache import RefCache
 from mlx_dpo.training.tokens import EncodedPair
 
@@ -93,6 +94,7 @@ def reference_logps(
                     values[k] = lp
                 done += len(idx)
                 on_event(Status("reference pass", done=done, total=total))
+                pause_at("reference")  # a test hook (pause.py)
         finally:
             model.train(was_training)
         stats.seconds = time.perf_counter() - start

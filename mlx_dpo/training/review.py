@@ -27,6 +27,7 @@ from mlx_dpo.data.records import Split, StoredPair
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, Status
+from mlx_dpo.metric_names import REWARD_CHOSEN, REWARD_REJECTED
 from mlx_dpo.models.adapter import read_adapter_config
 from mlx_dpo.models.load import LoadedModel, apply_adapter, load_model
 from mlx_dpo.settings import RunOptions, TrainingArgs
@@ -126,7 +127,7 @@ def _score(loaded: LoadedModel, adapter_path: Path, beta: float, encoded: list[E
     args = TrainingArgs(beta=beta, loss_type="sigmoid", batch_size=REVIEW_BATCH_SIZE)
     rewards: list[tuple[float, float]] = []
     for _, _, metrics in evaluate_batches(loaded.model, args, encoded, ref, emit):
-        rewards += zip(metrics["rewards/chosen"].tolist(), metrics["rewards/rejected"].tolist())
+        rewards += zip(metrics[REWARD_CHOSEN].tolist(), metrics[REWARD_REJECTED].tolist())
         emit(Status("reviewing pairs", done=len(rewards), total=len(encoded)))
     items = [ReviewItem(p.id, c - r, c, r, p.split) for p, (c, r) in zip(pairs, rewards)]
     return sorted(items, key=lambda item: (item.margin, item.pair_id))

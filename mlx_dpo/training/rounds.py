@@ -15,11 +15,14 @@ new pairs need a reference pass), or the previous finished version with its adap
 (`reference="previous"`: DPO re-anchored each round; its log-probs are cached under that adapter's
 fingerprint, so a rerun on the same version reuses them).
 
-A round is recorded in the store (rounds + round_pairs) when it ends: "finished" rounds count as
-trained; a cancelled round keeps its last checkpoint on disk but its pairs stay untrained, and the
-next round starts from the latest *finished* version. A finished round is then measured on held-out data
-(training/heldout.py: the store's validation pairs, and `eval_prompts` or the validation pairs' prompts),
-and its record's metrics hold those numbers (`heldout/...`) and the base's (`heldout_base/...`).
+A round is recorded in the store (rounds + round_pairs) when it ends; a cancelled round keeps its last
+checkpoint on disk but its pairs stay untrained. A finished round is then measured on held-out data
+(training/heldout.py: the store's validation pairs, and `eval_prompts` or the validation pairs' prompts), its
+record's metrics hold those numbers (`heldout/...`) and the base's (`heldout_base/...`), and they decide whether
+it is kept (training/acceptance.py, `accept` and `kl_budget`): an accepted round counts as trained and the next
+round starts from it; a rejected one stays on disk with its reason, its pairs untrained, and the next round
+starts again from the last accepted version with its learning rate halved for each rejection since. Until its
+check is done a round is "pending" and nothing builds on it (a kill there loses no kept version).
 
 Each round continues from the previous adapter's weights and its AdamW moments (from that round's
 last checkpoint); the step count and warmup/cosine schedule start afresh over the round's steps.
@@ -38,20 +41,25 @@ from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, Status
 from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.data.store import PreferenceStore
+from mlx_dpo.metric_names import (
+    HELDOUT, HELDOUT_BASE, HELDOUT_ERROR, NEW_FEEDBACK, NEW_PAIRS, REF_HITS, REF_MISSES, REPLAYED_PAIRS
+)
 from mlx_dpo.models.generate import SampleSettings
+from mlx_dpo.settings import ONLINE_SAMPLING
 from mlx_dpo.models.load import LoadedModel, load_model, switch_adapter
 from mlx_dpo.options import build, flatten, resolve, settings_of
-from mlx_dpo.settings import TRAIN_GROUPS, LoraSettings, RoundSettings, RunOptions, TrainingArgs
+from mlx_dpo.settings import ROUND_DEFAULTS, TRAIN_GROUPS, LoraSettings, RoundSettings, RunOptions, TrainingArgs
+from mlx_dpo.tracking import open_tracker
 from mlx_dpo.training import heldout, run
+from mlx_dpo.training.acceptance import decide, step_scale
+from mlx_dpo.training.pause import pause_at
+from mlx_dpo.training.versions import claim_version
 from mlx_dpo.training.trainer import total_steps
 
 if TYPE_CHECKING:  # the judge interface (mlx_dpo.online.judges)
     from mlx_dpo.online.judges import Judge
 
 ADAPTERS_DIR = "adapters"
-# Round defaults that differ from a plain `train`: save (and report) every step, so a cancelled round
-# keeps the adapter of its last step and the app can plot every step.
-ROUND_DEFAULTS = {"save_every": 1, "steps_per_report": 1}
 
 
 @dataclass
@@ -63,6 +71,12 @@ class RoundResult:
     new_pair_ids: list[int]
     replay_pair_ids: list[int]
     init_adapter: str | None
+    decision: str | None = None  # a finished round's: accepted or rejected (training/acceptance.py)
+    reason: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "finished" and self.decision == "accepted"
 
 
 def adapters_root(workspace: str | Path) -> Path:
@@ -135,7 +149,7 @@ def heldout_set(workspace: str | Path, settings: RoundSettings, *, valid_pairs: 
     prompts = prompts[: settings.heldout_prompts]
     if not prompts and not valid_pairs:
         return None
-    return heldout.HeldoutSet(Path(workspace), prompts, list(valid_pairs), judge, sample_settings or SampleSettings(),
+    return heldout.HeldoutSet(Path(workspace), prompts, list(valid_pairs), judge, sample_settings or ONLINE_SAMPLING,
                               settings.heldout_samples, beta, batch_size)
 
 
@@ -151,14 +165,71 @@ def _base_model(loaded: LoadedModel | None, model: str | None, emit: Callable[[E
 def _measure(workspace: str | Path, version: int, loaded: LoadedModel, held: heldout.HeldoutSet,
              adapter_dir: Path, latest, emit: Callable[[Event], None]) -> dict:
     """A finished round's held-out numbers, added to its record; a failed measurement is noted, not raised."""
+    pause_at("heldout")  # a test hook (pause.py)
     previous = (latest.label, latest.adapter_path) if latest else None
     try:
         found = heldout.measure_version(loaded, held, f"v{version}", adapter_dir, previous, emit)
     except MlxDpoError as e:  # the round itself trained and is recorded; say why its numbers are missing
         emit(Status(f"held-out measurement failed: {e}"))
-        found = {"heldout/error": str(e)}
+        found = {HELDOUT_ERROR: str(e)}
     with PreferenceStore(workspace) as store:
         return store.update_round_metrics(version, found).metrics
+
+
+def _decide(workspace: str | Path, version: int, metrics: dict, latest, settings: RoundSettings,
+            emit: Callable[[Event], None]) -> tuple[bool, str]:
+    """Keep the measured round or not (training/acceptance.py), recorded with its reason."""
+    base = {key.replace(HELDOUT_BASE, HELDOUT): value for key, value in metrics.items()
+            if key.startswith(HELDOUT_BASE)}
+    if HELDOUT_ERROR in metrics:
+        accepted, reason = False, f"not checked: {metrics[HELDOUT_ERROR]}"
+    else:
+        accepted, reason = decide(metrics, latest.metrics if latest else None, base, accept=settings.accept,
+                                  kl_budget=settings.kl_budget)
+    with PreferenceStore(workspace) as store:
+        store.decide_round(version, accepted, reason)
+    back = latest.label if latest else "the base"
+    emit(Status(f"v{version} accepted: {reason}" if accepted else f"v{version} rejected ({reason}); the next round "
+                f"starts again from {back}"))
+    return accepted, reason
+
+
+def _first_decision(status: str, checked: bool, accept: str) -> tuple[str | None, str | None]:
+    """What a round's record says when training ends: pending its check, kept without one, or nothing (not finished)."""
+    if status != "finished":
+        return None, None
+    if checked:
+        return "pending", "trained; its held-out check has not run yet"
+    return "accepted", ("kept without a check (--accept always)" if accept == "always"
+                        else "kept unchecked: no held-out prompts or validation pairs")
+
+
+def _smaller_step(options: dict, recorded_settings: dict, rejected: int) -> str:
+    """A smaller step after each rejection since the last accepted version (acceptance.py says why): lowers the
+    round's learning rate in place and returns the note for its Status line ("" when nothing was rejected)."""
+    if not rejected:
+        return ""
+    options["learning_rate"] = recorded_settings["learning_rate"] = (recorded_settings["learning_rate"]
+                                                                     * step_scale(rejected))
+    return f", learning rate {recorded_settings['learning_rate']:g} after {rejected} rejection(s)"
+
+
+def _record(workspace: str | Path, version: int, adapter_dir: Path, settings: dict, metrics: dict, status: str,
+            pairs: list, feedback: list, decision: str | None = None, reason: str | None = None) -> None:
+    """The round's record, with the stored pairs and feedback it trained, in the store."""
+    with PreferenceStore(workspace) as store:
+        store.record_round(version, adapter_dir, settings, metrics, status, [p.id for p in pairs], decision, reason)
+        store.record_round_feedback(version, [f.id for f in feedback])
+
+
+def _round_data(store: PreferenceStore, settings: dict, version: int) -> tuple:
+    """What round `version` trains and starts from: (new answers marked good or bad, new pairs, replayed pairs, the
+    latest kept round, the rounds rejected since, the validation pairs)."""
+    # A KTO round also trains the answers marked good or bad (feedback_records.py), alongside the pairs.
+    feedback = store.untrained_feedback() if settings["loss_type"] == "kto" else []
+    new, replayed = plan_round(store, settings["replay"], settings["seed"], version, has_feedback=bool(feedback))
+    latest, rejected = store.latest_kept_round(), store.rejected_since_kept()
+    return feedback, new, replayed, latest, rejected, store.training_pairs("valid")
 
 
 def run_round(
@@ -180,51 +251,63 @@ def run_round(
     seed, lora_rank, ...; see mlx_dpo.settings). `eval_prompts` (chat message lists) are the held-out
     prompts (default: the prompts of the store's validation pairs); `judge` (mlx_dpo.online.judges) adds
     its score and win rates; `sample_settings` is how held-out answers are sampled (default: the app's).
-    `loaded` is used and left with the new version's adapter on (after a cancel: the version it started from).
+    `loaded` is used and left with the new version's adapter on (after a cancel or a rejection: the version it
+    started from).
     """
     emit = on_event or (lambda e: None)
     options, recorded_settings = round_options(settings)
     round_settings = build(RoundSettings, recorded_settings)
     with PreferenceStore(workspace) as store:
-        version = next_version(store, workspace)
-        # A KTO round also trains the answers marked good or bad (feedback_records.py), alongside the pairs.
-        feedback = store.untrained_feedback() if recorded_settings["loss_type"] == "kto" else []
-        new, replayed = plan_round(store, recorded_settings["replay"], recorded_settings["seed"], version,
-                                   has_feedback=bool(feedback))
-        latest = store.latest_finished_round()
-        valid_pairs = store.training_pairs("valid")
+        # Its folder made and locked (a round a killed process left unrecorded is recorded first: versions.py).
+        claim = claim_version(store, adapters_root(workspace), lambda: next_version(store, workspace))
+        with claim.given_up_on_error():  # nothing to train: no round, so no folder either
+            feedback, new, replayed, latest, rejected, valid_pairs = _round_data(store, recorded_settings,
+                                                                                 claim.version)
+    version = claim.version
+    smaller = _smaller_step(options, recorded_settings, rejected)
     init_adapter = latest.adapter_path if latest else None
     adapter_dir = adapters_root(workspace) / f"v{version}"
-    pairs = [p.to_preference_pair() for p in new + replayed] + [f.to_feedback() for f in feedback]
+    trained = new + replayed  # the stored pairs this round trains
+    pairs = [p.to_preference_pair() for p in trained] + [f.to_feedback() for f in feedback]
     options.setdefault("iters", round_steps(round_settings, build(TrainingArgs, recorded_settings), len(pairs)))
     reference = "start" if round_settings.reference == "previous" and init_adapter else "base"
     emit(Status(f"round v{version}: {len(new)} new pair(s) + {len(replayed)} replayed, {options['iters']} step(s), "
                 f"from {latest.label if latest else 'the base model'}"
-                f"{f', reference {latest.label}' if reference == 'start' else ''}"))
-    recorded_settings = {**recorded_settings, "model": model, "init_adapter": init_adapter}
-    pair_ids = [p.id for p in new + replayed]
+                f"{f', reference {latest.label}' if reference == 'start' else ''}{smaller}"))
+    recorded_settings = {**recorded_settings, "model": model, "init_adapter": init_adapter,
+                         "step_scale": step_scale(rejected)}
+    # --report-to: the workspace is the tracker's project, this version its run (tracking.py).
+    tracker = open_tracker(options.get("report_to", "none"), options.get("project") or Path(workspace).resolve().name,
+                           f"v{version}", recorded_settings, emit)
     try:
         loaded = _base_model(loaded, model, emit)
         result = run.train(pairs, model=model, adapter_path=adapter_dir, init_adapter=init_adapter,
-                           reference=reference, on_event=emit, cancel=cancel, loaded=loaded, **options)
+                           reference=reference, on_event=emit, cancel=cancel, loaded=loaded, tracker=tracker, **options)
     except BaseException as e:
-        with PreferenceStore(workspace) as store:
-            store.record_round(version, adapter_dir, recorded_settings, {"error": str(e)}, "failed", pair_ids)
-            store.record_round_feedback(version, [f.id for f in feedback])
+        if tracker is not None:
+            tracker.finish()
+        _record(workspace, version, adapter_dir, recorded_settings, {"error": str(e)}, "failed", trained, feedback)
         raise
     status = "cancelled" if result.cancelled else "finished"
     metrics = {**result.metrics, **result.eval_metrics, "steps": options["iters"],
-               "ref_cache/hits": result.reference.hits, "ref_cache/misses": result.reference.misses,
-               "new_pairs": len(new), "replayed_pairs": len(replayed), "new_feedback": len(feedback)}
-    with PreferenceStore(workspace) as store:
-        store.record_round(version, adapter_dir, recorded_settings, metrics, status, pair_ids)
-        store.record_round_feedback(version, [f.id for f in feedback])
+               REF_HITS: result.reference.hits, REF_MISSES: result.reference.misses,
+               NEW_PAIRS: len(new), REPLAYED_PAIRS: len(replayed), NEW_FEEDBACK: len(feedback)}
     held = heldout_set(workspace, round_settings, valid_pairs=valid_pairs, eval_prompts=eval_prompts, judge=judge,
-                       sample_settings=sample_settings, beta=recorded_settings["beta"],
-                       batch_size=recorded_settings["batch_size"])
+                       sample_settings=sample_settings, **{k: recorded_settings[k] for k in ("beta", "batch_size")})
+    checked = status == "finished" and held is not None and round_settings.accept != "always"
+    decision, reason = _first_decision(status, checked, round_settings.accept)
+    _record(workspace, version, adapter_dir, recorded_settings, metrics, status, trained, feedback, decision, reason)
+    claim.release()
     if status == "finished" and held is not None:
         metrics = _measure(workspace, version, loaded, held, adapter_dir, latest, emit)
-    else:  # the model as its adapter_path says: the new version, or after a cancel the one it started from
-        switch_adapter(loaded, adapter_dir if status == "finished" else init_adapter)
+        if tracker is not None:  # the held-out numbers, and the version's held-out answers as a table
+            tracker.log_heldout(metrics, held.prompts, held.kept(f"v{version}").get("answers") or [], options["iters"])
+    if checked:
+        accepted, reason = _decide(workspace, version, metrics, latest, round_settings, emit)
+        decision = "accepted" if accepted else "rejected"
+    # The model as the next round finds it: the new version if kept, else the one it started from.
+    switch_adapter(loaded, adapter_dir if decision == "accepted" else init_adapter)
+    if tracker is not None:
+        tracker.finish()
     return RoundResult(version, adapter_dir, status, metrics, [p.id for p in new], [p.id for p in replayed],
-                       init_adapter)
+                       init_adapter, decision, reason)

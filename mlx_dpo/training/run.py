@@ -18,24 +18,27 @@ from typing import Any, Callable, Mapping, Sequence
 
 import mlx.core as mx
 
-from mlx_dpo.atomic import atomic_file, write_failure
+from mlx_dpo.atomic import atomic_file
+from mlx_dpo.metric_names import ACCURACY, LOGPS_CHOSEN, LOGPS_REJECTED, LOSS, MARGIN, REF_HITS, REF_MISSES
 from mlx_dpo.training import checkpoint, distributed, memory
 from mlx_dpo.models.adapter import CONFIG_FILE, add_adapter, adapter_config, adapter_weights, read_adapter_config, settings_from_config
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.events import Event, EvalMetrics, Failed, Finished, Status, StepMetrics
+from mlx_dpo.events import Event, EvalMetrics, Failed, Finished, Status
 from mlx_dpo.models.load import LoadedModel, apply_adapter, load_model, use_chat_template
 from mlx_dpo.data.pairs import PreferencePair, load_pairs
 from mlx_dpo.training.ref_cache import RefCache, arrays_digest, reference_fingerprint
 from mlx_dpo.training.reference import RefLogps, ReferenceStats, reference_logps
+from mlx_dpo.training.kto_scores import kto_scores
 from mlx_dpo.training.method_data import kto_data, method_reference, with_labels
 from mlx_dpo.training.methods import is_kto
 from mlx_dpo.training.tokens import EncodedPair, Encoder, plain_rows_note, token_limits, truncation_report
-from mlx_dpo.options import build, resolve, settings_of
+from mlx_dpo.options import build, flatten, resolve, settings_of
 from mlx_dpo.settings import EVAL_LOSS_SETTINGS, TRAIN_GROUPS, LoraSettings, RunOptions, TrainingArgs, loss_types
+from mlx_dpo.tracking import Tracker, check_available
+from mlx_dpo.training.metrics_writer import metrics_writer
 from mlx_dpo.training.trainer import evaluate_batches, train_loop
 
 DEFAULT_ADAPTERS_DIR = Path("adapters")
-METRICS_FILE = "metrics.jsonl"
 
 PairSource = str | Path | Sequence[PreferencePair]
 # Losses that compare the pairs of a batch with each other (KTO's KL point, AOT's sorts): one rank only.
@@ -52,9 +55,10 @@ class TrainResult:
     rank: int = 0  # this process's rank under mlx.launch; only rank 0 writes and reports
 
 
-def _pairs(source: PairSource, skip_invalid: bool, on_event: Callable[[Event], None]) -> list[PreferencePair]:
+def _pairs(source: PairSource, skip_invalid: bool, on_event: Callable[[Event], None], config: str | None = None,
+           default_split: str = "train") -> list[PreferencePair]:
     if isinstance(source, (str, Path)):
-        result = load_pairs(source, skip_invalid=skip_invalid)
+        result = load_pairs(source, skip_invalid=skip_invalid, config=config, default_split=default_split)
         if result.skipped:
             on_event(Status(f"{source}: skipped {result.skipped} invalid row(s)"))
         return result.pairs
@@ -88,43 +92,6 @@ def _split_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], RunOptions
     return given, build(RunOptions, given), build(TrainingArgs, given), build(LoraSettings, given)
 
 
-class MetricsWriter:
-    """Appends step and eval metrics as JSON lines (flushed per line, so a killed run keeps them)."""
-
-    def __init__(self, path: Path, forward: Callable[[Event], None]):
-        self.path, self.forward = path, forward
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, event: Event) -> None:
-        if isinstance(event, (StepMetrics, EvalMetrics)):
-            try:
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(event.metrics) + "\n")
-            except OSError as e:  # a full disk: one line (a line cut short is dropped on --resume)
-                failure = write_failure(self.path, e, True)
-                if failure is None:
-                    raise
-                raise failure from None
-        self.forward(event)
-
-
-def _forget_metrics_after(path: Path, step: int) -> None:
-    """Drop metrics lines past `step`: a killed run may have reported steps after its last checkpoint,
-    and the resumed run reports them again. A line cut short by the kill is dropped too."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").split("\n"):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and int(row.get("step", 0)) <= step:
-            kept.append(line + "\n")
-    with atomic_file(path, "w", encoding="utf-8") as f:
-        f.writelines(kept)
-
-
 def train(
     data: PairSource,
     *,
@@ -135,24 +102,27 @@ def train(
     on_event: Callable[[Event], None] | None = None,
     cancel: threading.Event | None = None,
     loaded: LoadedModel | None = None,
+    tracker: Tracker | None = None,
     **settings: Any,
 ) -> TrainResult:
-    """Train a DPO adapter on `data` (a JSON Lines file or a list of PreferencePair).
+    """Train a DPO adapter on `data` (a JSONL or Parquet file, a dataset folder, a Hub dataset `owner/name[:split]`,
+    or a list of PreferencePair).
 
-    `settings` are named as in mlx_dpo.settings: RunOptions' (valid_data, init_adapter, max_length,
-    max_prompt_length, skip_invalid, metrics_file), TrainingArgs' (iters, beta, loss_type, ...) and
+    `settings` are named as in mlx_dpo.settings: RunOptions' (valid_data, data_config, init_adapter, max_length,
+    max_prompt_length, skip_invalid, metrics_file, report_to, project), TrainingArgs' (iters, beta, loss_type, ...) and
     LoraSettings' as lora_<field> (lora_rank, lora_num_layers, ...); a CLI flag's spelling works too
     (loss, lora_layers). A bad value raises SettingError, an unknown name TypeError.
 
     `init_adapter` continues from an existing adapter; `reference="start"` uses it as the
     reference (DPO's usual choice), `reference="base"` keeps the base model as the reference
-    so cached reference log-probs stay valid across incremental rounds.
+    so cached reference log-probs stay valid across incremental rounds. `tracker`: a round's open tracker run
+    (tracking.py); otherwise `report_to` opens one for this run.
     """
     emit = on_event or (lambda e: None)
     if not distributed.group().is_writer:  # rank 0 alone reports: mlx.launch merges every rank's output
         emit = lambda e: None  # noqa: E731
     try:
-        return _train(data, model, adapter_path, reference, resume, emit, cancel, loaded, settings)
+        return _train(data, model, adapter_path, reference, resume, emit, cancel, loaded, tracker, settings)
     except Exception as e:
         emit(Failed(error=str(e)))
         raise
@@ -239,16 +209,18 @@ def _same_on_every_rank(group: distributed.Group, start: _Start, run: RunOptions
                           "every rank needs at least one pair of each batch")
 
 
-def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, loaded, settings) -> TrainResult:
+def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, loaded, tracker, settings) -> TrainResult:
     given, run, args, lora = _split_kwargs(settings)
+    check_available(run.report_to)  # a tracker that is not installed: refused before anything loads
     adapter_dir = Path(adapter_path) if adapter_path else DEFAULT_ADAPTERS_DIR / time.strftime("dpo-%Y%m%d-%H%M%S")
     start = _start(adapter_dir, resume, reference, given, run, args, lora)
     args = start.args
 
-    read = (lambda src: kto_data(src, args, run.skip_invalid, emit)) if is_kto(args) else (
-        lambda src: (_pairs(src, run.skip_invalid, emit), None))
-    train_pairs, train_labels = read(data)
-    valid_pairs, valid_labels = read(run.valid_data) if run.valid_data is not None else ([], None)
+    # A Hub dataset without ":split" gives its "train" split to train on and its "test" split to validate with.
+    read = (lambda src, split: kto_data(src, args, run.skip_invalid, emit, run.data_config, split)) if is_kto(args) \
+        else (lambda src, split: (_pairs(src, run.skip_invalid, emit, run.data_config, split), None))
+    train_pairs, train_labels = read(data, "train")
+    valid_pairs, valid_labels = read(run.valid_data, "test") if run.valid_data is not None else ([], None)
     if not train_pairs:
         raise MlxDpoError("no training pairs")
     group = distributed.group()
@@ -284,32 +256,33 @@ def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, load
         "loss_type": args.loss_type,
         "chat_template": str(run.chat_template) if run.chat_template else None,
     })
-    metrics_path = Path(run.metrics_file) if run.metrics_file else adapter_dir / METRICS_FILE
-    writer = emit
-    if group.is_writer:  # rank 0 alone writes the metrics
-        if start.resume_from is None:
-            metrics_path.unlink(missing_ok=True)
-        else:
-            _forget_metrics_after(metrics_path, checkpoint.read_state(start.resume_from)["step"])
-        writer = MetricsWriter(metrics_path, emit)
+    tracked = {"model": loaded.name, **flatten(args, lora), **{k: v for k, v in flatten(run).items()
+                                                              if not isinstance(v, (list, tuple))}}
+    # Rank 0 alone writes the metrics (and tracks them).
+    resume_step = checkpoint.read_state(start.resume_from)["step"] if start.resume_from else None
+    writer = metrics_writer(run, adapter_dir, resume_step, emit, tracker, tracked) if group.is_writer else None
     eval_last: dict = {}
 
     def on_loop_event(event: Event) -> None:
         nonlocal eval_last
         if isinstance(event, EvalMetrics):
             eval_last = event.metrics
-        writer(event)
+        (writer or emit)(event)
 
     cancelled = threading.Event() if cancel is None else cancel
     init_adapter = start.init_adapter
-    last = train_loop(
-        loaded.model, args, train_enc, ref, adapter_dir, config,
-        valid_pairs=valid_enc, resume_from=start.resume_from, on_event=on_loop_event, cancel=cancelled,
-        # Continuing from an adapter also continues its optimizer moments, when its run left them.
-        optimizer_from=checkpoint.latest(Path(init_adapter)) if init_adapter and not resume else None,
-        run_info=lambda: {"ref_cache/hits": stats.hits, "ref_cache/misses": stats.misses,
-                          "ref_pass_seconds": round(stats.seconds, 3), "ranks": group.size},
-    )
+    try:
+        last = train_loop(
+            loaded.model, args, train_enc, ref, adapter_dir, config,
+            valid_pairs=valid_enc, resume_from=start.resume_from, on_event=on_loop_event, cancel=cancelled,
+            # Continuing from an adapter also continues its optimizer moments, when its run left them.
+            optimizer_from=checkpoint.latest(Path(init_adapter)) if init_adapter and not resume else None,
+            run_info=lambda: {REF_HITS: stats.hits, REF_MISSES: stats.misses,
+                              "ref_pass_seconds": round(stats.seconds, 3), "ranks": group.size},
+        )
+    finally:
+        if writer is not None:
+            writer.close()
     if cancelled.is_set():
         return TrainResult(adapter_dir, last, eval_last, stats, cancelled=True, rank=group.rank)
     emit(Finished(adapter_path=str(adapter_dir), metrics=last))
@@ -321,15 +294,15 @@ def _example_rows(pairs: list[EncodedPair], metrics: dict[str, mx.array], ref: R
     values = {k: v.tolist() for k, v in metrics.items()}
     return [{
         "id": p.id,
-        "policy_chosen_logp": values["logps/chosen"][i],
-        "policy_rejected_logp": values["logps/rejected"][i],
+        "policy_chosen_logp": values[LOGPS_CHOSEN][i],
+        "policy_rejected_logp": values[LOGPS_REJECTED][i],
         "ref_chosen_logp": ref.values[p][0],
         "ref_rejected_logp": ref.values[p][1],
         "chosen_tokens": len(p.chosen),
         "rejected_tokens": len(p.rejected),
-        "_accuracy": values["rewards/accuracies"][i],
-        "_margin": values["rewards/margins"][i],
-        "_loss": values["loss"][i],
+        "_accuracy": values[ACCURACY][i],
+        "_margin": values[MARGIN][i],
+        "_loss": values[LOSS][i],
     } for i, p in enumerate(pairs)]
 
 
@@ -343,6 +316,7 @@ def evaluate(
     batch_size: int = 4,
     max_length: int | None = None,
     skip_invalid: bool = False,
+    data_config: str | None = None,
     per_example: str | Path | None = None,
     full_logits: bool = False,
     shared_prompt: bool = True,
@@ -351,7 +325,8 @@ def evaluate(
     loaded: LoadedModel | None = None,
     **loss_settings: Any,
 ) -> dict:
-    """Preference accuracy, mean reward margin and loss of base + adapter against the base as reference.
+    """Preference accuracy, mean reward margin and loss of base + adapter against the base as reference (KTO:
+    each answer against its label, kto_scores.py).
 
     `loss_settings` are the loss's own settings, named as in TrainingArgs (EVAL_LOSS_SETTINGS: label_smoothing,
     loss_weights, discopop_tau, ...), so a loss that needs one (exo_pair's ε) is scored as it trains.
@@ -363,15 +338,18 @@ def evaluate(
     # Built first: a bad setting is refused before anything loads.
     args = TrainingArgs(beta=beta, loss_type=loss_type, batch_size=batch_size, full_logits=full_logits,
                         shared_prompt=shared_prompt, **loss_settings)
-    if is_kto(args):  # its examples are single answers: no pair accuracy to give
-        raise MlxDpoError("eval scores preference pairs; give it a pair loss (sigmoid, ...), not kto")
-    pairs = _pairs(data, skip_invalid, emit)
+    # KTO's examples are single answers marked good or bad, in the pair layout (method_data.py, kto_scores.py); a Hub
+    # dataset gives its test split.
+    if is_kto(args):
+        pairs, labels = kto_data(data, args, skip_invalid, emit, data_config, default_split="test")
+    else:
+        pairs, labels = _pairs(data, skip_invalid, emit, data_config, default_split="test"), None
     loaded = loaded or load_model(model)
     use_chat_template(loaded.tokenizer, chat_template)
     # The limits training uses: eval of a long row must not take more memory than training it.
     limits = token_limits(loaded.config, max_length or RunOptions.max_length, RunOptions.max_prompt_length)
     encoder = Encoder(loaded.tokenizer, max_length=limits.max_length, max_prompt_length=limits.max_prompt_length)
-    encoded, _ = encoder.encode_all(pairs, skip_invalid=skip_invalid)
+    encoded = with_labels(encoder.encode_all(pairs, skip_invalid=skip_invalid)[0], labels)
     if not encoded:
         raise MlxDpoError("no pairs to evaluate")
     cache = RefCache(model_fingerprint(loaded))
@@ -381,17 +359,15 @@ def evaluate(
     if adapter_path:
         apply_adapter(loaded, adapter_path)
     loaded.model.eval()
-    rows = [row for _, chunk, metrics in evaluate_batches(loaded.model, args, encoded, ref, emit)
-            for row in _example_rows(chunk, metrics, ref)]
-    n = len(rows)
-    result = {
-        "accuracy": sum(r["_accuracy"] for r in rows) / n,
-        "margin": sum(r["_margin"] for r in rows) / n,
-        "loss": sum(r["_loss"] for r in rows) / n,
-        "n_pairs": n,
-        "ref_cache/hits": stats.hits,
-        "ref_cache/misses": stats.misses,
-    }
+    batches = evaluate_batches(loaded.model, args, encoded, ref, emit)
+    if is_kto(args):
+        result, rows = kto_scores(batches, ref, args.beta)
+    else:
+        rows = [row for _, chunk, metrics in batches for row in _example_rows(chunk, metrics, ref)]
+        n = len(rows)
+        result = {"accuracy": sum(r["_accuracy"] for r in rows) / n, "margin": sum(r["_margin"] for r in rows) / n,
+                  "loss": sum(r["_loss"] for r in rows) / n, "n_pairs": n}
+    result.update({REF_HITS: stats.hits, REF_MISSES: stats.misses})
     if per_example:
         with atomic_file(per_example, "w", encoding="utf-8") as f:
             for r in rows:

@@ -14,10 +14,18 @@ the template renders, not the template's text plus an EOS it never writes. Only 
 writes nothing after an answer gets EOS appended. Templates without a system role (Gemma 2) are
 refused per pair with what to do; Gemma 3's template folds the system message in by itself.
 
+An answer cut at max tokens (an unfinished `Answer`, mlx_dpo.data.answers) is trained on its own tokens with
+*no* end-of-turn token after them: the template's rendering cut just before its end-of-turn token. Appending one
+would teach the model to stop mid-sentence where the cut fell (as chosen), or to go on past nothing in
+particular (as rejected); its tokens without an end are exactly what the model sampled (up to re-tokenizing
+the text), so their log-probability is the sample's. Leaving such answers out instead would throw away the
+pairs that teach a model to finish within its budget (a finished answer chosen over a cut one).
+
 A model without a chat template (a base model: Gemma 3 270M) gets its rows as TRL joins non-conversational
 data (`plain_prompt`, `Encoder._plain_completion`): the prompt is the text, tokenized with the tokenizer's own
 special tokens (BOS where it adds one); the completion is tokenize(prompt + answer) after the prompt's tokens,
-and EOS ends it (TRL appends the EOS text unless the answer already ends with it). Only a prompt that is one
+and EOS ends it (TRL appends the EOS text unless the answer already ends with it; an answer cut at max
+tokens gets none, as above). Only a prompt that is one
 user message can be plain text; a conversation (a system message, several turns) is refused with one line
 unless --chat-template supplies a template.
 
@@ -37,6 +45,7 @@ from typing import Mapping, Sequence
 from jinja2 import TemplateError
 
 from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.data.answers import is_finished
 from mlx_dpo.data.pairs import PreferencePair
 
 
@@ -142,17 +151,21 @@ class Encoder:
                            "(the chat template renders them differently)")
         completion = full[len(prompt_ids):]
         end = next((i for i, t in enumerate(completion) if t in self.end_of_turn), None)
-        if end is not None:
+        if not is_finished(text):  # cut at max tokens: its tokens, no end of turn (module docstring)
+            completion = completion[:end]
+        elif end is not None:
             completion = completion[: end + 1]
         else:
             completion.append(min(self.end_of_turn))
-        if not completion[:-1]:
+        if not completion[: len(completion) - is_finished(text)]:
             raise _Problem(f"field '{field}': no tokens besides the end-of-turn token")
         return completion
 
     def _plain_completion(self, prompt_text: str, prompt_ids: list[int], text: str, field: str) -> list[int]:
-        """TRL's non-conversational rule: tokenize(prompt + answer) after the prompt's tokens, EOS at the end."""
-        eos = self.tokenizer.eos_token_id
+        """TRL's non-conversational rule: tokenize(prompt + answer) after the prompt's tokens, EOS at the end
+        (none after an answer cut at max tokens, as with a template: see above)."""
+        finished = is_finished(text)
+        eos = self.tokenizer.eos_token_id if finished else None
         eos_text = self.tokenizer.decode([eos]) if eos is not None else ""
         if eos_text and text.endswith(eos_text):
             text = text[: -len(eos_text)]  # TRL does not add a second one
@@ -166,7 +179,7 @@ class Encoder:
                            "(e.g. a prompt ending in a space); move that text from the end of the prompt to the "
                            "start of the answers")
         completion = full[len(prompt_ids):] + ([eos] if eos is not None else [])
-        if not completion[:-1]:
+        if not completion[: len(completion) - (eos is not None)]:
             raise _Problem(f"field '{field}': no tokens besides the end-of-sequence token")
         return completion
 

@@ -24,6 +24,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 from mlx_dpo.events import Cancelled, CheckpointSaved, Event, EvalMetrics, StepMetrics
+from mlx_dpo.metric_names import EVAL, LEARNING_RATE, LOSS, PEAK_MEMORY_GB, TOKENS_PER_SECOND
 from mlx_dpo.settings import TrainingArgs
 from mlx_dpo.training import checkpoint, distributed, fast_path, pause
 from mlx_dpo.training.batching import BatchLayout, DpoBatch, layout_for, make_dpo_batch
@@ -68,9 +69,10 @@ def make_optimizer(args: TrainingArgs, steps: int) -> optim.Optimizer:
 
 def batch_loss(model: nn.Module, args: TrainingArgs, batch: DpoBatch) -> tuple[mx.array, dict[str, mx.array]]:
     """Mean loss over a batch and the per-example metrics (methods.py): pure array code, compilable."""
-    logps = pair_logps(model, batch.tokens, full_logits=args.full_logits, per_token=args.ld_alpha is not None)
-    losses, metrics = method_losses(args, logps, batch.ref_chosen, batch.ref_rejected, batch.desirable)
-    metrics["loss"] = losses
+    logps = pair_logps(model, batch.tokens, full_logits=args.full_logits, per_token=args.ld_alpha is not None,
+                       weighting=args.use_weighting)
+    losses, metrics = method_losses(args, logps, batch.ref_chosen, batch.ref_rejected, batch.desirable, logps.weights)
+    metrics[LOSS] = losses
     return losses.mean(), metrics
 
 
@@ -268,9 +270,9 @@ def _report(args: TrainingArgs, step: int, window: MetricWindow, optimizer: opti
         "step": step,
         "epoch": round(((step - 1) * args.grad_accum + args.grad_accum) / batches_per_epoch, 3),
         **window.means(),
-        "learning_rate": float(optimizer.learning_rate.item()),
-        "tokens_per_second": window.tokens / max(elapsed, 1e-9),
-        "peak_memory_gb": mx.get_peak_memory() / 1e9,
+        LEARNING_RATE: float(optimizer.learning_rate.item()),
+        TOKENS_PER_SECOND: window.tokens / max(elapsed, 1e-9),
+        PEAK_MEMORY_GB: mx.get_peak_memory() / 1e9,
         **run_info(),
     }
 
@@ -324,7 +326,7 @@ def train_loop(
             model.eval()
             ev = evaluate_pairs(model, args, group.share(valid_pairs), ref)
             model.train()
-            on_event(EvalMetrics(step=step, metrics={"step": step, **{f"eval_{k}": v for k, v in ev.items()}}))
+            on_event(EvalMetrics(step=step, metrics={"step": step, **{f"{EVAL}{k}": v for k, v in ev.items()}}))
         if step % args.save_every == 0 or step == steps:
             window_state = window.state()  # on every rank: it sums over them
             if group.is_writer:
@@ -333,6 +335,6 @@ def train_loop(
                                         "epoch": epoch, "data_order": order.batches(epoch),
                                         "report_window": window_state})
                 on_event(CheckpointSaved(step=step, path=str(path)))
-        pause.pause_if_asked(step)  # a test hook: MLX_DPO_PAUSE_AT_STEP (pause.py)
+        pause.pause_at(f"step:{step}")  # a test hook (pause.py)
     model.eval()
     return last

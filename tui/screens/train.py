@@ -1,13 +1,16 @@
 """Train: run an incremental round on the untrained pairs, watch it, and pick the version to sample from.
 
 The round runs in a child process (`tui.workers.TrainingProcess`): the UI stays responsive and the
-model worker's MLX streams are never shared. Its events arrive as `WorkerEvent` messages (plain dicts).
+model worker's MLX streams are never shared. Its events arrive as `WorkerEvent` messages carrying the
+library's event dataclasses (`mlx_dpo.events`), ending with a RoundEnded or a RoundFailed.
 When a round finishes, the app switches the sampling model to the new version.
 
 The versions table answers "did it get better?": beside each round's training numbers, its held-out
-numbers as the round measured them (`HELDOUT`: preference accuracy on validation pairs, KL to the base in
-nats per answer, a judge's mean score and win rates), "–" where a round could not measure one; the base
-row shows the base's own held-out numbers.
+numbers as the round measured them (`HELDOUT_COLUMNS`: preference accuracy on validation pairs, KL to the base in
+nats per answer, a judge's mean score and win rates, the share of repeated 3-grams and of answers cut at max
+tokens), "–" where a round could not measure one; the base row shows the base's own held-out numbers. Then
+whether the round was kept and why (mlx_dpo.training.acceptance): a rejected round is not sampled from or built
+on, and `k` keeps the selected one anyway (a person's word over the rule's, recorded as such).
 """
 
 from __future__ import annotations
@@ -17,13 +20,19 @@ import time
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Sparkline, Static
 
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.options import SettingError, check, settings_of, shown
-from mlx_dpo.settings import TRAIN_GROUPS, RoundSettings
+from mlx_dpo.events import Cancelled, Event, RoundEnded, RoundFailed, Status, StepMetrics
+from mlx_dpo.metric_names import (
+    ACCURACY, HELDOUT, HELDOUT_ACCURACY, HELDOUT_BASE, HELDOUT_KL, HELDOUT_REPETITION, HELDOUT_SCORE,
+    HELDOUT_UNFINISHED, HELDOUT_WIN_VS_BASE, HELDOUT_WIN_VS_PREVIOUS, LOSS, MARGIN, NEW_PAIRS, PEAK_MEMORY_GB, REF_HITS,
+    REF_MISSES, TOKENS_PER_SECOND,
+)
+from mlx_dpo.options import SettingError, check, shown
+from mlx_dpo.settings import TRAIN_GROUPS, RoundSettings, round_settings_table
 from tui.messages import WorkerEvent
 from tui.workers import TrainingProcess
 from tui.widgets import ModeBar, ScreenButton, StatusLine
@@ -42,7 +51,7 @@ _OFFERED = (
     ("train-layers", "lora_num_layers", "LoRA layers", None),
     ("train-replay", "replay", "replay share", None),
 )
-ROUND_SETTINGS = settings_of(*TRAIN_GROUPS, RoundSettings)
+ROUND_SETTINGS = round_settings_table(*TRAIN_GROUPS, RoundSettings)  # a round's defaults (rpo_alpha...)
 
 
 def _start_text(name: str, text: str | None) -> str:
@@ -58,10 +67,13 @@ FIELDS = tuple((input_id, label, name, ROUND_SETTINGS[name].parse, _start_text(n
 
 
 # The versions table's held-out columns: (title, metrics key, digits). The base's are "heldout_base/...".
-HELDOUT = (("acc*", "heldout/accuracy", 2), ("KL*", "heldout/kl", 3), ("score*", "heldout/score", 3),
-           ("win prev*", "heldout/win_vs_previous", 2), ("win base*", "heldout/win_vs_base", 2))
+HELDOUT_COLUMNS = (("acc*", HELDOUT_ACCURACY, 2), ("KL*", HELDOUT_KL, 3), ("score*", HELDOUT_SCORE, 3),
+                   ("win prev*", HELDOUT_WIN_VS_PREVIOUS, 2), ("win base*", HELDOUT_WIN_VS_BASE, 2),
+                   ("rep*", HELDOUT_REPETITION, 2), ("cut*", HELDOUT_UNFINISHED, 2))
 VERSION_COLUMNS = ("version", "status", "pairs", "new", "loss", "accuracy", "margin", "ref hit/miss",
-                   *(title for title, _key, _digits in HELDOUT))
+                   *(title for title, _key, _digits in HELDOUT_COLUMNS), "kept", "why")
+PLOTS = ((LOSS, "loss"), (MARGIN, "reward margin"), (ACCURACY, "accuracy"))  # (metric, title) of each live plot
+KEPT = {"accepted": "✓ yes", "rejected": "✗ no", "pending": "… unchecked", None: "✓ yes"}  # None: before the rule
 
 
 class TrainScreen(Screen):
@@ -70,6 +82,7 @@ class TrainScreen(Screen):
         Binding("c", "cancel", "Cancel", tooltip="Cancel the running round (keeps its last checkpoint)"),
         Binding("v", "use_version", "Use version", tooltip="Sample from the selected version"),
         Binding("b", "use_base", "Use base", tooltip="Sample from the base model (no adapter)"),
+        Binding("k", "keep_version", "Keep", tooltip="Keep the selected rejected version (accept it by hand)"),
         Binding("escape", "leave_editor", "Leave editor", show=False),
     ]
 
@@ -77,16 +90,16 @@ class TrainScreen(Screen):
         super().__init__(id="train-screen")
         self.process: TrainingProcess | None = None
         self.state = "idle"  # idle, training, cancelling
-        self.history: dict[str, list[float]] = {"loss": [], "rewards/margins": [], "rewards/accuracies": []}
+        self.history: dict[str, list[float]] = {key: [] for key, _title in PLOTS}
         self.started_at = 0.0
-        self.last_round: dict | None = None  # the last RoundEnded / RoundFailed dict
+        self.last_round: RoundEnded | RoundFailed | None = None
         self.return_to: str | None = None  # the mode to go back to when the round ends (a round the app started)
-        self.events: list[dict] = []
+        self.events: list[Event] = []
 
     def compose(self) -> ComposeResult:
         yield ModeBar("train")
         yield Static("", id="train-summary")
-        with Horizontal(id="train-settings"):
+        with Grid(id="train-settings"):
             for input_id, label, _key, _parse, default in FIELDS:
                 with Vertical(classes="train-field"):
                     yield Label(label)
@@ -99,13 +112,14 @@ class TrainScreen(Screen):
         yield ProgressBar(total=1, show_eta=False, id="train-progress")
         yield StatusLine(id="train-status")
         with Horizontal(id="train-plots"):
-            for key, title in (("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "accuracy")):
+            for key, title in PLOTS:
                 with Vertical(classes="train-plot"):
                     yield Static(title, classes="train-plot-title", id=f"plot-title-{_slug(key)}")
                     yield Sparkline([], id=f"plot-{_slug(key)}")
         table = DataTable(id="versions", cursor_type="row")
         table.border_title = "versions"
-        table.border_subtitle = "* held out: accuracy on valid pairs, KL to the base, judge score and win rates"
+        table.border_subtitle = ("* held out: accuracy on valid pairs, KL to the base, judge score and win rates, "
+                                 "repeated 3-grams, answers cut at max tokens")
         yield table
         yield Footer()
 
@@ -159,14 +173,15 @@ class TrainScreen(Screen):
         table = self.query_one("#versions", DataTable)
         row = table.cursor_row
         table.clear()
-        base = next((r.metrics for r in reversed(rounds) if any(k.startswith("heldout_base/") for k in r.metrics)), {})
-        table.add_row("base", "", "", "", "", "", "", "", *_heldout(base, "heldout_base/"), key="base")
+        base = next((r.metrics for r in reversed(rounds) if any(k.startswith(HELDOUT_BASE) for k in r.metrics)), {})
+        table.add_row("base", "", "", "", "", "", "", "", *_heldout(base, HELDOUT_BASE), "", "", key="base")
         for r in rounds:
             m = r.metrics
-            refs = f"{m['ref_cache/hits']}/{m['ref_cache/misses']}" if "ref_cache/hits" in m else ""
-            table.add_row(r.label, r.status, str(len(r.pair_ids)), str(m.get("new_pairs", "")),
-                          _fmt(m.get("loss")), _fmt(m.get("rewards/accuracies")), _fmt(m.get("rewards/margins")),
-                          refs, *_heldout(m), key=str(r.version))
+            refs = f"{m[REF_HITS]}/{m[REF_MISSES]}" if REF_HITS in m else ""
+            table.add_row(r.label, r.status, str(len(r.pair_ids)), str(m.get(NEW_PAIRS, "")),
+                          _fmt(m.get(LOSS)), _fmt(m.get(ACCURACY)), _fmt(m.get(MARGIN)),
+                          refs, *_heldout(m), KEPT.get(r.decision, "") if r.status == "finished" else "",
+                          r.reason or "", key=str(r.version))
         table.move_cursor(row=row if 0 < row <= len(rounds) else len(rounds))
 
     # --- actions ---
@@ -204,8 +219,8 @@ class TrainScreen(Screen):
         else:
             self.app.switch_mode("label")
 
-    def post_message_from_child(self, data: dict) -> None:  # called on the reader thread
-        self.post_message(WorkerEvent(data))
+    def post_message_from_child(self, event: Event) -> None:  # called on the reader thread
+        self.post_message(WorkerEvent(event))
 
     def action_cancel(self) -> None:
         if self.state != "training" or self.process is None:
@@ -227,6 +242,28 @@ class TrainScreen(Screen):
         self.app.switch_adapter(round_.adapter_path, round_.label)
         self.refresh_rounds()
 
+    def action_keep_version(self) -> None:
+        """Keep the selected version although its round's check rejected it: later rounds build on it."""
+        round_ = self._selected_round()
+        if round_ is None or round_.status != "finished" or round_.kept:
+            self.app.notify_warning("Select a rejected (or unchecked) version to keep it.")
+            return
+        try:
+            self.app.store.decide_round(round_.version, True,
+                                        f"kept by a person (the rule said: {round_.reason or 'nothing'})")
+        except MlxDpoError as e:
+            self.app.notify_error(str(e), title="Not kept")
+            return
+        self._status(f"{round_.label} kept: later rounds build on it; v to sample from it", "saved")
+        self.refresh_rounds()
+
+    def _selected_round(self):
+        table = self.query_one("#versions", DataTable)
+        if table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        return next((r for r in self.rounds if str(r.version) == key), None)
+
     def action_use_base(self) -> None:
         self.app.switch_adapter(None, "base")
         self.refresh_rounds()
@@ -238,44 +275,51 @@ class TrainScreen(Screen):
 
     def on_worker_event(self, message: WorkerEvent) -> None:
         message.stop()  # the round's events are this screen's alone
-        data = message.event
-        self.events.append(data)
-        kind = data.get("type")
-        bar = self.query_one("#train-progress", ProgressBar)
-        if kind == "Status":
-            self._status(data.get("message", ""))
-        elif kind == "StepMetrics":
-            step, total, m = data["step"], data["total_steps"], data["metrics"]
-            bar.update(total=total, progress=step)
-            for key, values in self.history.items():
-                if key in m:
-                    values.append(float(m[key]))
-            self._plots()
-            elapsed = time.monotonic() - self.started_at
-            eta = elapsed / step * (total - step) if step else 0
-            self._status(f"step {step}/{total} · ETA {eta:.0f} s · loss {m.get('loss', 0):.4f} · "
-                         f"margin {m.get('rewards/margins', 0):.4f} · acc {m.get('rewards/accuracies', 0):.2f} · "
-                         f"{m.get('tokens_per_second', 0):.0f} tok/s · {m.get('peak_memory_gb', 0):.2f} GB")
-        elif kind == "Cancelled":
-            self._status(f"cancelled after step {data.get('step')}")
-        elif kind in ("RoundEnded", "RoundFailed"):
-            self._round_ended(data)
+        event = message.event
+        self.events.append(event)
+        match event:
+            case Status(message=text):
+                self._status(text)
+            case StepMetrics():
+                self._step(event)
+            case Cancelled(step=step):
+                self._status(f"cancelled after step {step}")
+            case RoundEnded() | RoundFailed():
+                self._round_ended(event)
 
-    def _round_ended(self, data: dict) -> None:
-        self.last_round = data
+    def _step(self, event: StepMetrics) -> None:
+        step, total, m = event.step, event.total_steps, event.metrics
+        self.query_one("#train-progress", ProgressBar).update(total=total, progress=step)
+        for key, values in self.history.items():
+            if key in m:
+                values.append(float(m[key]))
+        self._plots()
+        elapsed = time.monotonic() - self.started_at
+        eta = elapsed / step * (total - step) if step else 0
+        self._status(f"step {step}/{total} · ETA {eta:.0f} s · loss {m.get(LOSS, 0):.4f} · "
+                     f"margin {m.get(MARGIN, 0):.4f} · acc {m.get(ACCURACY, 0):.2f} · "
+                     f"{m.get(TOKENS_PER_SECOND, 0):.0f} tok/s · {m.get(PEAK_MEMORY_GB, 0):.2f} GB")
+
+    def _round_ended(self, event: RoundEnded | RoundFailed) -> None:
+        self.last_round = event
         self.state = "idle"
         self.process = None
         self._buttons()
-        if data["type"] == "RoundFailed":
-            self._status(f"failed: {data['error']}", "error")
-            self.app.notify_error(data["error"], title="Training failed")
-        elif data["status"] == "finished":
-            version = f"v{data['version']}"
+        if isinstance(event, RoundFailed):
+            self._status(f"failed: {event.error}", "error")
+            self.app.notify_error(event.error, title="Training failed")
+        elif event.status == "finished" and event.decision == "rejected":
+            version = f"v{event.version}"
+            self._status(f"round {version} rejected ({event.reason}) · still sampling from "
+                         f"{self.app.current_version_label()} · k keeps it anyway", "warning")
+            self.app.notify_warning(f"{version} not kept: {event.reason}", title="Rejected")
+        elif event.status == "finished":
+            version = f"v{event.version}"
             self._status(f"round {version} finished · sampling from {version} now", "saved")
             self.app.notify(f"round {version} finished; sampling from {version}", title="Trained", timeout=4)
-            self.app.switch_adapter(data["adapter_path"], version)
+            self.app.switch_adapter(event.adapter_path, version)
         else:
-            self._status(f"round v{data['version']} cancelled; its last checkpoint is kept in {data['adapter_path']}",
+            self._status(f"round v{event.version} cancelled; its last checkpoint is kept in {event.adapter_path}",
                          "warning")
         self.refresh_rounds()
         self.app.store_changed()
@@ -289,7 +333,7 @@ class TrainScreen(Screen):
         for key, values in self.history.items():
             self.query_one(f"#plot-{_slug(key)}", Sparkline).data = list(values)
             last = f" {values[-1]:.4f}" if values else ""
-            title = {"loss": "loss", "rewards/margins": "reward margin", "rewards/accuracies": "accuracy"}[key]
+            title = dict(PLOTS)[key]
             self.query_one(f"#plot-title-{_slug(key)}", Static).update(Text(title + last))
 
     def _status(self, text: str, style: str = "") -> None:
@@ -304,11 +348,11 @@ def _slug(key: str) -> str:
     return key.replace("/", "-")
 
 
-def _heldout(metrics: dict, prefix: str = "heldout/") -> list[str]:
+def _heldout(metrics: dict, prefix: str = HELDOUT) -> list[str]:
     """A version's held-out cells; "–" for a number the round did not (or could not) measure."""
     cells = []
-    for _title, key, digits in HELDOUT:
-        value = metrics.get(prefix + key.removeprefix("heldout/"))
+    for _title, key, digits in HELDOUT_COLUMNS:
+        value = metrics.get(prefix + key.removeprefix(HELDOUT))
         cells.append("–" if value is None else f"{value:.{digits}f}")
     return cells
 

@@ -83,8 +83,9 @@ class TwoAnswersScreen(Screen):
                 self.show_started(self.sampling.pane_seeds)
             case AnswerChunk(slot=slot, text=text):
                 self.show_chunk(self.sampling.pane_of(slot), text)
-            case AnswerDone(slot=slot, text=text):
-                self.show_done(self.sampling.pane_of(slot), text)
+            case AnswerDone(slot=slot):
+                pane = self.sampling.pane_of(slot)
+                self.show_done(pane, self.sampling.answers[pane - 1])  # an Answer: it knows if it finished
             case SampleFailed(error=error):
                 self.show_failed(error)
 

@@ -8,7 +8,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input, TextArea
 
-from mlx_dpo.data.pairs import IDENTICAL_ANSWERS, TWO_DIFFERENT_ANSWERS, Problem, pair_problem
+from mlx_dpo.api import IDENTICAL_ANSWERS, TWO_DIFFERENT_ANSWERS, Problem, pair_problem
 from mlx_dpo.errors import MlxDpoError
 from tui.widgets import ModeBar, ScreenButton, StatusLine, prompt_fields, read_prompt
 

@@ -52,6 +52,7 @@ class AnswerDone:
     request_id: int
     slot: int
     text: str  # the whole answer
+    finished: bool = True  # False: cut at max tokens (the model did not end it)
 
 
 @dataclass(frozen=True)

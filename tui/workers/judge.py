@@ -2,8 +2,8 @@
 suggestions.
 
 The judge is loaded on this thread and asked on it too: an `llm:MODEL` judge loads a model, and MLX arrays
-stay on the thread that made them. The library's judges (`mlx_dpo.online.judges`, which may pull in mlx)
-are imported here, on the thread, never on the UI thread. Only the newest question counts: one asked
+stay on the thread that made them. The library's judges (`mlx_dpo.api.load_judge`, which pulls in mlx)
+are loaded here, on the thread, never on the UI thread. Only the newest question counts: one asked
 while an older one waits replaces it. Events (`tui.workers.events`) go through `report`, on this thread.
 """
 
@@ -15,6 +15,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable
 
+from mlx_dpo import api
 from mlx_dpo.errors import MlxDpoError
 from tui.workers.events import Event, JudgeFailed, JudgeReady, Suggestion
 
@@ -73,9 +74,7 @@ class JudgeWorker:
             pass
 
     def _load(self):
-        from mlx_dpo.online.judges import load_judge
-
-        return load_judge(self.spec, rubric=self.rubric)
+        return api.load_judge(self.spec, rubric=self.rubric)
 
     def _run(self) -> None:
         try:

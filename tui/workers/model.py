@@ -5,9 +5,10 @@ no MLX array ever leaves it. The UI talks to it through a queue (`sample`, `comp
 `cancel`, `stop`) and hears back through a single callback, called *on the worker thread* with the
 plain events of `tui.workers.events`.
 
-The library's model code (`mlx_dpo.models.*`, which pulls in mlx and mlx_lm: seconds of imports) is
-imported inside the methods that run on the worker thread, never at the top of this module: the app
-imports this module before its first screen is drawn, and that screen must not wait for mlx.
+The library's model code (which pulls in mlx and mlx_lm: seconds of imports) is reached through the heavy
+names of `mlx_dpo.api` (load_model, stream_answer, ...), which load it the first time they are used: on
+the worker thread. The app imports this module before its first screen is drawn, and that screen must
+not wait for mlx.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from mlx_dpo.errors import MlxDpoError  # no mlx import: safe on the UI thread
-from mlx_dpo.names import display_name, is_default
+from mlx_dpo import api
+from mlx_dpo.api import Answer, display_name, is_finished  # no mlx import: safe on the UI thread
+from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.settings import SampleSettings  # the library's sampler settings (no mlx), re-exported for the app
 from tui.workers.events import (
     AdapterFailed, AnswerChunk, AnswerDone, Event, LoadFailed, LoadProgress, ModelReady, ReviewDone, ReviewFailed,
@@ -160,21 +162,13 @@ class ModelWorker:
         return not self._stopping and self._generation == request_id
 
     def _load(self):
-        from mlx_dpo.models.load import converted_dir, default_gguf, load_model, resolve_model_path
-
         spec = self.model
-        first_run = False
-        try:
-            if is_default(spec) or spec.lower().endswith(".gguf"):
-                gguf = default_gguf() if is_default(spec) else Path(spec).expanduser()
-                first_run = gguf.is_file() and not (converted_dir(gguf) / "config.json").is_file()
-        except Exception:
-            first_run = False
+        first_run = api.converts_on_load(spec)
         what = f"converting {self.name} for MLX (first run only)…" if first_run else f"finding {self.name}…"
         self._report(LoadProgress(0, 2, what))
-        resolve_model_path(spec)
+        api.resolve_model_path(spec)
         self._report(LoadProgress(1, 2, f"loading {self.name}…"))
-        return load_model(spec, adapter_path=self.adapter_path, chat_template=self.chat_template)
+        return api.load_model(spec, adapter_path=self.adapter_path, chat_template=self.chat_template)
 
     def _run(self) -> None:
         loaded = None
@@ -187,9 +181,7 @@ class ModelWorker:
             self._report(LoadFailed(self.load_error))
         else:
             self._report(LoadProgress(2, 2, f"{self.name} ready"))
-            from mlx_dpo.models.generate import template_note
-
-            self.note = template_note(loaded)
+            self.note = api.template_note(loaded)
             # loaded.name: the --model value, or the default's name
             self._report(ModelReady(self.name, loaded.name + (f"+{self.adapter_path}" if self.adapter_path else ""),
                                     self.note))
@@ -216,10 +208,8 @@ class ModelWorker:
 
     def _switch_adapter(self, loaded, path: str | None):
         """Swap the adapter on the loaded base in place (an adapter file's read, not a reload of the base)."""
-        from mlx_dpo.models.load import switch_adapter
-
         try:
-            switch_adapter(loaded, path)
+            api.switch_adapter(loaded, path)
         except Exception as e:
             self._report(AdapterFailed(_describe(e)))
             return loaded
@@ -229,9 +219,7 @@ class ModelWorker:
         return loaded
 
     def _review(self, loaded, request: _Review):
-        from mlx_dpo.training.review import review_pairs
-
-        return review_pairs(request.workspace, adapter_path=request.adapter, loaded=loaded)
+        return api.review_pairs(request.workspace, adapter_path=request.adapter, loaded=loaded)
 
     def _serve_review(self, loaded, request: _Review) -> None:
         """The review runs on the loaded base alone (its reference; it puts the reviewed version on itself), then
@@ -254,17 +242,13 @@ class ModelWorker:
 
     def _put_on(self, loaded, adapter: str | None) -> None:
         """For one answer of a comparison: `adapter` on the base, whatever version the app has chosen."""
-        from mlx_dpo.models.load import switch_adapter
-
         current = None if loaded.adapter_path is None else str(loaded.adapter_path)
         if (None if adapter is None else str(Path(adapter).expanduser())) != current:
-            switch_adapter(loaded, adapter)
+            api.switch_adapter(loaded, adapter)
 
     def _stream(self, loaded, request: _Request, seed: int) -> Iterator[str]:
-        from mlx_dpo.models.generate import stream_answer
-
         s = request.settings
-        return stream_answer(
+        return api.stream_answer(
             loaded, request.messages, max_tokens=s.max_tokens, temp=s.temperature, top_p=s.top_p, seed=seed
         )
 
@@ -283,13 +267,14 @@ class ModelWorker:
                 text = self._stream_slot(loaded, request, slot, slot_seed)
                 if text is None:
                     return
-                self._report(AnswerDone(request.id, slot, text))
+                self._report(AnswerDone(request.id, slot, text, is_finished(text)))
         finally:
             if request.adapters is not None:  # back to the version the app has chosen
                 self._put_on(loaded, self.adapter_path)
 
     def _stream_slot(self, model, request: _Request, slot: int, seed: int) -> str | None:
-        """Stream one answer as AnswerChunk events (batched every CHUNK_INTERVAL); None once superseded."""
+        """Stream one answer as AnswerChunk events (batched every CHUNK_INTERVAL); None once superseded. The
+        answer is an Answer: unfinished when the stream says it stopped at max tokens."""
         text, pending, last = "", "", time.monotonic()
         pieces = self._stream(model, request, seed)
         try:
@@ -310,4 +295,4 @@ class ModelWorker:
             return None
         if pending:
             self._report(AnswerChunk(request.id, slot, pending))
-        return text
+        return Answer(text, getattr(pieces, "finished", True))

@@ -2,9 +2,10 @@
 
 The round (`mlx_dpo.api.run_round`) runs in a process of its own ('spawn' context: a clean interpreter,
 no inherited MLX state or threads), so the UI never waits on it and the model worker's MLX streams are
-never shared. The child sends the library's events back over a multiprocessing Queue as plain dicts,
-`{"type": class name, **fields}`, ending with a "RoundEnded" or "RoundFailed" dict; a daemon thread in
-the app reads the queue and hands each dict to a callback (which posts a `tui.messages.WorkerEvent`).
+never shared. The child sends the library's events (`mlx_dpo.events`) back over a multiprocessing Queue,
+which pickles each one: the parent gets the same dataclass back. The stream ends with a `RoundEnded` or a
+`RoundFailed`; a daemon thread in the app reads the queue and hands each event to a callback (which posts
+a `tui.messages.WorkerEvent`).
 Cancelling sets a multiprocessing Event: the child stops before its next step, keeping its last
 checkpoint (rounds save every step).
 
@@ -14,19 +15,21 @@ the parent never loads it for a round.
 
 from __future__ import annotations
 
+import copy
 import multiprocessing as mp
 import os
 import sys
 import threading
 import traceback
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+from mlx_dpo import api
 from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.events import Event, RoundEnded, RoundFailed
 
-ENDS = ("RoundEnded", "RoundFailed")  # the last dict of every round
+ENDS = (RoundEnded, RoundFailed)  # the last event of every round
 
 
 def _log_to_file(workspace: str) -> None:
@@ -40,32 +43,30 @@ def _log_to_file(workspace: str) -> None:
 
 
 def _child(workspace: str, model: str | None, settings: dict, events, cancel) -> None:
-    """The child process: run one round, sending every event as {"type": ..., **fields}."""
+    """The child process: run one round, sending every event (an `mlx_dpo.events` dataclass)."""
     _log_to_file(workspace)
     try:
         os.nice(10)  # the app's event loop comes first: keys stay answered while the round trains
     except OSError:
         pass
-    # Imported here, in the child alone: mlx_dpo.api pulls in mlx and mlx_lm (mlx_dpo picks the BLAS first).
-    from mlx_dpo import api
-
     class _Cancel:  # threading.Event's interface over the multiprocessing Event
         def is_set(self) -> bool:
             return cancel.is_set()
 
-    def send(event) -> None:
-        events.put({"type": type(event).__name__, **asdict(event)})
+    def send(event: Event) -> None:
+        # A copy: the queue pickles on a thread of its own, later, and the library may reuse its dicts.
+        events.put(copy.deepcopy(event))
 
     try:
         result = api.run_round(workspace, model=model, settings=settings, on_event=send, cancel=_Cancel())
     except MlxDpoError as e:
-        events.put({"type": "RoundFailed", "error": str(e)})
+        events.put(RoundFailed(str(e)))
     except BaseException as e:
         traceback.print_exc()
-        events.put({"type": "RoundFailed", "error": f"{type(e).__name__}: {e}"})
+        events.put(RoundFailed(f"{type(e).__name__}: {e}"))
     else:
-        events.put({"type": "RoundEnded", "version": result.version, "status": result.status,
-                    "adapter_path": str(result.adapter_path), "metrics": result.metrics})
+        events.put(RoundEnded(result.version, result.status, str(result.adapter_path), result.metrics,
+                              result.decision, result.reason))
     events.put(None)  # the end of the stream
 
 
@@ -82,10 +83,10 @@ def _real_stdio():
 
 
 class TrainingProcess:
-    """One round in a child process. `report(dict)` is called on a reader thread for each event,
-    ending with a "RoundEnded" or "RoundFailed" dict."""
+    """One round in a child process. `report(event)` is called on a reader thread for each event,
+    ending with a RoundEnded or a RoundFailed."""
 
-    def __init__(self, workspace: str, model: str | None, settings: dict, report: Callable[[dict], None]) -> None:
+    def __init__(self, workspace: str, model: str | None, settings: dict, report: Callable[[Event], None]) -> None:
         ctx = mp.get_context("spawn")
         with _real_stdio():
             self._events = ctx.Queue()
@@ -124,17 +125,17 @@ class TrainingProcess:
                 if not self.process.is_alive():
                     if not ended:
                         error = f"the training process ended (exit code {self.process.exitcode})"
-                        self._safe_report({"type": "RoundFailed", "error": error})
+                        self._safe_report(RoundFailed(error))
                     return
                 continue
             if item is None:
                 self.process.join(5)
                 return
-            if item.get("type") in ENDS:
+            if isinstance(item, ENDS):
                 ended = True
             self._safe_report(item)
 
-    def _safe_report(self, item: dict) -> None:
+    def _safe_report(self, item: Event) -> None:
         try:
             self._report(item)
         except Exception:

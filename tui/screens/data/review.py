@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from mlx_dpo.data.contradictions import find_contradictions
+from mlx_dpo.api import find_contradictions
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,8 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Select
 
-from mlx_dpo.data.online_records import HUMAN_JUDGE
+from mlx_dpo.api import HUMAN_JUDGE, StoredPair
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.data.store import StoredPair
 from tui.messages import WorkerEvent
 from tui.modals import ConfirmModal, PairEdits, PairModal
 from tui.prompts import age, prompt_snippet, snippet

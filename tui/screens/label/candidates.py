@@ -8,7 +8,7 @@ convenience: failures never stop labeling (the caller shows a warning at most).
 
 from __future__ import annotations
 
-from mlx_dpo.data.store import Candidate, PreferenceStore
+from mlx_dpo.api import Candidate, PreferenceStore
 
 
 class KeptCandidate:

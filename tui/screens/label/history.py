@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlx_dpo.data.store import UndoResult
+from mlx_dpo.api import UndoResult
 from tui.prompts import PromptParts
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import Static
 
-from mlx_dpo.data.online_records import check_provenance
+from mlx_dpo.api import check_provenance
 from mlx_dpo.errors import MlxDpoError
 from tui.workers.events import Suggestion
 

@@ -17,6 +17,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, Static, TextArea
 
+from mlx_dpo.api import is_finished
 from mlx_dpo.errors import MlxDpoError
 from tui.modals import EditAnswersModal, EditedAnswers, SettingsModal
 from tui.prompts import PromptParts, PromptQueue
@@ -159,7 +160,7 @@ class LabelScreen(QueueActions, TwoAnswersScreen):
         self.sampled_version = None
         for slot, text in zip(SLOTS, answers):
             self.pane(slot).set_title()
-            self.pane(slot).set_text(text, "restored")
+            self.pane(slot).set_text(text, _done("restored", text))
         online.ask(self)
 
     def _restore_unjudged(self) -> None:
@@ -228,7 +229,7 @@ class LabelScreen(QueueActions, TwoAnswersScreen):
         self.show_status("sampling failed", "error")
 
     def show_done(self, slot: int, text: str) -> None:
-        self.pane(slot).set_text(text, "done" if text.strip() else "done (empty answer)")
+        self.pane(slot).set_text(text, _done("done" if text.strip() else "done (empty answer)", text))
         self._show_streaming()
         if self.sampling.state == "ready":
             self._keep_candidate()
@@ -376,3 +377,8 @@ class LabelScreen(QueueActions, TwoAnswersScreen):
     def action_leave_editor(self) -> None:
         if isinstance(self.focused, (TextArea, Input)):
             self._focus_answers()
+
+
+def _done(subtitle: str, answer: str) -> str:
+    """A pane's subtitle for a complete answer: says so when it was cut at max tokens (the model did not end it)."""
+    return subtitle if is_finished(answer) else f"{subtitle} · unfinished: cut at max tokens"
