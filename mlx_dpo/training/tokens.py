@@ -81,9 +81,14 @@ NO_TEMPLATE = ("this model has no chat template, so a conversation (a system mes
 
 
 def has_chat_template(tokenizer) -> bool:
-    """Whether the tokenizer renders conversations (mlx-lm's wrapper says; a plain tokenizer by its template)."""
+    """Whether the tokenizer renders conversations: mlx-lm's wrapper says; a transformers tokenizer by its
+    template; any other object by having `apply_chat_template` at all."""
     flag = getattr(tokenizer, "has_chat_template", None)
-    return flag if isinstance(flag, bool) else getattr(tokenizer, "chat_template", None) is not None
+    if isinstance(flag, bool):
+        return flag
+    if hasattr(tokenizer, "chat_template"):
+        return tokenizer.chat_template is not None
+    return callable(getattr(tokenizer, "apply_chat_template", None))
 
 
 def plain_rows_note(tokenizer, model: str) -> str | None:
