@@ -36,7 +36,7 @@ from mlx_dpo.online.verdict import Judge, Verdict
 if TYPE_CHECKING:  # what `LAZY` resolves, for type checkers and editors
     from mlx_dpo.export import ExportResult, export
     from mlx_dpo.export.push import push_folder
-    from mlx_dpo.models.generate import stream_answer
+    from mlx_dpo.models.generate import stream_answer, template_note
     from mlx_dpo.models.load import LoadedModel, load_model, resolve_model_path, switch_adapter
     from mlx_dpo.online.judges import load_judge
     from mlx_dpo.online.loop import RoundReport
@@ -63,6 +63,7 @@ LAZY = {
     "resolve_model_path": "mlx_dpo.models.load",
     "switch_adapter": "mlx_dpo.models.load",
     "stream_answer": "mlx_dpo.models.generate",
+    "template_note": "mlx_dpo.models.generate",
     "export": "mlx_dpo.export",
     "ExportResult": "mlx_dpo.export",
     "push_folder": "mlx_dpo.export.push",
@@ -76,7 +77,7 @@ __all__ = [
     "converts_on_load", "display_name", "evaluate", "export", "find_contradictions", "is_default", "is_finished",
     "load_judge", "load_model", "pair_problem", "push_folder", "read_prompt_file", "resolve_model_path",
     "review_pairs", "run_online", "run_round", "same_answers", "sample_answers", "stream_answer",
-    "switch_adapter", "train",
+    "switch_adapter", "template_note", "train",
 ]
 
 

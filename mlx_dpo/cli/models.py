@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlx_dpo.cli.common import add_model_args
+from mlx_dpo.cli.common import add_model_args, add_template_flag, checked_template
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -15,10 +15,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from mlx_dpo.models.generate import chat_messages, stream_answer
+    from mlx_dpo.models.generate import chat_messages, stream_answer, template_note
     from mlx_dpo.models.load import load_model
 
-    loaded = load_model(args.model, adapter_path=args.adapter_path)
+    template = checked_template(args)
+    loaded = load_model(args.model, adapter_path=args.adapter_path, chat_template=template)
+    note = template_note(loaded)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     messages = chat_messages(args.prompt, args.system)
     for piece in stream_answer(
         loaded, messages, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, seed=args.seed
@@ -43,10 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="also load this model and report which log-prob path it gets (self-check)")
     p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser("generate", help="answer one prompt with the model (chat template applied)")
+    p = sub.add_parser("generate", help="answer one prompt with the model (its chat template applied, if it has one)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--system", help="system message")
     add_model_args(p)
+    add_template_flag(p)
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--temp", type=float, default=0.7, help="sampling temperature; 0 is greedy")
     p.add_argument("--top-p", type=float, default=1.0)

@@ -89,7 +89,7 @@ def review_pairs(
     beta = float(read_adapter_config(adapter_path).get("mlx_dpo", {}).get("beta") or DEFAULT_BETA)
     if loaded is None:
         emit(Status("loading model"))
-        loaded = load_model(model)
+        loaded = load_model(model, chat_template=trained_with.get("chat_template"))
     elif loaded.adapter_path is not None:
         raise MlxDpoError(f"review needs the base model as its reference, not one with {loaded.adapter_path} on it")
     # Pairs cut as the round's training cut them (its --max-length, else the defaults): scored as it saw them.
