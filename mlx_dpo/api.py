@@ -44,7 +44,7 @@ from mlx_dpo.settings import SampleSettings
 if TYPE_CHECKING:  # what `LAZY` resolves, for type checkers and editors
     from mlx_dpo.export import ExportResult, export
     from mlx_dpo.export.push import push_folder
-    from mlx_dpo.models.generate import stream_answer
+    from mlx_dpo.models.generate import stream_answer, template_note
     from mlx_dpo.models.load import load_model, resolve_model_path
     from mlx_dpo.models.session import ModelSession
     from mlx_dpo.online.judges import load_judge
@@ -71,6 +71,7 @@ LAZY = {
     "ModelSession": "mlx_dpo.models.session",
     "resolve_model_path": "mlx_dpo.models.load",
     "stream_answer": "mlx_dpo.models.generate",
+    "template_note": "mlx_dpo.models.generate",
     "export": "mlx_dpo.export",
     "ExportResult": "mlx_dpo.export",
     "push_folder": "mlx_dpo.export.push",
@@ -83,7 +84,8 @@ __all__ = [
     "Samples", "StoredPair", "TWO_DIFFERENT_ANSWERS", "TrainResult", "UndoResult", "Verdict", "check_provenance",
     "converts_on_load", "display_name", "evaluate", "export", "find_contradictions", "is_default", "is_finished",
     "load_judge", "load_model", "pair_problem", "push_folder", "read_prompt_file", "resolve_model_path",
-    "review_pairs", "run_online", "run_round", "same_answers", "sample_answers", "stream_answer", "train",
+    "review_pairs", "run_online", "run_round", "same_answers", "sample_answers", "stream_answer", "template_note",
+    "train",
 ]
 
 

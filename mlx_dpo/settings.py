@@ -226,6 +226,10 @@ class LoraSettings:
         return self.alpha / self.rank
 
 
+def _template_file_problem(path: str | Path, _values: Mapping[str, Any]) -> str | None:
+    return None if Path(path).expanduser().is_file() else "is not a file"
+
+
 @dataclass
 class RunOptions:
     """What a run reads and writes besides the training pairs, the model and the adapter folder."""
@@ -251,6 +255,10 @@ class RunOptions:
                             check=OneOf(REPORT_TO, "tracker"))
     project: str | None = option(None, "the tracker's project; each run (a round: its version) is a run in it",
                                  default_text="the workspace's folder name, or mlx-dpo")
+    # A base model often has none: its rows are then plain text (mlx_dpo.training.tokens), conversations refused.
+    chat_template: str | Path | None = option(None, "a Jinja chat template file for the model: one for a base model "
+                                              "without a template, or one replacing the model's own",
+                                              default_text="the model's", check=Check(_template_file_problem))
 
     def __post_init__(self) -> None:
         check_fields(self)

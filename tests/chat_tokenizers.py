@@ -35,6 +35,12 @@ CHAT_FAMILIES: dict[str, dict] = {
                  eos="<|endoftext|>", pad="<|endoftext|>", eos_ids=["<|endoftext|>"], add_bos=False),
 }
 
+# A base model's tokenizer: no chat template, BOS added by the tokenizer itself (as Gemma 3 270M's GGUF says).
+BASE_FAMILIES: dict[str, dict] = {
+    "gemma3_base": dict(specials=["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"], bos="<bos>",
+                        eos="<eos>", pad="<pad>", eos_ids=["<eos>"], add_bos=True, template=None),
+}
+
 _CORPUS = [
     "The capital of France is Paris. Rain falls on the roof; the river runs to the sea.",
     "You are a helpful assistant. Answer briefly and politely, in plain words.",
@@ -47,7 +53,7 @@ def make_chat_tokenizer(family: str, out: Path) -> Path:
     """Write tokenizer.json, tokenizer_config.json and config.json (its eos ids) for `family` into `out`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    spec = CHAT_FAMILIES[family]
+    spec = CHAT_FAMILIES[family] if family in CHAT_FAMILIES else BASE_FAMILIES[family]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -63,10 +69,12 @@ def make_chat_tokenizer(family: str, out: Path) -> Path:
     tok.save(str(out / "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "chat_template": (TEMPLATES / f"{family}.jinja").read_text(encoding="utf-8"),
         "bos_token": spec["bos"], "eos_token": spec["eos"], "pad_token": spec["pad"],
         "add_bos_token": spec["add_bos"], "add_eos_token": False, "model_max_length": 4096,
     }
+    template = spec.get("template", family)
+    if template:
+        config["chat_template"] = (TEMPLATES / f"{template}.jinja").read_text(encoding="utf-8")
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
     model_config = {"eos_token_id": [ids[t] for t in spec["eos_ids"]], "vocab_size": VOCAB_SIZE}
     if spec["bos"]:

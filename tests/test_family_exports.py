@@ -17,6 +17,7 @@ import mlx_dpo  # noqa: F401  # before mlx.core: picks the BLAS
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_map
 
 from chat_tokenizers import VOCAB_SIZE, make_chat_tokenizer
 from family_models import FAMILIES, family_config, make_family_folder
@@ -175,29 +176,53 @@ LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "hi
                "original_max_position_embeddings": 64}
 
 
-@pytest.mark.parametrize("family, overrides", [("qwen2", {}), ("qwen3", {}), ("llama", {"rope_scaling": LLAMA3_ROPE})],
-                         ids=["qwen2", "qwen3", "llama3-rope"])
-def test_llama_cpp_runs_the_gguf_of_the_family_like_mlx(family, overrides, family_root, small_tokenizer, tmp_path):
-    """llama.cpp's qwen2/qwen3 architectures (halves rotated, Q/K/V biases, Q/K norms) and llama with Llama 3's
-    rope scaling (written as llama.cpp's rope_freqs tensor), on the fused model."""
+# Gemma 3 as llama.cpp runs it: five layers sliding over a window (here 5 tokens, shorter than IDS), then one global.
+GEMMA3_LLAMA_CPP = {"num_hidden_layers": 6, "sliding_window_pattern": 6}
+GGUF_CASES = {"qwen2": ("qwen2", {}), "qwen3": ("qwen3", {}), "llama3-rope": ("llama", {"rope_scaling": LLAMA3_ROPE}),
+              "gemma3": ("gemma3_text", GEMMA3_LLAMA_CPP), "phi3": ("phi3", {})}
+
+
+@pytest.mark.parametrize("family, overrides", list(GGUF_CASES.values()), ids=list(GGUF_CASES))
+def test_llama_cpp_runs_the_gguf_of_the_family_like_mlx_and_it_imports_back(family, overrides, family_root,
+                                                                            small_tokenizer, tmp_path):
+    """llama.cpp's qwen2/qwen3 architectures (halves rotated, Q/K/V biases, Q/K norms), llama with Llama 3's
+    rope scaling (written as llama.cpp's rope_freqs tensor), gemma3 (norms stored as 1 + w, sliding windows,
+    no Q/K permutation) and phi3 (fused QKV and gate-up), on the fused model. llama.cpp running the file like
+    mlx-lm shows the layout is llama.cpp's; importing it back must then give the same model (GGUF import)."""
     llama_cpp = pytest.importorskip("llama_cpp")
     from mlx_dpo.export.fuse import fused_model
     from mlx_dpo.export.gguf import write_fused_gguf
+    from mlx_dpo.models.gguf import convert_gguf
+    from mlx_dpo.models.load import load_model
 
     folder = family_folder(family_root, family, small_tokenizer, **overrides)
     fused = fused_model(family_adapter(family_root, family, folder), dequantize=True)
+    # llama.cpp gives Phi-3's own special tokens (<s>, </s>, <unk>) attributes in a model whose general.name says
+    # Phi-3, and fails to load one whose vocabulary lacks them, as this tiny one does: a name that does not say so.
+    fused.base_name = "tiny"
     out = tmp_path / f"{family}.gguf"
     write_fused_gguf(fused, out)
     weights, fields = mx.load(str(out), return_metadata=True)
-    assert fields["general.architecture"] == family and f"{family}.block_count" in fields
-    if overrides:
+    arch = fields["general.architecture"]
+    assert arch == family.removesuffix("_text") and f"{arch}.block_count" in fields
+    if "rope_scaling" in overrides:
         factors = np.array(weights["rope_freqs.weight"])
         assert factors[0] == 1.0 and factors[-1] == 8.0 and 1.0 < factors[1] < 8.0  # kept, smoothed, divided
     reference = np.array(fused.loaded.model(mx.array([IDS]))[0])
     llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, verbose=False, logits_all=True)
     llm.eval(IDS)
-    # float16 weights against float32 ones: logits of magnitude ~5 agree to a few 1e-3.
-    np.testing.assert_allclose(np.array(llm.scores[: len(IDS)]), reference, atol=2e-2, rtol=0)
+    # float16 weights (and llama.cpp's float16 KV cache) against float32 ones: logits of magnitude ~5 agree to a
+    # few 1e-3, up to 2.5e-2 through gemma3's six layers. A wrong layout or window is off by whole units (a window
+    # of 4 or 6 instead of 5: 2-5).
+    np.testing.assert_allclose(np.array(llm.scores[: len(IDS)]), reference, atol=5e-2, rtol=0)
+
+    imported = load_model(str(convert_gguf(out, tmp_path / "imported")))
+    assert imported.config["model_type"] == family
+    as_written = fused.loaded.model  # the fused model with its matrices rounded to float16, as the file holds them
+    as_written.update(tree_map(lambda p: p.astype(mx.float16).astype(mx.float32) if p.ndim == 2 else p,
+                               as_written.parameters()))
+    np.testing.assert_allclose(np.array(imported.model(mx.array([IDS]))[0]),
+                               np.array(as_written(mx.array([IDS]))[0]), atol=1e-4, rtol=0)
 
 
 def test_mistral_is_written_as_llama_and_a_sliding_window_one_is_refused(family_root, small_tokenizer, tmp_path):
@@ -221,7 +246,8 @@ def test_gguf_export_of_another_family_is_one_line_naming_it(family_root, small_
     result = run_cli("export", "--adapter-path", str(family_adapter(family_root, family, folder)), "--out", str(out),
                      "--format", "gguf")
     assert result.returncode == 2
-    assert_clean_error(result, f"{family}: GGUF export supports the llama, mistral, qwen2, qwen3 families only")
+    assert_clean_error(result, f"{family}: GGUF export supports the llama, mistral, qwen2, qwen3, gemma3_text, phi3 "
+                                       "families only")
     assert not list(tmp_path.glob("*.gguf*")) and not list(tmp_path.glob(".*"))
 
 

@@ -13,6 +13,7 @@ the real script in a child process, to show the same message and status reach a 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -98,6 +99,8 @@ CHECKS: dict[str, tuple[list[tuple[list[str], str]], list[str] | None]] = {
                    "--accept sometimes: unknown accept rule (choose from always, kl, better)")],
                  ["kl", "--incremental"]),
     "--kl-budget": ([(["0", "--incremental"], "--kl-budget must be > 0 (got 0.0)")], ["0.01", "--incremental"]),
+    "--chat-template": ([(["no-such-template.jinja"], "--chat-template is not a file (got no-such-template.jinja)")],
+                        [str(Path(__file__).resolve().parent / "templates" / "gemma3.jinja")]),
 }
 BAD_CASES = [pytest.param(flag, argv, message, id=f"{flag}={' '.join(argv)}".rstrip("="))
              for flag, (cases, _) in CHECKS.items() for argv, message in cases]

@@ -104,6 +104,8 @@ class MlxDpoApp(App):
         self.sampler: str | None = None
         self.notices: list[tuple[str, str]] = []  # (severity, text) of every notification, newest last
         self.worker = worker_factory(model, adapter_path, self._worker_event)
+        if self.train_settings.get("chat_template") is not None:  # the model's template for sampling, too
+            self.worker.chat_template = str(self.train_settings["chat_template"])
         self.judge = judge_factory(judge, rubric, self._worker_event) if is_program_judge(judge) else None
         self.judge_name: str | None = None  # once the judge is loaded
         self.set_reactive(MlxDpoApp.model_status, ("loading", 0, 2, f"loading {self.worker.name}…"))
@@ -161,9 +163,9 @@ class MlxDpoApp(App):
         match message.event:
             case LoadProgress(step=step, total=total, text=text) if self.model_state == "loading":
                 self.model_status = ("loading", step, total, text)
-            case ModelReady(name=name, sampler=sampler):
+            case ModelReady(name=name, sampler=sampler, note=note):
                 self.sampler = sampler
-                self.model_status = ("ready", 2, 2, f"model ready: {name}")
+                self.model_status = ("ready", 2, 2, f"model ready: {name}" + (f" · {note}" if note else ""))
             case LoadFailed(error=error):
                 self.model_error = error
                 self.model_status = ("failed", 0, 2, f"model failed to load: {error}")

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from mlx_dpo.cli.common import WORKSPACE_HELP, add_model_args
+from mlx_dpo.cli.common import WORKSPACE_HELP, add_model_args, add_template_flag, checked_template
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
@@ -14,8 +14,10 @@ def cmd_tui(args: argparse.Namespace) -> int:
     # library itself never does (tui depends on mlx_dpo, not the other way round).
     from tui.app import MlxDpoApp
 
+    template = checked_template(args)
     app = MlxDpoApp(args.workspace, model=args.model, adapter_path=args.adapter_path, prompts=args.prompts,
-                    judge=args.judge, rubric=args.rubric)  # a bad workspace or prompt file: MlxDpoError
+                    judge=args.judge, rubric=args.rubric,  # a bad workspace or prompt file: MlxDpoError
+                    train_settings={"chat_template": template} if template else None)
     app.run()
     if app.worker.alive:  # quit while the model was still loading: exiting under MLX would abort the process
         sys.stdout.flush()
@@ -35,5 +37,6 @@ def register(sub: argparse._SubParsersAction) -> set[str]:
                    help="a program judge (file.py:NAME, module:NAME or llm:MODEL) whose choice the Label screen shows "
                         "as a suggestion, accepted with a")
     p.add_argument("--rubric", metavar="TEXT|FILE", help="what an llm:MODEL judge is asked to prefer")
+    add_template_flag(p)
     p.set_defaults(func=cmd_tui)
     return {o for a in p._actions for o in a.option_strings if o not in ("-h", "--help")}

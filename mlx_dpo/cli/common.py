@@ -10,8 +10,8 @@ import argparse
 from typing import Any, Mapping
 
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.options import Setting, SettingError, check, settings_of
-from mlx_dpo.settings import TRAIN_GROUPS, RoundSettings, round_settings_table
+from mlx_dpo.options import Setting, SettingError, add_flags, check, given_flags, settings_of
+from mlx_dpo.settings import TRAIN_GROUPS, RoundSettings, RunOptions, round_settings_table
 
 WORKSPACE_HELP = "workspace folder holding preferences.sqlite (default: ./mlx-dpo-workspace)"
 
@@ -39,3 +39,14 @@ def checked(given: dict[str, Any], settings: Mapping[str, Setting]) -> dict[str,
     except SettingError as e:
         raise MlxDpoError(e.message(settings[e.name].flag)) from None
     return given
+
+
+def add_template_flag(p: argparse.ArgumentParser) -> None:
+    """--chat-template, for commands that load a model without the training settings (generate, the app)."""
+    add_flags(p, [settings_of(RunOptions)["chat_template"]])
+
+
+def checked_template(args: argparse.Namespace) -> str | None:
+    """--chat-template's value, checked by its setting's one rule (mlx_dpo.settings.RunOptions)."""
+    setting = settings_of(RunOptions)["chat_template"]
+    return checked(given_flags(args, [setting]), {setting.name: setting}).get(setting.name)

@@ -25,7 +25,7 @@ from mlx_dpo.settings import EVAL_LOSS_SETTINGS, TRAIN_GROUPS, RoundSettings
 COMMAND_KEYS = ("data", "model", "adapter_path", "resume")
 # The settings `mlx-dpo eval` shares with `train`.
 EVAL_SETTINGS = ("beta", "loss_type", "batch_size", "max_length", "skip_invalid", "full_logits", "shared_prompt",
-                 "data_config", *EVAL_LOSS_SETTINGS)
+                 "data_config", "chat_template", *EVAL_LOSS_SETTINGS)
 
 
 def _read_config_file(path: str) -> dict:

@@ -10,11 +10,11 @@ each do one job, and none imports this package's __init__ (so there is no cycle 
     hf.py           the Hugging Face folder: weights (mlx-lm's shards), config, generation config, tokenizer
     card.py         model cards (README.md) for the hf and peft exports
     peft.py         the adapter in PEFT's layout
-    gguf.py         a fused llama model as a GGUF file (llama.cpp's `gguf` writer)
-    gguf_header.py  reading a GGUF file's metadata header (tokenizer, license) without its tensors
+    gguf.py         a fused model as a GGUF file (llama.cpp's `gguf` writer; the families of GGUF_FAMILIES)
     push.py         uploading a folder to the Hugging Face Hub
 
-Checking that an adapter fits a base is `mlx_dpo.models.adapter` (the one adapter loader).
+Checking that an adapter fits a base is `mlx_dpo.models.adapter` (the one adapter loader); reading a GGUF
+file's header (tokenizer, license) is `mlx_dpo.models.gguf_header`.
 """
 
 from __future__ import annotations

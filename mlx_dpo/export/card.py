@@ -15,8 +15,8 @@ from huggingface_hub import ModelCardData
 
 from mlx_dpo.export.base import hub_id, source_gguf
 from mlx_dpo.export.fuse import FusedModel
-from mlx_dpo.export.gguf_header import gguf_fields
 from mlx_dpo.metric_names import PEAK_MEMORY_GB, TOKENS_PER_SECOND
+from mlx_dpo.models.gguf_header import gguf_fields
 from mlx_dpo.names import display_name
 from mlx_dpo.settings import LoraSettings
 

@@ -1,11 +1,12 @@
-"""Write a fused model as a GGUF file llama.cpp can run (F16 or Q8_0): llama, mistral, qwen2, qwen3.
+"""Write a fused model as a GGUF file llama.cpp can run (F16 or Q8_0): llama, mistral, qwen2, qwen3, gemma3, phi3.
 
-The writer is llama.cpp's own Python package (`gguf`). What this module adds is the mapping back
-from mlx-lm's names to llama.cpp's, llama.cpp's row order for Q and K (its llama architecture rotates
-interleaved pairs; qwen2/qwen3 rotate halves, as mlx-lm does, so their rows stay), the `<arch>.*`
-metadata, and the tokenizer: copied verbatim from the GGUF the base was converted from, or rebuilt
-from `tokenizer.json` when the base was a Hugging Face folder. Other families are refused before
-the base is loaded (GGUF_FAMILIES is the list).
+The writer is llama.cpp's own Python package (`gguf`). What this module adds is each architecture's layout
+as llama.cpp's converter writes it, from the same tables GGUF import reads with (`mlx_dpo.models.gguf_arch`):
+llama.cpp's names, its row order for Q and K (its llama architecture rotates interleaved pairs; the others
+rotate halves, as mlx-lm does, so their rows stay), Gemma's norms stored as 1 + w, and the `<arch>.*`
+metadata. The tokenizer is copied verbatim from the GGUF the base was converted from, or rebuilt from
+`tokenizer.json` when the base was a Hugging Face folder (`gguf_vocab`). Other families, and models that
+llama.cpp would run differently from mlx-lm, are refused before the base is loaded (`gguf_family`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import mlx.core as mx
@@ -24,216 +24,80 @@ from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.export.base import ExportResult, base_spec, no_stage, protect, source_gguf
 from mlx_dpo.export.card import base_license
 from mlx_dpo.export.fuse import FusedModel, fused_model
-from mlx_dpo.export.gguf_header import gguf_fields
+from mlx_dpo.export.gguf_vocab import Entry, _kv, built_tokenizer, copied_tokenizer
 from mlx_dpo.models.adapter import check_adapter_folder, read_adapter_config
-from mlx_dpo.models.gguf import CONTROL_TOKEN, USER_DEFINED_TOKEN, _LAYER_NAMES, _TOP_NAMES, permute_rows
+from mlx_dpo.models.gguf import permute_rows
+from mlx_dpo.models.gguf_arch import ARCHITECTURES, GEMMA3_27B_BLOCKS, GEMMA3_LOCAL_ROPE_BASE, GEMMA3_PATTERN, \
+    TOP_NAMES, GgufArch, llama3_rope_factors, rope_scaling
 from mlx_dpo.models.load import read_config, resolve_model_path
 from mlx_dpo.settings import GGUF_TYPES
 
-# One metadata field to write: (key, value, gguf.GGUFValueType, item type of an array or None).
-Entry = tuple[str, Any, Any, Any]
-NORMAL_TOKEN, UNUSED_TOKEN = 1, 5
-# mlx-lm name -> llama.cpp name (the converter's tables, reversed).
-_TO_GGUF_LAYER = {v: k for k, v in _LAYER_NAMES.items()}
-_TO_GGUF_TOP = {v: k for k, v in _TOP_NAMES.items()}
-
-
-
-@dataclass(frozen=True)
-class GgufFamily:
-    arch: str  # llama.cpp's general.architecture and metadata prefix
-    permute_qk: bool  # llama.cpp's llama rope layout: Q/K rows interleaved per head
-    layer_names: dict[str, str] = field(default_factory=dict)  # mlx-lm -> llama.cpp, besides llama's
-
-
 # model_type -> how llama.cpp reads it (llama.cpp's converter writes Mistral as llama, too).
-GGUF_FAMILIES = {
-    "llama": GgufFamily("llama", True),
-    "mistral": GgufFamily("llama", True),
-    "qwen2": GgufFamily("qwen2", False),
-    "qwen3": GgufFamily("qwen3", False, {"self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}),
+GGUF_FAMILIES: dict[str, GgufArch] = {
+    "llama": ARCHITECTURES["llama"],
+    "mistral": ARCHITECTURES["llama"],
+    "qwen2": ARCHITECTURES["qwen2"],
+    "qwen3": ARCHITECTURES["qwen3"],
+    "gemma3_text": ARCHITECTURES["gemma3"],
+    "phi3": ARCHITECTURES["phi3"],
 }
-
-# A tokenizer.json pre-tokenizer, as (kind, detail) steps -> the llama.cpp pre-tokenizer that splits the same way.
-_PRE_TOKENIZER_NAMES = {
-    (("Digits", True), ("ByteLevel", True)): "smollm",
-    (("ByteLevel", True),): "gpt-2",  # llama.cpp knows GPT-2's split as "gpt-2" ("gpt2" fails to load)
-}
+_TO_GGUF_TOP = {v: k for k, v in TOP_NAMES.items()}
 
 
-def _gguf_name(name: str, family: GgufFamily) -> str:
+def _gguf_name(name: str, arch: GgufArch) -> str:
     stem, _, kind = name.rpartition(".")
     parts = stem.split(".")
     if parts[:2] == ["model", "layers"] and len(parts) > 3:
-        layer = ".".join(parts[3:])
-        part = _TO_GGUF_LAYER.get(layer) or family.layer_names.get(layer)
+        part = arch.to_gguf().get(".".join(parts[3:]))
         if part is not None:
             return f"blk.{parts[2]}.{part}.{kind}"
     elif stem in _TO_GGUF_TOP:
         return f"{_TO_GGUF_TOP[stem]}.{kind}"
-    raise MlxDpoError(f"tensor {name}: no llama.cpp name for it in the {family.arch} architecture")
+    raise MlxDpoError(f"tensor {name}: no llama.cpp name for it in the {arch.name} architecture")
 
 
 def gguf_tensors(model: Any, config: dict, gguf_type: str) -> list[tuple[str, np.ndarray, Any]]:
     """(llama.cpp name, data, raw GGML type or None) for every parameter of a dense model of GGUF_FAMILIES."""
     import gguf
 
-    family = gguf_family(config)
+    arch = gguf_family(config)
     heads = int(config["num_attention_heads"])
-    kv_heads = int(config.get("num_key_value_heads", heads))
+    kv_heads = int(config.get("num_key_value_heads") or heads)
     out = []
     for name, value in sorted(tree_flatten(model.parameters())):
         if "rotary_emb" in name:
             continue  # recomputed from the metadata
-        if family.permute_qk and ".self_attn.q_proj." in name:
+        if arch.permute_qk and ".self_attn.q_proj." in name:
             value = permute_rows(value, heads)  # llama.cpp's rotary layout (pairs interleaved per head)
-        elif family.permute_qk and ".self_attn.k_proj." in name:
+        elif arch.permute_qk and ".self_attn.k_proj." in name:
             value = permute_rows(value, kv_heads)
+        gguf_name = _gguf_name(name, arch)
         data = np.array(value.astype(mx.float32))
+        if arch.norm_shift and gguf_name.endswith("norm.weight"):
+            data = data + arch.norm_shift  # Gemma: llama.cpp multiplies by the stored weight, mlx-lm by 1 + w
         if data.ndim == 1:
-            out.append((_gguf_name(name, family), data, None))  # norms and biases stay F32, as in llama.cpp
+            out.append((gguf_name, data, None))  # norms and biases stay F32, as in llama.cpp
         elif gguf_type == "q8_0" and data.shape[-1] % 32 == 0:
             qtype = gguf.GGMLQuantizationType.Q8_0
-            out.append((_gguf_name(name, family), gguf.quants.quantize(data, qtype), qtype))
+            out.append((gguf_name, gguf.quants.quantize(data, qtype), qtype))
         else:
             # F16 (or a Q8_0 row length that is no multiple of its 32-value blocks: F16 too, as llama.cpp does).
-            out.append((_gguf_name(name, family), data.astype(np.float16), None))
+            out.append((gguf_name, data.astype(np.float16), None))
     factors = llama3_rope_factors(config)
     if factors is not None:
         out.append(("rope_freqs.weight", factors, None))
     return out
 
 
-def rope_scaling(config: dict) -> dict | None:
-    """The config's rope scaling (transformers 5 nests it in rope_parameters), None when there is none."""
-    scaling = config.get("rope_scaling") or config.get("rope_parameters") or None
-    kind = scaling and (scaling.get("rope_type") or scaling.get("type"))
-    return None if kind in (None, "default") else scaling
-
-
-def llama3_rope_factors(config: dict) -> np.ndarray | None:
-    """Llama 3.1+'s rope scaling as llama.cpp reads it: one divisor per rotary frequency (`rope_freqs`).
-
-    Frequencies whose wavelength is short against the original context stay, long ones are divided by
-    `factor`, and the ones between move smoothly from one to the other (Meta's rule, as mlx-lm applies it).
-    """
-    scaling = rope_scaling(config)
-    if not scaling or (scaling.get("rope_type") or scaling.get("type")) != "llama3":
-        return None
-    head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // int(config["num_attention_heads"]))
-    base = float(config.get("rope_theta") or scaling.get("rope_theta") or 10000.0)
-    factor, low, high = (float(scaling.get(k, d)) for k, d in
-                         (("factor", 8.0), ("low_freq_factor", 1.0), ("high_freq_factor", 4.0)))
-    old_context = float(scaling.get("original_max_position_embeddings", 8192))
-    wavelengths = 2 * np.pi * base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    smooth = np.clip((old_context / wavelengths - low) / (high - low), 0.0, 1.0)
-    return (1.0 / ((1 - smooth) / factor + smooth)).astype(np.float32)
-
-
-def _kv(key: str, value: Any, vtype: Any, sub_type: Any = None) -> Entry:
-    return key, value, vtype, sub_type
-
-
-def copied_tokenizer(source: Path) -> list[Entry]:
-    """Every tokenizer.* field of the source GGUF, with its original value types."""
+def arch_metadata(config: dict, name: str, gguf_type: str, license_name: str | None) -> list[Entry]:
+    """general.* and the architecture's own keys (`llama.*`, `qwen2.*`, `gemma3.*`, ...)."""
     import gguf
 
     T = gguf.GGUFValueType
-    return [
-        _kv(key, value, T(vtype), None if item_type is None else T(item_type))
-        for key, (value, vtype, item_type) in gguf_fields(source, "tokenizer.").items()
-    ]
-
-
-def _pre_tokenizer_name(pre: dict | None) -> str | None:
-    if not pre:
-        return None
-    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    shape = []
-    for step in steps:
-        if step.get("type") == "Digits":
-            shape.append(("Digits", bool(step.get("individual_digits"))))
-        elif step.get("type") == "ByteLevel":
-            shape.append(("ByteLevel", bool(step.get("use_regex", True))))
-        else:
-            return None
-    return _PRE_TOKENIZER_NAMES.get(tuple(shape))
-
-
-def _token_text(value: Any) -> str | None:
-    if isinstance(value, dict):
-        return value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def built_tokenizer(folder: Path, config: dict) -> tuple[list[Entry], list[str]]:
-    """tokenizer.* metadata rebuilt from a Hugging Face byte-level BPE tokenizer.json, plus notes."""
-    import gguf
-
-    T = gguf.GGUFValueType
-    try:
-        tok = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-        tok_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise MlxDpoError(f"{folder}: no {Path(e.filename).name}; GGUF export needs a tokenizer.json") from None
-    except (OSError, ValueError) as e:
-        raise MlxDpoError(f"{folder}: unreadable tokenizer files ({e})") from None
-    bpe = tok.get("model", {})
-    if bpe.get("type") != "BPE" or not (tok.get("decoder") or {}).get("type") == "ByteLevel":
-        raise MlxDpoError(f"{folder}: GGUF export supports byte-level BPE tokenizers only")
-    vocab: dict[str, int] = dict(bpe.get("vocab", {}))
-    kinds: dict[int, int] = {}
-    for added in tok.get("added_tokens", []):
-        vocab[added["content"]] = int(added["id"])
-        kinds[int(added["id"])] = CONTROL_TOKEN if added.get("special") else USER_DEFINED_TOKEN
-    size = max(int(config.get("vocab_size", 0)), max(vocab.values()) + 1)
-    tokens = [f"[PAD{i}]" for i in range(size)]  # ids no token uses: placeholders, as llama.cpp's converter writes
-    types = [UNUSED_TOKEN] * size
-    for text, idx in vocab.items():
-        tokens[idx], types[idx] = text, kinds.get(idx, NORMAL_TOKEN)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in bpe.get("merges", [])]
-
-    notes = []
-    pre = _pre_tokenizer_name(tok.get("pre_tokenizer"))
-    if pre is None:
-        pre = "default"
-        notes.append("the tokenizer's pre-tokenizer has no known llama.cpp name; the GGUF says 'default'")
-    entries = [
-        _kv("tokenizer.ggml.model", "gpt2", T.STRING),
-        _kv("tokenizer.ggml.pre", pre, T.STRING),
-        _kv("tokenizer.ggml.tokens", tokens, T.ARRAY, T.STRING),
-        _kv("tokenizer.ggml.token_type", types, T.ARRAY, T.INT32),
-    ]
-    if merges:
-        entries.append(_kv("tokenizer.ggml.merges", merges, T.ARRAY, T.STRING))
-    for name, gguf_name in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding")):
-        text = _token_text(tok_config.get(f"{name}_token"))
-        idx = vocab.get(text) if text is not None else None
-        if idx is None and isinstance(config.get(f"{name}_token_id"), (int, list)):
-            ids = config[f"{name}_token_id"]
-            idx = ids[0] if isinstance(ids, list) else ids
-        if idx is not None:
-            entries.append(_kv(f"tokenizer.ggml.{gguf_name}_token_id", int(idx), T.UINT32))
-    entries.append(_kv("tokenizer.ggml.add_bos_token", bool(tok_config.get("add_bos_token", False)), T.BOOL))
-    entries.append(_kv("tokenizer.ggml.add_eos_token", bool(tok_config.get("add_eos_token", False)), T.BOOL))
-    template = tok_config.get("chat_template")
-    if isinstance(template, list):  # several named templates: llama.cpp takes the default one
-        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
-    if template is None and (folder / "chat_template.jinja").is_file():
-        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    if template:
-        entries.append(_kv("tokenizer.chat_template", template, T.STRING))
-    return entries, notes
-
-
-def llama_metadata(config: dict, name: str, gguf_type: str, license_name: str | None) -> list[Entry]:
-    """general.* and the architecture's own keys (`llama.*`, `qwen2.*`, ...: the same fields for each)."""
-    import gguf
-
-    T = gguf.GGUFValueType
-    arch = gguf_family(config).arch
+    arch = gguf_family(config).name
     hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
     head_dim = int(config.get("head_dim") or hidden // heads)
+    rope_dims = int(head_dim * float(config.get("partial_rotary_factor") or 1.0))
     file_type = gguf.LlamaFileType.MOSTLY_Q8_0 if gguf_type == "q8_0" else gguf.LlamaFileType.MOSTLY_F16
     entries = [
         _kv("general.name", name, T.STRING),
@@ -243,7 +107,7 @@ def llama_metadata(config: dict, name: str, gguf_type: str, license_name: str | 
         _kv(f"{arch}.embedding_length", hidden, T.UINT32),
         _kv(f"{arch}.block_count", int(config["num_hidden_layers"]), T.UINT32),
         _kv(f"{arch}.feed_forward_length", int(config["intermediate_size"]), T.UINT32),
-        _kv(f"{arch}.rope.dimension_count", head_dim, T.UINT32),
+        _kv(f"{arch}.rope.dimension_count", rope_dims, T.UINT32),
         _kv(f"{arch}.attention.head_count", heads, T.UINT32),
         _kv(f"{arch}.attention.head_count_kv", int(config.get("num_key_value_heads") or heads), T.UINT32),
         _kv(f"{arch}.attention.layer_norm_rms_epsilon", float(config.get("rms_norm_eps", 1e-5)), T.FLOAT32),
@@ -253,6 +117,8 @@ def llama_metadata(config: dict, name: str, gguf_type: str, license_name: str | 
     if head_dim != hidden // heads:
         entries += [_kv(f"{arch}.attention.key_length", head_dim, T.UINT32),
                     _kv(f"{arch}.attention.value_length", head_dim, T.UINT32)]
+    if arch == "gemma3":
+        entries.append(_kv("gemma3.attention.sliding_window", int(config["sliding_window"]), T.UINT32))
     if license_name:
         entries.append(_kv("general.license", license_name, T.STRING))
     scaling = rope_scaling(config)
@@ -261,8 +127,9 @@ def llama_metadata(config: dict, name: str, gguf_type: str, license_name: str | 
         if kind == "linear":
             entries += [_kv(f"{arch}.rope.scaling.type", "linear", T.STRING),
                         _kv(f"{arch}.rope.scaling.factor", float(scaling["factor"]), T.FLOAT32)]
-        elif kind != "llama3":  # llama3's is the rope_freqs tensor (gguf_tensors)
-            raise MlxDpoError(f"rope scaling {kind!r} is not supported for GGUF export (only linear and llama3)")
+        elif kind != "llama3" or arch != "llama":  # llama3's is the rope_freqs tensor (gguf_tensors)
+            raise MlxDpoError(f"rope scaling {kind!r} is not supported for GGUF export of {arch} "
+                              "(linear, and llama3 for llama)")
     return entries
 
 
@@ -277,19 +144,39 @@ def check_gguf_out(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
-def gguf_family(config: dict) -> GgufFamily:
-    """How llama.cpp reads this model_type, or one line naming the family it cannot be written for."""
+def gguf_family(config: dict) -> GgufArch:
+    """How llama.cpp reads this model_type, or one line naming what it cannot be written for: another family,
+    or a model llama.cpp's architecture would run differently from mlx-lm."""
     kind = config.get("model_type")
-    family = GGUF_FAMILIES.get(kind)
-    if family is None:
+    arch = GGUF_FAMILIES.get(kind)
+    if arch is None:
         raise MlxDpoError(
             f"{kind}: GGUF export supports the {', '.join(GGUF_FAMILIES)} families only; "
             "use --format hf and llama.cpp's convert_hf_to_gguf.py"
         )
-    if "sliding_attention" in (config.get("layer_types") or []):
+    if arch.name == "llama" and "sliding_attention" in (config.get("layer_types") or []):
         raise MlxDpoError(f"{kind}: a model with sliding-window layers cannot be written as GGUF "
                           "(llama.cpp's llama architecture attends globally); use --format hf")
-    return family
+    if arch.name == "gemma3":
+        _check_gemma3(config)
+    if arch.name == "phi3" and rope_scaling(config):
+        raise MlxDpoError(f"{kind}: Phi-3's long-context rope scaling cannot be written as GGUF yet; use --format hf")
+    return arch
+
+
+def _check_gemma3(config: dict) -> None:
+    """llama.cpp's gemma3 fixes what mlx-lm reads from the config: refuse a model that differs there."""
+    layers, head_dim = int(config["num_hidden_layers"]), int(config.get("head_dim") or 256)
+    query_scale = (int(config["hidden_size"]) // int(config["num_attention_heads"])
+                   if layers == GEMMA3_27B_BLOCKS else head_dim)
+    fixed = {"sliding_window_pattern": GEMMA3_PATTERN, "rope_local_base_freq": GEMMA3_LOCAL_ROPE_BASE,
+             "query_pre_attn_scalar": query_scale}
+    for key, value in fixed.items():
+        if float(config.get(key, value)) != float(value):
+            raise MlxDpoError(f"gemma3_text: {key} {config[key]} differs from llama.cpp's Gemma 3 ({value}); "
+                              "such a model cannot be written as GGUF, use --format hf")
+    if config.get("final_logit_softcapping") or config.get("attn_logit_softcapping"):
+        raise MlxDpoError("gemma3_text: logit soft-capping cannot be written as GGUF; use --format hf")
 
 
 def check_family(model_folder: Path) -> dict:
@@ -344,14 +231,14 @@ def write_fused_gguf(fused: FusedModel, out: Path, gguf_type: str = "f16") -> li
     """Write an already fused, dense model (of GGUF_FAMILIES) as GGUF; returns notes for the user."""
     entries, notes = gguf_metadata(fused, gguf_type)
     tensors = gguf_tensors(fused.loaded.model, fused.loaded.config, gguf_type)
-    write_gguf(out, entries, tensors, gguf_family(fused.loaded.config).arch)
+    write_gguf(out, entries, tensors, gguf_family(fused.loaded.config).name)
     return notes
 
 
 def gguf_metadata(fused: FusedModel, gguf_type: str) -> tuple[list[Entry], list[str]]:
     folder = fused.loaded.path
     name = f"{fused.base_name} DPO"
-    entries = llama_metadata(fused.loaded.config, name, gguf_type, base_license(folder))
+    entries = arch_metadata(fused.loaded.config, name, gguf_type, base_license(folder))
     source = source_gguf(folder)
     if source is not None:
         return entries + copied_tokenizer(source), []

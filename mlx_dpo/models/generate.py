@@ -2,7 +2,9 @@
 
 The app's Label screen and `mlx-dpo online` (`mlx_dpo.online.sampling`, batched) sample with the same
 settings (`SampleSettings`, defined in mlx_dpo.settings so the app's UI reads it without mlx, and
-re-exported here), the same sampler rule (`sampler_for`) and the same decoding (`decode_answer`).
+re-exported here), the same sampler rule (`sampler_for`), the same prompt rule (`prompt_tokens`) and the
+same decoding (`decode_answer`). A model without a chat template (a base model) continues the prompt's
+text as it is, as training reads its rows (mlx_dpo.training.tokens); `template_note` says so.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from mlx_dpo.compat import streaming_decode
 from mlx_dpo.data.answers import Answer
 from mlx_dpo.models.session import ModelSession
 from mlx_dpo.settings import SampleSettings  # here for callers that sample; defined with the settings (no mlx)
+from mlx_dpo.training.tokens import has_chat_template, plain_prompt
 
 __all__ = ["AnswerStream", "SampleSettings", "answer", "chat_messages", "decode_answer", "prompt_tokens", "sampler_for",
-           "stream_answer"]
+           "stream_answer", "template_note"]
 
 
 def sampler_for(temperature: float, top_p: float):
@@ -33,8 +36,20 @@ def chat_messages(prompt: str, system: str | None = None) -> list[dict[str, str]
 
 
 def prompt_tokens(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-    """The chat template rendered with a generation prompt, as token ids."""
+    """The chat template rendered with a generation prompt, as token ids; without a template, the prompt's text
+    (with the tokenizer's BOS), and MlxDpoError for a conversation."""
+    if not has_chat_template(tokenizer):
+        return list(tokenizer.encode(plain_prompt(messages)))
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+
+
+def template_note(loaded: ModelSession) -> str | None:
+    """What a user should know before sampling from a model without a chat template (None: it has one)."""
+    tokenizer = getattr(loaded, "tokenizer", None)  # a test's stand-in for a loaded model may have none
+    if tokenizer is None or has_chat_template(tokenizer):
+        return None
+    return (f"{loaded.name} has no chat template: no template applies, the prompt is continued as plain text "
+            "(--chat-template FILE gives it one)")
 
 
 def decode_answer(tokenizer, ids: list[int]) -> str:

@@ -1,9 +1,18 @@
-"""Convert a llama-architecture GGUF file into an mlx-lm model folder.
+"""Convert a GGUF file into an mlx-lm model folder: llama, qwen2, qwen3, gemma3 and phi3 (`gguf_arch`).
 
-`mx.load` reads GGUF natively: Q4_0, Q4_1 and Q8_0 tensors arrive as MLX quantized triples
-(weight, scales, biases; group size 32), F16/F32 as plain arrays. What is left to do here is
-naming, undoing llama.cpp's rotary row permutation of Q and K, a config.json from the metadata,
-and a `tokenizers` tokenizer rebuilt from the embedded vocabulary and merges.
+Reading the tensors takes one of two roads, chosen from the header (`gguf_header.gguf_layout`):
+
+- every tensor of a type `mx.load` keeps (F32, F16, and Q4_0/Q4_1/Q8_0 as MLX quantized triples of weight,
+  scales and biases with groups of 32): `mx.load` reads the file, and packed tensors stay packed. The
+  embedded default model takes this road.
+- any other type of NATIVE_TYPES + DEQUANTIZED_TYPES (the k-quants, Q5_0/Q5_1, BF16): every tensor is
+  dequantized to float32 by the `gguf` package's own numpy code (llama.cpp's reference), so the folder holds
+  exactly the weights transformers' GGUF loader computes with; F32/F16 tensors are kept as they are.
+
+Then: names (`gguf_arch` tables), each architecture's rules (llama's Q/K row permutation, Gemma's 1 + w
+norms, Phi-3's fused projections), a config.json from the metadata, and a `tokenizers` tokenizer rebuilt
+from the embedded vocabulary (`gguf_tokenizer`). An architecture or tensor type that is not supported is
+one line naming it; "damaged" is said of files whose header or tensor data is cut short.
 """
 
 from __future__ import annotations
@@ -14,47 +23,25 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
+import numpy as np
 
 from mlx_dpo.atomic import atomic_directory
 from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.models.gguf_arch import ROPE_TENSORS, TOP_NAMES, GgufArch, architecture_of, gguf_to_config, \
+    llama3_rope_config
+from mlx_dpo.models.gguf_header import TensorInfo, gguf_layout
+from mlx_dpo.models.gguf_tokenizer import build_tokenizer_files
 
-SUPPORTED_ARCHITECTURES = ("llama",)
-CONTROL_TOKEN = 3  # tokenizer.ggml.token_type value of control tokens such as <|im_start|>
-USER_DEFINED_TOKEN = 4
 SOURCE_FILE = "mlx_dpo_source.json"  # in a converted folder: the GGUF file it came from
-
-_LAYER_NAMES = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-}
-_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-
-# llama.cpp pre-tokenizer names -> split regex applied before byte-level BPE. None: GPT-2's.
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_PRE_TOKENIZERS: dict[str, tuple[bool, str | None]] = {
-    # name: (split digits one by one, custom split regex)
-    "default": (False, None),
-    "gpt2": (False, None),
-    "gpt-2": (False, None),
-    "smollm": (True, None),
-    "starcoder": (True, None),
-    "llama-bpe": (False, _LLAMA3_SPLIT),
-    "llama3": (False, _LLAMA3_SPLIT),
-}
+# GGML type ids (gguf.GGMLQuantizationType) by name.
+NATIVE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8}
+DEQUANTIZED_TYPES = {"Q5_0": 6, "Q5_1": 7, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "BF16": 30}
+_TYPE_NAMES = {v: k for k, v in {**NATIVE_TYPES, **DEQUANTIZED_TYPES}.items()}
+_CHUNK_ROWS = 4096  # rows dequantized at a time: bounded memory, few numpy calls
 
 
 def read_gguf(path: str | Path) -> tuple[dict[str, mx.array], dict[str, Any]]:
-    """Weights and metadata of a GGUF file, with a clear error for a missing, damaged or foreign file."""
+    """Weights and metadata of a GGUF file, with a clear error for a missing, damaged, unsupported or foreign file."""
     path = Path(path)
     if not path.is_file():
         raise MlxDpoError(f"{path}: GGUF file not found")
@@ -65,75 +52,64 @@ def read_gguf(path: str | Path) -> tuple[dict[str, mx.array], dict[str, Any]]:
         raise MlxDpoError(f"{path}: cannot read GGUF file ({e.strerror})") from None
     if magic != b"GGUF":
         raise MlxDpoError(f"{path}: not a GGUF file (missing the GGUF magic bytes)")
+    fields, tensors = gguf_layout(path)
+    metadata = {key: value for key, (value, _, _) in fields.items()}
+    architecture_of(metadata, str(path))  # an unknown architecture is named before any tensor is read
+    for info in tensors:
+        if info.type not in _TYPE_NAMES:
+            raise MlxDpoError(f"{path}: tensor {info.name} is stored as {_type_name(info.type)}, a type mlx-dpo "
+                              f"cannot import (supported: {', '.join(_TYPE_NAMES.values())})")
+    if all(info.type in NATIVE_TYPES.values() for info in tensors):
+        try:
+            weights, _ = mx.load(str(path), return_metadata=True)
+        except (RuntimeError, ValueError) as e:
+            detail = str(e).replace("[load_gguf] ", "")
+            raise MlxDpoError(f"{path}: damaged or truncated GGUF file ({detail})") from None
+        return weights, metadata
+    return _dequantized(path, tensors), metadata
+
+
+def _type_name(ggml_type: int) -> str:
+    from gguf import GGMLQuantizationType
+
     try:
-        weights, metadata = mx.load(str(path), return_metadata=True)
-    except (RuntimeError, ValueError) as e:
-        detail = str(e).replace("[load_gguf] ", "")
-        raise MlxDpoError(f"{path}: damaged or truncated GGUF file ({detail})") from None
-    return weights, {k: _plain(v) for k, v in metadata.items()}
+        return GGMLQuantizationType(ggml_type).name
+    except ValueError:
+        return f"unknown type {ggml_type}"
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, mx.array):
-        return value.item() if value.ndim == 0 else value.tolist()
-    return value
+def _dequantized(path: Path, tensors: list[TensorInfo]) -> dict[str, mx.array]:
+    """Every tensor as float32 (F16 kept), dequantized by the `gguf` package."""
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    weights = {}
+    for info in tensors:
+        raw = data[info.offset: info.offset + info.nbytes]
+        if info.type == NATIVE_TYPES["F32"]:
+            value = raw.view(np.float32).reshape(info.shape)
+        elif info.type == NATIVE_TYPES["F16"]:
+            value = raw.view(np.float16).reshape(info.shape)
+        else:
+            value = dequantize(raw.reshape(*info.shape[:-1], -1), info.type).reshape(info.shape)
+        weights[info.name] = mx.array(value)
+    return weights
 
 
-def gguf_to_config(metadata: dict[str, Any], weights: dict[str, mx.array], source: str) -> dict:
-    """An mlx-lm/transformers `config.json` for the model described by GGUF metadata."""
-    arch = metadata.get("general.architecture")
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise MlxDpoError(
-            f"{source}: architecture {arch!r} is not supported "
-            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-        )
+def dequantize(raw: np.ndarray, ggml_type: int) -> np.ndarray:
+    """Packed rows (bytes) of a GGML type as float32, by the `gguf` package's numpy code.
 
-    def need(key: str) -> Any:
-        if f"{arch}.{key}" not in metadata:
-            raise MlxDpoError(f"{source}: metadata field {arch}.{key} is missing")
-        return metadata[f"{arch}.{key}"]
+    `gguf.quants.dequantize` works through 16 rows at a time, which makes Python the cost on a 262k-row
+    embedding (about 6 s); its per-type class does the same arithmetic on as many rows as it is given.
+    """
+    import gguf
 
-    hidden, heads = int(need("embedding_length")), int(need("attention.head_count"))
-    head_dim = int(metadata.get(f"{arch}.attention.key_length", hidden // heads))
-    rope_dims = int(metadata.get(f"{arch}.rope.dimension_count", head_dim))
-    if rope_dims != head_dim:
-        raise MlxDpoError(f"{source}: partial rotary embeddings ({rope_dims} of {head_dim}) are not supported")
-    vocab_size = metadata.get(f"{arch}.vocab_size") or len(metadata["tokenizer.ggml.tokens"])
-    config: dict[str, Any] = {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
-        "hidden_size": hidden,
-        "intermediate_size": int(need("feed_forward_length")),
-        "num_hidden_layers": int(need("block_count")),
-        "num_attention_heads": heads,
-        "num_key_value_heads": int(metadata.get(f"{arch}.attention.head_count_kv", heads)),
-        "head_dim": head_dim,
-        "rms_norm_eps": float(metadata.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": float(metadata.get(f"{arch}.rope.freq_base", 10000.0)),
-        "max_position_embeddings": int(metadata.get(f"{arch}.context_length", 2048)),
-        "vocab_size": int(vocab_size),
-        "tie_word_embeddings": "output.weight" not in weights,
-        "rope_traditional": False,
-        "hidden_act": "silu",
-    }
-    if metadata.get(f"{arch}.rope.scaling.type") == "linear":
-        config["rope_scaling"] = {"type": "linear", "factor": float(metadata[f"{arch}.rope.scaling.factor"])}
-    for name, gguf_name in (("bos", "bos"), ("eos", "eos"), ("pad", "padding")):
-        if f"tokenizer.ggml.{gguf_name}_token_id" in metadata:
-            config[f"{name}_token_id"] = int(metadata[f"tokenizer.ggml.{gguf_name}_token_id"])
-    if any(k.endswith(".scales") for k in weights):
-        # Every GGUF type that mx.load keeps packed uses groups of 32; bits vary per tensor and
-        # mlx-lm infers them from each tensor's shape.
-        config["quantization"] = {"group_size": 32, "bits": _bits_of_first_quantized(weights)}
-    return config
-
-
-def _bits_of_first_quantized(weights: dict[str, mx.array]) -> int:
-    for key, scales in weights.items():
-        if key.endswith(".scales"):
-            packed = weights[key[: -len(".scales")] + ".weight"]
-            return packed.shape[-1] * 32 // (scales.shape[-1] * 32)
-    raise ValueError("no quantized tensor")
+    qtype = gguf.GGMLQuantizationType(ggml_type)
+    quant = getattr(gguf.quants, qtype.name, None)
+    rows = raw.reshape(-1, raw.shape[-1])
+    if quant is None or not hasattr(quant, "dequantize_rows"):
+        return gguf.quants.dequantize(raw, qtype)
+    parts = [quant.dequantize_rows(np.ascontiguousarray(rows[i: i + _CHUNK_ROWS]))
+             for i in range(0, rows.shape[0], _CHUNK_ROWS)]
+    return np.concatenate(parts).reshape(*raw.shape[:-1], -1)
 
 
 def unpermute_rows(w: mx.array, n_heads: int) -> mx.array:
@@ -152,98 +128,37 @@ def permute_rows(w: mx.array, n_heads: int) -> mx.array:
     return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def gguf_to_mlx_weights(weights: dict[str, mx.array], config: dict) -> dict[str, mx.array]:
-    """Rename GGUF tensors to mlx-lm's llama names and un-permute Q and K."""
+def gguf_to_mlx_weights(weights: dict[str, mx.array], config: dict, arch: GgufArch,
+                        source: str = "GGUF") -> dict[str, mx.array]:
+    """Rename GGUF tensors to mlx-lm's names and apply the architecture's rules (Q/K rows, Gemma's norms).
+
+    A tensor with no place in the mlx-lm model is refused: dropping it would run a different model.
+    """
     out: dict[str, mx.array] = {}
+    split_qkv: dict[str, dict[str, mx.array]] = {}  # Phi-3 written with separate Q, K, V
     for key, value in weights.items():
-        stem, _, kind = key.rpartition(".")  # kind: weight, scales or biases
+        stem, _, kind = key.rpartition(".")  # kind: weight, bias, scales or biases
         match = re.fullmatch(r"blk\.(\d+)\.(\w+)", stem)
-        if match:
-            layer, part = match.groups()
-            if part not in _LAYER_NAMES:
-                continue  # e.g. rope_freqs: recomputed by mlx-lm
-            if part == "attn_q":
-                value = unpermute_rows(value, config["num_attention_heads"])
-            elif part == "attn_k":
-                value = unpermute_rows(value, config["num_key_value_heads"])
-            out[f"model.layers.{layer}.{_LAYER_NAMES[part]}.{kind}"] = value
-        elif stem in _TOP_NAMES:
-            out[f"{_TOP_NAMES[stem]}.{kind}"] = value
+        part = match.group(2) if match else stem
+        if part in ROPE_TENSORS:
+            continue  # read into the config (llama3_rope_config) or refused there
+        if arch.norm_shift and part.endswith("norm") and kind == "weight":
+            value = value.astype(mx.float32) - arch.norm_shift
+        if match and arch.name == "phi3" and part in ("attn_q", "attn_k", "attn_v"):
+            split_qkv.setdefault(f"model.layers.{match.group(1)}.self_attn.qkv_proj.{kind}", {})[part] = value
+            continue
+        if match and part in arch.layer_names:
+            if arch.permute_qk and part in ("attn_q", "attn_k"):
+                heads = config["num_attention_heads" if part == "attn_q" else "num_key_value_heads"]
+                value = unpermute_rows(value, heads)
+            out[f"model.layers.{match.group(1)}.{arch.layer_names[part]}.{kind}"] = value
+        elif not match and stem in TOP_NAMES:
+            out[f"{TOP_NAMES[stem]}.{kind}"] = value
+        else:
+            raise MlxDpoError(f"{source}: tensor {key} has no place in mlx-lm's {arch.model_type} model")
+    for name, parts in split_qkv.items():
+        out[name] = mx.concatenate([parts["attn_q"], parts["attn_k"], parts["attn_v"]], axis=0)
     return out
-
-
-def build_tokenizer_files(metadata: dict[str, Any], source: str) -> dict[str, dict]:
-    """`tokenizer.json` and `tokenizer_config.json` contents for a GGUF byte-level BPE vocabulary."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-
-    kind = metadata.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise MlxDpoError(
-            f"{source}: tokenizer type {kind!r} is not supported (only byte-level BPE, 'gpt2')"
-        )
-    tokens: list[str] = metadata["tokenizer.ggml.tokens"]
-    merges = [tuple(m.split(" ", 1)) for m in metadata.get("tokenizer.ggml.merges", [])]
-    types = metadata.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    pre_name = metadata.get("tokenizer.ggml.pre", "default")
-    if pre_name not in _PRE_TOKENIZERS:
-        raise MlxDpoError(f"{source}: pre-tokenizer {pre_name!r} is not supported")
-    split_digits, split_regex = _PRE_TOKENIZERS[pre_name]
-
-    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
-    steps = []
-    if split_digits:
-        steps.append(pre_tokenizers.Digits(individual_digits=True))
-    if split_regex:
-        from tokenizers import Regex
-
-        steps.append(pre_tokenizers.Split(Regex(split_regex), behavior="isolated"))
-    steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split_regex is None))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    tok.add_special_tokens(
-        [
-            AddedToken(t, special=True, normalized=False)
-            for t, ty in zip(tokens, types)
-            if ty in (CONTROL_TOKEN, USER_DEFINED_TOKEN)
-        ]
-    )
-
-    def token(name: str) -> str | None:
-        idx = metadata.get(f"tokenizer.ggml.{name}_token_id")
-        return tokens[int(idx)] if idx is not None and int(idx) < len(tokens) else None
-
-    bos, eos = token("bos"), token("eos")
-    add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
-    add_eos = bool(metadata.get("tokenizer.ggml.add_eos_token", False)) and eos is not None
-    if add_bos or add_eos:
-        # transformers ignores tokenizer_config's add_bos_token/add_eos_token when a tokenizer.json
-        # exists: the post-processor itself has to add them, as llama.cpp does.
-        single = [bos] * add_bos + ["$A"] + [eos] * add_eos
-        pair = single + [bos] * add_bos + ["$B:1"] + [eos] * add_eos
-        specials = [(bos, int(metadata["tokenizer.ggml.bos_token_id"]))] * add_bos
-        specials += [(eos, int(metadata["tokenizer.ggml.eos_token_id"]))] * (add_eos and eos != bos)
-        tok.post_processor = processors.Sequence(
-            [
-                processors.ByteLevel(trim_offsets=False),
-                processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials),
-            ]
-        )
-
-    tokenizer_config: dict[str, Any] = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": token("bos"),
-        "eos_token": token("eos"),
-        "pad_token": token("padding") or token("eos"),
-        "unk_token": token("unknown"),
-        "add_bos_token": add_bos,
-        "add_eos_token": add_eos,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": int(metadata.get("llama.context_length", 2048)),
-    }
-    if "tokenizer.chat_template" in metadata:
-        tokenizer_config["chat_template"] = metadata["tokenizer.chat_template"]
-    return {"tokenizer.json": json.loads(tok.to_str()), "tokenizer_config.json": tokenizer_config}
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
@@ -258,16 +173,21 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
         raise MlxDpoError(f"{out_dir}: already exists; remove it or choose another output folder")
     weights, metadata = read_gguf(gguf_path)
     source = str(gguf_path)
-    config = gguf_to_config(metadata, weights, source)
-    tokenizer_files = build_tokenizer_files(metadata, source)
-    mlx_weights = gguf_to_mlx_weights(weights, config)
-    expected = "model.layers.{}.self_attn.q_proj.weight"
+    arch = architecture_of(metadata, source)
+    config = gguf_to_config(metadata, {k: tuple(v.shape) for k, v in weights.items()}, source)
+    if "rope_freqs.weight" in weights:
+        config["rope_scaling"] = llama3_rope_config(np.array(weights["rope_freqs.weight"]), config, source)
+    tokenizer_files = build_tokenizer_files(metadata, source, arch.name)
+    mlx_weights = gguf_to_mlx_weights(weights, config, arch, source)
+    expected = "model.layers.{}." + next(iter(arch.layer_names.values())) + ".weight"
     missing = [i for i in range(config["num_hidden_layers"]) if expected.format(i) not in mlx_weights]
     if missing or "model.embed_tokens.weight" not in mlx_weights:
         raise MlxDpoError(f"{source}: tensors missing for layers {missing[:5]} or the embedding")
-    generation_config = {
-        k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config
-    }
+    if any(k.endswith(".scales") for k in mlx_weights):
+        # Every type mx.load keeps packed uses groups of 32; bits vary per tensor and mlx-lm infers them
+        # from each tensor's shape.
+        config["quantization"] = {"group_size": 32, "bits": _bits_of_first_quantized(mlx_weights)}
+    generation_config = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
     files = {
         "config.json": config,
         "generation_config.json": generation_config,
@@ -286,8 +206,17 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
+def _bits_of_first_quantized(weights: dict[str, mx.array]) -> int:
+    for key, scales in weights.items():
+        if key.endswith(".scales"):
+            packed = weights[key[: -len(".scales")] + ".weight"]
+            return packed.shape[-1] * 32 // (scales.shape[-1] * 32)
+    raise ValueError("no quantized tensor")
+
+
 def _write_model_folder(out_dir: Path, weights: dict[str, mx.array], files: dict[str, Any]) -> None:
     with atomic_directory(out_dir) as tmp:
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
-        for name, content in files.items():
-            (tmp / name).write_text(json.dumps(content, indent=2, ensure_ascii=False), encoding="utf-8")
+        for name, content in files.items():  # JSON objects, or JSON already written out
+            text = content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False)
+            (tmp / name).write_text(text, encoding="utf-8")

@@ -15,6 +15,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+from jinja2 import Environment, TemplateSyntaxError
 from safetensors import SafetensorError, safe_open
 
 from mlx_dpo import blas
@@ -238,11 +239,13 @@ def load_model(
     *,
     adapter_path: str | Path | None = None,
     dequantize: bool | None = None,
+    chat_template: str | Path | None = None,
 ) -> ModelSession:
     """Resolve `spec` and load model + tokenizer into a session (models/session.py); dequantize to fp32 on the
     CPU backend.
 
-    `adapter_path` puts a trained LoRA adapter (mlx-lm format) on top, for inference.
+    `adapter_path` puts a trained LoRA adapter (mlx-lm format) on top, for inference; `chat_template`
+    (a Jinja file) becomes the tokenizer's template (`use_chat_template`).
     """
     from mlx_lm.utils import dequantize_model, load_model as mlx_load_model, load_tokenizer
 
@@ -269,9 +272,29 @@ def load_model(
                               f"(dequantizing failed: {first})") from None
     session = ModelSession(model, tokenizer, path=path, config=config, name=spec or DEFAULT_MODEL_NAME,
                            quantized=has_quantized_layers(model))
+    use_chat_template(session.tokenizer, chat_template)
     if adapter_path is not None:
         session.use_adapter(adapter_path)
     return session
+
+
+def use_chat_template(tokenizer: Any, path: str | Path | None) -> None:
+    """Give the tokenizer the Jinja chat template in `path` (a base model has none; another replaces its own);
+    None leaves it as it is. mlx-lm's wrapper keeps a `has_chat_template` flag beside the template: both are set.
+    """
+    if path is None:
+        return
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MlxDpoError(f"--chat-template {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        Environment().parse(text)
+    except TemplateSyntaxError as e:
+        raise MlxDpoError(f"--chat-template {path}:{e.lineno}: not a valid Jinja template ({e.message})") from None
+    tokenizer.chat_template = text
+    tokenizer.has_chat_template = True
 
 
 def load_tokenizer_only(spec: str | None) -> tuple[Any, dict]:

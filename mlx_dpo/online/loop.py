@@ -36,7 +36,7 @@ from mlx_dpo.metric_names import (
     HELDOUT, HELDOUT_ACCURACY, HELDOUT_BASE, HELDOUT_KL, HELDOUT_REPETITION, HELDOUT_SCORE, HELDOUT_UNFINISHED,
     HELDOUT_WIN_VS_BASE
 )
-from mlx_dpo.models.generate import SampleSettings
+from mlx_dpo.models.generate import SampleSettings, template_note
 from mlx_dpo.models.load import load_model
 from mlx_dpo.models.session import ModelSession
 from mlx_dpo.online.pairing import choose_pair
@@ -109,7 +109,10 @@ def run_online(
     number = progress.open_round or progress.last_round + 1
     if loaded is None and number <= online.rounds:  # nothing left to do loads nothing
         emit(Status("loading model"))
-        loaded = load_model(model)
+        loaded = load_model(model, chat_template=(settings or {}).get("chat_template"))
+    note = template_note(loaded) if loaded is not None else None
+    if note:
+        emit(Status(note))
     while number <= online.rounds:
         counts = progress.open_counts if number == progress.open_round else {"pairs": 0, "ties": 0, "skips": 0}
         already = sum(counts.values())

@@ -14,8 +14,11 @@ The estimate counts, for the step with gradients:
     values), and each head's attention scores and probabilities over the sequence (2 x heads x L^2);
     with --grad-checkpoint only each layer's input is kept, plus one layer recomputed at a time;
   - the vocabulary projection of the answer positions (every position with --full-logits): logits,
-    log-softmax and their gradient, all kept for the backward pass; the reference pass (forward only,
-    twice the pairs) holds one chunk of positions at a time (logprobs.VOCAB_CHUNK).
+    log-softmax and their gradient, all kept for the backward pass, and three more copies when the step is
+    compiled (measured on Gemma 3 270M's 262k-wide vocabulary with short answers: the compiled step peaked
+    up to 2.8 copies above the three, which matters where the vocabulary dominates); the reference pass
+    (forward only, twice the pairs) holds one chunk of positions at a time (logprobs.VOCAB_CHUNK);
+  - a fixed SMALL_BUFFERS for the optimizer's and the allocator's small arrays.
 It errs high (every sequence is counted at the longest pair's length, the attention scores as if
 materialised), so a run it lets through fits; one it stops may have fitted just. The limit is Metal's
 recommended working set, a CUDA device's free memory, or the system's available memory on CPU
@@ -45,6 +48,8 @@ LIMIT_ENV = "MLX_DPO_MEMORY_LIMIT"
 ACTIVATION_VALUES_PER_TOKEN = 12  # per layer: norm inputs, q/k/v/o inputs and outputs, residuals
 INTERMEDIATE_VALUES_PER_TOKEN = 4  # per layer: gate, up, the activation and its product
 LOGIT_COPIES = 3  # logits, log-softmax, their gradient
+COMPILED_LOGIT_COPIES = 6  # the compiled step keeps more of them alive (see above)
+SMALL_BUFFERS = 128 * 10**6
 ADAPTER_COPIES = 4  # weights, gradients, Adam's two moments
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -160,7 +165,8 @@ def _step_bytes(dims: tuple[int, int, int, int, int], width: int, n: int, prompt
     projected = length if args.full_logits else answer
     if not backward and not args.full_logits:  # forward only: chunked_logps frees its chunks one by one
         return kept + sequences * min(projected, VOCAB_CHUNK) * vocab * 4 * (LOGIT_COPIES - 1)
-    return kept + sequences * projected * vocab * 4 * (LOGIT_COPIES if backward else LOGIT_COPIES - 1)
+    copies = (COMPILED_LOGIT_COPIES if args.compile else LOGIT_COPIES) if backward else LOGIT_COPIES - 1
+    return kept + sequences * projected * vocab * 4 * copies
 
 
 def estimate(model: nn.Module, config: Mapping, pairs: Sequence[EncodedPair], args: TrainingArgs,
@@ -173,7 +179,7 @@ def estimate(model: nn.Module, config: Mapping, pairs: Sequence[EncodedPair], ar
     n, prompt, answer = largest_batch(pairs, args.batch_size)
     train_step = _step_bytes(dims, width, n, prompt, answer, args, backward=True)
     reference = _step_bytes(dims, width, min(2 * args.batch_size, len(pairs)), prompt, answer, args, backward=False)
-    total = weights + _adapter_bytes(model, lora, dims[0]) + max(train_step, reference)
+    total = weights + _adapter_bytes(model, lora, dims[0]) + max(train_step, reference) + SMALL_BUFFERS
     return MemoryEstimate(total, weights, f"{n} pair(s), prompt {prompt:,} + answer {answer:,} tokens")
 
 

@@ -90,7 +90,7 @@ def review_pairs(
     beta = float(read_adapter_config(adapter_path).get("mlx_dpo", {}).get("beta") or DEFAULT_BETA)
     if loaded is None:
         emit(Status("loading model"))
-        loaded = load_model(model)
+        loaded = load_model(model, chat_template=trained_with.get("chat_template"))
     # Pairs cut as the round's training cut them (its --max-length, else the defaults): scored as it saw them.
     limits = token_limits(loaded.config, trained_with.get("max_length", RunOptions.max_length),
                           trained_with.get("max_prompt_length", RunOptions.max_prompt_length))

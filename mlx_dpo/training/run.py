@@ -24,7 +24,7 @@ from mlx_dpo.training import checkpoint, distributed, memory
 from mlx_dpo.models.adapter import CONFIG_FILE, adapter_config, adapter_weights, read_adapter_config, settings_from_config
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, EvalMetrics, Failed, Finished, Status
-from mlx_dpo.models.load import load_model
+from mlx_dpo.models.load import load_model, use_chat_template
 from mlx_dpo.models.session import ModelSession
 from mlx_dpo.data.pairs import PreferencePair, load_pairs
 from mlx_dpo.training.ref_cache import RefCache, arrays_digest, reference_fingerprint
@@ -32,7 +32,7 @@ from mlx_dpo.training.reference import RefLogps, ReferenceStats, reference_logps
 from mlx_dpo.training.kto_scores import kto_scores
 from mlx_dpo.training.method_data import kto_data, method_reference, with_labels
 from mlx_dpo.training.methods import is_kto
-from mlx_dpo.training.tokens import EncodedPair, Encoder, token_limits, truncation_report
+from mlx_dpo.training.tokens import EncodedPair, Encoder, plain_rows_note, token_limits, truncation_report
 from mlx_dpo.options import build, flatten, resolve, settings_of
 from mlx_dpo.settings import EVAL_LOSS_SETTINGS, TRAIN_GROUPS, LoraSettings, RunOptions, TrainingArgs, loss_types
 from mlx_dpo.tracking import Tracker, check_available
@@ -209,6 +209,16 @@ def _same_on_every_rank(group: distributed.Group, start: _Start, run: RunOptions
                           "every rank needs at least one pair of each batch")
 
 
+def _session(loaded: ModelSession | None, model_spec: str | None, chat_template: str | Path | None,
+             emit: Callable[[Event], None]) -> ModelSession:
+    """The model a run trains: the caller's session, else one loaded now; either takes the run's chat template."""
+    if loaded is None:
+        emit(Status("loading model"))
+        loaded = load_model(model_spec)
+    use_chat_template(loaded.tokenizer, chat_template)  # a caller's model (a round, the app) takes it too
+    return loaded
+
+
 def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, loaded, tracker, settings) -> TrainResult:
     given, run, args, lora = _split_kwargs(settings)
     check_available(run.report_to)  # a tracker that is not installed: refused before anything loads
@@ -228,9 +238,7 @@ def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, load
         _same_on_every_rank(group, start, run, train_pairs + valid_pairs)
         emit(Status(f"training on {group.size} ranks ({group.backend})"))
 
-    if loaded is None:
-        emit(Status("loading model"))
-        loaded = load_model(model_spec)
+    loaded = _session(loaded, model_spec, run.chat_template, emit)
     limits = token_limits(loaded.config, run.max_length, run.max_prompt_length)
     encoder = Encoder(loaded.tokenizer, max_length=limits.max_length, max_prompt_length=limits.max_prompt_length)
     emit(Status("tokenizing", total=len(train_pairs) + len(valid_pairs)))
@@ -238,7 +246,8 @@ def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, load
     valid_enc = with_labels(_encode(encoder, valid_pairs, run.skip_invalid, emit), valid_labels)
     if not train_enc:
         raise MlxDpoError("no training pairs left after tokenization")
-    for line in (limits.note, truncation_report(train_pairs + valid_pairs, train_enc + valid_enc, limits)):
+    for line in (plain_rows_note(loaded.tokenizer, loaded.name), limits.note,
+                 truncation_report(train_pairs + valid_pairs, train_enc + valid_enc, limits)):
         if line:
             emit(Status(line))
     # Before the first forward pass: a run that cannot fit stops here with one line, not in swap or the OOM killer.
@@ -252,6 +261,7 @@ def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, load
         "num_pairs": len(train_enc),
         "beta": args.beta,
         "loss_type": args.loss_type,
+        "chat_template": str(run.chat_template) if run.chat_template else None,
     })
     tracked = {"model": loaded.name, **flatten(args, lora), **{k: v for k, v in flatten(run).items()
                                                               if not isinstance(v, (list, tuple))}}
@@ -321,6 +331,7 @@ def evaluate(
     per_example: str | Path | None = None,
     full_logits: bool = TrainingArgs.full_logits,
     shared_prompt: bool = TrainingArgs.shared_prompt,
+    chat_template: str | Path | None = RunOptions.chat_template,
     on_event: Callable[[Event], None] | None = None,
     loaded: ModelSession | None = None,
     **loss_settings: Any,
@@ -346,6 +357,7 @@ def evaluate(
     else:
         pairs, labels = _pairs(data, skip_invalid, emit, data_config, default_split="test"), None
     loaded = loaded or load_model(model)
+    use_chat_template(loaded.tokenizer, chat_template)
     # The limits training uses: eval of a long row must not take more memory than training it.
     limits = token_limits(loaded.config, max_length or RunOptions.max_length, RunOptions.max_prompt_length)
     encoder = Encoder(loaded.tokenizer, max_length=limits.max_length, max_prompt_length=limits.max_prompt_length)

@@ -21,6 +21,14 @@ particular (as rejected); its tokens without an end are exactly what the model s
 the text), so their log-probability is the sample's. Leaving such answers out instead would throw away the
 pairs that teach a model to finish within its budget (a finished answer chosen over a cut one).
 
+A model without a chat template (a base model: Gemma 3 270M) gets its rows as TRL joins non-conversational
+data (`plain_prompt`, `Encoder._plain_completion`): the prompt is the text, tokenized with the tokenizer's own
+special tokens (BOS where it adds one); the completion is tokenize(prompt + answer) after the prompt's tokens,
+and EOS ends it (TRL appends the EOS text unless the answer already ends with it; an answer cut at max
+tokens gets none, as above). Only a prompt that is one
+user message can be plain text; a conversation (a system message, several turns) is refused with one line
+unless --chat-template supplies a template.
+
 Long rows (`token_limits`, `Encoder._truncate`): --max-length is bounded by the model's context length
 (config.json's max_position_embeddings or its kin), since positions past it were never trained and the
 attention of one long row grows with the square of its length. A prompt over --max-prompt-length keeps
@@ -68,11 +76,42 @@ class EncodeProblem:
         return f"{where}: {self.message}"
 
 
+NO_TEMPLATE = ("this model has no chat template, so a conversation (a system message or several turns) cannot be "
+               "rendered; give the prompt as one string, or pass --chat-template FILE")
+
+
+def has_chat_template(tokenizer) -> bool:
+    """Whether the tokenizer renders conversations: mlx-lm's wrapper says; a transformers tokenizer by its
+    template; any other object by having `apply_chat_template` at all."""
+    flag = getattr(tokenizer, "has_chat_template", None)
+    if isinstance(flag, bool):
+        return flag
+    if hasattr(tokenizer, "chat_template"):
+        return tokenizer.chat_template is not None
+    return callable(getattr(tokenizer, "apply_chat_template", None))
+
+
+def plain_rows_note(tokenizer, model: str) -> str | None:
+    """The run's Status line for a model without a chat template (None: it has one)."""
+    if has_chat_template(tokenizer):
+        return None
+    return (f"{model} has no chat template: rows are plain text, joined as TRL joins them (prompt, answer, EOS); "
+            "a conversation needs --chat-template FILE")
+
+
+def plain_prompt(messages: list[dict]) -> str:
+    """The text of a prompt for a model without a chat template; MlxDpoError for a conversation."""
+    if len(messages) != 1 or messages[0].get("role") != "user":
+        raise MlxDpoError(NO_TEMPLATE)
+    return messages[0]["content"]
+
+
 class Encoder:
     """Tokenizes pairs with one tokenizer, template and truncation policy."""
 
     def __init__(self, tokenizer, max_length: int | None = None, max_prompt_length: int | None = None):
         self.tokenizer = tokenizer
+        self.template = has_chat_template(tokenizer)
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
         self.bos = tokenizer.bos_token_id
@@ -127,12 +166,43 @@ class Encoder:
             raise _Problem(f"field '{field}': no tokens besides the end-of-turn token")
         return completion
 
+    def _plain_completion(self, prompt_text: str, prompt_ids: list[int], text: str, field: str) -> list[int]:
+        """TRL's non-conversational rule: tokenize(prompt + answer) after the prompt's tokens, EOS at the end
+        (none after an answer cut at max tokens, as with a template: see above)."""
+        finished = is_finished(text)
+        eos = self.tokenizer.eos_token_id if finished else None
+        eos_text = self.tokenizer.decode([eos]) if eos is not None else ""
+        if eos_text and text.endswith(eos_text):
+            text = text[: -len(eos_text)]  # TRL does not add a second one
+        for marker in self._end_of_turn_texts:
+            if marker in text:
+                raise _Problem(f"field '{field}': contains the end-of-sequence marker {marker!r} before its end, "
+                               "which would end the answer there; remove it from the text")
+        full = list(self.tokenizer.encode(prompt_text + text))
+        if full[: len(prompt_ids)] != prompt_ids:
+            raise _Problem(f"field '{field}': the prompt's last token and the answer's first merge into one token "
+                           "(e.g. a prompt ending in a space); move that text from the end of the prompt to the "
+                           "start of the answers")
+        completion = full[len(prompt_ids):] + ([eos] if eos is not None else [])
+        if not completion[: len(completion) - (eos is not None)]:
+            raise _Problem(f"field '{field}': no tokens besides the end-of-sequence token")
+        return completion
+
     def encode(self, pair: PreferencePair) -> EncodedPair:
         """Token ids for one pair; raises `MlxDpoError` naming the pair when it cannot be encoded."""
         try:
-            prompt = self._render(pair.prompt, add_generation_prompt=True)
-            chosen = self._completion(pair, prompt, pair.chosen, "chosen")
-            rejected = self._completion(pair, prompt, pair.rejected, "rejected")
+            if self.template:
+                prompt = self._render(pair.prompt, add_generation_prompt=True)
+                chosen = self._completion(pair, prompt, pair.chosen, "chosen")
+                rejected = self._completion(pair, prompt, pair.rejected, "rejected")
+            else:
+                try:
+                    text = plain_prompt(pair.prompt)
+                except MlxDpoError as e:
+                    raise _Problem(str(e)) from None
+                prompt = list(self.tokenizer.encode(text))
+                chosen = self._plain_completion(text, prompt, pair.chosen, "chosen")
+                rejected = self._plain_completion(text, prompt, pair.rejected, "rejected")
         except _Problem as p:
             raise MlxDpoError(str(EncodeProblem(pair.id, pair.source, str(p)))) from None
         return self._truncate(pair, prompt, chosen, rejected)
@@ -161,6 +231,10 @@ class Encoder:
                 encoded.append(self.encode(pair))
             except MlxDpoError as e:
                 problems.append(str(e))
+        if problems and not skip_invalid and all(p.endswith(": " + NO_TEMPLATE) for p in problems):
+            # Every row a conversation for a model without a template: one line naming them.
+            where = ", ".join(p[: -len(NO_TEMPLATE) - 2] for p in problems[:10]) + (" and more" if problems[10:] else "")
+            raise MlxDpoError(f"{where}: {NO_TEMPLATE} (or --skip-invalid to drop such rows)")
         if problems and not skip_invalid:
             listed = "\n".join(problems[:20]) + (f"\n... and {len(problems) - 20} more" if len(problems) > 20 else "")
             raise MlxDpoError(f"{len(problems)} pair(s) cannot be tokenized:\n{listed}\n"

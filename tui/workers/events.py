@@ -21,6 +21,7 @@ class LoadProgress:
 class ModelReady:
     name: str  # short display name
     sampler: str  # what a sampled pair records as its sampler: model (+ adapter)
+    note: str | None = None  # what to know before sampling (a base model without a chat template)
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,8 @@ class ModelWorker(ThreadWorker):
         self._reviews = 0  # review request ids (their own count: a review is never superseded)
         self.load_error: str | None = None
         self.ready = threading.Event()
+        self.chat_template: str | None = None  # a template file for a model without one (--chat-template)
+        self.note: str | None = None  # template_note of the loaded model
 
     # --- called from the UI thread ---
 
@@ -142,7 +144,7 @@ class ModelWorker(ThreadWorker):
         self._report(LoadProgress(0, 2, what))
         api.resolve_model_path(spec)
         self._report(LoadProgress(1, 2, f"loading {self.name}…"))
-        return api.load_model(spec, adapter_path=self.adapter_path)
+        return api.load_model(spec, adapter_path=self.adapter_path, chat_template=self.chat_template)
 
     def _run(self) -> None:
         loaded = None
@@ -155,8 +157,10 @@ class ModelWorker(ThreadWorker):
             self._report(LoadFailed(self.load_error))
         else:
             self._report(LoadProgress(2, 2, f"{self.name} ready"))
+            self.note = api.template_note(loaded)
             # loaded.name: the --model value, or the default's name
-            self._report(ModelReady(self.name, loaded.name + (f"+{self.adapter_path}" if self.adapter_path else "")))
+            self._report(ModelReady(self.name, loaded.name + (f"+{self.adapter_path}" if self.adapter_path else ""),
+                                    self.note))
         self.ready.set()
         while True:
             request = self._requests.get()
@@ -187,7 +191,7 @@ class ModelWorker(ThreadWorker):
             return loaded
         self.adapter_path = path
         self.name = _version_name(self.model, path)
-        self._report(ModelReady(self.name, loaded.name + (f"+{path}" if path else "")))
+        self._report(ModelReady(self.name, loaded.name + (f"+{path}" if path else ""), self.note))
         return loaded
 
     def _review(self, loaded, request: _Review):
