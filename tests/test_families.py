@@ -124,13 +124,14 @@ def test_every_path_gives_the_models_own_log_probs_within_1e_4_per_token(family_
     # The self-check keeps the asked-for path on every listed family: nothing here falls back.
     use_shared, full_logits = fast_path.resolve(model, checks, shared_prompt=shared, full_logits=not completion_only)
     assert (use_shared, full_logits) == (shared, not completion_only)
+    mask_dims = fast_path.mask_dims(model, checks)  # may run the shared-prompt probe: before the count starts
     ran.update(shared=0, completion_only=0)  # the probe (first case of a family) ran both; count this case only
     layout = layout_for(model, use_shared)
     assert layout is (BatchLayout.SHARED_PROMPT if shared else BatchLayout.SEQUENCES)
 
     pairs = probe_pairs()
     batch = make_pair_batch(pairs, layout)
-    values = np.array(path_token_logps(model, batch, full_logits, compiled, fast_path.mask_dims(model, checks)))
+    values = np.array(path_token_logps(model, batch, full_logits, compiled, mask_dims))
 
     assert ran == {"shared": int(shared), "completion_only": int(completion_only)}
     mask = np.array(batch.mask)
