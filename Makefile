@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 UNAME := $(shell uname -s)
 
-.PHONY: demo test test-fast bench setup setup-dev blas clean
+.PHONY: demo test test-fast test-latest bench setup setup-dev blas clean
 
 demo: setup
 	$(PY) -m mlx_dpo.demo
@@ -22,6 +22,21 @@ test: setup-dev
 # one child process per test, no long training, sampling or export).
 test-fast: setup-dev
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+
+# The suite against the newest mlx and mlx-lm releases, past pyproject.toml's bounds, in a venv of its own
+# (.venv-latest): what to run before raising the bounds (mlx_dpo/compat.py lists what a new mlx-lm may break).
+# pip warns that mlx-dpo's bounds are exceeded there: that is the point.
+LATEST_VENV ?= .venv-latest
+MLX_PACKAGE := $(if $(filter Linux,$(UNAME)),mlx[cpu],mlx)
+
+test-latest: blas
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install -q -e ".[dev]"
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade "$(MLX_PACKAGE)" mlx-lm
+	@$(LATEST_VENV)/bin/python -c "import importlib.metadata as m; \
+		print('test-latest on mlx', m.version('mlx'), 'and mlx-lm', m.version('mlx-lm'))"
+	MLX_DPO_TEST_LATEST=1 $(LATEST_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup-dev
 	$(PY) benchmarks/run.py
@@ -55,4 +70,4 @@ ifeq ($(UNAME),Linux)
 endif
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) build *.egg-info .pytest_cache

@@ -55,13 +55,14 @@ def main() -> None:
     rows = {}
     for family in FAMILIES:
         model = make_family_model(family)
-        found = fast_path.fast_paths(model)  # the self-check: picks the mask layout a family takes
+        found = fast_path.fast_paths(model)  # the self-check: picks the mask layout a family takes (found.mask_dims)
         pairs = probe_pairs(model.model.embed_tokens.weight.shape[0])
         want = own_logps(model, pairs)
         row = {}
         for name, (layout, full) in PATHS.items():
             try:
-                got = np.array(logprobs.completion_logps(model, make_pair_batch(pairs, layout), full_logits=full))
+                got = np.array(logprobs.completion_logps(model, make_pair_batch(pairs, layout), full_logits=full,
+                                                         mask_dims=found.mask_dims))
                 row[name] = float(np.abs(got - want).max())
             except Exception as e:  # a path that cannot run on this family
                 row[name] = f"{type(e).__name__}: {str(e)[:80]}"

@@ -43,7 +43,7 @@ import mlx_dpo  # noqa: F401  # loads the optimized BLAS before mlx
 from mlx_dpo import demo
 from mlx_dpo.data.prompt_file import read_prompt_file
 from mlx_dpo.data.store import PreferenceStore
-from mlx_dpo.models.load import load_model, switch_adapter
+from mlx_dpo.models.load import load_model
 from mlx_dpo.online.judges import load_judge
 from mlx_dpo.online.loop import judge_and_store, run_online
 from mlx_dpo.online.sampling import sample_answers
@@ -158,9 +158,9 @@ def offline_arm(loaded, run: Run, work: Path, held: list, out: Path, online_rows
     k = run.online.per_round
     for number in range(2 if copied else 1, run.online.rounds + 1):
         todo = prompts[(number - 1) * k:number * k]
-        switch_adapter(loaded, None)
-        samples = sample_answers(loaded, todo, run.sample, n=run.online.samples_per_prompt, seed=number,
-                                 batch_size=run.online.sample_batch_size)
+        with loaded.base():
+            samples = sample_answers(loaded, todo, run.sample, n=run.online.samples_per_prompt, seed=number,
+                                     batch_size=run.online.sample_batch_size)
         with PreferenceStore(workspace) as store:
             for prompt, answers in zip(todo, samples.answers):
                 judge_and_store(store, run.judge, prompt, answers, sampler="base (offline)", version="base")

@@ -28,7 +28,7 @@ import mlx_dpo  # noqa: F401  # loads the optimized BLAS before mlx
 from mlx_dpo.data.pairs import DEMO_PAIRS_PATH, load_pairs
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.models.generate import SampleSettings
-from mlx_dpo.models.load import load_model, switch_adapter
+from mlx_dpo.models.load import load_model
 from mlx_dpo.training import rounds
 from mlx_dpo.training.run import evaluate
 
@@ -57,7 +57,6 @@ def add_pairs(workspace: Path, pairs, split: str = "train") -> None:
 
 def new_pairs_after(loaded, pairs, adapter: Path, beta: float) -> dict:
     """Loss and margin of the round's new pairs with the round's adapter (after its last update)."""
-    switch_adapter(loaded, None)
     result = evaluate(pairs, loaded=loaded, adapter_path=adapter, beta=beta)
     return {"new_pairs_loss_after": round(result["loss"], 4), "new_pairs_margin_after": round(result["margin"], 4)}
 

@@ -36,7 +36,7 @@ import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 
-from mlx_dpo.models.adapter import LoraSettings, add_adapter, adapter_weights
+from mlx_dpo.models.adapter import LoraSettings, adapter_weights
 from mlx_dpo.doctor import matmul_gflops
 from mlx_dpo.models.load import load_model
 from mlx_dpo.training.ref_cache import RefCache
@@ -95,14 +95,14 @@ class Config:
 
     def __init__(self, loaded, pairs, start_weights, settings: dict, batch_size: int):
         self.settings = settings
-        self.model, self.start_weights = loaded.model, start_weights
+        self.model, self.checks, self.start_weights = loaded.model, loaded.checks, start_weights
         self.args = TrainingArgs(batch_size=batch_size, learning_rate=1e-4,
                                  **{k: v for k, v in settings.items() if k != "group"})
         if settings["group"]:
             self.batches = [[pairs[i] for i in b] for b in epoch_batches(pairs, batch_size, seed=0, epoch=0)]
         else:
             self.batches = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
-        self.step_fn = make_step(self.model, self.args)
+        self.step_fn = make_step(self.model, self.args, checks=self.checks)
         self.epoch_seconds: list[float] = []
         self.peak_memory = 0.0
         self.reference_seconds = self.reference_pass()
@@ -114,7 +114,8 @@ class Config:
         with tempfile.TemporaryDirectory() as tmp:
             cache = RefCache("bench", root=Path(tmp))
             self.ref, stats = reference_logps(self.model, pairs, cache, batch_size=2 * self.args.batch_size,
-                                              shared_prompt=self.args.shared_prompt, full_logits=self.args.full_logits)
+                                              shared_prompt=self.args.shared_prompt, full_logits=self.args.full_logits,
+                                              checks=self.checks)
             cache.close()
         return stats.seconds
 
@@ -167,7 +168,7 @@ def main() -> None:
     loaded = load_model(a.model)
     pairs = synthetic_pairs(loaded.tokenizer, a.pairs)
     mx.random.seed(0)
-    add_adapter(loaded.model, LoraSettings(rank=8, num_layers=a.lora_layers))
+    loaded.train_adapter(None, LoraSettings(rank=8, num_layers=a.lora_layers))
     start_weights = {k: mx.array(v) for k, v in adapter_weights(loaded.model).items()}
     rate = matmul_gflops()
     vocab = loaded.config["vocab_size"]
@@ -175,7 +176,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:  # one untimed pass: the first configuration pays no first-use costs
         cache = RefCache("warm-up", root=Path(tmp))
-        reference_logps(loaded.model, pairs[: a.batch_size], cache, batch_size=a.batch_size)
+        reference_logps(loaded.model, pairs[: a.batch_size], cache, batch_size=a.batch_size, checks=loaded.checks)
         cache.close()
     configs = {name: Config(loaded, pairs, start_weights, settings, a.batch_size)
                for name, settings in CONFIGS.items() if not a.only or name in a.only}

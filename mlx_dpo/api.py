@@ -13,6 +13,13 @@ Two kinds of name live here:
   The app's workers ask on their own threads (MLX streams are thread-local); tests/test_layout.py keeps
   the app's other modules off these names.
 
+A model is loaded once into a session (`load_model` -> `ModelSession`, mlx_dpo/models/session.py: the model,
+which adapter is on it, and what its self-checks found) that every call taking `loaded=` shares:
+
+    session = api.load_model("my-model")
+    with session.adapter("adapters/v2"):     # v2 on for the block; the version on before comes back after it
+        print(api.sample_answers(session, [[{"role": "user", "content": "Hi"}]], api.SampleSettings()).answers)
+
 The work itself lives in the library's packages (`training/run.py` for a run, `training/rounds.py` for a
 round, `online/` for online rounds, `models/` for loading and sampling, `export/`); the events a run reports
 are `mlx_dpo.events`, the settings `mlx_dpo.settings`, the one error type `mlx_dpo.errors.MlxDpoError`.
@@ -32,12 +39,14 @@ from mlx_dpo.data.prompt_file import PromptFileError, read_prompt_file
 from mlx_dpo.data.store import Candidate, PreferenceStore, StoredPair, UndoResult
 from mlx_dpo.names import display_name, is_default
 from mlx_dpo.online.verdict import Judge, Verdict
+from mlx_dpo.settings import SampleSettings
 
 if TYPE_CHECKING:  # what `LAZY` resolves, for type checkers and editors
     from mlx_dpo.export import ExportResult, export
     from mlx_dpo.export.push import push_folder
     from mlx_dpo.models.generate import stream_answer, template_note
-    from mlx_dpo.models.load import LoadedModel, load_model, resolve_model_path, switch_adapter
+    from mlx_dpo.models.load import load_model, resolve_model_path
+    from mlx_dpo.models.session import ModelSession
     from mlx_dpo.online.judges import load_judge
     from mlx_dpo.online.loop import RoundReport
     from mlx_dpo.online.sampling import Samples, sample_answers
@@ -59,9 +68,8 @@ LAZY = {
     "Samples": "mlx_dpo.online.sampling",
     "load_judge": "mlx_dpo.online.judges",
     "load_model": "mlx_dpo.models.load",
-    "LoadedModel": "mlx_dpo.models.load",
+    "ModelSession": "mlx_dpo.models.session",
     "resolve_model_path": "mlx_dpo.models.load",
-    "switch_adapter": "mlx_dpo.models.load",
     "stream_answer": "mlx_dpo.models.generate",
     "template_note": "mlx_dpo.models.generate",
     "export": "mlx_dpo.export",
@@ -71,13 +79,13 @@ LAZY = {
 
 # Everything above and in LAZY (tests/test_layout.py checks LAZY is all here).
 __all__ = [
-    "Answer", "Candidate", "ExportResult", "HUMAN_JUDGE", "IDENTICAL_ANSWERS", "Judge", "LoadedModel",
-    "PreferenceStore", "Problem", "PromptFileError", "ReviewReport", "RoundReport", "RoundResult", "Samples",
-    "StoredPair", "TWO_DIFFERENT_ANSWERS", "TrainResult", "UndoResult", "Verdict", "check_provenance",
+    "Answer", "Candidate", "ExportResult", "HUMAN_JUDGE", "IDENTICAL_ANSWERS", "Judge", "ModelSession",
+    "PreferenceStore", "Problem", "PromptFileError", "ReviewReport", "RoundReport", "RoundResult", "SampleSettings",
+    "Samples", "StoredPair", "TWO_DIFFERENT_ANSWERS", "TrainResult", "UndoResult", "Verdict", "check_provenance",
     "converts_on_load", "display_name", "evaluate", "export", "find_contradictions", "is_default", "is_finished",
     "load_judge", "load_model", "pair_problem", "push_folder", "read_prompt_file", "resolve_model_path",
-    "review_pairs", "run_online", "run_round", "same_answers", "sample_answers", "stream_answer",
-    "switch_adapter", "template_note", "train",
+    "review_pairs", "run_online", "run_round", "same_answers", "sample_answers", "stream_answer", "template_note",
+    "train",
 ]
 
 

@@ -111,7 +111,8 @@ def _default_model() -> dict:
 
 def log_prob_path(model_spec: str) -> dict:
     """The log-prob path training and evaluation take on a model (default settings), after the self-check."""
-    line, (shared, full_logits) = fast_path.describe(load_model(model_spec).model)
+    session = load_model(model_spec)
+    line, (shared, full_logits) = fast_path.describe(session.model, session.checks)
     return {"model": model_spec, "shared_prompt": shared, "completion_only_head": not full_logits, "summary": line}
 
 

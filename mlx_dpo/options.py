@@ -5,15 +5,19 @@
         PREFIX: ClassVar[str] = "lora_"
         rank: int = option(8, "LoRA rank", check=at_least(1))
 
-A setting's *name* is its group's PREFIX plus its field name (`lora_rank`): the keyword of
-`mlx_dpo.api.train`, the key of a --config file and the key of a round's recorded settings. Its CLI
-flag is `--` + the name with dashes unless the field declares another (`flag="--lora-rank"`), and the
-flag's spelling is accepted as a key too, so `lora_layers`, `loss` or `no_compile` keep working where
-today's files and calls use them. A bool that defaults to True is switched off by `--no-<name>`.
+A setting's *name* is its group's PREFIX plus its field name (`lora_rank`), unless the field declares
+another (`name="sample_seed"`, where two groups share a field name): the keyword of `mlx_dpo.api.train`,
+the key of a --config file and the key of a round's recorded settings. Its CLI flag is `--` + the name
+with dashes unless the field declares another (`flag="--lora-rank"`), and the flag's spelling is accepted
+as a key too, so `lora_layers`, `loss` or `no_compile` keep working where today's files and calls use
+them. A bool that defaults to True is switched off by `--no-<name>`. A flag renamed keeps its old
+spelling where it was used as an alias that says it is deprecated (`add_deprecated_flag`).
 
-Everything a surface needs is read from the fields: `add_flags` (argparse), `resolve` (config-file keys
-and API keywords, any accepted spelling), `check` (one rule per setting, one message), `shown` (a default
-as help texts and the app print it), `build` (the dataclass from flat names). No mlx import here.
+Everything a surface needs is read from the fields: `add_flags` (argparse; `add_flag_groups` puts each
+group's flags under its TITLE in --help), `resolve` (config-file keys and API keywords, any accepted
+spelling), `check` (one rule per setting, one message), `shown` (a default as help texts and the app print
+it), `build` (the dataclass from flat names), `with_defaults` (a surface's own defaults, e.g. a round's).
+No mlx import here.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import sys
 import typing
 from dataclasses import dataclass
 from types import MappingProxyType, NoneType, UnionType
@@ -107,9 +112,10 @@ class SettingError(MlxDpoError, ValueError):
 
 
 def option(default: Any, help: str, *, check: Check | None = None, flag: str | None = None,
-           default_text: str | None = None) -> Any:
-    """A dataclass field for a setting. `default_text` says what an unset (None/-1) default means in help."""
-    metadata = {"help": help, "check": check, "flag": flag, "default_text": default_text}
+           default_text: str | None = None, name: str | None = None) -> Any:
+    """A dataclass field for a setting. `default_text` says what an unset (None/-1) default means in help;
+    `name` replaces PREFIX + field name where two groups have a field of the same name."""
+    metadata = {"help": help, "check": check, "flag": flag, "default_text": default_text, "name": name}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -161,7 +167,7 @@ def _kind(hint: Any) -> type:
 
 
 def _setting(group: type, f: dataclasses.Field, hint: Any) -> Setting:
-    name = getattr(group, "PREFIX", "") + f.name
+    name = f.metadata.get("name") or getattr(group, "PREFIX", "") + f.name
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     kind = _kind(hint)
     off = "no-" if kind is bool and default is True else ""
@@ -272,6 +278,42 @@ def build(group: type[T], values: Mapping[str, Any], base: Mapping[str, Any] | N
 def flatten(*objs: Any) -> dict[str, Any]:
     """Option dataclass instances -> {name: value}, e.g. for a round's record."""
     return {name: getattr(obj, s.field) for obj in objs for name, s in settings_of(type(obj)).items()}
+
+
+def with_defaults(settings: Mapping[str, Setting], defaults: Mapping[str, Any]) -> dict[str, Setting]:
+    """`settings` as a surface that starts from other defaults shows them (a round's, `online`'s sampler)."""
+    return {name: dataclasses.replace(s, default=defaults[name]) if name in defaults else s
+            for name, s in settings.items()}
+
+
+def add_flag_groups(parser: argparse.ArgumentParser, settings: Iterable[Setting]) -> None:
+    """`add_flags`, each setting under its group's heading in --help (the dataclass's TITLE), the groups in the
+    order their settings come."""
+    by_group: dict[type, list[Setting]] = {}
+    for s in settings:
+        by_group.setdefault(s.group, []).append(s)
+    for group, members in by_group.items():
+        add_flags(parser.add_argument_group(getattr(group, "TITLE", group.__name__)), members)
+
+
+class _Deprecated(argparse._StoreAction):
+    """An old flag that still works (stored as its new flag would be), saying on stderr which flag replaced it."""
+
+    def __init__(self, option_strings, dest, new_flag: str, **kwargs):
+        self.new_flag = new_flag
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"mlx-dpo: note: {option_string} is deprecated; use {self.new_flag}", file=sys.stderr)
+        super().__call__(parser, namespace, values, option_string)
+
+
+def add_deprecated_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, old_flag: str,
+                        setting: Setting) -> None:
+    """`old_flag` as an alias of `setting`'s flag that says it is deprecated (in --help and when used)."""
+    parser.add_argument(old_flag, dest=setting.name, type=setting.parse, default=None, action=_Deprecated,
+                        new_flag=setting.flag, metavar=setting.flag.lstrip("-").replace("-", "_").upper(),
+                        help=f"deprecated: use {setting.flag}")
 
 
 def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, settings: Iterable[Setting]) -> None:

@@ -6,12 +6,14 @@
                    token limits, the metrics file, a tracker (trackio)
     RoundSettings  what an incremental round adds (replay share, length by passes, reference, held-out)
     OnlineSettings what `mlx-dpo online` adds (rounds, prompts per round, answers per prompt)
-    SampleSettings how answers are sampled (the app's sampler settings, `mlx-dpo online`'s too)
+    SampleSettings how answers are sampled (the app's sampler settings, `mlx-dpo online`'s and `generate`'s)
 
 `mlx-dpo train`'s flags, the keys of its --config file, the keywords of `mlx_dpo.api.train`, the app's
 Train fields and the settings a round records are all read from these fields (see `mlx_dpo.options`
-for how), so changing a default or a rule here changes it everywhere. The classes check their values
-when built. No mlx import: the app's UI process reads these too.
+for how), so changing a default or a rule here changes it everywhere; `--help` shows each class's flags
+under its TITLE. A surface that starts from other defaults names them once here (ROUND_DEFAULTS,
+ONLINE_SAMPLING). The classes check their values when built (SampleSettings when asked: `check()`).
+No mlx import: the app's UI process reads these too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 from mlx_dpo.options import (
-    Check, OneOf, Setting, at_least, check, check_fields, in_range, option, positive, rule, settings_of,
+    Check, OneOf, Setting, SettingError, at_least, check, check_fields, in_range, option, positive, rule, settings_of,
+    with_defaults,
 )
 
 ACCEPT_MODES = ("always", "kl", "better")  # --accept: mlx_dpo.training.acceptance
@@ -145,6 +148,8 @@ def _label_smoothing_problem(eps: float, values: Mapping[str, Any]) -> str | Non
 class TrainingArgs:
     """How the policy is optimised. A bool that is on by default is described by its --no- flag."""
 
+    TITLE: ClassVar[str] = "training"
+
     iters: int | None = option(None, "optimizer steps", check=at_least(1), default_text="--epochs")
     epochs: float = option(1.0, "passes over the data", check=positive())
     batch_size: int = option(4, "pairs per micro-batch", check=at_least(1))
@@ -201,6 +206,7 @@ class LoraSettings:
     """The LoRA/DoRA adapter. Saved in the adapter's config (`mlx_dpo.lora`) under these field names."""
 
     PREFIX: ClassVar[str] = "lora_"
+    TITLE: ClassVar[str] = "LoRA adapter"
 
     rank: int = option(8, "LoRA rank", check=at_least(1))
     alpha: float = option(16.0, "LoRA alpha; scale = alpha / rank", check=positive())  # as in PEFT
@@ -227,6 +233,8 @@ def _template_file_problem(path: str | Path, _values: Mapping[str, Any]) -> str 
 @dataclass
 class RunOptions:
     """What a run reads and writes besides the training pairs, the model and the adapter folder."""
+
+    TITLE: ClassVar[str] = "data and outputs"
 
     # A file, a dataset folder or a Hub dataset (owner/name[:split], default split "test"), or a list of pairs.
     valid_data: str | Path | list | None = option(None, "validation pairs: a JSONL or Parquet file, a dataset folder "
@@ -271,6 +279,8 @@ class RoundSettings:
     in benchmarks/rounds.py (benchmarks/README.md, "Rounds").
     """
 
+    TITLE: ClassVar[str] = "rounds"
+
     replay: float = option(0.5, "with --incremental: share of older pairs replayed", check=at_least(0))
     passes: float = option(2.0, "a round's passes over its new + replayed pairs", check=positive())
     min_steps: int = option(2, "a round's fewest optimizer steps", check=at_least(1))
@@ -298,6 +308,8 @@ class OnlineSettings:
     prompts each, how many answers per prompt. `rounds` counts this prompt file's rounds in the workspace,
     so the same command run again after a stop goes on to the same end."""
 
+    TITLE: ClassVar[str] = "online rounds"
+
     rounds: int = option(3, "online rounds of this prompt file in the workspace (a restart goes on to the same count)",
                          check=at_least(1))
     per_round: int = option(8, "prompts sampled and judged per round", check=at_least(1))
@@ -314,28 +326,32 @@ class OnlineSettings:
 
 @dataclass(frozen=True)
 class SampleSettings:
-    """How answers are sampled: the app's Label screen and `mlx-dpo online` use the same settings.
+    """How answers are sampled: the app's Label screen, `mlx-dpo generate` and `mlx-dpo online`.
 
-    `seed=None` draws a fresh seed per request; in the app, slot 2 uses seed + 1. A plain frozen dataclass
-    checked on demand (`check()` raises ValueError naming the field), since the app's settings form builds
+    `seed=None` draws a fresh seed per request; in the app, slot 2 uses seed + 1; online rounds combine the seed
+    with the round number. Checked on demand (`check()`), not when built, since the app's settings form builds
     one from what was typed and then asks what is wrong with it.
     """
 
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_tokens: int = 256
-    seed: int | None = None
+    TITLE: ClassVar[str] = "sampling"
+
+    temperature: float = option(0.7, "sampling temperature; 0 is greedy",
+                                check=rule(lambda t: 0 <= t <= 10, "must be between 0 and 10"))
+    top_p: float = option(1.0, "nucleus sampling: keep the most likely tokens up to this total probability",
+                          check=rule(lambda p: 0 < p <= 1, "must be in (0, 1]"))
+    max_tokens: int = option(256, "longest answer in tokens",
+                             check=rule(lambda n: 1 <= n <= 32768, "must be between 1 and 32768"))
+    # Its own name: a training run has a seed too (TrainingArgs.seed), and `online` takes both.
+    seed: int | None = option(None, "sampler seed (online rounds combine it with the round number)",
+                              name="sample_seed", default_text="random",
+                              check=rule(lambda n: 0 <= n < 2**31, "must be between 0 and 2^31-1"))
 
     def check(self) -> None:
-        """Raise ValueError naming the bad field."""
-        if not 0 <= self.temperature <= 10:
-            raise ValueError(f"temperature must be between 0 and 10 (got {self.temperature})")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top-p must be in (0, 1] (got {self.top_p})")
-        if not 1 <= self.max_tokens <= 32768:
-            raise ValueError(f"max tokens must be between 1 and 32768 (got {self.max_tokens})")
-        if self.seed is not None and not 0 <= self.seed < 2**31:
-            raise ValueError(f"seed must be between 0 and 2^31-1 (got {self.seed})")
+        """Raise ValueError for the first bad field, named as a person reads it ("top-p", "max tokens")."""
+        try:
+            check_fields(self)
+        except SettingError as e:
+            raise ValueError(e.message(SAMPLE_LABELS[e.name])) from None
 
     def summary(self) -> str:
         seed = "random" if self.seed is None else str(self.seed)
@@ -363,16 +379,25 @@ ROUND_DEFAULTS: dict[str, Any] = {"save_every": 1, "steps_per_report": 1, "rpo_a
 # longer answers for a person to read): short enough to sample a round quickly on a laptop, long enough that the
 # default model can finish an answer in it (benchmarks/README.md, "Online rounds").
 ONLINE_SAMPLING = SampleSettings(temperature=0.8, max_tokens=96)
+# How the sampler's settings are named in a message to a person using the app (its settings form's words).
+SAMPLE_LABELS = {"temperature": "temperature", "top_p": "top-p", "max_tokens": "max tokens", "sample_seed": "seed"}
 
 
 def round_settings_table(*groups: type) -> dict[str, Setting]:
     """The settings of `groups` as a round shows them: ROUND_DEFAULTS in place of the plain defaults."""
-    return {name: replace(s, default=ROUND_DEFAULTS[name]) if name in ROUND_DEFAULTS else s
-            for name, s in settings_of(*groups).items()}
+    return with_defaults(settings_of(*groups), ROUND_DEFAULTS)
+
+
+def online_sampling_table() -> dict[str, Setting]:
+    """The sampler's settings as `mlx-dpo online` shows them: ONLINE_SAMPLING's defaults (an unset seed is 0 there:
+    online.sampling.run_seed)."""
+    table = with_defaults(settings_of(SampleSettings), {name: getattr(ONLINE_SAMPLING, s.field)
+                                                        for name, s in settings_of(SampleSettings).items()})
+    return {**table, "sample_seed": replace(table["sample_seed"], default_text="0")}
 
 
 def check_loss_settings(loss_type: str, beta: float, label_smoothing: float,
-                        f_divergence_type: str = "reverse_kl") -> None:
+                        f_divergence_type: str = TrainingArgs.f_divergence_type) -> None:
     """The loss settings' rules, for callers of the loss functions (the checks TrainingArgs makes)."""
     check({"loss_type": loss_type, "beta": beta, "label_smoothing": label_smoothing,
            "f_divergence_type": f_divergence_type}, settings_of(TrainingArgs))

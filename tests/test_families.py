@@ -20,11 +20,12 @@ from mlx_lm.models import gemma3_text, llama
 
 from family_models import FAMILIES, make_family_folder, make_family_model
 from helpers import bare_model, run_cli, write_demo_pairs
-from mlx_dpo import doctor
+from mlx_dpo import compat, doctor
 from mlx_dpo.data.pairs import load_pairs
 from mlx_dpo.events import Status, StepMetrics
 from mlx_dpo.models.adapter import LoraSettings, add_adapter
 from mlx_dpo.models.load import load_model
+from mlx_dpo.models.session import SelfChecks
 from mlx_dpo.settings import TrainingArgs
 from mlx_dpo.training import fast_path, logprobs, shared_prompt
 from mlx_dpo.training.batching import BatchLayout, SharedPromptBatch, layout_for, make_pair_batch
@@ -66,13 +67,14 @@ def own_token_logps(model, pairs: list[EncodedPair]) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def family_models() -> dict:
-    """Each family's model (in memory, built once) with the model's own per-token log-probs of the probe pairs."""
+    """Each family's model (in memory, built once) with the model's own per-token log-probs of the probe pairs, and
+    the record of its self-check (as a model session keeps it: one probe per model)."""
     cache = {}
 
     def get(family: str):
         if family not in cache:
             model = make_family_model(family, vocab_size=VOCAB)
-            cache[family] = (model, own_token_logps(model, probe_pairs()))
+            cache[family] = (model, own_token_logps(model, probe_pairs()), SelfChecks())
         return cache[family]
 
     return get
@@ -84,9 +86,9 @@ def ran(monkeypatch) -> dict:
     counts = {"shared": 0, "completion_only": 0}
     real_forward, real_chunked = shared_prompt.forward, logprobs.chunked_logps
 
-    def forward(model, batch):
+    def forward(model, batch, mask_dims=4):
         counts["shared"] += 1
-        return real_forward(model, batch)
+        return real_forward(model, batch, mask_dims)
 
     def chunked(head, states, targets):
         counts["completion_only"] += 1
@@ -97,11 +99,16 @@ def ran(monkeypatch) -> dict:
     return counts
 
 
-def path_token_logps(model, batch, full_logits: bool, compiled: bool) -> mx.array:
-    """(2B, C) per-token log-probs of a batch through the path logprobs.py takes for its layout."""
-    fn = logprobs.shared_prompt_token_logps if isinstance(batch, SharedPromptBatch) else logprobs.token_logps
+def path_token_logps(model, batch, full_logits: bool, compiled: bool, mask_dims: int) -> mx.array:
+    """(2B, C) per-token log-probs of a batch through the path logprobs.py takes for its layout (`mask_dims`: the
+    shared-prompt mask layout the self-check found)."""
     cls = type(batch)
-    run = lambda *arrays: fn(model, cls.from_arrays(arrays), full_logits)  # noqa: E731
+
+    def run(*arrays):
+        if isinstance(batch, SharedPromptBatch):
+            return logprobs.shared_prompt_token_logps(model, cls.from_arrays(arrays), full_logits, mask_dims)
+        return logprobs.token_logps(model, cls.from_arrays(arrays), full_logits)
+
     if compiled:
         run = mx.compile(run)
     return run(*batch.arrays())
@@ -113,17 +120,18 @@ def path_token_logps(model, batch, full_logits: bool, compiled: bool) -> mx.arra
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_path_gives_the_models_own_log_probs_within_1e_4_per_token(family_models, ran, family, shared,
                                                                         completion_only, compiled):
-    model, own = family_models(family)
+    model, own, checks = family_models(family)
     # The self-check keeps the asked-for path on every listed family: nothing here falls back.
-    use_shared, full_logits = fast_path.resolve(model, shared_prompt=shared, full_logits=not completion_only)
+    use_shared, full_logits = fast_path.resolve(model, checks, shared_prompt=shared, full_logits=not completion_only)
     assert (use_shared, full_logits) == (shared, not completion_only)
+    mask_dims = fast_path.mask_dims(model, checks)  # may run the shared-prompt probe: before the count starts
     ran.update(shared=0, completion_only=0)  # the probe (first case of a family) ran both; count this case only
     layout = layout_for(model, use_shared)
     assert layout is (BatchLayout.SHARED_PROMPT if shared else BatchLayout.SEQUENCES)
 
     pairs = probe_pairs()
     batch = make_pair_batch(pairs, layout)
-    values = np.array(path_token_logps(model, batch, full_logits, compiled))
+    values = np.array(path_token_logps(model, batch, full_logits, compiled, mask_dims))
 
     assert ran == {"shared": int(shared), "completion_only": int(completion_only)}
     mask = np.array(batch.mask)
@@ -139,14 +147,15 @@ def test_two_training_steps_lower_the_loss(family, tmp_path):
     model = make_family_model(family, seed=1, vocab_size=VOCAB)
     pairs = probe_pairs(seed=3)
     cache = RefCache(f"families-{family}", root=tmp_path)
-    ref, _ = reference_logps(model, pairs, cache, batch_size=2)
+    checks = SelfChecks()  # one probe for the pass and the training, as a model session keeps it
+    ref, _ = reference_logps(model, pairs, cache, batch_size=2, checks=checks)
     cache.close()
     mx.random.seed(0)
     add_adapter(model, LoraSettings(rank=4))
     args = TrainingArgs(iters=3, batch_size=2, learning_rate=1e-2, warmup_steps=0, compile=False,
                         steps_per_report=1, save_every=100)
     events = []
-    train_loop(model, args, pairs, ref, tmp_path / "adapter", {}, on_event=events.append)
+    train_loop(model, args, pairs, ref, tmp_path / "adapter", {}, on_event=events.append, checks=checks)
     losses = [e.metrics["loss"] for e in events if isinstance(e, StepMetrics)]
     assert len(losses) == 3
     assert losses[0] == pytest.approx(np.log(2), abs=1e-4)  # policy = reference before the first step
@@ -184,11 +193,12 @@ def _subclassed(cls):
 def test_a_forward_the_fast_path_cannot_reproduce_falls_back_to_the_plain_path_and_says_so(cls, why, ran, tmp_path):
     model = _subclassed(cls)
     pairs = probe_pairs()
-    fast_path.fast_paths(model)  # the probe, run here so the counts below see only what the pass itself runs
+    checks = SelfChecks()  # the record a model session keeps: one probe, shared by the pass and the training
+    fast_path.fast_paths(model, checks)  # the probe, run here so the counts below see only what the pass itself runs
     ran.update(shared=0, completion_only=0)
     events = []
     cache = RefCache("families-unknown", root=tmp_path)
-    ref, _ = reference_logps(model, pairs, cache, batch_size=2, on_event=events.append)
+    ref, _ = reference_logps(model, pairs, cache, batch_size=2, on_event=events.append, checks=checks)
     cache.close()
     lines = [e.message for e in events if isinstance(e, Status) and e.message.startswith("log-probs")]
     assert len(lines) == 1
@@ -204,7 +214,7 @@ def test_a_forward_the_fast_path_cannot_reproduce_falls_back_to_the_plain_path_a
     # Training on it takes the same decision, once, without a second line.
     add_adapter(model, LoraSettings(rank=4))
     args = TrainingArgs(iters=1, batch_size=2, compile=False, save_every=100)
-    train_loop(model, args, pairs, ref, tmp_path / "adapter", {}, on_event=events.append)
+    train_loop(model, args, pairs, ref, tmp_path / "adapter", {}, on_event=events.append, checks=checks)
     assert [e.message for e in events if isinstance(e, Status) and e.message.startswith("log-probs")] == lines
     assert ran == {"shared": 0, "completion_only": 0}
 
@@ -212,8 +222,8 @@ def test_a_forward_the_fast_path_cannot_reproduce_falls_back_to_the_plain_path_a
 def test_a_shared_prompt_mask_that_ignores_the_sliding_window_is_caught(monkeypatch):
     # Reintroduce the old bug (the whole prompt visible to sliding-window layers): the self-check must turn the
     # shared prompt off and keep the completion-only head, which is still right.
-    real = shared_prompt.attention_mask
-    monkeypatch.setattr(shared_prompt, "attention_mask", lambda valid, offset, n, window_size=None: real(valid, offset, n))
+    real = compat.attention_mask
+    monkeypatch.setattr(compat, "attention_mask", lambda valid, offset, n, window_size=None: real(valid, offset, n))
     model = make_family_model("gemma3_text", vocab_size=VOCAB)
     assert isinstance(model, gemma3_text.Model)
     line, (use_shared, full_logits) = fast_path.describe(model)

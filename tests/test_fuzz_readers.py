@@ -30,7 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlx_dpo.cli import build_parser
-from mlx_dpo.cli.train import COMMAND_KEYS, _options, _train_settings
+from mlx_dpo.cli.common import train_settings
+from mlx_dpo.cli.train import COMMAND_KEYS, _options
 from mlx_dpo.data.feedback import load_feedback
 from mlx_dpo.data.pairs import load_pairs
 from mlx_dpo.data.prompt_file import read_prompt_file
@@ -150,7 +151,7 @@ def read_config(content: bytes, suffix: str) -> None:
     path = written(content, suffix)
     args = build_parser()[0].parse_args(["train", "--config", str(path)])
     try:
-        _options(args, _train_settings(incremental=False), COMMAND_KEYS)
+        _options(args, train_settings(incremental=False), COMMAND_KEYS)
     except MlxDpoError as e:
         named_error(path, e)
 

@@ -128,7 +128,7 @@ def test_generate_continues_plain_text_and_says_no_template_applies(gemma: Any) 
     from mlx_dpo.models.generate import answer, chat_messages, template_note
 
     assert "no chat template" in template_note(gemma)
-    assert answer(gemma, chat_messages(PROMPT), temp=0.0, max_tokens=4).startswith(" the capital")
+    assert answer(gemma, chat_messages(PROMPT), temperature=0.0, max_tokens=4).startswith(" the capital")
 
 
 # --- eval and training, at a 262k-wide vocabulary -----------------------------------------------------------------
@@ -212,18 +212,17 @@ def test_the_gguf_export_runs_in_llama_cpp_with_mlx_dpos_greedy_tokens(gemma: An
     test_family_exports.py, and on this file in the commands of docs/models.md."""
     import llama_cpp
 
-    from mlx_dpo.export.fuse import FusedModel, fuse_adapter
+    from mlx_dpo.export.fuse import FusedModel
     from mlx_dpo.export.gguf import write_fused_gguf
     from mlx_dpo.models.adapter import read_adapter_config, settings_from_config
-    from mlx_dpo.models.load import switch_adapter
 
     adapter = trained[0]
     ids = gemma.tokenizer.encode(PROMPT)
-    switch_adapter(gemma, adapter)  # training left its own layers on the model: the saved adapter replaces them
+    gemma.use_adapter(adapter)  # the session has the trained adapter on (its saved weights): nothing to reload
+    assert gemma.adapter_path == adapter
     ours = greedy(gemma.model, ids)
     config = read_adapter_config(adapter)
-    fused = FusedModel(gemma, config, settings_from_config(config), fuse_adapter(gemma.model, dequantize=True),
-                       "gemma-3-270m")
+    fused = FusedModel(gemma, config, settings_from_config(config), gemma.fuse(dequantize=True), "gemma-3-270m")
     out = tmp_path / "gemma-dpo.gguf"
     write_fused_gguf(fused, out)  # its tokenizer copied from the source GGUF, as for any GGUF-born base
     exported = llama_cpp.Llama(model_path=str(out), n_ctx=64, verbose=False)

@@ -10,7 +10,7 @@ import pytest
 from mlx_dpo.data.pairs import DEMO_PAIRS_PATH, PreferencePair, load_pairs
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.models.generate import SampleSettings
-from mlx_dpo.models.load import load_model, switch_adapter
+from mlx_dpo.models.load import load_model
 from mlx_dpo.online.judges import load_judge
 from mlx_dpo.online.verdict import Verdict
 from mlx_dpo.settings import RoundSettings
@@ -67,13 +67,13 @@ def test_two_rounds_measure_accuracy_kl_score_and_win_rates_and_keep_the_base_on
     assert m["heldout_base/score"] == pytest.approx(heldout.mean_score(judge, prompts, kept["base"]))
     assert m["heldout/score"] == pytest.approx(heldout.mean_score(judge, prompts, kept["v1"]))
     assert m["heldout/win_vs_base"] == m["heldout/win_vs_previous"]  # v1's previous version is the base
-    switch_adapter(loaded, None)
+    assert loaded.adapter_path == r1.adapter_path  # the round leaves its (kept) version on
     scored = run.evaluate(valid, loaded=loaded, adapter_path=r1.adapter_path)
     assert m["heldout/accuracy"] == scored["accuracy"] and m["heldout/margin"] == pytest.approx(scored["margin"], rel=1e-4)
     # The KL: the mean over v1's samples of log pi_v1 - log pi_base, each from the model's own full forward.
     with_adapter = [direct_logp(loaded, p, a) for p, group in zip(prompts, kept["v1"]) for a in group]
-    switch_adapter(loaded, None)
-    without = [direct_logp(loaded, p, a) for p, group in zip(prompts, kept["v1"]) for a in group]
+    with loaded.base():
+        without = [direct_logp(loaded, p, a) for p, group in zip(prompts, kept["v1"]) for a in group]
     expected = sum(w - b for w, b in zip(with_adapter, without)) / len(without)
     assert abs(expected) > 1e-3 and m["heldout/kl"] == pytest.approx(expected, rel=1e-3, abs=1e-4)
 

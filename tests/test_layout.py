@@ -6,12 +6,15 @@ file and line of each offence:
 - no import cycle among the module-level imports of `mlx_dpo` and `tui`;
 - no import placed inside a function in `mlx_dpo/` (the usual way to hide a cycle), except for the
   optional heavy dependencies listed in LAZY_IMPORTS_ALLOWED;
-- no module over MAX_MODULE_LINES lines, no function over MAX_FUNCTION_LINES;
+- no function over MAX_FUNCTION_LINES; a module past MODULE_LINES_GUIDE lines is named in a warning (a guide:
+  one job per module matters more than its length), and only one past MAX_MODULE_LINES fails;
 - the library never imports Textual or `tui`;
 - the app has one boundary with the library: `tui/` imports `mlx_dpo.api` and the event, settings, metric
   name and error modules (TUI_LIBRARY_SURFACE), nothing deeper, and never mlx or mlx-lm itself;
 - `mlx_dpo.api` loads no mlx when imported: its heavy names (LAZY) load on first use, and only the worker
-  modules (TUI_WORKER_MODULES) use them, so the rest of the app never waits for MLX.
+  modules (TUI_WORKER_MODULES) use them, so the rest of the app never waits for MLX;
+- nothing keeps state on a model module (`setattr`/`delattr`, or an attribute assigned on a `model`): what the
+  self-checks find lives in the model session (mlx_dpo/models/session.py).
 
 Each rule is checked on the real tree and, below, on a small made-up tree that breaks it, so a walker
 that silently stopped seeing imports would fail too.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +34,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("mlx_dpo", "tui")
 
-MAX_MODULE_LINES = 400
+MODULE_LINES_GUIDE = 400  # past it a module is named in a warning: worth a look, not a wall that shapes the design
+MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
 
 # Top-level names a function in mlx_dpo/ may import lazily: optional or heavy, and not needed by most
@@ -260,8 +265,8 @@ def _within(module: str, names: frozenset[str]) -> bool:
     return any(".".join(parts[:i]) in names for i in range(1, len(parts) + 1))
 
 
-def long_modules(modules: dict[str, Module]) -> list[str]:
-    return sorted(f"{m.rel}: {m.lines} lines" for m in modules.values() if m.lines > MAX_MODULE_LINES)
+def long_modules(modules: dict[str, Module], limit: int = MAX_MODULE_LINES) -> list[str]:
+    return sorted(f"{m.rel}: {m.lines} lines" for m in modules.values() if m.lines > limit)
 
 
 def long_functions(modules: dict[str, Module]) -> list[str]:
@@ -273,6 +278,30 @@ def long_functions(modules: dict[str, Module]) -> list[str]:
                 if length > MAX_FUNCTION_LINES:
                     offenders.append(f"{mod.rel}:{node.lineno} {node.name}(): {length} lines")
     return sorted(offenders)
+
+
+def _is_model(node: ast.expr) -> bool:
+    """`model` or `<anything>.model`: how the code names a model module (a session's is `session.model`)."""
+    return (isinstance(node, ast.Name) and node.id == "model") or (isinstance(node, ast.Attribute) and
+                                                                    node.attr == "model")
+
+
+def model_state_writes(modules: dict[str, Module]) -> list[str]:
+    """Calls of setattr/delattr anywhere, and attributes assigned on a model (`model.x = ...`, `s.model.x = ...`):
+    a finding kept on an nn.Module instead of in the model session. A model's own layers are changed through
+    mlx's API (`update_modules`, `load_weights`), never by assigning attributes here."""
+    offenders = []
+    for mod in sorted(modules.values(), key=lambda m: m.rel):
+        for node in ast.walk(mod.tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in ("setattr", "delattr")):
+                offenders.append(f"{mod.rel}:{node.lineno}: {node.func.id}()")
+            targets = node.targets if isinstance(node, ast.Assign) else (
+                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+            for target in targets:
+                if isinstance(target, ast.Attribute) and _is_model(target.value):
+                    offenders.append(f"{mod.rel}:{node.lineno}: assigns {ast.unparse(target)}")
+    return sorted(offenders, key=lambda o: (o.split(":")[0], int(o.split(":")[1])))
 
 
 def library_ui_imports(modules: dict[str, Module]) -> list[str]:
@@ -438,12 +467,19 @@ def test_no_function_local_import_in_the_library_except_optional_heavy_dependenc
             function_local_imports(modules))
 
 
-def test_no_module_over_400_lines(modules):
+def test_modules_past_the_line_guide_are_named_and_none_runs_away(modules):
+    for line in long_modules(modules, MODULE_LINES_GUIDE):  # shown in pytest's warnings summary
+        warnings.warn(f"past the {MODULE_LINES_GUIDE}-line guide: {line}", stacklevel=1)
     fail_if(f"modules over {MAX_MODULE_LINES} lines:", long_modules(modules))
 
 
 def test_no_function_over_80_lines(modules):
     fail_if(f"functions over {MAX_FUNCTION_LINES} lines:", long_functions(modules))
+
+
+def test_nothing_keeps_state_on_a_model_module(modules):
+    fail_if("state kept on a model module (keep it in the model session, mlx_dpo/models/session.py):",
+            model_state_writes(modules))
 
 
 def test_the_library_never_imports_textual_or_tui(modules):
@@ -559,6 +595,19 @@ def test_ui_imports_in_the_library_and_heavy_imports_in_light_tui_modules_are_na
         "      tui.screens.label -> mlx_dpo.data.store -> mlx_dpo.training.tokens\n"
         "      from: tui/screens/__init__.py, tui/screens/label.py, tui/screens/write.py"
     ]
+
+
+def test_state_on_a_model_module_is_named_with_file_and_line(tmp_path):
+    modules = make_tree(tmp_path, {
+        "mlx_dpo/__init__.py": "",
+        "mlx_dpo/check.py": ("def probe(model, loaded, found):\n    setattr(model, '_found', found)\n"
+                             "    loaded.model._found = found\n    model.calls += 1\n    delattr(model, '_found')\n"
+                             "    loaded.checks = found\n    model = found\n"),  # the session's own fields are fine
+        "tui/__init__.py": "",
+    })
+    assert model_state_writes(modules) == ["mlx_dpo/check.py:2: setattr()",
+                                           "mlx_dpo/check.py:3: assigns loaded.model._found",
+                                           "mlx_dpo/check.py:4: assigns model.calls", "mlx_dpo/check.py:5: delattr()"]
 
 
 def test_imports_past_the_api_and_heavy_api_names_in_light_tui_modules_are_named(tmp_path):

@@ -27,20 +27,19 @@ DEMO = "mlx_dpo/data/datasets/demo_pairs.jsonl"
 @pytest.fixture(scope="module")
 def step_setup(tiny):
     """The tiny model with an adapter, and four encoded demo pairs with made-up reference log-probs."""
-    from mlx_dpo.models.adapter import add_adapter
     from mlx_dpo.models.load import load_model
     from mlx_dpo.training.reference import RefLogps
     from mlx_dpo.training.tokens import Encoder
 
     loaded = load_model(str(tiny))
-    add_adapter(loaded.model, LoraSettings(rank=4))
+    loaded.train_adapter(None, LoraSettings(rank=4))
     pairs = load_pairs(DEMO).pairs[:2]
     encoded, _ = Encoder(loaded.tokenizer).encode_all(pairs)
     import dataclasses
     encoded = [dataclasses.replace(p, desirable=i % 2 == 0) for i, p in enumerate(encoded)]
     ref = RefLogps({p: (-150.0 - i, -300.0 + i) for i, p in enumerate(encoded)})
     loaded.model.train()
-    return loaded.model, encoded, ref
+    return loaded.model, encoded, ref, loaded.checks  # the session's record: one self-check for every step below
 
 
 # Every pair loss in one combined step (one compilation covers every formula), then the settings that change the
@@ -60,10 +59,10 @@ def test_every_loss_trains_a_compiled_step_with_the_uncompiled_value(step_setup,
     # also a node of the loss graph. Compiled and plain steps must agree, with a gradient that is not zero.
     from mlx_dpo.training.trainer import make_step
 
-    model, encoded, ref = step_setup
+    model, encoded, ref, checks = step_setup
     results = []
     for compiled in (True, False):
-        step = make_step(model, TrainingArgs(compile=compiled, **settings))
+        step = make_step(model, TrainingArgs(compile=compiled, **settings), checks=checks)
         (loss, metrics), grads = step(step.batch(encoded, ref))
         mx.eval(loss, metrics, grads)
         results.append((loss.item(), metrics, grads))
@@ -78,14 +77,14 @@ def test_every_loss_trains_a_compiled_step_with_the_uncompiled_value(step_setup,
 def test_each_method_logs_trls_metric_names(step_setup):
     from mlx_dpo.training.trainer import make_step
 
-    model, encoded, ref = step_setup
+    model, encoded, ref, checks = step_setup
     dpo = {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
            "logps/rejected", "loss"}
     expected = {"sigmoid": dpo, "orpo": dpo | {"nll_loss", "log_odds_ratio", "log_odds_chosen"},
                 "kto": {"kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
                         "logps/rejected", "loss"}}
     for loss_type, names in expected.items():
-        step = make_step(model, TrainingArgs(loss_type=loss_type, compile=False))
+        step = make_step(model, TrainingArgs(loss_type=loss_type, compile=False), checks=checks)
         (_, metrics), _ = step(step.batch(encoded, ref))
         assert set(metrics) == names, loss_type
 
@@ -93,8 +92,8 @@ def test_each_method_logs_trls_metric_names(step_setup):
 def test_kto_rewards_are_the_means_over_the_desirable_and_the_undesirable_answers(step_setup):
     from mlx_dpo.training.trainer import make_step
 
-    model, encoded, ref = step_setup  # answer 0 desirable, answer 1 not
-    step = make_step(model, TrainingArgs(loss_type="kto", compile=False))
+    model, encoded, ref, checks = step_setup  # answer 0 desirable, answer 1 not
+    step = make_step(model, TrainingArgs(loss_type="kto", compile=False), checks=checks)
     (_, metrics), _ = step(step.batch(encoded, ref))
     from mlx_dpo.training.trainer import pair_logps
 

@@ -40,7 +40,7 @@ CASES = {
     "config-with-more-layers": (lambda d: set_config(d, num_hidden_layers=3), "config.json",
                                 "calls for 9 parameter(s) the weights lack (e.g. model.layers.2."),
     "truncated-weights": (lambda d: cut_in_half(d / "model.safetensors"), "model.safetensors",
-                          "truncated ("),
+                          "truncated or not a safetensors file ("),
     "weights-cut-inside-the-header": (lambda d: (d / "model.safetensors").write_bytes(b"\x10\x27" + b"\0" * 10),
                                       "model.safetensors", "truncated or not a safetensors file (12 bytes"),
     "unknown-architecture": (lambda d: set_config(d, model_type="no_such_arch"), "config.json",

@@ -47,7 +47,7 @@ def test_default_model_is_converted_once_under_mlx_dpo_home(default_model_path: 
 
 
 def test_default_model_answers_greedily_with_paris(default_model):
-    text = answer(default_model, chat_messages(PARIS_QUESTION), temp=0.0, max_tokens=30)
+    text = answer(default_model, chat_messages(PARIS_QUESTION), temperature=0.0, max_tokens=30)
     assert "Paris" in text
 
 
@@ -60,7 +60,7 @@ def test_on_cpu_the_quantized_default_is_dequantized_to_fp32(default_model):
 
 
 def test_cli_generate_streams_an_answer_on_the_default_model():
-    result = run_cli("generate", "--prompt", PARIS_QUESTION, "--temp", "0", "--max-tokens", "30")
+    result = run_cli("generate", "--prompt", PARIS_QUESTION, "--temperature", "0", "--max-tokens", "30")
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
 
@@ -187,7 +187,6 @@ def test_an_adapter_written_by_mlx_lm_loads_as_mlx_lm_loads_it(tmp_path: Path, d
 def test_switching_adapters_in_place_gives_each_version_exactly(tmp_path: Path, tiny: Path):
     """The app swaps versions on its loaded base; each must compute what a fresh load of it computes."""
     from helpers import make_adapter
-    from mlx_dpo.models.load import switch_adapter
 
     lora = make_adapter(str(tiny), tmp_path / "v1", seed=1)
     dora = make_adapter(str(tiny), tmp_path / "v2", seed=2, dora=True, keys=["self_attn.q_proj"])
@@ -202,7 +201,7 @@ def test_switching_adapters_in_place_gives_each_version_exactly(tmp_path: Path, 
     fresh[None] = logits(load_model(str(tiny)))
     loaded = load_model(str(tiny))
     for path in (lora, dora, None, dora, lora, None):
-        switch_adapter(loaded, path)
+        loaded.use_adapter(path)
         assert loaded.adapter_path == (None if path is None else path)
         assert mx.array_equal(logits(loaded), fresh[path]), path
     assert not mx.array_equal(fresh[lora], fresh[None])  # the adapters do change the model
@@ -210,7 +209,6 @@ def test_switching_adapters_in_place_gives_each_version_exactly(tmp_path: Path, 
 
 def test_an_adapter_that_does_not_fit_leaves_the_version_that_was_on(tmp_path: Path, tiny: Path, default_model_path):
     from helpers import make_adapter
-    from mlx_dpo.models.load import switch_adapter
 
     good = make_adapter(str(tiny), tmp_path / "good", seed=1)
     other = make_tiny_model_folder(tmp_path / "wider", default_model_path, hidden=32)
@@ -218,6 +216,43 @@ def test_an_adapter_that_does_not_fit_leaves_the_version_that_was_on(tmp_path: P
     loaded = load_model(str(tiny), adapter_path=good)
     before = loaded.model(mx.array([[1, 2, 3]]))
     with pytest.raises(MlxDpoError, match="does not fit"):
-        switch_adapter(loaded, misfit)
+        loaded.use_adapter(misfit)
     assert loaded.adapter_path == good
     assert mx.array_equal(loaded.model(mx.array([[1, 2, 3]])), before)
+
+
+def test_an_exception_inside_session_adapter_leaves_the_previous_adapter_on(tmp_path: Path, tiny: Path):
+    """`with session.adapter(path)` puts `path` on for the block and the previous version back after it, also when
+    the block raises; nested blocks unwind in order."""
+    from helpers import make_adapter
+
+    v1, v2 = make_adapter(str(tiny), tmp_path / "v1", seed=1), make_adapter(str(tiny), tmp_path / "v2", seed=2)
+    tokens = mx.array([[1, 5, 9, 42]])
+    session = load_model(str(tiny), adapter_path=v1)
+    on_v1 = session.model(tokens)
+    with pytest.raises(ZeroDivisionError):
+        with session.adapter(v2):
+            assert session.adapter_path == v2 and not mx.array_equal(session.model(tokens), on_v1)
+            1 / 0
+    assert session.adapter_path == v1
+    assert mx.array_equal(session.model(tokens), on_v1)
+    with session.base():
+        assert session.adapter_path is None
+        with session.adapter(v2):
+            assert session.adapter_path == v2
+        assert session.adapter_path is None
+    assert session.adapter_path == v1 and mx.array_equal(session.model(tokens), on_v1)
+
+
+def test_an_adapter_in_training_is_kept_until_saved_and_dropped_when_the_run_fails(tiny: Path):
+    from mlx_dpo.settings import LoraSettings
+
+    session = load_model(str(tiny))
+    session.train_adapter(None, LoraSettings(rank=4))
+    assert any(hasattr(m, "lora_a") for _, m in session.model.named_modules())
+    with pytest.raises(RuntimeError, match="in training"):  # its weights are nowhere to put back from
+        with session.base():
+            pass
+    session.drop_training()
+    assert session.adapter_path is None and session.adapter_settings is None
+    assert not any(hasattr(m, "lora_a") for _, m in session.model.named_modules())  # the base alone again

@@ -12,6 +12,7 @@ the real script in a child process, to show the same message and status reach a 
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -179,7 +180,8 @@ def test_a_number_setting_refuses_text_that_is_no_number(capsys, setting):
     (["generate"], "mlx-dpo generate: error: the following arguments are required: --prompt"),
     (["generate", "--prompt", "hi", "--max-tokens", "lots"],
      "mlx-dpo generate: error: argument --max-tokens: invalid int value: 'lots'"),
-    (["generate", "--prompt", "hi", "--temp", "warm"], "mlx-dpo generate: error: argument --temp: invalid float value: 'warm'"),
+    (["generate", "--prompt", "hi", "--temperature", "warm"],
+     "mlx-dpo generate: error: argument --temperature: invalid float value: 'warm'"),
     (["eval"], "mlx-dpo eval: error: the following arguments are required: --data"),
     (["data"], "mlx-dpo data: error: the following arguments are required: ACTION"),
     (["data", "import", "x.jsonl", "--split", "test"],
@@ -231,3 +233,40 @@ def test_the_mlx_dpo_script_gives_the_same_line_and_status_to_the_shell(tmp_path
     result = run_cli("export", "--adapter-path", "a", "--out", "o", "--format", "onnx")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("mlx-dpo export: error: argument --format: invalid choice")
+
+
+# --- the sampler's settings: one name each, in generate and online (and the app's settings form) --------------
+
+
+@pytest.mark.parametrize("command", [["generate", "--prompt", "hi"], ["online", "--prompts", "p.txt", "--judge", "j"]])
+@pytest.mark.parametrize("flag, value, message", [
+    ("--temperature", "11", "--temperature must be between 0 and 10 (got 11.0)"),
+    ("--top-p", "0", "--top-p must be in (0, 1] (got 0.0)"),
+    ("--max-tokens", "0", "--max-tokens must be between 1 and 32768 (got 0)"),
+    ("--sample-seed", "-1", "--sample-seed must be between 0 and 2^31-1 (got -1)"),
+])
+def test_the_sampler_settings_have_one_flag_and_one_check_in_every_command(capsys, command, flag, value, message):
+    assert main([*command, flag, value]) == 2  # refused before any model, prompt file or judge is read
+    assert capsys.readouterr().err.strip() == f"mlx-dpo: error: {message}"
+
+
+def test_generates_old_flags_still_work_and_say_they_are_deprecated(capsys):
+    parser, _ = build_parser()
+    args = parser.parse_args(["generate", "--prompt", "hi", "--temp", "0.5", "--seed", "7"])
+    assert (args.temperature, args.sample_seed) == (0.5, 7)
+    assert capsys.readouterr().err.splitlines() == ["mlx-dpo: note: --temp is deprecated; use --temperature",
+                                                    "mlx-dpo: note: --seed is deprecated; use --sample-seed"]
+    assert main(["generate", "--prompt", "hi", "--temp", "11"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == ("mlx-dpo: error: --temperature must be between 0 and 10 "
+                                                        "(got 11.0)")
+
+
+def test_help_shows_the_options_in_the_settings_groups():
+    parser, _ = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    titles = {name: [g.title for g in sub.choices[name]._action_groups if g._group_actions]
+              for name in ("train", "online", "generate")}
+    assert titles["train"] == ["options", "data and outputs", "training", "LoRA adapter", "rounds"]
+    assert titles["online"] == ["options", "online rounds", "sampling", "data and outputs", "training", "LoRA adapter",
+                                "rounds"]
+    assert titles["generate"] == ["options", "sampling"]

@@ -30,7 +30,7 @@ def test_greedy_batched_answers_equal_single_prompt_answers_padding_does_not_lea
     model, tokenizer = tiny_loaded.model, tiny_loaded.tokenizer
     single_ids = [[r.token for r in stream_generate(model, tokenizer, prompt_tokens(tokenizer, p),
                                     max_tokens=10) if r.finish_reason != "stop"] for p in PROMPTS]
-    single = [answer(tiny_loaded, p, max_tokens=10, temp=0.0) for p in PROMPTS]
+    single = [answer(tiny_loaded, p, max_tokens=10, temperature=0.0) for p in PROMPTS]
     for batch_size in (1, 4):
         samples = sample_answers(tiny_loaded, PROMPTS, settings, n=1, batch_size=batch_size)
         assert [group[0] for group in samples.answers] == single
@@ -59,7 +59,8 @@ def test_a_model_that_cannot_be_batched_samples_one_at_a_time_and_says_so(tiny, 
     events = []
     settings = SampleSettings(temperature=0.0, max_tokens=6)
     samples = sample_answers(loaded, PROMPTS[:2], settings, n=1, on_event=events.append)
-    assert [group[0] for group in samples.answers] == [answer(loaded, p, max_tokens=6, temp=0.0) for p in PROMPTS[:2]]
+    assert [group[0] for group in samples.answers] == [answer(loaded, p, max_tokens=6, temperature=0.0)
+                                                       for p in PROMPTS[:2]]
     assert [e.message for e in events] == [f"sampling one answer at a time: {batching_problem(loaded)}"]
 
 

@@ -13,7 +13,7 @@ from mlx.utils import tree_flatten
 
 from helpers import run_cli, write_demo_pairs
 from mlx_dpo.data.pairs import PreferencePair
-from mlx_dpo.models.adapter import LoraSettings, add_adapter
+from mlx_dpo.models.adapter import LoraSettings
 from mlx_dpo.models.load import load_model
 from mlx_dpo.settings import TrainingArgs
 from mlx_dpo.training import fast_path
@@ -34,12 +34,12 @@ def tiny(tiny):
     reach every adapter weight."""
     loaded = load_model(str(tiny))
     mx.random.seed(1)
-    add_adapter(loaded.model, LoraSettings(rank=4))
+    loaded.train_adapter(None, LoraSettings(rank=4))
     for _, m in loaded.model.named_modules():
         if hasattr(m, "lora_b"):
             m.lora_b = 0.05 * mx.random.normal(m.lora_b.shape)
     mx.eval(loaded.model.parameters())
-    fast_path.fast_paths(loaded.model)  # the self-check's probe runs here, not inside the runs counted below
+    fast_path.fast_paths(loaded.model, loaded.checks)  # the self-check's probe runs here, not in the runs counted below
     return loaded
 
 
@@ -110,7 +110,7 @@ def test_the_shared_prompt_layout_gives_each_completions_log_prob_under_its_own_
 
 def loss_and_grads(loaded, args: TrainingArgs, pairs):
     ref = RefLogps({p: (-30.0, -40.0) for p in pairs})
-    step = make_step(loaded.model, args)
+    step = make_step(loaded.model, args, checks=loaded.checks)
     (loss, metrics), grads = step(step.batch(pairs, ref))
     mx.eval(loss, grads)
     return loss.item(), dict(tree_flatten(grads))
@@ -160,7 +160,8 @@ def shared_forward_runs(monkeypatch):
     """Batches the shared-prompt forward was run (or, compiled, traced) on."""
     runs = []
     real = shared_prompt_forward.forward
-    monkeypatch.setattr(shared_prompt_forward, "forward", lambda model, batch: runs.append(batch) or real(model, batch))
+    monkeypatch.setattr(shared_prompt_forward, "forward",
+                        lambda model, batch, mask_dims=4: runs.append(batch) or real(model, batch, mask_dims))
     return runs
 
 
@@ -170,7 +171,8 @@ def test_every_step_path_runs_the_layout_it_asks_for(tiny, shared_forward_runs, 
     # The equality tests above would pass just as well if a shared-prompt request silently fell back to two sequences.
     pairs = encoded(tiny.tokenizer)
     expected = BatchLayout.SHARED_PROMPT if shared_prompt else BatchLayout.SEQUENCES
-    step = make_step(tiny.model, TrainingArgs(shared_prompt=shared_prompt, full_logits=full_logits, compile=compiled))
+    step = make_step(tiny.model, TrainingArgs(shared_prompt=shared_prompt, full_logits=full_logits, compile=compiled),
+                     checks=tiny.checks)
     assert step.layout is expected
     batch = step.batch(pairs, RefLogps({p: (-30.0, -40.0) for p in pairs}))
     assert type(batch.tokens) is expected.value
@@ -182,10 +184,12 @@ def test_every_step_path_runs_the_layout_it_asks_for(tiny, shared_forward_runs, 
 def test_the_reference_pass_and_evaluation_run_the_steps_layout(tiny, tmp_path, shared_forward_runs, shared_prompt):
     pairs = encoded(tiny.tokenizer)
     cache = RefCache("layout-test", root=tmp_path)
-    ref, _ = reference_logps(tiny.model, pairs, cache, batch_size=len(pairs), shared_prompt=shared_prompt)
+    ref, _ = reference_logps(tiny.model, pairs, cache, batch_size=len(pairs), shared_prompt=shared_prompt,
+                             checks=tiny.checks)
     cache.close()
     assert len(shared_forward_runs) == (1 if shared_prompt else 0)
-    evaluate_pairs(tiny.model, TrainingArgs(batch_size=len(pairs), shared_prompt=shared_prompt), pairs, ref)
+    evaluate_pairs(tiny.model, TrainingArgs(batch_size=len(pairs), shared_prompt=shared_prompt), pairs, ref,
+                   tiny.checks)
     assert len(shared_forward_runs) == (2 if shared_prompt else 0)
 
 
@@ -217,7 +221,7 @@ def test_a_model_without_mlx_lms_layout_takes_the_sequence_layout_and_the_plain_
 def test_a_step_refuses_a_batch_packed_in_the_other_layout(tiny):
     pairs = encoded(tiny.tokenizer)
     ref = RefLogps({p: (-30.0, -40.0) for p in pairs})
-    shared = make_step(tiny.model, TrainingArgs(shared_prompt=True))
-    plain = make_step(tiny.model, TrainingArgs(shared_prompt=False))
+    shared = make_step(tiny.model, TrainingArgs(shared_prompt=True), checks=tiny.checks)
+    plain = make_step(tiny.model, TrainingArgs(shared_prompt=False), checks=tiny.checks)
     with pytest.raises(ValueError, match="SEQUENCES batch given to a step built for SHARED_PROMPT"):
         shared(plain.batch(pairs, ref))

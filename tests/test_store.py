@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import mlx_dpo.data.schema as schema_module
-import mlx_dpo.data.store as store_module
+import mlx_dpo.data.pair_records as pair_records
 from helpers import assistant, system, user, write_jsonl
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.data.pairs import PreferencePair, load_pairs
@@ -69,7 +69,7 @@ def test_opening_a_new_workspace_creates_the_folder_and_a_wal_database(tmp_path)
         assert s.path.is_file()
         assert s.stats()["journal_mode"] == "wal"
         assert s.stats()["schema_version"] == SCHEMA_VERSION
-        assert s._conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL: the WAL is fsynced at each commit
+        assert s.db._conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL: the WAL is fsynced at each commit
     with sqlite3.connect(workspace / "preferences.sqlite") as raw:
         assert raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
 
@@ -480,7 +480,7 @@ def test_skip_invalid_imports_the_good_rows_and_reports_the_bad_ones(store, tmp_
 
 def test_an_import_that_fails_midway_adds_nothing(store, tmp_path, monkeypatch):
     path = write_jsonl(tmp_path / "in.jsonl", *STANDARD_ROWS, {"prompt": "Third?", "chosen": "A.", "rejected": "B."})
-    real_insert, calls = store_module._insert_pair, []
+    real_insert, calls = pair_records._insert_pair, []
 
     def failing_insert(*args):
         calls.append(1)
@@ -488,7 +488,7 @@ def test_an_import_that_fails_midway_adds_nothing(store, tmp_path, monkeypatch):
             raise sqlite3.OperationalError("disk I/O error (simulated)")
         return real_insert(*args)
 
-    monkeypatch.setattr(store_module, "_insert_pair", failing_insert)
+    monkeypatch.setattr(pair_records, "_insert_pair", failing_insert)
     with pytest.raises(sqlite3.OperationalError):
         store.import_jsonl(path)
     assert store.count_pairs() == 0
@@ -762,3 +762,14 @@ def test_a_kill_in_the_middle_of_a_stream_of_labels_loses_no_acknowledged_one(wo
             # Every acknowledged pair is there; at most the one being written when the kill came is extra.
             assert last_ack <= stored <= last_ack + 1
             _assert_pairs_are_whole_and_numbered(s, stored)
+
+
+def test_the_store_is_one_database_and_small_tables_and_the_old_method_names_are_theirs(store):
+    from mlx_dpo.data.pair_records import Pairs
+
+    assert PreferenceStore.__mro__ == (PreferenceStore, object)  # composition, not a chain of subclasses
+    tables = (store.pairs, store.labels, store.feedback, store.rounds, store.judging)
+    assert all(table._db is store.db for table in tables)  # one connection, one lock, one clock
+    assert store.add_pair.__func__ is Pairs.add and store.add_pair.__self__ is store.pairs
+    pair = store.pairs.add("Q?", "A.", "B.")
+    assert store.get_pair(pair.id) == store.pairs.get(pair.id) and store.rounds.untrained_pairs() == [pair]

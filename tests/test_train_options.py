@@ -11,7 +11,6 @@ unclipped gradients; a spy records them with the adapter weights the step starts
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -27,6 +26,7 @@ from mlx_dpo.api import evaluate, train
 from mlx_dpo.cli import main
 from mlx_dpo.events import StepMetrics
 from mlx_dpo.models.load import load_model
+from mlx_dpo.models.session import ModelSession
 from mlx_dpo.options import SettingError
 from mlx_dpo.settings import LOSS_TYPES, TrainingArgs
 from mlx_dpo.training import checkpoint, trainer
@@ -74,7 +74,8 @@ def fresh(tiny):
         model, _ = mlx_load_model(base.path)
         model.set_dtype(mx.float32)
         mx.eval(model.parameters())
-        return dataclasses.replace(base, model=model, adapter_path=None, extra={})
+        return ModelSession(model, base.tokenizer, path=base.path, config=base.config, name=base.name,
+                            quantized=base.quantized)
 
     return make
 

@@ -220,7 +220,7 @@ async def test_compare_two_versions_saves_a_compared_pair(tmp_path, tiny):
         # Each answer is what its version says to the prompt with the screen's seed, sampled here afresh.
         v1_path = app.store.list_rounds()[0].adapter_path
         expected = [answer(load_model(str(tiny), adapter_path=adapter), chat_messages("Name a colour."),
-                           max_tokens=sampling.max_tokens, temp=sampling.temperature, seed=sampling.seed)
+                           max_tokens=sampling.max_tokens, temperature=sampling.temperature, seed=sampling.seed)
                     for adapter in (None, v1_path)]
         assert list(screen.answers()) == expected
         assert expected[0] != expected[1]  # training moved v1: the check above tells the versions apart

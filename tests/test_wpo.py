@@ -16,7 +16,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from mlx_dpo.data.pairs import PreferencePair
-from mlx_dpo.models.adapter import LoraSettings, add_adapter
+from mlx_dpo.models.adapter import LoraSettings
 from mlx_dpo.models.load import load_model
 from mlx_dpo.settings import TrainingArgs
 from mlx_dpo.training import fast_path, logprobs
@@ -35,7 +35,7 @@ def loaded(tiny):
     """The module's tiny model with a LoRA adapter whose B is non-zero (so the adapter changes the policy)."""
     loaded = load_model(str(tiny))
     mx.random.seed(3)
-    add_adapter(loaded.model, LoraSettings(rank=4))
+    loaded.train_adapter(None, LoraSettings(rank=4))
     for _, m in loaded.model.named_modules():
         if hasattr(m, "lora_b"):
             m.lora_b = 0.05 * mx.random.normal(m.lora_b.shape)
@@ -78,9 +78,9 @@ def expected(model, pairs) -> tuple[float, list[float]]:
     return sum(losses) / len(losses), weights
 
 
-def step_loss(model, pairs, **settings) -> tuple[float, dict]:
+def step_loss(loaded, pairs, **settings) -> tuple[float, dict]:
     args = TrainingArgs(beta=BETA, **settings)
-    step = make_step(model, args)
+    step = make_step(loaded.model, args, checks=loaded.checks)
     (loss, metrics), grads = step(step.batch(pairs, RefLogps({p: REF for p in pairs})))
     mx.eval(loss, grads)
     return loss.item(), {k: np.array(v) for k, v in tree_flatten(grads)}
@@ -92,7 +92,7 @@ def test_the_weighted_loss_is_the_hand_computed_value_on_every_path(loaded, pair
     want, weights = expected(loaded.model, pairs)
     # The weights are far from 1 and differ between pairs, so an unweighted or evenly weighted loss would fail.
     assert all(0 < w < 0.5 for w in weights) and max(weights) / min(weights) > 1.2
-    got, _ = step_loss(loaded.model, pairs, use_weighting=True, shared_prompt=shared_prompt,
+    got, _ = step_loss(loaded, pairs, use_weighting=True, shared_prompt=shared_prompt,
                        full_logits=full_logits, compile=not full_logits)
     assert got == pytest.approx(want, rel=1e-4)
 
@@ -100,8 +100,8 @@ def test_the_weighted_loss_is_the_hand_computed_value_on_every_path(loaded, pair
 def test_no_gradient_flows_through_the_weights(loaded, pairs):
     # One pair: the weighted loss is w·loss with w a constant, so its gradient is exactly w times the unweighted one.
     (weight,) = expected(loaded.model, pairs[:1])[1]
-    _, weighted = step_loss(loaded.model, pairs[:1], use_weighting=True, compile=False)
-    _, plain = step_loss(loaded.model, pairs[:1], compile=False)
+    _, weighted = step_loss(loaded, pairs[:1], use_weighting=True, compile=False)
+    _, plain = step_loss(loaded, pairs[:1], compile=False)
     for name, g in plain.items():
         np.testing.assert_allclose(weighted[name], weight * g, rtol=0, atol=1e-4 * np.abs(g).max(), err_msg=name)
 

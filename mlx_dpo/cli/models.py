@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlx_dpo.cli.common import add_model_args, add_template_flag, checked_template
+from mlx_dpo.cli.common import add_model_args, add_template_flag, checked, checked_template
+from mlx_dpo.options import add_deprecated_flag, add_flag_groups, build, given_flags, settings_of
+from mlx_dpo.settings import SampleSettings
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -18,15 +20,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from mlx_dpo.models.generate import chat_messages, stream_answer, template_note
     from mlx_dpo.models.load import load_model
 
+    table = settings_of(SampleSettings)
+    settings = build(SampleSettings, checked(given_flags(args, table.values()), table))  # checked before loading
     template = checked_template(args)
     loaded = load_model(args.model, adapter_path=args.adapter_path, chat_template=template)
     note = template_note(loaded)
     if note:
         print(f"note: {note}", file=sys.stderr)
     messages = chat_messages(args.prompt, args.system)
-    for piece in stream_answer(
-        loaded, messages, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, seed=args.seed
-    ):
+    for piece in stream_answer(loaded, messages, max_tokens=settings.max_tokens, temperature=settings.temperature,
+                               top_p=settings.top_p, seed=settings.seed):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -52,10 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--system", help="system message")
     add_model_args(p)
     add_template_flag(p)
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temp", type=float, default=0.7, help="sampling temperature; 0 is greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int)
+    add_flag_groups(p, settings_of(SampleSettings).values())
+    # Its flags before they were the sampler settings' own (one name each, as `online` and the app name them).
+    add_deprecated_flag(p, "--temp", settings_of(SampleSettings)["temperature"])
+    add_deprecated_flag(p, "--seed", settings_of(SampleSettings)["sample_seed"])
     p.set_defaults(func=cmd_generate)
 
 

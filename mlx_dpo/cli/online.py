@@ -1,42 +1,34 @@
 """`mlx-dpo online`: rounds of sample -> judge -> train on a prompt file (mlx_dpo.online.loop), or, with
 `--judge human`, the app with the prompt file as its Label queue (a person judges; rounds run in the app).
 
-Settings come from their dataclasses (OnlineSettings, RoundSettings and the training groups), read and
-checked the way `mlx-dpo train` reads them, so every flag has one name, one default and one rule. The
-sampler's flags are the app's sampler settings (mlx_dpo.models.generate.SampleSettings).
+Settings come from their dataclasses (OnlineSettings, SampleSettings, RoundSettings and the training groups),
+read and checked the way `mlx-dpo train` reads them, so every flag has one name, one default and one rule; the
+sampler's defaults are online's own (ONLINE_SAMPLING), and --help shows them, group by group.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from mlx_dpo import api  # light: its heavy names (run_online, ...) load the library when the command runs
-from mlx_dpo.cli.common import WORKSPACE_HELP, add_model_args
-from mlx_dpo.cli.train import _checked, _train_settings
+from mlx_dpo.cli.common import WORKSPACE_HELP, add_model_args, checked, train_settings
 from mlx_dpo.data.prompt_file import read_prompt_file
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.options import add_flags, given_flags, settings_of
+from mlx_dpo.options import add_flag_groups, build, given_flags, settings_of
 from mlx_dpo.progress import ProgressPrinter
-from mlx_dpo.settings import ONLINE_SAMPLING, OnlineSettings, RoundSettings, SampleSettings, TRAIN_GROUPS
+from mlx_dpo.settings import ONLINE_SAMPLING, OnlineSettings, SampleSettings, online_sampling_table
 
 
 def _sample_settings(args: argparse.Namespace) -> SampleSettings:
-    """The sampler settings: online's defaults (ONLINE_SAMPLING), with the sampler flags given."""
-    given = {k: getattr(args, a) for k, a in (("temperature", "temperature"), ("top_p", "top_p"),
-                                              ("max_tokens", "max_tokens"), ("seed", "sample_seed"))
-             if getattr(args, a) is not None}
-    sample = replace(ONLINE_SAMPLING, **given)
-    try:
-        sample.check()
-    except ValueError as e:
-        raise MlxDpoError(f"sampler: {e}") from None
-    return sample
+    """The sampler settings: online's defaults (ONLINE_SAMPLING), with the sampler flags given, checked."""
+    table = online_sampling_table()
+    return build(SampleSettings, checked(given_flags(args, table.values()), table), base=asdict(ONLINE_SAMPLING))
 
 
 def _rubric(text: str | None) -> str | None:
@@ -55,10 +47,10 @@ def _rubric(text: str | None) -> str | None:
 def cmd_online(args: argparse.Namespace) -> int:
     from mlx_dpo.online.loop import describe_round  # the heavy library loads when the command runs
 
-    online_given = _checked(given_flags(args, settings_of(OnlineSettings).values()), settings_of(OnlineSettings))
-    online = OnlineSettings(**online_given)
-    round_settings = _checked(given_flags(args, _train_settings(incremental=True).values()),
-                              _train_settings(incremental=True))
+    online = build(OnlineSettings, checked(given_flags(args, settings_of(OnlineSettings).values()),
+                                           settings_of(OnlineSettings)))
+    rounds = train_settings(incremental=True)
+    round_settings = checked(given_flags(args, rounds.values()), rounds)
     sample = _sample_settings(args)
     workspace = args.workspace or PreferenceStore.default_workspace()
     read_prompt_file(args.prompts)  # a bad file: one line, before anything loads
@@ -103,14 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-prompts", metavar="FILE", help="held-out prompts measured after each round (and the base)")
     p.add_argument("--json", action="store_true", help="print one JSON line per round")
     add_model_args(p, adapter=False)
-    sampler = p.add_argument_group("sampler (the app's sampler settings, with online's own defaults)")
-    app = ONLINE_SAMPLING
-    sampler.add_argument("--temperature", type=float, help=f"sampling temperature (default {app.temperature:g})")
-    sampler.add_argument("--top-p", type=float, help=f"nucleus top-p (default {app.top_p:g})")
-    sampler.add_argument("--max-tokens", type=int, help=f"longest answer in tokens (default {app.max_tokens})")
-    sampler.add_argument("--sample-seed", type=int, help="sampler seed, combined with the round number (default 0)")
-    add_flags(p, settings_of(OnlineSettings).values())
-    add_flags(p.add_argument_group("rounds"), settings_of(RoundSettings).values())
-    add_flags(p.add_argument_group("training"),
-              [s for n, s in _train_settings(incremental=True).items() if n in settings_of(*TRAIN_GROUPS)])
+    # --help: one block per settings group, each flag with the default online uses (a round's, online's sampler's).
+    add_flag_groups(p, [*settings_of(OnlineSettings).values(), *online_sampling_table().values(),
+                        *train_settings(incremental=True).values()])
     p.set_defaults(func=cmd_online)

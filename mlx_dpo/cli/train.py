@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mlx_dpo import api  # light: its heavy names (train, evaluate, ...) load the library when a command runs
-from mlx_dpo.cli.common import WORKSPACE_HELP, add_model_args
+from mlx_dpo.cli.common import WORKSPACE_HELP, add_model_args, checked, train_settings
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.options import Setting, SettingError, add_flags, check, given_flags, resolve, settings_of
+from mlx_dpo.options import Setting, SettingError, add_flag_groups, check, given_flags, resolve, settings_of
 from mlx_dpo.progress import ProgressPrinter
-from mlx_dpo.settings import EVAL_LOSS_SETTINGS, TRAIN_GROUPS, RoundSettings, round_settings_table
+from mlx_dpo.settings import EVAL_LOSS_SETTINGS, TRAIN_GROUPS, RoundSettings
 
 # What a config file may hold besides the settings: the run's pairs, model and folder.
 COMMAND_KEYS = ("data", "model", "adapter_path", "resume")
@@ -52,22 +52,8 @@ def _read_config_file(path: str) -> dict:
     return {k.replace("-", "_"): v for k, v in data.items()}  # dashes or underscores, as on the command line
 
 
-def _train_settings(incremental: bool) -> Mapping[str, Setting]:
-    if incremental:  # a round writes its own metrics into its own folder
-        return {n: s for n, s in round_settings_table(*TRAIN_GROUPS, RoundSettings).items() if n != "metrics_file"}
-    return settings_of(*TRAIN_GROUPS)
-
-
 def _eval_settings() -> Mapping[str, Setting]:
     return {n: s for n, s in settings_of(*TRAIN_GROUPS).items() if n in EVAL_SETTINGS}
-
-
-def _checked(given: dict[str, Any], settings: Mapping[str, Setting]) -> dict[str, Any]:
-    try:
-        check(given, settings)
-    except SettingError as e:
-        raise MlxDpoError(e.message(settings[e.name].flag)) from None
-    return given
 
 
 def _options(args: argparse.Namespace, settings: Mapping[str, Setting],
@@ -100,7 +86,7 @@ def _options(args: argparse.Namespace, settings: Mapping[str, Setting],
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.incremental:  # one round on the workspace's store (mlx_dpo.training.rounds)
-        command, settings = _options(args, _train_settings(incremental=True), ("model",))
+        command, settings = _options(args, train_settings(incremental=True), ("model",))
         workspace = args.workspace or PreferenceStore.default_workspace()
         result = api.run_round(workspace, model=command.get("model"), settings=settings, on_event=ProgressPrinter())
         print(json.dumps({"version": result.version, "adapter_path": str(result.adapter_path), "status": result.status,
@@ -109,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     round_flags = [s.flag for s in settings_of(RoundSettings).values() if getattr(args, s.name, None) is not None]
     if round_flags:  # a round's setting on a plain run would be ignored without a word
         raise MlxDpoError(f"{round_flags[0]} applies to a round: add --incremental (and --workspace)")
-    command, settings = _options(args, _train_settings(incremental=False), COMMAND_KEYS)
+    command, settings = _options(args, train_settings(incremental=False), COMMAND_KEYS)
     if "data" not in command:
         raise MlxDpoError("--data is required (on the command line or in --config)")
     data = command.pop("data")
@@ -120,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    settings = _checked(given_flags(args, _eval_settings().values()), _eval_settings())
+    settings = checked(given_flags(args, _eval_settings().values()), _eval_settings())
     result = api.evaluate(args.data, model=args.model, adapter_path=args.adapter_path, per_example=args.per_example,
                           on_event=ProgressPrinter(), **settings)
     print(json.dumps(result, indent=2))
@@ -137,15 +123,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--incremental", action="store_true",
                    help="train one round on the new pairs of --workspace's store, continuing from its latest round")
     p.add_argument("--workspace", help=f"with --incremental: the {WORKSPACE_HELP}")
-    add_flags(p, settings_of(RoundSettings).values())  # --replay
-    add_flags(p, settings_of(*TRAIN_GROUPS).values())
+    add_flag_groups(p, settings_of(*TRAIN_GROUPS, RoundSettings).values())  # --help: one block per settings group
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="preference accuracy and reward margin of a model/adapter on pairs")
     p.add_argument("--data", required=True, help="pairs: a JSONL or Parquet file, a dataset folder, or a Hugging "
                    "Face dataset owner/name[:split] (default split: test)")
     add_model_args(p)
-    add_flags(p, _eval_settings().values())
+    add_flag_groups(p, _eval_settings().values())
     p.add_argument("--per-example", metavar="OUT.jsonl", help="write per-pair log-probs here")
     p.set_defaults(func=cmd_eval)
 

@@ -48,7 +48,8 @@ _T = TypeVar("_T")
 
 
 class Database:
-    """The open preference database of one workspace; the store's methods run in its `_transaction`s."""
+    """The open preference database of one workspace: one connection, its lock, one `transaction` per call.
+    The store's tables (mlx_dpo.data.store) each hold it and run every method in one of its transactions."""
 
     def __init__(self, workspace: str | Path, *, create: bool = True, clock: Callable[[], float] = time.time,
                  busy_timeout: float | None = None):
@@ -60,7 +61,7 @@ class Database:
         write waits for another process's transaction (default BUSY_TIMEOUT, read when the store opens).
         """
         self.workspace = Path(workspace)
-        self._clock = clock
+        self.clock = clock  # the timestamps the tables write
         self.busy_timeout = BUSY_TIMEOUT if busy_timeout is None else float(busy_timeout)
         self.path = self.workspace / DB_NAME
         self._lock = threading.RLock()
@@ -118,11 +119,11 @@ class Database:
 
     def integrity_check(self) -> str:
         """SQLite's own check of the whole file: "ok", or the problems it found (one per line)."""
-        with self._transaction(write=False) as conn:
+        with self.transaction(write=False) as conn:
             return "\n".join(r[0] for r in conn.execute("PRAGMA integrity_check"))
 
     @contextmanager
-    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+    def transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
         """One transaction under the lock: committed when the block ends, rolled back if it raises.
 
         Writes take the write lock up front (BEGIN IMMEDIATE) so they never fail half-way on a busy database.

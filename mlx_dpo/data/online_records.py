@@ -15,7 +15,7 @@ The table `comparisons` (schema migration 5) keeps every comparison a judge made
 knockout over N answers makes N - 1: mlx_dpo.online.pairing), written with the pair or skip it led to
 (`record_judging`), so a person can see afterwards what the judge was asked and what it said.
 
-JudgedLog holds these methods; PreferenceStore (mlx_dpo.data.store) builds on it.
+`Judging` is the store's table of them (`store.judging`, mlx_dpo.data.store).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from mlx_dpo.data import records
 from mlx_dpo.data.answers import Answer, is_finished
-from mlx_dpo.data.feedback_records import FeedbackLog
+from mlx_dpo.data.database import Database
 from mlx_dpo.data.pairs import pair_id as content_key
 from mlx_dpo.data.records import SHOWN_FIRST, StoredPair
 from mlx_dpo.data.round_records import _TRAINED_PAIRS, _TRIED_PAIRS
@@ -120,14 +120,18 @@ def record_judging(conn: sqlite3.Connection, online: PromptRef | None, compariso
           int(c.counted), c.note or None, judge, now) for c in comparisons or []])
 
 
-class JudgedLog(FeedbackLog):
-    """Overruling a program judge, and the online runs' progress through their prompt files."""
+class Judging:
+    """Overruling a program judge, the comparisons judges made, and the online runs' progress through their
+    prompt files."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     def overrule(self, pair_id: int) -> StoredPair:
         """A person disagrees with the program judge of pair `pair_id`: swap chosen and rejected, the pair
         becomes the person's (judge None) and the old judge is kept in `overruled`. MlxDpoError if a person
         judged it already (swap_pair is for that)."""
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             old = records.get_pair(conn, pair_id)
             if old.judge is None:
                 raise MlxDpoError(f"pair {pair_id} was judged by a person; there is no program judge to overrule")
@@ -136,13 +140,13 @@ class JudgedLog(FeedbackLog):
                 "UPDATE pairs SET chosen = rejected, rejected = chosen, judge = NULL, overruled = ?, shown_first = ?, "
                 "content_key = ?, updated_at = ?, chosen_finished = rejected_finished, "
                 "rejected_finished = chosen_finished WHERE id = ?",
-                (old.judge, flipped, _swapped_key(old), self._clock(), pair_id))
+                (old.judge, flipped, _swapped_key(old), self._db.clock(), pair_id))
             return records.get_pair(conn, pair_id)
 
     def comparisons(self, *, pair_id: int | None = None, skip_id: int | None = None) -> list[Comparison]:
         """The comparisons that led to a pair (or a skip), in the order the judge made them."""
         column, value = ("pair_id", pair_id) if pair_id is not None else ("skip_id", skip_id)
-        with self._transaction(write=False) as conn:
+        with self._db.transaction(write=False) as conn:
             rows = conn.execute(f"SELECT seq, first, second, first_finished, second_finished, choice, counted, note "
                                 f"FROM comparisons WHERE {column} = ? ORDER BY seq", (value,)).fetchall()
         return [Comparison(seq, Answer(a, bool(af)), Answer(b, bool(bf)), choice, bool(counted), note or "")
@@ -154,7 +158,7 @@ class JudgedLog(FeedbackLog):
                f"o.pair_id IS NOT NULL AND o.pair_id IN ({_TRAINED_PAIRS}), s.reason IS 'tie', "
                f"o.pair_id IS NOT NULL AND o.pair_id IN ({_TRIED_PAIRS}) "
                "FROM online_prompts o LEFT JOIN skips s ON s.id = o.skip_id WHERE o.source = ? ORDER BY o.position")
-        with self._transaction(write=False) as conn:
+        with self._db.transaction(write=False) as conn:
             return [OnlinePrompt(p, k, r, pid, sid, bool(t), bool(tie), bool(tried))
                     for p, k, r, pid, sid, t, tie, tried in conn.execute(sql, (source,))]
 

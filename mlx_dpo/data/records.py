@@ -98,6 +98,11 @@ class ImportResult:
     errors: list[str]  # "file:line: field '...': message" for each problem in the dropped rows
 
 
+def dumps(value: Any) -> str:
+    """JSON as the store writes it into a text column (prompts, answers): UTF-8 kept as it is."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     """MlxDpoError unless `value` is one of `allowed` (a split, an origin, a style, a round status)."""
     if value not in allowed:

@@ -7,7 +7,7 @@ held-out check (`decision`, mlx_dpo.training.acceptance). A cancelled, failed, r
 not checked yet) round leaves its pairs untrained, and the next round starts from the latest kept version.
 A round recorded before decisions existed (decision NULL) is kept, as it was then.
 
-RoundLog holds the store's round methods; PreferenceStore (mlx_dpo.data.store) builds on it.
+`Rounds` is the store's table of rounds (`store.rounds`, mlx_dpo.data.store).
 """
 
 from __future__ import annotations
@@ -58,15 +58,18 @@ class RoundRecord:
         return self.status == "finished" and self.decision in (None, "accepted")
 
 
-class RoundLog(Database):
+class Rounds:
     """The training rounds of a workspace's store, and which stored pairs they have trained."""
 
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
     def untrained_pairs(self, split: Split = "train") -> list[StoredPair]:
-        """Pairs of `split` (oldest first) that no finished round has trained on."""
+        """Pairs of `split` (oldest first) that no kept round has trained on."""
         return self.pairs_by_training(False, split)
 
     def trained_pairs(self, split: Split = "train") -> list[StoredPair]:
-        """Pairs of `split` (oldest first) that some finished round has trained on."""
+        """Pairs of `split` (oldest first) that some kept round has trained on."""
         return self.pairs_by_training(True, split)
 
     def pairs_by_training(self, trained: bool, split: Split = "train") -> list[StoredPair]:
@@ -74,25 +77,25 @@ class RoundLog(Database):
         check_choice("split", split, SPLITS)
         sql = (f"SELECT {PAIR_COLUMNS} FROM pairs WHERE split = ? AND id {'IN' if trained else 'NOT IN'} "
                f"({_TRAINED_PAIRS}) ORDER BY id")
-        with self._transaction(write=False) as conn:
+        with self._db.transaction(write=False) as conn:
             return [pair_from_row(r) for r in conn.execute(sql, (split,))]
 
-    def record_round(self, version: int, adapter_path: str | Path, settings: dict, metrics: dict, status: str,
+    def record(self, version: int, adapter_path: str | Path, settings: dict, metrics: dict, status: str,
                      pair_ids: Iterable[int], decision: str | None = None, reason: str | None = None) -> RoundRecord:
         """Record round `version` (status finished, cancelled or failed) with the pairs it trained on; a finished
-        one with its `decision` (accepted, or pending until its held-out check: `decide_round`)."""
+        one with its `decision` (accepted, or pending until its held-out check: `decide`)."""
         check_choice("status", status, ROUND_STATUSES)
         if decision is not None:
             check_choice("decision", decision, DECISIONS)
-        with self._transaction() as conn:
-            _insert_round(conn, version, adapter_path, settings, metrics, status, pair_ids, self._clock())
+        with self._db.transaction() as conn:
+            _insert_round(conn, version, adapter_path, settings, metrics, status, pair_ids, self._db.clock())
             conn.execute("UPDATE rounds SET decision = ?, reason = ? WHERE id = ?", (decision, reason, version))
             return _read_rounds(conn, version)[0]
 
-    def decide_round(self, version: int, accepted: bool, reason: str) -> RoundRecord:
+    def decide(self, version: int, accepted: bool, reason: str) -> RoundRecord:
         """Keep a finished round (accepted: later rounds build on it, its pairs count as trained) or not (rejected).
         A person may accept a round the rule rejected (the app's Train screen)."""
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             found = _read_rounds(conn, version)
             if not found:
                 raise MlxDpoError(f"no training round v{version}")
@@ -102,10 +105,10 @@ class RoundLog(Database):
                          ("accepted" if accepted else "rejected", reason, version))
             return _read_rounds(conn, version)[0]
 
-    def update_round_metrics(self, version: int, metrics: dict) -> RoundRecord:
+    def update_metrics(self, version: int, metrics: dict) -> RoundRecord:
         """Add to a recorded round's metrics: a finished round's held-out numbers, measured once it is recorded
         (so a kill during the measurement loses no trained round)."""
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             found = _read_rounds(conn, version)
             if not found:
                 raise MlxDpoError(f"no training round v{version}")
@@ -113,30 +116,28 @@ class RoundLog(Database):
                          (json.dumps({**found[0].metrics, **metrics}), version))
             return _read_rounds(conn, version)[0]
 
-    def get_round(self, version: int) -> RoundRecord:
-        with self._transaction(write=False) as conn:
+    def get(self, version: int) -> RoundRecord:
+        with self._db.transaction(write=False) as conn:
             found = _read_rounds(conn, version)
         if not found:
             raise MlxDpoError(f"no training round v{version}")
         return found[0]
 
-    def list_rounds(self) -> list[RoundRecord]:
+    def rows(self) -> list[RoundRecord]:
         """Every recorded round, oldest first."""
-        with self._transaction(write=False) as conn:
+        with self._db.transaction(write=False) as conn:
             return _read_rounds(conn)
 
-    def latest_kept_round(self) -> RoundRecord | None:
+    def latest_kept(self) -> RoundRecord | None:
         """The version the next round starts from and samples with: the newest kept round (None: the base)."""
-        kept = [r for r in self.list_rounds() if r.kept]
+        kept = [r for r in self.rows() if r.kept]
         return kept[-1] if kept else None
-
-    latest_finished_round = latest_kept_round  # its name before rounds could be rejected
 
     def rejected_since_kept(self) -> int:
         """Rounds rejected since the newest kept one: the next attempt's step shrinks with each."""
-        latest = self.latest_kept_round()
+        latest = self.latest_kept()
         after = latest.version if latest else 0
-        return sum(1 for r in self.list_rounds() if r.status == "finished" and r.decision == "rejected"
+        return sum(1 for r in self.rows() if r.status == "finished" and r.decision == "rejected"
                    and r.version > after)
 
 

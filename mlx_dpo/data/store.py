@@ -1,349 +1,115 @@
-"""The preference store: every label (pair, tie/skip, sampled candidate) of a workspace, in one SQLite file.
+"""The preference store: every label (pair, tie/skip, sampled candidate, good/bad answer) of a workspace, and the
+training rounds, in one SQLite file.
 
-`<workspace>/preferences.sqlite` holds:
-  meta          key/value; `schema_version` says which migrations have run (mlx_dpo.data.schema)
-  pairs         prompt (JSON messages), chosen, rejected, origin, split, note, timestamps, judge, sampling version
-  skips         prompts judged a tie or skipped (with their answers, no pair); online_prompts: see online_records
-  candidates    sampled answers waiting to be judged (answers keep whether they finished: mlx_dpo.data.answers)
-  label_actions the labeling history `undo_last_label` walks back (newest first)
-  rounds, round_pairs  the training rounds and the pairs each trained on (mlx_dpo.data.round_records)
+    with PreferenceStore("my-workspace") as store:
+        store.pairs.add(prompt, chosen, rejected)       # or store.add_pair(...), the name it always had
+        print(store.rounds.latest_kept())
 
-The pieces: mlx_dpo.data.database opens the file and runs each method in one transaction, committed before
-the method returns (a label the app has reported "saved" survives a crash or kill, and the store may be
-used from several threads and processes); mlx_dpo.data.records holds the frozen records handed back.
+`<workspace>/preferences.sqlite` holds these tables, each read and written by one small class the store holds:
+  meta                        key/value; `schema_version` says which migrations have run (mlx_dpo.data.schema)
+  pairs                       store.pairs     (Pairs, pair_records.py): prompt, chosen, rejected, origin, split, ...
+  skips, candidates, label_actions
+                              store.labels    (Labels, label_records.py): ties/skips, answers waiting, undo history
+  feedback, round_feedback    store.feedback  (FeedbackLabels, feedback_records.py): single answers marked good/bad
+  rounds, round_pairs         store.rounds    (Rounds, round_records.py): training rounds and the pairs they trained
+  online_prompts, comparisons store.judging   (Judging, online_records.py): overrules, comparisons, prompt files
 
-Pairs are checked by the one set of pair rules (mlx_dpo.data.pairs.check_pair), the same as JSONL rows,
-so whatever the store accepts it can export, and whatever it exports it can import again.
+The store itself holds the open database (mlx_dpo.data.database: one connection, its lock, one transaction per
+method, committed before the method returns, so a label the app has reported "saved" survives a crash or kill,
+and the store may be used from several threads and processes). The methods callers have always called on the
+store (`store.add_pair`, `store.record_round`, ...) are the tables' own (`_Table` below); mlx_dpo.data.records
+holds the frozen records handed back.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
+import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable
 
-from mlx_dpo.data import records, schema
-from mlx_dpo.data.answers import flags_json, is_finished, same_flag
-from mlx_dpo.data.pairs import (
-    PreferencePair,
-    Problem,
-    Style,
-    check_pair,
-    checked_prompt,
-    describe_problems,
-    load_pairs,
-    pair_id as _content_key,  # the id a file row without one gets: same content, same key
-    write_pairs,
+from mlx_dpo.data import schema
+from mlx_dpo.data.database import Database
+from mlx_dpo.data.feedback_records import FeedbackLabels
+from mlx_dpo.data.label_records import Labels
+from mlx_dpo.data.online_records import Judging
+from mlx_dpo.data.pair_records import Pairs
+from mlx_dpo.data.records import (  # noqa: F401  (re-exported: what the store hands back)
+    ORIGINS, SPLITS, Candidate, ImportResult, Skip, StoredPair, UndoResult,
 )
-from mlx_dpo.data.records import (
-    ORIGINS, SPLITS, STYLES, Candidate, ImportResult, Origin, Skip, Split, StoredPair, UndoResult,
-)
-from mlx_dpo.data.online_records import Comparison, JudgedLog, PromptRef, check_provenance, record_judging
-from mlx_dpo.data.round_records import RoundLog, RoundRecord  # noqa: F401
-from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.data.round_records import RoundRecord, Rounds
 
 __all__ = ["Candidate", "ImportResult", "PreferenceStore", "RoundRecord", "Skip", "StoredPair", "UndoResult"]
 
 
-class PreferenceStore(JudgedLog):  # JudgedLog is a FeedbackLog is a RoundLog
+class _Table:
+    """A store method under the name callers have always used, done by one of its tables:
+    `store.add_pair` is `store.pairs.add` (the same bound method, with its signature and docstring)."""
+
+    def __init__(self, table: str, method: str) -> None:
+        self.table, self.method = table, method
+
+    def __get__(self, store: Any, owner: type | None = None) -> Any:
+        return self if store is None else getattr(getattr(store, self.table), self.method)
+
+
+class PreferenceStore:
     """All preference data of one workspace folder. Every method that writes has committed when it returns.
 
-    `PreferenceStore(workspace, create=True, clock=time.time)` opens (or creates) the database (see Database);
-    the round records' methods come from RoundLog, overrule and the online runs' progress from JudgedLog.
+    `PreferenceStore(workspace, create=True, clock=time.time, busy_timeout=None)` opens (or creates) the
+    database (see mlx_dpo.data.database.Database for the arguments).
     """
+
+    def __init__(self, workspace: str | Path, *, create: bool = True, clock: Callable[[], float] = time.time,
+                 busy_timeout: float | None = None) -> None:
+        self.db = Database(workspace, create=create, clock=clock, busy_timeout=busy_timeout)
+        self.pairs = Pairs(self.db)
+        self.labels = Labels(self.db)
+        self.feedback = FeedbackLabels(self.db)
+        self.rounds = Rounds(self.db)
+        self.judging = Judging(self.db)
 
     @classmethod
     def default_workspace(cls) -> Path:
         return Path("mlx-dpo-workspace")
 
-    # --- pairs ---------------------------------------------------------------------------------------------
+    @property
+    def workspace(self) -> Path:
+        return self.db.workspace
 
-    def add_pair(
-        self,
-        prompt: str | list[dict[str, str]],
-        chosen: str,
-        rejected: str,
-        *,
-        origin: Origin = "typed",
-        sampler: str | None = None,
-        note: str | None = None,
-        split: Split = "train",
-        external_id: str | None = None,
-        label: bool = True,
-        candidate_id: int | None = None,
-        judge: str | None = None,
-        version: str | None = None,
-        shown_first: str | None = None,
-        online: PromptRef | None = None,
-        comparisons: list[Comparison] | None = None,
-    ) -> StoredPair:
-        """Save a pair (committed on return). Raises MlxDpoError naming the problem if it is not a valid pair.
+    @property
+    def path(self) -> Path:
+        return self.db.path
 
-        `label` records it for `undo_last_label`. `candidate_id` (if still there), `online` (a prompt file's prompt
-        marked judged) and the judge's `comparisons` go in the same transaction. Provenance: `judge` (None: a person),
-        `version` ("base"/"v<N>" that sampled), `shown_first` (shown as A); an unfinished `Answer` stays unfinished."""
-        messages, chosen, rejected = _checked_pair(prompt, chosen, rejected)
-        records.check_choice("origin", origin, ORIGINS)
-        records.check_choice("split", split, SPLITS)
-        check_provenance(judge, version, shown_first)
-        now = self._clock()
-        with self._transaction() as conn:
-            new_id = _insert_pair(conn, messages, chosen, rejected, origin, sampler, _clean_note(note), split,
-                                  None if external_id is None else str(external_id), now,
-                                  (judge, version, shown_first, is_finished(chosen), is_finished(rejected)))
-            record_judging(conn, online, comparisons, judge, messages, now, pair_id=new_id)
-            if label:
-                conn.execute("INSERT INTO label_actions (pair_id) VALUES (?)", (new_id,))
-            if candidate_id is not None:
-                conn.execute("DELETE FROM candidates WHERE id = ?", (candidate_id,))
-            return records.get_pair(conn, new_id)
+    @property
+    def busy_timeout(self) -> float:
+        return self.db.busy_timeout
 
-    def update_pair(
-        self,
-        pair_id: int,
-        *,
-        prompt: str | list[dict[str, str]] | None = None,
-        chosen: str | None = None,
-        rejected: str | None = None,
-        note: str | None = None,
-        split: Split | None = None,
-    ) -> StoredPair:
-        """Change the fields given (None leaves a field as it is; note="" clears the note); bumps updated_at."""
-        if split is not None:
-            records.check_choice("split", split, SPLITS)
-        with self._transaction() as conn:
-            return self._update(conn, pair_id, prompt=prompt, chosen=chosen, rejected=rejected, note=note, split=split)
+    def close(self) -> None:
+        self.db.close()
 
-    def swap_pair(self, pair_id: int) -> StoredPair:
-        """Exchange chosen and rejected (the label was the wrong way round)."""
-        with self._transaction() as conn:
-            old = records.get_pair(conn, pair_id)
-            return self._update(conn, pair_id, chosen=old.rejected, rejected=old.chosen)
+    def __enter__(self) -> PreferenceStore:
+        return self
 
-    def _update(self, conn: sqlite3.Connection, pair_id: int, *, prompt: Any = None, chosen: str | None = None,
-                rejected: str | None = None, note: str | None = None, split: str | None = None) -> StoredPair:
-        old = records.get_pair(conn, pair_id)
-        chosen, rejected = [o if v in (None, o) else v for v, o in ((chosen, old.chosen), (rejected, old.rejected))]
-        messages, new_chosen, new_rejected = _checked_pair(old.prompt if prompt is None else prompt, chosen, rejected)
-        conn.execute(  # an answer typed anew is finished; one left as it was (or swapped) keeps its flag
-            "UPDATE pairs SET prompt = ?, chosen = ?, rejected = ?, content_key = ?, note = ?, split = ?, "
-            "updated_at = ?, chosen_finished = ?, rejected_finished = ? WHERE id = ?",
-            (
-                _dumps(messages), new_chosen, new_rejected, _content_key(messages, new_chosen, new_rejected),
-                old.note if note is None else _clean_note(note), old.split if split is None else split,
-                self._clock(), is_finished(new_chosen), is_finished(new_rejected), pair_id,
-            ),
-        )
-        return records.get_pair(conn, pair_id)
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
-    def delete_pair(self, pair_id: int) -> None:
-        with self._transaction() as conn:
-            if conn.execute("DELETE FROM pairs WHERE id = ?", (pair_id,)).rowcount == 0:
-                raise MlxDpoError(f"no stored pair with id {pair_id}")
-
-    def get_pair(self, pair_id: int) -> StoredPair:
-        with self._transaction(write=False) as conn:
-            return records.get_pair(conn, pair_id)
-
-    def list_pairs(
-        self, *, search: str | None = None, split: Split | None = None, origin: Origin | None = None
-    ) -> list[StoredPair]:
-        """Pairs newest first, optionally only one split / origin and only those whose prompt, answers or note
-        contain `search` (ignoring case)."""
-        where, params = [], []
-        if split is not None:
-            records.check_choice("split", split, SPLITS)
-            where.append("split = ?")
-            params.append(split)
-        if origin is not None:
-            records.check_choice("origin", origin, ORIGINS)
-            where.append("origin = ?")
-            params.append(origin)
-        condition = f"WHERE {' AND '.join(where)}" if where else ""
-        sql = f"SELECT {records.PAIR_COLUMNS} FROM pairs {condition} ORDER BY created_at DESC, id DESC"
-        with self._transaction(write=False) as conn:
-            pairs = [records.pair_from_row(r) for r in conn.execute(sql, params)]
-        needle = (search or "").strip().casefold()
-        # Searched in Python, not with SQL LIKE: LIKE ignores case for ASCII only, and the prompt column is
-        # JSON (keys, escapes) rather than the text the user sees. A store holds thousands of pairs, not millions.
-        return [p for p in pairs if needle in _searchable_text(p)] if needle else pairs
-
-    def count_pairs(self, split: Split | None = None) -> int:
-        if split is not None:
-            records.check_choice("split", split, SPLITS)
-        with self._transaction(write=False) as conn:
-            if split is None:
-                return conn.execute("SELECT COUNT(*) FROM pairs").fetchone()[0]
-            return conn.execute("SELECT COUNT(*) FROM pairs WHERE split = ?", (split,)).fetchone()[0]
-
-    def training_pairs(self, split: Split = "train") -> list[PreferencePair]:
-        """The pairs of one split, oldest first, ready for `mlx_dpo.api.train` / `evaluate`."""
-        records.check_choice("split", split, SPLITS)
-        return self._preference_pairs(split)
-
-    # --- skips and undo ------------------------------------------------------------------------------------
-
-    def add_skip(
-        self,
-        prompt: str | list[dict[str, str]],
-        reason: str = "tie",
-        *,
-        answers: list[str] | None = None,
-        sampler: str | None = None,
-        candidate_id: int | None = None,
-        judge: str | None = None,
-        version: str | None = None,
-        online: PromptRef | None = None,
-        label: bool = True,
-        comparisons: list[Comparison] | None = None,
-    ) -> Skip:
-        """Record a prompt judged a tie (or skipped) as a labeling action; committed on return. `answers` (the ones
-        judged, in the order shown) are kept for undo; the other keywords are add_pair's."""
-        messages, finished = checked_prompt(prompt), flags_json(answers or [])
-        answers = _checked_answers(answers or [], allow_empty=True)
-        if not isinstance(reason, str) or not reason.strip():
-            raise MlxDpoError("a skip needs a reason (e.g. 'tie')")
-        check_provenance(judge, version, None)
-        now = self._clock()
-        with self._transaction() as conn:
-            skip_id = conn.execute(
-                "INSERT INTO skips (prompt, answers, sampler, reason, created_at, judge, version, finished) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (_dumps(messages), _dumps(answers), sampler, reason, now, judge, version, finished),
-            ).lastrowid
-            record_judging(conn, online, comparisons, judge, messages, now, skip_id=skip_id)
-            if label:  # a person's tie, which `undo_last_label` may take back (a program judge's is not)
-                conn.execute("INSERT INTO label_actions (skip_id) VALUES (?)", (skip_id,))
-            if candidate_id is not None:
-                conn.execute("DELETE FROM candidates WHERE id = ?", (candidate_id,))
-            return records.get_skip(conn, skip_id)
-
-    def list_skips(self) -> list[Skip]:
-        """Skips newest first."""
-        with self._transaction(write=False) as conn:
-            rows = conn.execute(f"SELECT {records.SKIP_COLUMNS} FROM skips ORDER BY created_at DESC, id DESC")
-            return [records.skip_from_row(r) for r in rows]
-
-    def undo_last_label(self) -> UndoResult | None:
-        """Delete the pair or skip saved by the latest labeling action still in the store and return it (so
-        the UI can show its prompt and answers again); None when there is nothing to undo.
-
-        The history is kept in the database: it survives restarts, and pairs deleted meanwhile leave it.
-        """
-        with self._transaction() as conn:
-            row = conn.execute("SELECT pair_id, skip_id FROM label_actions ORDER BY seq DESC LIMIT 1").fetchone()
-            if row is None:
-                return None
-            pair_id, skip_id = row
-            if pair_id is not None:
-                pair = records.get_pair(conn, pair_id)
-                conn.execute("DELETE FROM pairs WHERE id = ?", (pair_id,))  # its label_actions row cascades
-                return UndoResult("pair", pair, None)
-            skip = records.get_skip(conn, skip_id)
-            conn.execute("DELETE FROM skips WHERE id = ?", (skip_id,))
-            return UndoResult("skip", None, skip)
-
-    # --- candidates ----------------------------------------------------------------------------------------
-
-    def add_candidate(
-        self, prompt: str | list[dict[str, str]], answers: list[str], sampler: str | None = None
-    ) -> Candidate:
-        """Keep sampled answers until they are judged (so a restart does not lose them)."""
-        messages, finished = checked_prompt(prompt), flags_json(answers or [])
-        answers = _checked_answers(answers, allow_empty=False)
-        with self._transaction() as conn:
-            cid = conn.execute(
-                "INSERT INTO candidates (prompt, answers, sampler, created_at, finished) VALUES (?, ?, ?, ?, ?)",
-                (_dumps(messages), _dumps(answers), sampler, self._clock(), finished),
-            ).lastrowid
-            row = conn.execute(f"SELECT {records.CANDIDATE_COLUMNS} FROM candidates WHERE id = ?", (cid,)).fetchone()
-            return records.candidate_from_row(row)
-
-    def list_candidates(self) -> list[Candidate]:
-        """Candidates oldest first: the order they are to be judged in."""
-        with self._transaction(write=False) as conn:
-            rows = conn.execute(f"SELECT {records.CANDIDATE_COLUMNS} FROM candidates ORDER BY id")
-            return [records.candidate_from_row(r) for r in rows]
-
-    def delete_candidate(self, candidate_id: int) -> None:
-        with self._transaction() as conn:
-            if conn.execute("DELETE FROM candidates WHERE id = ?", (candidate_id,)).rowcount == 0:
-                raise MlxDpoError(f"no candidate with id {candidate_id}")
-
-    # --- files ---------------------------------------------------------------------------------------------
-
-    def import_jsonl(self, path: str | Path, *, skip_invalid: bool = False, split: Split = "train") -> ImportResult:
-        """Add the pairs of a JSONL file (TRL standard or conversational) with origin "imported".
-
-        All or nothing: a bad file (unless `skip_invalid`) or any failure adds no pair at all. Pairs already
-        in the store (same prompt, chosen and rejected) are counted as duplicates and not added again.
-        """
-        records.check_choice("split", split, SPLITS)
-        loaded = load_pairs(path, skip_invalid=skip_invalid)  # raises MlxDpoError naming file:line:field
-        result = self.import_pairs(loaded.pairs, split=split)
-        result.skipped_invalid, result.errors = loaded.skipped, [str(e) for e in loaded.errors]
-        return result
-
-    def import_pairs(self, pairs: Iterable[PreferencePair], *, split: Split = "train") -> ImportResult:
-        """`import_jsonl` for pairs already read (by `load_pairs`, say); their ids become `external_id`."""
-        records.check_choice("split", split, SPLITS)
-        checked = [(_checked_pair(p.prompt, p.chosen, p.rejected), p.id) for p in pairs]
-        added = duplicates = 0
-        now = self._clock()
-        with self._transaction() as conn:
-            for (prompt, chosen, rejected), external_id in checked:
-                key = _content_key(prompt, chosen, rejected)
-                if conn.execute("SELECT 1 FROM pairs WHERE content_key = ? LIMIT 1", (key,)).fetchone():
-                    duplicates += 1  # also catches a repeat within `pairs`: it was inserted just before
-                    continue
-                _insert_pair(conn, prompt, chosen, rejected, "imported", None, None, split, external_id, now)
-                added += 1
-        return ImportResult(added, duplicates, 0, [])
-
-    def export_jsonl(self, path: str | Path, *, split: Split | None = None, style: Style = "conversational") -> int:
-        """Write the pairs (one split, or all) oldest first as JSONL, atomically; returns how many.
-
-        Every row carries its id, so importing the file elsewhere and exporting again gives the same file.
-        """
-        if split is not None:
-            records.check_choice("split", split, SPLITS)
-        records.check_choice("style", style, STYLES)
-        pairs = self._preference_pairs(split)
-        try:
-            write_pairs(path, pairs, style)  # checks every pair fits `style` before writing anything
-        except OSError as e:
-            raise MlxDpoError(f"{path}: cannot write ({e.strerror or e})") from None
-        return len(pairs)
-
-    def _preference_pairs(self, split: str | None) -> list[PreferencePair]:
-        sql = f"SELECT {records.PAIR_COLUMNS} FROM pairs" + (" WHERE split = ?" if split else "") + " ORDER BY id"
-        with self._transaction(write=False) as conn:
-            stored = [records.pair_from_row(r) for r in conn.execute(sql, (split,) if split else ())]
-        # Ids must be unique in a file (load_pairs refuses repeats). An imported "store-7" can meet this
-        # store's own pair 7, or one file's ids another's: later ones get their store id appended.
-        pairs, seen = [], set()
-        for s in stored:
-            p = s.to_preference_pair()
-            if p.id in seen:
-                p = PreferencePair(f"{p.id}-store-{s.id}", p.prompt, p.chosen, p.rejected, p.source)
-            seen.add(p.id)
-            pairs.append(p)
-        return pairs
+    def integrity_check(self) -> str:
+        """SQLite's own check of the whole file: "ok", or the problems it found (one per line)."""
+        return self.db.integrity_check()
 
     # --- overview and health -------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
         """Counts by split and origin, skips, candidates, plus schema version, journal mode and path."""
-        with self._transaction(write=False) as conn:
+        with self.db.transaction(write=False) as conn:
             by_split = dict(conn.execute("SELECT split, COUNT(*) FROM pairs GROUP BY split").fetchall())
             by_origin = dict(conn.execute("SELECT origin, COUNT(*) FROM pairs GROUP BY origin").fetchall())
             skips = conn.execute("SELECT COUNT(*) FROM skips").fetchone()[0]
             candidates = conn.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
-            version = schema.schema_version(conn, self.path)
+            version = schema.schema_version(conn, self.db.path)
             journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
         return {
-            "path": str(self.path),
+            "path": str(self.db.path),
             "schema_version": version,
             "journal_mode": journal,
             "pairs": sum(by_split.values()),
@@ -353,48 +119,46 @@ class PreferenceStore(JudgedLog):  # JudgedLog is a FeedbackLog is a RoundLog
             "candidates": candidates,
         }
 
+    # --- the tables' methods under their old names ---------------------------------------------------------
 
-# --- helpers ----------------------------------------------------------------------------------------------
+    add_pair = _Table("pairs", "add")
+    update_pair = _Table("pairs", "update")
+    swap_pair = _Table("pairs", "swap")
+    delete_pair = _Table("pairs", "delete")
+    get_pair = _Table("pairs", "get")
+    list_pairs = _Table("pairs", "rows")
+    count_pairs = _Table("pairs", "count")
+    training_pairs = _Table("pairs", "for_training")
+    import_jsonl = _Table("pairs", "import_file")
+    import_pairs = _Table("pairs", "add_many")
+    export_jsonl = _Table("pairs", "export_file")
 
+    add_skip = _Table("labels", "add_skip")
+    list_skips = _Table("labels", "skips")
+    undo_last_label = _Table("labels", "undo_last")
+    add_candidate = _Table("labels", "add_candidate")
+    list_candidates = _Table("labels", "candidates")
+    delete_candidate = _Table("labels", "delete_candidate")
 
-def _checked_pair(prompt: Any, chosen: Any, rejected: Any) -> tuple[list[dict[str, str]], str, str]:
-    """The pair as stored (answers keep their finished flag), or MlxDpoError listing every problem (JSONL's rules)."""
-    problems: list[Problem] = []
-    pair = check_pair(prompt, chosen, rejected, problems, text_answers=True)
-    if pair is None:
-        raise MlxDpoError(describe_problems(problems))
-    return pair[0], same_flag(pair[1], chosen), same_flag(pair[2], rejected)
+    add_feedback = _Table("feedback", "add")
+    import_feedback = _Table("feedback", "add_many")
+    list_feedback = _Table("feedback", "rows")
+    untrained_feedback = _Table("feedback", "untrained")
+    record_round_feedback = _Table("feedback", "record_round")
+    round_feedback_ids = _Table("feedback", "round_ids")
 
+    untrained_pairs = _Table("rounds", "untrained_pairs")
+    trained_pairs = _Table("rounds", "trained_pairs")
+    pairs_by_training = _Table("rounds", "pairs_by_training")
+    record_round = _Table("rounds", "record")
+    decide_round = _Table("rounds", "decide")
+    update_round_metrics = _Table("rounds", "update_metrics")
+    get_round = _Table("rounds", "get")
+    list_rounds = _Table("rounds", "rows")
+    latest_kept_round = _Table("rounds", "latest_kept")
+    latest_finished_round = _Table("rounds", "latest_kept")  # its name before rounds could be rejected
+    rejected_since_kept = _Table("rounds", "rejected_since_kept")
 
-def _checked_answers(answers: Any, *, allow_empty: bool) -> list[str]:
-    if not isinstance(answers, (list, tuple)) or not all(isinstance(a, str) for a in answers):
-        raise MlxDpoError("answers must be a list of strings")
-    if not answers and not allow_empty:
-        raise MlxDpoError("a candidate needs at least one answer")
-    return list(answers)
-
-
-def _clean_note(note: str | None) -> str | None:
-    return note if note and note.strip() else None
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _insert_pair(conn: sqlite3.Connection, prompt: list[dict[str, str]], chosen: str, rejected: str, origin: str,
-                 sampler: str | None, note: str | None, split: str, external_id: str | None, now: float,
-                 provenance: tuple = (None, None, None, True, True)) -> int:
-    """Insert one pair row; `provenance` is (judge, version, shown_first, chosen finished, rejected finished)."""
-    return conn.execute(
-        "INSERT INTO pairs (prompt, chosen, rejected, content_key, origin, sampler, created_at, updated_at, note, "
-        "split, external_id, judge, version, shown_first, chosen_finished, rejected_finished) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (_dumps(prompt), chosen, rejected, _content_key(prompt, chosen, rejected), origin, sampler, now, now, note,
-         split, external_id, *provenance),
-    ).lastrowid
-
-
-def _searchable_text(p: StoredPair) -> str:
-    parts = [m["content"] for m in p.prompt] + [p.chosen, p.rejected, p.note or ""]
-    return "\n".join(parts).casefold()
+    overrule = _Table("judging", "overrule")
+    comparisons = _Table("judging", "comparisons")
+    online_prompts = _Table("judging", "online_prompts")

@@ -16,7 +16,8 @@ from typing import Any
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.models.adapter import read_adapter_config, recorded_base
 from mlx_dpo.models.gguf import SOURCE_FILE
-from mlx_dpo.models.load import LoadedModel, apply_adapter, default_gguf, load_model, resolve_model_path
+from mlx_dpo.models.load import default_gguf, load_model, resolve_model_path
+from mlx_dpo.models.session import ModelSession
 from mlx_dpo.names import DEFAULT_HUB_ID, display_name, is_default, is_repo_id
 from mlx_dpo.settings import LoraSettings
 
@@ -96,11 +97,11 @@ def name_notes(adapter_config: dict, spec: str | None, path: Path) -> list[str]:
 
 
 def load_with_adapter(adapter_dir: Path, spec: str | None, *,
-                      dequantize: bool) -> tuple[LoadedModel, dict, LoraSettings, list[str]]:
+                      dequantize: bool) -> tuple[ModelSession, dict, LoraSettings, list[str]]:
     """Load the base and put the adapter on it (refused if it does not fit); with the notes about its name."""
     adapter_config = read_adapter_config(adapter_dir)
     loaded = load_model(spec, dequantize=dequantize)
-    settings = apply_adapter(loaded, adapter_dir)
+    settings = loaded.use_adapter(adapter_dir)
     return loaded, adapter_config, settings, name_notes(adapter_config, spec, loaded.path)
 
 

@@ -10,41 +10,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import mlx.core as mx
-import mlx.nn as nn
-from mlx.utils import tree_unflatten
-
 from mlx_dpo.export.base import base_spec, hub_id, load_with_adapter, no_stage
 from mlx_dpo.models.adapter import check_adapter_folder, read_adapter_config
-from mlx_dpo.models.load import LoadedModel, has_quantized_layers
+from mlx_dpo.models.load import has_quantized_layers
+from mlx_dpo.models.session import ModelSession
 from mlx_dpo.names import display_name
 from mlx_dpo.settings import LoraSettings
 
 
 @dataclass
 class FusedModel:
-    loaded: LoadedModel  # .model has every adapter layer fused into a plain (or quantized) layer
+    loaded: ModelSession  # .model has every adapter layer fused into a plain (or quantized) layer
     adapter_config: dict
     settings: LoraSettings
     fused_layers: int
     base_name: str  # how the base is named in messages, the model card title and the GGUF's general.name
     notes: list[str] = field(default_factory=list)
-
-
-def fuse_adapter(model: nn.Module, *, dequantize: bool) -> int:
-    """Replace every LoRA/DoRA layer by its base layer with the update folded in; returns how many.
-
-    A quantized base is re-quantized after the update is added unless `dequantize`, which keeps it dense.
-    """
-    fused = [
-        (name, module.fuse(dequantize=dequantize))
-        for name, module in model.named_modules()
-        if hasattr(module, "lora_a") and callable(getattr(module, "fuse", None))
-    ]
-    if fused:
-        model.update_modules(tree_unflatten(fused))
-    mx.eval(model.parameters())
-    return len(fused)
 
 
 def fused_model(adapter_path: str | Path, *, model: str | None = None, dequantize: bool = False,
@@ -58,7 +39,7 @@ def fused_model(adapter_path: str | Path, *, model: str | None = None, dequantiz
     on_stage("loading base")
     loaded, adapter_config, settings, notes = load_with_adapter(adapter_dir, spec, dequantize=dequantize)
     on_stage("fusing")
-    count = fuse_adapter(loaded.model, dequantize=dequantize)
+    count = loaded.fuse(dequantize=dequantize)
     loaded.quantized = has_quantized_layers(loaded.model)
     loaded.extra["hub_id"] = hub_id(spec, loaded.path)
     return FusedModel(loaded, adapter_config, settings, count, display_name(spec), notes)

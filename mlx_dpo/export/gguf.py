@@ -29,7 +29,7 @@ from mlx_dpo.models.adapter import check_adapter_folder, read_adapter_config
 from mlx_dpo.models.gguf import permute_rows
 from mlx_dpo.models.gguf_arch import ARCHITECTURES, GEMMA3_27B_BLOCKS, GEMMA3_LOCAL_ROPE_BASE, GEMMA3_PATTERN, \
     TOP_NAMES, GgufArch, llama3_rope_factors, rope_scaling
-from mlx_dpo.models.load import resolve_model_path
+from mlx_dpo.models.load import read_config, resolve_model_path
 from mlx_dpo.settings import GGUF_TYPES
 
 # model_type -> how llama.cpp reads it (llama.cpp's converter writes Mistral as llama, too).
@@ -181,10 +181,7 @@ def _check_gemma3(config: dict) -> None:
 
 def check_family(model_folder: Path) -> dict:
     """The base's config, if llama.cpp can read its family (refused with one line otherwise)."""
-    try:
-        config = json.loads((model_folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise MlxDpoError(f"{model_folder}: unreadable config.json ({e})") from None
+    config = read_config(model_folder)
     gguf_family(config)
     return config
 

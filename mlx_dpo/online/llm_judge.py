@@ -13,7 +13,7 @@ How it is asked, and how its answer is read:
   `Verdict.scores` holds each answer's probability of being picked (of "1" vs "2"), averaged over the orders.
 
 Only the last position of each question goes through the vocabulary projection (the model's own head,
-`training.logprobs.output_head`), and only when the training code's self-check found that path equal to the
+`compat.output_head`), and only when the training code's self-check found that path equal to the
 model's own forward (`training.fast_path`); otherwise each question runs through the plain forward alone.
 """
 
@@ -24,12 +24,13 @@ import math
 import mlx.core as mx
 import numpy as np
 
+from mlx_dpo.compat import output_head
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.models.generate import prompt_tokens
-from mlx_dpo.models.load import LoadedModel, load_model
+from mlx_dpo.models.load import load_model
+from mlx_dpo.models.session import ModelSession
 from mlx_dpo.online.verdict import Judge, Messages, Verdict, check_lengths
 from mlx_dpo.training.fast_path import fast_paths
-from mlx_dpo.training.logprobs import output_head
 
 DEFAULT_RUBRIC = ("You judge answers written by an assistant. Decide which answer serves the user better: "
                   "correct, helpful, clear and to the point.")
@@ -62,10 +63,10 @@ def digit_ids(tokenizer, digit: str) -> list[int]:
     return sorted(ids)
 
 
-def next_token_logprobs(loaded: LoadedModel, sequences: list[list[int]]) -> list[np.ndarray]:
+def next_token_logprobs(loaded: ModelSession, sequences: list[list[int]]) -> list[np.ndarray]:
     """log p(next token | sequence) over the vocabulary, for each sequence (right-padded, in batches)."""
     model = loaded.model
-    if fast_paths(model).head_problem is not None:  # the model's own forward, one sequence at a time
+    if fast_paths(model, loaded.checks).head_problem is not None:  # the model's own forward, one sequence at a time
         return [np.array(_log_softmax(model(mx.array([seq]))[0, -1]), copy=False) for seq in sequences]
     head, out = output_head(model), []
     for start in range(0, len(sequences), BATCH):
@@ -117,11 +118,11 @@ class LlmJudge(Judge):
 
     kind = "llm"
 
-    def __init__(self, model: str, rubric: str | None = None, *, loaded: LoadedModel | None = None) -> None:
+    def __init__(self, model: str, rubric: str | None = None, *, loaded: ModelSession | None = None) -> None:
         self.model_spec = model
         self.name = f"llm:{model}"
         self.rubric = rubric or DEFAULT_RUBRIC
-        self.loaded = loaded if loaded is not None else load_model(None if model == "default" else model)
+        self.loaded = loaded if loaded is not None else load_model(model)  # "default": the default model
         tokenizer = self.loaded.tokenizer
         self.ids = (digit_ids(tokenizer, "1"), digit_ids(tokenizer, "2"))
 

@@ -37,7 +37,8 @@ from mlx_dpo.metric_names import (
     HELDOUT_WIN_VS_BASE
 )
 from mlx_dpo.models.generate import SampleSettings, template_note
-from mlx_dpo.models.load import LoadedModel, load_model, switch_adapter
+from mlx_dpo.models.load import load_model
+from mlx_dpo.models.session import ModelSession
 from mlx_dpo.online.pairing import choose_pair
 from mlx_dpo.online.sampling import sample_answers
 from mlx_dpo.online.verdict import Judge
@@ -87,7 +88,7 @@ def run_online(
     eval_prompts: list[list[dict]] | None = None,
     sample_settings: SampleSettings | None = None,
     settings: dict | None = None,
-    loaded: LoadedModel | None = None,
+    loaded: ModelSession | None = None,
     on_event: Callable[[Event], None] | None = None,
     on_round: Callable[[RoundReport], None] | None = None,
 ) -> list[RoundReport]:
@@ -168,12 +169,12 @@ def _one_round(workspace, loaded, model, judge, number, todo, source, counts, on
     seconds = {"sampling": 0.0, "judging": 0.0, "reference": 0.0, "training": 0.0, "heldout": 0.0}
     tokens_per_second = 0.0
     if todo:
-        switch_adapter(loaded, latest.adapter_path if latest else None)
         n = online.samples_per_prompt
         emit(Status(f"round {number}: sampling {n} answers to {len(todo)} prompt(s) from {sampled_by}"))
         pause_at(f"online:sampling:{number}")  # test hooks (training/pause.py), here and below
-        samples = sample_answers(loaded, [p for _, p in todo], sample, n=n, seed=number,
-                                 batch_size=online.sample_batch_size)
+        with loaded.adapter(latest.adapter_path if latest else None):
+            samples = sample_answers(loaded, [p for _, p in todo], sample, n=n, seed=number,
+                                     batch_size=online.sample_batch_size)
         seconds["sampling"], tokens_per_second = round(samples.seconds, 3), round(samples.tokens_per_second, 1)
         sampler = f"{loaded.name} {sampled_by} · temp {sample.temperature:g} · top-p {sample.top_p:g}"
         start = time.perf_counter()
@@ -220,7 +221,6 @@ def judge_and_store(store: PreferenceStore, judge: Judge, prompt: list[dict], an
 
 def _train(report: RoundReport, workspace, loaded, model, judge, settings, eval_prompts, sample, emit) -> None:
     """Train the round on the store's untrained pairs and fill in its version, status, timings, held-out numbers."""
-    switch_adapter(loaded, None)  # a round's reference pass runs on the base; it puts the adapter on itself
     trained_at: list[float] = []
 
     def timed(event: Event) -> None:  # training ends at Finished; the held-out measurement follows it

@@ -31,14 +31,14 @@ from typing import Callable
 
 import mlx.core as mx
 
+from mlx_dpo.compat import Generated, generate_batched
 from mlx_dpo.data.answers import Answer
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, Status
 from mlx_dpo.models.generate import SampleSettings, decode_answer, prompt_tokens, sampler_for
-from mlx_dpo.models.load import LoadedModel
+from mlx_dpo.models.session import ModelSession
 
 RETRIES = 2  # extra draws for a prompt whose answers came out identical
-_CHECKED = "_mlx_dpo_batching_problem"  # the probe's finding, kept on the model object
 _PROBE = ("Hi", "Tell me one thing about the sea, please, in a few words.")  # lengths differ: padding shows
 
 
@@ -59,33 +59,17 @@ def run_seed(settings: SampleSettings, seed: int) -> int:
     return ((settings.seed or 0) * 1_000_003 + seed) % 2**31
 
 
-Generated = list[tuple[list[int], bool]]  # per sequence: its token ids (stop token excluded), whether it finished
 
 
-def _batched(loaded: LoadedModel, tokens: list[list[int]], settings: SampleSettings, batch_size: int) -> Generated:
+def _batched(loaded: ModelSession, tokens: list[list[int]], settings: SampleSettings, batch_size: int) -> Generated:
     """Each answer's token ids and finish, `batch_size` sequences in flight (mlx-lm's `batch_generate` loop, keeping
-    each sequence's finish reason, which `batch_generate` itself drops)."""
-    from mlx_lm.generate import BatchGenerator
-
-    gen = BatchGenerator(loaded.model, stop_tokens=[[t] for t in loaded.tokenizer.eos_token_ids],
-                         sampler=sampler_for(settings.temperature, settings.top_p),
-                         completion_batch_size=batch_size, prefill_batch_size=batch_size)
-    try:
-        uids = gen.insert(tokens, [settings.max_tokens] * len(tokens))
-        ids: dict[int, list[int]] = {uid: [] for uid in uids}
-        finished: dict[int, bool] = {}
-        while responses := gen.next_generated():
-            for r in responses:
-                if r.finish_reason != "stop":  # the end-of-turn token is not part of the answer's text
-                    ids[r.uid].append(r.token)
-                if r.finish_reason is not None:
-                    finished[r.uid] = r.finish_reason == "stop"
-    finally:
-        gen.close()
-    return [(ids[uid], finished[uid]) for uid in uids]
+    each sequence's finish reason: compat.generate_batched)."""
+    return generate_batched(loaded.model, tokens, max_tokens=settings.max_tokens,
+                            stop_tokens=list(loaded.tokenizer.eos_token_ids),
+                            sampler=sampler_for(settings.temperature, settings.top_p), batch_size=batch_size)
 
 
-def _one_at_a_time(loaded: LoadedModel, tokens: list[list[int]], settings: SampleSettings) -> Generated:
+def _one_at_a_time(loaded: ModelSession, tokens: list[list[int]], settings: SampleSettings) -> Generated:
     """Each answer's token ids and finish with mlx-lm's single-sequence generation (the app's streaming path)."""
     from mlx_lm import stream_generate
 
@@ -102,28 +86,27 @@ def _one_at_a_time(loaded: LoadedModel, tokens: list[list[int]], settings: Sampl
     return out
 
 
-def batching_probe(loaded: LoadedModel, max_tokens: int = 4) -> tuple[Generated, Generated]:
+def batching_probe(loaded: ModelSession, max_tokens: int = 4) -> tuple[Generated, Generated]:
     """Greedy answers (token ids, finished) to two prompts of different lengths, batched together and one at a time."""
     greedy = SampleSettings(temperature=0.0, max_tokens=max_tokens)
     probe = [prompt_tokens(loaded.tokenizer, [{"role": "user", "content": text}]) for text in _PROBE]
     return _batched(loaded, probe, greedy, 2), _one_at_a_time(loaded, probe, greedy)
 
 
-def batching_problem(loaded: LoadedModel) -> str | None:
+def batching_problem(loaded: ModelSession) -> str | None:
     """Why batched generation is not used on this model (None: it reproduced one-at-a-time greedy answers on
-    the probe). Measured once per model object."""
-    found = getattr(loaded.model, _CHECKED, False)
-    if found is False:
+    the probe). Measured once per model session, kept in its record of self-checks (`loaded.checks`)."""
+    if not loaded.checks.batching_checked:
         try:
             batched, single = batching_probe(loaded)
             found = None if batched == single else "its batched greedy answers differ from one-at-a-time ones on a probe"
         except Exception as e:  # e.g. a cache type mlx-lm cannot batch yet
             found = f"mlx-lm cannot batch it ({type(e).__name__}: {' '.join(str(e).split())})"
-        setattr(loaded.model, _CHECKED, found)
-    return found
+        loaded.checks.batching = found
+    return loaded.checks.batching
 
 
-def _generate(loaded: LoadedModel, tokens: list[list[int]], settings: SampleSettings,
+def _generate(loaded: ModelSession, tokens: list[list[int]], settings: SampleSettings,
               batch_size: int) -> tuple[list[Answer], int]:
     generated = (_one_at_a_time(loaded, tokens, settings) if batching_problem(loaded)
                  else _batched(loaded, tokens, settings, batch_size))
@@ -150,7 +133,7 @@ def _check(prompts: list[list[dict]], settings: SampleSettings, n: int, batch_si
 
 
 def sample_answers(
-    loaded: LoadedModel,
+    loaded: ModelSession,
     prompts: list[list[dict]],
     settings: SampleSettings,
     *,

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import mlx.core as mx
 import numpy as np
 
+from mlx_dpo.compat import has_mlx_lm_layout
 from mlx_dpo.training.tokens import EncodedPair
 
 # Lengths are padded to multiples of this: few enough shapes that compiled graphs are reused, and at
@@ -87,9 +88,8 @@ class BatchLayout(Enum):
 
 
 def supports_shared_prompt(model: Any) -> bool:
-    """Shared prompts need mlx-lm's usual layout (model.model with layers and a cache argument)."""
-    inner = getattr(model, "model", None)
-    return inner is not None and hasattr(inner, "layers") and hasattr(inner, "embed_tokens")
+    """Shared prompts need mlx-lm's usual layout (model.model with layers and a cache argument: compat.py)."""
+    return has_mlx_lm_layout(model)
 
 
 def layout_for(model: Any, shared_prompt: bool) -> BatchLayout:

@@ -10,8 +10,9 @@ and compared per token with log-softmax of the model's own `model(inputs)`: the 
 (WPO's normaliser, computed from the same projected logits). A path that differs beyond
 tolerance, or raises, is switched off for that model, and one Status line says which path runs and why.
 
-The result is kept on the model object, so the reference pass, the step and evaluation of one run
-share one decision (and one probe). `resolve` is the one function every caller uses.
+The findings are kept in the model session's record (`ModelSession.checks`, models/session.py), so the
+reference pass, the step and evaluation of one run share one decision (and one probe); a caller with a bare
+model and no record gets a probe of its own. `resolve` is the one function every caller uses.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import mlx.nn as nn
 import numpy as np
 
 from mlx_dpo.events import Event, Status
+from mlx_dpo.models.session import SelfChecks
 from mlx_dpo.settings import TrainingArgs
 from mlx_dpo.training import shared_prompt as shared_forward
 from mlx_dpo.training.batching import BatchLayout, make_pair_batch, supports_shared_prompt
@@ -38,8 +40,6 @@ from mlx_dpo.training.tokens import EncodedPair
 TOLERANCE_FP32 = 1e-3
 TOLERANCE_EPS = 64
 
-_ATTR = "_mlx_dpo_fast_path"
-_ANNOUNCED = "_mlx_dpo_path_announced"  # requests whose line a model already emitted
 _PROBE_SHAPE = ((3, 5, 8), (9, 7, 4))  # (prompt, chosen, rejected) lengths of the two probe pairs
 
 
@@ -50,6 +50,7 @@ class FastPaths:
     head_problem: str | None
     shared_problem: str | None
     max_error: float  # worst per-token error of the paths that passed
+    mask_dims: int = 4  # the attention-mask layout the shared-prompt forward passed with (shared_prompt.py)
 
 
 def _probe(model: nn.Module) -> list[EncodedPair]:
@@ -82,20 +83,19 @@ def _error(fast: Callable[[], mx.array], plain: mx.array, mask: mx.array) -> tup
 
 
 def _check_shared(model: nn.Module, pairs: list[EncodedPair], plain: mx.array, mask: mx.array,
-                  tol: float) -> tuple[float, str | None]:
-    """Try the shared-prompt forward with each mask layout mlx-lm families take; keep the first that matches."""
+                  tol: float) -> tuple[float, str | None, int]:
+    """Try the shared-prompt forward with each mask layout mlx-lm families take; keep the first that matches.
+    Returns (its error, why none matched or None, the mask layout that matched)."""
     batch = make_pair_batch(pairs, BatchLayout.SHARED_PROMPT)
     problem, worst = None, 0.0
-    for dims in (4, 5):
-        setattr(model, shared_forward.MASK_DIMS_ATTR, dims)
-        err, failure = _error(lambda: mx.stack(shared_prompt_token_stats(model, batch)), plain, mask)
+    for dims in shared_forward.MASK_LAYOUTS:
+        err, failure = _error(lambda: mx.stack(shared_prompt_token_stats(model, batch, mask_dims=dims)), plain, mask)
         if failure is None and err <= tol:
-            return err, None
+            return err, None, dims
         if problem is None or failure is None:  # a mismatch says more than a shape error of the other layout
             problem = failure or f"differs from the model's own forward by {err:.3g} per token on a probe"
             worst = err or 0.0
-    delattr(model, shared_forward.MASK_DIMS_ATTR)
-    return worst, problem
+    return worst, problem, shared_forward.MASK_LAYOUTS[0]
 
 
 def _measure(model: nn.Module) -> FastPaths:
@@ -115,45 +115,48 @@ def _measure(model: nn.Module) -> FastPaths:
             head_problem = f"differs from the model's own forward by {head_err:.3g} per token on a probe"
         if head_problem is not None:
             return FastPaths(head_problem, "it needs the completion-only head", 0.0)
-        shared_err, shared_problem = _check_shared(model, pairs, plain, sequences.mask, tol)
+        shared_err, shared_problem, dims = _check_shared(model, pairs, plain, sequences.mask, tol)
     finally:
         model.train(was_training)
     worst = head_err if shared_problem else max(head_err, shared_err)
-    return FastPaths(None, shared_problem, worst)
+    return FastPaths(None, shared_problem, worst, dims)
 
 
-def fast_paths(model: nn.Module) -> FastPaths:
-    """The probe's findings for `model`, measured on first use and kept on the model."""
-    found = getattr(model, _ATTR, None)
-    if found is None:
-        found = _measure(model)
-        setattr(model, _ATTR, found)
-    return found
+def fast_paths(model: nn.Module, checks: SelfChecks | None = None) -> FastPaths:
+    """The probe's findings for `model`: measured on first use and kept in `checks` (the model session's record;
+    None: measured now, kept nowhere)."""
+    checks = checks if checks is not None else SelfChecks()
+    if checks.fast_paths is None:
+        checks.fast_paths = _measure(model)
+    return checks.fast_paths
 
 
-def resolve(model: nn.Module, *, shared_prompt: bool, full_logits: bool,
+def mask_dims(model: nn.Module, checks: SelfChecks | None = None) -> int:
+    """The attention-mask layout the shared-prompt forward takes on `model` (shared_prompt.py), as the probe found."""
+    return fast_paths(model, checks).mask_dims
+
+
+def resolve(model: nn.Module, checks: SelfChecks | None = None, *, shared_prompt: bool, full_logits: bool,
             on_event: Callable[[Event], None] | None = None) -> tuple[bool, bool]:
     """The (shared_prompt, full_logits) a run on `model` uses for what the settings asked.
 
     A fast path the probe found wrong is turned off. The first time a model meets a request, one
-    Status line says which path it runs and why.
+    Status line says which path it runs and why (`checks` remembers which requests were named).
     """
-    line, use = describe(model, shared_prompt=shared_prompt, full_logits=full_logits)
-    announced = getattr(model, _ANNOUNCED, None)
-    if announced is None:
-        announced = set()
-        setattr(model, _ANNOUNCED, announced)
-    if on_event is not None and (shared_prompt, full_logits) not in announced:
-        announced.add((shared_prompt, full_logits))
+    checks = checks if checks is not None else SelfChecks()
+    line, use = describe(model, checks, shared_prompt=shared_prompt, full_logits=full_logits)
+    if on_event is not None and (shared_prompt, full_logits) not in checks.announced:
+        checks.announced.add((shared_prompt, full_logits))
         on_event(Status(line))
     return use
 
 
-def describe(model: nn.Module, *, shared_prompt: bool = True, full_logits: bool = False) -> tuple[str, tuple[bool, bool]]:
+def describe(model: nn.Module, checks: SelfChecks | None = None, *, shared_prompt: bool = True,
+             full_logits: bool = False) -> tuple[str, tuple[bool, bool]]:
     """The one line naming the log-prob path a request gets on `model`, and its (shared_prompt, full_logits)."""
     if not shared_prompt and full_logits:
         return "log-probs: plain path (full logits, prompt not shared), as asked", (False, True)
-    found = fast_paths(model)
+    found = fast_paths(model, checks)
     use_head = not full_logits and found.head_problem is None
     # The shared-prompt forward projects through the same head, so it needs the head check too.
     use_shared = shared_prompt and found.head_problem is None and found.shared_problem is None
@@ -173,7 +176,8 @@ def describe(model: nn.Module, *, shared_prompt: bool = True, full_logits: bool 
     return f"log-probs: {', '.join(parts)} ({checked})", (use_shared, not use_head)
 
 
-def checked_args(model: nn.Module, args: TrainingArgs, on_event: Callable[[Event], None] | None = None) -> TrainingArgs:
+def checked_args(model: nn.Module, checks: SelfChecks | None, args: TrainingArgs,
+                 on_event: Callable[[Event], None] | None = None) -> TrainingArgs:
     """`args` with the fast paths the probe found wrong on `model` turned off (see `resolve`)."""
     shared_prompt = args.shared_prompt
     if shared_prompt and args.grad_checkpoint:
@@ -183,7 +187,7 @@ def checked_args(model: nn.Module, args: TrainingArgs, on_event: Callable[[Event
         if on_event is not None:
             on_event(Status("log-probs: prompt not shared, as --grad-checkpoint needs (each block's backward "
                             "recomputes it, which the shared prompt pass cannot follow)"))
-    shared_prompt, full_logits = resolve(model, shared_prompt=shared_prompt, full_logits=args.full_logits,
+    shared_prompt, full_logits = resolve(model, checks, shared_prompt=shared_prompt, full_logits=args.full_logits,
                                          on_event=on_event)
     if (shared_prompt, full_logits) == (args.shared_prompt, args.full_logits):
         return args

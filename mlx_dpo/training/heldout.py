@@ -24,10 +24,10 @@ is asked during a measurement) is None. The base against itself: accuracy 0.5 (i
 also for rounds trained with `reference="previous"`, so versions compare with each other along the run.
 
 Log-probs come from the reference pass (`reference.reference_logps`: the training code's own batching and
-log-prob path), with the version's adapter on, then off (`models.load.switch_adapter`), each cached under the
-model's fingerprint. A sampled answer is scored as the chat template renders it (re-tokenized, ending with
-one end-of-turn token; an answer cut at max tokens without one, as it was sampled), the same token sequence
-under both models.
+log-prob path), with the version's adapter on, then with the base alone (`with session.adapter(...)`: the model
+session puts back whatever was on, models/session.py), each cached under the model's fingerprint. A sampled
+answer is scored as the chat template renders it (re-tokenized, ending with one end-of-turn token; an answer cut
+at max tokens without one, as it was sampled), the same token sequence under both models.
 
 Every version samples with the same seed (common random numbers): two versions' answers differ by their
 weights, not by the dice. Each version's answers are kept in `<workspace>/heldout/<label>.json` (keyed by the
@@ -56,7 +56,8 @@ from mlx_dpo.metric_names import (
 )
 from mlx_dpo.models.adapter import adapter_weights
 from mlx_dpo.models.generate import SampleSettings
-from mlx_dpo.models.load import LoadedModel, switch_adapter
+from mlx_dpo.models.session import ModelSession
+from mlx_dpo.settings import RoundSettings, TrainingArgs
 from mlx_dpo.online.sampling import sample_answers
 from mlx_dpo.training import run
 from mlx_dpo.training.ref_cache import RefCache, arrays_digest
@@ -80,14 +81,15 @@ _KEPT_FORMAT = 2  # kept answer files: 2 adds each answer's finished flag (older
 _WORD = re.compile(r"\w+(?:['’-]\w+)*")
 
 
-def sample(loaded: LoadedModel, adapter_path: str | Path | None, prompts: Sequence[Prompt],
+def sample(session: ModelSession, adapter_path: str | Path | None, prompts: Sequence[Prompt],
            settings: SampleSettings, n: int) -> Answers:
     """`n` answers per prompt from base + `adapter_path` (None: the base), with the held-out seed."""
-    switch_adapter(loaded, adapter_path)
-    return sample_answers(loaded, list(prompts), settings, n=n, seed=HELDOUT_SEED, batch_size=HELDOUT_BATCH).answers
+    with session.adapter(adapter_path):
+        return sample_answers(session, list(prompts), settings, n=n, seed=HELDOUT_SEED,
+                              batch_size=HELDOUT_BATCH).answers
 
 
-def answer_logps(loaded: LoadedModel, prompts: Sequence[Prompt], answers: Answers,
+def answer_logps(loaded: ModelSession, prompts: Sequence[Prompt], answers: Answers,
                  batch_size: int = 8) -> dict[tuple[int, int], float]:
     """Summed log-prob of each answer (by (prompt, sample) index) under the model as it is now.
 
@@ -108,7 +110,7 @@ def answer_logps(loaded: LoadedModel, prompts: Sequence[Prompt], answers: Answer
         return {}
     cache = RefCache(run.model_fingerprint(loaded, digest))
     try:
-        ref, _ = reference_logps(model, encoded, cache, batch_size=batch_size)
+        ref, _ = reference_logps(model, encoded, cache, batch_size=batch_size, checks=loaded.checks)
     finally:
         cache.close()
     out = {}
@@ -174,7 +176,7 @@ def kept_answers(kept: dict) -> Answers:
 
 
 def heldout_metrics(
-    loaded: LoadedModel,
+    loaded: ModelSession,
     *,
     adapter_path: str | Path | None,
     valid_pairs: Sequence[PreferencePair] = (),
@@ -184,15 +186,15 @@ def heldout_metrics(
     previous_answers: Answers | None = None,
     base_answers: Answers | None = None,
     sample_settings: SampleSettings | None = None,
-    n: int = 2,
-    beta: float = 0.1,
-    batch_size: int = 4,
+    n: int = RoundSettings.heldout_samples,
+    beta: float = TrainingArgs.beta,
+    batch_size: int = TrainingArgs.batch_size,
 ) -> dict[str, float | None]:
     """The held-out numbers (KEYS) of base + `adapter_path` (None: the base itself).
 
     `answers`: the version's samples on `eval_prompts` (sampled here when None; `n` = 0 samples nothing);
     `previous_answers` / `base_answers`: the previous version's and the base's on the same prompts, for the
-    judge's win rates. Leaves the version's adapter on the model.
+    judge's win rates. The adapter on `loaded` before is on it after.
     """
     settings = sample_settings or SampleSettings()
     prompts = list(eval_prompts)
@@ -206,17 +208,14 @@ def heldout_metrics(
     kl = None
     if prompts and n:
         answers = answers if answers is not None else sample(loaded, adapter_path, prompts, settings, n)
-        switch_adapter(loaded, adapter_path)
-        mine = answer_logps(loaded, prompts, answers, 2 * batch_size)
-        switch_adapter(loaded, None)
-        kl = kl_estimate(mine, answer_logps(loaded, prompts, answers, 2 * batch_size))
+        with loaded.adapter(adapter_path):
+            mine = answer_logps(loaded, prompts, answers, 2 * batch_size)
+        with loaded.base():
+            kl = kl_estimate(mine, answer_logps(loaded, prompts, answers, 2 * batch_size))
     scored = {}
-    if valid_pairs:
-        switch_adapter(loaded, None)  # evaluate's reference pass runs on the base, then puts the adapter on
+    if valid_pairs:  # evaluate's reference pass runs on the base, its scores with the version on
         scored = run.evaluate(list(valid_pairs), loaded=loaded, adapter_path=adapter_path, beta=beta,
                               batch_size=batch_size, skip_invalid=True)
-    else:
-        switch_adapter(loaded, adapter_path)
     answers = answers or []
     previous, compared_previous = wins(judge, prompts, answers, previous_answers)
     base, compared_base = wins(judge, prompts, answers, base_answers)
@@ -235,9 +234,9 @@ class HeldoutSet:
     valid_pairs: list[PreferencePair]
     judge: Judge | None = None
     settings: SampleSettings = field(default_factory=SampleSettings)
-    n: int = 2
-    beta: float = 0.1
-    batch_size: int = 4
+    n: int = RoundSettings.heldout_samples
+    beta: float = TrainingArgs.beta
+    batch_size: int = TrainingArgs.batch_size
 
     @property
     def key(self) -> str:
@@ -261,7 +260,7 @@ class HeldoutSet:
             return {}
         return data if isinstance(data, dict) and data.get("key") == self.key else {}
 
-    def answers(self, loaded: LoadedModel, label: str, adapter_path: str | Path | None,
+    def answers(self, loaded: ModelSession, label: str, adapter_path: str | Path | None,
                 on_event: Callable[[Event], None]) -> Answers | None:
         """A version's answers: kept ones, else sampled now and kept. None when nothing is sampled."""
         if not self.prompts or not self.n:
@@ -277,7 +276,7 @@ class HeldoutSet:
                                       "finished": [flags(group) for group in answers], "metrics": {}})
         return answers
 
-    def base_metrics(self, loaded: LoadedModel, on_event: Callable[[Event], None]) -> dict[str, float | None]:
+    def base_metrics(self, loaded: ModelSession, on_event: Callable[[Event], None]) -> dict[str, float | None]:
         """The base's numbers on this set (under this judge): measured once, then read from heldout/base.json."""
         answers = self.answers(loaded, "base", None, on_event)
         kept = self.kept("base")
@@ -290,7 +289,7 @@ class HeldoutSet:
         return metrics
 
 
-def measure_version(loaded: LoadedModel, heldout: HeldoutSet, label: str, adapter_path: str | Path,
+def measure_version(loaded: ModelSession, heldout: HeldoutSet, label: str, adapter_path: str | Path,
                     previous: tuple[str, str | Path] | None,
                     on_event: Callable[[Event], None] = lambda e: None) -> dict[str, float | None]:
     """A round's held-out numbers (KEYS) and the base's (as heldout_base/...). `previous`: the (label,

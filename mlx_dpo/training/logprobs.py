@@ -9,7 +9,7 @@ WPO (`use_weighting`) also needs log Σ_v p_v² at each completion token, a seco
 logits: the `*_stats` functions return it beside the log-probs, computed chunk by chunk where the
 log-probs are, without gradient (`wpo_weights` in losses.py turns both into pair weights).
 
-The vocabulary projection is the model's own (`output_head` replays what its forward does after the
+The vocabulary projection is the model's own (`compat.output_head` replays what its forward does after the
 transformer), and fast_path.py checks every fast path against the model's own forward before a run uses it.
 
 Everything here is pure array code (no host round-trips), so it runs under `mx.compile`.
@@ -23,51 +23,12 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
+from mlx_dpo.compat import output_head  # the model's own head, replayed (what it relies on: compat.py)
 from mlx_dpo.training import shared_prompt
 from mlx_dpo.training.batching import SequenceBatch, SharedPromptBatch, TokenBatch
 from mlx_dpo.training.losses import wpo_weights
 
 VOCAB_CHUNK = 64  # completion positions projected onto the vocabulary at a time
-
-
-class _GivenHidden:
-    """Stands in for `model.model` in the model's own forward: returns the given final hidden states,
-    and lends every other attribute (embed_tokens, args, ...) from the real inner model."""
-
-    def __init__(self, inner: nn.Module, hidden: mx.array):
-        self._inner, self._hidden = inner, hidden
-
-    def __call__(self, *args, **kwargs) -> mx.array:
-        return self._hidden
-
-    def __getattr__(self, name: str):
-        return getattr(self._inner, name)
-
-
-class _Tail:
-    """The model with `.model` replaced by `_GivenHidden`: its own `__call__` then runs only what it
-    does after the transformer (the vocabulary projection, soft-capping, logit scales, ...)."""
-
-    def __init__(self, model: nn.Module, hidden: mx.array):
-        self._model, self.model = model, _GivenHidden(model.model, hidden)
-
-    def __getattr__(self, name: str):
-        return getattr(self._model, name)
-
-
-def output_head(model: nn.Module) -> Callable[[mx.array], mx.array]:
-    """Hidden states -> logits, exactly as the model's own forward computes them after `model.model`.
-
-    Rather than knowing each family's head (tied or not, gemma2's soft-cap, cohere's and granite's
-    scales), the model's own `__call__` is replayed on the given states. A forward that does anything
-    else with its inputs is caught by the self-check (fast_path.py), which then turns this path off.
-    """
-    call = type(model).__call__
-
-    def head(hidden: mx.array) -> mx.array:
-        return call(_Tail(model, hidden), mx.zeros(hidden.shape[:2], dtype=mx.int32))
-
-    return head
 
 
 def _log_sum_sq(logits: mx.array, lse: mx.array) -> mx.array:
@@ -134,15 +95,17 @@ def sequence_logps(model: nn.Module, batch: SequenceBatch, full_logits: bool = F
     return token_logps(model, batch, full_logits).sum(axis=-1)
 
 
-def shared_prompt_token_logps(model: nn.Module, batch: SharedPromptBatch, full_logits: bool = False) -> mx.array:
-    """(2B, C) log-probability of each completion token (0 at padding), each prompt run once (shared_prompt.py)."""
-    return shared_prompt_token_stats(model, batch, full_logits, squares=False)[0]
+def shared_prompt_token_logps(model: nn.Module, batch: SharedPromptBatch, full_logits: bool = False,
+                              mask_dims: int = 4) -> mx.array:
+    """(2B, C) log-probability of each completion token (0 at padding), each prompt run once (shared_prompt.py;
+    `mask_dims`: the attention-mask layout the self-check found for the model)."""
+    return shared_prompt_token_stats(model, batch, full_logits, squares=False, mask_dims=mask_dims)[0]
 
 
 def shared_prompt_token_stats(model: nn.Module, batch: SharedPromptBatch, full_logits: bool = False,
-                              squares: bool = True) -> tuple[mx.array, mx.array | None]:
+                              squares: bool = True, mask_dims: int = 4) -> tuple[mx.array, mx.array | None]:
     """`shared_prompt_token_logps` and, with `squares`, log Σ_v p_v² at each completion token (0 at padding)."""
-    prompt_hidden, comp_hidden = shared_prompt.forward(model, batch)
+    prompt_hidden, comp_hidden = shared_prompt.forward(model, batch, mask_dims)
     head = output_head(model)
     if full_logits:
         # Pay for every position; only the completion targets are kept.
@@ -157,28 +120,31 @@ def shared_prompt_token_stats(model: nn.Module, batch: SharedPromptBatch, full_l
     return token * batch.mask, None if log_sq is None else log_sq * batch.mask
 
 
-def shared_prompt_logps(model: nn.Module, batch: SharedPromptBatch, full_logits: bool = False) -> mx.array:
+def shared_prompt_logps(model: nn.Module, batch: SharedPromptBatch, full_logits: bool = False,
+                        mask_dims: int = 4) -> mx.array:
     """(2B,) summed log-probability of each completion, each prompt run once (shared_prompt.py)."""
-    return shared_prompt_token_logps(model, batch, full_logits).sum(axis=-1)
+    return shared_prompt_token_logps(model, batch, full_logits, mask_dims).sum(axis=-1)
 
 
-def completion_logps(model: nn.Module, batch: TokenBatch, full_logits: bool = False) -> mx.array:
-    """(2B,) summed log-probs of a pair batch's completions: chosen rows, then rejected rows."""
+def completion_logps(model: nn.Module, batch: TokenBatch, full_logits: bool = False, mask_dims: int = 4) -> mx.array:
+    """(2B,) summed log-probs of a pair batch's completions: chosen rows, then rejected rows. `mask_dims` is for a
+    shared-prompt batch: the attention-mask layout the self-check found for the model (fast_path.mask_dims)."""
     if isinstance(batch, SharedPromptBatch):
-        return shared_prompt_logps(model, batch, full_logits)
+        return shared_prompt_logps(model, batch, full_logits, mask_dims)
     return sequence_logps(model, batch, full_logits)
 
 
-def completion_token_logps(model: nn.Module, batch: TokenBatch, full_logits: bool = False) -> mx.array:
+def completion_token_logps(model: nn.Module, batch: TokenBatch, full_logits: bool = False,
+                           mask_dims: int = 4) -> mx.array:
     """(2B, C) per-token log-probs of a pair batch's completions (0 at padding), rows as completion_logps."""
-    return completion_token_stats(model, batch, full_logits, squares=False)[0]
+    return completion_token_stats(model, batch, full_logits, squares=False, mask_dims=mask_dims)[0]
 
 
 def completion_token_stats(model: nn.Module, batch: TokenBatch, full_logits: bool = False,
-                           squares: bool = True) -> tuple[mx.array, mx.array | None]:
+                           squares: bool = True, mask_dims: int = 4) -> tuple[mx.array, mx.array | None]:
     """`completion_token_logps` and, with `squares`, log Σ_v p_v² at each completion token (WPO's normaliser)."""
     if isinstance(batch, SharedPromptBatch):
-        return shared_prompt_token_stats(model, batch, full_logits, squares)
+        return shared_prompt_token_stats(model, batch, full_logits, squares, mask_dims)
     return token_stats(model, batch, full_logits, squares)
 
 
@@ -195,16 +161,16 @@ class PairLogps:
 
 
 def pair_logps(model: nn.Module, batch: TokenBatch, full_logits: bool = False, per_token: bool = False,
-               weighting: bool = False) -> PairLogps:
+               weighting: bool = False, mask_dims: int = 4) -> PairLogps:
     """The pairs' chosen and rejected log-probs and lengths, split from `completion_logps`' rows; with
     `weighting`, WPO's pair weights from the same pass (losses.wpo_weights)."""
     weights = None
     if weighting:
-        tokens, log_sq = completion_token_stats(model, batch, full_logits)
+        tokens, log_sq = completion_token_stats(model, batch, full_logits, mask_dims=mask_dims)
         weights = wpo_weights(tokens, log_sq, batch.lengths)
     else:
-        tokens = completion_token_logps(model, batch, full_logits) if per_token else None
-    logps = tokens.sum(axis=-1) if tokens is not None else completion_logps(model, batch, full_logits)
+        tokens = completion_token_logps(model, batch, full_logits, mask_dims) if per_token else None
+    logps = tokens.sum(axis=-1) if tokens is not None else completion_logps(model, batch, full_logits, mask_dims)
     lengths, n = batch.lengths, logps.shape[0] // 2
     return PairLogps(chosen=logps[:n], rejected=logps[n:], chosen_lengths=lengths[:n], rejected_lengths=lengths[n:],
                      tokens=tokens, weights=weights)

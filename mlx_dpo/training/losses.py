@@ -15,13 +15,12 @@ import math
 
 import mlx.core as mx
 
-from mlx_dpo.settings import LOSS_TYPES, REFERENCE_FREE, check_loss_settings
+from mlx_dpo.settings import F_DIVERGENCES, LOSS_TYPES, REFERENCE_FREE, TrainingArgs, check_loss_settings
 
 __all__ = ["LOSS_TYPES", "combined_loss", "f_scores", "implicit_rewards", "kto_loss", "log1mexp", "log_sigmoid",
            "orpo_log_odds", "orpo_loss", "preference_loss", "rpo_nll", "sft_nll", "simpo_rewards", "wpo_weights"]
 
 _NEEDS_LENGTHS = ("ipo", "simpo", "sigmoid_norm", "sft", "orpo")
-F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 
 
 def log_sigmoid(x: mx.array) -> mx.array:
@@ -71,7 +70,8 @@ def wpo_weights(token_logps: mx.array, log_sum_sq: mx.array, lengths: mx.array) 
     return per_answer[:n] * per_answer[n:]
 
 
-def f_scores(log_ratio: mx.array, f_divergence_type: str, alpha: float = 0.5) -> mx.array:
+def f_scores(log_ratio: mx.array, f_divergence_type: str,
+             alpha: float = TrainingArgs.f_alpha_divergence_coef) -> mx.array:
     """The f-DPO score f'(t) at t = π/ref = e^u, u = π − ref, with its constants (TRL 1.16's f_divergence_type):
       reverse_kl        log t = u                                            (plain DPO)
       forward_kl        1 − 1/t = 1 − e^(−u)
@@ -131,13 +131,13 @@ def preference_loss(
     *,
     loss_type: str,
     beta: float,
-    label_smoothing: float = 0.0,
+    label_smoothing: float = TrainingArgs.label_smoothing,
     chosen_lengths: mx.array | None = None,
     rejected_lengths: mx.array | None = None,
-    simpo_gamma: float = 0.5,
-    f_divergence_type: str = "reverse_kl",
-    f_alpha_divergence_coef: float = 0.5,
-    discopop_tau: float = 0.05,
+    simpo_gamma: float = TrainingArgs.simpo_gamma,
+    f_divergence_type: str = TrainingArgs.f_divergence_type,
+    f_alpha_divergence_coef: float = TrainingArgs.f_alpha_divergence_coef,
+    discopop_tau: float = TrainingArgs.discopop_tau,
 ) -> mx.array:
     """Per-pair losses of one loss type, shape (B,).
 
@@ -244,8 +244,10 @@ def _score_loss(loss_type: str, s_c: mx.array, s_r: mx.array, u_c: mx.array, bet
     raise ValueError(f"loss_type {loss_type!r} has no pair form; see kto_loss")
 
 
-_DEFAULTS = dict(label_smoothing=0.0, chosen_lengths=None, rejected_lengths=None, simpo_gamma=0.5,
-                 f_divergence_type="reverse_kl", f_alpha_divergence_coef=0.5, discopop_tau=0.05)
+# The loss settings' defaults are TrainingArgs' (mlx_dpo.settings); the lengths are the batch's.
+_DEFAULTS = {**{name: getattr(TrainingArgs, name) for name in ("label_smoothing", "simpo_gamma", "f_divergence_type",
+                                                                "f_alpha_divergence_coef", "discopop_tau")},
+             "chosen_lengths": None, "rejected_lengths": None}
 
 
 def combined_loss(

@@ -20,6 +20,7 @@ from mlx_dpo.data.feedback import Feedback, feedback_from_pairs, kto_pairs, load
 from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, Status
+from mlx_dpo.models.session import SelfChecks
 from mlx_dpo.settings import TrainingArgs, needs_reference
 from mlx_dpo.training.methods import ld_reference
 from mlx_dpo.training.ref_cache import RefCache
@@ -59,9 +60,9 @@ def _prefix_pair(p: EncodedPair) -> EncodedPair:
 
 def method_reference(model: nn.Module, encoded: list[EncodedPair], open_cache: Callable[[], RefCache],
                      args: TrainingArgs, *, batch_size: int, on_event: Callable[[Event], None],
-                     ) -> tuple[RefLogps, ReferenceStats]:
+                     checks: SelfChecks | None = None) -> tuple[RefLogps, ReferenceStats]:
     """The reference log-probs the run's method reads: none for a reference-free method (no cache opened),
-    LD-DPO's weighted ones with ld_alpha, else the plain reference pass."""
+    LD-DPO's weighted ones with ld_alpha, else the plain reference pass (`checks`: the model session's record)."""
     if not needs_reference(args.loss_type):
         on_event(Status(f"no reference pass: {args.loss_type} is reference-free"))
         return RefLogps({p: (0.0, 0.0) for p in encoded}), ReferenceStats()
@@ -69,7 +70,7 @@ def method_reference(model: nn.Module, encoded: list[EncodedPair], open_cache: C
     on_event(Status("reference pass"))
     try:
         options = dict(batch_size=batch_size, shared_prompt=args.shared_prompt, full_logits=args.full_logits,
-                       on_event=on_event)
+                       on_event=on_event, checks=checks)
         if args.ld_alpha is None:
             return reference_logps(model, encoded, cache, **options)
         prefixes = [_prefix_pair(p) for p in encoded]

@@ -15,6 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_dpo.events import Event, Status
+from mlx_dpo.models.session import SelfChecks
 from mlx_dpo.training import distributed, fast_path
 from mlx_dpo.training.batching import layout_for, make_pair_batch
 from mlx_dpo.training.logprobs import completion_logps
@@ -46,6 +47,7 @@ def reference_logps(
     shared_prompt: bool = True,
     full_logits: bool = False,
     on_event: Callable[[Event], None] = lambda e: None,
+    checks: SelfChecks | None = None,
 ) -> tuple[RefLogps, ReferenceStats]:
     """Reference (chosen, rejected) log-probs for every pair, computing only cache misses.
 
@@ -55,6 +57,8 @@ def reference_logps(
     With several ranks (distributed.py) a value cached on any rank serves all of them; the batches
     of misses are dealt out to the ranks in turn and the results gathered, so every rank ends with
     every value (the same batches as on one rank: the same numbers) and stores what its cache lacked.
+
+    `checks`: the model session's record of the self-check (fast_path.py); None runs the check for this call.
     """
     items = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
     group = distributed.group()
@@ -72,9 +76,11 @@ def reference_logps(
         # Longest first keeps padding low inside each batch and meets an out-of-memory batch at once.
         start = time.perf_counter()
         # Only here: a fully cached pass never touches the model. The self-check runs before the first batch.
-        shared_prompt, full_logits = fast_path.resolve(model, shared_prompt=shared_prompt, full_logits=full_logits,
-                                                       on_event=on_event)
+        checks = checks if checks is not None else SelfChecks()
+        shared_prompt, full_logits = fast_path.resolve(model, checks, shared_prompt=shared_prompt,
+                                                       full_logits=full_logits, on_event=on_event)
         layout = layout_for(model, shared_prompt)
+        dims = fast_path.mask_dims(model, checks) if shared_prompt else 4
         was_training = model.training
         model.eval()  # no dropout in the reference
         try:
@@ -82,7 +88,7 @@ def reference_logps(
             done, total = 0, sum(len(idx) for idx in mine)  # progress counts this rank's pairs
             for idx in mine:
                 batch = make_pair_batch([pairs[i] for i in idx], layout)
-                logps = completion_logps(model, batch, full_logits=full_logits)
+                logps = completion_logps(model, batch, full_logits=full_logits, mask_dims=dims)
                 mx.eval(logps)
                 results = logps.tolist()
                 computed = {i: lp for i, lp in zip(idx, results)} | {n + i: lp for i, lp in zip(idx, results[len(idx):])}

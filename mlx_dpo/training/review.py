@@ -29,7 +29,8 @@ from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, Status
 from mlx_dpo.metric_names import REWARD_CHOSEN, REWARD_REJECTED
 from mlx_dpo.models.adapter import read_adapter_config
-from mlx_dpo.models.load import LoadedModel, apply_adapter, load_model
+from mlx_dpo.models.load import load_model
+from mlx_dpo.models.session import ModelSession
 from mlx_dpo.settings import RunOptions, TrainingArgs
 from mlx_dpo.training.ref_cache import RefCache
 from mlx_dpo.training.reference import reference_logps
@@ -38,7 +39,7 @@ from mlx_dpo.training.tokens import EncodedPair, Encoder, token_limits
 from mlx_dpo.training.trainer import evaluate_batches
 
 REVIEW_BATCH_SIZE = 4  # pairs per forward pass
-DEFAULT_BETA = 0.1  # for an adapter whose config does not say what it trained with
+DEFAULT_BETA = TrainingArgs.beta  # for an adapter whose config does not say what it trained with
 
 
 @dataclass(frozen=True)
@@ -65,14 +66,14 @@ def review_pairs(
     *,
     adapter_path: str | Path | None = None,
     model: str | None = None,
-    loaded: LoadedModel | None = None,
+    loaded: ModelSession | None = None,
     on_event: Callable[[Event], None] | None = None,
     split: Split | None = None,
 ) -> ReviewReport:
     """Score every stored pair (or one `split`'s) under `adapter_path` (default: the latest finished round's).
 
-    `model` defaults to the one the round trained on. `loaded`, if given, must be that base model with no
-    adapter on it (it is the reference); it leaves with the adapter applied.
+    `model` defaults to the one the round trained on. `loaded`, if given, is a session of that base model (the
+    base alone is the reference; the adapter on it before is on it after).
     """
     emit = on_event or (lambda e: None)
     with PreferenceStore(workspace, create=False) as store:
@@ -90,8 +91,6 @@ def review_pairs(
     if loaded is None:
         emit(Status("loading model"))
         loaded = load_model(model, chat_template=trained_with.get("chat_template"))
-    elif loaded.adapter_path is not None:
-        raise MlxDpoError(f"review needs the base model as its reference, not one with {loaded.adapter_path} on it")
     # Pairs cut as the round's training cut them (its --max-length, else the defaults): scored as it saw them.
     limits = token_limits(loaded.config, trained_with.get("max_length", RunOptions.max_length),
                           trained_with.get("max_prompt_length", RunOptions.max_prompt_length))
@@ -115,19 +114,21 @@ def _encode(encoder: Encoder, pairs: list[StoredPair]) -> tuple[list[EncodedPair
     return encoded, scored, skipped
 
 
-def _score(loaded: LoadedModel, adapter_path: Path, beta: float, encoded: list[EncodedPair],
+def _score(loaded: ModelSession, adapter_path: Path, beta: float, encoded: list[EncodedPair],
            pairs: list[StoredPair], emit: Callable[[Event], None]) -> list[ReviewItem]:
     """Reference log-probs from the base (through the cache), then the adapter's rewards, worst margin first."""
-    cache = RefCache(model_fingerprint(loaded))  # the base's: the reference every round trains against
-    try:
-        ref, _ = reference_logps(loaded.model, encoded, cache, batch_size=2 * REVIEW_BATCH_SIZE, on_event=emit)
-    finally:
-        cache.close()
-    apply_adapter(loaded, adapter_path)
+    with loaded.base():
+        cache = RefCache(model_fingerprint(loaded))  # the base's: the reference every round trains against
+        try:
+            ref, _ = reference_logps(loaded.model, encoded, cache, batch_size=2 * REVIEW_BATCH_SIZE, on_event=emit,
+                                     checks=loaded.checks)
+        finally:
+            cache.close()
     args = TrainingArgs(beta=beta, loss_type="sigmoid", batch_size=REVIEW_BATCH_SIZE)
     rewards: list[tuple[float, float]] = []
-    for _, _, metrics in evaluate_batches(loaded.model, args, encoded, ref, emit):
-        rewards += zip(metrics[REWARD_CHOSEN].tolist(), metrics[REWARD_REJECTED].tolist())
-        emit(Status("reviewing pairs", done=len(rewards), total=len(encoded)))
+    with loaded.adapter(adapter_path):
+        for _, _, metrics in evaluate_batches(loaded.model, args, encoded, ref, emit, loaded.checks):
+            rewards += zip(metrics[REWARD_CHOSEN].tolist(), metrics[REWARD_REJECTED].tolist())
+            emit(Status("reviewing pairs", done=len(rewards), total=len(encoded)))
     items = [ReviewItem(p.id, c - r, c, r, p.split) for p, (c, r) in zip(pairs, rewards)]
     return sorted(items, key=lambda item: (item.margin, item.pair_id))

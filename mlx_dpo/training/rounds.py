@@ -46,7 +46,8 @@ from mlx_dpo.metric_names import (
 )
 from mlx_dpo.models.generate import SampleSettings
 from mlx_dpo.settings import ONLINE_SAMPLING
-from mlx_dpo.models.load import LoadedModel, load_model, switch_adapter
+from mlx_dpo.models.load import load_model
+from mlx_dpo.models.session import ModelSession
 from mlx_dpo.options import build, flatten, resolve, settings_of
 from mlx_dpo.settings import ROUND_DEFAULTS, TRAIN_GROUPS, LoraSettings, RoundSettings, RunOptions, TrainingArgs
 from mlx_dpo.tracking import open_tracker
@@ -153,16 +154,16 @@ def heldout_set(workspace: str | Path, settings: RoundSettings, *, valid_pairs: 
                               settings.heldout_samples, beta, batch_size)
 
 
-def _base_model(loaded: LoadedModel | None, model: str | None, emit: Callable[[Event], None]) -> LoadedModel:
-    """The model a round trains, as the bare base: a caller's loaded model may carry a version's adapter."""
+def _session(loaded: ModelSession | None, model: str | None, emit: Callable[[Event], None]) -> ModelSession:
+    """The model a round trains: the caller's session (whatever version is on it: the run puts on what it needs),
+    else one loaded now."""
     if loaded is None:
         emit(Status("loading model"))
         return load_model(model)
-    switch_adapter(loaded, None)
     return loaded
 
 
-def _measure(workspace: str | Path, version: int, loaded: LoadedModel, held: heldout.HeldoutSet,
+def _measure(workspace: str | Path, version: int, loaded: ModelSession, held: heldout.HeldoutSet,
              adapter_dir: Path, latest, emit: Callable[[Event], None]) -> dict:
     """A finished round's held-out numbers, added to its record; a failed measurement is noted, not raised."""
     pause_at("heldout")  # a test hook (pause.py)
@@ -239,7 +240,7 @@ def run_round(
     settings: dict | None = None,
     on_event: Callable[[Event], None] | None = None,
     cancel: threading.Event | None = None,
-    loaded: LoadedModel | None = None,
+    loaded: ModelSession | None = None,
     eval_prompts: Sequence[list[dict]] | None = None,
     judge: Judge | None = None,
     sample_settings: SampleSettings | None = None,
@@ -280,7 +281,7 @@ def run_round(
     tracker = open_tracker(options.get("report_to", "none"), options.get("project") or Path(workspace).resolve().name,
                            f"v{version}", recorded_settings, emit)
     try:
-        loaded = _base_model(loaded, model, emit)
+        loaded = _session(loaded, model, emit)
         result = run.train(pairs, model=model, adapter_path=adapter_dir, init_adapter=init_adapter,
                            reference=reference, on_event=emit, cancel=cancel, loaded=loaded, tracker=tracker, **options)
     except BaseException as e:
@@ -306,7 +307,7 @@ def run_round(
         accepted, reason = _decide(workspace, version, metrics, latest, round_settings, emit)
         decision = "accepted" if accepted else "rejected"
     # The model as the next round finds it: the new version if kept, else the one it started from.
-    switch_adapter(loaded, adapter_dir if decision == "accepted" else init_adapter)
+    loaded.use_adapter(adapter_dir if decision == "accepted" else init_adapter)
     if tracker is not None:
         tracker.finish()
     return RoundResult(version, adapter_dir, status, metrics, [p.id for p in new], [p.id for p in replayed],

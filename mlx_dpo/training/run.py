@@ -21,10 +21,11 @@ import mlx.core as mx
 from mlx_dpo.atomic import atomic_file
 from mlx_dpo.metric_names import ACCURACY, LOGPS_CHOSEN, LOGPS_REJECTED, LOSS, MARGIN, REF_HITS, REF_MISSES
 from mlx_dpo.training import checkpoint, distributed, memory
-from mlx_dpo.models.adapter import CONFIG_FILE, add_adapter, adapter_config, adapter_weights, read_adapter_config, settings_from_config
+from mlx_dpo.models.adapter import CONFIG_FILE, adapter_config, adapter_weights, read_adapter_config, settings_from_config
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, EvalMetrics, Failed, Finished, Status
-from mlx_dpo.models.load import LoadedModel, apply_adapter, load_model, use_chat_template
+from mlx_dpo.models.load import load_model, use_chat_template
+from mlx_dpo.models.session import ModelSession
 from mlx_dpo.data.pairs import PreferencePair, load_pairs
 from mlx_dpo.training.ref_cache import RefCache, arrays_digest, reference_fingerprint
 from mlx_dpo.training.reference import RefLogps, ReferenceStats, reference_logps
@@ -74,12 +75,12 @@ def _encode(encoder: Encoder, pairs: list[PreferencePair], skip_invalid: bool,
     return encoded
 
 
-def _numeric_setup(loaded: LoadedModel) -> str:
+def _numeric_setup(loaded: ModelSession) -> str:
     dtype = loaded.model.model.embed_tokens.weight.dtype if not loaded.quantized else "quantized"
     return f"{dtype}-{mx.default_device()}"
 
 
-def model_fingerprint(loaded: LoadedModel, adapter_digest: str | None = None) -> str:
+def model_fingerprint(loaded: ModelSession, adapter_digest: str | None = None) -> str:
     """The reference cache's name for the loaded model as it runs here, with an adapter's digest when one is on."""
     return reference_fingerprint(loaded.path, adapter_digest=adapter_digest, numeric=_numeric_setup(loaded))
 
@@ -101,7 +102,7 @@ def train(
     resume: bool = False,
     on_event: Callable[[Event], None] | None = None,
     cancel: threading.Event | None = None,
-    loaded: LoadedModel | None = None,
+    loaded: ModelSession | None = None,
     tracker: Tracker | None = None,
     **settings: Any,
 ) -> TrainResult:
@@ -116,7 +117,9 @@ def train(
     `init_adapter` continues from an existing adapter; `reference="start"` uses it as the
     reference (DPO's usual choice), `reference="base"` keeps the base model as the reference
     so cached reference log-probs stay valid across incremental rounds. `tracker`: a round's open tracker run
-    (tracking.py); otherwise `report_to` opens one for this run.
+    (tracking.py); otherwise `report_to` opens one for this run. `loaded`: a model session to train on (whatever
+    adapter is on it: the run puts on what it needs); it leaves with the trained adapter on (`adapter_path`'s),
+    or with the base alone when the run was cancelled or failed.
     """
     emit = on_event or (lambda e: None)
     if not distributed.group().is_writer:  # rank 0 alone reports: mlx.launch merges every rank's output
@@ -165,28 +168,25 @@ def _start(adapter_dir: Path, resume: bool, reference: str, given: dict[str, Any
                   resume_from)
 
 
-def _reference_pass(loaded: LoadedModel, encoded: list[EncodedPair], start: _Start,
+def _reference_pass(session: ModelSession, encoded: list[EncodedPair], start: _Start,
                     emit: Callable[[Event], None]) -> tuple[RefLogps, ReferenceStats, LoraSettings, str]:
     """The reference log-probs, then the adapter that trains: (ref, stats, its settings, the reference's fingerprint).
 
     The reference is the model as it starts (base, or base + starting adapter), run before training
     changes it. With reference="base" the starting adapter goes on only after the reference pass.
     """
-    lora, start_digest = start.lora, None
-    if start.init_adapter and start.reference == "start":
-        lora = apply_adapter(loaded, start.init_adapter)
-        start_digest = arrays_digest(adapter_weights(loaded.model))
-    fingerprint = model_fingerprint(loaded, start_digest)
+    first = start.init_adapter if start.init_adapter and start.reference == "start" else None
+    session.use_adapter(first)
+    start_digest = arrays_digest(adapter_weights(session.model)) if first else None
+    fingerprint = model_fingerprint(session, start_digest)
     distributed.group().check_same(model=fingerprint)  # weights, tokenizer, starting adapter, numeric setup
     # The method decides what the reference pass computes, and whether one runs at all (method_data.py).
-    ref, stats = method_reference(loaded.model, encoded, lambda: RefCache(fingerprint), start.args,
-                                  batch_size=2 * start.args.batch_size, on_event=emit)
-    if start.init_adapter and start.reference == "base":
-        lora = apply_adapter(loaded, start.init_adapter)
-    elif not start.init_adapter:
+    ref, stats = method_reference(session.model, encoded, lambda: RefCache(fingerprint), start.args,
+                                  batch_size=2 * start.args.batch_size, on_event=emit, checks=session.checks)
+    if not start.init_adapter:
         # LoRA's A matrices start random: draw them from the run's seed, so the same seed gives the same run.
         mx.random.seed(start.args.seed)
-        add_adapter(loaded.model, lora)
+    lora = session.train_adapter(start.init_adapter, start.lora)
     return ref, stats, lora, fingerprint
 
 
@@ -209,6 +209,16 @@ def _same_on_every_rank(group: distributed.Group, start: _Start, run: RunOptions
                           "every rank needs at least one pair of each batch")
 
 
+def _session(loaded: ModelSession | None, model_spec: str | None, chat_template: str | Path | None,
+             emit: Callable[[Event], None]) -> ModelSession:
+    """The model a run trains: the caller's session, else one loaded now; either takes the run's chat template."""
+    if loaded is None:
+        emit(Status("loading model"))
+        loaded = load_model(model_spec)
+    use_chat_template(loaded.tokenizer, chat_template)  # a caller's model (a round, the app) takes it too
+    return loaded
+
+
 def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, loaded, tracker, settings) -> TrainResult:
     given, run, args, lora = _split_kwargs(settings)
     check_available(run.report_to)  # a tracker that is not installed: refused before anything loads
@@ -228,10 +238,7 @@ def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, load
         _same_on_every_rank(group, start, run, train_pairs + valid_pairs)
         emit(Status(f"training on {group.size} ranks ({group.backend})"))
 
-    if loaded is None:
-        emit(Status("loading model"))
-        loaded = load_model(model_spec)
-    use_chat_template(loaded.tokenizer, run.chat_template)  # a caller's model (a round, the app) takes it too
+    loaded = _session(loaded, model_spec, run.chat_template, emit)
     limits = token_limits(loaded.config, run.max_length, run.max_prompt_length)
     encoder = Encoder(loaded.tokenizer, max_length=limits.max_length, max_prompt_length=limits.max_prompt_length)
     emit(Status("tokenizing", total=len(train_pairs) + len(valid_pairs)))
@@ -278,13 +285,17 @@ def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, load
             # Continuing from an adapter also continues its optimizer moments, when its run left them.
             optimizer_from=checkpoint.latest(Path(init_adapter)) if init_adapter and not resume else None,
             run_info=lambda: {REF_HITS: stats.hits, REF_MISSES: stats.misses,
-                              "ref_pass_seconds": round(stats.seconds, 3), "ranks": group.size},
-        )
+                              "ref_pass_seconds": round(stats.seconds, 3), "ranks": group.size}, checks=loaded.checks)
+    except BaseException:
+        loaded.drop_training()  # a half-trained adapter is nobody's version
+        raise
     finally:
         if writer is not None:
             writer.close()
     if cancelled.is_set():
+        loaded.drop_training()  # its weights are past the last checkpoint's
         return TrainResult(adapter_dir, last, eval_last, stats, cancelled=True, rank=group.rank)
+    loaded.trained(adapter_dir)
     emit(Finished(adapter_path=str(adapter_dir), metrics=last))
     return TrainResult(adapter_dir, last, eval_last, stats, rank=group.rank)
 
@@ -311,22 +322,23 @@ def evaluate(
     *,
     model: str | None = None,
     adapter_path: str | Path | None = None,
-    beta: float = 0.1,
-    loss_type: str = "sigmoid",
-    batch_size: int = 4,
+    beta: float = TrainingArgs.beta,
+    loss_type: str = TrainingArgs.loss_type,
+    batch_size: int = TrainingArgs.batch_size,
     max_length: int | None = None,
-    skip_invalid: bool = False,
+    skip_invalid: bool = RunOptions.skip_invalid,
     data_config: str | None = None,
     per_example: str | Path | None = None,
-    full_logits: bool = False,
-    shared_prompt: bool = True,
-    chat_template: str | Path | None = None,
+    full_logits: bool = TrainingArgs.full_logits,
+    shared_prompt: bool = TrainingArgs.shared_prompt,
+    chat_template: str | Path | None = RunOptions.chat_template,
     on_event: Callable[[Event], None] | None = None,
-    loaded: LoadedModel | None = None,
+    loaded: ModelSession | None = None,
     **loss_settings: Any,
 ) -> dict:
     """Preference accuracy, mean reward margin and loss of base + adapter against the base as reference (KTO:
-    each answer against its label, kto_scores.py).
+    each answer against its label, kto_scores.py). `loaded`: a model session to score on (the adapter on it
+    comes back on afterwards).
 
     `loss_settings` are the loss's own settings, named as in TrainingArgs (EVAL_LOSS_SETTINGS: label_smoothing,
     loss_weights, discopop_tau, ...), so a loss that needs one (exo_pair's ε) is scored as it trains.
@@ -352,21 +364,24 @@ def evaluate(
     encoded = with_labels(encoder.encode_all(pairs, skip_invalid=skip_invalid)[0], labels)
     if not encoded:
         raise MlxDpoError("no pairs to evaluate")
-    cache = RefCache(model_fingerprint(loaded))
-    ref, stats = reference_logps(loaded.model, encoded, cache, batch_size=2 * batch_size,
-                                 shared_prompt=shared_prompt, full_logits=full_logits, on_event=emit)
-    cache.close()
-    if adapter_path:
-        apply_adapter(loaded, adapter_path)
-    loaded.model.eval()
-    batches = evaluate_batches(loaded.model, args, encoded, ref, emit)
-    if is_kto(args):
-        result, rows = kto_scores(batches, ref, args.beta)
-    else:
-        rows = [row for _, chunk, metrics in batches for row in _example_rows(chunk, metrics, ref)]
-        n = len(rows)
-        result = {"accuracy": sum(r["_accuracy"] for r in rows) / n, "margin": sum(r["_margin"] for r in rows) / n,
-                  "loss": sum(r["_loss"] for r in rows) / n, "n_pairs": n}
+    with loaded.base():
+        cache = RefCache(model_fingerprint(loaded))
+        try:
+            ref, stats = reference_logps(loaded.model, encoded, cache, batch_size=2 * batch_size,
+                                         shared_prompt=shared_prompt, full_logits=full_logits, on_event=emit,
+                                         checks=loaded.checks)
+        finally:
+            cache.close()
+    with loaded.adapter(adapter_path or None):
+        loaded.model.eval()
+        batches = evaluate_batches(loaded.model, args, encoded, ref, emit, loaded.checks)
+        if is_kto(args):
+            result, rows = kto_scores(batches, ref, args.beta)
+        else:
+            rows = [row for _, chunk, metrics in batches for row in _example_rows(chunk, metrics, ref)]
+            n = len(rows)
+            result = {"accuracy": sum(r["_accuracy"] for r in rows) / n, "margin": sum(r["_margin"] for r in rows) / n,
+                      "loss": sum(r["_loss"] for r in rows) / n, "n_pairs": n}
     result.update({REF_HITS: stats.hits, REF_MISSES: stats.misses})
     if per_example:
         with atomic_file(per_example, "w", encoding="utf-8") as f:

@@ -23,8 +23,10 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
+from mlx_dpo.compat import checkpoint_layers
 from mlx_dpo.events import Cancelled, CheckpointSaved, Event, EvalMetrics, StepMetrics
 from mlx_dpo.metric_names import EVAL, LEARNING_RATE, LOSS, PEAK_MEMORY_GB, TOKENS_PER_SECOND
+from mlx_dpo.models.session import SelfChecks
 from mlx_dpo.settings import TrainingArgs
 from mlx_dpo.training import checkpoint, distributed, fast_path, pause
 from mlx_dpo.training.batching import BatchLayout, DpoBatch, layout_for, make_dpo_batch
@@ -67,10 +69,12 @@ def make_optimizer(args: TrainingArgs, steps: int) -> optim.Optimizer:
     return optim.AdamW(learning_rate=schedule, weight_decay=args.weight_decay)
 
 
-def batch_loss(model: nn.Module, args: TrainingArgs, batch: DpoBatch) -> tuple[mx.array, dict[str, mx.array]]:
-    """Mean loss over a batch and the per-example metrics (methods.py): pure array code, compilable."""
+def batch_loss(model: nn.Module, args: TrainingArgs, batch: DpoBatch,
+               mask_dims: int = 4) -> tuple[mx.array, dict[str, mx.array]]:
+    """Mean loss over a batch and the per-example metrics (methods.py): pure array code, compilable.
+    `mask_dims`: the shared-prompt forward's mask layout on this model (fast_path.mask_dims)."""
     logps = pair_logps(model, batch.tokens, full_logits=args.full_logits, per_token=args.ld_alpha is not None,
-                       weighting=args.use_weighting)
+                       weighting=args.use_weighting, mask_dims=mask_dims)
     losses, metrics = method_losses(args, logps, batch.ref_chosen, batch.ref_rejected, batch.desirable, logps.weights)
     metrics[LOSS] = losses
     return losses.mean(), metrics
@@ -94,17 +98,21 @@ class Step:
         return self.loss_and_grad(*batch.arrays())
 
 
-def make_step(model: nn.Module, args: TrainingArgs, on_event: Callable[[Event], None] | None = None) -> Step:
+def make_step(model: nn.Module, args: TrainingArgs, on_event: Callable[[Event], None] | None = None,
+              checks: SelfChecks | None = None) -> Step:
     """The training step of a run, compiled unless `args.compile` is off.
 
     The layout is decided here, once, from the settings and the model, after the self-check
-    (fast_path.py) has turned off any fast path that does not reproduce the model's own forward.
+    (fast_path.py; its findings kept in `checks`, the model session's record) has turned off any fast path
+    that does not reproduce the model's own forward.
     Padding to a few lengths keeps the number of distinct shapes (and so of compilations) small.
     """
-    args = fast_path.checked_args(model, args, on_event)
+    checks = checks if checks is not None else SelfChecks()
+    args = fast_path.checked_args(model, checks, args, on_event)
     layout = layout_for(model, args.shared_prompt)
+    dims = fast_path.mask_dims(model, checks) if args.shared_prompt else 4  # probed already when shared
     value_and_grad = nn.value_and_grad(
-        model, lambda *arrays: batch_loss(model, args, DpoBatch.from_arrays(layout, arrays)))
+        model, lambda *arrays: batch_loss(model, args, DpoBatch.from_arrays(layout, arrays), dims))
     names: list[str] = []
 
     def stacked(*arrays):
@@ -178,26 +186,30 @@ class MetricWindow:
 
 
 def evaluate_batches(model: nn.Module, args: TrainingArgs, pairs: list[EncodedPair], ref: RefLogps,
-                     on_event: Callable[[Event], None] | None = None,
+                     on_event: Callable[[Event], None] | None = None, checks: SelfChecks | None = None,
                      ) -> Iterator[tuple[DpoBatch, list[EncodedPair], dict[str, mx.array]]]:
     """The one evaluation loop: `pairs` in order, `args.batch_size` at a time, without gradients.
 
-    Yields each batch, its pairs and its evaluated per-pair metrics (see `batch_loss`).
+    Yields each batch, its pairs and its evaluated per-pair metrics (see `batch_loss`). `checks`: the model
+    session's record of the self-check (None: the check runs for this call).
     """
-    args = fast_path.checked_args(model, args, on_event)
+    checks = checks if checks is not None else SelfChecks()
+    args = fast_path.checked_args(model, checks, args, on_event)
     layout = layout_for(model, args.shared_prompt)
+    dims = fast_path.mask_dims(model, checks) if args.shared_prompt else 4  # probed already when shared
     for s in range(0, len(pairs), args.batch_size):
         chunk = pairs[s : s + args.batch_size]
         batch = make_dpo_batch(chunk, layout, ref.values)
-        _, metrics = batch_loss(model, args, batch)
+        _, metrics = batch_loss(model, args, batch, dims)
         mx.eval(metrics)
         yield batch, chunk, metrics
 
 
-def evaluate_pairs(model: nn.Module, args: TrainingArgs, pairs: list[EncodedPair], ref: RefLogps) -> dict[str, float]:
+def evaluate_pairs(model: nn.Module, args: TrainingArgs, pairs: list[EncodedPair], ref: RefLogps,
+                   checks: SelfChecks | None = None) -> dict[str, float]:
     """Mean loss and reward metrics over `pairs`, without gradients."""
     window = MetricWindow()
-    for batch, _, metrics in evaluate_batches(model, args, pairs, ref):
+    for batch, _, metrics in evaluate_batches(model, args, pairs, ref, checks=checks):
         window.add(metrics, batch.num_tokens)
     return window.across_ranks().means()
 
@@ -226,9 +238,7 @@ def _prepare(model: nn.Module, args: TrainingArgs, optimizer: optim.Optimizer,
              resume_from: Path | None, optimizer_from: Path | None) -> int:
     """Gradient checkpointing and what the run continues from; returns the step it starts after."""
     if args.grad_checkpoint:
-        from mlx_lm.tuner.trainer import grad_checkpoint  # optional heavy import: mlx_lm pulls in transformers
-
-        grad_checkpoint(model.layers[0])
+        checkpoint_layers(model)  # mlx-lm's (what it relies on: compat.py)
     if resume_from is not None:
         return checkpoint.restore(resume_from, model, optimizer)
     if optimizer_from is not None:
@@ -291,8 +301,11 @@ def train_loop(
     on_event: Callable[[Event], None] = lambda e: None,
     cancel: threading.Event | None = None,
     run_info: Callable[[], dict] = dict,
+    checks: SelfChecks | None = None,
 ) -> dict[str, float]:
-    """Train the adapter on `model` in place; returns the last reported metrics."""
+    """Train the adapter on `model` in place; returns the last reported metrics. `checks`: the model session's
+    record of the self-check (fast_path.py), shared with its reference pass and evaluation."""
+    checks = checks if checks is not None else SelfChecks()
     steps = total_steps(args, len(train_pairs))
     optimizer = make_optimizer(args, steps)
     start_step = _prepare(model, args, optimizer, resume_from, optimizer_from)
@@ -301,7 +314,7 @@ def train_loop(
         group.check_same(**{"starting adapter": arrays_digest(dict(tree_flatten(model.trainable_parameters()))),
                             "starting step": str(start_step)})
     model.train()
-    step_fn = make_step(model, args, on_event)
+    step_fn = make_step(model, args, on_event, checks)
     order = _DataOrder(train_pairs, args)
     window = MetricWindow.restored(checkpoint.read_state(resume_from).get("report_window") if resume_from else None)
     last: dict = {}
@@ -324,7 +337,7 @@ def train_loop(
             window = MetricWindow()
         if valid_pairs and (step % args.steps_per_eval == 0 or step == steps):
             model.eval()
-            ev = evaluate_pairs(model, args, group.share(valid_pairs), ref)
+            ev = evaluate_pairs(model, args, group.share(valid_pairs), ref, checks)
             model.train()
             on_event(EvalMetrics(step=step, metrics={"step": step, **{f"{EVAL}{k}": v for k, v in ev.items()}}))
         if step % args.save_every == 0 or step == steps:

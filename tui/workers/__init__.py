@@ -1,5 +1,6 @@
 """The app's side of its boundary with the library: the workers that load models, sample, train and export.
 
+- `thread.ThreadWorker`: the one base of the worker threads below (queue, stop, reports on the worker's thread).
 - `model.ModelWorker`: a daemon thread that owns the loaded model (load, sample, compare, switch adapters,
   review labels); it reports the plain dataclasses of `events` through a callback on its own thread.
 - `judge.JudgeWorker`: a program judge (`--judge SPEC`) on a thread of its own, for the Label screen's

@@ -9,8 +9,6 @@ while an older one waits replaces it. Events (`tui.workers.events`) go through `
 
 from __future__ import annotations
 
-import queue
-import threading
 import traceback
 from dataclasses import dataclass
 from typing import Callable
@@ -18,6 +16,7 @@ from typing import Callable
 from mlx_dpo import api
 from mlx_dpo.errors import MlxDpoError
 from tui.workers.events import Event, JudgeFailed, JudgeReady, Suggestion
+from tui.workers.thread import ThreadWorker, describe as _describe
 
 
 @dataclass(frozen=True)
@@ -32,46 +31,22 @@ def is_program_judge(spec: str | None) -> bool:
     return spec is not None and spec.strip().lower() not in ("", "human")
 
 
-class JudgeWorker:
+class JudgeWorker(ThreadWorker):
+    """The judge on a daemon thread of its own (thread.py): loads it, then answers the newest question."""
+
     def __init__(self, spec: str, rubric: str | None, report: Callable[[Event], None]) -> None:
+        super().__init__("mlx-dpo-judge", report)  # requests: _Question | None (stop)
         self.spec, self.rubric = spec, rubric
         self.name = spec  # the judge's own name once loaded (what the store records)
-        self._report_cb = report
-        self._questions: queue.Queue[_Question | None] = queue.Queue()
-        self._lock = threading.Lock()
         self._newest = 0
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="mlx-dpo-judge", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     def suggest(self, messages: list[dict], answers: tuple[str, str]) -> int:
         """Ask which of `answers` (as shown: pane 1, pane 2) is better; returns the question's id."""
         with self._lock:
             self._newest += 1
             question = _Question(self._newest, [dict(m) for m in messages], (answers[0], answers[1]))
-        self._questions.put(question)
+        self._requests.put(question)
         return question.id
-
-    def stop(self, timeout: float = 0.0) -> bool:
-        self._stopping = True
-        self._questions.put(None)
-        if timeout and self._thread.is_alive():
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def _report(self, event: Event) -> None:
-        if self._stopping:
-            return
-        try:
-            self._report_cb(event)
-        except Exception:  # the app may be gone; never let a report kill the thread
-            pass
 
     def _load(self):
         return api.load_judge(self.spec, rubric=self.rubric)
@@ -87,7 +62,7 @@ class JudgeWorker:
         self.name = judge.name
         self._report(JudgeReady(judge.name))
         while True:
-            question = self._questions.get()
+            question = self._requests.get()
             if question is None or self._stopping:
                 return
             if question.id != self._newest:
@@ -100,6 +75,3 @@ class JudgeWorker:
                 continue
             self._report(Suggestion(question.id, question.answers, verdict.choice, verdict.note, judge.name))
 
-
-def _describe(error: Exception) -> str:
-    return str(error) if isinstance(error, MlxDpoError) else f"{type(error).__name__}: {error}"

@@ -13,11 +13,11 @@ not wait for mlx.
 
 from __future__ import annotations
 
-import queue
 import random
 import threading
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -30,6 +30,7 @@ from tui.workers.events import (
     AdapterFailed, AnswerChunk, AnswerDone, Event, LoadFailed, LoadProgress, ModelReady, ReviewDone, ReviewFailed,
     SampleFailed, SampleStarted,
 )
+from tui.workers.thread import ThreadWorker, describe as _describe
 
 CHUNK_INTERVAL = 0.04  # seconds: stream pieces are batched so the UI is not woken per token
 
@@ -55,44 +56,34 @@ class _Review:
     adapter: str | None  # the trained version reviewed; None: the review's own choice (the latest round)
 
 
-def _describe(error: Exception) -> str:
-    """A user-facing message as it is; anything else keeps its type (it is a bug or an odd environment)."""
-    return str(error) if isinstance(error, MlxDpoError) else f"{type(error).__name__}: {error}"
-
-
 def _version_name(model: str | None, adapter: str | Path | None) -> str:
     """What the status line calls a model version: "SmolLM2-135M-Instruct", "my-model + v2"."""
     return display_name(model) + (f" + {Path(adapter).name}" if adapter else "")
 
 
-class ModelWorker:
-    """Owns the model on one daemon thread; loads it, then serves sampling requests in order.
+class ModelWorker(ThreadWorker):
+    """Owns the model on one daemon thread (thread.py); loads it, then serves sampling requests in order.
 
     `report(event)` is called on the worker thread. Only the newest request matters: a newer
     `sample()` (or `cancel()`) bumps a generation counter that the streaming loop checks between
     chunks, so an older request stops producing output at once.
     """
 
+    REPORTED_WHILE_STOPPING = (LoadFailed, ModelReady)  # a closing app waits for a load to end
+
     def __init__(self, model: str | None, adapter_path: str | Path | None, report: Callable[[Event], None]) -> None:
+        super().__init__("mlx-dpo-model", report)  # requests: _Request | _SetAdapter | _Review | None (stop)
         self.model = model
         self.adapter_path = str(adapter_path) if adapter_path is not None else None
         self.name = _version_name(model, adapter_path)
-        self._report_cb = report
-        self._requests: queue.Queue[_Request | _SetAdapter | _Review | None] = queue.Queue()
-        self._lock = threading.Lock()
         self._generation = 0
         self._reviews = 0  # review request ids (their own count: a review is never superseded)
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="mlx-dpo-model", daemon=True)
         self.load_error: str | None = None
         self.ready = threading.Event()
         self.chat_template: str | None = None  # a template file for a model without one (--chat-template)
         self.note: str | None = None  # template_note of the loaded model
 
     # --- called from the UI thread ---
-
-    def start(self) -> None:
-        self._thread.start()
 
     def sample(self, messages: list[dict], settings: SampleSettings) -> int:
         """Queue a request for two answers; returns its id. Older requests stop producing output."""
@@ -139,24 +130,9 @@ class ModelWorker:
         """
         self._stopping = True
         self.cancel()
-        self._requests.put(None)
-        if timeout and self._thread.is_alive():
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
+        return super().stop(timeout)
 
     # --- the worker thread ---
-
-    def _report(self, event: Event) -> None:
-        if self._stopping and not isinstance(event, (LoadFailed, ModelReady)):
-            return
-        try:
-            self._report_cb(event)
-        except Exception:  # the app may be gone; never let a report kill the thread
-            pass
 
     def _current(self, request_id: int) -> bool:
         return not self._stopping and self._generation == request_id
@@ -207,9 +183,9 @@ class ModelWorker:
                 self._report(SampleFailed(request.id, _describe(e)))
 
     def _switch_adapter(self, loaded, path: str | None):
-        """Swap the adapter on the loaded base in place (an adapter file's read, not a reload of the base)."""
+        """Swap the adapter on the session's base in place (an adapter file's read, not a reload of the base)."""
         try:
-            api.switch_adapter(loaded, path)
+            loaded.use_adapter(path)
         except Exception as e:
             self._report(AdapterFailed(_describe(e)))
             return loaded
@@ -222,34 +198,22 @@ class ModelWorker:
         return api.review_pairs(request.workspace, adapter_path=request.adapter, loaded=loaded)
 
     def _serve_review(self, loaded, request: _Review) -> None:
-        """The review runs on the loaded base alone (its reference; it puts the reviewed version on itself), then
-        the app's chosen version goes back on."""
+        """The review puts the versions it needs on the session itself (the base as its reference, then the reviewed
+        version); the session puts the app's chosen version back on after it."""
         if loaded is None:
             self._report(ReviewFailed(request.id, f"the model could not be loaded: {self.load_error}"))
             return
         try:
-            self._put_on(loaded, None)
             report = self._review(loaded, request)
         except Exception as e:
             self._report(ReviewFailed(request.id, _describe(e)))
         else:
             self._report(ReviewDone(request.id, report))
-        finally:
-            try:
-                self._put_on(loaded, self.adapter_path)
-            except Exception as e:
-                self._report(AdapterFailed(_describe(e)))
-
-    def _put_on(self, loaded, adapter: str | None) -> None:
-        """For one answer of a comparison: `adapter` on the base, whatever version the app has chosen."""
-        current = None if loaded.adapter_path is None else str(loaded.adapter_path)
-        if (None if adapter is None else str(Path(adapter).expanduser())) != current:
-            api.switch_adapter(loaded, adapter)
 
     def _stream(self, loaded, request: _Request, seed: int) -> Iterator[str]:
         s = request.settings
         return api.stream_answer(
-            loaded, request.messages, max_tokens=s.max_tokens, temp=s.temperature, top_p=s.top_p, seed=seed
+            loaded, request.messages, max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=seed
         )
 
     def _serve(self, loaded, request: _Request) -> None:
@@ -258,19 +222,15 @@ class ModelWorker:
             seed = random.randrange(0, 2**31 - 2)
         seeds = (seed, seed) if request.adapters is not None else (seed, seed + 1)
         self._report(SampleStarted(request.id, seeds))
-        try:
-            for slot, slot_seed in zip((1, 2), seeds):
-                if request.adapters is not None:
-                    self._put_on(loaded, request.adapters[slot - 1])
+        for slot, slot_seed in zip((1, 2), seeds):
+            # A comparison's slot answers with its version on; the session puts the app's chosen version back after.
+            with loaded.adapter(request.adapters[slot - 1]) if request.adapters is not None else nullcontext():
                 if not self._current(request.id):
                     return
                 text = self._stream_slot(loaded, request, slot, slot_seed)
-                if text is None:
-                    return
-                self._report(AnswerDone(request.id, slot, text, is_finished(text)))
-        finally:
-            if request.adapters is not None:  # back to the version the app has chosen
-                self._put_on(loaded, self.adapter_path)
+            if text is None:
+                return
+            self._report(AnswerDone(request.id, slot, text, is_finished(text)))
 
     def _stream_slot(self, model, request: _Request, slot: int, seed: int) -> str | None:
         """Stream one answer as AnswerChunk events (batched every CHUNK_INTERVAL); None once superseded. The
