@@ -36,7 +36,7 @@ PACKAGES = ("mlx_dpo", "tui")
 
 MODULE_LINES_GUIDE = 400  # past it a module is named in a warning: worth a look, not a wall that shapes the design
 MAX_MODULE_LINES = 600
-MAX_FUNCTION_LINES = 80
+MAX_FUNCTION_LINES = 60  # lines that start a statement (statement_lines); the longest function today has 52
 
 # Top-level names a function in mlx_dpo/ may import lazily: optional or heavy, and not needed by most
 # commands (mlx_lm pulls in transformers; yaml, tomllib and tokenizers serve one file format each; pyarrow
@@ -269,14 +269,20 @@ def long_modules(modules: dict[str, Module], limit: int = MAX_MODULE_LINES) -> l
     return sorted(f"{m.rel}: {m.lines} lines" for m in modules.values() if m.lines > limit)
 
 
+def statement_lines(function: ast.AST) -> int:
+    """How many lines of a function start a statement: its length as a reader follows it, whatever the formatter
+    does with one call's arguments (one per line or all on one)."""
+    return len({node.lineno for node in ast.walk(function) if isinstance(node, ast.stmt)})
+
+
 def long_functions(modules: dict[str, Module]) -> list[str]:
     offenders = []
     for mod in modules.values():
         for node in ast.walk(mod.tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                length = node.end_lineno - node.lineno + 1
+                length = statement_lines(node)
                 if length > MAX_FUNCTION_LINES:
-                    offenders.append(f"{mod.rel}:{node.lineno} {node.name}(): {length} lines")
+                    offenders.append(f"{mod.rel}:{node.lineno} {node.name}(): {length} statement lines")
     return sorted(offenders)
 
 
@@ -473,8 +479,8 @@ def test_modules_past_the_line_guide_are_named_and_none_runs_away(modules):
     fail_if(f"modules over {MAX_MODULE_LINES} lines:", long_modules(modules))
 
 
-def test_no_function_over_80_lines(modules):
-    fail_if(f"functions over {MAX_FUNCTION_LINES} lines:", long_functions(modules))
+def test_no_function_over_60_statement_lines(modules):
+    fail_if(f"functions over {MAX_FUNCTION_LINES} statement lines:", long_functions(modules))
 
 
 def test_nothing_keeps_state_on_a_model_module(modules):
@@ -562,7 +568,7 @@ def test_long_modules_and_functions_are_named(tmp_path):
                           + "\n" * MAX_MODULE_LINES,
         "tui/__init__.py": "",
     })
-    assert long_functions(modules) == [f"mlx_dpo/big.py:2 long(): {MAX_FUNCTION_LINES + 1} lines"]
+    assert long_functions(modules) == [f"mlx_dpo/big.py:2 long(): {MAX_FUNCTION_LINES + 1} statement lines"]
     assert long_modules(modules) == [f"mlx_dpo/big.py: {MAX_MODULE_LINES + MAX_FUNCTION_LINES + 2} lines"]
 
 
