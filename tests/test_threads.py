@@ -97,3 +97,10 @@ def test_a_turn_imported_before_the_turn_it_continues_is_linked_when_that_one_ar
     assert store.import_jsonl(write_jsonl(tmp_path / "later.jsonl", later)).linked == 0
     assert store.import_jsonl(write_jsonl(tmp_path / "earlier.jsonl", earlier)).linked == 1
     assert len(store.threads.links()) == 1
+
+
+def test_the_turn_a_new_prompt_would_continue_is_found_by_its_history(store):
+    t1, t2, _, _ = label_conversation(store)
+    assert store.threads.parent_of(t2.prompt + [assistant("The sky."), user("Really?")]) == t2.id
+    assert store.threads.parent_of(t1.prompt + [assistant("Green."), user("Why?")]) == t1.id  # another answer
+    assert store.threads.parent_of([user("Name a colour.")]) is None

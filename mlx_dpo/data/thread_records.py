@@ -112,6 +112,19 @@ class Threads:
             row = conn.execute("SELECT parent_id FROM turns WHERE pair_id = ?", (pair_id,)).fetchone()
         return None if row is None else row[0]
 
+    def parent_of(self, prompt: Messages) -> int | None:
+        """The stored pair a new pair with this prompt would continue, by the prefix rule (None: none does)."""
+        with self._db.transaction(write=False) as conn:
+            by_prompt = {}
+            for k in range(1, len(prompt) - 1):
+                if prompt[k]["role"] != "assistant" or prompt[k - 1]["role"] != "user":
+                    continue
+                key = dumps(prompt[:k])
+                rows = conn.execute("SELECT id, chosen FROM pairs WHERE prompt = ? ORDER BY id", (key,)).fetchall()
+                if rows:
+                    by_prompt[key] = rows
+        return _parent_by_prefix(prompt, by_prompt)
+
     def links(self) -> dict[int, int]:
         """Every link: pair id -> the pair id it continues."""
         with self._db.transaction(write=False) as conn:
