@@ -67,6 +67,14 @@ async def test_a_three_turn_conversation_with_a_branch_is_four_pairs_that_export
         assert "▸ the next message continues turn 2" in thread.text
         await pilot.press("escape", "n")
         assert not thread.display and not screen.conversation
+        # The Data screen shows the conversation as a thread: depth first, each turn under the one it continues.
+        await pilot.press("f3")
+        await wait_until(pilot, lambda: app.current_mode == "data")
+        app.screen.query_one("#split-filter").value = "threads"
+        await wait_until(pilot, lambda: app.screen.pair_ids == [first, second, third, branch], what="the thread")
+        assert app.screen.query_one("#data-status").text == "1 conversation, 4 labelled turns"
+        cells = [str(app.screen.query_one("#pairs").get_cell(str(i), "prompt")) for i in app.screen.pair_ids]
+        assert cells == ["1 Name a colour.", "└2 Why that one?", " └3 And at night?", "└2 Another one?"]
 
     with PreferenceStore(workspace) as store:
         pairs = {p.id: p for p in store.list_pairs()}
