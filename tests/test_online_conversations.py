@@ -41,11 +41,12 @@ def judge(tmp_path) -> Path:
 def test_an_online_round_two_turns_deep_judges_whole_conversations_and_stores_them_as_threads(
         tiny, workspace, tmp_path, judge):
     prompts = write_jsonl(tmp_path / "conversations.jsonl", *CONVERSATIONS)
+    held_out = [[user("Hi")], [user("Name a fruit.")], [user("Hi"), assistant("Hello."), user("Name a fruit.")]]
     (report,) = api.run_online(workspace, prompts, f"{judge}:spaces", model=str(tiny),
                                online=OnlineSettings(rounds=1, per_round=2, samples_per_prompt=2, turns=2,
-                                                     follow_up="And then?"),
+                                                     follow_up="And then?"), eval_prompts=held_out,
                                sample_settings=SampleSettings(temperature=2.0, max_tokens=6),
-                               settings={"iters": 2, "batch_size": 2, "compile": False, "heldout_samples": 0,
+                               settings={"iters": 2, "batch_size": 2, "compile": False, "heldout_samples": 2,
                                          "accept": "always"})
     with PreferenceStore(workspace) as store:
         pairs = {p.id: p for p in store.list_pairs()}
@@ -60,8 +61,14 @@ def test_an_online_round_two_turns_deep_judges_whole_conversations_and_stores_th
         assert after.prompt == before.prompt + [assistant(before.chosen), user(asked)]
         assert after.judge == before.judge and after.version == before.version == "base"
     assert report.version == "v1" and trained == set(pairs)  # every turn trained in the round
+    # The held-out numbers per turn depth: their samples add up, and their scores average to the overall one.
+    held = report.heldout
+    assert (held["heldout/turn1/samples"], held["heldout/turn2/samples"]) == (4, 2)
+    assert held["heldout/turn1/kl"] is not None and held["heldout/turn2/kl"] is not None
+    per_turn = (4 * held["heldout/turn1/score"] + 2 * held["heldout/turn2/score"]) / 6
+    assert per_turn == pytest.approx(held["heldout/score"])
     seen = [json.loads(line) for line in (tmp_path / "seen.jsonl").read_text().splitlines()]
-    assert {len(m) for m in seen} >= {1, 4} and max(len(m) for m in seen) >= 3  # whole conversations, turn 2 too
+    assert {1, 3, 4} <= {len(m) for m in seen} and max(len(m) for m in seen) >= 5  # whole conversations, turn 2 too
 
 
 def test_a_bad_follow_ups_field_is_one_line_naming_file_and_line(tmp_path, judge, tiny):
