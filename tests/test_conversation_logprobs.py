@@ -78,3 +78,12 @@ def test_the_next_turn_is_sampled_from_the_prompt_that_training_encodes(loaded):
     encoder = Encoder(loaded.tokenizer)
     for pair in PAIRS:
         assert prompt_tokens(loaded.tokenizer, pair.prompt) == list(encoder.encode(pair).prompt), pair.id
+
+
+def test_a_long_conversation_cut_to_max_prompt_length_keeps_its_last_turns(loaded):
+    pair = PAIRS[2]  # four turns
+    full = Encoder(loaded.tokenizer).encode(pair)
+    cut = Encoder(loaded.tokenizer, max_prompt_length=12).encode(pair)
+    assert cut.truncated and cut.prompt == full.prompt[-12:] and cut.chosen == full.chosen
+    # The end kept is the last user message and the generation prompt: what the answer replies to.
+    assert "French" in loaded.tokenizer.decode(list(cut.prompt))
