@@ -193,11 +193,13 @@ def _one_round(workspace, loaded, model, judge, number, todo, source, counts, on
                 counts[kind] += 1
                 judged.append((position, pair))
                 pause_at(f"online:judging:{number}")
+        later = 0.0  # seconds sampling the later turns of conversations (--turns)
         if online.turns > 1:
             with loaded.adapter(latest.adapter_path if latest else None):
-                _later_turns(workspace, loaded, judge, judged, source, number, online, sample, sampler, sampled_by,
-                             counts, emit)
-        seconds["judging"] = round(time.perf_counter() - start, 3)
+                later = _later_turns(workspace, loaded, judge, judged, source, number, online, sample, sampler,
+                                     sampled_by, counts, emit)
+        seconds["sampling"] = round(seconds["sampling"] + later, 3)
+        seconds["judging"] = round(time.perf_counter() - start - later, 3)
         emit(Status(f"round {number}: {counts['pairs']} pair(s), {counts['ties']} tie(s), {counts['skips']} skip(s)"))
     pause_at(f"online:judged:{number}")
     report = RoundReport(number, sampled_by, None, sum(counts.values()), counts["pairs"], counts["ties"],
@@ -212,22 +214,25 @@ def _one_round(workspace, loaded, model, judge, number, todo, source, counts, on
 
 def _later_turns(workspace, loaded, judge, judged: list[tuple[int, StoredPair | None]], source: str, number: int,
                  online: OnlineSettings, sample: SampleSettings, sampler: str, version: str, counts: dict[str, int],
-                 emit) -> None:
+                 emit) -> float:
     """Turns 2..`online.turns` of each conversation whose last turn gave a pair: its chosen answer, the next user
     message (mlx_dpo.online.conversations), two or more answers from the same version, judged and stored pointing to
     the turn they continue. Counted in `counts` with the first turns. Not in the prompt file's progress: a run killed
-    here goes on with the next prompts, these conversations stopping at the turns already stored."""
+    here goes on with the next prompts, these conversations stopping at the turns already stored. Returns the
+    seconds spent sampling."""
     follow_ups = conversations.read_follow_ups(source)
     current = [(position, pair) for position, pair in judged if pair is not None]
+    seconds = 0.0
     for turn in range(2, online.turns + 1):
         if not current:
-            return
+            break
         prompts = [conversations.next_prompt(pair, conversations.follow_up(follow_ups[position], turn,
                                                                            online.follow_up))
                    for position, pair in current]
         emit(Status(f"round {number}: turn {turn} of {len(prompts)} conversation(s)"))
         samples = sample_answers(loaded, prompts, sample, n=online.samples_per_prompt, seed=number + 1000 * (turn - 1),
                                  batch_size=online.sample_batch_size)
+        seconds += samples.seconds
         later = []
         with PreferenceStore(workspace) as store:
             for (position, parent), prompt, answers in zip(current, prompts, samples.answers):
@@ -236,6 +241,7 @@ def _later_turns(workspace, loaded, judge, judged: list[tuple[int, StoredPair | 
                 counts[kind] += 1
                 later.append((position, pair))
         current = [(position, pair) for position, pair in later if pair is not None]
+    return seconds
 
 
 def judge_and_store(store: PreferenceStore, judge: Judge, prompt: list[dict], answers: list[str], *, sampler: str,

@@ -49,7 +49,12 @@ class ConversationActions:
         return parent
 
     def conversation_labeled(self, pair, parent_id: int | None) -> None:
-        """A pick was saved as `pair` (continuing `parent_id`): the thread grows (or branches) by it."""
+        """A pick was saved as `pair` (continuing `parent_id`): the thread grows (or branches) by it. A prompt queue
+        that moved on to its next prompt (the screen no longer shows the judged answers) ends the conversation."""
+        if self.sampling.judged is None:
+            self.conversation.clear()
+            self._show_thread()
+            return
         self.conversation.labeled(Turn(pair.id, tuple(pair.prompt), pair.chosen), parent_id)
         self._show_thread()
         self.show_status(f"{self.status_text} · c continue the conversation", "saved")
