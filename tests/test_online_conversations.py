@@ -77,3 +77,11 @@ def test_a_bad_follow_ups_field_is_one_line_naming_file_and_line(tmp_path, judge
                      f"{judge}:spaces", "--model", str(tiny), "--turns", "2")
     assert_clean_error(result, f"{prompts}:2", '"follow_ups"')
     assert result.returncode == 2 and not (tmp_path / "ws").exists()
+
+
+def test_turns_with_the_human_judge_is_one_line_pointing_to_the_app(tmp_path, tiny):
+    prompts = write_jsonl(tmp_path / "p.jsonl", CONVERSATIONS[1])
+    result = run_cli("online", "--workspace", str(tmp_path / "ws"), "--prompts", str(prompts), "--judge", "human",
+                     "--model", str(tiny), "--turns", "2")
+    assert_clean_error(result, "--turns is for a program judge", "c after a pick")
+    assert result.returncode == 2
