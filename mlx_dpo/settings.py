@@ -319,6 +319,11 @@ class OnlineSettings:
     missing_end_penalty: float = option(1.0, "subtracted from a score judge's score of an answer cut at --max-tokens",
                                         check=at_least(0))
     sample_batch_size: int = option(16, "sequences generated together when sampling", check=at_least(1))
+    # Conversations (mlx_dpo.online.conversations): the judged pair's chosen answer becomes the assistant's turn.
+    turns: int = option(1, "user turns judged per conversation: each chosen answer is continued with the row's next "
+                        "\"follow_ups\" message (else --follow-up)", check=at_least(1))
+    follow_up: str = option("Go on.", "the next user message of a conversation whose row has no more \"follow_ups\"",
+                            check=rule(lambda s: bool(s.strip()), "must not be blank"))
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -277,3 +277,17 @@ def hub_dataset(hf_home: Path, repo_id: str, files: dict[str, list[dict] | str],
         else:
             write_jsonl(path, *content)
     return snapshot
+
+
+# --- conversations (test_threads.py, test_tui_conversation.py) -----------------------------------------------
+
+
+def thread_shapes(store) -> list:
+    """A store's conversation trees by content alone (no ids, no times): each turn as (prompt, chosen, rejected,
+    [the turns that continue it]), so two stores holding the same threads give equal shapes, whatever order the
+    pairs were added in."""
+    def shape(node) -> tuple:
+        p = node.pair
+        return (json.dumps(p.prompt), str(p.chosen), str(p.rejected), sorted(shape(c) for c in node.children))
+
+    return sorted(shape(root) for root in store.threads.trees())

@@ -39,7 +39,8 @@ def cmd_data(args: argparse.Namespace) -> int:
                 print(f"  {error}", file=sys.stderr)
         if warning:
             print(f"mlx-dpo: warning: {warning}", file=sys.stderr)
-        print(f"imported {result.added} pair(s) into {path} ({result.duplicates} already there)")
+        threads = f"; {result.linked} continue an earlier turn of a conversation" if result.linked else ""
+        print(f"imported {result.added} pair(s) into {path} ({result.duplicates} already there){threads}")
         return 0
     with PreferenceStore(workspace, create=False) as store:
         if args.action == "export":

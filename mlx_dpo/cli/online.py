@@ -56,6 +56,9 @@ def cmd_online(args: argparse.Namespace) -> int:
     read_prompt_file(args.prompts)  # a bad file: one line, before anything loads
     eval_prompts = read_prompt_file(args.eval_prompts) if args.eval_prompts else None
     if args.judge == "human":
+        if online.turns > 1:
+            raise MlxDpoError("--turns is for a program judge; a person continues a conversation in the app (c after "
+                              "a pick)")
         return _open_app(args, workspace, online, round_settings, sample)
     printer = ProgressPrinter()
 

@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterable
 
-from mlx_dpo.data import records
+from mlx_dpo.data import records, thread_records
 from mlx_dpo.data.answers import is_finished, same_flag
 from mlx_dpo.data.database import Database
 from mlx_dpo.data.online_records import Comparison, PromptRef, check_provenance, record_judging
@@ -56,12 +56,14 @@ class Pairs:
         shown_first: str | None = None,
         online: PromptRef | None = None,
         comparisons: list[Comparison] | None = None,
+        continues: int | None = None,
     ) -> StoredPair:
         """Save a pair (committed on return). Raises MlxDpoError naming the problem if it is not a valid pair.
 
         `label` records it for `Labels.undo_last`. `candidate_id` (if still there), `online` (a prompt file's prompt
         marked judged) and the judge's `comparisons` go in the same transaction. Provenance: `judge` (None: a person),
-        `version` ("base"/"v<N>" that sampled), `shown_first` (shown as A); an unfinished `Answer` stays unfinished."""
+        `version` ("base"/"v<N>" that sampled), `shown_first` (shown as A); an unfinished `Answer` stays unfinished.
+        `continues`: the pair of the conversation's turn this one goes on from (mlx_dpo.data.thread_records)."""
         messages, chosen, rejected = _checked_pair(prompt, chosen, rejected)
         records.check_choice("origin", origin, ORIGINS)
         records.check_choice("split", split, SPLITS)
@@ -72,6 +74,8 @@ class Pairs:
                                   None if external_id is None else str(external_id), now,
                                   (judge, version, shown_first, is_finished(chosen), is_finished(rejected)))
             record_judging(conn, online, comparisons, judge, messages, now, pair_id=new_id)
+            if continues is not None:
+                thread_records.link(conn, new_id, continues, messages)
             if label:
                 conn.execute("INSERT INTO label_actions (pair_id) VALUES (?)", (new_id,))
             if candidate_id is not None:
@@ -176,7 +180,8 @@ class Pairs:
         return result
 
     def add_many(self, pairs: Iterable[PreferencePair], *, split: Split = "train") -> ImportResult:
-        """`import_file` for pairs already read (by `load_pairs`, say); their ids become `external_id`."""
+        """`import_file` for pairs already read (by `load_pairs`, say); their ids become `external_id`. Pairs whose
+        prompts continue another stored pair's are linked into its conversation (thread_records.infer_links)."""
         records.check_choice("split", split, SPLITS)
         checked = [(_checked_pair(p.prompt, p.chosen, p.rejected), p.id) for p in pairs]
         added = duplicates = 0
@@ -189,7 +194,8 @@ class Pairs:
                     continue
                 _insert_pair(conn, prompt, chosen, rejected, "imported", None, None, split, external_id, now)
                 added += 1
-        return ImportResult(added, duplicates, 0, [])
+            linked = thread_records.infer_links(conn) if added else 0
+        return ImportResult(added, duplicates, 0, [], linked)
 
     def export_file(self, path: str | Path, *, split: Split | None = None, style: Style = "conversational") -> int:
         """Write the pairs (one split, or all) oldest first as JSONL, atomically; returns how many.

@@ -4,7 +4,9 @@ A `.jsonl` / `.json` file holds one object per line with "prompt" (a string or a
 (a message list; a transcript ending with an assistant turn is cut before it, so the model answers the last
 user turn); any other file is plain text with one prompt per non-empty line. Each prompt is checked by the
 pairs reader's rules for a prompt (mlx_dpo.data.pairs.checked_prompt), so a prompt read here can always be
-saved in a pair. A bad file raises PromptFileError naming the file and the first few bad lines.
+saved in a pair. A bad file raises PromptFileError naming the file and the first few bad lines. A row's
+"follow_ups" (the user's later messages of a conversation, for `mlx-dpo online --turns`) are read by
+mlx_dpo.online.conversations.
 """
 
 from __future__ import annotations

@@ -96,6 +96,7 @@ class ImportResult:
     duplicates: int  # pairs already in the store (same prompt, chosen and rejected), not added again
     skipped_invalid: int  # rows dropped by --skip-invalid
     errors: list[str]  # "file:line: field '...': message" for each problem in the dropped rows
+    linked: int = 0  # pairs linked to the conversation turn they continue (mlx_dpo.data.thread_records)
 
 
 def dumps(value: Any) -> str:

@@ -160,6 +160,19 @@ MIGRATIONS: list[Migration] = [
         "ALTER TABLE rounds ADD COLUMN decision TEXT CHECK (decision IN ('accepted', 'rejected', 'pending'))",
         "ALTER TABLE rounds ADD COLUMN reason TEXT",         # why, in words (the rule's, or the person's)
     ),
+    # Migration 6 is issue 26's (ratings), merged from its own branch: this no-op holds its place until then.
+    _sql(),
+    # Conversations as trees (mlx_dpo.data.thread_records): each turn's pair points to the pair of the turn it
+    # continues, so branches share their history. A pair with no row here starts a thread (or stands alone).
+    # Deleting either pair removes the link; the other pair stays, its prompt still holding the whole history.
+    _sql(
+        """CREATE TABLE turns (
+            pair_id   INTEGER PRIMARY KEY REFERENCES pairs (id) ON DELETE CASCADE,
+            parent_id INTEGER NOT NULL REFERENCES pairs (id) ON DELETE CASCADE,  -- the turn this one continues
+            CHECK (pair_id <> parent_id)
+        )""",
+        "CREATE INDEX turns_parent ON turns (parent_id)",
+    ),
 ]
 
 SCHEMA_VERSION: int = len(MIGRATIONS)

@@ -13,6 +13,7 @@ training rounds, in one SQLite file.
   feedback, round_feedback    store.feedback  (FeedbackLabels, feedback_records.py): single answers marked good/bad
   rounds, round_pairs         store.rounds    (Rounds, round_records.py): training rounds and the pairs they trained
   online_prompts, comparisons store.judging   (Judging, online_records.py): overrules, comparisons, prompt files
+  turns                       store.threads   (Threads, thread_records.py): which turn each conversation turn continues
 
 The store itself holds the open database (mlx_dpo.data.database: one connection, its lock, one transaction per
 method, committed before the method returns, so a label the app has reported "saved" survives a crash or kill,
@@ -37,6 +38,7 @@ from mlx_dpo.data.records import (  # noqa: F401  (re-exported: what the store h
     ORIGINS, SPLITS, Candidate, ImportResult, Skip, StoredPair, UndoResult,
 )
 from mlx_dpo.data.round_records import RoundRecord, Rounds
+from mlx_dpo.data.thread_records import Threads
 
 __all__ = ["Candidate", "ImportResult", "PreferenceStore", "RoundRecord", "Skip", "StoredPair", "UndoResult"]
 
@@ -67,6 +69,7 @@ class PreferenceStore:
         self.feedback = FeedbackLabels(self.db)
         self.rounds = Rounds(self.db)
         self.judging = Judging(self.db)
+        self.threads = Threads(self.db)
 
     @classmethod
     def default_workspace(cls) -> Path:

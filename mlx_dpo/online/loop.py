@@ -18,6 +18,9 @@ What a caller can rely on:
   runs a knockout and pairs its winner with its first loser (mlx_dpo.online.pairing, where the rule lives that
   no pair prefers an answer cut at max tokens over a finished one). The first answer of the pair is the one
   shown first (`shown_first`), as the app's A.
+- With `turns` above 1, each conversation whose turn gave a pair goes on: its chosen answer becomes the assistant's
+  turn, the next user message is asked, and the new turn is judged and stored pointing to the one it continues
+  (mlx_dpo.online.conversations), all in the same round, from the same version.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any, Callable
 
 from mlx_dpo.data.online_records import PromptRef, prompt_key
 from mlx_dpo.data.prompt_file import read_prompt_file
+from mlx_dpo.data.records import StoredPair
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, Finished, Status
@@ -39,6 +43,7 @@ from mlx_dpo.metric_names import (
 from mlx_dpo.models.generate import SampleSettings, template_note
 from mlx_dpo.models.load import load_model
 from mlx_dpo.models.session import ModelSession
+from mlx_dpo.online import conversations
 from mlx_dpo.online.pairing import choose_pair
 from mlx_dpo.online.sampling import sample_answers
 from mlx_dpo.online.verdict import Judge
@@ -102,6 +107,8 @@ def run_online(
     online = online or OnlineSettings()
     _check_args(judge, online, sample)
     prompts = read_prompt_file(prompts_file)
+    if online.turns > 1:
+        conversations.read_follow_ups(prompts_file)  # a bad "follow_ups" is refused before anything runs
     source = str(Path(prompts_file).expanduser().resolve())
     with PreferenceStore(workspace) as store:
         progress = _progress(store, source, prompts)
@@ -178,13 +185,21 @@ def _one_round(workspace, loaded, model, judge, number, todo, source, counts, on
         seconds["sampling"], tokens_per_second = round(samples.seconds, 3), round(samples.tokens_per_second, 1)
         sampler = f"{loaded.name} {sampled_by} · temp {sample.temperature:g} · top-p {sample.top_p:g}"
         start = time.perf_counter()
+        judged = []  # (position, its pair or None) for --turns
         with PreferenceStore(workspace) as store:
             for (position, prompt), answers in zip(todo, samples.answers):
-                kind = judge_and_store(store, judge, prompt, answers, sampler=sampler, version=sampled_by,
-                                       online=PromptRef(source, position, number))
+                kind, pair = store_judgement(store, judge, prompt, answers, sampler=sampler, version=sampled_by,
+                                             online=PromptRef(source, position, number))
                 counts[kind] += 1
+                judged.append((position, pair))
                 pause_at(f"online:judging:{number}")
-        seconds["judging"] = round(time.perf_counter() - start, 3)
+        later = 0.0  # seconds sampling the later turns of conversations (--turns)
+        if online.turns > 1:
+            with loaded.adapter(latest.adapter_path if latest else None):
+                later = _later_turns(workspace, loaded, judge, judged, source, number, online, sample, sampler,
+                                     sampled_by, counts, emit)
+        seconds["sampling"] = round(seconds["sampling"] + later, 3)
+        seconds["judging"] = round(time.perf_counter() - start - later, 3)
         emit(Status(f"round {number}: {counts['pairs']} pair(s), {counts['ties']} tie(s), {counts['skips']} skip(s)"))
     pause_at(f"online:judged:{number}")
     report = RoundReport(number, sampled_by, None, sum(counts.values()), counts["pairs"], counts["ties"],
@@ -197,10 +212,50 @@ def _one_round(workspace, loaded, model, judge, number, todo, source, counts, on
     return report
 
 
+def _later_turns(workspace, loaded, judge, judged: list[tuple[int, StoredPair | None]], source: str, number: int,
+                 online: OnlineSettings, sample: SampleSettings, sampler: str, version: str, counts: dict[str, int],
+                 emit) -> float:
+    """Turns 2..`online.turns` of each conversation whose last turn gave a pair: its chosen answer, the next user
+    message (mlx_dpo.online.conversations), two or more answers from the same version, judged and stored pointing to
+    the turn they continue. Counted in `counts` with the first turns. Not in the prompt file's progress: a run killed
+    here goes on with the next prompts, these conversations stopping at the turns already stored. Returns the
+    seconds spent sampling."""
+    follow_ups = conversations.read_follow_ups(source)
+    current = [(position, pair) for position, pair in judged if pair is not None]
+    seconds = 0.0
+    for turn in range(2, online.turns + 1):
+        if not current:
+            break
+        prompts = [conversations.next_prompt(pair, conversations.follow_up(follow_ups[position], turn,
+                                                                           online.follow_up))
+                   for position, pair in current]
+        emit(Status(f"round {number}: turn {turn} of {len(prompts)} conversation(s)"))
+        samples = sample_answers(loaded, prompts, sample, n=online.samples_per_prompt, seed=number + 1000 * (turn - 1),
+                                 batch_size=online.sample_batch_size)
+        seconds += samples.seconds
+        later = []
+        with PreferenceStore(workspace) as store:
+            for (position, parent), prompt, answers in zip(current, prompts, samples.answers):
+                kind, pair = store_judgement(store, judge, prompt, answers, sampler=sampler, version=version,
+                                             continues=parent.id)
+                counts[kind] += 1
+                later.append((position, pair))
+        current = [(position, pair) for position, pair in later if pair is not None]
+    return seconds
+
+
 def judge_and_store(store: PreferenceStore, judge: Judge, prompt: list[dict], answers: list[str], *, sampler: str,
                     version: str, online: PromptRef | None = None) -> str:
     """Judge one prompt's answers (mlx_dpo.online.pairing) and commit the result with every comparison the judge
     made; returns "pairs", "ties" or "skips" (what it gave)."""
+    return store_judgement(store, judge, prompt, answers, sampler=sampler, version=version, online=online)[0]
+
+
+def store_judgement(store: PreferenceStore, judge: Judge, prompt: list[dict], answers: list[str], *, sampler: str,
+                    version: str, online: PromptRef | None = None,
+                    continues: int | None = None) -> tuple[str, StoredPair | None]:
+    """`judge_and_store`, also handing back the pair it stored (None for a tie or skip); `continues`: the pair of
+    the conversation's turn this prompt goes on from."""
     judged = choose_pair(judge, prompt, answers)
     first, second, choice, note = answers[judged.first], answers[judged.second], judged.choice, judged.note
     # label=False: a program's judgments are not the person's labeling history (the app's undo)
@@ -208,15 +263,15 @@ def judge_and_store(store: PreferenceStore, judge: Judge, prompt: list[dict], an
               "comparisons": judged.comparisons}
     if choice in (1, 2) and first != second:
         chosen, rejected = (first, second) if choice == 1 else (second, first)
-        store.add_pair(prompt, chosen, rejected, origin="sampled", note=note or None,
-                       shown_first="chosen" if choice == 1 else "rejected", **common)
-        return "pairs"
+        pair = store.add_pair(prompt, chosen, rejected, origin="sampled", note=note or None,
+                              shown_first="chosen" if choice == 1 else "rejected", continues=continues, **common)
+        return "pairs", pair
     if choice == 0:
         store.add_skip(prompt, "tie", answers=[first, second], **common)
-        return "ties"
+        return "ties", None
     reason = "identical answers" if first == second else (note or "skipped by the judge")
     store.add_skip(prompt, reason, answers=[first, second], **common)
-    return "skips"
+    return "skips", None
 
 
 def _train(report: RoundReport, workspace, loaded, model, judge, settings, eval_prompts, sample, emit) -> None:

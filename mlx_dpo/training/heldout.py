@@ -14,6 +14,9 @@
   heldout/unfinished       degeneration: the share of samples cut at max tokens (no end-of-turn token)
   heldout/samples          how many samples the score, the KL and the degeneration figures are means over
   heldout/compared_previous, heldout/compared_base: how many judged comparisons each win rate counts
+  heldout/turn<D>/score, heldout/turn<D>/kl, heldout/turn<D>/samples: when the held-out prompts are conversations
+                           of more than one depth, the score and the KL over the prompts that ask turn D (D user
+                           messages), and their sample count (`by_turn`: no extra sampling or scoring pass)
 
 The counts size the noise: one sample moves a mean of [0, 1] values by 1/samples, and a win rate's standard
 error is at most 0.5/sqrt(compared) (mlx_dpo.training.acceptance uses them to tell a real loss from chance).
@@ -205,13 +208,14 @@ def heldout_metrics(
                 HELDOUT_SCORE: mean_score(judge, prompts, answers or []),
                 HELDOUT_WIN_VS_PREVIOUS: None, HELDOUT_WIN_VS_BASE: None, **degeneration(answers or []),
                 HELDOUT_COMPARED_PREVIOUS: 0, HELDOUT_COMPARED_BASE: 0}
-    kl = None
+    kl, mine, base_logps = None, {}, {}
     if prompts and n:
         answers = answers if answers is not None else sample(loaded, adapter_path, prompts, settings, n)
         with loaded.adapter(adapter_path):
             mine = answer_logps(loaded, prompts, answers, 2 * batch_size)
         with loaded.base():
-            kl = kl_estimate(mine, answer_logps(loaded, prompts, answers, 2 * batch_size))
+            base_logps = answer_logps(loaded, prompts, answers, 2 * batch_size)
+        kl = kl_estimate(mine, base_logps)
     scored = {}
     if valid_pairs:  # evaluate's reference pass runs on the base, its scores with the version on
         scored = run.evaluate(list(valid_pairs), loaded=loaded, adapter_path=adapter_path, beta=beta,
@@ -222,7 +226,24 @@ def heldout_metrics(
     return {HELDOUT_ACCURACY: scored.get("accuracy"), HELDOUT_MARGIN: scored.get("margin"), HELDOUT_KL: kl,
             HELDOUT_SCORE: mean_score(judge, prompts, answers), HELDOUT_WIN_VS_PREVIOUS: previous,
             HELDOUT_WIN_VS_BASE: base, **degeneration(answers), HELDOUT_COMPARED_PREVIOUS: compared_previous,
-            HELDOUT_COMPARED_BASE: compared_base}
+            HELDOUT_COMPARED_BASE: compared_base, **by_turn(judge, prompts, answers, mine, base_logps)}
+
+
+def by_turn(judge: Judge | None, prompts: Sequence[Prompt], answers: Answers, version: dict[tuple[int, int], float],
+            base: dict[tuple[int, int], float]) -> dict[str, float | None]:
+    """heldout/turn<D>/score, /kl and /samples for each turn depth D of the prompts (module docstring); nothing
+    when every prompt asks the same turn (the overall numbers say it all)."""
+    depths = [sum(m.get("role") == "user" for m in prompt) for prompt in prompts]
+    if len(set(depths[: len(answers)])) < 2:
+        return {}
+    out: dict[str, float | None] = {}
+    for depth in sorted(set(depths)):
+        rows = [i for i, d in enumerate(depths) if d == depth and i < len(answers)]
+        key = f"{HELDOUT}turn{depth}/"
+        out[key + "score"] = mean_score(judge, [prompts[i] for i in rows], [answers[i] for i in rows])
+        out[key + "kl"] = kl_estimate({k: v for k, v in version.items() if k[0] in rows}, base)
+        out[key + "samples"] = sum(len(answers[i]) for i in rows)
+    return out
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 The "judge" column says who chose each pair: a person, or the program judge of an online run (`o`
 overrules it: the pair is swapped and becomes the person's, the judge kept as overruled). The views: all
-pairs, one split, the pairs a program judged, and "review" (`r`): the pairs the latest trained version
-disagrees with most, worst first, with contradictions flagged (`review.py`); the review runs on the app's
-model thread and comes back as a `WorkerEvent`.
+pairs, one split, the pairs a program judged, conversations as threads (`threads.py`), and "review" (`r`):
+the pairs the latest trained version disagrees with most, worst first, with contradictions flagged
+(`review.py`); the review runs on the app's model thread and comes back as a `WorkerEvent`.
 
 Single-row changes run on the event loop (each is one small committed transaction); importing and
 exporting files run in thread workers (`files.py`, a mixin; the store is thread-safe) and report back when done.
@@ -30,6 +30,7 @@ from tui.modals import ConfirmModal, PairEdits, PairModal
 from tui.prompts import age, prompt_snippet, snippet
 from tui.screens.data.files import FileActions
 from tui.screens.data.review import ReviewList
+from tui.screens.data.threads import summary, threaded
 from tui.widgets import ModeBar, ScreenButton, StatusLine
 from tui.workers.events import ReviewDone, ReviewFailed
 
@@ -39,7 +40,7 @@ REVIEW_COLUMNS = (("id", 5), ("split", 6), ("margin", 7), ("flag", 8), ("judge",
                   ("rejected", 18))
 # The views (`f` cycles through the first four; `r` opens the review, which needs the model).
 SPLIT_FILTERS = [("all splits", "all"), ("train", "train"), ("valid", "valid"), ("judged", "judged"),
-                 ("review", "review")]
+                 ("conversations", "threads"), ("review", "review")]
 CYCLED = ("all", "train", "valid", "judged")
 
 
@@ -151,20 +152,25 @@ class DataScreen(FileActions, Screen):
         else:
             if self.view == "judged":
                 pairs = [p for p in pairs if p.judge is not None or p.overruled]
+            prompts: dict[int, str] = {}
+            if self.view == "threads":  # conversations as threads (threads.py)
+                trees = self.app.store.threads.trees()
+                pairs, prompts = threaded(trees, pairs)
             for p in pairs:
-                table.add_row(str(p.id), p.split, p.origin, *self._cells(p), age(p.updated_at), key=str(p.id))
+                table.add_row(str(p.id), p.split, p.origin, *self._cells(p, prompts.get(p.id)), age(p.updated_at),
+                              key=str(p.id))
             self.pair_ids = [p.id for p in pairs]
             plural = "s" * (total != 1)
             filtered = search or self.view != "all"
             shown = f"{len(pairs)} of {total} pair{plural}" if filtered else f"{total} pair{plural}"
-            self.query_one(StatusLine).show(shown)
+            self.query_one(StatusLine).show(summary(trees, pairs) if self.view == "threads" else shown)
         if keep in self.pair_ids:
             table.move_cursor(row=self.pair_ids.index(keep), animate=False)
 
     @staticmethod
-    def _cells(p: StoredPair) -> tuple:
-        return (Text(snippet(judge_text(p), 60)), Text(prompt_snippet(p.prompt, 60)), Text(snippet(p.chosen, 50)),
-                Text(snippet(p.rejected, 50)))
+    def _cells(p: StoredPair, prompt: str | None = None) -> tuple:
+        return (Text(snippet(judge_text(p), 60)), Text(prompt or prompt_snippet(p.prompt, 60)),
+                Text(snippet(p.chosen, 50)), Text(snippet(p.rejected, 50)))
 
     def _review_rows(self, table: DataTable, pairs: dict[int, StoredPair]) -> None:
         """The review view: the last review's rows still in the store (and matching the search), worst first."""

@@ -19,21 +19,23 @@ from textual.widgets import Footer, Input, Static, TextArea
 
 from mlx_dpo.api import is_finished
 from mlx_dpo.errors import MlxDpoError
+from tui.conversation import Conversation
 from tui.modals import EditAnswersModal, EditedAnswers, SettingsModal
 from tui.prompts import PromptParts, PromptQueue
 from tui.sampling import SLOTS
 from tui.screens.label.candidates import KeptCandidate
+from tui.screens.label.conversation import CONVERSATION_BINDINGS, ConversationActions
 from tui.screens.label.history import LabelHistory, LabelRecord, two
 from tui.screens.label.feedback import mark_answer
 from tui.screens.label.queue import QueueActions
 from tui.screens.label import online
 from tui.screens.two_answers import EDITOR_BINDINGS, PICK_BINDINGS, TwoAnswersScreen
-from tui.widgets import AnswerPane, ModeBar, ModelStatus, ScreenButton, StatusLine, prompt_fields, read_prompt
+from tui.widgets import AnswerPane, ConversationView, ModeBar, ModelStatus, ScreenButton, StatusLine, prompt_fields, read_prompt
 from tui.workers import SampleSettings
 from tui.workers.events import Suggestion
 
 
-class LabelScreen(QueueActions, TwoAnswersScreen):
+class LabelScreen(ConversationActions, QueueActions, TwoAnswersScreen):
     JUDGED = "labeled"
     SHUFFLE = True  # the first answer sampled is not always the one on the left
 
@@ -52,6 +54,7 @@ class LabelScreen(QueueActions, TwoAnswersScreen):
         Binding("s", "settings", "Settings", tooltip="Sampling settings"),
         Binding("a", "accept", "Accept", show=False, tooltip="Accept the judge's suggestion"),
         *EDITOR_BINDINGS,
+        *CONVERSATION_BINDINGS,
     ]
 
     def __init__(self) -> None:
@@ -60,6 +63,7 @@ class LabelScreen(QueueActions, TwoAnswersScreen):
         self.history = LabelHistory()
         self.queue = PromptQueue()
         self.context: tuple[dict, ...] = ()  # earlier turns of a queued multi-turn prompt
+        self.conversation = Conversation()  # the labelled turns a continued conversation goes on from
         self.candidate: KeptCandidate  # set on mount: it needs the app's store
         self.sampled_version: str | None = None  # the version that sampled the shown answers, if known
         self.suggestion = None  # the judge's Suggestion for the shown answers
@@ -73,6 +77,7 @@ class LabelScreen(QueueActions, TwoAnswersScreen):
             yield Static("", id="suggestion")
             yield Static("", id="queue-status")
         with Vertical(id="prompt-box"):
+            yield ConversationView(id="thread")
             yield from prompt_fields("system", "prompt", "Type a prompt, then ctrl+s to sample two answers")
             with Horizontal(id="prompt-buttons"):
                 yield ScreenButton("ctrl+s sample", "sample", id="sample", variant="primary")
@@ -267,17 +272,19 @@ class LabelScreen(QueueActions, TwoAnswersScreen):
             return
         chosen, rejected = self.sampling.chosen_rejected(slot)
         notes = ["answers edited before labeling"] * self.sampling.edited + [note] * (note is not None)
+        parent = self.continues(self.sampling.prompt.messages())
         try:
             pair = self.store.add_pair(
                 self.sampling.prompt.messages(), chosen, rejected, origin="sampled", sampler=self.sampler,
                 note="; ".join(notes) or None, candidate_id=self.candidate.id, judge=None,
-                version=self.sampled_version, shown_first=self.sampling.shown_first(slot),
+                version=self.sampled_version, shown_first=self.sampling.shown_first(slot), continues=parent,
             )
         except MlxDpoError as e:
             self.app.notify_error(str(e), title="Not saved")
             return
         self._labeled(LabelRecord("pair", pair.id, self.sampling.prompt, self.answers(), self.queue.pos),
                       f"saved pair #{pair.id} (answer {slot} chosen)", f"saved pair #{pair.id}", title="Saved")
+        self.conversation_labeled(pair, parent)
 
     def action_mark(self, desirable: bool) -> None:
         mark_answer(self, desirable)
@@ -338,6 +345,8 @@ class LabelScreen(QueueActions, TwoAnswersScreen):
             self.app.notify_warning("Nothing to undo.")
             return
         undone = self.history.undone(result)
+        if result.kind == "pair":
+            self.conversation_undone(result.pair.id)
         if undone.queue_pos is not None and self.queue:
             self.queue.pos = undone.queue_pos
             self._show_queue()
