@@ -319,6 +319,8 @@ class OnlineSettings:
     missing_end_penalty: float = option(1.0, "subtracted from a score judge's score of an answer cut at --max-tokens",
                                         check=at_least(0))
     sample_batch_size: int = option(16, "sequences generated together when sampling", check=at_least(1))
+    shared_prefill: bool = option(True, "prefill a prompt again for each of its answers (slower; for checking)")
+    free_reference: bool = option(True, "run the reference pass on answers the reference sampled (slower; for checking)")
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -1,0 +1,72 @@
+"""The free reference pass (mlx_dpo.online.free_reference): sampled log-probs kept as the reference's, equal to what
+the reference pass computes for the same token ids, and refused (the pass runs) on a model where they are not."""
+
+from helpers import user
+from mlx_dpo.data.pairs import PreferencePair
+from mlx_dpo.models.generate import SampleSettings
+from mlx_dpo.models.load import load_model
+from mlx_dpo.online import free_reference, sampling
+from mlx_dpo.online.sampling import sample_answers
+from mlx_dpo.training.fast_path import TOLERANCE_FP32
+from mlx_dpo.training.ref_cache import RefCache
+from mlx_dpo.training.reference import reference_logps
+from mlx_dpo.training.tokens import Encoder
+
+
+PROMPTS = [[user("Hi")], [user("Write a haiku about the sea.")], [user("Name three colours of the rainbow.")]]
+SETTINGS = SampleSettings(temperature=0.8, max_tokens=6)
+
+
+def _pairs(loaded, samples) -> list:
+    """Every sampled answer as an encoded pair (the answer as both completions), as training encodes it."""
+    encoder = Encoder(loaded.tokenizer)
+    return [encoder.encode(PreferencePair(f"{i}-{j}", PROMPTS[i], a, a))
+            for i, group in enumerate(samples.answers) for j, a in enumerate(group)]
+
+
+def test_kept_log_probs_equal_the_reference_pass_and_spare_it(tiny, tmp_path):
+    loaded = load_model(str(tiny))
+    samples = sample_answers(loaded, PROMPTS, SETTINGS, n=2, seed=1, keep_logps=True)
+    assert all(len(a.logps) == len(a.ids) + a.finished for group in samples.sampled for a in group)
+    free = RefCache("free", root=tmp_path / "free")
+    events = []
+    kept = free_reference.keep(loaded, PROMPTS, samples, events.append, cache=free)
+    assert loaded.checks.free_reference is None  # the self-check passed on this model
+    # A random model's tokens often re-tokenize differently from their text; those get the pass (the default model:
+    # benchmarks/online_round.py counts them).
+    assert kept >= 1 and events[-1].message.startswith(f"reference pass: {kept} of 6 sampled answers' log-probs")
+    pairs = _pairs(loaded, samples)
+    computed, stats = reference_logps(loaded.model, pairs, RefCache("pass", root=tmp_path / "pass"),
+                                      checks=loaded.checks)
+    assert stats.misses == 12  # a fresh cache: the pass ran for every completion
+    hits = 0
+    for pair, value in zip(pairs, free.lookup((p.prompt, p.chosen) for p in pairs)):
+        if value is not None:  # the answers kept: equal to the pass within the self-check's tolerance per token
+            hits += 1
+            assert abs(value - computed.values[pair][0]) <= TOLERANCE_FP32 * len(pair.chosen)
+    assert hits == kept
+    # With the free values in its cache, the pass computes nothing for the answers kept.
+    _, stats = reference_logps(loaded.model, pairs, free, checks=loaded.checks)
+    assert stats.hits == 2 * kept
+
+
+def test_a_model_whose_sampled_log_probs_differ_gets_the_reference_pass(tiny, tmp_path, monkeypatch):
+    loaded = load_model(str(tiny))
+    real = sampling.generate_shared
+
+    def perturbed(*args, **kwargs):  # a stand-in for a sampler whose log-probs are not the forward's
+        out = real(*args, **kwargs)
+        for group in out:
+            for a in group:
+                a.logps = [v + 0.01 for v in a.logps] if a.logps is not None else None
+        return out
+
+    monkeypatch.setattr(sampling, "generate_shared", perturbed)
+    samples = sample_answers(loaded, PROMPTS, SETTINGS, n=2, seed=1, keep_logps=True)
+    events, cache = [], RefCache("free", root=tmp_path)
+    assert free_reference.keep(loaded, PROMPTS, samples, events.append, cache=cache) == 0
+    assert [e.message for e in events] == ["reference pass: runs on the sampled answers (sampled log-probs differ "
+                                           "from the model's forward by 0.01 per token)"]
+    pairs = _pairs(loaded, samples)
+    _, stats = reference_logps(loaded.model, pairs, cache, checks=loaded.checks)
+    assert stats.hits == 0 and stats.misses == 12
