@@ -41,6 +41,9 @@ PROMPTS = ["Give me a tip for learning to cook.", "What is a prime number?", "De
            "How can I sleep better?", "What is the difference between weather and climate?"]
 
 
+LLAMA = "llama.cpp, one sequence at a time (Q4_1 GGUF)"
+
+
 def flops_per_token(model: nn.Module) -> float:
     """2 x the weights every generated token multiplies: the linear layers and the vocabulary projection."""
     inner = model.model
@@ -82,6 +85,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--no-llama-cpp", action="store_true", help="leave llama.cpp out")
+    parser.add_argument("--llama-threads", type=int, default=os.cpu_count(),
+                        help="llama.cpp's threads (on a machine others load, fewer threads than cores wait less)")
     args = parser.parse_args()
 
     loaded = load_model()
@@ -95,8 +100,8 @@ def main() -> None:
     if not args.no_llama_cpp:
         import llama_cpp
 
-        llama = llama_cpp.Llama(model_path=str(default_gguf()), n_ctx=512, n_threads=os.cpu_count(), verbose=False)
-        configs["llama.cpp, one sequence at a time (Q4_1 GGUF)"] = None
+        llama = llama_cpp.Llama(model_path=str(default_gguf()), n_ctx=512, n_threads=args.llama_threads, verbose=False)
+        configs[LLAMA] = None
     rendered = [prompt_tokens(loaded.tokenizer, m) for m in messages]
     runs: dict[str, list[tuple[int, float]]] = {name: [] for name in configs}
     for round_ in range(args.rounds + 1):
@@ -123,7 +128,7 @@ def main() -> None:
     out = {
         "benchmark": "sampling", "date": time.strftime("%Y-%m-%d %H:%M"), "model": loaded.name,
         "prompts": args.prompts, "answers_per_prompt": args.answers, "max_tokens": args.max_tokens,
-        "temperature": settings.temperature, "rounds": args.rounds,
+        "temperature": settings.temperature, "rounds": args.rounds, "llama_cpp_threads": args.llama_threads,
         "machine": f"{platform.system()} {platform.machine()} {os.cpu_count()} CPU",
         "load_average": [round(x, 1) for x in os.getloadavg()], "results": report,
         "gflop_per_token": round(flops / 1e9, 3),
@@ -132,7 +137,7 @@ def main() -> None:
         "best": best[1],
     }
     if llama is not None:
-        cpp = report["llama.cpp, one sequence at a time (Q4_1 GGUF)"]["tokens_per_s"]
+        cpp = report[LLAMA]["tokens_per_s"]
         out["best_vs_llama_cpp"] = round(best[0] / cpp, 2)
     print(json.dumps(out, indent=2))
 
