@@ -12,7 +12,6 @@ from mlx_dpo.training.ref_cache import RefCache
 from mlx_dpo.training.reference import reference_logps
 from mlx_dpo.training.tokens import Encoder
 
-
 PROMPTS = [[user("Hi")], [user("Write a haiku about the sea.")], [user("Name three colours of the rainbow.")]]
 SETTINGS = SampleSettings(temperature=0.8, max_tokens=6)
 
@@ -70,3 +69,11 @@ def test_a_model_whose_sampled_log_probs_differ_gets_the_reference_pass(tiny, tm
     pairs = _pairs(loaded, samples)
     _, stats = reference_logps(loaded.model, pairs, cache, checks=loaded.checks)
     assert stats.hits == 0 and stats.misses == 12
+
+
+def test_on_the_default_model_the_sampled_log_probs_pass_the_check_and_most_answers_are_kept(default_model, tmp_path):
+    samples = sample_answers(default_model, PROMPTS[1:], SampleSettings(temperature=0.8, max_tokens=16), n=2, seed=1,
+                             keep_logps=True)
+    kept = free_reference.keep(default_model, PROMPTS[1:], samples, cache=RefCache("free", root=tmp_path))
+    assert default_model.checks.free_reference is None
+    assert kept >= 2  # of 4: a real model's answers mostly re-tokenize to the ids it sampled

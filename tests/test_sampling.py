@@ -46,6 +46,7 @@ def test_greedy_batched_answers_equal_single_prompt_answers_on_the_default_model
     assert [finished for _ids, finished in batched] == [False, False]  # cut at 5 tokens: neither finished
     texts = [decode_answer(default_model.tokenizer, ids) for ids, _finished in batched]
     assert all(any(ch.isalpha() for ch in text) for text in texts), texts  # words, not padding garbage
+    assert sampling.shared_prefill_problem(default_model) is None  # and so does the shared prefill's probe
 
 
 def test_a_model_that_cannot_be_batched_samples_one_at_a_time_and_says_so(tiny, monkeypatch):
