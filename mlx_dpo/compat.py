@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import mlx.core as mx
@@ -228,6 +228,7 @@ class Sampled:
     finished: bool = False
     stop: int | None = None
     logps: list[float] | None = None
+    done: bool = field(default=False, repr=False, compare=False)  # generation over (generate_shared's count)
 
 
 def _prefilled(model: nn.Module, prompt: list[int], step: int = 2048) -> list[Any]:
@@ -246,21 +247,32 @@ def generate_shared(model: nn.Module, prompts: list[list[int]], n: int, *, max_t
     """`n` answers to each prompt, each prompt prefilled once and its KV cache copied to its `n` sequences;
     `batch_size` sequences in flight, each leaving the batch as it stops. `logps`: keep each token's log-prob.
 
+    Prompts are prefilled as places come free (at most twice `batch_size` sequences waiting or running), so the
+    caches held at once stay bounded however many prompts there are.
+
     Relies on: `BatchGenerator.insert(prompts, max_tokens, caches=...)` taking a per-sequence list of layer caches
-    that already hold the prompt (it merges them with their `merge`, left-padding shorter ones), and the responses'
-    `logprobs`: the step's log-softmax of the untempered logits (no logits processors here), from which the
-    sampler drew `token`. Checked on each model before use (online/sampling.py's probe).
+    that already hold the prompt (it merges them with their `merge`, left-padding shorter ones) and accepting
+    inserts while it runs; the responses' `logprobs`: the step's log-softmax of the untempered logits (no logits
+    processors here), from which the sampler drew `token`. Checked on each model before use (online/sampling.py).
     """
     from mlx_lm.generate import BatchGenerator
 
-    caches = [_prefilled(model, p) for p in prompts]
     gen = BatchGenerator(model, stop_tokens=[[t] for t in stop_tokens], sampler=sampler,
                          completion_batch_size=batch_size, prefill_batch_size=batch_size)
+    out: dict[int, Sampled] = {}
+    uids: list[int] = []
+    waiting = iter(prompts)
+
+    def top_up() -> None:
+        while len(out) - sum(a.done for a in out.values()) < 2 * batch_size and (prompt := next(waiting, None)):
+            cache = _prefilled(model, prompt)
+            # The cache holds every prompt token but the last, so a sequence's "prompt" is that one token.
+            new = gen.insert([prompt[-1:]] * n, [max_tokens] * n, caches=[copy.deepcopy(cache) for _ in range(n)])
+            out.update({uid: Sampled([], logps=[] if logps else None) for uid in new})
+            uids.extend(new)
+
     try:
-        # The caches hold every prompt token but the last, so a sequence's "prompt" is that one token.
-        uids = gen.insert([[p[-1]] for p in prompts for _ in range(n)], [max_tokens] * (len(prompts) * n),
-                          caches=[copy.deepcopy(c) for c in caches for _ in range(n)])
-        out = {uid: Sampled([], logps=[] if logps else None) for uid in uids}
+        top_up()
         while responses := gen.next_generated():
             if logps:  # one evaluation per step for every sequence's sampled-token log-prob
                 values = mx.stack([r.logprobs[r.token] for r in responses]).tolist()
@@ -272,6 +284,8 @@ def generate_shared(model: nn.Module, prompts: list[list[int]], n: int, *, max_t
                     answer.ids.append(r.token)
                 if logps:
                     answer.logps.append(values[i])
+                answer.done = r.finish_reason is not None
+            top_up()
     finally:
         gen.close()
     return [[out[uids[i * n + j]] for j in range(n)] for i in range(len(prompts))]
