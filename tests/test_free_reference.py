@@ -16,11 +16,11 @@ PROMPTS = [[user("Hi")], [user("Write a haiku about the sea.")], [user("Name thr
 SETTINGS = SampleSettings(temperature=0.8, max_tokens=6)
 
 
-def _pairs(loaded, samples) -> list:
+def _pairs(loaded, answers) -> list:
     """Every sampled answer as an encoded pair (the answer as both completions), as training encodes it."""
     encoder = Encoder(loaded.tokenizer)
     return [encoder.encode(PreferencePair(f"{i}-{j}", PROMPTS[i], a, a))
-            for i, group in enumerate(samples.answers) for j, a in enumerate(group)]
+            for i, group in enumerate(answers) for j, a in enumerate(group)]
 
 
 def test_kept_log_probs_equal_the_reference_pass_and_spare_it(tiny, tmp_path):
@@ -34,7 +34,7 @@ def test_kept_log_probs_equal_the_reference_pass_and_spare_it(tiny, tmp_path):
     # A random model's tokens often re-tokenize differently from their text; those get the pass (the default model:
     # benchmarks/online_round.py counts them).
     assert kept >= 1 and events[-1].message.startswith(f"reference pass: {kept} of 6 sampled answers' log-probs")
-    pairs = _pairs(loaded, samples)
+    pairs = _pairs(loaded, samples.answers)
     computed, stats = reference_logps(loaded.model, pairs, RefCache("pass", root=tmp_path / "pass"),
                                       checks=loaded.checks)
     assert stats.misses == 12  # a fresh cache: the pass ran for every completion
@@ -66,7 +66,7 @@ def test_a_model_whose_sampled_log_probs_differ_gets_the_reference_pass(tiny, tm
     assert free_reference.keep(loaded, PROMPTS, samples, events.append, cache=cache) == 0
     assert [e.message for e in events] == ["reference pass: runs on the sampled answers (sampled log-probs differ "
                                            "from the model's forward by 0.01 per token)"]
-    pairs = _pairs(loaded, samples)
+    pairs = _pairs(loaded, samples.answers)
     _, stats = reference_logps(loaded.model, pairs, cache, checks=loaded.checks)
     assert stats.hits == 0 and stats.misses == 12
 
@@ -77,3 +77,18 @@ def test_on_the_default_model_the_sampled_log_probs_pass_the_check_and_most_answ
     kept = free_reference.keep(default_model, PROMPTS[1:], samples, cache=RefCache("free", root=tmp_path))
     assert default_model.checks.free_reference is None
     assert kept >= 2  # of 4: a real model's answers mostly re-tokenize to the ids it sampled
+
+
+def test_held_out_samples_leave_their_own_log_probs_cached_for_the_kl_estimate(tiny, fresh_cache):
+    from mlx_dpo.training import heldout, run
+
+    loaded = load_model(str(tiny))
+    answers = heldout.sample(loaded, None, PROMPTS, SETTINGS, 2)
+    pairs = _pairs(loaded, answers)
+    cached = RefCache(run.model_fingerprint(loaded)).lookup((p.prompt, p.chosen) for p in pairs)
+    assert any(v is not None for v in cached)  # the answers that re-tokenize to their sampled ids
+    computed, _ = reference_logps(loaded.model, pairs, RefCache("pass", root=fresh_cache / "pass"),
+                                  checks=loaded.checks)
+    for pair, value in zip(pairs, cached):
+        if value is not None:
+            assert abs(value - computed.values[pair][0]) <= TOLERANCE_FP32 * len(pair.chosen)

@@ -101,8 +101,13 @@ def keep(loaded: ModelSession, prompts: list[list[dict]], samples: Samples,
         completion = _completion(sampled)
         if list(encoded.prompt) == samples.prompt_ids[i] and list(encoded.chosen) == completion:
             rows.append((encoded.prompt, encoded.chosen, sum(sampled.logps)))
-    cache = cache or RefCache(_fingerprint(loaded))
-    cache.store(rows)
+    own = cache is None
+    cache = RefCache(_fingerprint(loaded)) if own else cache
+    try:
+        cache.store(rows)
+    finally:
+        if own:
+            cache.close()
     on_event(Status(f"reference pass: {len(rows)} of {len(answers)} sampled answers' log-probs kept from sampling"
                     + ("" if len(rows) == len(answers) else " (the others re-tokenize differently)")))
     return len(rows)
