@@ -10,6 +10,8 @@ benchmark home of its own: `--home`), with the same seeds, so both sample the sa
 The switches (OnlineSettings, each a flag and config key of `mlx-dpo online`):
   shared_prefill   each prompt prefilled once for all its answers (online/sampling.py)
   free_reference   the sampler's log-probs kept as the round's reference log-probs (online/free_reference.py)
+The held-out measurement has no switch: its sampling prefills each prompt once and keeps its own log-probs for the
+KL estimate in both configurations (training/heldout.py).
 
 Prints JSON: per configuration the round's seconds (sampling, judging, reference, training, heldout, total), the
 sampled tokens/s, and the Status lines the speed-ups wrote (how many reference values came free).
@@ -32,8 +34,8 @@ from pathlib import Path
 
 import mlx_dpo  # noqa: F401  # optimized BLAS before mlx
 
-CONFIGS = {"all off": {"shared_prefill": False, "free_reference": False},
-           "all on": {"shared_prefill": True, "free_reference": True}}
+CONFIGS = {"all on": {"shared_prefill": True, "free_reference": True},
+           "all off": {"shared_prefill": False, "free_reference": False}}
 
 
 def one_round(loaded, home: Path, args, switches: dict, held: list) -> dict:
@@ -60,6 +62,7 @@ def one_round(loaded, home: Path, args, switches: dict, held: list) -> dict:
                           loaded=loaded, online=online, sample_settings=sample, eval_prompts=held,
                           settings={"seed": args.seed, "heldout_prompts": len(held)}, on_event=listen)
     total = time.perf_counter() - start
+    loaded.use_adapter(None)  # the round left its version on; its folder goes with the workspace
     shutil.rmtree(workspace, ignore_errors=True)
     return {"seconds": {**report.seconds, "total": round(total, 1)},
             "sampled_tokens_per_s": report.sampled_tokens_per_second, "pairs": report.pairs,
