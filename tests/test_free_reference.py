@@ -92,3 +92,19 @@ def test_held_out_samples_leave_their_own_log_probs_cached_for_the_kl_estimate(t
     for pair, value in zip(pairs, cached):
         if value is not None:
             assert abs(value - computed.values[pair][0]) <= TOLERANCE_FP32 * len(pair.chosen)
+
+
+def test_a_finished_answers_stop_token_log_prob_is_the_one_it_was_drawn_from(tiny_loaded):
+    from mlx_dpo.compat import generate_shared
+    from mlx_dpo.models.generate import prompt_tokens, sampler_for
+
+    prompt = prompt_tokens(tiny_loaded.tokenizer, PROMPTS[1])
+    greedy = dict(max_tokens=6, sampler=sampler_for(0.0, 1.0), batch_size=2, logps=True)
+    [[free]] = generate_shared(tiny_loaded.model, [prompt], 1, stop_tokens=[], **greedy)
+    # The same answer, ended by declaring its last new token a stop token: that token's log-prob comes last.
+    k = max(i for i, t in enumerate(free.ids) if t not in free.ids[:i])
+    [[stopped]] = generate_shared(tiny_loaded.model, [prompt], 1, stop_tokens=[free.ids[k]], **greedy)
+    assert (stopped.ids, stopped.finished, stopped.stop) == (free.ids[:k], True, free.ids[k])
+    forward = free_reference._forward_logps(tiny_loaded, prompt, free.ids[:k + 1])
+    assert len(stopped.logps) == k + 1
+    assert max(abs(a - b) for a, b in zip(stopped.logps, forward)) <= TOLERANCE_FP32

@@ -55,14 +55,13 @@ def _forward_logps(loaded: ModelSession, prompt: list[int], completion: list[int
     return mx.take_along_axis(logps, mx.array(completion)[:, None], axis=-1)[:, 0].tolist()
 
 
-def problem(loaded: ModelSession, prompt: list[int], sampled: Sampled) -> str | None:
-    """Why sampled log-probs are not kept as reference log-probs on this model (None: one sampled answer's per-token
-    values equal the model's forward within tolerance). Measured once per model session, on the first answer."""
+def problem(loaded: ModelSession, probe: list[tuple[list[int], Sampled]]) -> str | None:
+    """Why sampled log-probs are not kept as reference log-probs on this model (None: the probe's answers' per-token
+    values, stop token included, equal the model's forward within tolerance). Measured once per model session."""
     if loaded.checks.unchecked("free_reference"):
-        completion = _completion(sampled)
         try:
-            plain = _forward_logps(loaded, prompt, completion)
-            worst = max(abs(a - b) for a, b in zip(plain, sampled.logps))
+            worst = max(abs(a - b) for prompt, sampled in probe
+                        for a, b in zip(_forward_logps(loaded, prompt, _completion(sampled)), sampled.logps))
             found = (None if worst <= TOLERANCE_FP32 else
                      f"sampled log-probs differ from the model's forward by {worst:.3g} per token")
         except Exception as e:  # a forward this check cannot run means: not this path
@@ -86,8 +85,10 @@ def keep(loaded: ModelSession, prompts: list[list[dict]], samples: Samples,
     answers = [(i, j) for i, group in enumerate(samples.sampled) for j, a in enumerate(group) if _completion(a)]
     if not answers:
         return 0
-    first_i, first_j = answers[0]
-    why = problem(loaded, samples.prompt_ids[first_i], samples.sampled[first_i][first_j])
+    # The probe: the first answer, and the first one that finished (its stop token's log-prob is checked too).
+    finished = [(i, j) for i, j in answers if samples.sampled[i][j].finished][:1]
+    probe = [(samples.prompt_ids[i], samples.sampled[i][j]) for i, j in dict.fromkeys(answers[:1] + finished)]
+    why = problem(loaded, probe)
     if why:
         on_event(Status(f"reference pass: runs on the sampled answers ({why})"))
         return 0
