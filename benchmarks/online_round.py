@@ -51,7 +51,7 @@ def one_round(loaded, home: Path, args, switches: dict, held: list) -> dict:
 
     def listen(event) -> None:
         if isinstance(event, Status) and event.message.startswith(("sampling", "reference pass:")) \
-                and event.total is None:
+                and not event.total:
             lines.append(event.message)
 
     online = OnlineSettings(rounds=1, per_round=args.prompts, samples_per_prompt=args.answers,
