@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["blas_matmul.py", "throughput.py", "ref_cache_memory.py", "tui_latency.py", "sampling.py"]
+SCRIPTS = ["blas_matmul.py", "throughput.py", "ref_cache_memory.py", "tui_latency.py", "sampling.py", "online_round.py"]
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ them); `make test-latest` runs the suite against the newest releases, so raising
   architecture_known    mlx-lm's private model-class lookup `_get_classes`
   weights_mismatch      the text of mlx's `load_weights(strict=True)` errors
   generate_batched      mlx-lm's `BatchGenerator` loop, keeping each sequence's finish reason
+  generate_shared       the same loop fed per-prompt KV caches (`make_prompt_cache`), each prompt prefilled once
   streaming_decode      the tokenizer wrapper's streaming detokenizer
   lora_base_layers      the base layer inside mlx-lm's LoRA/DoRA layers (`.linear`, `.embedding`)
   fused_lora_layers     mlx-lm's LoRA/DoRA layers' own `fuse`
@@ -26,7 +27,9 @@ The fast paths built on these (output_head, MaskedCache) are also checked on eve
 
 from __future__ import annotations
 
+import copy
 import re
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import mlx.core as mx
@@ -213,6 +216,79 @@ def generate_batched(model: nn.Module, prompts: list[list[int]], *, max_tokens: 
     finally:
         gen.close()
     return [(ids[uid], finished[uid]) for uid in uids]
+
+
+@dataclass
+class Sampled:
+    """One generated answer: its token ids (stop token excluded), whether it finished (sampled a stop token rather
+    than reaching max tokens), which stop token (where known), and each generated token's log-prob under the
+    untempered logits, the stop token's last (where kept)."""
+
+    ids: list[int]
+    finished: bool = False
+    stop: int | None = None
+    logps: list[float] | None = None
+    done: bool = field(default=False, repr=False, compare=False)  # generation over (generate_shared's count)
+
+
+def _prefilled(model: nn.Module, prompt: list[int], step: int = 2048) -> list[Any]:
+    """mlx-lm's per-layer caches holding `prompt` but its last token (the first decode step feeds that one)."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    for start in range(0, len(prompt) - 1, step):
+        model(mx.array(prompt[start:min(start + step, len(prompt) - 1)])[None], cache=cache)
+        mx.eval([c.state for c in cache])
+    return cache
+
+
+def generate_shared(model: nn.Module, prompts: list[list[int]], n: int, *, max_tokens: int, stop_tokens: list[int],
+                    sampler: Callable, batch_size: int, logps: bool = False) -> list[list[Sampled]]:
+    """`n` answers to each prompt, each prompt prefilled once and its KV cache copied to its `n` sequences;
+    `batch_size` sequences in flight, each leaving the batch as it stops. `logps`: keep each token's log-prob.
+
+    Prompts are prefilled as places come free (at most twice `batch_size` sequences waiting or running), so the
+    caches held at once stay bounded however many prompts there are.
+
+    Relies on: `BatchGenerator.insert(prompts, max_tokens, caches=...)` taking a per-sequence list of layer caches
+    that already hold the prompt (it merges them with their `merge`, left-padding shorter ones) and accepting
+    inserts while it runs; the responses' `logprobs`: the step's log-softmax of the untempered logits (no logits
+    processors here), from which the sampler drew `token`. Checked on each model before use (online/sampling.py).
+    """
+    from mlx_lm.generate import BatchGenerator
+
+    gen = BatchGenerator(model, stop_tokens=[[t] for t in stop_tokens], sampler=sampler,
+                         completion_batch_size=batch_size, prefill_batch_size=batch_size)
+    out: dict[int, Sampled] = {}
+    uids: list[int] = []
+    waiting = iter(prompts)
+
+    def top_up() -> None:
+        while len(out) - sum(a.done for a in out.values()) < 2 * batch_size and (prompt := next(waiting, None)):
+            cache = _prefilled(model, prompt)
+            # The cache holds every prompt token but the last, so a sequence's "prompt" is that one token.
+            new = gen.insert([prompt[-1:]] * n, [max_tokens] * n, caches=[copy.deepcopy(cache) for _ in range(n)])
+            out.update({uid: Sampled([], logps=[] if logps else None) for uid in new})
+            uids.extend(new)
+
+    try:
+        top_up()
+        while responses := gen.next_generated():
+            if logps:  # one evaluation per step for every sequence's sampled-token log-prob
+                values = mx.stack([r.logprobs[r.token] for r in responses]).tolist()
+            for i, r in enumerate(responses):
+                answer = out[r.uid]
+                if r.finish_reason == "stop":
+                    answer.finished, answer.stop = True, r.token
+                else:
+                    answer.ids.append(r.token)
+                if logps:
+                    answer.logps.append(values[i])
+                answer.done = r.finish_reason is not None
+            top_up()
+    finally:
+        gen.close()
+    return [[out[uids[i * n + j]] for j in range(n)] for i in range(len(prompts))]
 
 
 def streaming_decode(tokenizer: Any, ids: list[int]) -> str:

@@ -324,6 +324,8 @@ class OnlineSettings:
                         "\"follow_ups\" message (else --follow-up)", check=at_least(1))
     follow_up: str = option("Go on.", "the next user message of a conversation whose row has no more \"follow_ups\"",
                             check=rule(lambda s: bool(s.strip()), "must not be blank"))
+    shared_prefill: bool = option(True, "prefill a prompt again for each of its answers (slower; for checking)")
+    free_reference: bool = option(True, "run the reference pass on answers the reference sampled (slower; for checking)")
 
     def __post_init__(self) -> None:
         check_fields(self)

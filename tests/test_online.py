@@ -102,10 +102,17 @@ def test_a_program_judges_rounds_raise_the_held_out_score_of_a_tiny_model_above_
 
     prompts = write_prompts(tmp_path / "prompts.txt", 16)
     held_out = [[user(f"Describe item {i}.")] for i in range(8)]
+    events = []
     reports = api.run_online(workspace, prompts, f"{spaces_judge}:spaces", model=str(tiny),
                              online=OnlineSettings(rounds=2, per_round=8), eval_prompts=held_out,
-                             sample_settings=SampleSettings(**SAMPLER), settings={**ROUND, "heldout_samples": 2})
+                             sample_settings=SampleSettings(**SAMPLER), settings={**ROUND, "heldout_samples": 2},
+                             on_event=events.append)
     assert [(r.round, r.sampled_by, r.version, r.prompts) for r in reports] == [(1, "base", "v1", 8), (2, "v1", "v2", 8)]
+    # Round 1 sampled from the base, its reference: the sampled log-probs went into the reference cache. Round 2
+    # sampled from v1 and trains against the base: nothing to keep (free_reference.sampler_is_reference).
+    kept = [e.message for e in events if getattr(e, "message", "").startswith("reference pass: ") and " kept" in e.message]
+    assert len(kept) == 1 and kept[0].endswith(("sampled answers' log-probs kept from sampling",
+                                                "(the others re-tokenize differently)")), kept
     last = reports[-1].heldout
     assert last["heldout/score"] > last["heldout_base/score"], last
     with PreferenceStore(workspace) as s:

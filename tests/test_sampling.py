@@ -46,6 +46,7 @@ def test_greedy_batched_answers_equal_single_prompt_answers_on_the_default_model
     assert [finished for _ids, finished in batched] == [False, False]  # cut at 5 tokens: neither finished
     texts = [decode_answer(default_model.tokenizer, ids) for ids, _finished in batched]
     assert all(any(ch.isalpha() for ch in text) for text in texts), texts  # words, not padding garbage
+    assert sampling.shared_prefill_problem(default_model) is None  # and so does the shared prefill's probe
 
 
 def test_a_model_that_cannot_be_batched_samples_one_at_a_time_and_says_so(tiny, monkeypatch):
@@ -55,13 +56,17 @@ def test_a_model_that_cannot_be_batched_samples_one_at_a_time_and_says_so(tiny, 
         raise ValueError("<class 'OddCache'> does not yet support batching with history")
 
     monkeypatch.setattr(sampling, "_batched", cannot_batch)
+    monkeypatch.setattr(sampling, "generate_shared", cannot_batch)
     assert "mlx-lm cannot batch it (ValueError: <class 'OddCache'>" in batching_problem(loaded)
     events = []
     settings = SampleSettings(temperature=0.0, max_tokens=6)
     samples = sample_answers(loaded, PROMPTS[:2], settings, n=1, on_event=events.append)
     assert [group[0] for group in samples.answers] == [answer(loaded, p, max_tokens=6, temperature=0.0)
                                                        for p in PROMPTS[:2]]
-    assert [e.message for e in events] == [f"sampling one answer at a time: {batching_problem(loaded)}"]
+    assert [e.message for e in events] == [
+        "sampling: each answer prefills its prompt (mlx-lm cannot batch its prefilled caches (ValueError: <class "
+        "'OddCache'> does not yet support batching with history))",
+        f"sampling one answer at a time: {batching_problem(loaded)}"]
 
 
 def test_two_samples_of_a_prompt_are_different_draws_and_a_seed_reproduces_them(tiny_loaded):
@@ -96,3 +101,35 @@ def test_identical_answers_are_drawn_again_and_every_draw_is_counted(tiny_loaded
 def test_bad_sampling_requests_are_one_line_errors(tiny_loaded, settings, n, prompts, fragment):
     with pytest.raises(MlxDpoError, match=re.escape(fragment)):
         sample_answers(tiny_loaded, prompts, settings, n=n)
+
+
+def test_a_shared_prefill_gives_every_answer_the_tokens_of_one_at_a_time_greedy_decoding(tiny_loaded):
+    # Each prompt is prefilled once and its cache copied to its answers (compat.generate_shared); prompts of very
+    # different lengths are merged into one batch, so left padding of the copied caches is exercised too.
+    settings = SampleSettings(temperature=0.0, max_tokens=10)
+    tokens = [prompt_tokens(tiny_loaded.tokenizer, p) for p in PROMPTS]
+    single = sampling._one_at_a_time(tiny_loaded, tokens, settings)
+    for batch_size in (3, 16):  # sequences waiting for a place, and all in flight at once
+        shared = sampling._shared(tiny_loaded, tokens, settings, 2, batch_size)
+        assert [[(a.ids, a.finished) for a in group] for group in shared] == [[one, one] for one in single]
+    assert sampling.shared_prefill_problem(tiny_loaded) is None
+
+
+def test_a_model_whose_shared_prefill_differs_prefills_every_answer_and_says_so(tiny, monkeypatch):
+    loaded = load_model(str(tiny))
+    real = sampling._shared
+
+    def off_by_one(loaded, tokens, settings, n, batch_size, logps=False):  # a stand-in for a cache that merges wrongly
+        out = real(loaded, tokens, settings, n, batch_size, logps)
+        for group in out:
+            group[-1].ids[-1] += 1
+        return out
+
+    monkeypatch.setattr(sampling, "_shared", off_by_one)
+    events = []
+    greedy = SampleSettings(temperature=0.0, max_tokens=6)
+    samples = sample_answers(loaded, PROMPTS[:2], greedy, n=1, on_event=events.append)
+    assert [e.message for e in events] == ["sampling: each answer prefills its prompt (its answers differ from "
+                                           "one-at-a-time ones on a probe)"]
+    assert [group[0] for group in samples.answers] == [answer(loaded, p, max_tokens=6, temperature=0.0)
+                                                       for p in PROMPTS[:2]]

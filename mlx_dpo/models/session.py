@@ -48,10 +48,16 @@ class SelfChecks:
     fast_paths: FastPaths | None = None  # training/fast_path.py: which log-prob fast paths reproduce the model
     announced: set[tuple[bool, bool]] = field(default_factory=set)  # (shared_prompt, full_logits) requests named
     batching: str | None = _UNCHECKED  # online/sampling.py: why batched generation is off (None: it is on)
+    shared_prefill: str | None = _UNCHECKED  # online/sampling.py: why each answer prefills its prompt (None: shared)
+    free_reference: str | None = _UNCHECKED  # online/free_reference.py: why sampled log-probs are not kept (None: kept)
 
     @property
     def batching_checked(self) -> bool:
         return self.batching != _UNCHECKED
+
+    def unchecked(self, name: str) -> bool:
+        """Whether the check kept as `name` (shared_prefill, free_reference) has not run on this model yet."""
+        return getattr(self, name) == _UNCHECKED
 
 
 def _same(a: str | Path | None, b: str | Path | None) -> bool:

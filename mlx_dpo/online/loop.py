@@ -44,10 +44,12 @@ from mlx_dpo.models.generate import SampleSettings, template_note
 from mlx_dpo.models.load import load_model
 from mlx_dpo.models.session import ModelSession
 from mlx_dpo.online import conversations
+from mlx_dpo.online import free_reference
+from mlx_dpo.online.free_reference import sampler_is_reference
 from mlx_dpo.online.pairing import choose_pair
 from mlx_dpo.online.sampling import sample_answers
 from mlx_dpo.online.verdict import Judge
-from mlx_dpo.settings import ONLINE_SAMPLING, OnlineSettings
+from mlx_dpo.settings import ONLINE_SAMPLING, OnlineSettings, RoundSettings
 from mlx_dpo.training.pause import pause_at
 from mlx_dpo.training.rounds import run_round
 
@@ -179,9 +181,14 @@ def _one_round(workspace, loaded, model, judge, number, todo, source, counts, on
         n = online.samples_per_prompt
         emit(Status(f"round {number}: sampling {n} answers to {len(todo)} prompt(s) from {sampled_by}"))
         pause_at(f"online:sampling:{number}")  # test hooks (training/pause.py), here and below
+        # The sampler's log-probs are the reference's when it is the round's reference (free_reference.py).
+        free = online.free_reference and sampler_is_reference(latest is None, _reference(settings))
         with loaded.adapter(latest.adapter_path if latest else None):
             samples = sample_answers(loaded, [p for _, p in todo], sample, n=n, seed=number,
-                                     batch_size=online.sample_batch_size)
+                                     batch_size=online.sample_batch_size, shared_prefill=online.shared_prefill,
+                                     keep_logps=free, on_event=emit)
+            if free:
+                free_reference.keep(loaded, [p for _, p in todo], samples, emit)
         seconds["sampling"], tokens_per_second = round(samples.seconds, 3), round(samples.tokens_per_second, 1)
         sampler = f"{loaded.name} {sampled_by} · temp {sample.temperature:g} · top-p {sample.top_p:g}"
         start = time.perf_counter()
@@ -242,6 +249,11 @@ def _later_turns(workspace, loaded, judge, judged: list[tuple[int, StoredPair | 
                 later.append((position, pair))
         current = [(position, pair) for position, pair in later if pair is not None]
     return seconds
+
+
+def _reference(settings: dict | None) -> str:
+    """The rounds' reference setting (base or previous), as run_round reads it."""
+    return (settings or {}).get("reference") or RoundSettings.reference
 
 
 def judge_and_store(store: PreferenceStore, judge: Judge, prompt: list[dict], answers: list[str], *, sampler: str,

@@ -18,6 +18,13 @@ What a caller can rely on:
 - Reproducible: the same model, prompts, settings, `seed` and `batch_size` give the same answers. The draws
   are not the ones single-prompt sampling makes with the same seed (the random stream is consumed per batch
   step, for all sequences in flight), and a different `batch_size` gives different (equally valid) draws.
+- Each prompt is prefilled once and its KV cache shared by its `n` answers (`shared_prefill`, the default;
+  compat.generate_shared): the same answers at temperature 0 as prefilling every answer again, checked per model
+  before first use (`shared_prefill_problem`), else each answer prefills its prompt and one Status line says why.
+  Sequences leave the batch as they stop, and waiting ones take their place.
+- `keep_logps`: each sampled token's log-prob under the untempered logits (no temperature or top-p), kept in
+  `Samples.sampled` with the token ids and the rendered prompts, so a round whose reference is the sampler needs
+  no reference pass for them (mlx_dpo.online.free_reference). Only the shared-prefill path keeps them.
 - Each answer is an `Answer` (mlx_dpo.data.answers) that knows whether it finished: mlx-lm's generation reports
   why each sequence stopped ("stop": it sampled an end-of-turn token; "length": it reached max tokens), and an
   answer cut at max tokens has `finished` False. Nothing is guessed from the text.
@@ -31,7 +38,7 @@ from typing import Callable
 
 import mlx.core as mx
 
-from mlx_dpo.compat import Generated, generate_batched
+from mlx_dpo.compat import Generated, Sampled, generate_batched, generate_shared
 from mlx_dpo.data.answers import Answer
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, Status
@@ -47,6 +54,8 @@ class Samples:
     answers: list[list[Answer]]  # answers[i]: the n answers to prompts[i], each knowing whether it finished
     tokens: int  # tokens generated, all answers and retries included (the end-of-sequence token not counted)
     seconds: float  # wall time of the generation, tokenization included
+    prompt_ids: list[list[int]] | None = None  # each prompt as the sampler read it (with `keep_logps`)
+    sampled: list[list[Sampled]] | None = None  # answers[i][j]'s token ids and log-probs (with `keep_logps`)
 
     @property
     def tokens_per_second(self) -> float:
@@ -106,13 +115,45 @@ def batching_problem(loaded: ModelSession) -> str | None:
     return loaded.checks.batching
 
 
-def _generate(loaded: ModelSession, tokens: list[list[int]], settings: SampleSettings,
-              batch_size: int) -> tuple[list[Answer], int]:
-    generated = (_one_at_a_time(loaded, tokens, settings) if batching_problem(loaded)
-                 else _batched(loaded, tokens, settings, batch_size))
+def shared_prefill_problem(loaded: ModelSession) -> str | None:
+    """Why prompts are not prefilled once per prompt on this model (None: two greedy answers to each of two probe
+    prompts from one shared prefill equal one-at-a-time answers). Measured once per model session."""
+    if loaded.checks.unchecked("shared_prefill"):
+        greedy = SampleSettings(temperature=0.0, max_tokens=4)
+        probe = [prompt_tokens(loaded.tokenizer, [{"role": "user", "content": text}]) for text in _PROBE]
+        try:
+            shared = [(a.ids, a.finished) for group in _shared(loaded, probe, greedy, 2, 4) for a in group]
+            single = [answer for answer in _one_at_a_time(loaded, probe, greedy) for _ in range(2)]
+            found = None if shared == single else "its answers differ from one-at-a-time ones on a probe"
+        except Exception as e:  # e.g. a cache type without `merge`
+            found = f"mlx-lm cannot batch its prefilled caches ({type(e).__name__}: {' '.join(str(e).split())})"
+        loaded.checks.shared_prefill = found
+    return loaded.checks.shared_prefill
+
+
+def _shared(loaded: ModelSession, tokens: list[list[int]], settings: SampleSettings, n: int, batch_size: int,
+            logps: bool = False) -> list[list[Sampled]]:
+    return generate_shared(loaded.model, tokens, n, max_tokens=settings.max_tokens,
+                           stop_tokens=list(loaded.tokenizer.eos_token_ids),
+                           sampler=sampler_for(settings.temperature, settings.top_p), batch_size=batch_size,
+                           logps=logps)
+
+
+def _generate(loaded: ModelSession, tokens: list[list[int]], settings: SampleSettings, n: int, batch_size: int,
+              shared: bool, logps: bool) -> list[list[Sampled]]:
+    """`n` answers to each of `tokens`' prompts, by the path the checks allow."""
+    if shared:
+        return _shared(loaded, tokens, settings, n, batch_size, logps)
+    repeated = [t for t in tokens for _ in range(n)]
+    generated = (_one_at_a_time(loaded, repeated, settings) if batching_problem(loaded)
+                 else _batched(loaded, repeated, settings, batch_size))
+    flat = [Sampled(ids, finished) for ids, finished in generated]
+    return [flat[i * n:(i + 1) * n] for i in range(len(tokens))]
+
+
+def _answer(loaded: ModelSession, sampled: Sampled) -> Answer:
     # Decoded as the app's streaming decodes, so a batched answer and a streamed one compare equal.
-    return ([Answer(decode_answer(loaded.tokenizer, ids), finished) for ids, finished in generated],
-            sum(len(ids) for ids, _ in generated))
+    return Answer(decode_answer(loaded.tokenizer, sampled.ids), sampled.finished)
 
 
 def _check(prompts: list[list[dict]], settings: SampleSettings, n: int, batch_size: int) -> None:
@@ -140,32 +181,40 @@ def sample_answers(
     n: int = 2,
     seed: int = 0,
     batch_size: int = 8,
+    shared_prefill: bool = True,
+    keep_logps: bool = False,
     on_event: Callable[[Event], None] | None = None,
 ) -> Samples:
     """`n` answers to each prompt (a list of chat messages ending with the user's), `batch_size` sequences
     generated together. See the module docstring for what is guaranteed about padding, draws and seeds.
-    `on_event` hears one Status line when the model cannot be sampled in batches."""
+    `on_event` hears one Status line when the model cannot take the path asked for."""
     _check(prompts, settings, n, batch_size)
     if not prompts:
         return Samples([], 0, 0.0)
-    problem = batching_problem(loaded)
-    if problem and on_event is not None:
-        on_event(Status(f"sampling one answer at a time: {problem}"))
+    say = on_event or (lambda e: None)
+    shared = shared_prefill and not (problem := shared_prefill_problem(loaded))
+    if shared_prefill and not shared:
+        say(Status(f"sampling: each answer prefills its prompt ({problem})"))
+    if not shared and (problem := batching_problem(loaded)):
+        say(Status(f"sampling one answer at a time: {problem}"))
     start = time.perf_counter()
     rendered = [prompt_tokens(loaded.tokenizer, messages) for messages in prompts]
     mx.random.seed(run_seed(settings, seed))
-    texts, total = _generate(loaded, [t for t in rendered for _ in range(n)], settings, batch_size)
-    answers = [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+    logps = keep_logps and shared
+    sampled = _generate(loaded, rendered, settings, n, batch_size, shared, logps)
+    total = sum(len(a.ids) for group in sampled for a in group)
+    answers = [[_answer(loaded, a) for a in group] for group in sampled]
     for _ in range(RETRIES if n >= 2 else 0):
         again = [i for i, group in enumerate(answers) if len(set(group)) < n]
         if not again:
             break
         redraw = [(i, j) for i in again for j in _repeats(answers[i])]
-        texts, more = _generate(loaded, [rendered[i] for i, _ in redraw], settings, batch_size)
-        total += more
-        for (i, j), text in zip(redraw, texts):
-            answers[i][j] = text
-    return Samples(answers, total, time.perf_counter() - start)
+        more = _generate(loaded, [rendered[i] for i, _ in redraw], settings, 1, batch_size, shared, logps)
+        for (i, j), [a] in zip(redraw, more):
+            total += len(a.ids)
+            answers[i][j], sampled[i][j] = _answer(loaded, a), a
+    return Samples(answers, total, time.perf_counter() - start, rendered if logps else None,
+                   sampled if logps else None)
 
 
 def _repeats(group: list[str]) -> list[int]:

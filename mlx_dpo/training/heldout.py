@@ -61,6 +61,7 @@ from mlx_dpo.models.adapter import adapter_weights
 from mlx_dpo.models.generate import SampleSettings
 from mlx_dpo.models.session import ModelSession
 from mlx_dpo.settings import RoundSettings, TrainingArgs
+from mlx_dpo.online import free_reference
 from mlx_dpo.online.sampling import sample_answers
 from mlx_dpo.training import run
 from mlx_dpo.training.ref_cache import RefCache, arrays_digest
@@ -88,8 +89,11 @@ def sample(session: ModelSession, adapter_path: str | Path | None, prompts: Sequ
            settings: SampleSettings, n: int) -> Answers:
     """`n` answers per prompt from base + `adapter_path` (None: the base), with the held-out seed."""
     with session.adapter(adapter_path):
-        return sample_answers(session, list(prompts), settings, n=n, seed=HELDOUT_SEED,
-                              batch_size=HELDOUT_BATCH).answers
+        samples = sample_answers(session, list(prompts), settings, n=n, seed=HELDOUT_SEED, batch_size=HELDOUT_BATCH,
+                                 keep_logps=True)
+        # Their log-probs under the model that sampled them, cached: the KL estimate's pass under it computes none.
+        free_reference.keep(session, list(prompts), samples)
+        return samples.answers
 
 
 def answer_logps(loaded: ModelSession, prompts: Sequence[Prompt], answers: Answers,
