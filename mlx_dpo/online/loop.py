@@ -39,6 +39,7 @@ from mlx_dpo.metric_names import (
 from mlx_dpo.models.generate import SampleSettings, template_note
 from mlx_dpo.models.load import load_model
 from mlx_dpo.models.session import ModelSession
+from mlx_dpo.online import groups
 from mlx_dpo.online.pairing import choose_pair
 from mlx_dpo.online.sampling import sample_answers
 from mlx_dpo.online.verdict import Judge
@@ -178,10 +179,13 @@ def _one_round(workspace, loaded, model, judge, number, todo, source, counts, on
         seconds["sampling"], tokens_per_second = round(samples.seconds, 3), round(samples.tokens_per_second, 1)
         sampler = f"{loaded.name} {sampled_by} · temp {sample.temperature:g} · top-p {sample.top_p:g}"
         start = time.perf_counter()
+        grpo = (settings or {}).get("method") == "grpo"  # a GRPO round stores rated groups (online/groups.py)
         with PreferenceStore(workspace) as store:
             for (position, prompt), answers in zip(todo, samples.answers):
-                kind = judge_and_store(store, judge, prompt, answers, sampler=sampler, version=sampled_by,
-                                       online=PromptRef(source, position, number))
+                where = PromptRef(source, position, number)
+                kind = groups.rate_and_store(store, judge, prompt, answers, groups.answer_tokens(loaded, prompt, answers),
+                                             sampler=sampler, version=sampled_by, online=where) if grpo else \
+                    judge_and_store(store, judge, prompt, answers, sampler=sampler, version=sampled_by, online=where)
                 counts[kind] += 1
                 pause_at(f"online:judging:{number}")
         seconds["judging"] = round(time.perf_counter() - start, 3)
@@ -191,7 +195,8 @@ def _one_round(workspace, loaded, model, judge, number, todo, source, counts, on
                          counts["skips"], "nothing to train", seconds=seconds,
                          sampled_tokens_per_second=tokens_per_second)
     with PreferenceStore(workspace) as store:
-        untrained = bool(store.untrained_pairs())
+        untrained = bool(store.untrained_pairs()) if (settings or {}).get("method") != "grpo" else \
+            any(g.varied for g in store.ratings.untrained())
     if untrained:
         _train(report, workspace, loaded, model, judge, settings, eval_prompts, sample, emit)
     return report

@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-ADVANTAGES = ("std", "mean")  # --grpo-advantage
-NORMALISATIONS = ("sequence", "token", "constant")  # --grpo-normalize
+from mlx_dpo.group_settings import ADVANTAGES, NORMALISATIONS  # --grpo-advantage, --grpo-normalize
 STD_EPSILON = 1e-4  # TRL's: keeps a near-constant group's advantages finite
 
 __all__ = ["ADVANTAGES", "NORMALISATIONS", "clipped_token_losses", "group_advantages", "grpo_loss", "normalised",
