@@ -32,6 +32,7 @@ from mlx_dpo.metric_names import (
     REF_MISSES, TOKENS_PER_SECOND,
 )
 from mlx_dpo.options import SettingError, check, shown
+from mlx_dpo.group_settings import GroupSettings
 from mlx_dpo.settings import TRAIN_GROUPS, RoundSettings, round_settings_table
 from tui.messages import WorkerEvent
 from tui.workers import TrainingProcess
@@ -50,8 +51,9 @@ _OFFERED = (
     ("train-rank", "lora_rank", "LoRA rank", None),
     ("train-layers", "lora_num_layers", "LoRA layers", None),
     ("train-replay", "replay", "replay share", None),
+    ("train-method", "method", "method (dpo, grpo: rated groups)", None),
 )
-ROUND_SETTINGS = round_settings_table(*TRAIN_GROUPS, RoundSettings)  # a round's defaults (rpo_alpha...)
+ROUND_SETTINGS = round_settings_table(*TRAIN_GROUPS, RoundSettings, GroupSettings)  # a round's defaults (rpo_alpha...)
 
 
 def _start_text(name: str, text: str | None) -> str:
