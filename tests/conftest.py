@@ -134,7 +134,7 @@ SLOW_TESTS: dict[str, str | frozenset[str]] = {
     "test_training.py": "*", "test_train_cli.py": "*", "test_train_options.py": "*", "test_rounds.py": "*",
     "test_heldout.py": "*", "test_export.py": "*", "test_tui.py": "*", "test_tui_train.py": "*",
     "test_tui_kto.py": "*", "test_tui_export.py": "*", "test_tui_snapshots.py": "*", "test_cli_matrix.py": "*",
-    "test_online_kill.py": "*", "test_soak.py": "*", "test_gemma3.py": "*",
+    "test_online_kill.py": "*", "test_soak.py": "*", "test_gemma3.py": "*", "test_tui_ratings.py": "*",
     "test_acceptance.py": frozenset({
         "test_a_round_past_its_kl_budget_is_rejected_and_the_next_round_samples_from_the_last_accepted_version"}),
     "test_data_cli.py": frozenset({"test_a_bad_file_exits_2_naming_file_line_and_field_and_changes_nothing",

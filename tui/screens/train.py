@@ -32,8 +32,8 @@ from mlx_dpo.metric_names import (
     REF_MISSES, TOKENS_PER_SECOND,
 )
 from mlx_dpo.options import SettingError, check, shown
-from mlx_dpo.group_settings import GroupSettings
 from mlx_dpo.settings import TRAIN_GROUPS, RoundSettings, round_settings_table
+from mlx_dpo.api import GroupSettings
 from tui.messages import WorkerEvent
 from tui.workers import TrainingProcess
 from tui.widgets import ModeBar, ScreenButton, StatusLine
@@ -51,7 +51,7 @@ _OFFERED = (
     ("train-rank", "lora_rank", "LoRA rank", None),
     ("train-layers", "lora_num_layers", "LoRA layers", None),
     ("train-replay", "replay", "replay share", None),
-    ("train-method", "method", "method (dpo, grpo: rated groups)", None),
+    ("train-method", "method", "dpo or grpo", None),
 )
 ROUND_SETTINGS = round_settings_table(*TRAIN_GROUPS, RoundSettings, GroupSettings)  # a round's defaults (rpo_alpha...)
 
@@ -197,7 +197,11 @@ class TrainScreen(Screen):
         except ValueError as e:
             self.app.notify_error(str(e), title="Not started")
             return
-        if not self.app.store.untrained_pairs():
+        if settings.get("method") == "grpo" and not any(g.varied for g in self.app.store.ratings.untrained()):
+            self.app.notify_warning("No untrained rated answers that differ: rate some first (Label, m).",
+                                    title="Nothing to train")
+            return
+        if settings.get("method") != "grpo" and not self.app.store.untrained_pairs():
             self.app.notify_warning("No untrained pairs: label some first.", title="Nothing to train")
             return
         for values in self.history.values():

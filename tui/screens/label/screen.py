@@ -26,9 +26,10 @@ from tui.screens.label.candidates import KeptCandidate
 from tui.screens.label.history import LabelHistory, LabelRecord, two
 from tui.screens.label.feedback import mark_answer
 from tui.screens.label.queue import QueueActions
-from tui.screens.label import online
+from tui.screens.label import online, ratings
 from tui.screens.two_answers import EDITOR_BINDINGS, PICK_BINDINGS, TwoAnswersScreen
 from tui.widgets import AnswerPane, ModeBar, ModelStatus, ScreenButton, StatusLine, prompt_fields, read_prompt
+from tui.widgets.rating_panel import RatingPanel
 from tui.workers import SampleSettings
 from tui.workers.events import Suggestion
 
@@ -51,6 +52,7 @@ class LabelScreen(QueueActions, TwoAnswersScreen):
         Binding("o", "open_queue", "Queue", tooltip="Open a prompt queue file"),
         Binding("s", "settings", "Settings", tooltip="Sampling settings"),
         Binding("a", "accept", "Accept", show=False, tooltip="Accept the judge's suggestion"),
+        Binding("m", "rating_mode", "Rate", tooltip="Rating mode: rate 2-6 answers 1-5 or good/bad (GRPO groups)"),
         *EDITOR_BINDINGS,
     ]
 
@@ -81,6 +83,7 @@ class LabelScreen(QueueActions, TwoAnswersScreen):
         with Horizontal(id="answers"):
             yield AnswerPane(1, id="answer-1")
             yield AnswerPane(2, id="answer-2")
+        yield RatingPanel(id="ratings")  # the rating mode's answers (ratings.py), shown in place of the two panes
         with Horizontal(id="label-buttons"):
             yield ScreenButton("1 better", "pick(1)", id="pick-1", variant="success")
             yield ScreenButton("2 better", "pick(2)", id="pick-2", variant="success")
@@ -101,6 +104,7 @@ class LabelScreen(QueueActions, TwoAnswersScreen):
         self._show_queue()
         self.query_one("#prompt", TextArea).focus()
         self.query_one("#suggestion", Static).display = False
+        self.query_one("#ratings").display = False
         self.call_after_refresh(self.app.first_screen_drawn)
         self._restore_unjudged()
         online.open_initial_queue(self)
@@ -187,6 +191,9 @@ class LabelScreen(QueueActions, TwoAnswersScreen):
             self.query_one("#prompt", TextArea).focus()
             return
         if self.refuse_without_model():
+            return
+        if ratings.active(self):
+            ratings.sample(self, parts)
             return
         self._start_sampling(parts, self.settings)
 
@@ -347,6 +354,20 @@ class LabelScreen(QueueActions, TwoAnswersScreen):
         self.app.notify(f"undid {undone.what}", timeout=2)
         self.app.store_changed()
         self._focus_answers()
+
+    # --- the rating mode (ratings.py) ---
+
+    def action_rating_mode(self) -> None:
+        ratings.toggle(self)
+
+    def on_worker_event(self, message) -> None:
+        if ratings.take(self, message.event):
+            message.stop()
+            return
+        super().on_worker_event(message)
+
+    def on_rating_panel_save(self, _message: RatingPanel.Save) -> None:
+        ratings.save(self)
 
     # --- a program judge's suggestion (online.py) ---
 
