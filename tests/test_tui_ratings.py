@@ -1,5 +1,5 @@
-"""The Label screen's rating mode (m): a person rates a group of answers, a GRPO round trains on them from the Train
-screen, and the same ratings give the expected DPO pair and KTO labels; the Data screen's ratings view changes one."""
+"""The Label screen's rating mode (m): a person rates a group of answers, the same ratings give the expected DPO pair
+and KTO labels, the Data screen's ratings view changes one, and a GRPO round trains on them from the Train screen."""
 
 from __future__ import annotations
 
@@ -48,7 +48,17 @@ async def test_rate_four_answers_train_a_grpo_round_on_them_and_see_the_new_vers
         assert (pair.chosen, pair.rejected) == (group.answers[0], group.answers[1])
         assert [f.desirable for f in rating_feedback([group], 4)] == [True, False, False, False]
 
-        await pilot.press("f4")
+        # The Data screen's ratings view: answer 3 (rated 3) rated 4 instead; then the ratings as pairs and labels.
+        await pilot.press("f3", "g")
+        table = app.screen.query_one("#ratings-table", DataTable)
+        assert table.row_count == 4
+        table.move_cursor(row=2)
+        await pilot.press("4")
+        assert app.store.ratings.groups()[0].rewards == [5, 1, 4, 2]
+        await pilot.press("l")
+        assert [(p.chosen, p.rejected) for p in app.store.list_pairs()] == [(group.answers[0], group.answers[1])]
+        assert [f.desirable for f in app.store.list_feedback()] == [True, False, True, False]
+        await pilot.press("escape", "f4")
         train = app.get_screen("train")
         for input_id, value in GRPO_ROUND.items():
             train.query_one(f"#{input_id}", Input).value = value
