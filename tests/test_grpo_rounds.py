@@ -94,3 +94,29 @@ def test_with_beta_zero_no_reference_runs_and_no_cache_opens_with_beta_above_it_
     second = run_round(workspace, loaded=loaded, settings={**settings, "grpo_beta": 0.1})
     assert second.accepted and calls == [1] and list(fresh_cache.rglob("*.sqlite"))
     assert second.metrics["ref_cache/misses"] > 0 and "kl" in second.metrics
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--incremental", "--method", "gpro"], "--method gpro: unknown method (choose from dpo, grpo)"),
+    (["train", "--data", "x.jsonl", "--method", "grpo"], "--method applies to a round: add --incremental"),
+    (["train", "--incremental", "--method", "grpo", "--grpo-normalize", "words"],
+     "--grpo-normalize words: unknown normalisation (choose from sequence, token, constant)"),
+    (["train", "--incremental", "--method", "grpo", "--grpo-epsilon", "1.5"], "--grpo-epsilon must be in (0, 1)"),
+])
+def test_a_bad_grpo_setting_is_one_line_naming_its_flag_and_exit_2(tmp_path, capsys, argv, message):
+    from mlx_dpo.cli import main
+
+    assert main([*argv, "--workspace", str(tmp_path / "ws")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "ws").exists()
+
+
+def test_a_grpo_round_with_no_rated_group_that_differs_is_refused_before_anything_is_made(workspace):
+    from mlx_dpo.errors import MlxDpoError
+    from mlx_dpo.training.rounds import run_round
+
+    with PreferenceStore(workspace) as s:
+        s.ratings.add_group([user("Hi?")], ["Hello.", "Hi."], [3, 3])
+    with pytest.raises(MlxDpoError, match=r"no rated group to train on.*1 untrained group\(s\) have equal ratings"):
+        run_round(workspace, settings={"method": "grpo"})
+    assert not (workspace / "adapters" / "v1").exists()
