@@ -52,10 +52,13 @@ def sample(screen: Any, parts: PromptParts) -> None:
     screen.show_status(f"sampling {panel(screen).count} answers…")
 
 
-def take(screen: Any, event: Any) -> bool:
-    """Draw a worker event of the rating panel's request; False for any other event (the pair mode's)."""
+def take(screen: Any, message: Any) -> bool:
+    """Draw a worker event (a WorkerEvent message) of the rating panel's request, the message stopped there; False for
+    any other event (the pair mode's)."""
+    event = message.event
     if not active(screen) or getattr(event, "request_id", None) != panel(screen).request_id:
         return False
+    message.stop()
     match event:
         case AnswerChunk(slot=slot, text=text):
             panel(screen).chunk(slot, text)

@@ -104,7 +104,6 @@ class LabelScreen(QueueActions, TwoAnswersScreen):
         self._show_queue()
         self.query_one("#prompt", TextArea).focus()
         self.query_one("#suggestion", Static).display = False
-        self.query_one("#ratings").display = False
         self.call_after_refresh(self.app.first_screen_drawn)
         self._restore_unjudged()
         online.open_initial_queue(self)
@@ -192,9 +191,8 @@ class LabelScreen(QueueActions, TwoAnswersScreen):
             return
         if self.refuse_without_model():
             return
-        if ratings.active(self):
-            ratings.sample(self, parts)
-            return
+        if ratings.active(self):  # the rating mode samples 2-6 answers (ratings.py)
+            return ratings.sample(self, parts)
         self._start_sampling(parts, self.settings)
 
     def _start_sampling(self, parts: PromptParts, settings: SampleSettings) -> None:
@@ -355,16 +353,12 @@ class LabelScreen(QueueActions, TwoAnswersScreen):
         self.app.store_changed()
         self._focus_answers()
 
-    # --- the rating mode (ratings.py) ---
-
-    def action_rating_mode(self) -> None:
+    def action_rating_mode(self) -> None:  # the rating mode (ratings.py)
         ratings.toggle(self)
 
     def on_worker_event(self, message) -> None:
-        if ratings.take(self, message.event):
-            message.stop()
-            return
-        super().on_worker_event(message)
+        if not ratings.take(self, message):  # a rating mode's answers are drawn there; the pair mode's below
+            super().on_worker_event(message)
 
     def on_rating_panel_save(self, _message: RatingPanel.Save) -> None:
         ratings.save(self)
