@@ -123,17 +123,17 @@ def report(args) -> None:
     for arm in dict.fromkeys(x["arm"] for x in lines):
         rows = [x for x in lines if x["arm"] == arm]
 
-        def cell(values):
+        def cell(values, sign="+"):
             values = [v for v in values if v is not None]
             if not values:
                 return "–"
-            mean = statistics.mean(values)
-            return f"{mean:+.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:+.3f} (1 seed)"
+            mean = f"{statistics.mean(values):{sign}.3f}"
+            return f"{mean} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean} (1 seed)"
 
         print(f"| {arm} | {len(rows)} | {cell([x['heldout/score'] - x['base/score'] for x in rows])} | "
-              f"{cell([x['heldout/kl'] for x in rows])} | {cell([x['heldout/repetition'] for x in rows])} | "
-              f"{cell([x['heldout/unfinished'] for x in rows])} | {cell([x['heldout/win_vs_base'] for x in rows])} | "
-              f"{cell([x['round_seconds'] for x in rows])} |")
+              f"{cell([x['heldout/kl'] for x in rows], '-')} | {cell([x['heldout/repetition'] for x in rows], '-')} | "
+              f"{cell([x['heldout/unfinished'] for x in rows], '-')} | "
+              f"{cell([x['heldout/win_vs_base'] for x in rows], '-')} | {cell([x['round_seconds'] for x in rows], '-')} |")
 
 
 def main(argv: list[str] | None = None) -> int:
