@@ -36,7 +36,10 @@ from mlx_dpo.data.contradictions import find_contradictions
 from mlx_dpo.data.online_records import HUMAN_JUDGE, check_provenance
 from mlx_dpo.data.pairs import IDENTICAL_ANSWERS, TWO_DIFFERENT_ANSWERS, Problem, pair_problem, same_answers
 from mlx_dpo.data.prompt_file import PromptFileError, read_prompt_file
+from mlx_dpo.data.rating_labels import add_rating_labels, rating_feedback, rating_pairs
+from mlx_dpo.data.rating_records import RatedGroup, StoredRating
 from mlx_dpo.data.store import Candidate, PreferenceStore, StoredPair, UndoResult
+from mlx_dpo.group_settings import GroupSettings
 from mlx_dpo.names import display_name, is_default
 from mlx_dpo.online.verdict import Judge, Verdict
 from mlx_dpo.settings import SampleSettings
@@ -79,7 +82,8 @@ LAZY = {
 
 # Everything above and in LAZY (tests/test_layout.py checks LAZY is all here).
 __all__ = [
-    "Answer", "Candidate", "ExportResult", "HUMAN_JUDGE", "IDENTICAL_ANSWERS", "Judge", "ModelSession",
+    "Answer", "Candidate", "ExportResult", "GroupSettings", "RatedGroup", "StoredRating", "add_rating_labels",
+    "rating_feedback", "rating_pairs", "HUMAN_JUDGE", "IDENTICAL_ANSWERS", "Judge", "ModelSession",
     "PreferenceStore", "Problem", "PromptFileError", "ReviewReport", "RoundReport", "RoundResult", "SampleSettings",
     "Samples", "StoredPair", "TWO_DIFFERENT_ANSWERS", "TrainResult", "UndoResult", "Verdict", "check_provenance",
     "converts_on_load", "display_name", "evaluate", "export", "find_contradictions", "is_default", "is_finished",

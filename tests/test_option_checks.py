@@ -266,7 +266,8 @@ def test_help_shows_the_options_in_the_settings_groups():
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     titles = {name: [g.title for g in sub.choices[name]._action_groups if g._group_actions]
               for name in ("train", "online", "generate")}
-    assert titles["train"] == ["options", "data and outputs", "training", "LoRA adapter", "rounds"]
+    assert titles["train"] == ["options", "data and outputs", "training", "LoRA adapter", "rounds",
+                               "group rounds (GRPO)"]
     assert titles["online"] == ["options", "online rounds", "sampling", "data and outputs", "training", "LoRA adapter",
-                                "rounds"]
+                                "rounds", "group rounds (GRPO)"]
     assert titles["generate"] == ["options", "sampling"]

@@ -12,10 +12,11 @@ import pytest
 
 from mlx_dpo.cli import build_parser, main
 from mlx_dpo.options import SettingError, resolve, settings_of, shown
+from mlx_dpo.group_settings import GroupSettings
 from mlx_dpo.settings import TRAIN_GROUPS, LoraSettings, RoundSettings, RunOptions, TrainingArgs
 from mlx_dpo.training.run import _split_kwargs
 
-SETTINGS = settings_of(*TRAIN_GROUPS, RoundSettings)
+SETTINGS = settings_of(*TRAIN_GROUPS, RoundSettings, GroupSettings)
 # The train command's own arguments: what to train on, with which model, into which folder, how.
 COMMAND_FLAGS = {"-h", "--help", "--data", "--model", "--adapter-path", "--resume", "--config", "--incremental",
                  "--workspace"}

@@ -78,7 +78,7 @@ async def test_the_train_screen_shows_every_field_label_whole(workspace, size):
         await pilot.press("f4")
         await pilot.pause()
         labels = list(app.screen.query(".train-field Label"))
-        assert len(labels) == 9
+        assert len(labels) == 10
         for label in labels:  # the field (a label over its input) clips what does not fit in it
             text, field = str(label.render()), label.parent.region
             assert field.width >= len(text) and field.right <= size[0], (text, field)

@@ -19,6 +19,7 @@ from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.options import Setting, SettingError, add_flag_groups, check, given_flags, resolve, settings_of
 from mlx_dpo.progress import ProgressPrinter
+from mlx_dpo.group_settings import GroupSettings
 from mlx_dpo.settings import EVAL_LOSS_SETTINGS, TRAIN_GROUPS, RoundSettings
 
 # What a config file may hold besides the settings: the run's pairs, model and folder.
@@ -92,7 +93,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps({"version": result.version, "adapter_path": str(result.adapter_path), "status": result.status,
                           **result.metrics}))
         return 0
-    round_flags = [s.flag for s in settings_of(RoundSettings).values() if getattr(args, s.name, None) is not None]
+    round_flags = [s.flag for s in settings_of(RoundSettings, GroupSettings).values()
+                   if getattr(args, s.name, None) is not None]
     if round_flags:  # a round's setting on a plain run would be ignored without a word
         raise MlxDpoError(f"{round_flags[0]} applies to a round: add --incremental (and --workspace)")
     command, settings = _options(args, train_settings(incremental=False), COMMAND_KEYS)
@@ -123,7 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--incremental", action="store_true",
                    help="train one round on the new pairs of --workspace's store, continuing from its latest round")
     p.add_argument("--workspace", help=f"with --incremental: the {WORKSPACE_HELP}")
-    add_flag_groups(p, settings_of(*TRAIN_GROUPS, RoundSettings).values())  # --help: one block per settings group
+    add_flag_groups(p, settings_of(*TRAIN_GROUPS, RoundSettings, GroupSettings).values())  # --help: one block per settings group
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="preference accuracy and reward margin of a model/adapter on pairs")

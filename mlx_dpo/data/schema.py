@@ -160,9 +160,32 @@ MIGRATIONS: list[Migration] = [
         "ALTER TABLE rounds ADD COLUMN decision TEXT CHECK (decision IN ('accepted', 'rejected', 'pending'))",
         "ALTER TABLE rounds ADD COLUMN reason TEXT",         # why, in words (the rule's, or the person's)
     ),
-    # Migration 6 is issue 26's (ratings), merged from its own branch: this no-op holds its place until then.
-    _sql(),
-    # Conversations as trees (mlx_dpo.data.thread_records): each turn's pair points to the pair of the turn it
+    # 6. Group rounds (mlx_dpo.data.rating_records): answers rated in groups, a person's or a judge's reward for
+    # each, with the answer's tokens, the version that sampled it and the sampler; and which rounds trained them.
+    _sql(
+        """CREATE TABLE ratings (
+            id         INTEGER PRIMARY KEY AUTOINCREMENT,
+            group_key  TEXT NOT NULL,                      -- the answers rated together (one prompt's sample)
+            seq        INTEGER NOT NULL,                   -- the answer's place in its group (0-based)
+            prompt     TEXT NOT NULL,                      -- JSON messages
+            answer     TEXT NOT NULL,
+            finished   INTEGER NOT NULL DEFAULT 1 CHECK (finished IN (0, 1)),
+            tokens     TEXT,                               -- JSON list of the answer's token ids; NULL: not known
+            version    TEXT,                               -- "base" or "v<N>": the version that sampled it
+            sampler    TEXT,                               -- how (model, temperature, top-p)
+            rater      TEXT NOT NULL,                      -- "human" (a person's rating, 1 to 5) or a judge's name
+            reward     REAL NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            UNIQUE (group_key, seq)
+        )""",
+        """CREATE TABLE round_ratings (
+            round_id  INTEGER NOT NULL REFERENCES rounds (id) ON DELETE CASCADE,
+            rating_id INTEGER NOT NULL,                    -- no foreign key: deleting a rating keeps the history
+            PRIMARY KEY (round_id, rating_id)
+        )""",
+    ),
+    # 7. Conversations as trees (mlx_dpo.data.thread_records): each turn's pair points to the pair of the turn it
     # continues, so branches share their history. A pair with no row here starts a thread (or stands alone).
     # Deleting either pair removes the link; the other pair stays, its prompt still holding the whole history.
     _sql(

@@ -13,6 +13,7 @@ training rounds, in one SQLite file.
   feedback, round_feedback    store.feedback  (FeedbackLabels, feedback_records.py): single answers marked good/bad
   rounds, round_pairs         store.rounds    (Rounds, round_records.py): training rounds and the pairs they trained
   online_prompts, comparisons store.judging   (Judging, online_records.py): overrules, comparisons, prompt files
+  ratings, round_ratings      store.ratings   (Ratings, rating_records.py): answers rated in groups (GRPO)
   turns                       store.threads   (Threads, thread_records.py): which turn each conversation turn continues
 
 The store itself holds the open database (mlx_dpo.data.database: one connection, its lock, one transaction per
@@ -34,6 +35,7 @@ from mlx_dpo.data.feedback_records import FeedbackLabels
 from mlx_dpo.data.label_records import Labels
 from mlx_dpo.data.online_records import Judging
 from mlx_dpo.data.pair_records import Pairs
+from mlx_dpo.data.rating_records import Ratings
 from mlx_dpo.data.records import (  # noqa: F401  (re-exported: what the store hands back)
     ORIGINS, SPLITS, Candidate, ImportResult, Skip, StoredPair, UndoResult,
 )
@@ -69,6 +71,7 @@ class PreferenceStore:
         self.feedback = FeedbackLabels(self.db)
         self.rounds = Rounds(self.db)
         self.judging = Judging(self.db)
+        self.ratings = Ratings(self.db)
         self.threads = Threads(self.db)
 
     @classmethod

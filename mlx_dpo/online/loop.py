@@ -46,6 +46,7 @@ from mlx_dpo.models.session import ModelSession
 from mlx_dpo.online import conversations
 from mlx_dpo.online import free_reference
 from mlx_dpo.online.free_reference import sampler_is_reference
+from mlx_dpo.online import groups
 from mlx_dpo.online.pairing import choose_pair
 from mlx_dpo.online.sampling import sample_answers
 from mlx_dpo.online.verdict import Judge
@@ -193,10 +194,17 @@ def _one_round(workspace, loaded, model, judge, number, todo, source, counts, on
         sampler = f"{loaded.name} {sampled_by} · temp {sample.temperature:g} · top-p {sample.top_p:g}"
         start = time.perf_counter()
         judged = []  # (position, its pair or None) for --turns
+        grpo = (settings or {}).get("method") == "grpo"  # a GRPO round stores rated groups (online/groups.py)
         with PreferenceStore(workspace) as store:
             for (position, prompt), answers in zip(todo, samples.answers):
-                kind, pair = store_judgement(store, judge, prompt, answers, sampler=sampler, version=sampled_by,
-                                             online=PromptRef(source, position, number))
+                where = PromptRef(source, position, number)
+                if grpo:
+                    kind, pair = groups.rate_and_store(store, judge, prompt, answers,
+                                                       groups.answer_tokens(loaded, prompt, answers), sampler=sampler,
+                                                       version=sampled_by, online=where), None
+                else:
+                    kind, pair = store_judgement(store, judge, prompt, answers, sampler=sampler, version=sampled_by,
+                                                 online=where)
                 counts[kind] += 1
                 judged.append((position, pair))
                 pause_at(f"online:judging:{number}")
@@ -213,7 +221,8 @@ def _one_round(workspace, loaded, model, judge, number, todo, source, counts, on
                          counts["skips"], "nothing to train", seconds=seconds,
                          sampled_tokens_per_second=tokens_per_second)
     with PreferenceStore(workspace) as store:
-        untrained = bool(store.untrained_pairs())
+        untrained = bool(store.untrained_pairs()) if (settings or {}).get("method") != "grpo" else \
+            any(g.varied for g in store.ratings.untrained())
     if untrained:
         _train(report, workspace, loaded, model, judge, settings, eval_prompts, sample, emit)
     return report

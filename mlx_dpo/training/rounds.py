@@ -34,6 +34,7 @@ import dataclasses
 import random
 import threading
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -51,7 +52,8 @@ from mlx_dpo.models.session import ModelSession
 from mlx_dpo.options import build, flatten, resolve, settings_of
 from mlx_dpo.settings import ROUND_DEFAULTS, TRAIN_GROUPS, LoraSettings, RoundSettings, RunOptions, TrainingArgs
 from mlx_dpo.tracking import open_tracker
-from mlx_dpo.training import heldout, run
+from mlx_dpo.group_settings import GroupSettings
+from mlx_dpo.training import group_rounds, heldout, run
 from mlx_dpo.training.acceptance import decide, step_scale
 from mlx_dpo.training.pause import pause_at
 from mlx_dpo.training.versions import claim_version
@@ -111,7 +113,7 @@ def round_options(settings: Mapping[str, Any] | None) -> tuple[dict[str, Any], d
     The record holds every training, LoRA and round setting (defaults included) and the run options given,
     so a round says what it trained with even after a default changes.
     """
-    given, unknown = resolve(settings or {}, settings_of(*TRAIN_GROUPS, RoundSettings))
+    given, unknown = resolve(settings or {}, settings_of(*TRAIN_GROUPS, RoundSettings, GroupSettings))
     if unknown:
         raise TypeError(f"unknown round setting(s): {', '.join(sorted(unknown))}")
     if "init_adapter" in given:
@@ -120,12 +122,12 @@ def round_options(settings: Mapping[str, Any] | None) -> tuple[dict[str, Any], d
         raise MlxDpoError("a round's length is set by passes (between min_steps and max_steps) or by iters; "
                           "epochs applies to a plain train run")
     options = {**ROUND_DEFAULTS, **given}
-    groups = [build(group, options) for group in (TrainingArgs, LoraSettings, RoundSettings, RunOptions)]  # checked
-    record = flatten(*groups[:3])
+    groups = [build(group, options) for group in (TrainingArgs, LoraSettings, RoundSettings, GroupSettings, RunOptions)]
+    record = flatten(*groups[:4])  # (built: checked)
     # Of the run options, those given; validation pairs only as a file name, not as a list of pairs.
     record.update({name: str(value) if isinstance(value, Path) else value for name, value in options.items()
                    if name in settings_of(RunOptions) and not isinstance(value, (list, tuple))})
-    for name in settings_of(RoundSettings):
+    for name in settings_of(RoundSettings, GroupSettings):
         options.pop(name, None)
     return options, record
 
@@ -216,11 +218,13 @@ def _smaller_step(options: dict, recorded_settings: dict, rejected: int) -> str:
 
 
 def _record(workspace: str | Path, version: int, adapter_dir: Path, settings: dict, metrics: dict, status: str,
-            pairs: list, feedback: list, decision: str | None = None, reason: str | None = None) -> None:
-    """The round's record, with the stored pairs and feedback it trained, in the store."""
+            pairs: list, feedback: list, decision: str | None = None, reason: str | None = None,
+            groups: list | None = None) -> None:
+    """The round's record, with the stored pairs, feedback and rated groups it trained, in the store."""
     with PreferenceStore(workspace) as store:
         store.record_round(version, adapter_dir, settings, metrics, status, [p.id for p in pairs], decision, reason)
         store.record_round_feedback(version, [f.id for f in feedback])
+        store.ratings.record_round(version, [i for g in groups or [] for i in g.ids])
 
 
 def _round_data(store: PreferenceStore, settings: dict, version: int) -> tuple:
@@ -231,6 +235,29 @@ def _round_data(store: PreferenceStore, settings: dict, version: int) -> tuple:
     new, replayed = plan_round(store, settings["replay"], settings["seed"], version, has_feedback=bool(feedback))
     latest, rejected = store.latest_kept_round(), store.rejected_since_kept()
     return feedback, new, replayed, latest, rejected, store.training_pairs("valid")
+
+
+def _data(store: PreferenceStore, settings: dict, version: int) -> tuple:
+    """`_round_data`, and the rated groups a GRPO round trains in place of pairs (None: a DPO round)."""
+    if not group_rounds.is_grpo(settings):
+        return *_round_data(store, settings, version), None
+    groups = group_rounds.untrained_groups(store)
+    return [], [], [], store.latest_kept_round(), store.rejected_since_kept(), store.training_pairs("valid"), groups
+
+
+def _steps(settings: RoundSettings, recorded: dict, pairs: list, groups: list | None) -> int:
+    """A round's optimizer steps when `iters` is not given: by its pairs, or a GRPO round's by its groups."""
+    if groups is not None:
+        return group_rounds.round_steps(groups, recorded)
+    return round_steps(settings, build(TrainingArgs, recorded), len(pairs))
+
+
+def _trainer(pairs: list, groups: list | None, model: str | None, tracker, recorded: dict,
+             sample_settings: SampleSettings | None) -> Callable:
+    """What trains the round: run.train on its pairs, or group_rounds.train on a GRPO round's rated groups."""
+    if groups is None:
+        return partial(run.train, pairs, model=model, tracker=tracker)
+    return partial(group_rounds.train, groups, recorded=recorded, sample_settings=sample_settings)
 
 
 def run_round(
@@ -262,15 +289,14 @@ def run_round(
         # Its folder made and locked (a round a killed process left unrecorded is recorded first: versions.py).
         claim = claim_version(store, adapters_root(workspace), lambda: next_version(store, workspace))
         with claim.given_up_on_error():  # nothing to train: no round, so no folder either
-            feedback, new, replayed, latest, rejected, valid_pairs = _round_data(store, recorded_settings,
-                                                                                 claim.version)
+            feedback, new, replayed, latest, rejected, valid, groups = _data(store, recorded_settings, claim.version)
     version = claim.version
     smaller = _smaller_step(options, recorded_settings, rejected)
     init_adapter = latest.adapter_path if latest else None
     adapter_dir = adapters_root(workspace) / f"v{version}"
     trained = new + replayed  # the stored pairs this round trains
     pairs = [p.to_preference_pair() for p in trained] + [f.to_feedback() for f in feedback]
-    options.setdefault("iters", round_steps(round_settings, build(TrainingArgs, recorded_settings), len(pairs)))
+    options.setdefault("iters", _steps(round_settings, recorded_settings, pairs, groups))
     reference = "start" if round_settings.reference == "previous" and init_adapter else "base"
     emit(Status(f"round v{version}: {len(new)} new pair(s) + {len(replayed)} replayed, {options['iters']} step(s), "
                 f"from {latest.label if latest else 'the base model'}"
@@ -278,26 +304,28 @@ def run_round(
     recorded_settings = {**recorded_settings, "model": model, "init_adapter": init_adapter,
                          "step_scale": step_scale(rejected)}
     # --report-to: the workspace is the tracker's project, this version its run (tracking.py).
+    record = partial(_record, workspace, version, adapter_dir, groups=groups)  # the round's record, in the store
     tracker = open_tracker(options.get("report_to", "none"), options.get("project") or Path(workspace).resolve().name,
                            f"v{version}", recorded_settings, emit)
     try:
         loaded = _session(loaded, model, emit)
-        result = run.train(pairs, model=model, adapter_path=adapter_dir, init_adapter=init_adapter,
-                           reference=reference, on_event=emit, cancel=cancel, loaded=loaded, tracker=tracker, **options)
+        trainer = _trainer(pairs, groups, model, tracker, recorded_settings, sample_settings)
+        result = trainer(adapter_path=adapter_dir, init_adapter=init_adapter, reference=reference, on_event=emit,
+                         cancel=cancel, loaded=loaded, **options)
     except BaseException as e:
         if tracker is not None:
             tracker.finish()
-        _record(workspace, version, adapter_dir, recorded_settings, {"error": str(e)}, "failed", trained, feedback)
+        record(recorded_settings, {"error": str(e)}, "failed", trained, feedback)
         raise
     status = "cancelled" if result.cancelled else "finished"
     metrics = {**result.metrics, **result.eval_metrics, "steps": options["iters"],
                REF_HITS: result.reference.hits, REF_MISSES: result.reference.misses,
                NEW_PAIRS: len(new), REPLAYED_PAIRS: len(replayed), NEW_FEEDBACK: len(feedback)}
-    held = heldout_set(workspace, round_settings, valid_pairs=valid_pairs, eval_prompts=eval_prompts, judge=judge,
+    held = heldout_set(workspace, round_settings, valid_pairs=valid, eval_prompts=eval_prompts, judge=judge,
                        sample_settings=sample_settings, **{k: recorded_settings[k] for k in ("beta", "batch_size")})
     checked = status == "finished" and held is not None and round_settings.accept != "always"
     decision, reason = _first_decision(status, checked, round_settings.accept)
-    _record(workspace, version, adapter_dir, recorded_settings, metrics, status, trained, feedback, decision, reason)
+    record(recorded_settings, metrics, status, trained, feedback, decision, reason)
     claim.release()
     if status == "finished" and held is not None:
         metrics = _measure(workspace, version, loaded, held, adapter_dir, latest, emit)

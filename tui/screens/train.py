@@ -33,6 +33,7 @@ from mlx_dpo.metric_names import (
 )
 from mlx_dpo.options import SettingError, check, shown
 from mlx_dpo.settings import TRAIN_GROUPS, RoundSettings, round_settings_table
+from mlx_dpo.api import GroupSettings
 from tui.messages import WorkerEvent
 from tui.workers import TrainingProcess
 from tui.widgets import ModeBar, ScreenButton, StatusLine
@@ -50,8 +51,9 @@ _OFFERED = (
     ("train-rank", "lora_rank", "LoRA rank", None),
     ("train-layers", "lora_num_layers", "LoRA layers", None),
     ("train-replay", "replay", "replay share", None),
+    ("train-method", "method", "dpo or grpo", None),
 )
-ROUND_SETTINGS = round_settings_table(*TRAIN_GROUPS, RoundSettings)  # a round's defaults (rpo_alpha...)
+ROUND_SETTINGS = round_settings_table(*TRAIN_GROUPS, RoundSettings, GroupSettings)  # a round's defaults (rpo_alpha...)
 
 
 def _start_text(name: str, text: str | None) -> str:
@@ -195,7 +197,11 @@ class TrainScreen(Screen):
         except ValueError as e:
             self.app.notify_error(str(e), title="Not started")
             return
-        if not self.app.store.untrained_pairs():
+        if settings.get("method") == "grpo" and not any(g.varied for g in self.app.store.ratings.untrained()):
+            self.app.notify_warning("No untrained rated answers that differ: rate some first (Label, m).",
+                                    title="Nothing to train")
+            return
+        if settings.get("method") != "grpo" and not self.app.store.untrained_pairs():
             self.app.notify_warning("No untrained pairs: label some first.", title="Nothing to train")
             return
         for values in self.history.values():

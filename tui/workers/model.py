@@ -42,6 +42,7 @@ class _Request:
     settings: SampleSettings
     # A comparison: slot i answers with adapter adapters[i-1] (None: the base), both with the same seed.
     adapters: tuple[str | None, str | None] | None = None
+    count: int = 2  # answers (slots 1..count, seeds seed..seed+count-1): the Label screen's rating mode asks for 2-6
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,10 @@ class ModelWorker(ThreadWorker):
 
     # --- called from the UI thread ---
 
-    def sample(self, messages: list[dict], settings: SampleSettings) -> int:
-        """Queue a request for two answers; returns its id. Older requests stop producing output."""
-        return self._queue(messages, settings, None)
+    def sample(self, messages: list[dict], settings: SampleSettings, count: int = 2) -> int:
+        """Queue a request for `count` answers (two to label a pair); returns its id. Older requests stop producing
+        output."""
+        return self._queue(messages, settings, None, count)
 
     def compare(self, messages: list[dict], settings: SampleSettings, adapters: tuple[str | None, str | None]) -> int:
         """Queue a comparison: answer 1 from base + adapters[0], answer 2 from base + adapters[1] (None: the
@@ -95,10 +97,10 @@ class ModelWorker(ThreadWorker):
         dropped after it. Reports the same events as `sample`; returns the request id."""
         return self._queue(messages, settings, tuple(None if a is None else str(a) for a in adapters))
 
-    def _queue(self, messages: list[dict], settings: SampleSettings, adapters) -> int:
+    def _queue(self, messages: list[dict], settings: SampleSettings, adapters, count: int = 2) -> int:
         with self._lock:
             self._generation += 1
-            request = _Request(self._generation, [dict(m) for m in messages], settings, adapters)
+            request = _Request(self._generation, [dict(m) for m in messages], settings, adapters, count)
         self._requests.put(request)
         return request.id
 
@@ -220,9 +222,9 @@ class ModelWorker(ThreadWorker):
         seed = request.settings.seed
         if seed is None:
             seed = random.randrange(0, 2**31 - 2)
-        seeds = (seed, seed) if request.adapters is not None else (seed, seed + 1)
+        seeds = (seed, seed) if request.adapters is not None else tuple(seed + i for i in range(request.count))
         self._report(SampleStarted(request.id, seeds))
-        for slot, slot_seed in zip((1, 2), seeds):
+        for slot, slot_seed in enumerate(seeds, start=1):
             # A comparison's slot answers with its version on; the session puts the app's chosen version back after.
             with loaded.adapter(request.adapters[slot - 1]) if request.adapters is not None else nullcontext():
                 if not self._current(request.id):

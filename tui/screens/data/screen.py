@@ -29,6 +29,7 @@ from tui.messages import WorkerEvent
 from tui.modals import ConfirmModal, PairEdits, PairModal
 from tui.prompts import age, prompt_snippet, snippet
 from tui.screens.data.files import FileActions
+from tui.screens.data.ratings import RatingsModal
 from tui.screens.data.review import ReviewList
 from tui.screens.data.threads import summary, threaded
 from tui.widgets import ModeBar, ScreenButton, StatusLine
@@ -74,6 +75,7 @@ class DataScreen(FileActions, Screen):
         Binding("slash", "focus_search", "Search", tooltip="Search prompts, answers and notes"),
         Binding("i", "import_pairs", "Import", tooltip="Import pairs from a JSONL file"),
         Binding("x", "export_pairs", "Export", tooltip="Export pairs to a JSONL file"),
+        Binding("g", "ratings", "Ratings", tooltip="Your ratings (the Label screen's rating mode): review, change"),
         Binding("escape", "focus_table", "Table", show=False),
     ]
 
@@ -330,6 +332,12 @@ class DataScreen(FileActions, Screen):
         if self.review is not None:
             self.review.swapped(pair_id)  # an overrule swaps the answers, so their rewards too
         return f"pair #{pair_id}: {pair.overruled} overruled, chosen and rejected swapped"
+
+    def action_ratings(self) -> None:
+        """A person's ratings (ratings.py), to review and change; the good-rating threshold is the app's."""
+        good = self.app.train_settings.get("good_rating")
+        self.app.push_screen(RatingsModal(self.app.store, **({"good_rating": good} if good else {})),
+                             lambda _: self.reload())
 
     # --- the review view ---
 

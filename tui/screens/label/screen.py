@@ -28,9 +28,10 @@ from tui.screens.label.conversation import CONVERSATION_BINDINGS, ConversationAc
 from tui.screens.label.history import LabelHistory, LabelRecord, two
 from tui.screens.label.feedback import mark_answer
 from tui.screens.label.queue import QueueActions
-from tui.screens.label import online
+from tui.screens.label import online, ratings
 from tui.screens.two_answers import EDITOR_BINDINGS, PICK_BINDINGS, TwoAnswersScreen
 from tui.widgets import AnswerPane, ConversationView, ModeBar, ModelStatus, ScreenButton, StatusLine, prompt_fields, read_prompt
+from tui.widgets.rating_panel import RatingPanel
 from tui.workers import SampleSettings
 from tui.workers.events import Suggestion
 
@@ -53,6 +54,7 @@ class LabelScreen(ConversationActions, QueueActions, TwoAnswersScreen):
         Binding("o", "open_queue", "Queue", tooltip="Open a prompt queue file"),
         Binding("s", "settings", "Settings", tooltip="Sampling settings"),
         Binding("a", "accept", "Accept", show=False, tooltip="Accept the judge's suggestion"),
+        Binding("m", "rating_mode", "Rate", tooltip="Rating mode: rate 2-6 answers 1-5 or good/bad (GRPO groups)"),
         *EDITOR_BINDINGS,
         *CONVERSATION_BINDINGS,
     ]
@@ -86,6 +88,7 @@ class LabelScreen(ConversationActions, QueueActions, TwoAnswersScreen):
         with Horizontal(id="answers"):
             yield AnswerPane(1, id="answer-1")
             yield AnswerPane(2, id="answer-2")
+        yield RatingPanel(id="ratings")  # the rating mode's answers (ratings.py), shown in place of the two panes
         with Horizontal(id="label-buttons"):
             yield ScreenButton("1 better", "pick(1)", id="pick-1", variant="success")
             yield ScreenButton("2 better", "pick(2)", id="pick-2", variant="success")
@@ -193,6 +196,8 @@ class LabelScreen(ConversationActions, QueueActions, TwoAnswersScreen):
             return
         if self.refuse_without_model():
             return
+        if ratings.active(self):  # the rating mode samples 2-6 answers (ratings.py)
+            return ratings.sample(self, parts)
         self._start_sampling(parts, self.settings)
 
     def _start_sampling(self, parts: PromptParts, settings: SampleSettings) -> None:
@@ -356,6 +361,16 @@ class LabelScreen(ConversationActions, QueueActions, TwoAnswersScreen):
         self.app.notify(f"undid {undone.what}", timeout=2)
         self.app.store_changed()
         self._focus_answers()
+
+    def action_rating_mode(self) -> None:  # the rating mode (ratings.py)
+        ratings.toggle(self)
+
+    def on_worker_event(self, message) -> None:
+        if not ratings.take(self, message):  # a rating mode's answers are drawn there; the pair mode's below
+            super().on_worker_event(message)
+
+    def on_rating_panel_save(self, _message: RatingPanel.Save) -> None:
+        ratings.save(self)
 
     # --- a program judge's suggestion (online.py) ---
 
