@@ -7,6 +7,8 @@ SPEC forms:
   llm:MODEL              a local mlx-lm model (any `--model` value, `llm:default` for the embedded one), asked
                          with a rubric which answer is better, once in each order (see llm_judge.py)
   human                  a person, in the app; the loop hands this judge to it and never calls `judge()`
+  reward:TERM + TERM     a score judge from readable rewards (length target, question, no repeats, regex) and
+                         their weighted sum (mlx_dpo.online.rewards)
 
 A callable's signature says its kind, by the number of parameters it needs positionally:
   score(prompt, answer) -> float                       higher is better; equal scores are a tie
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.online import rewards
 from mlx_dpo.online.llm_judge import LlmJudge
 from mlx_dpo.online.verdict import Choice, Judge, Messages, Prompt, Verdict, check_lengths, is_finished
 from mlx_dpo.settings import OnlineSettings
@@ -206,7 +209,7 @@ def load_judge(spec: str, *, rubric: str | None = None, missing_end_penalty: flo
         raise MlxDpoError(f"--rubric is for llm:MODEL judges, not {spec}")
     if spec == "human":
         return HumanJudge()
-    fn = _find(spec)
+    fn = rewards.parse(spec) if spec.startswith(rewards.PREFIX) else _find(spec)
     if callable_kind(spec, fn) == "prefer":
         return PreferJudge(spec, fn)
     penalty = OnlineSettings().missing_end_penalty if missing_end_penalty is None else missing_end_penalty

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -62,6 +61,7 @@ from mlx_dpo.models.generate import SampleSettings
 from mlx_dpo.models.session import ModelSession
 from mlx_dpo.settings import RoundSettings, TrainingArgs
 from mlx_dpo.online import free_reference
+from mlx_dpo.online.rewards import repeated_share
 from mlx_dpo.online.sampling import sample_answers
 from mlx_dpo.training import run
 from mlx_dpo.training.ref_cache import RefCache, arrays_digest
@@ -82,7 +82,6 @@ HELDOUT_DIR = "heldout"
 HELDOUT_SEED = 0  # the same draws for every version (see the module docstring)
 HELDOUT_BATCH = 16  # sequences sampled together: part of the draws (mlx_dpo.online.sampling), so fixed
 _KEPT_FORMAT = 2  # kept answer files: 2 adds each answer's finished flag (older files are sampled again)
-_WORD = re.compile(r"\w+(?:['’-]\w+)*")
 
 
 def sample(session: ModelSession, adapter_path: str | Path | None, prompts: Sequence[Prompt],
@@ -163,9 +162,7 @@ def wins(judge: Judge | None, prompts: Sequence[Prompt], answers: Answers,
 
 def repetition(text: str) -> float:
     """The share of a text's word 3-grams that repeat an earlier 3-gram of the same text (0: none repeats)."""
-    words = _WORD.findall(text.lower())
-    grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
-    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
+    return repeated_share(text, 3)
 
 
 def degeneration(answers: Answers) -> dict[str, float | None]:
