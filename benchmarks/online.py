@@ -265,21 +265,21 @@ def cmd_report(args) -> None:
                   f"{spread([r['unfinished'] for r in at]).replace('+', '')} "
                   f"({spread([r['base_unfinished'] for r in at]).replace('+', '')}) | {kept}/{len(at)} |")
     if args.png:
-        plot(rows, Path(args.png))
+        plot([r for r in rows if r["plan"] == args.plan], Path(args.png))
 
 
 def plot(rows: list[dict], png: Path) -> None:
-    """Held-out score gain against the KL to the base, every version of both arms (one panel per judge)."""
+    """Held-out score gain against the KL to the base, every version of both arms (one panel per judge), one plan."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    judges = sorted({r["judge"] for r in rows if r["plan"] == "default"})
+    judges = sorted({r["judge"] for r in rows})
     fig, axes = plt.subplots(1, len(judges), figsize=(4.2 * len(judges), 3.6), squeeze=False)
     for ax, judge in zip(axes[0], judges):
         for arm, marker in (("online", "o"), ("offline", "s")):
-            mine = [r for r in rows if r["judge"] == judge and r["arm"] == arm and r["plan"] == "default"]
+            mine = [r for r in rows if r["judge"] == judge and r["arm"] == arm]
             for seed in sorted({r["seed"] for r in mine}):
                 seq = sorted((r for r in mine if r["seed"] == seed), key=lambda r: r["round"])
                 xs = [0.0] + [r["kl"] for r in seq]
@@ -292,7 +292,7 @@ def plot(rows: list[dict], png: Path) -> None:
                         ax.plot([x], [y], marker="x", color="red", markersize=9)
         ax.set_title(judge)
         ax.set_xlabel("KL to the base (nats per answer)")
-        ax.set_ylabel("held-out score - base's")
+        ax.set_ylabel("held-out score (judge's own) - base's")
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.legend()
     fig.suptitle("held-out score gain vs KL, every version (x: rejected)", fontsize=9)
@@ -318,6 +318,7 @@ def main() -> None:
     report = sub.add_parser("report")
     report.add_argument("--out", default=str(HERE / "results" / "online.jsonl"))
     report.add_argument("--png")
+    report.add_argument("--plan", default="default", help="the plan the PNG draws")
     args = parser.parse_args()
     print(json.dumps({"machine": platform.machine(), "processor": platform.processor() or platform.platform(),
                       "date": time.strftime("%Y-%m-%d %H:%M"), "argv": sys.argv[1:]}), flush=True)
