@@ -83,7 +83,7 @@ class Run:
         self.judge = load_judge(JUDGES[judge], missing_end_penalty=changes.get(
             "missing_end_penalty", OnlineSettings().missing_end_penalty))
         online = {k: changes[k] for k in ONLINE_KEYS if k in changes}
-        self.online = OnlineSettings(**{"rounds": args.rounds, "per_round": args.per_round, "sample_batch_size": 32,
+        self.online = OnlineSettings(**{"rounds": args.rounds, "per_round": args.per_round, "sample_batch_size": 64,
                                         **online})
         self.sample = replace(ONLINE_SAMPLING, seed=seed, **{k: changes[k] for k in SAMPLER_KEYS if k in changes})
         self.settings = {"seed": seed, "heldout_samples": args.heldout_samples, "heldout_prompts": args.heldout_prompts,
@@ -95,7 +95,7 @@ class Run:
         row = {**self.key, "round": number, "version": version, "decision": decision, "reason": reason,
                **{k: report_heldout.get(f"heldout/{k}") for k in HELD},
                **{f"base_{k}": report_heldout.get(f"heldout_base/{k}") for k in ("score", "repetition", "unfinished")},
-               "seconds": round(seconds, 1), "answers": first_answers(workspace, version)}
+               "seconds": round(seconds, 1), "score_kind": "raw", "answers": first_answers(workspace, version)}
         return row
 
 
@@ -212,12 +212,6 @@ def cmd_run(args) -> None:
 # --- the report ----------------------------------------------------------------------------------------------
 
 
-def raw_gain(row: dict) -> float:
-    """The gain by the judge's function alone (without the missing-end penalty): score + penalty x unfinished share."""
-    penalty = OnlineSettings().missing_end_penalty
-    return (row["score"] + penalty * row["unfinished"]) - (row["base_score"] + penalty * row["base_unfinished"])
-
-
 def spread(values: list[float]) -> str:
     """"mean ± sd (n)": the sample standard deviation over seeds; one value alone has none."""
     values = [v for v in values if v is not None]
@@ -228,8 +222,17 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):+.3f} ± {statistics.stdev(values):.3f} ({len(values)} seeds)"
 
 
+def as_raw(row: dict) -> dict:
+    """Rows written before the held-out score became the judge's own carry the missing-end penalty (1 then) in
+    their scores: add it back (score + penalty x share cut), so every row reads the judge's own score."""
+    if row.get("score_kind") == "raw" or row.get("score") is None:
+        return row
+    return {**row, "score": row["score"] + row["unfinished"], "base_score": row["base_score"] + row["base_unfinished"],
+            "score_kind": "raw"}
+
+
 def cmd_report(args) -> None:
-    rows = [json.loads(line) for line in Path(args.out).read_text().splitlines()]
+    rows = [as_raw(json.loads(line)) for line in Path(args.out).read_text().splitlines()]
     groups: dict[tuple, dict[int, list[dict]]] = {}
     for r in rows:
         groups.setdefault((r["plan"], r["judge"], r["arm"]), {}).setdefault(r["seed"], []).append(r)
@@ -249,33 +252,34 @@ def cmd_report(args) -> None:
             unfinished.append(last["unfinished"] if last else base["base_unfinished"])
         print(f"| {plan} | {judge} | {arm} | {spread(gains)} | {spread(kls).replace('+', '')} | "
               f"{spread(reps).replace('+', '')} | {spread(unfinished).replace('+', '')} | {rejected} |")
-    print("\n| judge | arm | round | score gain over the base | ... without the penalty | KL (nats/answer) | "
-          "repeated 3-grams | unfinished | kept |")
+    print("\n| plan | judge | arm | round | score gain over the base | KL (nats/answer) | repeated 3-grams | "
+          "unfinished (base) | kept |")
     print("|---|---|---|---|---|---|---|---|---|")
     for (plan, judge, arm), seeds in sorted(groups.items()):
         for number in sorted({r["round"] for rs in seeds.values() for r in rs}):
             at = [r for rs in seeds.values() for r in rs if r["round"] == number]
             kept = sum(r["decision"] != "rejected" for r in at)
-            print(f"| {judge} | {arm} | {number} | {spread([r['score'] - r['base_score'] for r in at])} | "
-                  f"{spread([raw_gain(r) for r in at])} | {spread([r['kl'] for r in at]).replace('+', '')} | "
+            print(f"| {plan} | {judge} | {arm} | {number} | {spread([r['score'] - r['base_score'] for r in at])} | "
+                  f"{spread([r['kl'] for r in at]).replace('+', '')} | "
                   f"{spread([r['repetition'] for r in at]).replace('+', '')} | "
-                  f"{spread([r['unfinished'] for r in at]).replace('+', '')} | {kept}/{len(at)} |")
+                  f"{spread([r['unfinished'] for r in at]).replace('+', '')} "
+                  f"({spread([r['base_unfinished'] for r in at]).replace('+', '')}) | {kept}/{len(at)} |")
     if args.png:
-        plot(rows, Path(args.png))
+        plot([r for r in rows if r["plan"] == args.plan], Path(args.png))
 
 
 def plot(rows: list[dict], png: Path) -> None:
-    """Held-out score gain against the KL to the base, every version of both arms (one panel per judge)."""
+    """Held-out score gain against the KL to the base, every version of both arms (one panel per judge), one plan."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    judges = sorted({r["judge"] for r in rows if r["plan"] == "default"})
+    judges = sorted({r["judge"] for r in rows})
     fig, axes = plt.subplots(1, len(judges), figsize=(4.2 * len(judges), 3.6), squeeze=False)
     for ax, judge in zip(axes[0], judges):
         for arm, marker in (("online", "o"), ("offline", "s")):
-            mine = [r for r in rows if r["judge"] == judge and r["arm"] == arm and r["plan"] == "default"]
+            mine = [r for r in rows if r["judge"] == judge and r["arm"] == arm]
             for seed in sorted({r["seed"] for r in mine}):
                 seq = sorted((r for r in mine if r["seed"] == seed), key=lambda r: r["round"])
                 xs = [0.0] + [r["kl"] for r in seq]
@@ -288,7 +292,7 @@ def plot(rows: list[dict], png: Path) -> None:
                         ax.plot([x], [y], marker="x", color="red", markersize=9)
         ax.set_title(judge)
         ax.set_xlabel("KL to the base (nats per answer)")
-        ax.set_ylabel("held-out score - base's")
+        ax.set_ylabel("held-out score (judge's own) - base's")
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.legend()
     fig.suptitle("held-out score gain vs KL, every version (x: rejected)", fontsize=9)
@@ -314,6 +318,7 @@ def main() -> None:
     report = sub.add_parser("report")
     report.add_argument("--out", default=str(HERE / "results" / "online.jsonl"))
     report.add_argument("--png")
+    report.add_argument("--plan", default="default", help="the plan the PNG draws")
     args = parser.parse_args()
     print(json.dumps({"machine": platform.machine(), "processor": platform.processor() or platform.platform(),
                       "date": time.strftime("%Y-%m-%d %H:%M"), "argv": sys.argv[1:]}), flush=True)

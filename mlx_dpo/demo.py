@@ -42,7 +42,9 @@ PROMPTS = DATASETS / "online_prompts.txt"  # questions the rounds sample and jud
 HELDOUT = DATASETS / "online_heldout_prompts.txt"  # questions no round trains on: the score is measured here
 JUDGE = "mlx_dpo.online.demo_judges:one_sentence"
 QUESTION = "Why do stars twinkle?"  # a held-out question (tests check it stays held out)
-ONLINE = OnlineSettings(rounds=3, per_round=16)
+# 3 rounds of 16 prompts x 4 answers, sampled 64 at a time (one batch: a decode step costs about the same for 64
+# sequences as for 16 on a CPU, so a round's sampling takes as long as its longest answer).
+ONLINE = OnlineSettings(rounds=3, per_round=16, sample_batch_size=64)
 SAMPLER = ONLINE_SAMPLING
 # The measurement, not the training: 25 held-out prompts x 2 answers = 50 samples, so one answer moves a mean score
 # in [0, 1] by 0.02 at most. Everything else is the rounds' defaults.
@@ -73,7 +75,13 @@ def show_round(report: RoundReport) -> None:
 
 
 def _scores(judge, prompts: list, answers: list) -> list[float]:
-    return [judge.score(p, a) for p, group in zip(prompts, answers) for a in group]
+    """The judge's own scores (no missing-end penalty: that only chooses pairs), sample by sample."""
+    return [judge.raw_score(p, a) for p, group in zip(prompts, answers) for a in group]
+
+
+def _cut(answers: list) -> float:
+    flat = [a for group in answers for a in group]
+    return sum(not a.finished for a in flat) / len(flat)
 
 
 def _noise(values: list[float]) -> str:
@@ -97,23 +105,23 @@ def show_before_after(workspace: Path, judge, held_out: list, last: str | None, 
 
     base = kept("base")
     base_scores = _scores(judge, held_out, base)
-    say(f"held-out score ({len(held_out)} prompts, {len(base_scores)} samples; one sample moves it by "
-        f"{1 / len(base_scores):.3f} at most; {seconds:.0f} s)")
-    print(f"  base  {statistics.mean(base_scores):.3f} {_noise(base_scores)}")
+    say(f"held-out score, the judge's own ({len(held_out)} prompts, {len(base_scores)} samples; one sample moves it by "
+        f"{1 / len(base_scores):.3f} at most; rounds took {seconds:.0f} s)")
+    print(f"  base  {statistics.mean(base_scores):.3f} {_noise(base_scores)}; cut at max tokens {_cut(base):.2f}")
     if last is None:
         print("  no round was kept: the base is what you have")
         return
     tuned = kept(last)
     tuned_scores = _scores(judge, held_out, tuned)
     gains = [t - b for t, b in zip(tuned_scores, base_scores)]  # same prompts, same draws' seeds: paired
-    print(f"  {last:<5} {statistics.mean(tuned_scores):.3f} {_noise(tuned_scores)}; gain "
-          f"{statistics.mean(gains):+.3f} {_noise(gains)}")
+    print(f"  {last:<5} {statistics.mean(tuned_scores):.3f} {_noise(tuned_scores)}; cut at max tokens {_cut(tuned):.2f}")
+    print(f"  gain  {statistics.mean(gains):+.3f} {_noise(gains)}, paired: same prompts, same draws' seeds")
     say(f"base and {last} side by side: the first sample for the first {SHOWN} held-out prompts (not chosen)")
     for i, prompt in enumerate(held_out[:SHOWN]):
         b, t = base[i][0], tuned[i][0]
         print(side_by_side(f"\nQ: {prompt[-1]['content']}",
-                           f"base (score {judge.score(prompt, b):.2f}{'' if b.finished else ', cut'}): {b}",
-                           f"{last} (score {judge.score(prompt, t):.2f}{'' if t.finished else ', cut'}): {t}"))
+                           f"base (score {judge.raw_score(prompt, b):.2f}{'' if b.finished else ', cut'}): {b}",
+                           f"{last} (score {judge.raw_score(prompt, t):.2f}{'' if t.finished else ', cut'}): {t}"))
 
 
 def main(model: str | None = None, workspace: Path = WORKSPACE, online: OnlineSettings = ONLINE,

@@ -290,12 +290,15 @@ class RoundSettings:
                             check=OneOf(("base", "previous"), "reference"))
     heldout_samples: int = option(2, "answers sampled per held-out prompt after a round (KL, judge); 0: none",
                                   check=at_least(0))
-    heldout_prompts: int = option(8, "held-out prompts measured after a round (the first ones)", check=at_least(1))
+    # 25 x 2 samples: one answer moves a mean score in [0, 1] by 0.02 at most (benchmarks/README.md, "Online rounds").
+    heldout_prompts: int = option(25, "most held-out prompts measured after a round (the first ones; a round says "
+                                  "when it leaves some out)", check=at_least(1))
     # Whether a measured round is kept (mlx_dpo.training.acceptance); a rejected one is not built on.
     accept: str = option("better", "keep a round: always, kl (within --kl-budget, no degeneration jump) or better "
                          "(kl, and no loss to the previous version by the judge)",
                          check=OneOf(ACCEPT_MODES, "accept rule"))
-    kl_budget: float = option(3.0, "most KL to the base a kept round may reach, nats per held-out answer",
+    # 5 nats per answer: the issue's bound for a sound demo; the win-rate and degeneration rules guard below it.
+    kl_budget: float = option(5.0, "most KL to the base a kept round may reach, nats per held-out answer",
                               check=positive())
 
     def __post_init__(self) -> None:
@@ -378,10 +381,13 @@ EVAL_LOSS_SETTINGS = ("loss_weights", "label_smoothing", "f_divergence_type", "f
 TRAIN_GROUPS = (RunOptions, TrainingArgs, LoraSettings)
 
 # What a round (the app's, `train --incremental`, `online`) sets differently from a plain `train`, by setting name:
-# save and report every step (a cancelled round keeps its last step's adapter; the app plots every step), and an
-# NLL anchor on the chosen answers (RPO; Iterative RPO calls it crucial for stability; chosen by experiment:
-# benchmarks/README.md, "Online rounds"). The surfaces that start rounds show these as the defaults.
-ROUND_DEFAULTS: dict[str, Any] = {"save_every": 1, "steps_per_report": 1, "rpo_alpha": 1.0}
+# save and report every step (a cancelled round keeps its last step's adapter; the app plots every step), an
+# NLL anchor on the chosen answers (RPO; Iterative RPO calls it crucial for stability), and one pass at 1e-4: one pass
+# at 1e-4 moved the judge's score as far per round as 2 passes, in half the steps; at 2e-4 every run's second round
+# overshot --kl-budget (5.2-8.1 nats, 4 of 4 runs) (benchmarks/README.md, "Online rounds"). The surfaces that start
+# rounds show these as the defaults.
+ROUND_DEFAULTS: dict[str, Any] = {"save_every": 1, "steps_per_report": 1, "rpo_alpha": 1.0, "learning_rate": 1e-4,
+                                  "passes": 1.0}
 # How `mlx-dpo online` samples unless told otherwise (the app's Label screen keeps SampleSettings' own defaults,
 # longer answers for a person to read): short enough to sample a round quickly on a laptop, long enough that the
 # default model can finish an answer in it (benchmarks/README.md, "Online rounds").

@@ -112,7 +112,7 @@ def test_a_person_can_keep_a_rejected_version_and_only_a_finished_round_can_be_k
 
 
 def test_accept_and_kl_budget_are_settings_with_one_rule_each():
-    assert (RoundSettings().accept, RoundSettings().kl_budget) == ("better", 3.0)
+    assert (RoundSettings().accept, RoundSettings().kl_budget) == ("better", 5.0)
     with pytest.raises(MlxDpoError, match="unknown accept .sometimes.; choose from always, kl, better"):
         RoundSettings(accept="sometimes")
     with pytest.raises(MlxDpoError, match="kl_budget must be > 0"):

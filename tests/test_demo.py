@@ -32,8 +32,9 @@ def test_the_demo_runs_an_online_round_and_prints_the_held_out_scores_and_the_an
     assert "round 1: judged 2 prompts' answers from base" in printed
     assert "  held-out judge score " in printed and "KL to base " in printed and "repeated 3-grams " in printed
     assert "  v1 accepted: kept without a check (--accept always)" in printed
-    assert "== held-out score (2 prompts, 4 samples; one sample moves it by 0.250 at most" in printed  # both prompts
+    assert "== held-out score, the judge's own (2 prompts, 4 samples; one sample moves it by 0.250 at most" in printed
     assert "\n  base  " in printed and "\n  v1    " in printed and "standard error over 4 samples" in printed
+    assert "\n  gain  " in printed and "cut at max tokens " in printed
     assert "== base and v1 side by side: the first sample for the first 3 held-out prompts" in printed
     assert f"\nQ: {demo.read_prompt_file(demo.HELDOUT)[0][-1]['content']}\nbase (score " in printed
     with PreferenceStore(workspace) as store:

@@ -116,5 +116,8 @@ def test_the_heldout_set_is_the_eval_prompts_or_the_validation_prompts_each_once
     held = rounds.heldout_set(tmp_path, RoundSettings(heldout_prompts=3), valid_pairs=[], eval_prompts=given,
                               judge=None, sample_settings=None, beta=0.1, batch_size=2)
     assert held.prompts == given[:3] and held.valid_pairs == []
+    assert held.left_out == " on the first 3 of 4 held-out prompts (--heldout-prompts)"  # a cap is said, not silent
+    assert rounds.heldout_set(tmp_path, RoundSettings(), valid_pairs=[], eval_prompts=given, judge=None,
+                              sample_settings=None, beta=0.1, batch_size=2).left_out == ""
     assert rounds.heldout_set(tmp_path, RoundSettings(), valid_pairs=[], eval_prompts=None, judge=None,
                               sample_settings=None, beta=0.1, batch_size=2) is None  # nothing to measure

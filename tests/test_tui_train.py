@@ -252,7 +252,7 @@ async def test_the_train_fields_take_a_fractional_pass_count_and_name_a_bad_valu
         await pilot.press("f4")
         screen = app.get_screen("train")
         await set_round_settings(pilot, {"train-iters": "", "train-passes": "0.5"})
-        assert screen.settings() == {"loss_type": "sigmoid", "beta": 0.1, "learning_rate": 5e-5, "passes": 0.5,
+        assert screen.settings() == {"loss_type": "sigmoid", "beta": 0.1, "learning_rate": 1e-4, "passes": 0.5,
                                      "batch_size": 4, "lora_rank": 8, "replay": 0.5}
         await set_round_settings(pilot, {"train-beta": "0"})
         with pytest.raises(ValueError, match=r"^β must be > 0 \(got 0\)$"):

@@ -6,12 +6,15 @@ Cost: about 10 s serially on 2 vCPU (a few greedy tokens of the default model, o
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from helpers import user
 from mlx_dpo.data.answers import Answer, is_finished
 from mlx_dpo.data.online_records import Comparison
-from mlx_dpo.data.pairs import PreferencePair
+from mlx_dpo.data.pairs import PreferencePair, load_pairs
+from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.models.generate import SampleSettings
 from mlx_dpo.online.judges import load_judge
@@ -19,6 +22,7 @@ from mlx_dpo.online.loop import judge_and_store
 from mlx_dpo.online.pairing import choose_pair
 from mlx_dpo.online.sampling import sample_answers
 from mlx_dpo.online.verdict import may_prefer
+from mlx_dpo.training.heldout import mean_score
 from mlx_dpo.training.tokens import Encoder
 
 SHORT = [user("What is the capital of France? Answer in one word.")]  # the default model ends it in a few tokens
@@ -86,6 +90,9 @@ def test_a_penalty_lowers_a_cut_answers_score_and_a_person_may_still_choose_one(
     judge = load_judge(f"{tmp_path / 'j.py'}:longer", missing_end_penalty=100.0)
     assert judge.score(SHORT, Answer("abc", False)) == 3.0 - 100.0 and judge.score(SHORT, Answer("abc")) == 3.0
     assert judge.score(SHORT, "abc") == 3.0  # text without the flag counts as finished
+    # The held-out score is the judge's own: the penalty decides comparisons, not the number a person reads.
+    assert judge.raw_score(SHORT, Answer("abc", False)) == 3.0
+    assert mean_score(judge, [SHORT], [[Answer("abc", False), Answer("abcde")]]) == 4.0
     assert may_prefer(Answer("cut", False), Answer("done"), by_person=True)
     assert not may_prefer(Answer("cut", False), Answer("done"))
     assert may_prefer(Answer("cut", False), Answer("also cut", False))
@@ -123,6 +130,29 @@ def test_the_store_keeps_each_answers_flag_through_swap_overrule_and_edit(worksp
         assert typed.rejected.finished
         candidate = store.add_candidate(SHORT, [Answer("a"), Answer("b", False)])
         assert [a.finished for a in store.list_candidates()[0].answers] == [True, False] and candidate.id
+
+
+def test_export_and_import_keep_a_cut_answers_flag(workspace, tmp_path):
+    with PreferenceStore(workspace) as store:
+        store.add_pair(SHORT, Answer("The capital of", False), Answer("Paris."))  # a person may prefer it
+        store.add_pair(SHORT, Answer("Paris!"), Answer("Lyon."))
+        store.export_jsonl(tmp_path / "pairs.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert rows[0]["chosen_finished"] is False and "rejected_finished" not in rows[0]
+    assert not any(key.endswith("_finished") for key in rows[1])  # a finished pair's row is TRL's plain row
+    with PreferenceStore(tmp_path / "elsewhere") as other:
+        assert other.import_jsonl(tmp_path / "pairs.jsonl").added == 2
+        first, second = sorted(other.list_pairs(), key=lambda p: p.id)
+        assert (first.chosen.finished, first.rejected.finished, second.chosen.finished) == (False, True, True)
+    loaded = load_pairs(tmp_path / "pairs.jsonl").pairs  # `train --data` reads the flag too
+    assert (is_finished(loaded[0].chosen), is_finished(loaded[0].rejected)) == (False, True)
+
+
+def test_a_finished_field_that_is_not_a_boolean_is_a_row_error(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"prompt": "Hi", "chosen": "a", "rejected": "b", "rejected_finished": "no"}) + "\n")
+    with pytest.raises(MlxDpoError, match=r"bad.jsonl:1: field .rejected_finished.: expected true or false, got string"):
+        load_pairs(path)
 
 
 def test_a_cut_answer_is_trained_on_its_tokens_with_no_end_of_turn_appended(default_model):

@@ -192,7 +192,8 @@ class Pairs:
                 if conn.execute("SELECT 1 FROM pairs WHERE content_key = ? LIMIT 1", (key,)).fetchone():
                     duplicates += 1  # also catches a repeat within `pairs`: it was inserted just before
                     continue
-                _insert_pair(conn, prompt, chosen, rejected, "imported", None, None, split, external_id, now)
+                _insert_pair(conn, prompt, chosen, rejected, "imported", None, None, split, external_id, now,
+                             (None, None, None, is_finished(chosen), is_finished(rejected)))
                 added += 1
             linked = thread_records.infer_links(conn) if added else 0
         return ImportResult(added, duplicates, 0, [], linked)

@@ -5,7 +5,9 @@ Accepted rows (other keys are ignored), from JSON Lines or Parquet files, local 
   conversational  {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
   implicit prompt {"chosen": [whole conversation], "rejected": [whole conversation]} (or two texts): the
                   turns both start with are the prompt, the rest each answer, as TRL's extract_prompt splits them
-with an optional "id" (string or integer). A message is {"role": "system"|"user"|"assistant", "content": "..."};
+with an optional "id" (string or integer) and optional "chosen_finished" / "rejected_finished" (true or false:
+false marks an answer cut at max tokens, mlx_dpo.data.answers; written only for such answers, so a round trip keeps
+the flag). A message is {"role": "system"|"user"|"assistant", "content": "..."};
 extra message keys are dropped. The two styles may be mixed per field (a string prompt with message completions).
 TRL's unpaired rows ({"prompt", "completion", "label"}) are KTO's (feedback.py); here they are one clear refusal.
 
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, NamedTuple
 
 from mlx_dpo.atomic import atomic_file
+from mlx_dpo.data.answers import Answer, is_finished
 from mlx_dpo.data.hub import data_source
 from mlx_dpo.data.implicit_prompt import parting_turn
 from mlx_dpo.data.rows import Place, RowError, invalid_rows_error, read_rows, text_problem
@@ -122,17 +125,24 @@ def load_pairs(path: str | Path, *, skip_invalid: bool = False, config: str | No
     return LoadResult(pairs, errors, skipped)
 
 
+FINISHED_FIELDS = ("chosen_finished", "rejected_finished")  # present (false) only for an answer cut at max tokens
+
+
 def pair_to_record(pair: PreferencePair, style: Style = "conversational") -> dict[str, Any]:
-    """The JSON object for one pair, always with its id so reloading keeps it.
+    """The JSON object for one pair, always with its id so reloading keeps it, and `chosen_finished` /
+    `rejected_finished` false for an answer cut at max tokens (other readers ignore the extra keys).
 
     "standard" holds a plain-string prompt, so it only fits pairs whose prompt is a single user message.
     """
+    cut = {name: False for name, answer in zip(FINISHED_FIELDS, (pair.chosen, pair.rejected))
+           if not is_finished(answer)}
     if style == "conversational":
         return {
             "id": pair.id,
             "prompt": [dict(m) for m in pair.prompt],
             "chosen": [{"role": "assistant", "content": pair.chosen}],
             "rejected": [{"role": "assistant", "content": pair.rejected}],
+            **cut,
         }
     if style == "standard":
         if len(pair.prompt) != 1:
@@ -140,7 +150,8 @@ def pair_to_record(pair: PreferencePair, style: Style = "conversational") -> dic
                 f"pair {pair.id!r}: its prompt has {len(pair.prompt)} messages, but the standard style holds "
                 "a single user prompt; use the conversational style"
             )
-        return {"id": pair.id, "prompt": pair.prompt[0]["content"], "chosen": pair.chosen, "rejected": pair.rejected}
+        return {"id": pair.id, "prompt": pair.prompt[0]["content"], "chosen": pair.chosen, "rejected": pair.rejected,
+                **cut}
     raise ValueError(f"unknown style {style!r}; expected 'conversational' or 'standard'")
 
 
@@ -286,9 +297,19 @@ def _parse_row(obj: Any) -> tuple[_Row | None, list[Problem]]:
     problems: list[Problem] = []
     row_id = _parse_id(obj["id"], problems) if "id" in obj and obj["id"] is not None else None
     pair = pair_from_row(obj, problems)
-    if pair is None:
+    finished = [_parse_finished(obj.get(name, True), name, problems) for name in FINISHED_FIELDS]
+    if pair is None or problems:
         return None, problems
-    return _Row(row_id, *pair), []
+    chosen, rejected = (text if done else Answer(text, False) for text, done in zip(pair[1:], finished))
+    return _Row(row_id, pair.prompt, chosen, rejected), []
+
+
+def _parse_finished(value: Any, name: str, problems: list[Problem]) -> bool:
+    """A row's optional `chosen_finished` / `rejected_finished`: true or false (absent or null: finished)."""
+    if value is None or isinstance(value, bool):
+        return value is not False
+    problems.append((name, f"expected true or false, got {_json_type(value)}"))
+    return True
 
 
 def _parse_id(value: Any, problems: list[Problem]) -> str | None:

@@ -20,9 +20,11 @@ earlier turns included) for a judge that needs a multi-turn conversation. Each a
 whose `.finished` is False when sampling cut it at max tokens.
 
 A score judge's score of an unfinished answer is the function's score minus `missing_end_penalty` (TRL's
-`missing_eos_penalty`; `--missing-end-penalty`, mlx_dpo.settings.OnlineSettings): everywhere the judge's score
-is used, pairing and held-out numbers alike. Whatever a judge says, no program judge's pair prefers an
-unfinished answer over a finished one (mlx_dpo.online.verdict.may_prefer).
+`missing_eos_penalty`; `--missing-end-penalty`, mlx_dpo.settings.OnlineSettings) where answers are compared:
+choosing a round's pair and the held-out win rates. The held-out *score* is the function's own (`raw_score`),
+so a gain a person reads is the judge's preference, not "cut less often" (that has its own figure,
+heldout/unfinished). Whatever a judge says, no program judge's pair prefers an unfinished answer over a finished
+one (mlx_dpo.online.verdict.may_prefer).
 
 A bad spec or a judge that misbehaves (raises, returns a bool, NaN, a string, 3...) raises MlxDpoError:
 one line naming the spec and what is wrong, before anything is stored.
@@ -69,12 +71,16 @@ class ScoreJudge(_CallableJudge):
         super().__init__("score", spec, fn)
         self.missing_end_penalty = float(missing_end_penalty)
 
-    def score(self, prompt: Messages, answer: str) -> float:
-        """The function's score, less `missing_end_penalty` for an answer cut at max tokens."""
+    def raw_score(self, prompt: Messages, answer: str) -> float:
+        """The function's own score (the held-out score), whether or not the answer finished."""
         value = self._call(Prompt(prompt), answer)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise MlxDpoError(f"judge {self.spec} returned {value!r}; a score judge must return a finite number")
-        return float(value) - (0.0 if is_finished(answer) else self.missing_end_penalty)
+        return float(value)
+
+    def score(self, prompt: Messages, answer: str) -> float:
+        """The function's score, less `missing_end_penalty` for an answer cut at max tokens (comparisons)."""
+        return self.raw_score(prompt, answer) - (0.0 if is_finished(answer) else self.missing_end_penalty)
 
     def judge(self, prompts: list[Messages], pairs: list[tuple[str, str]]) -> list[Verdict]:
         check_lengths(self, prompts, pairs)

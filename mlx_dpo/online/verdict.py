@@ -63,6 +63,10 @@ class Judge:
         """A score judge's score of one answer; None for judges that only compare."""
         return None
 
+    def raw_score(self, prompt: Messages, answer: str) -> float | None:
+        """A score judge's own score of one answer, no missing-end penalty (the held-out score)."""
+        return self.score(prompt, answer)
+
 
 def may_prefer(chosen: str, rejected: str, *, by_person: bool = False) -> bool:
     """The rule: a pair never prefers an unfinished answer (cut at max tokens) over a finished one, unless a person

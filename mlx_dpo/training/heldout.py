@@ -5,8 +5,9 @@
   heldout/margin           the mean implicit reward margin (chosen - rejected) on those pairs
   heldout/kl               KL(version || base), estimated from fresh samples y of the version on held-out
                            prompts x: the mean over samples of log pi(y|x) - log pi_base(y|x), nats per answer
-  heldout/score            a score judge's mean score of the version's samples (an unfinished sample's score
-                           carries the judge's missing-end penalty: mlx_dpo.online.judges)
+  heldout/score            a score judge's mean score of the version's samples: the judge's own score
+                           (`raw_score`), without the missing-end penalty, which only decides comparisons
+                           (pairs, win rates: mlx_dpo.online.judges); cut answers have heldout/unfinished
   heldout/win_vs_previous  the judge's win rate of the version's samples against the previous (accepted) version's
   heldout/win_vs_base      ... and against the base's, on the same prompts (ties count half, skips not at all)
   heldout/repetition       degeneration: the mean over samples of the share of a sample's word 3-grams that repeat
@@ -80,7 +81,8 @@ BASE_KEYS = (HELDOUT_ACCURACY, HELDOUT_MARGIN, HELDOUT_KL, HELDOUT_SCORE, HELDOU
              HELDOUT_UNFINISHED, HELDOUT_SAMPLES)  # copied into each round's record as heldout_base/...
 HELDOUT_DIR = "heldout"
 HELDOUT_SEED = 0  # the same draws for every version (see the module docstring)
-HELDOUT_BATCH = 16  # sequences sampled together: part of the draws (mlx_dpo.online.sampling), so fixed
+HELDOUT_BATCH = 64  # sequences sampled together: part of the draws (mlx_dpo.online.sampling), so fixed; 64 holds
+# a 25-prompt x 2 set in one batch (a decode step costs about the same for 64 sequences as for 16 on CPU)
 _KEPT_FORMAT = 2  # kept answer files: 2 adds each answer's finished flag (older files are sampled again)
 
 
@@ -133,10 +135,11 @@ def kl_estimate(version: dict[tuple[int, int], float], base: dict[tuple[int, int
 
 
 def mean_score(judge: Judge | None, prompts: Sequence[Prompt], answers: Answers) -> float | None:
-    """A score judge's mean score of the answers (None for other judges, or when it scored none)."""
+    """A score judge's mean raw score of the answers, no missing-end penalty (None for other judges, or when it
+    scored none)."""
     if judge is None or judge.kind != "score":
         return None
-    scores = [judge.score(prompt, a) for prompt, group in zip(prompts, answers) for a in group]
+    scores = [judge.raw_score(prompt, a) for prompt, group in zip(prompts, answers) for a in group]
     scores = [s for s in scores if s is not None]
     return sum(scores) / len(scores) if scores else None
 
@@ -259,6 +262,14 @@ class HeldoutSet:
     n: int = RoundSettings.heldout_samples
     beta: float = TrainingArgs.beta
     batch_size: int = TrainingArgs.batch_size
+    given: int = 0  # how many prompts there were before --heldout-prompts capped them (0: not known)
+
+    @property
+    def left_out(self) -> str:
+        """"" or, when --heldout-prompts capped the prompts, what it left out (said in the measuring line)."""
+        if self.given <= len(self.prompts):
+            return ""
+        return f" on the first {len(self.prompts)} of {self.given} held-out prompts (--heldout-prompts)"
 
     @property
     def key(self) -> str:
@@ -316,7 +327,7 @@ def measure_version(loaded: ModelSession, heldout: HeldoutSet, label: str, adapt
                     on_event: Callable[[Event], None] = lambda e: None) -> dict[str, float | None]:
     """A round's held-out numbers (KEYS) and the base's (as heldout_base/...). `previous`: the (label,
     adapter folder) of the version the round started from; None when it started from the base."""
-    on_event(Status(f"held-out: measuring {label}"))
+    on_event(Status(f"held-out: measuring {label}{heldout.left_out}"))
     base = heldout.base_metrics(loaded, on_event)
     base_answers = heldout.answers(loaded, "base", None, on_event)
     previous_answers = heldout.answers(loaded, *previous, on_event) if previous else base_answers

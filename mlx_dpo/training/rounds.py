@@ -149,11 +149,12 @@ def heldout_set(workspace: str | Path, settings: RoundSettings, *, valid_pairs: 
         for pair in valid_pairs:
             if pair.prompt not in prompts:
                 prompts.append(pair.prompt)
+    given = len(prompts)
     prompts = prompts[: settings.heldout_prompts]
     if not prompts and not valid_pairs:
         return None
     return heldout.HeldoutSet(Path(workspace), prompts, list(valid_pairs), judge, sample_settings or ONLINE_SAMPLING,
-                              settings.heldout_samples, beta, batch_size)
+                              settings.heldout_samples, beta, batch_size, given)
 
 
 def _session(loaded: ModelSession | None, model: str | None, emit: Callable[[Event], None]) -> ModelSession:

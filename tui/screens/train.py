@@ -120,7 +120,7 @@ class TrainScreen(Screen):
                     yield Sparkline([], id=f"plot-{_slug(key)}")
         table = DataTable(id="versions", cursor_type="row")
         table.border_title = "versions"
-        table.border_subtitle = ("* held out: accuracy on valid pairs, KL to the base, judge score and win rates, "
+        table.border_subtitle = ("* held out: accuracy on valid pairs, KL to the base, judge's own score and win rates, "
                                  "repeated 3-grams, answers cut at max tokens")
         yield table
         yield Footer()
