@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 UNAME := $(shell uname -s)
 
-.PHONY: demo test test-fast test-latest bench setup setup-dev blas clean
+.PHONY: demo lint test test-fast test-latest bench setup setup-dev blas clean
 
 demo: setup
 	$(PY) -m mlx_dpo.demo
@@ -15,12 +15,17 @@ demo: setup
 # on two cores (the whole suite, 2026-12-02, 2 vCPU: 508 s on three workers, 546 s on two).
 TEST_WORKERS ?= 3
 
-test: setup-dev
+# ruff's lint and format check, pinned in the dev extra (pyproject.toml [tool.ruff]): part of every test run.
+lint: setup-dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: setup-dev lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The edit loop's tier: every test not marked slow (the rule is in tests/conftest.py: no default model, at most
 # one child process per test, no long training, sampling or export).
-test-fast: setup-dev
+test-fast: setup-dev lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # The suite against the newest mlx and mlx-lm releases, past pyproject.toml's bounds, in a venv of its own

@@ -22,15 +22,20 @@ def main() -> None:
     for shape in SHAPES:
         rows.append({"shape": shape, "optimized_gflops": round(doctor.matmul_gflops(shape, repeats=5), 1)})
     reference = doctor.reference_blas_gflops()
-    print(json.dumps({
-        "benchmark": "blas_matmul",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
-        "blas": blas.sgemm_provider(),
-        "rates": rows,
-        "reference_gflops_1024x576x1536": round(reference, 2) if reference else None,
-        "speedup": round(rows[0]["optimized_gflops"] / reference, 1) if reference else None,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "blas_matmul",
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
+                "blas": blas.sgemm_provider(),
+                "rates": rows,
+                "reference_gflops_1024x576x1536": round(reference, 2) if reference else None,
+                "speedup": round(rows[0]["optimized_gflops"] / reference, 1) if reference else None,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

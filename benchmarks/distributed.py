@@ -36,17 +36,45 @@ def _free_port() -> int:
 
 
 def run(ranks: int, args: argparse.Namespace, home: Path, out: Path) -> dict:
-    train = [str(BIN / "mlx-dpo"), "train", "--data", str(DATA), "--adapter-path", str(out),
-             "--iters", str(args.iters), "--batch-size", str(args.batch_size), "--steps-per-report", "1",
-             "--save-every", str(args.iters), "--seed", "0"] + (["--model", args.model] if args.model else [])
+    train = [
+        str(BIN / "mlx-dpo"),
+        "train",
+        "--data",
+        str(DATA),
+        "--adapter-path",
+        str(out),
+        "--iters",
+        str(args.iters),
+        "--batch-size",
+        str(args.batch_size),
+        "--steps-per-report",
+        "1",
+        "--save-every",
+        str(args.iters),
+        "--seed",
+        "0",
+    ] + (["--model", args.model] if args.model else [])
     if ranks > 1:
-        cmd = [str(BIN / "mlx.launch"), "-n", str(ranks), "--backend", "ring", "--hosts", "127.0.0.1",
-               "--starting-port", str(_free_port()), "--env", "OPENBLAS_NUM_THREADS=1", *train]
+        cmd = [
+            str(BIN / "mlx.launch"),
+            "-n",
+            str(ranks),
+            "--backend",
+            "ring",
+            "--hosts",
+            "127.0.0.1",
+            "--starting-port",
+            str(_free_port()),
+            "--env",
+            "OPENBLAS_NUM_THREADS=1",
+            *train,
+        ]
     else:
         cmd = train
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "MLX_DPO_HOME": str(home)})
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "MLX_DPO_HOME": str(home)}
+    )
     seen: dict[int, float] = {}
     for line in proc.stderr:
         m = STEP.search(line)
@@ -57,9 +85,13 @@ def run(ranks: int, args: argparse.Namespace, home: Path, out: Path) -> dict:
         raise SystemExit(f"{ranks}-rank run failed ({proc.returncode}): {proc.stdout.read()}")
     first, last = min(seen), max(seen)
     seconds = seen[last] - seen[first]
-    return {"ranks": ranks, "timed_steps": last - first, "step_seconds": round(seconds / max(last - first, 1), 2),
-            "pairs_per_second": round((last - first) * args.batch_size / max(seconds, 1e-9), 3),
-            "wall_seconds": round(time.perf_counter() - start, 1)}
+    return {
+        "ranks": ranks,
+        "timed_steps": last - first,
+        "step_seconds": round(seconds / max(last - first, 1), 2),
+        "pairs_per_second": round((last - first) * args.batch_size / max(seconds, 1e-9), 3),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def main() -> None:
@@ -74,15 +106,20 @@ def main() -> None:
         # Warm-up: converts the default model if needed and fills the reference cache both runs then use.
         run(1, argparse.Namespace(**{**vars(args), "iters": 2}), home, Path(tmp) / "warm")
         rows = [run(ranks, args, home, Path(tmp) / f"r{ranks}") for ranks in (1, 2)]
-    print(json.dumps({
-        "benchmark": "distributed",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
-        "model": args.model or "default (SmolLM2-135M-Instruct)",
-        "global_batch": args.batch_size,
-        "runs": rows,
-        "speedup_2_ranks": round(rows[1]["pairs_per_second"] / rows[0]["pairs_per_second"], 2),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "distributed",
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
+                "model": args.model or "default (SmolLM2-135M-Instruct)",
+                "global_batch": args.batch_size,
+                "runs": rows,
+                "speedup_2_ranks": round(rows[1]["pairs_per_second"] / rows[0]["pairs_per_second"], 2),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

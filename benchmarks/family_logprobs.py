@@ -18,17 +18,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import mlx_dpo  # noqa: E402,F401  # before mlx: picks the BLAS
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
-
 from family_models import FAMILIES, make_family_model  # noqa: E402
+
+import mlx_dpo  # noqa: E402,F401  # before mlx: picks the BLAS
 from mlx_dpo.training import fast_path, logprobs  # noqa: E402
 from mlx_dpo.training.batching import BatchLayout, make_pair_batch  # noqa: E402
 from mlx_dpo.training.tokens import EncodedPair  # noqa: E402
 
-PATHS = {"sequences+full": (BatchLayout.SEQUENCES, True), "sequences+head": (BatchLayout.SEQUENCES, False),
-         "shared+full": (BatchLayout.SHARED_PROMPT, True), "shared+head": (BatchLayout.SHARED_PROMPT, False)}
+PATHS = {
+    "sequences+full": (BatchLayout.SEQUENCES, True),
+    "sequences+head": (BatchLayout.SEQUENCES, False),
+    "shared+full": (BatchLayout.SHARED_PROMPT, True),
+    "shared+head": (BatchLayout.SHARED_PROMPT, False),
+}
 
 
 def probe_pairs(vocab: int) -> list[EncodedPair]:
@@ -61,16 +65,28 @@ def main() -> None:
         row = {}
         for name, (layout, full) in PATHS.items():
             try:
-                got = np.array(logprobs.completion_logps(model, make_pair_batch(pairs, layout), full_logits=full,
-                                                         mask_dims=found.mask_dims))
+                got = np.array(
+                    logprobs.completion_logps(
+                        model, make_pair_batch(pairs, layout), full_logits=full, mask_dims=found.mask_dims
+                    )
+                )
                 row[name] = float(np.abs(got - want).max())
             except Exception as e:  # a path that cannot run on this family
                 row[name] = f"{type(e).__name__}: {str(e)[:80]}"
         row["self_check"] = {"head": found.head_problem or "ok", "shared_prompt": found.shared_problem or "ok"}
         rows[family] = row
         print(json.dumps({family: row}), flush=True)
-    print(json.dumps({"benchmark": "family_logprobs", "date": time.strftime("%Y-%m-%d"),
-                      "machine": f"{platform.system()} {platform.machine()}", "families": rows}, indent=1))
+    print(
+        json.dumps(
+            {
+                "benchmark": "family_logprobs",
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": f"{platform.system()} {platform.machine()}",
+                "families": rows,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

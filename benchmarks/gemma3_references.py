@@ -31,9 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import mlx_dpo  # noqa: F401  # before mlx: picks the BLAS
 import mlx.core as mx
 import numpy as np
+
+import mlx_dpo  # noqa: F401  # before mlx: picks the BLAS
 
 PROMPT = "The capital of France is"
 PAIRS = [  # (prompt, chosen, rejected): TRL's standard rows, plain text for a base model
@@ -60,10 +61,10 @@ def rows(tokenizer) -> list[tuple[list[int], int]]:
 
 def picked(logits: np.ndarray, ids: list[int], answer: int) -> np.ndarray:
     """Log-probs of the last `answer` tokens of `ids` from logits over every position."""
-    logits = logits[len(ids) - 1 - answer: len(ids) - 1].astype(np.float64)
+    logits = logits[len(ids) - 1 - answer : len(ids) - 1].astype(np.float64)
     logits -= logits.max(-1, keepdims=True)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    return logp[np.arange(answer), ids[len(ids) - answer:]]
+    return logp[np.arange(answer), ids[len(ids) - answer :]]
 
 
 def mlx_logps(model, data) -> list[np.ndarray]:
@@ -88,8 +89,11 @@ def llama_logps(llama, data) -> list[np.ndarray]:
 
 def gap(a: list[np.ndarray], b: list[np.ndarray]) -> dict:
     d = np.abs(np.concatenate(a) - np.concatenate(b))
-    return {"mean_nats_per_token": round(float(d.mean()), 6), "max_nats_per_token": round(float(d.max()), 6),
-            "tokens": int(d.size)}
+    return {
+        "mean_nats_per_token": round(float(d.mean()), 6),
+        "max_nats_per_token": round(float(d.max()), 6),
+        "tokens": int(d.size),
+    }
 
 
 def mlx_greedy(model, ids: list[int], n: int = 8) -> list[int]:
@@ -114,7 +118,7 @@ def torch_greedy(model, ids: list[int], n: int = 8) -> list[int]:
 
     with torch.no_grad():
         out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)
-    return out[0, len(ids):].tolist()
+    return out[0, len(ids) :].tolist()
 
 
 def eval_against(loaded, theirs: list[np.ndarray], cpp: list[np.ndarray], work: Path) -> dict:
@@ -132,8 +136,11 @@ def eval_against(loaded, theirs: list[np.ndarray], cpp: list[np.ndarray], work: 
 
     def per_token(reference: list[np.ndarray]) -> dict:
         gaps = [abs(o - float(t.sum())) / n for o, t, n in zip(ours, reference, lengths)]
-        return {"mean_nats_per_token": round(float(np.mean(gaps)), 6), "max_nats_per_token": round(max(gaps), 6),
-                "answers": len(gaps)}
+        return {
+            "mean_nats_per_token": round(float(np.mean(gaps)), 6),
+            "max_nats_per_token": round(max(gaps), 6),
+            "answers": len(gaps),
+        }
 
     return {"eval_vs_transformers": per_token(theirs), "eval_vs_llama_cpp": per_token(cpp)}
 
@@ -143,7 +150,7 @@ def exact_embedding_scale(model) -> None:
     Gemma's bfloat16 reference code does); transformers in float32 uses 25.298. This swaps in the exact scale,
     to show that the rest of the import agrees with transformers to rounding."""
     inner = model.model
-    scale = inner.args.hidden_size ** 0.5
+    scale = inner.args.hidden_size**0.5
     rounded = float(mx.array(scale, mx.bfloat16).astype(mx.float32))
     embed = inner.embed_tokens
 
@@ -194,13 +201,21 @@ def main() -> None:
         "benchmark": "gemma3_references",
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {mx.default_device()}",
-        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
-                     "llama_cpp_python": llama_cpp.__version__},
-        "base": {"mlx_dpo_vs_transformers": gap(ours, theirs), "mlx_dpo_vs_llama_cpp": gap(ours, cpp),
-                 "transformers_vs_llama_cpp": gap(theirs, cpp)},
-        "greedy": {"mlx_dpo": mlx_greedy(loaded.model, prompt_ids),
-                   "transformers": torch_greedy(reference, prompt_ids),
-                   "llama_cpp": llama_greedy(llama, prompt_ids)},
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+            "llama_cpp_python": llama_cpp.__version__,
+        },
+        "base": {
+            "mlx_dpo_vs_transformers": gap(ours, theirs),
+            "mlx_dpo_vs_llama_cpp": gap(ours, cpp),
+            "transformers_vs_llama_cpp": gap(theirs, cpp),
+        },
+        "greedy": {
+            "mlx_dpo": mlx_greedy(loaded.model, prompt_ids),
+            "transformers": torch_greedy(reference, prompt_ids),
+            "llama_cpp": llama_greedy(llama, prompt_ids),
+        },
     }
     out["greedy"]["text"] = loaded.tokenizer.decode(out["greedy"]["mlx_dpo"])
     out["eval"] = eval_against(loaded, theirs, cpp, work)

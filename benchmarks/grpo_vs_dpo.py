@@ -69,14 +69,27 @@ def _arm(args, loaded, judge, seed: int, arm: str, prompts, answers, scores, hel
             if arm == "dpo":
                 judge_and_store(store, judge, prompt, group, sampler=sampler, version="base")
             else:
-                store.ratings.add_group(prompt, group, rewards, rater=judge.name, version="base", sampler=sampler,
-                                        tokens=answer_tokens(loaded, prompt, group))
-    settings = {"seed": seed, "accept": "always", "heldout_samples": 2, **(_parse(args.grpo) if arm == "grpo" else {}),
-                **({"method": "grpo"} if arm == "grpo" else {})}
+                store.ratings.add_group(
+                    prompt,
+                    group,
+                    rewards,
+                    rater=judge.name,
+                    version="base",
+                    sampler=sampler,
+                    tokens=answer_tokens(loaded, prompt, group),
+                )
+    settings = {
+        "seed": seed,
+        "accept": "always",
+        "heldout_samples": 2,
+        **(_parse(args.grpo) if arm == "grpo" else {}),
+        **({"method": "grpo"} if arm == "grpo" else {}),
+    }
     loaded.use_adapter(None)
     start = time.perf_counter()
-    result = run_round(workspace, loaded=loaded, settings=settings, eval_prompts=held, judge=judge,
-                       sample_settings=ONLINE_SAMPLING)
+    result = run_round(
+        workspace, loaded=loaded, settings=settings, eval_prompts=held, judge=judge, sample_settings=ONLINE_SAMPLING
+    )
     seconds = time.perf_counter() - start
     if not (base_dir / "heldout").is_dir():
         shutil.copytree(workspace / "heldout", base_dir / "heldout")
@@ -85,21 +98,31 @@ def _arm(args, loaded, judge, seed: int, arm: str, prompts, answers, scores, hel
     m = result.metrics
     kept = json.loads((workspace / "heldout" / f"v{result.version}.json").read_text())["answers"]
     base = json.loads((base_dir / "heldout" / "base.json").read_text())["answers"]
-    return {"arm": arm, "seed": seed, "judge": args.judge, "prompts": len(prompts), "samples": args.samples,
-            "settings": {k: v for k, v in settings.items() if k != "seed"}, "steps": m.get("steps"),
-            "round_seconds": round(seconds, 1), "ref_pass_seconds": m.get("ref_pass_seconds"),
-            **{f"heldout/{k}": m.get(f"heldout/{k}") for k in HELD},
-            **{f"base/{k}": m.get(f"heldout_base/{k}") for k in HELD},
-            "answers": [{"prompt": held[i][-1]["content"], "base": base[i][0], arm: kept[i][0]} for i in range(min(4, len(held)))],
-            "machine": f"{platform.machine()} {platform.system()}, 2 vCPU shared (nice 10)",
-            "date": time.strftime("%Y-%m-%d")}
+    return {
+        "arm": arm,
+        "seed": seed,
+        "judge": args.judge,
+        "prompts": len(prompts),
+        "samples": args.samples,
+        "settings": {k: v for k, v in settings.items() if k != "seed"},
+        "steps": m.get("steps"),
+        "round_seconds": round(seconds, 1),
+        "ref_pass_seconds": m.get("ref_pass_seconds"),
+        **{f"heldout/{k}": m.get(f"heldout/{k}") for k in HELD},
+        **{f"base/{k}": m.get(f"heldout_base/{k}") for k in HELD},
+        "answers": [
+            {"prompt": held[i][-1]["content"], "base": base[i][0], arm: kept[i][0]} for i in range(min(4, len(held)))
+        ],
+        "machine": f"{platform.machine()} {platform.system()}, 2 vCPU shared (nice 10)",
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def run(args) -> None:
     loaded = load_model(None)
     judge = load_judge(args.judge)
-    prompts = read_prompt_file(demo.PROMPTS)[:args.prompts]
-    held = read_prompt_file(demo.HELDOUT)[:args.heldout]
+    prompts = read_prompt_file(demo.PROMPTS)[: args.prompts]
+    held = read_prompt_file(demo.HELDOUT)[: args.heldout]
     base_dir = Path(args.work) / "base"
     for seed in [int(s) for s in args.seeds.split(",")]:
         start = time.perf_counter()
@@ -117,8 +140,10 @@ def run(args) -> None:
 
 def report(args) -> None:
     lines = [json.loads(x) for x in Path(args.out).read_text().splitlines() if x.strip()]
-    print("| arm | seeds | score gain over the base | KL (nats/answer) | repeated 3-grams | unfinished | "
-          "wins vs base | seconds per round |")
+    print(
+        "| arm | seeds | score gain over the base | KL (nats/answer) | repeated 3-grams | unfinished | "
+        "wins vs base | seconds per round |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for arm in dict.fromkeys(x["arm"] for x in lines):
         rows = [x for x in lines if x["arm"] == arm]
@@ -130,10 +155,39 @@ def report(args) -> None:
             mean = f"{statistics.mean(values):{sign}.3f}"
             return f"{mean} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean} (1 seed)"
 
-        print(f"| {arm} | {len(rows)} | {cell([x['heldout/score'] - x['base/score'] for x in rows])} | "
-              f"{cell([x['heldout/kl'] for x in rows], '-')} | {cell([x['heldout/repetition'] for x in rows], '-')} | "
-              f"{cell([x['heldout/unfinished'] for x in rows], '-')} | "
-              f"{cell([x['heldout/win_vs_base'] for x in rows], '-')} | {cell([x['round_seconds'] for x in rows], '-')} |")
+        print(
+            f"| {arm} | {len(rows)} | {cell([x['heldout/score'] - x['base/score'] for x in rows])} | "
+            f"{cell([x['heldout/kl'] for x in rows], '-')} | {cell([x['heldout/repetition'] for x in rows], '-')} | "
+            f"{cell([x['heldout/unfinished'] for x in rows], '-')} | "
+            f"{cell([x['heldout/win_vs_base'] for x in rows], '-')} | {cell([x['round_seconds'] for x in rows], '-')} |"
+        )
+    if args.png:
+        plot(lines, Path(args.png))
+
+
+def plot(lines: list[dict], png: Path) -> None:
+    """Held-out score gain against the KL to the base: one point per arm and seed (the base at the origin)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    for i, arm in enumerate(dict.fromkeys(x["arm"] for x in lines)):
+        rows = [x for x in lines if x["arm"] == arm]
+        xs, ys = [x["heldout/kl"] for x in rows], [x["heldout/score"] - x["base/score"] for x in rows]
+        ax.scatter(xs, ys, marker="os"[i % 2], color=f"C{i}", label=f"{arm} ({len(rows)} seeds)")
+        for x, y, row in zip(xs, ys, rows):
+            ax.annotate(f"seed {row['seed']}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.scatter([0], [0], marker="*", color="grey", label="base")
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.set_xlabel("KL to the base (nats per answer)")
+    ax.set_ylabel("held-out score gain over the base")
+    ax.set_title("GRPO vs DPO on the same judgments, one round", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", default="benchmarks/results/grpo_vs_dpo.jsonl")
     q = sub.add_parser("report")
     q.add_argument("--out", default="benchmarks/results/grpo_vs_dpo.jsonl")
+    q.add_argument("--png", help="also draw the score gain against the KL per arm and seed here")
     args = p.parse_args(argv)
     (run if args.cmd == "run" else report)(args)
     return 0

@@ -15,17 +15,24 @@ import re
 import tempfile
 from pathlib import Path
 
-import mlx_dpo  # noqa: F401  # before mlx: picks the BLAS
 import mlx.core as mx
 
+import mlx_dpo  # noqa: F401  # before mlx: picks the BLAS
 from mlx_dpo.api import train
-from mlx_dpo.data.pairs import write_pairs, PreferencePair
+from mlx_dpo.data.pairs import PreferencePair, write_pairs
 from mlx_dpo.events import Status, StepMetrics
 
 
 def pairs(count: int, words: int) -> list[PreferencePair]:
-    return [PreferencePair(f"p{i}", [{"role": "user", "content": f"Write about topic {i}."}],
-                           " ".join(["good"] * words), " ".join(["bad"] * words)) for i in range(count)]
+    return [
+        PreferencePair(
+            f"p{i}",
+            [{"role": "user", "content": f"Write about topic {i}."}],
+            " ".join(["good"] * words),
+            " ".join(["bad"] * words),
+        )
+        for i in range(count)
+    ]
 
 
 def main() -> None:
@@ -42,14 +49,29 @@ def main() -> None:
             write_pairs(data, pairs(n, words))
             events = []
             mx.reset_peak_memory()
-            train(data, model=options.model, adapter_path=Path(tmp) / "adapter", iters=1, batch_size=n,
-                  max_length=4 * words, compile=False, grad_checkpoint=options.grad_checkpoint,
-                  on_event=events.append)
+            train(
+                data,
+                model=options.model,
+                adapter_path=Path(tmp) / "adapter",
+                iters=1,
+                batch_size=n,
+                max_length=4 * words,
+                compile=False,
+                grad_checkpoint=options.grad_checkpoint,
+                on_event=events.append,
+            )
         line = next(e.message for e in events if isinstance(e, Status) and e.message.startswith("memory:"))
         measured = next(e.metrics["peak_memory_gb"] for e in events if isinstance(e, StepMetrics))
         estimate = float(re.search(r"about ([0-9.]+) GB", line).group(1))
-        rows.append({"batch": size, "estimate_gb": estimate, "measured_peak_gb": round(measured, 3),
-                     "ratio": round(estimate / measured, 2), "status": line})
+        rows.append(
+            {
+                "batch": size,
+                "estimate_gb": estimate,
+                "measured_peak_gb": round(measured, 3),
+                "ratio": round(estimate / measured, 2),
+                "status": line,
+            }
+        )
     print(json.dumps(rows, indent=2))
 
 

@@ -52,16 +52,18 @@ from mlx_dpo.training.heldout import HeldoutSet
 from mlx_dpo.training.rounds import run_round
 
 HERE = Path(__file__).resolve().parent
-JUDGES = {"one_sentence": "mlx_dpo.online.demo_judges:one_sentence",
-          "asks_question": "mlx_dpo.online.demo_judges:asks_question",
-          "held_back": f"{HERE / 'judges.py'}:addresses_reader"}
+JUDGES = {
+    "one_sentence": "mlx_dpo.online.demo_judges:one_sentence",
+    "asks_question": "mlx_dpo.online.demo_judges:asks_question",
+    "held_back": f"{HERE / 'judges.py'}:addresses_reader",
+}
 HELD = ("score", "kl", "win_vs_previous", "win_vs_base", "repetition", "unfinished", "samples", "accuracy")
 SAMPLER_KEYS = ("temperature", "max_tokens", "top_p")
 ONLINE_KEYS = ("samples_per_prompt", "missing_end_penalty", "per_round", "rounds")
 
 
 def parse_plan(text: str) -> tuple[str, dict]:
-    """"lr_2e-4=learning_rate:2e-4,passes:1" -> ("lr_2e-4", {"learning_rate": 2e-4, "passes": 1.0})."""
+    """ "lr_2e-4=learning_rate:2e-4,passes:1" -> ("lr_2e-4", {"learning_rate": 2e-4, "passes": 1.0})."""
     name, _, body = text.partition("=")
     changes = {}
     for item in filter(None, body.split(",")):
@@ -80,22 +82,37 @@ class Run:
 
     def __init__(self, args, arm: str, judge: str, seed: int, plan: str, changes: dict):
         self.arm, self.judge_name, self.seed, self.plan = arm, judge, seed, plan
-        self.judge = load_judge(JUDGES[judge], missing_end_penalty=changes.get(
-            "missing_end_penalty", OnlineSettings().missing_end_penalty))
+        self.judge = load_judge(
+            JUDGES[judge], missing_end_penalty=changes.get("missing_end_penalty", OnlineSettings().missing_end_penalty)
+        )
         online = {k: changes[k] for k in ONLINE_KEYS if k in changes}
-        self.online = OnlineSettings(**{"rounds": args.rounds, "per_round": args.per_round, "sample_batch_size": 64,
-                                        **online})
+        self.online = OnlineSettings(
+            **{"rounds": args.rounds, "per_round": args.per_round, "sample_batch_size": 64, **online}
+        )
         self.sample = replace(ONLINE_SAMPLING, seed=seed, **{k: changes[k] for k in SAMPLER_KEYS if k in changes})
-        self.settings = {"seed": seed, "heldout_samples": args.heldout_samples, "heldout_prompts": args.heldout_prompts,
-                         **{k: v for k, v in changes.items() if k not in ONLINE_KEYS + SAMPLER_KEYS}}
+        self.settings = {
+            "seed": seed,
+            "heldout_samples": args.heldout_samples,
+            "heldout_prompts": args.heldout_prompts,
+            **{k: v for k, v in changes.items() if k not in ONLINE_KEYS + SAMPLER_KEYS},
+        }
         self.key = {"arm": arm, "judge": judge, "seed": seed, "plan": plan}
 
-    def row(self, number: int, report_heldout: dict, decision, reason, seconds: float, workspace: Path,
-            version: str | None) -> dict:
-        row = {**self.key, "round": number, "version": version, "decision": decision, "reason": reason,
-               **{k: report_heldout.get(f"heldout/{k}") for k in HELD},
-               **{f"base_{k}": report_heldout.get(f"heldout_base/{k}") for k in ("score", "repetition", "unfinished")},
-               "seconds": round(seconds, 1), "score_kind": "raw", "answers": first_answers(workspace, version)}
+    def row(
+        self, number: int, report_heldout: dict, decision, reason, seconds: float, workspace: Path, version: str | None
+    ) -> dict:
+        row = {
+            **self.key,
+            "round": number,
+            "version": version,
+            "decision": decision,
+            "reason": reason,
+            **{k: report_heldout.get(f"heldout/{k}") for k in HELD},
+            **{f"base_{k}": report_heldout.get(f"heldout_base/{k}") for k in ("score", "repetition", "unfinished")},
+            "seconds": round(seconds, 1),
+            "score_kind": "raw",
+            "answers": first_answers(workspace, version),
+        }
         return row
 
 
@@ -134,13 +151,21 @@ def online_arm(loaded, run: Run, work: Path, held: list, out: Path, snapshot: Pa
     share_base(run, workspace, held, work.parent / "base-cache")
 
     def on_round(r) -> None:
-        write(out, run.row(r.round, r.heldout, r.decision, r.reason, time.perf_counter() - start, workspace,
-                           r.version))
+        write(out, run.row(r.round, r.heldout, r.decision, r.reason, time.perf_counter() - start, workspace, r.version))
         if r.round == 1 and snapshot is not None:
             shutil.copytree(workspace, snapshot)
 
-    run_online(workspace, demo.PROMPTS, run.judge, loaded=loaded, online=run.online, eval_prompts=held,
-               sample_settings=run.sample, settings=run.settings, on_round=on_round)
+    run_online(
+        workspace,
+        demo.PROMPTS,
+        run.judge,
+        loaded=loaded,
+        online=run.online,
+        eval_prompts=held,
+        sample_settings=run.sample,
+        settings=run.settings,
+        on_round=on_round,
+    )
     share_base(run, workspace, held, work.parent / "base-cache", back=True)
 
 
@@ -157,19 +182,41 @@ def offline_arm(loaded, run: Run, work: Path, held: list, out: Path, online_rows
     prompts = read_prompt_file(demo.PROMPTS)
     k = run.online.per_round
     for number in range(2 if copied else 1, run.online.rounds + 1):
-        todo = prompts[(number - 1) * k:number * k]
+        todo = prompts[(number - 1) * k : number * k]
         with loaded.base():
-            samples = sample_answers(loaded, todo, run.sample, n=run.online.samples_per_prompt, seed=number,
-                                     batch_size=run.online.sample_batch_size)
+            samples = sample_answers(
+                loaded,
+                todo,
+                run.sample,
+                n=run.online.samples_per_prompt,
+                seed=number,
+                batch_size=run.online.sample_batch_size,
+            )
         with PreferenceStore(workspace) as store:
             for prompt, answers in zip(todo, samples.answers):
                 judge_and_store(store, run.judge, prompt, answers, sampler="base (offline)", version="base")
             if not store.untrained_pairs():
                 continue
-        result = run_round(workspace, settings=run.settings, loaded=loaded, eval_prompts=held, judge=run.judge,
-                           sample_settings=run.sample)
-        write(out, run.row(number, result.metrics, result.decision, result.reason, time.perf_counter() - start,
-                           workspace, f"v{result.version}"))
+        result = run_round(
+            workspace,
+            settings=run.settings,
+            loaded=loaded,
+            eval_prompts=held,
+            judge=run.judge,
+            sample_settings=run.sample,
+        )
+        write(
+            out,
+            run.row(
+                number,
+                result.metrics,
+                result.decision,
+                result.reason,
+                time.perf_counter() - start,
+                workspace,
+                f"v{result.version}",
+            ),
+        )
 
 
 def done(out: Path) -> dict[tuple, list[dict]]:
@@ -184,15 +231,14 @@ def done(out: Path) -> dict[tuple, list[dict]]:
 def cmd_run(args) -> None:
     out, work_root = Path(args.out), Path(args.work)
     out.parent.mkdir(parents=True, exist_ok=True)
-    held = read_prompt_file(demo.HELDOUT)[:args.heldout_prompts]
+    held = read_prompt_file(demo.HELDOUT)[: args.heldout_prompts]
     loaded = load_model(None)
     plans = [parse_plan(p) for p in args.plan] or [("default", {})]
     for name, changes in plans:
         for judge in args.judges.split(","):
             for seed in [int(s) for s in args.seeds.split(",")]:
                 finished = done(out)
-                arms = [a for a in args.arms.split(",")
-                        if len(finished.get((a, judge, seed, name), [])) < args.rounds]
+                arms = [a for a in args.arms.split(",") if len(finished.get((a, judge, seed, name), [])) < args.rounds]
                 if not arms:
                     continue
                 work = work_root / f"{name}-{judge}-{seed}"
@@ -213,7 +259,7 @@ def cmd_run(args) -> None:
 
 
 def spread(values: list[float]) -> str:
-    """"mean ± sd (n)": the sample standard deviation over seeds; one value alone has none."""
+    """ "mean ± sd (n)": the sample standard deviation over seeds; one value alone has none."""
     values = [v for v in values if v is not None]
     if not values:
         return "–"
@@ -227,8 +273,12 @@ def as_raw(row: dict) -> dict:
     their scores: add it back (score + penalty x share cut), so every row reads the judge's own score."""
     if row.get("score_kind") == "raw" or row.get("score") is None:
         return row
-    return {**row, "score": row["score"] + row["unfinished"], "base_score": row["base_score"] + row["base_unfinished"],
-            "score_kind": "raw"}
+    return {
+        **row,
+        "score": row["score"] + row["unfinished"],
+        "base_score": row["base_score"] + row["base_unfinished"],
+        "score_kind": "raw",
+    }
 
 
 def cmd_report(args) -> None:
@@ -236,8 +286,10 @@ def cmd_report(args) -> None:
     groups: dict[tuple, dict[int, list[dict]]] = {}
     for r in rows:
         groups.setdefault((r["plan"], r["judge"], r["arm"]), {}).setdefault(r["seed"], []).append(r)
-    print("| plan | judge | arm | score gain over the base (last accepted) | KL (nats/answer) | repeated 3-grams | "
-          "unfinished | rounds rejected |")
+    print(
+        "| plan | judge | arm | score gain over the base (last accepted) | KL (nats/answer) | repeated 3-grams | "
+        "unfinished | rounds rejected |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for (plan, judge, arm), seeds in sorted(groups.items()):
         gains, kls, reps, unfinished, rejected = [], [], [], [], 0
@@ -250,20 +302,26 @@ def cmd_report(args) -> None:
             kls.append(last["kl"] if last else 0.0)
             reps.append(last["repetition"] if last else base["base_repetition"])
             unfinished.append(last["unfinished"] if last else base["base_unfinished"])
-        print(f"| {plan} | {judge} | {arm} | {spread(gains)} | {spread(kls).replace('+', '')} | "
-              f"{spread(reps).replace('+', '')} | {spread(unfinished).replace('+', '')} | {rejected} |")
-    print("\n| plan | judge | arm | round | score gain over the base | KL (nats/answer) | repeated 3-grams | "
-          "unfinished (base) | kept |")
+        print(
+            f"| {plan} | {judge} | {arm} | {spread(gains)} | {spread(kls).replace('+', '')} | "
+            f"{spread(reps).replace('+', '')} | {spread(unfinished).replace('+', '')} | {rejected} |"
+        )
+    print(
+        "\n| plan | judge | arm | round | score gain over the base | KL (nats/answer) | repeated 3-grams | "
+        "unfinished (base) | kept |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for (plan, judge, arm), seeds in sorted(groups.items()):
         for number in sorted({r["round"] for rs in seeds.values() for r in rs}):
             at = [r for rs in seeds.values() for r in rs if r["round"] == number]
             kept = sum(r["decision"] != "rejected" for r in at)
-            print(f"| {plan} | {judge} | {arm} | {number} | {spread([r['score'] - r['base_score'] for r in at])} | "
-                  f"{spread([r['kl'] for r in at]).replace('+', '')} | "
-                  f"{spread([r['repetition'] for r in at]).replace('+', '')} | "
-                  f"{spread([r['unfinished'] for r in at]).replace('+', '')} "
-                  f"({spread([r['base_unfinished'] for r in at]).replace('+', '')}) | {kept}/{len(at)} |")
+            print(
+                f"| {plan} | {judge} | {arm} | {number} | {spread([r['score'] - r['base_score'] for r in at])} | "
+                f"{spread([r['kl'] for r in at]).replace('+', '')} | "
+                f"{spread([r['repetition'] for r in at]).replace('+', '')} | "
+                f"{spread([r['unfinished'] for r in at]).replace('+', '')} "
+                f"({spread([r['base_unfinished'] for r in at]).replace('+', '')}) | {kept}/{len(at)} |"
+            )
     if args.png:
         plot([r for r in rows if r["plan"] == args.plan], Path(args.png))
 
@@ -284,9 +342,15 @@ def plot(rows: list[dict], png: Path) -> None:
                 seq = sorted((r for r in mine if r["seed"] == seed), key=lambda r: r["round"])
                 xs = [0.0] + [r["kl"] for r in seq]
                 ys = [0.0] + [r["score"] - r["base_score"] for r in seq]
-                ax.plot(xs, ys, marker=marker, linestyle="-" if arm == "online" else "--",
-                        color="C0" if arm == "online" else "C1", alpha=0.8,
-                        label=arm if seed == min(r["seed"] for r in mine) else None)
+                ax.plot(
+                    xs,
+                    ys,
+                    marker=marker,
+                    linestyle="-" if arm == "online" else "--",
+                    color="C0" if arm == "online" else "C1",
+                    alpha=0.8,
+                    label=arm if seed == min(r["seed"] for r in mine) else None,
+                )
                 for r, x, y in zip(seq, xs[1:], ys[1:]):
                     if r["decision"] == "rejected":
                         ax.plot([x], [y], marker="x", color="red", markersize=9)
@@ -320,8 +384,17 @@ def main() -> None:
     report.add_argument("--png")
     report.add_argument("--plan", default="default", help="the plan the PNG draws")
     args = parser.parse_args()
-    print(json.dumps({"machine": platform.machine(), "processor": platform.processor() or platform.platform(),
-                      "date": time.strftime("%Y-%m-%d %H:%M"), "argv": sys.argv[1:]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "machine": platform.machine(),
+                "processor": platform.processor() or platform.platform(),
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+                "argv": sys.argv[1:],
+            }
+        ),
+        flush=True,
+    )
     (cmd_run if args.command == "run" else cmd_report)(args)
 
 

@@ -34,8 +34,10 @@ from pathlib import Path
 
 import mlx_dpo  # noqa: F401  # optimized BLAS before mlx
 
-CONFIGS = {"all on": {"shared_prefill": True, "free_reference": True},
-           "all off": {"shared_prefill": False, "free_reference": False}}
+CONFIGS = {
+    "all on": {"shared_prefill": True, "free_reference": True},
+    "all off": {"shared_prefill": False, "free_reference": False},
+}
 
 
 def one_round(loaded, home: Path, args, switches: dict, held: list) -> dict:
@@ -50,23 +52,36 @@ def one_round(loaded, home: Path, args, switches: dict, held: list) -> dict:
     lines: list[str] = []
 
     def listen(event) -> None:
-        if isinstance(event, Status) and event.message.startswith(("sampling", "reference pass:")) \
-                and not event.total:
+        if isinstance(event, Status) and event.message.startswith(("sampling", "reference pass:")) and not event.total:
             lines.append(event.message)
 
-    online = OnlineSettings(rounds=1, per_round=args.prompts, samples_per_prompt=args.answers,
-                            sample_batch_size=args.batch_size, **switches)
+    online = OnlineSettings(
+        rounds=1, per_round=args.prompts, samples_per_prompt=args.answers, sample_batch_size=args.batch_size, **switches
+    )
     sample = replace(ONLINE_SAMPLING, seed=args.seed, max_tokens=args.max_tokens)
     start = time.perf_counter()
-    [report] = run_online(workspace, demo.PROMPTS, load_judge("mlx_dpo.online.demo_judges:one_sentence"),
-                          loaded=loaded, online=online, sample_settings=sample, eval_prompts=held,
-                          settings={"seed": args.seed, "heldout_prompts": len(held)}, on_event=listen)
+    [report] = run_online(
+        workspace,
+        demo.PROMPTS,
+        load_judge("mlx_dpo.online.demo_judges:one_sentence"),
+        loaded=loaded,
+        online=online,
+        sample_settings=sample,
+        eval_prompts=held,
+        settings={"seed": args.seed, "heldout_prompts": len(held)},
+        on_event=listen,
+    )
     total = time.perf_counter() - start
     loaded.use_adapter(None)  # the round left its version on; its folder goes with the workspace
     shutil.rmtree(workspace, ignore_errors=True)
-    return {"seconds": {**report.seconds, "total": round(total, 1)},
-            "sampled_tokens_per_s": report.sampled_tokens_per_second, "pairs": report.pairs,
-            "version": report.version, "decision": report.decision, "status_lines": lines}
+    return {
+        "seconds": {**report.seconds, "total": round(total, 1)},
+        "sampled_tokens_per_s": report.sampled_tokens_per_second,
+        "pairs": report.pairs,
+        "version": report.version,
+        "decision": report.decision,
+        "status_lines": lines,
+    }
 
 
 def main() -> None:
@@ -89,15 +104,23 @@ def main() -> None:
     from mlx_dpo.models.load import load_model
 
     loaded = load_model(None)
-    held = read_prompt_file(demo.HELDOUT)[:args.heldout_prompts]
+    held = read_prompt_file(demo.HELDOUT)[: args.heldout_prompts]
     results = {}
     for name in args.configs:
         results[name] = one_round(loaded, home, args, CONFIGS[name], held)
         print(f"{name}: {json.dumps(results[name]['seconds'])}", file=sys.stderr, flush=True)
-    out = {"benchmark": "online_round", "date": time.strftime("%Y-%m-%d %H:%M"), "model": loaded.name,
-           "machine": f"{platform.system()} {platform.machine()} {os.cpu_count()} CPU",
-           "load_average": [round(x, 1) for x in os.getloadavg()], "prompts": args.prompts, "answers": args.answers,
-           "max_tokens": args.max_tokens, "switches": CONFIGS, "results": results}
+    out = {
+        "benchmark": "online_round",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "model": loaded.name,
+        "machine": f"{platform.system()} {platform.machine()} {os.cpu_count()} CPU",
+        "load_average": [round(x, 1) for x in os.getloadavg()],
+        "prompts": args.prompts,
+        "answers": args.answers,
+        "max_tokens": args.max_tokens,
+        "switches": CONFIGS,
+        "results": results,
+    }
     if "all on" in results and "all off" in results:
         out["speedup_total"] = round(results["all off"]["seconds"]["total"] / results["all on"]["seconds"]["total"], 2)
     print(json.dumps(out, indent=2))

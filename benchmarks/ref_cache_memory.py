@@ -24,12 +24,35 @@ DATA = REPO / "mlx_dpo" / "datasets" / "demo_pairs.jsonl"
 
 
 def run_training(home: Path, adapter: Path, iters: int, lora_layers: int) -> dict:
-    cmd = [sys.executable, "-m", "mlx_dpo.cli", "train", "--data", str(DATA), "--adapter-path", str(adapter),
-           "--iters", str(iters), "--lora-layers", str(lora_layers), "--batch-size", "4",
-           "--steps-per-report", str(iters), "--seed", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlx_dpo.cli",
+        "train",
+        "--data",
+        str(DATA),
+        "--adapter-path",
+        str(adapter),
+        "--iters",
+        str(iters),
+        "--lora-layers",
+        str(lora_layers),
+        "--batch-size",
+        "4",
+        "--steps-per-report",
+        str(iters),
+        "--seed",
+        "0",
+    ]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "MLX_DPO_HOME": str(home)}, cwd=REPO)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "MLX_DPO_HOME": str(home)},
+        cwd=REPO,
+    )
     stdout = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
@@ -53,23 +76,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         # Convert the default model first so neither measured run pays for (or holds memory of) conversion.
-        subprocess.run([sys.executable, "-m", "mlx_dpo.cli", "convert"], check=True, capture_output=True,
-                       env={**os.environ, "MLX_DPO_HOME": str(home)})
+        subprocess.run(
+            [sys.executable, "-m", "mlx_dpo.cli", "convert"],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "MLX_DPO_HOME": str(home)},
+        )
         cold = run_training(home, Path(tmp) / "cold", a.iters, a.lora_layers)
         warm = run_training(home, Path(tmp) / "warm", a.iters, a.lora_layers)
-    print(json.dumps({
-        "benchmark": "ref_cache_memory",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
-        "model": "SmolLM2-135M-Instruct (default)",
-        "pairs": sum(1 for _ in open(DATA)),
-        "iters": a.iters,
-        "cold": cold,
-        "warm": warm,
-        "rss_ratio_cold_over_warm": round(cold["max_rss_gb"] / warm["max_rss_gb"], 3),
-        "mlx_peak_ratio_cold_over_warm": round(cold["mlx_peak_memory_gb"] / warm["mlx_peak_memory_gb"], 3),
-        "same_loss": cold["loss"] == warm["loss"],
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "ref_cache_memory",
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
+                "model": "SmolLM2-135M-Instruct (default)",
+                "pairs": sum(1 for _ in open(DATA)),
+                "iters": a.iters,
+                "cold": cold,
+                "warm": warm,
+                "rss_ratio_cold_over_warm": round(cold["max_rss_gb"] / warm["max_rss_gb"], 3),
+                "mlx_peak_ratio_cold_over_warm": round(cold["mlx_peak_memory_gb"] / warm["mlx_peak_memory_gb"], 3),
+                "same_loss": cold["loss"] == warm["loss"],
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -64,15 +64,34 @@ def new_pairs_after(loaded, pairs, adapter: Path, beta: float) -> dict:
 def row_of(name: str, index: int, result, after: dict, seconds: float) -> dict:
     m = result.metrics
     pick = lambda k: None if m.get(k) is None else round(m[k], 4)  # noqa: E731
-    return {"setting": name, "round": index, "new_pairs": m["new_pairs"], "replayed_pairs": m["replayed_pairs"],
-            "steps": m["steps"], "last_step_loss": pick("loss"), "last_step_margin": pick("rewards/margins"),
-            **after, "heldout_accuracy": pick("heldout/accuracy"), "heldout_margin": pick("heldout/margin"),
-            "heldout_kl": pick("heldout/kl"),
-            "base_heldout_accuracy": pick("heldout_base/accuracy"), "seconds": round(seconds, 1)}
+    return {
+        "setting": name,
+        "round": index,
+        "new_pairs": m["new_pairs"],
+        "replayed_pairs": m["replayed_pairs"],
+        "steps": m["steps"],
+        "last_step_loss": pick("loss"),
+        "last_step_margin": pick("rewards/margins"),
+        **after,
+        "heldout_accuracy": pick("heldout/accuracy"),
+        "heldout_margin": pick("heldout/margin"),
+        "heldout_kl": pick("heldout/kl"),
+        "base_heldout_accuracy": pick("heldout_base/accuracy"),
+        "seconds": round(seconds, 1),
+    }
 
 
-def run_sequence(name: str, settings: dict, sizes, loaded, train_pool, valid, work: Path, base_file: Path | None,
-                 sample: SampleSettings) -> list[dict]:
+def run_sequence(
+    name: str,
+    settings: dict,
+    sizes,
+    loaded,
+    train_pool,
+    valid,
+    work: Path,
+    base_file: Path | None,
+    sample: SampleSettings,
+) -> list[dict]:
     workspace = work / name
     add_pairs(workspace, valid, split="valid")
     if base_file is not None and base_file.is_file():  # the base's held-out answers: sampled once for all
@@ -80,14 +99,18 @@ def run_sequence(name: str, settings: dict, sizes, loaded, train_pool, valid, wo
         shutil.copy(base_file, workspace / "heldout" / "base.json")
     rows, used = [], 0
     for index, size in enumerate(sizes, 1):
-        new = train_pool[used:used + size]
+        new = train_pool[used : used + size]
         used += size
         add_pairs(workspace, new)
         start = time.perf_counter()
         # KL samples in the sequence's last round only: sampling is the slow part of a measurement on CPU.
         last = index == len(sizes)
-        result = rounds.run_round(workspace, settings={**settings, "heldout_prompts": 4, "heldout_samples": 2 * last},
-                                  loaded=loaded, sample_settings=sample)
+        result = rounds.run_round(
+            workspace,
+            settings={**settings, "heldout_prompts": 4, "heldout_samples": 2 * last},
+            loaded=loaded,
+            sample_settings=sample,
+        )
         seconds = time.perf_counter() - start
         after = new_pairs_after(loaded, new, result.adapter_path, result_beta(workspace))
         rows.append(row_of(name, index, result, after, seconds))
@@ -120,9 +143,17 @@ def main() -> None:
         rows += run_sequence(name, settings, sizes, loaded, train_pool, valid, work, base_file, sample)
         if (work / name / "heldout" / "base.json").is_file():
             base_file = work / name / "heldout" / "base.json"
-    summary = {"summary": True, "rounds": len(rows), "valid_pairs": len(valid), "heldout_prompts": 4,
-               "samples_per_prompt": 2, "max_tokens": args.max_tokens, "seconds": round(time.perf_counter() - start),
-               "machine": f"{platform.machine()} {os.cpu_count()} cpu", "model": loaded.name}
+    summary = {
+        "summary": True,
+        "rounds": len(rows),
+        "valid_pairs": len(valid),
+        "heldout_prompts": 4,
+        "samples_per_prompt": 2,
+        "max_tokens": args.max_tokens,
+        "seconds": round(time.perf_counter() - start),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu",
+        "model": loaded.name,
+    }
     print(json.dumps(summary), flush=True)
 
 

@@ -26,19 +26,26 @@ import statistics
 import sys
 import time
 
-import mlx_dpo  # noqa: F401  # optimized BLAS before mlx
-
 import mlx.core as mx
 import mlx.nn as nn
 
+import mlx_dpo  # noqa: F401  # optimized BLAS before mlx
 from mlx_dpo.models.generate import SampleSettings, prompt_tokens
 from mlx_dpo.models.load import default_gguf, load_model
 from mlx_dpo.online.sampling import sample_answers
 
-PROMPTS = ["Give me a tip for learning to cook.", "What is a prime number?", "Describe the sea in winter.",
-           "How do I make my code easier to read?", "Why is the sky blue?", "Name a good book for a train ride.",
-           "What should I pack for a day of hiking?", "Explain what a neural network is to a child.",
-           "How can I sleep better?", "What is the difference between weather and climate?"]
+PROMPTS = [
+    "Give me a tip for learning to cook.",
+    "What is a prime number?",
+    "Describe the sea in winter.",
+    "How do I make my code easier to read?",
+    "Why is the sky blue?",
+    "Name a good book for a train ride.",
+    "What should I pack for a day of hiking?",
+    "Explain what a neural network is to a child.",
+    "How can I sleep better?",
+    "What is the difference between weather and climate?",
+]
 
 
 LLAMA = "llama.cpp, one sequence at a time (Q4_1 GGUF)"
@@ -69,9 +76,16 @@ def llama_cpp_run(llama, prompts: list[list[int]], answers: int, settings: Sampl
     start, tokens = time.perf_counter(), 0
     for i, ids in enumerate(prompts):
         for j in range(answers):
-            out = llama.create_completion(prompt=ids, max_tokens=settings.max_tokens, temperature=settings.temperature,
-                                          top_p=1.0, top_k=0, min_p=0.0, repeat_penalty=1.0,
-                                          seed=seed * 1000 + i * answers + j)
+            out = llama.create_completion(
+                prompt=ids,
+                max_tokens=settings.max_tokens,
+                temperature=settings.temperature,
+                top_p=1.0,
+                top_k=0,
+                min_p=0.0,
+                repeat_penalty=1.0,
+                seed=seed * 1000 + i * answers + j,
+            )
             tokens += out["usage"]["completion_tokens"]
     return tokens, time.perf_counter() - start
 
@@ -85,13 +99,17 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--no-llama-cpp", action="store_true", help="leave llama.cpp out")
-    parser.add_argument("--llama-threads", type=int, default=os.cpu_count(),
-                        help="llama.cpp's threads (on a machine others load, fewer threads than cores wait less)")
+    parser.add_argument(
+        "--llama-threads",
+        type=int,
+        default=os.cpu_count(),
+        help="llama.cpp's threads (on a machine others load, fewer threads than cores wait less)",
+    )
     args = parser.parse_args()
 
     loaded = load_model()
     flops = flops_per_token(loaded.model)
-    messages = [[{"role": "user", "content": text}] for text in (PROMPTS * 8)[:args.prompts]]
+    messages = [[{"role": "user", "content": text}] for text in (PROMPTS * 8)[: args.prompts]]
     settings = SampleSettings(temperature=args.temperature, max_tokens=args.max_tokens)
     sequences = args.prompts * args.answers
     configs = {f"shared prefill, batch {b}": (b, True) for b in args.batch_sizes}
@@ -112,29 +130,49 @@ def main() -> None:
                 tokens, seconds = llama_cpp_run(llama, rendered[asked], args.answers, settings, round_)
             else:
                 batch, shared = config
-                samples = sample_answers(loaded, messages[asked], settings, n=args.answers, seed=round_,
-                                         batch_size=batch, shared_prefill=shared)
+                samples = sample_answers(
+                    loaded,
+                    messages[asked],
+                    settings,
+                    n=args.answers,
+                    seed=round_,
+                    batch_size=batch,
+                    shared_prefill=shared,
+                )
                 tokens, seconds = samples.tokens, samples.seconds
             if round_:
                 runs[name].append((tokens, seconds, time.process_time() - cpu))
                 print(f"round {round_}, {name}: {tokens} tokens in {seconds:.1f} s", file=sys.stderr, flush=True)
     # CPU seconds (all threads of this process) say what a run costs when others load the machine: wall time then
     # measures the share it got. llama.cpp's worker threads spin while they wait, so its CPU time counts waiting too.
-    report = {name: {"tokens_per_s": round(statistics.median(t / s for t, s, _ in results), 1),
-                     "tokens_per_cpu_s": round(statistics.median(t / c for t, _, c in results), 1),
-                     "tokens": statistics.median(t for t, _, _ in results),
-                     "seconds": round(statistics.median(s for _, s, _ in results), 2)}
-              for name, results in runs.items()}
+    report = {
+        name: {
+            "tokens_per_s": round(statistics.median(t / s for t, s, _ in results), 1),
+            "tokens_per_cpu_s": round(statistics.median(t / c for t, _, c in results), 1),
+            "tokens": statistics.median(t for t, _, _ in results),
+            "seconds": round(statistics.median(s for _, s, _ in results), 2),
+        }
+        for name, results in runs.items()
+    }
     # A decode step's matmuls have as many rows as sequences in flight; the large shape is the BLAS's best here.
-    rates = {f"{sequences}x576x1536": matmul_gflops(sequences, 576, 1536),
-             "1024x576x1536": matmul_gflops(1024, 576, 1536)}
+    rates = {
+        f"{sequences}x576x1536": matmul_gflops(sequences, 576, 1536),
+        "1024x576x1536": matmul_gflops(1024, 576, 1536),
+    }
     best = max((r["tokens_per_s"], name) for name, r in report.items() if "llama" not in name)
     out = {
-        "benchmark": "sampling", "date": time.strftime("%Y-%m-%d %H:%M"), "model": loaded.name,
-        "prompts": args.prompts, "answers_per_prompt": args.answers, "max_tokens": args.max_tokens,
-        "temperature": settings.temperature, "rounds": args.rounds, "llama_cpp_threads": args.llama_threads,
+        "benchmark": "sampling",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "model": loaded.name,
+        "prompts": args.prompts,
+        "answers_per_prompt": args.answers,
+        "max_tokens": args.max_tokens,
+        "temperature": settings.temperature,
+        "rounds": args.rounds,
+        "llama_cpp_threads": args.llama_threads,
         "machine": f"{platform.system()} {platform.machine()} {os.cpu_count()} CPU",
-        "load_average": [round(x, 1) for x in os.getloadavg()], "results": report,
+        "load_average": [round(x, 1) for x in os.getloadavg()],
+        "results": report,
         "gflop_per_token": round(flops / 1e9, 3),
         "matmul_gflops": {k: round(v, 1) for k, v in rates.items()},
         "compute_bound_tokens_per_s": {k: round(v * 1e9 / flops, 1) for k, v in rates.items()},

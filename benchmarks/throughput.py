@@ -31,18 +31,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import mlx_dpo  # noqa: F401  # optimized BLAS before mlx
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 
-from mlx_dpo.models.adapter import LoraSettings, adapter_weights
+import mlx_dpo  # noqa: F401  # optimized BLAS before mlx
 from mlx_dpo.doctor import matmul_gflops
+from mlx_dpo.models.adapter import LoraSettings, adapter_weights
 from mlx_dpo.models.load import load_model
+from mlx_dpo.settings import TrainingArgs
 from mlx_dpo.training.ref_cache import RefCache
 from mlx_dpo.training.reference import reference_logps
 from mlx_dpo.training.tokens import EncodedPair, has_chat_template
-from mlx_dpo.settings import TrainingArgs
 from mlx_dpo.training.trainer import epoch_batches, make_step
 
 ON = dict(group=True, shared_prompt=True, full_logits=False, compile=True)
@@ -59,7 +59,9 @@ CONFIGS = {
 }
 
 
-def synthetic_pairs(tokenizer, n: int, prompt_len: int = 64, completion_len: int = 64, seed: int = 0) -> list[EncodedPair]:
+def synthetic_pairs(
+    tokenizer, n: int, prompt_len: int = 64, completion_len: int = 64, seed: int = 0
+) -> list[EncodedPair]:
     """Pairs of chat-formatted token ids with prompts and completions of about the given lengths."""
     rng = np.random.default_rng(seed)
     vocab = np.arange(200, 20000)  # ordinary tokens, no control tokens
@@ -96,8 +98,9 @@ class Config:
     def __init__(self, loaded, pairs, start_weights, settings: dict, batch_size: int):
         self.settings = settings
         self.model, self.checks, self.start_weights = loaded.model, loaded.checks, start_weights
-        self.args = TrainingArgs(batch_size=batch_size, learning_rate=1e-4,
-                                 **{k: v for k, v in settings.items() if k != "group"})
+        self.args = TrainingArgs(
+            batch_size=batch_size, learning_rate=1e-4, **{k: v for k, v in settings.items() if k != "group"}
+        )
         if settings["group"]:
             self.batches = [[pairs[i] for i in b] for b in epoch_batches(pairs, batch_size, seed=0, epoch=0)]
         else:
@@ -113,9 +116,15 @@ class Config:
         pairs = [p for b in self.batches for p in b]
         with tempfile.TemporaryDirectory() as tmp:
             cache = RefCache("bench", root=Path(tmp))
-            self.ref, stats = reference_logps(self.model, pairs, cache, batch_size=2 * self.args.batch_size,
-                                              shared_prompt=self.args.shared_prompt, full_logits=self.args.full_logits,
-                                              checks=self.checks)
+            self.ref, stats = reference_logps(
+                self.model,
+                pairs,
+                cache,
+                batch_size=2 * self.args.batch_size,
+                shared_prompt=self.args.shared_prompt,
+                full_logits=self.args.full_logits,
+                checks=self.checks,
+            )
             cache.close()
         return stats.seconds
 
@@ -178,8 +187,11 @@ def main() -> None:
         cache = RefCache("warm-up", root=Path(tmp))
         reference_logps(loaded.model, pairs[: a.batch_size], cache, batch_size=a.batch_size, checks=loaded.checks)
         cache.close()
-    configs = {name: Config(loaded, pairs, start_weights, settings, a.batch_size)
-               for name, settings in CONFIGS.items() if not a.only or name in a.only}
+    configs = {
+        name: Config(loaded, pairs, start_weights, settings, a.batch_size)
+        for name, settings in CONFIGS.items()
+        if not a.only or name in a.only
+    }
     for round_ in range(a.rounds + 1):
         for config in configs.values():
             config.epoch(timed=round_ > 0)  # round 0 warms up (allocator, compiled shapes)
@@ -204,8 +216,12 @@ def main() -> None:
         "configs": results,
     }
     if "plain" in results and "full" in results:
-        out["speedup_full_over_plain"] = round(results["full"]["pairs_per_second"] / results["plain"]["pairs_per_second"], 2)
-        out["peak_memory_full_over_plain"] = round(results["full"]["peak_memory_gb"] / results["plain"]["peak_memory_gb"], 3)
+        out["speedup_full_over_plain"] = round(
+            results["full"]["pairs_per_second"] / results["plain"]["pairs_per_second"], 2
+        )
+        out["peak_memory_full_over_plain"] = round(
+            results["full"]["peak_memory_gb"] / results["plain"]["peak_memory_gb"], 3
+        )
     print(json.dumps(out, indent=2))
 
 

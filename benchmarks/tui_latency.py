@@ -30,9 +30,9 @@ _HOME = tempfile.TemporaryDirectory(prefix="mlx-dpo-bench-home-")
 os.environ.setdefault("MLX_DPO_HOME", _HOME.name)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import mlx_dpo  # noqa: E402,F401  # before anything imports mlx: picks the BLAS
 from textual import events  # noqa: E402
 
+import mlx_dpo  # noqa: E402,F401  # before anything imports mlx: picks the BLAS
 from mlx_dpo.data.store import PreferenceStore  # noqa: E402
 from mlx_dpo.events import StepMetrics  # noqa: E402
 from tui.app import MlxDpoApp  # noqa: E402
@@ -103,8 +103,9 @@ async def training_figures(pilot, app: MlxDpoApp, iters: int) -> list[float]:
 async def measure(workspace: Path, model: str | None, training: bool, iters: int) -> dict:
     with PreferenceStore(workspace) as store:
         for i in range(4):
-            store.add_pair([{"role": "user", "content": f"question {i}"}], f"a good answer number {i}", f"bad {i}",
-                           label=False)
+            store.add_pair(
+                [{"role": "user", "content": f"question {i}"}], f"a good answer number {i}", f"bad {i}", label=False
+            )
     created = time.perf_counter()
     app = MlxDpoApp(workspace, model=model, settings=SampleSettings(max_tokens=8))
     async with app.run_test(size=SIZE) as pilot:
@@ -126,8 +127,9 @@ def main() -> None:
     if keys:
         figures["keys_while_training_max_ms"] = max(keys)
     figures["model"] = args.model or "default"
-    figures["machine"] = (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
-                          f"Python {platform.python_version()}")
+    figures["machine"] = (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
     print(json.dumps(figures, indent=2))
 
 

@@ -82,13 +82,53 @@ LAZY = {
 
 # Everything above and in LAZY (tests/test_layout.py checks LAZY is all here).
 __all__ = [
-    "Answer", "Candidate", "ExportResult", "GroupSettings", "RatedGroup", "StoredRating", "add_rating_labels",
-    "rating_feedback", "rating_pairs", "HUMAN_JUDGE", "IDENTICAL_ANSWERS", "Judge", "ModelSession",
-    "PreferenceStore", "Problem", "PromptFileError", "ReviewReport", "RoundReport", "RoundResult", "SampleSettings",
-    "Samples", "StoredPair", "TWO_DIFFERENT_ANSWERS", "TrainResult", "UndoResult", "Verdict", "check_provenance",
-    "converts_on_load", "display_name", "evaluate", "export", "find_contradictions", "is_default", "is_finished",
-    "load_judge", "load_model", "pair_problem", "push_folder", "read_prompt_file", "resolve_model_path",
-    "review_pairs", "run_online", "run_round", "same_answers", "sample_answers", "stream_answer", "template_note",
+    "Answer",
+    "Candidate",
+    "ExportResult",
+    "GroupSettings",
+    "RatedGroup",
+    "StoredRating",
+    "add_rating_labels",
+    "rating_feedback",
+    "rating_pairs",
+    "HUMAN_JUDGE",
+    "IDENTICAL_ANSWERS",
+    "Judge",
+    "ModelSession",
+    "PreferenceStore",
+    "Problem",
+    "PromptFileError",
+    "ReviewReport",
+    "RoundReport",
+    "RoundResult",
+    "SampleSettings",
+    "Samples",
+    "StoredPair",
+    "TWO_DIFFERENT_ANSWERS",
+    "TrainResult",
+    "UndoResult",
+    "Verdict",
+    "check_provenance",
+    "converts_on_load",
+    "display_name",
+    "evaluate",
+    "export",
+    "find_contradictions",
+    "is_default",
+    "is_finished",
+    "load_judge",
+    "load_model",
+    "pair_problem",
+    "push_folder",
+    "read_prompt_file",
+    "resolve_model_path",
+    "review_pairs",
+    "run_online",
+    "run_round",
+    "same_answers",
+    "sample_answers",
+    "stream_answer",
+    "template_note",
     "train",
 ]
 
@@ -105,8 +145,9 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(LAZY))
 
 
-def run_online(workspace: str | Path, prompts: str | Path, judge: str, *, rubric: str | None = None,
-               **options: Any) -> list[RoundReport]:
+def run_online(
+    workspace: str | Path, prompts: str | Path, judge: str, *, rubric: str | None = None, **options: Any
+) -> list[RoundReport]:
     """Online rounds on `prompts` judged by `judge` (a SPEC: "file.py:NAME", "module:NAME", "llm:MODEL"):
     see mlx_dpo.online.loop.run_online for `options` (model, online, eval_prompts, sample_settings, settings,
     on_event, on_round). A restart goes on where the last run on this workspace and file stopped. A score judge
@@ -114,8 +155,9 @@ def run_online(workspace: str | Path, prompts: str | Path, judge: str, *, rubric
     from mlx_dpo.online import judges, loop
 
     penalty = options["online"].missing_end_penalty if options.get("online") is not None else None
-    return loop.run_online(workspace, prompts, judges.load_judge(judge, rubric=rubric, missing_end_penalty=penalty),
-                           **options)
+    return loop.run_online(
+        workspace, prompts, judges.load_judge(judge, rubric=rubric, missing_end_penalty=penalty), **options
+    )
 
 
 def converts_on_load(spec: str | None) -> bool:

@@ -128,8 +128,7 @@ def warn_if_slow() -> None:
     STATE.warned = True
     reason = STATE.error or "no optimized BLAS loaded"
     warnings.warn(
-        f"mlx-dpo: {reason}; MLX matmuls on this CPU will be ~80x slower. "
-        f"Fix: {FIX_COMMAND}",
+        f"mlx-dpo: {reason}; MLX matmuls on this CPU will be ~80x slower. Fix: {FIX_COMMAND}",
         RuntimeWarning,
         stacklevel=2,
     )

@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-
 
 # --- the model layout ---------------------------------------------------------------------------------------------
 
@@ -123,8 +123,9 @@ class MaskedCache:
     for: causal, and limited to its sliding window when the layer passes `window_size`.
     """
 
-    def __init__(self, key_valid: mx.array, mask_dims: int, keys: mx.array | None = None,
-                 values: mx.array | None = None):
+    def __init__(
+        self, key_valid: mx.array, mask_dims: int, keys: mx.array | None = None, values: mx.array | None = None
+    ):
         self.key_valid = key_valid  # (n, S): real tokens among the keys this cache will hold
         self.mask_dims = mask_dims  # one of MASK_LAYOUTS
         self._prefix = (keys, values)  # the prompt's keys and values under a completion pass
@@ -190,8 +191,15 @@ def weights_mismatch(text: str) -> tuple[str, ...] | None:
 Generated = list[tuple[list[int], bool]]  # per sequence: its token ids (stop token excluded), whether it finished
 
 
-def generate_batched(model: nn.Module, prompts: list[list[int]], *, max_tokens: int, stop_tokens: list[int],
-                     sampler: Callable, batch_size: int) -> Generated:
+def generate_batched(
+    model: nn.Module,
+    prompts: list[list[int]],
+    *,
+    max_tokens: int,
+    stop_tokens: list[int],
+    sampler: Callable,
+    batch_size: int,
+) -> Generated:
     """Each prompt's answer as token ids and whether it finished, `batch_size` sequences in flight.
 
     Relies on: `mlx_lm.generate.BatchGenerator` (what `batch_generate` runs; not documented on its own):
@@ -201,8 +209,13 @@ def generate_batched(model: nn.Module, prompts: list[list[int]], *, max_tokens: 
     """
     from mlx_lm.generate import BatchGenerator
 
-    gen = BatchGenerator(model, stop_tokens=[[t] for t in stop_tokens], sampler=sampler,
-                         completion_batch_size=batch_size, prefill_batch_size=batch_size)
+    gen = BatchGenerator(
+        model,
+        stop_tokens=[[t] for t in stop_tokens],
+        sampler=sampler,
+        completion_batch_size=batch_size,
+        prefill_batch_size=batch_size,
+    )
     try:
         uids = gen.insert(prompts, [max_tokens] * len(prompts))
         ids: dict[int, list[int]] = {uid: [] for uid in uids}
@@ -237,13 +250,22 @@ def _prefilled(model: nn.Module, prompt: list[int], step: int = 2048) -> list[An
 
     cache = make_prompt_cache(model)
     for start in range(0, len(prompt) - 1, step):
-        model(mx.array(prompt[start:min(start + step, len(prompt) - 1)])[None], cache=cache)
+        model(mx.array(prompt[start : min(start + step, len(prompt) - 1)])[None], cache=cache)
         mx.eval([c.state for c in cache])
     return cache
 
 
-def generate_shared(model: nn.Module, prompts: list[list[int]], n: int, *, max_tokens: int, stop_tokens: list[int],
-                    sampler: Callable, batch_size: int, logps: bool = False) -> list[list[Sampled]]:
+def generate_shared(
+    model: nn.Module,
+    prompts: list[list[int]],
+    n: int,
+    *,
+    max_tokens: int,
+    stop_tokens: list[int],
+    sampler: Callable,
+    batch_size: int,
+    logps: bool = False,
+) -> list[list[Sampled]]:
     """`n` answers to each prompt, each prompt prefilled once and its KV cache copied to its `n` sequences;
     `batch_size` sequences in flight, each leaving the batch as it stops. `logps`: keep each token's log-prob.
 
@@ -257,8 +279,13 @@ def generate_shared(model: nn.Module, prompts: list[list[int]], n: int, *, max_t
     """
     from mlx_lm.generate import BatchGenerator
 
-    gen = BatchGenerator(model, stop_tokens=[[t] for t in stop_tokens], sampler=sampler,
-                         completion_batch_size=batch_size, prefill_batch_size=batch_size)
+    gen = BatchGenerator(
+        model,
+        stop_tokens=[[t] for t in stop_tokens],
+        sampler=sampler,
+        completion_batch_size=batch_size,
+        prefill_batch_size=batch_size,
+    )
     out: dict[int, Sampled] = {}
     uids: list[int] = []
     waiting = iter(prompts)
@@ -319,8 +346,11 @@ def lora_base_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     from mlx_lm.tuner.lora import LoRAEmbedding, LoRALinear, LoRASwitchLinear
 
     embeddings, linears = (LoRAEmbedding, DoRAEmbedding), (LoRALinear, LoRASwitchLinear, DoRALinear)
-    return [(name, m.embedding if isinstance(m, embeddings) else m.linear)
-            for name, m in model.named_modules() if isinstance(m, embeddings + linears)]
+    return [
+        (name, m.embedding if isinstance(m, embeddings) else m.linear)
+        for name, m in model.named_modules()
+        if isinstance(m, embeddings + linears)
+    ]
 
 
 def fused_lora_layers(model: nn.Module, *, dequantize: bool) -> list[tuple[str, nn.Module]]:
@@ -329,8 +359,11 @@ def fused_lora_layers(model: nn.Module, *, dequantize: bool) -> list[tuple[str, 
     Relies on: mlx-lm's adapter layers have `lora_a` and a `fuse(dequantize=...)` that returns the plain (or
     re-quantized) layer, as its own `mlx_lm.fuse` uses them.
     """
-    return [(name, module.fuse(dequantize=dequantize)) for name, module in model.named_modules()
-            if hasattr(module, "lora_a") and callable(getattr(module, "fuse", None))]
+    return [
+        (name, module.fuse(dequantize=dequantize))
+        for name, module in model.named_modules()
+        if hasattr(module, "lora_a") and callable(getattr(module, "fuse", None))
+    ]
 
 
 def checkpoint_layers(model: nn.Module) -> None:

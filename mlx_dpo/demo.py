@@ -60,16 +60,20 @@ def say(text: str) -> None:
 def show_round(report: RoundReport) -> None:
     """A round's lines: what it judged and trained, its held-out numbers next to the base's, whether it was kept."""
     held = report.heldout
-    print(f"round {report.round}: judged {report.prompts} prompts' answers from {report.sampled_by} "
-          f"({report.pairs} pairs, {report.ties} ties, {report.skips} skips), trained {report.version or 'nothing'}",
-          flush=True)
+    print(
+        f"round {report.round}: judged {report.prompts} prompts' answers from {report.sampled_by} "
+        f"({report.pairs} pairs, {report.ties} ties, {report.skips} skips), trained {report.version or 'nothing'}",
+        flush=True,
+    )
     score, base, kl = held.get(HELDOUT_SCORE), held.get(base_key(HELDOUT_SCORE)), held.get(HELDOUT_KL)
     if score is not None and base is not None:
-        print(f"  held-out judge score {score:.3f} (base {base:.3f}, {score - base:+.3f}), KL to base {kl:.2f} "
-              f"nats/answer, repeated 3-grams {held.get(HELDOUT_REPETITION, 0):.2f} (base "
-              f"{held.get(base_key(HELDOUT_REPETITION), 0):.2f}), cut at max tokens "
-              f"{held.get(HELDOUT_UNFINISHED, 0):.2f} (base {held.get(base_key(HELDOUT_UNFINISHED), 0):.2f})",
-              flush=True)
+        print(
+            f"  held-out judge score {score:.3f} (base {base:.3f}, {score - base:+.3f}), KL to base {kl:.2f} "
+            f"nats/answer, repeated 3-grams {held.get(HELDOUT_REPETITION, 0):.2f} (base "
+            f"{held.get(base_key(HELDOUT_REPETITION), 0):.2f}), cut at max tokens "
+            f"{held.get(HELDOUT_UNFINISHED, 0):.2f} (base {held.get(base_key(HELDOUT_UNFINISHED), 0):.2f})",
+            flush=True,
+        )
     if report.decision:
         print(f"  {report.version} {report.decision}: {report.reason}", flush=True)
 
@@ -100,13 +104,16 @@ def side_by_side(title: str, left: str, right: str, width: int = 58) -> str:
 
 def show_before_after(workspace: Path, judge, held_out: list, last: str | None, seconds: float) -> None:
     """The held-out scores by version with their noise, and base vs tuned answers side by side."""
+
     def kept(label: str) -> list:
         return kept_answers(json.loads((workspace / HELDOUT_DIR / f"{label}.json").read_text()))
 
     base = kept("base")
     base_scores = _scores(judge, held_out, base)
-    say(f"held-out score, the judge's own ({len(held_out)} prompts, {len(base_scores)} samples; one sample moves it by "
-        f"{1 / len(base_scores):.3f} at most; rounds took {seconds:.0f} s)")
+    say(
+        f"held-out score, the judge's own ({len(held_out)} prompts, {len(base_scores)} samples; one sample moves it by "
+        f"{1 / len(base_scores):.3f} at most; rounds took {seconds:.0f} s)"
+    )
     print(f"  base  {statistics.mean(base_scores):.3f} {_noise(base_scores)}; cut at max tokens {_cut(base):.2f}")
     if last is None:
         print("  no round was kept: the base is what you have")
@@ -114,19 +121,31 @@ def show_before_after(workspace: Path, judge, held_out: list, last: str | None, 
     tuned = kept(last)
     tuned_scores = _scores(judge, held_out, tuned)
     gains = [t - b for t, b in zip(tuned_scores, base_scores)]  # same prompts, same draws' seeds: paired
-    print(f"  {last:<5} {statistics.mean(tuned_scores):.3f} {_noise(tuned_scores)}; cut at max tokens {_cut(tuned):.2f}")
+    print(
+        f"  {last:<5} {statistics.mean(tuned_scores):.3f} {_noise(tuned_scores)}; cut at max tokens {_cut(tuned):.2f}"
+    )
     print(f"  gain  {statistics.mean(gains):+.3f} {_noise(gains)}, paired: same prompts, same draws' seeds")
     say(f"base and {last} side by side: the first sample for the first {SHOWN} held-out prompts (not chosen)")
     for i, prompt in enumerate(held_out[:SHOWN]):
         b, t = base[i][0], tuned[i][0]
-        print(side_by_side(f"\nQ: {prompt[-1]['content']}",
-                           f"base (score {judge.raw_score(prompt, b):.2f}{'' if b.finished else ', cut'}): {b}",
-                           f"{last} (score {judge.raw_score(prompt, t):.2f}{'' if t.finished else ', cut'}): {t}"))
+        print(
+            side_by_side(
+                f"\nQ: {prompt[-1]['content']}",
+                f"base (score {judge.raw_score(prompt, b):.2f}{'' if b.finished else ', cut'}): {b}",
+                f"{last} (score {judge.raw_score(prompt, t):.2f}{'' if t.finished else ', cut'}): {t}",
+            )
+        )
 
 
-def main(model: str | None = None, workspace: Path = WORKSPACE, online: OnlineSettings = ONLINE,
-         sampler: SampleSettings = SAMPLER, run: dict | None = None, heldout_prompts: int = HELDOUT_PROMPTS,
-         judge: str = JUDGE) -> int:
+def main(
+    model: str | None = None,
+    workspace: Path = WORKSPACE,
+    online: OnlineSettings = ONLINE,
+    sampler: SampleSettings = SAMPLER,
+    run: dict | None = None,
+    heldout_prompts: int = HELDOUT_PROMPTS,
+    judge: str = JUDGE,
+) -> int:
     """The demo; tests/test_demo.py passes a tiny `model`, one small round, fewer held-out prompts and a judge
     a random tiny model's answers do not all tie under."""
     run = {**RUN, **(run or {})}
@@ -137,17 +156,33 @@ def main(model: str | None = None, workspace: Path = WORKSPACE, online: OnlineSe
     loaded = load_model(model)
     say(f"default model ready in {time.perf_counter() - start:.1f} s: {loaded.path}")
     name = judge.rsplit(":", 1)[1]
-    say(f"{online.rounds} online rounds of {online.per_round} prompts x {online.samples_per_prompt} answers, judged by "
+    say(
+        f"{online.rounds} online rounds of {online.per_round} prompts x {online.samples_per_prompt} answers, judged by "
         f"{name}{' (answers in one sentence win)' if judge == JUDGE else ''}, every setting at its default, in "
-        f"{workspace}/")
+        f"{workspace}/"
+    )
     shutil.rmtree(workspace, ignore_errors=True)
     held_out = read_prompt_file(HELDOUT)[:heldout_prompts]
     start = time.perf_counter()
-    reports = run_online(workspace, PROMPTS, judge, loaded=loaded, online=online, eval_prompts=held_out,
-                         sample_settings=sampler, settings=run, on_round=show_round)
+    reports = run_online(
+        workspace,
+        PROMPTS,
+        judge,
+        loaded=loaded,
+        online=online,
+        eval_prompts=held_out,
+        sample_settings=sampler,
+        settings=run,
+        on_round=show_round,
+    )
     last = next((r.version for r in reversed(reports) if r.version and r.decision == "accepted"), None)
-    show_before_after(workspace, load_judge(judge, missing_end_penalty=online.missing_end_penalty), held_out, last,
-                      time.perf_counter() - start)
+    show_before_after(
+        workspace,
+        load_judge(judge, missing_end_penalty=online.missing_end_penalty),
+        held_out,
+        last,
+        time.perf_counter() - start,
+    )
     say(f"pairs and versions in {workspace}/ (try: mlx-dpo --workspace {workspace})")
     return 0
 

@@ -145,8 +145,10 @@ def report(measure: bool = True, model: str | None = None) -> dict:
 
 def format_report(rep: dict) -> str:
     """A human-readable rendering of `report()`."""
-    lines = [f"mlx-dpo {rep['mlx_dpo']} on {rep['platform']['system']} {rep['platform']['machine']}"
-             f" (Python {rep['platform']['python']})"]
+    lines = [
+        f"mlx-dpo {rep['mlx_dpo']} on {rep['platform']['system']} {rep['platform']['machine']}"
+        f" (Python {rep['platform']['python']})"
+    ]
     lines.append("versions: " + ", ".join(f"{k} {v or 'missing'}" for k, v in rep["versions"].items()))
     lines.append(f"device: {rep['device']}")
     b = rep["blas"]

@@ -26,21 +26,36 @@ class GroupSettings:
 
     TITLE: ClassVar[str] = "group rounds (GRPO)"
 
-    method: str = option("dpo", "what a round trains: dpo (pairs) or grpo (groups of answers with a reward each)",
-                         check=OneOf(METHODS, "method"))
-    grpo_epsilon: float = option(0.2, "GRPO's clip range: the ratio is clipped to [1 - eps, 1 + eps] [epsilon]",
-                                 check=rule(lambda e: 0 < e < 1, "must be in (0, 1)"))
-    grpo_epsilon_high: float | None = option(None, "upper clip 1 + this (DAPO's clip-higher) [epsilon_high]",
-                                             check=positive(), default_text="--grpo-epsilon")
-    grpo_iterations: int = option(1, "optimizer steps on each batch of groups (mu) [num_iterations]",
-                                  check=at_least(1))
-    grpo_normalize: str = option("sequence", "loss normalisation: sequence (GRPO), token (DAPO) or constant "
-                                 "(Dr. GRPO: by max tokens) [loss_type]", check=OneOf(NORMALISATIONS, "normalisation"))
-    grpo_advantage: str = option("std", "advantages: std ((r - mean) / std) or mean (r - mean, Dr. GRPO) "
-                                 "[scale_rewards]", check=OneOf(ADVANTAGES, "advantage"))
+    method: str = option(
+        "dpo",
+        "what a round trains: dpo (pairs) or grpo (groups of answers with a reward each)",
+        check=OneOf(METHODS, "method"),
+    )
+    grpo_epsilon: float = option(
+        0.2,
+        "GRPO's clip range: the ratio is clipped to [1 - eps, 1 + eps] [epsilon]",
+        check=rule(lambda e: 0 < e < 1, "must be in (0, 1)"),
+    )
+    grpo_epsilon_high: float | None = option(
+        None, "upper clip 1 + this (DAPO's clip-higher) [epsilon_high]", check=positive(), default_text="--grpo-epsilon"
+    )
+    grpo_iterations: int = option(1, "optimizer steps on each batch of groups (mu) [num_iterations]", check=at_least(1))
+    grpo_normalize: str = option(
+        "sequence",
+        "loss normalisation: sequence (GRPO), token (DAPO) or constant (Dr. GRPO: by max tokens) [loss_type]",
+        check=OneOf(NORMALISATIONS, "normalisation"),
+    )
+    grpo_advantage: str = option(
+        "std",
+        "advantages: std ((r - mean) / std) or mean (r - mean, Dr. GRPO) [scale_rewards]",
+        check=OneOf(ADVANTAGES, "advantage"),
+    )
     grpo_beta: float = option(0.0, "KL to the reference; 0: no reference pass and no cache [beta]", check=at_least(0))
-    good_rating: int = option(4, "ratings at or above it are good answers for KTO, below it bad",
-                              check=rule(lambda r: RATING_SCALE[0] < r <= RATING_SCALE[1], "must be between 2 and 5"))
+    good_rating: int = option(
+        4,
+        "ratings at or above it are good answers for KTO, below it bad",
+        check=rule(lambda r: RATING_SCALE[0] < r <= RATING_SCALE[1], "must be between 2 and 5"),
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -27,9 +27,10 @@ import dataclasses
 import functools
 import sys
 import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, NoneType, UnionType
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from mlx_dpo.errors import MlxDpoError
 
@@ -73,8 +74,13 @@ _TYPE = Check(lambda _value, _values: None)  # the "check" of a value of the wro
 
 
 def _must_be(kind: type) -> str:
-    return "must be " + {int: "a whole number", float: "a number", bool: "true or false", str: "text",
-                         list: "a list"}.get(kind, kind.__name__)
+    return "must be " + {
+        int: "a whole number",
+        float: "a number",
+        bool: "true or false",
+        str: "text",
+        list: "a list",
+    }.get(kind, kind.__name__)
 
 
 def rule(test: Callable[[Any], bool], reason: str) -> Check:
@@ -111,8 +117,15 @@ class SettingError(MlxDpoError, ValueError):
 # --- fields -------------------------------------------------------------------------------------------------
 
 
-def option(default: Any, help: str, *, check: Check | None = None, flag: str | None = None,
-           default_text: str | None = None, name: str | None = None) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    check: Check | None = None,
+    flag: str | None = None,
+    default_text: str | None = None,
+    name: str | None = None,
+) -> Any:
     """A dataclass field for a setting. `default_text` says what an unset (None/-1) default means in help;
     `name` replaces PREFIX + field name where two groups have a field of the same name."""
     metadata = {"help": help, "check": check, "flag": flag, "default_text": default_text, "name": name}
@@ -122,7 +135,7 @@ def option(default: Any, help: str, *, check: Check | None = None, flag: str | N
 
 
 def comma_list(text: str) -> list[str]:
-    """"a, b" -> ["a", "b"]: how a list setting is written on the command line or in a text field."""
+    """ "a, b" -> ["a", "b"]: how a list setting is written on the command line or in a text field."""
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
@@ -172,8 +185,17 @@ def _setting(group: type, f: dataclasses.Field, hint: Any) -> Setting:
     kind = _kind(hint)
     off = "no-" if kind is bool and default is True else ""
     flag = f.metadata.get("flag") or f"--{off}{name.replace('_', '-')}"
-    return Setting(name, f.name, group, kind, default, f.metadata["help"], f.metadata.get("check"), flag,
-                   f.metadata.get("default_text"))
+    return Setting(
+        name,
+        f.name,
+        group,
+        kind,
+        default,
+        f.metadata["help"],
+        f.metadata.get("check"),
+        flag,
+        f.metadata.get("default_text"),
+    )
 
 
 @functools.cache
@@ -282,8 +304,9 @@ def flatten(*objs: Any) -> dict[str, Any]:
 
 def with_defaults(settings: Mapping[str, Setting], defaults: Mapping[str, Any]) -> dict[str, Setting]:
     """`settings` as a surface that starts from other defaults shows them (a round's, `online`'s sampler)."""
-    return {name: dataclasses.replace(s, default=defaults[name]) if name in defaults else s
-            for name, s in settings.items()}
+    return {
+        name: dataclasses.replace(s, default=defaults[name]) if name in defaults else s for name, s in settings.items()
+    }
 
 
 def add_flag_groups(parser: argparse.ArgumentParser, settings: Iterable[Setting]) -> None:
@@ -308,23 +331,38 @@ class _Deprecated(argparse._StoreAction):
         super().__call__(parser, namespace, values, option_string)
 
 
-def add_deprecated_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, old_flag: str,
-                        setting: Setting) -> None:
+def add_deprecated_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, old_flag: str, setting: Setting
+) -> None:
     """`old_flag` as an alias of `setting`'s flag that says it is deprecated (in --help and when used)."""
-    parser.add_argument(old_flag, dest=setting.name, type=setting.parse, default=None, action=_Deprecated,
-                        new_flag=setting.flag, metavar=setting.flag.lstrip("-").replace("-", "_").upper(),
-                        help=f"deprecated: use {setting.flag}")
+    parser.add_argument(
+        old_flag,
+        dest=setting.name,
+        type=setting.parse,
+        default=None,
+        action=_Deprecated,
+        new_flag=setting.flag,
+        metavar=setting.flag.lstrip("-").replace("-", "_").upper(),
+        help=f"deprecated: use {setting.flag}",
+    )
 
 
 def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, settings: Iterable[Setting]) -> None:
     """One flag per setting, each defaulting to None so that only the flags given override a config file."""
     for s in settings:
         if s.kind is bool:
-            parser.add_argument(s.flag, dest=s.name, action="store_const", const=not s.default, default=None,
-                                help=s.help_text())
+            parser.add_argument(
+                s.flag, dest=s.name, action="store_const", const=not s.default, default=None, help=s.help_text()
+            )
         else:
-            parser.add_argument(s.flag, dest=s.name, type=s.parse, default=None, help=s.help_text(),
-                                metavar=s.flag.lstrip("-").replace("-", "_").upper())
+            parser.add_argument(
+                s.flag,
+                dest=s.name,
+                type=s.parse,
+                default=None,
+                help=s.help_text(),
+                metavar=s.flag.lstrip("-").replace("-", "_").upper(),
+            )
 
 
 def given_flags(args: argparse.Namespace, settings: Iterable[Setting]) -> dict[str, Any]:

@@ -7,7 +7,14 @@ import time
 from typing import TextIO
 
 from mlx_dpo.events import (
-    Cancelled, CheckpointSaved, Event, EvalMetrics, Failed, Finished, Status, StepMetrics,
+    Cancelled,
+    CheckpointSaved,
+    EvalMetrics,
+    Event,
+    Failed,
+    Finished,
+    Status,
+    StepMetrics,
 )
 from mlx_dpo.metric_names import ACCURACY, EVAL, KTO_KL, LOSS, MARGIN, TOKENS_PER_SECOND
 
@@ -24,9 +31,12 @@ SHOWN = (("loss", LOSS, ".4f"), ("acc", ACCURACY, ".2f"), ("kl", KTO_KL, ".3f"),
 
 
 def scores(metrics: dict, prefix: str = "") -> str:
-    """"loss 0.6931 acc 0.50 margin 0.012": the numbers of SHOWN that `metrics` holds (names after `prefix`)."""
-    return " ".join(f"{label} {metrics[prefix + name]:{spec}}" for label, name, spec in SHOWN
-                    if isinstance(metrics.get(prefix + name), (int, float)))
+    """ "loss 0.6931 acc 0.50 margin 0.012": the numbers of SHOWN that `metrics` holds (names after `prefix`)."""
+    return " ".join(
+        f"{label} {metrics[prefix + name]:{spec}}"
+        for label, name, spec in SHOWN
+        if isinstance(metrics.get(prefix + name), (int, float))
+    )
 
 
 class ProgressPrinter:

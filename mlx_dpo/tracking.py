@@ -26,7 +26,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, Status
@@ -40,8 +41,11 @@ COMPLETION_COLUMNS = ("step", "prompt", "completion")
 def trl_names(metrics: Mapping[str, Any]) -> tuple[int, dict[str, float]]:
     """(step, the numbers by TRL's names in a tracker): `loss` -> train/loss, `eval_loss` -> eval/loss."""
     step = int(metrics["step"])
-    named = {("eval/" + k[len(EVAL):] if k.startswith(EVAL) else "train/" + k): v
-             for k, v in metrics.items() if k != "step" and _number(v)}
+    named = {
+        ("eval/" + k[len(EVAL) :] if k.startswith(EVAL) else "train/" + k): v
+        for k, v in metrics.items()
+        if k != "step" and _number(v)
+    }
     return step, {**named, "train/global_step": step}
 
 
@@ -52,8 +56,9 @@ def _number(value: Any) -> bool:
 def check_available(report_to: str) -> None:
     """MlxDpoError, before anything loads, when the asked-for tracker is not installed."""
     if report_to == "trackio" and importlib.util.find_spec("trackio") is None:
-        raise MlxDpoError("--report-to trackio needs trackio; run: pip install 'mlx-dpo[trackio]' "
-                          "(or pip install trackio)")
+        raise MlxDpoError(
+            "--report-to trackio needs trackio; run: pip install 'mlx-dpo[trackio]' (or pip install trackio)"
+        )
 
 
 @contextlib.contextmanager
@@ -66,18 +71,32 @@ def _quiet() -> Iterator[None]:
 class Tracker:
     """One run in trackio. Every call is guarded: a failure switches the tracker off and says so once."""
 
-    def __init__(self, project: str, run: str, config: Mapping[str, Any], on_event: Callable[[Event], None],
-                 resume: str = "never"):
+    def __init__(
+        self,
+        project: str,
+        run: str,
+        config: Mapping[str, Any],
+        on_event: Callable[[Event], None],
+        resume: str = "never",
+    ):
         import trackio
 
         self._trackio, self._emit, self.project, self.name = trackio, on_event, project, run
         try:
             with _quiet():
-                self._run = trackio.init(project=project, name=run, config=_plain(config), resume=resume, embed=False,
-                                         auto_log_cpu=False, auto_log_gpu=False)
+                self._run = trackio.init(
+                    project=project,
+                    name=run,
+                    config=_plain(config),
+                    resume=resume,
+                    embed=False,
+                    auto_log_cpu=False,
+                    auto_log_gpu=False,
+                )
         except ValueError as e:  # a project name trackio reserves ("registry-...", "..._system"): say which
-            raise MlxDpoError(f"trackio refuses the project {project!r} ({str(e).splitlines()[0]}); name another "
-                              "with --project") from None
+            raise MlxDpoError(
+                f"trackio refuses the project {project!r} ({str(e).splitlines()[0]}); name another with --project"
+            ) from None
         self._open = True
 
     def _guarded(self, what: str, call: Callable[[], None]) -> None:
@@ -88,37 +107,53 @@ class Tracker:
                 call()
         except Exception as e:  # trackio's own errors (a locked or full store): never worth stopping a run for
             self._open = False
-            self._emit(Status(f"trackio: {what} failed ({type(e).__name__}: {e}); tracking is off for this run, "
-                              "metrics.jsonl has every number"))
+            self._emit(
+                Status(
+                    f"trackio: {what} failed ({type(e).__name__}: {e}); tracking is off for this run, "
+                    "metrics.jsonl has every number"
+                )
+            )
 
     def log_metrics(self, metrics: Mapping[str, Any]) -> None:
         """A step report or an evaluation (metrics.jsonl's line) under TRL's names."""
         step, named = trl_names(metrics)
         self._guarded("logging", lambda: self._run.log(named, step=step))
 
-    def log_heldout(self, metrics: Mapping[str, Any], prompts: Sequence[list[dict]], answers: Sequence[Sequence[str]],
-                    step: int) -> None:
+    def log_heldout(
+        self, metrics: Mapping[str, Any], prompts: Sequence[list[dict]], answers: Sequence[Sequence[str]], step: int
+    ) -> None:
         """A round's held-out numbers, and its held-out answers as a `completions` table (one row per answer)."""
         numbers = {k: v for k, v in metrics.items() if k.startswith((HELDOUT, HELDOUT_BASE)) and _number(v)}
         rows = [[step, prompt[-1]["content"], answer] for prompt, group in zip(prompts, answers) for answer in group]
         table = self._trackio.Table(columns=list(COMPLETION_COLUMNS), data=rows) if rows else None
-        self._guarded("logging", lambda: self._run.log({**numbers, **({COMPLETIONS: table} if table else {})},
-                                                       step=step))
+        self._guarded(
+            "logging", lambda: self._run.log({**numbers, **({COMPLETIONS: table} if table else {})}, step=step)
+        )
 
     def finish(self) -> None:
         self._guarded("finishing", self._trackio.finish)
         self._open = False
 
 
-def open_tracker(report_to: str, project: str | None, run: str, config: Mapping[str, Any],
-                 on_event: Callable[[Event], None], resume: bool = False) -> Tracker | None:
+def open_tracker(
+    report_to: str,
+    project: str | None,
+    run: str,
+    config: Mapping[str, Any],
+    on_event: Callable[[Event], None],
+    resume: bool = False,
+) -> Tracker | None:
     """The run's tracker (None for --report-to none). `resume`: a resumed run goes on in its own trackio run."""
     if report_to == "none":
         return None
     check_available(report_to)
     tracker = Tracker(project or DEFAULT_PROJECT, run, config, on_event, "allow" if resume else "never")
-    on_event(Status(f"trackio: project {tracker.project!r}, run {run!r} (see it with: trackio show --project "
-                    f"{tracker.project!r})"))
+    on_event(
+        Status(
+            f"trackio: project {tracker.project!r}, run {run!r} (see it with: trackio show --project "
+            f"{tracker.project!r})"
+        )
+    )
     return tracker
 
 

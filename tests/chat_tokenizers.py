@@ -18,27 +18,63 @@ VOCAB_SIZE = 512  # the tiny models' vocabulary: room for the ~400 tokens traine
 # whether the tokenizer itself prepends BOS.
 CHAT_FAMILIES: dict[str, dict] = {
     # Qwen2.5-Instruct: ChatML, a default system message, no BOS, "<|im_end|>\n" after each turn.
-    "qwen2": dict(specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], bos=None, eos="<|im_end|>",
-                  pad="<|endoftext|>", eos_ids=["<|im_end|>", "<|endoftext|>"], add_bos=False),
+    "qwen2": dict(
+        specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        bos=None,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        eos_ids=["<|im_end|>", "<|endoftext|>"],
+        add_bos=False,
+    ),
     # Gemma 3: BOS from the template, the system message folded into the first user turn.
-    "gemma3": dict(specials=["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"], bos="<bos>",
-                   eos="<eos>", pad="<pad>", eos_ids=["<eos>", "<end_of_turn>"], add_bos=False),
+    "gemma3": dict(
+        specials=["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
+        bos="<bos>",
+        eos="<eos>",
+        pad="<pad>",
+        eos_ids=["<eos>", "<end_of_turn>"],
+        add_bos=False,
+    ),
     # Gemma 2: no system role (the template raises); config.json lists only <eos>, not <end_of_turn>.
-    "gemma2": dict(specials=["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"], bos="<bos>",
-                   eos="<eos>", pad="<pad>", eos_ids=["<eos>"], add_bos=False),
+    "gemma2": dict(
+        specials=["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
+        bos="<bos>",
+        eos="<eos>",
+        pad="<pad>",
+        eos_ids=["<eos>"],
+        add_bos=False,
+    ),
     # Llama 3: BOS from both the template and the tokenizer, no pad token, "<|eot_id|>" ends a turn.
-    "llama3": dict(specials=["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                             "<|eot_id|>"], bos="<|begin_of_text|>", eos="<|eot_id|>", pad=None,
-                   eos_ids=["<|end_of_text|>", "<|eot_id|>"], add_bos=True),
+    "llama3": dict(
+        specials=["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        bos="<|begin_of_text|>",
+        eos="<|eot_id|>",
+        pad=None,
+        eos_ids=["<|end_of_text|>", "<|eot_id|>"],
+        add_bos=True,
+    ),
     # Phi-3: "<|end|>\n" after each turn, then the EOS "<|endoftext|>" after the conversation.
-    "phi3": dict(specials=["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], bos=None,
-                 eos="<|endoftext|>", pad="<|endoftext|>", eos_ids=["<|endoftext|>"], add_bos=False),
+    "phi3": dict(
+        specials=["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+        bos=None,
+        eos="<|endoftext|>",
+        pad="<|endoftext|>",
+        eos_ids=["<|endoftext|>"],
+        add_bos=False,
+    ),
 }
 
 # A base model's tokenizer: no chat template, BOS added by the tokenizer itself (as Gemma 3 270M's GGUF says).
 BASE_FAMILIES: dict[str, dict] = {
-    "gemma3_base": dict(specials=["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"], bos="<bos>",
-                        eos="<eos>", pad="<pad>", eos_ids=["<eos>"], add_bos=True, template=None),
+    "gemma3_base": dict(
+        specials=["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
+        bos="<bos>",
+        eos="<eos>",
+        pad="<pad>",
+        eos_ids=["<eos>"],
+        add_bos=True,
+        template=None,
+    ),
 }
 
 _CORPUS = [
@@ -57,20 +93,29 @@ def make_chat_tokenizer(family: str, out: Path) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=spec["specials"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=spec["specials"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
     ids = {t: tok.token_to_id(t) for t in spec["specials"]}
     if spec["add_bos"]:
         bos = spec["bos"]
-        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                                           special_tokens=[(bos, ids[bos])])
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, ids[bos])]
+        )
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": spec["bos"], "eos_token": spec["eos"], "pad_token": spec["pad"],
-        "add_bos_token": spec["add_bos"], "add_eos_token": False, "model_max_length": 4096,
+        "bos_token": spec["bos"],
+        "eos_token": spec["eos"],
+        "pad_token": spec["pad"],
+        "add_bos_token": spec["add_bos"],
+        "add_eos_token": False,
+        "model_max_length": 4096,
     }
     template = spec.get("template", family)
     if template:

@@ -66,15 +66,17 @@ def _handler(hub: FakeHub):
                 return self._reply(200, {"warnings": []})
             if path.startswith("/api/models/") and "/preupload/" in path:
                 files = json.loads(body)["files"]
-                return self._reply(200, {"files": [
-                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
-                ]})
+                return self._reply(
+                    200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+                )
             if path.startswith("/api/models/") and "/commit/" in path:
                 if hub.forbid_commit:
                     return self._reply(403, {"error": "You don't have the rights to create a commit in this repo"})
-                repo = path[len("/api/models/"):].split("/commit/")[0]
-                return self._reply(200, {"commitUrl": f"{hub.url}/{repo}/commit/{'a' * 40}",
-                                         "commitOid": "a" * 40, "pullRequestUrl": None})
+                repo = path[len("/api/models/") :].split("/commit/")[0]
+                return self._reply(
+                    200,
+                    {"commitUrl": f"{hub.url}/{repo}/commit/{'a' * 40}", "commitOid": "a" * 40, "pullRequestUrl": None},
+                )
             hub.unknown.append(("POST", self.path))
             self._reply(404, {"error": "not found"})
 

@@ -23,9 +23,19 @@ HIDDEN, HEADS, KV_HEADS, HEAD_DIM, LAYERS = 32, 4, 2, 8, 2
 WINDOW = 5  # sliding windows shorter than the test sequences, so a window bug shows
 
 _COMMON: dict[str, Any] = dict(
-    hidden_size=HIDDEN, num_hidden_layers=LAYERS, intermediate_size=2 * HIDDEN, num_attention_heads=HEADS,
-    num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM, rms_norm_eps=1e-5, vocab_size=VOCAB,
-    max_position_embeddings=2048, rope_theta=10000.0, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    hidden_size=HIDDEN,
+    num_hidden_layers=LAYERS,
+    intermediate_size=2 * HIDDEN,
+    num_attention_heads=HEADS,
+    num_key_value_heads=KV_HEADS,
+    head_dim=HEAD_DIM,
+    rms_norm_eps=1e-5,
+    vocab_size=VOCAB,
+    max_position_embeddings=2048,
+    rope_theta=10000.0,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=2,
 )
 
 # family -> (model_type, HF architecture, what differs from _COMMON)
@@ -34,25 +44,55 @@ _FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "llama_untied": ("llama", "LlamaForCausalLM", dict(tie_word_embeddings=False)),
     "qwen2": ("qwen2", "Qwen2ForCausalLM", dict(tie_word_embeddings=True)),
     "qwen3": ("qwen3", "Qwen3ForCausalLM", dict(tie_word_embeddings=False)),
-    "qwen2_moe": ("qwen2_moe", "Qwen2MoeForCausalLM", dict(
-        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=HIDDEN, shared_expert_intermediate_size=HIDDEN,
-        tie_word_embeddings=False)),
-    "mixtral": ("mixtral", "MixtralForCausalLM", dict(num_local_experts=4, num_experts_per_tok=2,
-                                                     tie_word_embeddings=False)),
+    "qwen2_moe": (
+        "qwen2_moe",
+        "Qwen2MoeForCausalLM",
+        dict(
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=HIDDEN,
+            shared_expert_intermediate_size=HIDDEN,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "mixtral": (
+        "mixtral",
+        "MixtralForCausalLM",
+        dict(num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False),
+    ),
     "gemma": ("gemma", "GemmaForCausalLM", dict()),
-    "gemma2": ("gemma2", "Gemma2ForCausalLM", dict(
-        final_logit_softcapping=3.0, attn_logit_softcapping=10.0, query_pre_attn_scalar=HEAD_DIM)),
+    "gemma2": (
+        "gemma2",
+        "Gemma2ForCausalLM",
+        dict(final_logit_softcapping=3.0, attn_logit_softcapping=10.0, query_pre_attn_scalar=HEAD_DIM),
+    ),
     # layer 0 slides over WINDOW tokens, layer 1 is global (pattern 2)
-    "gemma3_text": ("gemma3_text", "Gemma3ForCausalLM", dict(
-        sliding_window=WINDOW, sliding_window_pattern=2, query_pre_attn_scalar=HEAD_DIM)),
+    "gemma3_text": (
+        "gemma3_text",
+        "Gemma3ForCausalLM",
+        dict(sliding_window=WINDOW, sliding_window_pattern=2, query_pre_attn_scalar=HEAD_DIM),
+    ),
     "phi3": ("phi3", "Phi3ForCausalLM", dict(tie_word_embeddings=False)),
     # mlx-lm runs mistral as llama; per-layer types make layer 0 a sliding-window layer
-    "mistral": ("mistral", "MistralForCausalLM", dict(
-        sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=False)),
+    "mistral": (
+        "mistral",
+        "MistralForCausalLM",
+        dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=False),
+    ),
     "cohere": ("cohere", "CohereForCausalLM", dict(logit_scale=0.25, layer_norm_eps=1e-5)),
-    "granite": ("granite", "GraniteForCausalLM", dict(
-        logits_scaling=4.0, attention_multiplier=0.2, embedding_multiplier=4.0, residual_multiplier=0.5,
-        attention_bias=False, mlp_bias=False, tie_word_embeddings=True)),
+    "granite": (
+        "granite",
+        "GraniteForCausalLM",
+        dict(
+            logits_scaling=4.0,
+            attention_multiplier=0.2,
+            embedding_multiplier=4.0,
+            residual_multiplier=0.5,
+            attention_bias=False,
+            mlp_bias=False,
+            tie_word_embeddings=True,
+        ),
+    ),
     "olmo2": ("olmo2", "Olmo2ForCausalLM", dict(tie_word_embeddings=False)),
     "smollm3": ("smollm3", "SmolLM3ForCausalLM", dict(no_rope_layer_interval=2, tie_word_embeddings=True)),
 }

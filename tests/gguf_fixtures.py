@@ -15,14 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlx_dpo  # noqa: F401  (must come before mlx.core: it picks the BLAS library)
-
 import gguf
 import mlx.core as mx
 import numpy as np
 from gguf import GGMLQuantizationType
 from mlx.utils import tree_flatten
 from mlx_lm.models.llama import Model, ModelArgs
+
+import mlx_dpo  # noqa: F401  (must come before mlx.core: it picks the BLAS library)
 
 HIDDEN = 64
 LAYERS = 2
@@ -32,7 +32,6 @@ INTERMEDIATE = 128
 ROPE_THETA = 5000.0  # not llama.cpp's default, so a converter that ignores the metadata is caught
 RMS_EPS = 1e-6
 CONTEXT = 256
-
 
 
 @dataclass(frozen=True)
@@ -52,9 +51,31 @@ CHAT_TEMPLATE = (
 )
 # Byte-level BPE merges over GPT-2's byte alphabet ("Ġ" is a space): enough to make " the", " quick"... single tokens.
 MERGES = [
-    "Ġ t", "h e", "Ġt he", "Ġ q", "u i", "c k", "Ġq ui", "Ġqui ck", "Ġ b", "r o",
-    "Ġb ro", "w n", "Ġbro wn", "Ġ f", "o x", "Ġf ox", "i n", "Ġ a", "n d", "Ġa nd",
-    "e r", "Ġ o", "Ġo v", "Ġov er", "Ċ Ċ",
+    "Ġ t",
+    "h e",
+    "Ġt he",
+    "Ġ q",
+    "u i",
+    "c k",
+    "Ġq ui",
+    "Ġqui ck",
+    "Ġ b",
+    "r o",
+    "Ġb ro",
+    "w n",
+    "Ġbro wn",
+    "Ġ f",
+    "o x",
+    "Ġf ox",
+    "i n",
+    "Ġ a",
+    "n d",
+    "Ġa nd",
+    "e r",
+    "Ġ o",
+    "Ġo v",
+    "Ġov er",
+    "Ċ Ċ",
 ]
 
 # llama.cpp's tensor names for mlx-lm's (Hugging Face) llama names.
@@ -71,21 +92,28 @@ _LAYER_TENSORS = {
 }
 Q = GGMLQuantizationType
 _FILE_TYPES = {
-    Q.F32: gguf.LlamaFileType.ALL_F32, Q.F16: gguf.LlamaFileType.MOSTLY_F16, Q.BF16: gguf.LlamaFileType.MOSTLY_BF16,
-    Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0, Q.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0,
-    Q.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1, Q.Q5_0: gguf.LlamaFileType.MOSTLY_Q5_0,
-    Q.Q5_1: gguf.LlamaFileType.MOSTLY_Q5_1, Q.Q2_K: gguf.LlamaFileType.MOSTLY_Q2_K,
-    Q.Q3_K: gguf.LlamaFileType.MOSTLY_Q3_K_M, Q.Q4_K: gguf.LlamaFileType.MOSTLY_Q4_K_M,
-    Q.Q5_K: gguf.LlamaFileType.MOSTLY_Q5_K_M, Q.Q6_K: gguf.LlamaFileType.MOSTLY_Q6_K,
+    Q.F32: gguf.LlamaFileType.ALL_F32,
+    Q.F16: gguf.LlamaFileType.MOSTLY_F16,
+    Q.BF16: gguf.LlamaFileType.MOSTLY_BF16,
+    Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+    Q.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0,
+    Q.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1,
+    Q.Q5_0: gguf.LlamaFileType.MOSTLY_Q5_0,
+    Q.Q5_1: gguf.LlamaFileType.MOSTLY_Q5_1,
+    Q.Q2_K: gguf.LlamaFileType.MOSTLY_Q2_K,
+    Q.Q3_K: gguf.LlamaFileType.MOSTLY_Q3_K_M,
+    Q.Q4_K: gguf.LlamaFileType.MOSTLY_Q4_K_M,
+    Q.Q5_K: gguf.LlamaFileType.MOSTLY_Q5_K_M,
+    Q.Q6_K: gguf.LlamaFileType.MOSTLY_Q6_K,
 }
 # k-quant block layouts (llama.cpp's ggml-common.h): where each f16 scale sits in the block, and about how
 # large |w| gets per unit of those scales (the integer scales and quants at their largest).
 K_QUANT_SCALES = {
-    Q.Q2_K: ((80, 82), 45.0),     # scales[16] qs[64] d dmin
-    Q.Q3_K: ((108,), 128.0),      # hmask[32] qs[64] scales[12] d
-    Q.Q4_K: ((0, 2), 945.0),      # d dmin scales[12] qs[128]
-    Q.Q5_K: ((0, 2), 1953.0),     # d dmin scales[12] qh[32] qs[128]
-    Q.Q6_K: ((208,), 4096.0),     # ql[128] qh[64] scales[16] d
+    Q.Q2_K: ((80, 82), 45.0),  # scales[16] qs[64] d dmin
+    Q.Q3_K: ((108,), 128.0),  # hmask[32] qs[64] scales[12] d
+    Q.Q4_K: ((0, 2), 945.0),  # d dmin scales[12] qs[128]
+    Q.Q5_K: ((0, 2), 1953.0),  # d dmin scales[12] qh[32] qs[128]
+    Q.Q6_K: ((208,), 4096.0),  # ql[128] qh[64] scales[16] d
 }
 
 
@@ -97,7 +125,7 @@ def craft_k_quant(shape: tuple[int, int], qtype: GGMLQuantizationType, rng: np.r
     blocks = rng.integers(0, 256, (shape[0], shape[1] // block, size), dtype=np.uint8)
     for offset in offsets:
         scale = (rng.uniform(0.5, 1.0, blocks.shape[:2]) / np.sqrt(shape[1]) / reach).astype(np.float16)
-        blocks[:, :, offset:offset + 2] = scale.view(np.uint8).reshape(*blocks.shape[:2], 2)
+        blocks[:, :, offset : offset + 2] = scale.view(np.uint8).reshape(*blocks.shape[:2], 2)
     return blocks.reshape(shape[0], -1)
 
 
@@ -110,6 +138,8 @@ def encode(w: np.ndarray, qtype: GGMLQuantizationType, rng: np.random.Generator)
         block, size = gguf.GGML_QUANT_SIZES[qtype]
         return rng.integers(0, 256, (w.shape[0], w.shape[1] // block * size), dtype=np.uint8)
     return gguf.quants.quantize(w, qtype)
+
+
 _TOP_TENSORS = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
 
 
@@ -140,13 +170,49 @@ VOCAB = len(tiny_vocab()[0])
 
 # A SentencePiece-style vocabulary as llama.cpp stores one (`tokenizer.ggml.model = llama`): no merges, a score
 # per token (higher merges first), byte tokens for what no piece covers, control and user-defined tokens.
-SPM_SPECIALS = [("<unk>", gguf.TokenType.UNKNOWN), ("<s>", gguf.TokenType.CONTROL), ("</s>", gguf.TokenType.CONTROL),
-                ("<start_of_turn>", gguf.TokenType.CONTROL), ("<tool>", gguf.TokenType.USER_DEFINED),
-                ("\n\n", gguf.TokenType.USER_DEFINED)]  # Gemma stores its runs of newlines like this
+SPM_SPECIALS = [
+    ("<unk>", gguf.TokenType.UNKNOWN),
+    ("<s>", gguf.TokenType.CONTROL),
+    ("</s>", gguf.TokenType.CONTROL),
+    ("<start_of_turn>", gguf.TokenType.CONTROL),
+    ("<tool>", gguf.TokenType.USER_DEFINED),
+    ("\n\n", gguf.TokenType.USER_DEFINED),
+]  # Gemma stores its runs of newlines like this
 SPM_CHARS = list("\u2581abcdefghijklmnopqrstuvwxyzTHW.,!?'0123456789")
-SPM_PIECES = ["\u2581t", "he", "\u2581the", "\u2581a", "in", "er", "an", "\u2581q", "ui", "ck", "\u2581qui", "\u2581quick",
-              "\u2581b", "ro", "wn", "\u2581bro", "\u2581brown", "\u2581f", "ox", "\u2581fox", "\u2581h", "ll", "\u2581he",
-              "\u2581hell", "\u2581hello", "\u2581w", "or", "\u2581wor", "ld", "\u2581world", "\u2581\u2581", "\u2581\u2581\u2581"]
+SPM_PIECES = [
+    "\u2581t",
+    "he",
+    "\u2581the",
+    "\u2581a",
+    "in",
+    "er",
+    "an",
+    "\u2581q",
+    "ui",
+    "ck",
+    "\u2581qui",
+    "\u2581quick",
+    "\u2581b",
+    "ro",
+    "wn",
+    "\u2581bro",
+    "\u2581brown",
+    "\u2581f",
+    "ox",
+    "\u2581fox",
+    "\u2581h",
+    "ll",
+    "\u2581he",
+    "\u2581hell",
+    "\u2581hello",
+    "\u2581w",
+    "or",
+    "\u2581wor",
+    "ld",
+    "\u2581world",
+    "\u2581\u2581",
+    "\u2581\u2581\u2581",
+]
 
 
 def spm_vocab() -> tuple[list[str], list[float], list[int]]:
@@ -229,9 +295,15 @@ def write_spm_llama_gguf(path: Path, *, add_space_prefix: bool, add_bos: bool = 
     """A tiny llama with the SentencePiece-style vocabulary (spm_vocab), for tokenizer checks."""
     tokens, scores, types = spm_vocab()
     writer = gguf.GGUFWriter(str(path), "llama")
-    for key, value in (("context_length", CONTEXT), ("embedding_length", HIDDEN), ("block_count", LAYERS),
-                       ("feed_forward_length", INTERMEDIATE), ("rope.dimension_count", HIDDEN // HEADS),
-                       ("attention.head_count", HEADS), ("attention.head_count_kv", KV_HEADS)):
+    for key, value in (
+        ("context_length", CONTEXT),
+        ("embedding_length", HIDDEN),
+        ("block_count", LAYERS),
+        ("feed_forward_length", INTERMEDIATE),
+        ("rope.dimension_count", HIDDEN // HEADS),
+        ("attention.head_count", HEADS),
+        ("attention.head_count_kv", KV_HEADS),
+    ):
         writer.add_uint32(f"llama.{key}", value)
     writer.add_layer_norm_rms_eps(RMS_EPS)
     writer.add_tokenizer_model("llama")

@@ -10,9 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,16 +36,27 @@ def console_script() -> Path:
 
 def run_console(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the installed `mlx-dpo ARGS` (the console script, not `python -m`); returns the CompletedProcess."""
-    return subprocess.run([console_script(), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=REPO)
+    return subprocess.run(
+        [console_script(), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
 
 
 @contextmanager
 def held_child(args: list[str], hook: dict[str, str], release: Path, where: str) -> Iterator[subprocess.Popen]:
     """Run `mlx-dpo ARGS` in a child with a pause hook set (training/pause.py), yield once it holds at `where`
     (it wrote `<release>.reached`), then SIGKILL it there: the kill lands at the same point on any machine."""
-    proc = subprocess.Popen([sys.executable, "-m", "mlx_dpo.cli", *args], cwd=REPO, env={**os.environ, **hook},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlx_dpo.cli", *args],
+        cwd=REPO,
+        env={**os.environ, **hook},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 300  # only a hung child takes this long; the test does not time the run
         while not Path(f"{release}.reached").is_file():
@@ -71,7 +82,9 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> 
         assert fragment in lines[0], lines[0]
 
 
-def make_tiny_model_folder(out: Path, tokenizer_from: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+def make_tiny_model_folder(
+    out: Path, tokenizer_from: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0
+) -> Path:
     """A small random llama in mlx-lm's folder layout, with the default model's tokenizer."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
@@ -79,8 +92,14 @@ def make_tiny_model_folder(out: Path, tokenizer_from: Path, *, layers: int = 2, 
 
     config = json.loads((tokenizer_from / "config.json").read_text())
     config.pop("quantization", None)
-    config.update(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4)
+    config.update(
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden // 4,
+    )
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))
     out.mkdir(parents=True, exist_ok=True)
@@ -204,9 +223,20 @@ async def type_text(pilot, text: str) -> None:
 # --- adapters and exports (test_export.py) ---------------------------------------------------------------------
 
 
-def make_adapter(model_spec: str | None, out: Path, *, rank: int = 4, alpha: float = 8.0, seed: int = 0,
-                 dora: bool = False, num_layers: int = -1, keys: list[str] | None = None,
-                 base_model: str | None = None, dequantize: bool | None = False, extra: dict | None = None) -> Path:
+def make_adapter(
+    model_spec: str | None,
+    out: Path,
+    *,
+    rank: int = 4,
+    alpha: float = 8.0,
+    seed: int = 0,
+    dora: bool = False,
+    num_layers: int = -1,
+    keys: list[str] | None = None,
+    base_model: str | None = None,
+    dequantize: bool | None = False,
+    extra: dict | None = None,
+) -> Path:
     """An adapter folder as training writes it, with random non-zero LoRA B (and A) instead of trained ones.
 
     Training only changes the numbers, not the layout; this is the quick way to an adapter for bases a
@@ -215,7 +245,7 @@ def make_adapter(model_spec: str | None, out: Path, *, rank: int = 4, alpha: flo
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_unflatten
 
-    from mlx_dpo.models.adapter import LoraSettings, add_adapter, adapter_config, save_adapter
+    from mlx_dpo.models.adapter import LoraSettings, adapter_config, add_adapter, save_adapter
     from mlx_dpo.names import DEFAULT_MODEL_NAME
 
     model = bare_model(model_spec, dequantize=dequantize)
@@ -237,7 +267,8 @@ def bare_model(model_spec: str | None, *, adapter: Path | None = None, dequantiz
     adapter loader applied when `adapter` is given. `dequantize` as in mlx_dpo.models.load.load_model."""
     import mlx.core as mx
     from mlx_lm.tuner.utils import load_adapters
-    from mlx_lm.utils import dequantize_model, load_model as mlx_load_model
+    from mlx_lm.utils import dequantize_model
+    from mlx_lm.utils import load_model as mlx_load_model
 
     from mlx_dpo.models.load import has_quantized_layers, resolve_model_path, should_dequantize
 
@@ -286,6 +317,7 @@ def thread_shapes(store) -> list:
     """A store's conversation trees by content alone (no ids, no times): each turn as (prompt, chosen, rejected,
     [the turns that continue it]), so two stores holding the same threads give equal shapes, whatever order the
     pairs were added in."""
+
     def shape(node) -> tuple:
         p = node.pair
         return (json.dumps(p.prompt), str(p.chosen), str(p.rejected), sorted(shape(c) for c in node.children))

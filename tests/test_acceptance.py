@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from helpers import user
+
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.models.generate import SampleSettings
@@ -21,8 +21,14 @@ BASE = {"heldout/repetition": 0.02, "heldout/unfinished": 0.5}
 
 
 def numbers(kl=1.0, win=0.5, compared=64, repetition=0.02, unfinished=0.4, samples=64) -> dict:
-    return {"heldout/kl": kl, "heldout/win_vs_previous": win, "heldout/compared_previous": compared,
-            "heldout/repetition": repetition, "heldout/unfinished": unfinished, "heldout/samples": samples}
+    return {
+        "heldout/kl": kl,
+        "heldout/win_vs_previous": win,
+        "heldout/compared_previous": compared,
+        "heldout/repetition": repetition,
+        "heldout/unfinished": unfinished,
+        "heldout/samples": samples,
+    }
 
 
 def test_the_margin_is_two_standard_errors_of_a_win_rate_at_one_half():
@@ -31,18 +37,21 @@ def test_the_margin_is_two_standard_errors_of_a_win_rate_at_one_half():
     assert [step_scale(n) for n in (0, 1, 2)] == [1.0, 0.5, 0.25]
 
 
-@pytest.mark.parametrize("candidate, accept, accepted, words", [
-    (numbers(), "better", True, "wins 0.50 vs the base (>= 0.38 over 64)"),
-    (numbers(win=0.38), "better", True, ">= 0.38"),  # within the noise of 64 comparisons
-    (numbers(win=0.30), "better", False, "wins 0.30 vs the base (< 0.38 over 64)"),
-    (numbers(win=0.30, compared=4), "better", True, "over 4"),  # 4 comparisons cannot tell a loss from chance
-    (numbers(win=0.30), "kl", True, "KL 1.00 <= budget 3 nats"),  # kl: the judge is not asked
-    (numbers(kl=3.5), "kl", False, "KL 3.50 > budget 3 nats"),
-    (numbers(repetition=0.6), "kl", False, "repeated 3-grams 0.02 -> 0.60 (a jump)"),
-    (numbers(unfinished=0.6), "kl", True, "unfinished 0.50 -> 0.60"),  # +0.1: within 0.125 over 64 samples
-    (numbers(unfinished=0.7), "kl", False, "unfinished 0.50 -> 0.70 (a jump)"),
-    (numbers(kl=9.0, win=0.0, repetition=1.0), "always", True, "--accept always"),
-])
+@pytest.mark.parametrize(
+    "candidate, accept, accepted, words",
+    [
+        (numbers(), "better", True, "wins 0.50 vs the base (>= 0.38 over 64)"),
+        (numbers(win=0.38), "better", True, ">= 0.38"),  # within the noise of 64 comparisons
+        (numbers(win=0.30), "better", False, "wins 0.30 vs the base (< 0.38 over 64)"),
+        (numbers(win=0.30, compared=4), "better", True, "over 4"),  # 4 comparisons cannot tell a loss from chance
+        (numbers(win=0.30), "kl", True, "KL 1.00 <= budget 3 nats"),  # kl: the judge is not asked
+        (numbers(kl=3.5), "kl", False, "KL 3.50 > budget 3 nats"),
+        (numbers(repetition=0.6), "kl", False, "repeated 3-grams 0.02 -> 0.60 (a jump)"),
+        (numbers(unfinished=0.6), "kl", True, "unfinished 0.50 -> 0.60"),  # +0.1: within 0.125 over 64 samples
+        (numbers(unfinished=0.7), "kl", False, "unfinished 0.50 -> 0.70 (a jump)"),
+        (numbers(kl=9.0, win=0.0, repetition=1.0), "always", True, "--accept always"),
+    ],
+)
 def test_one_rule_keeps_or_rejects_a_round_and_says_why(candidate, accept, accepted, words):
     ok, reason = decide(candidate, None, BASE, accept=accept, kl_budget=3.0)
     assert ok is accepted and words in reason, reason
@@ -56,13 +65,21 @@ def test_degeneration_is_compared_with_the_last_accepted_version_not_the_base():
 
 SPACES_JUDGE = 'def spaces(prompt, answer):\n    return answer.count(" ") / max(1, len(answer))\n'
 # Gentle rounds hardly move a tiny model; a learning rate this high moves it many nats at once.
-GENTLE = {"learning_rate": 1e-6, "iters": 2, "batch_size": 4, "compile": False, "heldout_samples": 2,
-          "accept": "kl", "kl_budget": 0.5}
+GENTLE = {
+    "learning_rate": 1e-6,
+    "iters": 2,
+    "batch_size": 4,
+    "compile": False,
+    "heldout_samples": 2,
+    "accept": "kl",
+    "kl_budget": 0.5,
+}
 PUSHED = {**GENTLE, "learning_rate": 5e-2, "iters": 8}
 
 
 def test_a_round_past_its_kl_budget_is_rejected_and_the_next_round_samples_from_the_last_accepted_version(
-        tiny, workspace, tmp_path):
+    tiny, workspace, tmp_path
+):
     from mlx_dpo import api
 
     (tmp_path / "judge.py").write_text(SPACES_JUDGE)
@@ -70,10 +87,16 @@ def test_a_round_past_its_kl_budget_is_rejected_and_the_next_round_samples_from_
     prompts.write_text("".join(f"Tell me about thing {i}.\n" for i in range(12)))
 
     def rounds(count: int, settings: dict):
-        return api.run_online(workspace, prompts, f"{tmp_path / 'judge.py'}:spaces", model=str(tiny),
-                              online=OnlineSettings(rounds=count, per_round=4, samples_per_prompt=2),
-                              eval_prompts=[[user(f"Describe item {i}.")] for i in range(3)],
-                              sample_settings=SampleSettings(temperature=2.0, max_tokens=8), settings=settings)
+        return api.run_online(
+            workspace,
+            prompts,
+            f"{tmp_path / 'judge.py'}:spaces",
+            model=str(tiny),
+            online=OnlineSettings(rounds=count, per_round=4, samples_per_prompt=2),
+            eval_prompts=[[user(f"Describe item {i}.")] for i in range(3)],
+            sample_settings=SampleSettings(temperature=2.0, max_tokens=8),
+            settings=settings,
+        )
 
     [first] = rounds(1, GENTLE)
     assert (first.version, first.decision) == ("v1", "accepted")

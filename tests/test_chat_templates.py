@@ -10,17 +10,21 @@ plain-text rows as TRL joins them, refuses conversations, and takes a template f
 from __future__ import annotations
 
 import pytest
-
-import mlx_dpo  # noqa: F401
-
 from chat_tokenizers import CHAT_FAMILIES, TEMPLATES, load_chat_tokenizer, make_chat_tokenizer
 from helpers import system, user
+
+import mlx_dpo  # noqa: F401
 from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.training.tokens import Encoder
 
-END_OF_ANSWER = {"qwen2": "<|im_end|>", "gemma3": "<end_of_turn>", "gemma2": "<end_of_turn>",
-                 "llama3": "<|eot_id|>", "phi3": "<|end|>"}
+END_OF_ANSWER = {
+    "qwen2": "<|im_end|>",
+    "gemma3": "<end_of_turn>",
+    "gemma2": "<end_of_turn>",
+    "llama3": "<|eot_id|>",
+    "phi3": "<|end|>",
+}
 PROMPT = [user("Hello! How are you today?")]
 
 
@@ -63,8 +67,9 @@ def test_gemma2s_end_of_turn_counts_though_its_config_lists_only_eos(tokenizers)
     assert encoded.chosen[-1] == end_of_turn and tok.convert_tokens_to_ids("<eos>") not in encoded.chosen
 
 
-@pytest.mark.parametrize("family, bos", [("gemma3", "<bos>"), ("llama3", "<|begin_of_text|>"), ("qwen2", None),
-                                         ("phi3", None)])
+@pytest.mark.parametrize(
+    "family, bos", [("gemma3", "<bos>"), ("llama3", "<|begin_of_text|>"), ("qwen2", None), ("phi3", None)]
+)
 def test_the_prompt_starts_with_one_bos_where_the_family_has_one(tokenizers, family, bos):
     tok = tokenizers[family]
     prompt = Encoder(tok).encode(pair()).prompt
@@ -95,8 +100,9 @@ def test_a_system_message_replaces_qwens_default_one(tokenizers):
 def test_gemma3_folds_the_system_message_into_the_first_user_turn(tokenizers):
     tok = tokenizers["gemma3"]
     encoded = Encoder(tok).encode(pair([system("Be brief."), *PROMPT]))
-    assert text(tok, encoded.prompt) == ("<bos><start_of_turn>user\nBe brief.\n\nHello! How are you today?"
-                                         "<end_of_turn>\n<start_of_turn>model\n")
+    assert text(tok, encoded.prompt) == (
+        "<bos><start_of_turn>user\nBe brief.\n\nHello! How are you today?<end_of_turn>\n<start_of_turn>model\n"
+    )
     assert text(tok, encoded.chosen) == "I am fine, thank you.<end_of_turn>"
 
 
@@ -131,7 +137,7 @@ def test_a_plain_row_is_joined_as_trl_joins_non_conversational_data(base):
     assert prompt[0] == base.bos_token_id and prompt.count(base.bos_token_id) == 1  # the tokenizer's own BOS
     assert list(encoded.prompt) == prompt
     for answer, ids in ((" Paris.", encoded.chosen), (" Rain.", encoded.rejected)):
-        assert list(ids) == base.encode("The capital of France is" + answer)[len(prompt):] + [base.eos_token_id]
+        assert list(ids) == base.encode("The capital of France is" + answer)[len(prompt) :] + [base.eos_token_id]
         assert text(base, ids) == answer + "<eos>"
 
 
@@ -142,25 +148,33 @@ def test_an_answer_that_already_ends_with_eos_gets_no_second_one(base):
         Encoder(base).encode(plain(chosen=" Paris.<eos> More."))
 
 
-@pytest.mark.parametrize("prompt", [[system("Be brief."), user("Hi")],
-                                    [user("Hi"), {"role": "assistant", "content": "Hello."}, user("And?")]],
-                         ids=["system-message", "several-turns"])
+@pytest.mark.parametrize(
+    "prompt",
+    [[system("Be brief."), user("Hi")], [user("Hi"), {"role": "assistant", "content": "Hello."}, user("And?")]],
+    ids=["system-message", "several-turns"],
+)
 def test_a_conversation_is_refused_in_one_line_without_a_template(base, prompt):
     with pytest.raises(MlxDpoError) as info:
         Encoder(base).encode(PreferencePair("p1", prompt, "Yes.", "No."))
-    assert str(info.value) == ("pair p1: this model has no chat template, so a conversation (a system message or "
-                               "several turns) cannot be rendered; give the prompt as one string, or pass "
-                               "--chat-template FILE")
+    assert str(info.value) == (
+        "pair p1: this model has no chat template, so a conversation (a system message or "
+        "several turns) cannot be rendered; give the prompt as one string, or pass "
+        "--chat-template FILE"
+    )
 
 
 def test_a_file_of_conversations_is_refused_in_one_line_naming_its_rows(base):
-    rows = [PreferencePair(f"p{i}", [system("Be brief."), user("Hi")], "Yes.", "No.", source=f"pairs.jsonl:{i + 1}")
-            for i in range(2)]
+    rows = [
+        PreferencePair(f"p{i}", [system("Be brief."), user("Hi")], "Yes.", "No.", source=f"pairs.jsonl:{i + 1}")
+        for i in range(2)
+    ]
     with pytest.raises(MlxDpoError) as info:
         Encoder(base).encode_all([*rows, plain()])
-    assert str(info.value) == ("pairs.jsonl:1, pairs.jsonl:2: this model has no chat template, so a conversation (a "
-                               "system message or several turns) cannot be rendered; give the prompt as one string, "
-                               "or pass --chat-template FILE (or --skip-invalid to drop such rows)")
+    assert str(info.value) == (
+        "pairs.jsonl:1, pairs.jsonl:2: this model has no chat template, so a conversation (a "
+        "system message or several turns) cannot be rendered; give the prompt as one string, "
+        "or pass --chat-template FILE (or --skip-invalid to drop such rows)"
+    )
     encoded, problems = Encoder(base).encode_all([*rows, plain()], skip_invalid=True)
     assert len(encoded) == 1 and len(problems) == 2
 
@@ -198,12 +212,15 @@ def test_generation_continues_the_prompt_text_and_says_no_template_applies(base)
     with pytest.raises(MlxDpoError, match="this model has no chat template"):
         prompt_tokens(base, [system("Be brief."), user("Once upon")])
     note = template_note(SimpleNamespace(name="gemma-3-270m-q4_k_m.gguf", tokenizer=base))
-    assert note == ("gemma-3-270m-q4_k_m.gguf has no chat template: no template applies, the prompt is continued as "
-                    "plain text (--chat-template FILE gives it one)")
+    assert note == (
+        "gemma-3-270m-q4_k_m.gguf has no chat template: no template applies, the prompt is continued as "
+        "plain text (--chat-template FILE gives it one)"
+    )
 
 
 def test_chat_template_is_one_setting_from_cli_to_api(tmp_path):
     from helpers import assert_clean_error, run_cli
+
     from mlx_dpo.options import settings_of
     from mlx_dpo.settings import RunOptions
 

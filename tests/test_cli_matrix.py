@@ -24,14 +24,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from helpers import read_metrics, run_console, user, write_jsonl
+
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.settings import LOSS_TYPES
 
 # (id, --loss, the data it reads): every loss on pairs, and KTO on unpaired rows too.
 METHODS = [(loss, loss, "pairs") for loss in LOSS_TYPES if loss != "kto"] + [
-    ("kto-unpaired", "kto", "unpaired"), ("kto-pairs", "kto", "pairs")]
+    ("kto-unpaired", "kto", "unpaired"),
+    ("kto-pairs", "kto", "pairs"),
+]
 # A round's KTO trains its store's pairs and its answers marked good or bad together.
 ROUND_METHODS = [m for m in METHODS if m[0] != "kto-unpaired"]
 EXTRA_FLAGS = {"exo_pair": ["--label-smoothing", "0.001"]}  # EXO needs ε > 0
@@ -39,11 +41,25 @@ ONE_STEP = ["--iters", "1", "--batch-size", "2", "--no-compile"]
 PARALLEL_RUNS = 2
 
 # The README's metric names ("Training" and "Methods"): every step report has these ...
-STEP_METRICS = {"step", "epoch", "loss", "learning_rate", "tokens_per_second", "peak_memory_gb", "ref_cache/hits",
-                "ref_cache/misses"}
+STEP_METRICS = {
+    "step",
+    "epoch",
+    "loss",
+    "learning_rate",
+    "tokens_per_second",
+    "peak_memory_gb",
+    "ref_cache/hits",
+    "ref_cache/misses",
+}
 # ... and each method's own, named as its TRL trainer logs them.
-DPO_METRICS = {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-               "logps/rejected"}
+DPO_METRICS = {
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+}
 METHOD_METRICS = {
     "orpo": DPO_METRICS | {"nll_loss", "log_odds_ratio", "log_odds_chosen"},
     "kto": (DPO_METRICS - {"rewards/accuracies"}) | {"kl"},
@@ -53,10 +69,10 @@ EVAL_KEYS = {"accuracy", "margin", "loss", "n_pairs", "ref_cache/hits", "ref_cac
 KTO_EVAL_KEYS = {"accuracy", "margin", "loss", "kl", "n_examples", "ref_cache/hits", "ref_cache/misses"}
 
 # A judge that never ties two different answers (which one it prefers does not matter here).
-PREFER_JUDGE = '''
+PREFER_JUDGE = """
 def first_in_order(prompt, answer_1, answer_2):
     return 1 if answer_1 <= answer_2 else 2
-'''
+"""
 
 
 def expected_metrics(loss: str) -> set[str]:
@@ -70,9 +86,13 @@ def files(tmp_path_factory, small_model) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("matrix")
     rows = [{"prompt": f"Name a colour, {i}.", "chosen": f"Blue {i}.", "rejected": f"No {i}."} for i in range(4)]
     pairs = write_jsonl(root / "pairs.jsonl", *rows)
-    unpaired = write_jsonl(root / "unpaired.jsonl", *(
-        {"prompt": f"Say yes, {i}.", "completion": "Yes." if i % 2 else "No.", "label": bool(i % 2)}
-        for i in range(4)))
+    unpaired = write_jsonl(
+        root / "unpaired.jsonl",
+        *(
+            {"prompt": f"Say yes, {i}.", "completion": "Yes." if i % 2 else "No.", "label": bool(i % 2)}
+            for i in range(4)
+        ),
+    )
     prompts = root / "prompts.txt"
     prompts.write_text("".join(f"Tell me about thing {i}.\n" for i in range(4)))
     judge = root / "judge.py"
@@ -83,28 +103,88 @@ def files(tmp_path_factory, small_model) -> SimpleNamespace:
             store.add_pair(row["prompt"], row["chosen"], row["rejected"])
         store.add_feedback([user("Say yes.")], "Yes.", True)
         store.add_feedback([user("Say no.")], "Maybe.", False)
-    return SimpleNamespace(root=root, model=str(small_model), data={"pairs": pairs, "unpaired": unpaired},
-                           prompts=prompts, judge=judge, template=template)
+    return SimpleNamespace(
+        root=root,
+        model=str(small_model),
+        data={"pairs": pairs, "unpaired": unpaired},
+        prompts=prompts,
+        judge=judge,
+        template=template,
+    )
 
 
 def command_args(files, command: str, name: str, loss: str, data: str) -> list[str]:
     """The command line of one cell (its adapter folder or workspace named after the method)."""
     extra = EXTRA_FLAGS.get(loss, [])
     if command == "train":
-        return ["train", "--model", files.model, "--data", str(files.data[data]), "--loss", loss, "--adapter-path",
-                str(files.root / "train" / name), "--steps-per-report", "1", *ONE_STEP, *extra]
+        return [
+            "train",
+            "--model",
+            files.model,
+            "--data",
+            str(files.data[data]),
+            "--loss",
+            loss,
+            "--adapter-path",
+            str(files.root / "train" / name),
+            "--steps-per-report",
+            "1",
+            *ONE_STEP,
+            *extra,
+        ]
     if command == "eval":
-        return ["eval", "--model", files.model, "--data", str(files.data[data]), "--loss", loss, "--batch-size", "2",
-                *extra]
+        return [
+            "eval",
+            "--model",
+            files.model,
+            "--data",
+            str(files.data[data]),
+            "--loss",
+            loss,
+            "--batch-size",
+            "2",
+            *extra,
+        ]
     workspace = files.root / command / name
     if command == "online":
-        return ["online", "--workspace", str(workspace), "--prompts", str(files.prompts), "--judge",
-                f"{files.judge}:first_in_order", "--model", files.model, "--loss", loss, "--rounds", "1",
-                "--per-round", "4", "--temperature", "2", "--max-tokens", "4", "--heldout-samples", "0",
-                *ONE_STEP, *extra]
+        return [
+            "online",
+            "--workspace",
+            str(workspace),
+            "--prompts",
+            str(files.prompts),
+            "--judge",
+            f"{files.judge}:first_in_order",
+            "--model",
+            files.model,
+            "--loss",
+            loss,
+            "--rounds",
+            "1",
+            "--per-round",
+            "4",
+            "--temperature",
+            "2",
+            "--max-tokens",
+            "4",
+            "--heldout-samples",
+            "0",
+            *ONE_STEP,
+            *extra,
+        ]
     shutil.copytree(files.template, workspace)  # an incremental round trains the template's pairs and marks
-    return ["train", "--incremental", "--workspace", str(workspace), "--model", files.model, "--loss", loss,
-            *ONE_STEP, *extra]
+    return [
+        "train",
+        "--incremental",
+        "--workspace",
+        str(workspace),
+        "--model",
+        files.model,
+        "--loss",
+        loss,
+        *ONE_STEP,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +254,9 @@ def test_online_with_a_program_judge_trains_a_round_and_prints_its_report(runs, 
     result = runs["online", name].result()
     clean(result)
     step_line(result.stderr)
-    assert re.search(r"^round 1: judged 4 answers of base \(\d pairs, \d ties, \d skips\) · trained v1\b",
-                     result.stdout, re.M), result.stdout
+    assert re.search(
+        r"^round 1: judged 4 answers of base \(\d pairs, \d ties, \d skips\) · trained v1\b", result.stdout, re.M
+    ), result.stdout
     round_metrics(files.root / "online" / name, loss)
 
 

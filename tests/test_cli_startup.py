@@ -17,8 +17,13 @@ print(json.dumps(heavy))
 
 
 def loaded_heavy_modules(code: str) -> list[str]:
-    result = subprocess.run([sys.executable, "-c", code, json.dumps(sorted(HEAVY_LIBRARY))],
-                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(sorted(HEAVY_LIBRARY))],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.splitlines()[-1])
 
@@ -30,13 +35,16 @@ def test_building_the_parser_loads_no_heavy_module():
 def test_the_probe_sees_a_heavy_module_when_one_is_loaded():
     # The check itself can fail: the same probe after a command's first use of a heavy API name (the API
     # itself is light: its `train` loads the training code when asked for) names what that loaded.
-    loaded = loaded_heavy_modules(PROBE.replace("import mlx_dpo.cli\n", "import mlx_dpo.cli, mlx_dpo.api\n"
-                                                "mlx_dpo.api.train\n"))
+    loaded = loaded_heavy_modules(
+        PROBE.replace("import mlx_dpo.cli\n", "import mlx_dpo.cli, mlx_dpo.api\nmlx_dpo.api.train\n")
+    )
     assert {"mlx", "mlx_dpo.training.run"} <= set(loaded)
 
 
 def test_help_runs_without_the_heavy_library():
-    code = PROBE.replace("mlx_dpo.cli.build_parser()",
-                         "import contextlib, io\ntry:\n    with contextlib.redirect_stdout(io.StringIO()):\n"
-                         "        mlx_dpo.cli.main(['train', '--help'])\nexcept SystemExit:\n    pass")
+    code = PROBE.replace(
+        "mlx_dpo.cli.build_parser()",
+        "import contextlib, io\ntry:\n    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        mlx_dpo.cli.main(['train', '--help'])\nexcept SystemExit:\n    pass",
+    )
     assert loaded_heavy_modules(code) == []

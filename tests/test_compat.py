@@ -50,9 +50,11 @@ def test_the_suite_runs_on_the_tested_mlx_and_mlx_lm():
 
 def test_mlx_weight_errors_are_still_worded_as_compat_reads_them():
     layer = nn.Linear(2, 3)
-    cases = {("shape", "3, 2", "4, 2", "weight"): [("weight", mx.zeros((4, 2))), ("bias", mx.zeros(3))],
-             ("missing", "1", "bias."): [("weight", mx.zeros((3, 2)))],
-             ("extra", "1", "extra."): [("weight", mx.zeros((3, 2))), ("bias", mx.zeros(3)), ("extra", mx.zeros(1))]}
+    cases = {
+        ("shape", "3, 2", "4, 2", "weight"): [("weight", mx.zeros((4, 2))), ("bias", mx.zeros(3))],
+        ("missing", "1", "bias."): [("weight", mx.zeros((3, 2)))],
+        ("extra", "1", "extra."): [("weight", mx.zeros((3, 2))), ("bias", mx.zeros(3)), ("extra", mx.zeros(1))],
+    }
     for expected, weights in cases.items():
         with pytest.raises(ValueError) as e:
             layer.load_weights(weights, strict=True)

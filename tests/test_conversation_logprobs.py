@@ -7,8 +7,8 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-
 from helpers import assistant, system, user
+
 from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.models.generate import prompt_tokens
 from mlx_dpo.models.load import load_model
@@ -21,12 +21,33 @@ from mlx_dpo.training.tokens import Encoder
 # very different lengths (its padding and positions are what a long history stresses).
 PAIRS = [
     PreferencePair("one-turn", [user("Name a colour.")], "Blue.", "Colours are many and varied."),
-    PreferencePair("three-turns", [system("Be brief."), user("Name a colour."), assistant("Blue."),
-                                   user("Why that one?"), assistant("The sky is blue."), user("And at night?")],
-                   "Black, mostly.", "Still blue, I think, or perhaps dark grey."),
-    PreferencePair("four-turns", [user("Hi"), assistant("Hello! How can I help?"), user("Count to three."),
-                                  assistant("1, 2, 3."), user("Now backwards."), assistant("3, 2, 1."),
-                                  user("Now in French.")], "Trois, deux, un.", "Un, deux, trois."),
+    PreferencePair(
+        "three-turns",
+        [
+            system("Be brief."),
+            user("Name a colour."),
+            assistant("Blue."),
+            user("Why that one?"),
+            assistant("The sky is blue."),
+            user("And at night?"),
+        ],
+        "Black, mostly.",
+        "Still blue, I think, or perhaps dark grey.",
+    ),
+    PreferencePair(
+        "four-turns",
+        [
+            user("Hi"),
+            assistant("Hello! How can I help?"),
+            user("Count to three."),
+            assistant("1, 2, 3."),
+            user("Now backwards."),
+            assistant("3, 2, 1."),
+            user("Now in French."),
+        ],
+        "Trois, deux, un.",
+        "Un, deux, trois.",
+    ),
 ]
 
 
@@ -37,7 +58,7 @@ def rendered_logps(model, tokenizer, prompt: list[dict], answer: str) -> tuple[l
     generation = list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True))
     full = list(tokenizer.apply_chat_template(prompt + [assistant(answer)], tokenize=True))
     assert full[: len(generation)] == generation
-    rest = full[len(generation):]
+    rest = full[len(generation) :]
     ends = Encoder(tokenizer).end_of_turn
     answer_ids = rest[: next(i for i, t in enumerate(rest) if t in ends) + 1]
     logits = model(mx.array([full[:-1]]))[0].astype(mx.float32)
@@ -57,20 +78,22 @@ def loaded(request, tiny, small_model):
 
 @pytest.mark.parametrize("shared_prompt", [False, True], ids=["sequences", "shared-prompt"])
 def test_a_multi_turn_pairs_log_probs_are_the_models_own_on_the_rendered_conversation_token_for_token(
-        loaded, shared_prompt):
+    loaded, shared_prompt
+):
     model, tokenizer = loaded.model, loaded.tokenizer
     encoded = Encoder(tokenizer).encode_all(PAIRS)[0]
     layout = layout_for(model, shared_prompt)
     assert (layout is BatchLayout.SHARED_PROMPT) == shared_prompt
     batch = make_pair_batch(encoded, layout)
     tokens = np.array(completion_token_logps(model, batch, mask_dims=fast_path.mask_dims(model, loaded.checks)))
-    rows = [(p, e.chosen, p.chosen) for p, e in zip(PAIRS, encoded)] + \
-           [(p, e.rejected, p.rejected) for p, e in zip(PAIRS, encoded)]  # the batch's rows: chosen, then rejected
+    rows = [(p, e.chosen, p.chosen) for p, e in zip(PAIRS, encoded)] + [
+        (p, e.rejected, p.rejected) for p, e in zip(PAIRS, encoded)
+    ]  # the batch's rows: chosen, then rejected
     for row, (pair, ids, text) in enumerate(rows):
         expected_ids, expected = rendered_logps(model, tokenizer, pair.prompt, text)
         assert list(ids) == expected_ids, pair.id
         np.testing.assert_allclose(tokens[row, : len(ids)], expected, atol=1e-4, err_msg=pair.id)
-        assert not tokens[row, len(ids):].any()  # padding scores nothing
+        assert not tokens[row, len(ids) :].any()  # padding scores nothing
 
 
 def test_the_next_turn_is_sampled_from_the_prompt_that_training_encodes(loaded):

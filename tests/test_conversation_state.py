@@ -4,6 +4,7 @@ to branch and forward again, and what a saved or undone pick does to the thread.
 from __future__ import annotations
 
 from helpers import assistant, system, user
+
 from tui.conversation import Conversation, Turn
 from tui.prompts import PromptParts
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from helpers import assert_clean_error, run_cli, write_demo_pairs
+
 from mlx_dpo.data.pairs import load_pairs
 from mlx_dpo.data.schema import SCHEMA_VERSION
 from mlx_dpo.data.store import PreferenceStore
@@ -54,8 +55,12 @@ def test_export_in_standard_style(tmp_path):
     out = tmp_path / "out.jsonl"
     result = run_cli("data", "export", str(out), "--workspace", str(workspace), "--style", "standard")
     assert result.returncode == 0, result.stderr
-    assert json.loads(out.read_text()) == {"id": "store-1", "prompt": "What is 2 + 2?", "chosen": "4.",
-                                           "rejected": "Five."}
+    assert json.loads(out.read_text()) == {
+        "id": "store-1",
+        "prompt": "What is 2 + 2?",
+        "chosen": "4.",
+        "rejected": "Five.",
+    }
 
 
 def test_stats_reads_as_a_short_summary(tmp_path):

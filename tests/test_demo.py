@@ -12,19 +12,28 @@ from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.models.generate import SampleSettings
 from mlx_dpo.settings import OnlineSettings
 
-
 # The shipped judge would call every answer of a random tiny model a tie (one "sentence" without a full stop);
 # the share of spaces tells two of its answers apart, so the round has pairs to train.
 SPACES = 'def spaces(prompt, answer):\n    return answer.count(" ") / max(1, len(answer))\n'
 
 
 def test_the_demo_runs_an_online_round_and_prints_the_held_out_scores_and_the_answers_before_and_after(
-        tmp_path, tiny, fresh_cache, capsys):
+    tmp_path, tiny, fresh_cache, capsys
+):
     workspace, judge = tmp_path / "demo", tmp_path / "judge.py"
     judge.write_text(SPACES)
-    assert demo.main(model=str(tiny), workspace=workspace, online=OnlineSettings(rounds=1, per_round=2),
-                     sampler=SampleSettings(temperature=2.0, max_tokens=6), heldout_prompts=2, judge=f"{judge}:spaces",
-                     run=dict(iters=1, lora_num_layers=2, compile=False, heldout_samples=2, accept="always")) == 0
+    assert (
+        demo.main(
+            model=str(tiny),
+            workspace=workspace,
+            online=OnlineSettings(rounds=1, per_round=2),
+            sampler=SampleSettings(temperature=2.0, max_tokens=6),
+            heldout_prompts=2,
+            judge=f"{judge}:spaces",
+            run=dict(iters=1, lora_num_layers=2, compile=False, heldout_samples=2, accept="always"),
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
 
     assert printed.startswith("\n== mlx-dpo ") and "BLAS:" in printed and "default model ready in" in printed
@@ -50,4 +59,6 @@ def test_the_demos_judge_and_prompt_files_ship_with_the_package():
 
     assert load_judge(demo.JUDGE).kind == "score"
     assert len(read_prompt_file(demo.PROMPTS)) >= demo.ONLINE.rounds * demo.ONLINE.per_round
-    assert [demo.QUESTION] == [p[-1]["content"] for p in read_prompt_file(demo.HELDOUT) if p[-1]["content"] == demo.QUESTION]
+    assert [demo.QUESTION] == [
+        p[-1]["content"] for p in read_prompt_file(demo.HELDOUT) if p[-1]["content"] == demo.QUESTION
+    ]

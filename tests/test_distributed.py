@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -26,8 +26,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-
 from helpers import read_metrics, write_demo_pairs
+
 from mlx_dpo import api
 from mlx_dpo.training import checkpoint
 from mlx_dpo.training.distributed import Group
@@ -38,8 +38,17 @@ MLX_DPO, MLX_LAUNCH = str(BIN / "mlx-dpo"), str(BIN / "mlx.launch")
 HANG = 120  # seconds: only a hang (a bug) gets near this; it is not a speed bound
 # Adam turns a gradient element near zero into a step of about +-lr whatever its rounding, so a small lr keeps
 # float32's different summation order on two ranks well inside 1e-5 of the adapter.
-SETTINGS = dict(batch_size=4, iters=3, learning_rate=1e-4, steps_per_report=1, save_every=2, seed=4, compile=False,
-                max_length=64, max_prompt_length=40)  # short sequences: the tiny model still has the 49k-token vocabulary
+SETTINGS = dict(
+    batch_size=4,
+    iters=3,
+    learning_rate=1e-4,
+    steps_per_report=1,
+    save_every=2,
+    seed=4,
+    compile=False,
+    max_length=64,
+    max_prompt_length=40,
+)  # short sequences: the tiny model still has the 49k-token vocabulary
 # Two ranks on one 2-core machine: one BLAS thread each, or their threads spin against each other.
 ENV = {"OPENBLAS_NUM_THREADS": "1"}
 
@@ -68,9 +77,16 @@ def _start_ranks(tmp: Path, argv_of_rank: list[list[str]], **env: str) -> list[s
     """The ranks as `mlx.launch --backend ring` starts them on one host, without the launcher around them."""
     hostfile = tmp / "hosts.json"
     hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in _free_ports(len(argv_of_rank))]))
-    return [subprocess.Popen([MLX_DPO, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, **ENV, **env, "MLX_RANK": str(rank), "MLX_HOSTFILE": str(hostfile)})
-            for rank, argv in enumerate(argv_of_rank)]
+    return [
+        subprocess.Popen(
+            [MLX_DPO, *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **ENV, **env, "MLX_RANK": str(rank), "MLX_HOSTFILE": str(hostfile)},
+        )
+        for rank, argv in enumerate(argv_of_rank)
+    ]
 
 
 def _error_line(stderr: str) -> str:
@@ -106,8 +122,14 @@ def test_the_ranks_shares_are_the_global_batch_in_order_and_their_weights_make_i
     assert sum(shares, []) == items
     assert len(shares[0]) == max(len(s) for s in shares)  # rank 0 holds a pair of every non-empty batch
     per_pair = mx.array([float(i * i) for i in items])
-    weighted = sum((Group(rank=r, size=size).weigh({"g": per_pair[mx.array(s)].mean()}, len(s), n)["g"]
-                    for r, s in enumerate(shares) if s), mx.array(0.0))
+    weighted = sum(
+        (
+            Group(rank=r, size=size).weigh({"g": per_pair[mx.array(s)].mean()}, len(s), n)["g"]
+            for r, s in enumerate(shares)
+            if s
+        ),
+        mx.array(0.0),
+    )
     assert abs(weighted.item() - per_pair.mean().item()) < 1e-5
 
 
@@ -120,10 +142,33 @@ def test_two_ranks_train_what_one_rank_trains_and_a_run_resumes_on_another_numbe
     two = tmp_path / "two"
     home = tmp_path / "fresh-home"  # a cold reference cache: the reference pass is split between the ranks
     launched = subprocess.run(
-        [MLX_LAUNCH, "-n", "2", "--backend", "ring", "--hosts", "127.0.0.1", "--starting-port", str(_free_ports(1)[0]),
-         "--env", "OPENBLAS_NUM_THREADS=1",
-         MLX_DPO, "train", "--model", str(tiny), "--data", str(pairs), "--adapter-path", str(two), *_flags(SETTINGS)],
-        capture_output=True, text=True, timeout=4 * HANG, env={**os.environ, "MLX_DPO_HOME": str(home)})
+        [
+            MLX_LAUNCH,
+            "-n",
+            "2",
+            "--backend",
+            "ring",
+            "--hosts",
+            "127.0.0.1",
+            "--starting-port",
+            str(_free_ports(1)[0]),
+            "--env",
+            "OPENBLAS_NUM_THREADS=1",
+            MLX_DPO,
+            "train",
+            "--model",
+            str(tiny),
+            "--data",
+            str(pairs),
+            "--adapter-path",
+            str(two),
+            *_flags(SETTINGS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=4 * HANG,
+        env={**os.environ, "MLX_DPO_HOME": str(home)},
+    )
     assert launched.returncode == 0, launched.stderr
 
     one_rows, two_rows = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
@@ -147,8 +192,14 @@ def test_two_ranks_train_what_one_rank_trains_and_a_run_resumes_on_another_numbe
     (two / "metrics.jsonl").unlink()
     shutil.rmtree(two / "checkpoints" / "step-000003")
     assert checkpoint.latest(two).name == "step-000002"
-    resumed = api.train(pairs, model=str(tiny), adapter_path=two, resume=True,  # the run's data options again
-                        max_length=SETTINGS["max_length"], max_prompt_length=SETTINGS["max_prompt_length"])
+    resumed = api.train(
+        pairs,
+        model=str(tiny),
+        adapter_path=two,
+        resume=True,  # the run's data options again
+        max_length=SETTINGS["max_length"],
+        max_prompt_length=SETTINGS["max_prompt_length"],
+    )
     assert resumed.metrics["step"] == 3 and resumed.metrics["ranks"] == 1
     assert resumed.metrics["loss"] == pytest.approx(one.metrics["loss"], abs=1e-5)
     _assert_same_adapter(tmp_path / "one", two)
@@ -158,14 +209,24 @@ def test_two_ranks_train_what_one_rank_trains_and_a_run_resumes_on_another_numbe
 
 
 def test_a_killed_rank_stops_the_other_with_one_line_naming_it(tmp_path, tiny, pairs):
-    argv = ["train", "--model", str(tiny), "--data", str(pairs), "--adapter-path", str(tmp_path / "run"),
-            *_flags({**SETTINGS, "iters": 100_000, "save_every": 100_000})]
+    argv = [
+        "train",
+        "--model",
+        str(tiny),
+        "--data",
+        str(pairs),
+        "--adapter-path",
+        str(tmp_path / "run"),
+        *_flags({**SETTINGS, "iters": 100_000, "save_every": 100_000}),
+    ]
     rank0, rank1 = _start_ranks(tmp_path, [argv, argv])
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.monotonic() + 2 * HANG
     try:
         while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):  # both ranks are training
-            assert rank0.poll() is None and rank1.poll() is None, rank0.stderr.read() if rank0.poll() else rank1.stderr.read()
+            assert rank0.poll() is None and rank1.poll() is None, (
+                rank0.stderr.read() if rank0.poll() else rank1.stderr.read()
+            )
             assert time.monotonic() < deadline, "the two ranks never trained a step"
             time.sleep(0.1)
         rank1.send_signal(signal.SIGKILL)
@@ -180,8 +241,16 @@ def test_a_killed_rank_stops_the_other_with_one_line_naming_it(tmp_path, tiny, p
 
 
 def test_ranks_with_different_settings_all_stop_naming_the_rank_that_differs(tmp_path, tiny, pairs):
-    argv = ["train", "--model", str(tiny), "--data", str(pairs), "--adapter-path", str(tmp_path / "run"),
-            *_flags(SETTINGS)]
+    argv = [
+        "train",
+        "--model",
+        str(tiny),
+        "--data",
+        str(pairs),
+        "--adapter-path",
+        str(tmp_path / "run"),
+        *_flags(SETTINGS),
+    ]
     ranks = _start_ranks(tmp_path, [argv + ["--beta", "0.1"], argv + ["--beta", "0.2"]])
     outputs = [p.communicate(timeout=HANG) for p in ranks]
     for p, (_, stderr) in zip(ranks, outputs):
@@ -195,7 +264,12 @@ def test_a_rank_whose_peers_never_connect_gives_up_with_one_line(tmp_path, tiny,
     hostfile = tmp_path / "hosts.json"
     hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in _free_ports(2)]))
     # Rank 0 waits for a rank 1 that never starts: MLX's ring would wait for ever, the watchdog does not.
-    alone = subprocess.run([MLX_DPO, *argv], capture_output=True, text=True, timeout=HANG,
-                           env={**os.environ, "MLX_RANK": "0", "MLX_HOSTFILE": str(hostfile), "MLX_DPO_DIST_TIMEOUT": "3"})
+    alone = subprocess.run(
+        [MLX_DPO, *argv],
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+        env={**os.environ, "MLX_RANK": "0", "MLX_HOSTFILE": str(hostfile), "MLX_DPO_DIST_TIMEOUT": "3"},
+    )
     assert alone.returncode == 2
     assert "rank 0: the other ranks did not connect within 3 s over ring" in _error_line(alone.stderr)

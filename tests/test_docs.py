@@ -21,7 +21,8 @@ LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 def test_the_command_reference_is_the_parsers_own():
     assert DOCS_FILE.read_text(encoding="utf-8") == commands_markdown(), (
-        "docs/commands.md differs from the parser: run `.venv/bin/python -m mlx_dpo.cli.docs --write`")
+        "docs/commands.md differs from the parser: run `.venv/bin/python -m mlx_dpo.cli.docs --write`"
+    )
 
 
 def test_the_command_reference_lists_every_setting_and_every_loss():

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import run_cli
+
 from mlx_dpo import blas
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the BLAS swap is Linux-only")
@@ -53,7 +53,8 @@ def test_doctor_measures_both_rates_in_one_run():
     assert rep["matmul_gflops"] > 0
     assert rep["blas"]["reference_matmul_gflops"] > 0
     assert rep["blas"]["speedup_vs_reference"] == pytest.approx(
-        rep["matmul_gflops"] / rep["blas"]["reference_matmul_gflops"], rel=0.05)
+        rep["matmul_gflops"] / rep["blas"]["reference_matmul_gflops"], rel=0.05
+    )
 
 
 @linux_only
@@ -64,8 +65,12 @@ def test_missing_blas_warns_once_with_the_fix():
         "    warnings.simplefilter('always'); blas.warn_if_slow(); blas.warn_if_slow()\n"
         "print(len(w)); print(w[0].message)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={"MLX_DPO_BLAS": "/nonexistent/libblas.so", "PATH": ""})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"MLX_DPO_BLAS": "/nonexistent/libblas.so", "PATH": ""},
+    )
     count, message = out.stdout.splitlines()[:2]
     assert count == "1"
     assert blas.FIX_COMMAND in message

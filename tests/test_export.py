@@ -11,15 +11,14 @@ import json
 import shutil
 from pathlib import Path
 
-import mlx_dpo  # noqa: F401  # before mlx.core: picks the BLAS
-
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
 import yaml
-
 from helpers import assert_clean_error, bare_model, make_adapter, make_tiny_model_folder, run_cli, write_demo_pairs
+
+import mlx_dpo  # noqa: F401  # before mlx.core: picks the BLAS
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.export.fuse import fused_model
 from mlx_dpo.export.gguf import export_gguf
@@ -44,8 +43,16 @@ def adapter(tmp_path_factory, tiny) -> Path:
 
     root = tmp_path_factory.mktemp("export-adapter")
     data = write_demo_pairs(root / "pairs.jsonl", 4)
-    train(data, model=str(tiny), adapter_path=root / "adapter", iters=2, batch_size=2, lora_rank=4,
-          learning_rate=1e-2, seed=5)
+    train(
+        data,
+        model=str(tiny),
+        adapter_path=root / "adapter",
+        iters=2,
+        batch_size=2,
+        lora_rank=4,
+        learning_rate=1e-2,
+        seed=5,
+    )
     weights = mx.load(str(root / "adapter" / "adapters.safetensors"))
     assert all(mx.abs(v).max().item() > 1e-3 for k, v in weights.items() if k.endswith("lora_b"))
     return root / "adapter"
@@ -90,8 +97,9 @@ def as_float32(model: nn.Module) -> nn.Module:
 
 
 def chat_ids(tokenizer, prompt: str, answer: str = "") -> list[int]:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
     return tokenizer.encode(text + answer, add_special_tokens=False)
 
 
@@ -118,8 +126,9 @@ def greedy(model: nn.Module, ids: list[int], n: int = 8) -> list[int]:
     return out
 
 
-def agree_until_near_tie(reference_logits: np.ndarray, expected: list[int], got: list[int],
-                         tie: float = NEAR_TIE) -> None:
+def agree_until_near_tie(
+    reference_logits: np.ndarray, expected: list[int], got: list[int], tie: float = NEAR_TIE
+) -> None:
     """`got` must equal `expected` (greedy tokens) up to the first step where the reference's top two logits
     are within float16 noise (`tie`); both continuations are right from there on."""
     assert len(got) == len(expected)
@@ -170,11 +179,18 @@ def test_hf_export_loads_in_mlx_lm_and_matches_base_plus_adapter(tiny, adapter, 
     config = json.loads((hf_export / "config.json").read_text())
     assert "quantization" not in config and "quantization_config" not in config
     assert config["torch_dtype"] == "float16" and config["model_type"] == "llama"
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
-                 "model.safetensors", "README.md"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+        "model.safetensors",
+        "README.md",
+    ):
         assert (hf_export / name).is_file(), name
     assert "<|im_start|>assistant" in tokenizer.apply_chat_template(
-        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
     assert not list(hf_export.parent.glob(".*")), "temporary files left beside the export"
     # What transformers reads without torch: the config and the tokenizer; the weights' names are HF's.
     from safetensors import safe_open
@@ -222,7 +238,8 @@ def test_large_weights_are_sharded_with_the_hub_names_and_index(tmp_path, tiny):
 @pytest.fixture(scope="module")
 def quantized_tiny(tmp_path_factory, tiny) -> Path:
     """The tiny model quantized to 4 bits the way mlx-lm's convert does, saved as a folder."""
-    from mlx_lm.utils import load_model as mlx_load_model, quantize_model, save_config, save_model
+    from mlx_lm.utils import load_model as mlx_load_model
+    from mlx_lm.utils import quantize_model, save_config, save_model
 
     out = tmp_path_factory.mktemp("tiny-q4") / "tiny-q4"
     model, config = mlx_load_model(tiny)
@@ -258,14 +275,22 @@ def test_a_quantized_base_stays_quantized_unless_dequantized(tmp_path, quantized
     model = bare_model(str(dense.path))
     assert isinstance(model.model.layers[0].self_attn.q_proj, nn.Linear)
     adapted = bare_model(str(quantized_tiny), adapter=ad, dequantize=True)
-    np.testing.assert_allclose(token_logps(as_float32(model), ids), token_logps(adapted, ids),
-                               atol=FP16_LOGPROB_TOL, rtol=0)
+    np.testing.assert_allclose(
+        token_logps(as_float32(model), ids), token_logps(adapted, ids), atol=FP16_LOGPROB_TOL, rtol=0
+    )
 
 
 def test_default_model_export_card_names_base_license_and_dataset(tmp_path):
     # Two q_proj layers only: fusing into 4-bit layers is slow on the CPU backend, and the card is the point here.
-    ad = make_adapter(None, tmp_path / "adapter", seed=4, dequantize=False, num_layers=2, keys=["self_attn.q_proj"],
-                      extra={"num_pairs": 37, "beta": 0.25, "dataset": "someone/preferences"})
+    ad = make_adapter(
+        None,
+        tmp_path / "adapter",
+        seed=4,
+        dequantize=False,
+        num_layers=2,
+        keys=["self_attn.q_proj"],
+        extra={"num_pairs": 37, "beta": 0.25, "dataset": "someone/preferences"},
+    )
     result = export_hf(ad, tmp_path / "smol-dpo")  # base: the adapter's, the embedded default
     meta, body = front_matter(result.path / "README.md")
     assert meta["base_model"] == DEFAULT_HUB_ID
@@ -397,13 +422,16 @@ def test_gguf_read_back_by_mlx_dpo_gives_the_fused_model_answers(gguf_f16, hf_ex
         assert back.tokenizer.encode(prompt) == tokenizer.encode(prompt)
         expected = greedy(fused, ids)
         got = greedy(back.model, ids)
-        logits = all_logits(fused, ids + expected)[len(ids) - 1:]
+        logits = all_logits(fused, ids + expected)[len(ids) - 1 :]
         agree_until_near_tie(logits, expected, got)
-        np.testing.assert_allclose(all_logits(back.model, ids + expected)[len(ids) - 1:], logits, atol=NEAR_TIE, rtol=0)
+        np.testing.assert_allclose(
+            all_logits(back.model, ids + expected)[len(ids) - 1 :], logits, atol=NEAR_TIE, rtol=0
+        )
 
 
 def test_llama_cpp_runs_the_gguf_like_mlx(gguf_f16, fused32, tokenizer):
     import llama_cpp  # a dev dependency (pyproject.toml): missing, this fails rather than skips
+
     model = fused32.loaded.model  # float32, in memory
     llm = llama_cpp.Llama(model_path=str(gguf_f16), n_ctx=256, verbose=False, logits_all=True)
     for prompt in PROMPTS:
@@ -418,7 +446,7 @@ def test_llama_cpp_runs_the_gguf_like_mlx(gguf_f16, fused32, tokenizer):
             if len(got) == len(expected):
                 break
         reference = all_logits(model, ids + expected)
-        agree_until_near_tie(reference[len(ids) - 1:], expected, got)
+        agree_until_near_tie(reference[len(ids) - 1 :], expected, got)
         # Teacher-forced on the MLX answer, llama.cpp's logits match MLX's at every position.
         llm.reset()
         llm.eval(ids + expected)
@@ -429,6 +457,7 @@ def test_llama_cpp_runs_the_gguf_like_mlx(gguf_f16, fused32, tokenizer):
 def test_llama_cpp_runs_the_default_model_export_like_mlx(tmp_path):
     """The real default model (9 query / 3 key-value heads, the tokenizer copied from its GGUF) through llama.cpp."""
     import llama_cpp  # a dev dependency (pyproject.toml): missing, this fails rather than skips
+
     from mlx_dpo.export.gguf import write_fused_gguf
 
     ad = make_adapter(None, tmp_path / "adapter", seed=4, alpha=2.0)
@@ -451,7 +480,7 @@ def test_llama_cpp_runs_the_default_model_export_like_mlx(tmp_path):
                 break
         reference = all_logits(model, ids + expected)
         # float16 weights against float32 ones, logits of magnitude ~40: 0.25 is about 0.6 %.
-        agree_until_near_tie(reference[len(ids) - 1:], expected, got, tie=0.25)
+        agree_until_near_tie(reference[len(ids) - 1 :], expected, got, tie=0.25)
         llm.reset()
         llm.eval(ids + expected)
         np.testing.assert_allclose(np.array(llm.scores[: len(ids) + len(expected)]), reference, atol=0.25, rtol=0)
@@ -475,7 +504,6 @@ def test_q8_0_gguf_loads_and_runs(tmp_path, adapter, tiny, fused32, tokenizer):
 
 def test_gguf_of_a_gguf_base_copies_its_tokenizer(tmp_path):
     import gguf
-
     from gguf_fixtures import random_llama_weights, write_llama_gguf
 
     source = tmp_path / "tiny-source.gguf"

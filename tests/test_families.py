@@ -16,10 +16,10 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx_lm.models import gemma3_text, llama
-
 from family_models import FAMILIES, make_family_folder, make_family_model
 from helpers import bare_model, run_cli, write_demo_pairs
+from mlx_lm.models import gemma3_text, llama
+
 from mlx_dpo import compat, doctor
 from mlx_dpo.data.pairs import load_pairs
 from mlx_dpo.events import Status, StepMetrics
@@ -37,7 +37,9 @@ from mlx_dpo.training.trainer import train_loop
 # In-memory models take a small vocabulary (the probes are random ids): the 49152-token projection and
 # log-softmax would otherwise be most of this file's time. The CLI test uses the real tokenizer's vocabulary.
 VOCAB = 1024
-PATHS = list(itertools.product([True, False], [True, False], [False, True]))  # (shared_prompt, completion_only, compiled)
+PATHS = list(
+    itertools.product([True, False], [True, False], [False, True])
+)  # (shared_prompt, completion_only, compiled)
 
 
 def _ids(rng: np.random.Generator, n: int) -> tuple[int, ...]:
@@ -48,8 +50,10 @@ def probe_pairs(seed: int = 7) -> list[EncodedPair]:
     """Two pairs, prompts of different lengths (left padding), completions too (right padding); every sequence
     is longer than the 5-token sliding windows and at most 24 tokens."""
     rng = np.random.default_rng(seed)
-    return [EncodedPair("short", _ids(rng, 4), _ids(rng, 9), _ids(rng, 6)),
-            EncodedPair("long", _ids(rng, 12), _ids(rng, 5), _ids(rng, 11))]
+    return [
+        EncodedPair("short", _ids(rng, 4), _ids(rng, 9), _ids(rng, 6)),
+        EncodedPair("long", _ids(rng, 12), _ids(rng, 5), _ids(rng, 11)),
+    ]
 
 
 def own_token_logps(model, pairs: list[EncodedPair]) -> list[np.ndarray]:
@@ -114,12 +118,18 @@ def path_token_logps(model, batch, full_logits: bool, compiled: bool, mask_dims:
     return run(*batch.arrays())
 
 
-@pytest.mark.parametrize("shared, completion_only, compiled", PATHS,
-                         ids=[f"{'shared' if s else 'sequences'}-{'head' if c else 'full'}-{'compiled' if k else 'eager'}"
-                              for s, c, k in PATHS])
+@pytest.mark.parametrize(
+    "shared, completion_only, compiled",
+    PATHS,
+    ids=[
+        f"{'shared' if s else 'sequences'}-{'head' if c else 'full'}-{'compiled' if k else 'eager'}"
+        for s, c, k in PATHS
+    ],
+)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_path_gives_the_models_own_log_probs_within_1e_4_per_token(family_models, ran, family, shared,
-                                                                        completion_only, compiled):
+def test_every_path_gives_the_models_own_log_probs_within_1e_4_per_token(
+    family_models, ran, family, shared, completion_only, compiled
+):
     model, own, checks = family_models(family)
     # The self-check keeps the asked-for path on every listed family: nothing here falls back.
     use_shared, full_logits = fast_path.resolve(model, checks, shared_prompt=shared, full_logits=not completion_only)
@@ -137,9 +147,10 @@ def test_every_path_gives_the_models_own_log_probs_within_1e_4_per_token(family_
     mask = np.array(batch.mask)
     for row, expected in enumerate(own):
         assert mask[row].sum() == len(expected)
-        np.testing.assert_allclose(values[row, : len(expected)], expected, rtol=0, atol=1e-4,
-                                   err_msg=f"{family} completion {row}")
-        assert np.all(values[row, len(expected):] == 0)  # padding adds nothing
+        np.testing.assert_allclose(
+            values[row, : len(expected)], expected, rtol=0, atol=1e-4, err_msg=f"{family} completion {row}"
+        )
+        assert np.all(values[row, len(expected) :] == 0)  # padding adds nothing
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -152,8 +163,9 @@ def test_two_training_steps_lower_the_loss(family, tmp_path):
     cache.close()
     mx.random.seed(0)
     add_adapter(model, LoraSettings(rank=4))
-    args = TrainingArgs(iters=3, batch_size=2, learning_rate=1e-2, warmup_steps=0, compile=False,
-                        steps_per_report=1, save_every=100)
+    args = TrainingArgs(
+        iters=3, batch_size=2, learning_rate=1e-2, warmup_steps=0, compile=False, steps_per_report=1, save_every=100
+    )
     events = []
     train_loop(model, args, pairs, ref, tmp_path / "adapter", {}, on_event=events.append, checks=checks)
     losses = [e.metrics["loss"] for e in events if isinstance(e, StepMetrics)]
@@ -247,15 +259,29 @@ def test_mlx_dpo_train_on_gemma2_says_its_path_and_eval_gives_the_models_own_log
     folder = make_family_folder("gemma2", tmp_path / "tiny-gemma2", default_model_path)
     data = write_demo_pairs(tmp_path / "pairs.jsonl", 4)
     adapter = tmp_path / "adapter"
-    result = run_cli("train", "--model", str(folder), "--data", str(data), "--adapter-path", str(adapter),
-                     "--iters", "2", "--batch-size", "2", "--learning-rate", "1e-2",
-                     "--no-compile")  # compiled gemma2 paths are checked above; compiling the 49k vocabulary costs ~10 s
+    result = run_cli(
+        "train",
+        "--model",
+        str(folder),
+        "--data",
+        str(data),
+        "--adapter-path",
+        str(adapter),
+        "--iters",
+        "2",
+        "--batch-size",
+        "2",
+        "--learning-rate",
+        "1e-2",
+        "--no-compile",
+    )  # compiled gemma2 paths are checked above; compiling the 49k vocabulary costs ~10 s
     assert result.returncode == 0, result.stderr
     assert "log-probs: shared prompt, completion-only head (max error" in result.stderr
 
     out = tmp_path / "per_pair.jsonl"
-    result = run_cli("eval", "--data", str(data), "--model", str(folder), "--adapter-path", str(adapter),
-                     "--per-example", str(out))
+    result = run_cli(
+        "eval", "--data", str(data), "--model", str(folder), "--adapter-path", str(adapter), "--per-example", str(out)
+    )
     assert result.returncode == 0, result.stderr
     rows = {row["id"]: row for row in map(json.loads, out.read_text().splitlines())}
 

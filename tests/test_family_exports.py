@@ -3,8 +3,9 @@ module names, GGUF files llama.cpp runs (llama, mistral, qwen2, qwen3) and one c
 
 Each family is a tiny random model from mlx-lm's own classes (tests/family_models.py) carrying an adapter with
 random non-zero LoRA B, with a small local tokenizer (tests/chat_tokenizers.py: loading the default model's
-49k-token one would take most of each test). The PEFT side is checked against the linear layers of transformers' own class of the family, built tiny from the
-same config (a table made with PyTorch by tests/fixtures/transformers_layers.py: the test environment has no PyTorch).
+49k-token one would take most of each test). The PEFT side is checked against the linear layers of transformers' own
+class of the family, built tiny from the same config (a table made with PyTorch by
+tests/fixtures/transformers_layers.py: the test environment has no PyTorch).
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlx_dpo  # noqa: F401  # before mlx.core: picks the BLAS
-
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx.utils import tree_map
-
 from chat_tokenizers import VOCAB_SIZE, make_chat_tokenizer
 from family_models import FAMILIES, family_config, make_family_folder
 from helpers import assert_clean_error, bare_model, make_adapter, run_cli
+from mlx.utils import tree_map
+
+import mlx_dpo  # noqa: F401  # before mlx.core: picks the BLAS
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.export.hf import export_hf
 from mlx_dpo.export.peft import check_peft_family, export_peft
@@ -69,7 +69,8 @@ def family_adapter(root: Path, family: str, folder: Path, keys: list[str] | None
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_fused_export_reloads_with_mlx_lm_and_gives_base_plus_adapter_logprobs(
-        family, family_root, small_tokenizer, tmp_path):
+    family, family_root, small_tokenizer, tmp_path
+):
     from mlx_lm import load
 
     folder = family_folder(family_root, family, small_tokenizer)
@@ -87,8 +88,7 @@ def test_the_fused_export_reloads_with_mlx_lm_and_gives_base_plus_adapter_logpro
     assert any("switch_mlp" in note for note in result.notes) is (family in MOE)  # transformers cannot read those
 
 
-def test_a_base_declared_bfloat16_is_exported_bfloat16_though_loaded_float32(family_root, small_tokenizer,
-                                                                              tmp_path):
+def test_a_base_declared_bfloat16_is_exported_bfloat16_though_loaded_float32(family_root, small_tokenizer, tmp_path):
     folder = make_family_folder("qwen2", tmp_path / "bf16", small_tokenizer, torch_dtype="bfloat16")
     adapter = make_adapter(str(folder), tmp_path / "adapter", rank=2)
     result = export_hf(adapter, tmp_path / "fused", dequantize=True)
@@ -112,7 +112,8 @@ def transformers_linear_layers(family: str) -> dict[str, list[int]]:
 
     entry = json.loads(TRANSFORMERS_LAYERS.read_text())["families"][family]
     assert entry["config"] == config_digest(family_config(family)), (
-        f"{TRANSFORMERS_LAYERS.name} is stale for {family}: run tests/fixtures/transformers_layers.py")
+        f"{TRANSFORMERS_LAYERS.name} is stale for {family}: run tests/fixtures/transformers_layers.py"
+    )
     return entry["linear"]
 
 
@@ -135,8 +136,7 @@ def check_peft_adapter_on_transformers(family: str, peft_dir: Path) -> int:
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f not in MOE])
-def test_the_peft_export_names_the_layers_of_transformers_own_class(family, family_root, small_tokenizer,
-                                                                      tmp_path):
+def test_the_peft_export_names_the_layers_of_transformers_own_class(family, family_root, small_tokenizer, tmp_path):
     folder = family_folder(family_root, family, small_tokenizer)
     adapter = family_adapter(family_root, family, folder)
     result = export_peft(adapter, tmp_path / "peft")
@@ -146,8 +146,9 @@ def test_the_peft_export_names_the_layers_of_transformers_own_class(family, fami
 
 
 @pytest.mark.parametrize("family", MOE)
-def test_a_moe_adapter_on_experts_or_router_is_refused_naming_the_family(family, family_root, small_tokenizer,
-                                                                         tmp_path):
+def test_a_moe_adapter_on_experts_or_router_is_refused_naming_the_family(
+    family, family_root, small_tokenizer, tmp_path
+):
     folder = family_folder(family_root, family, small_tokenizer)
     adapter = family_adapter(family_root, family, folder)  # every linear layer: experts and router too
     with pytest.raises(MlxDpoError, match=rf"^{family}: the adapter covers .*mixture-of-experts.*--lora-keys"):
@@ -172,19 +173,30 @@ def test_a_family_whose_names_are_unchecked_gets_a_note_not_silence():
 
 # Llama 3.1+'s rope scaling, with an original context of 64 tokens: of head_dim 8's 4 frequencies one stays,
 # one is smoothed and two are divided by 8.
-LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 64}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
 
 
 # Gemma 3 as llama.cpp runs it: five layers sliding over a window (here 5 tokens, shorter than IDS), then one global.
 GEMMA3_LLAMA_CPP = {"num_hidden_layers": 6, "sliding_window_pattern": 6}
-GGUF_CASES = {"qwen2": ("qwen2", {}), "qwen3": ("qwen3", {}), "llama3-rope": ("llama", {"rope_scaling": LLAMA3_ROPE}),
-              "gemma3": ("gemma3_text", GEMMA3_LLAMA_CPP), "phi3": ("phi3", {})}
+GGUF_CASES = {
+    "qwen2": ("qwen2", {}),
+    "qwen3": ("qwen3", {}),
+    "llama3-rope": ("llama", {"rope_scaling": LLAMA3_ROPE}),
+    "gemma3": ("gemma3_text", GEMMA3_LLAMA_CPP),
+    "phi3": ("phi3", {}),
+}
 
 
 @pytest.mark.parametrize("family, overrides", list(GGUF_CASES.values()), ids=list(GGUF_CASES))
-def test_llama_cpp_runs_the_gguf_of_the_family_like_mlx_and_it_imports_back(family, overrides, family_root,
-                                                                            small_tokenizer, tmp_path):
+def test_llama_cpp_runs_the_gguf_of_the_family_like_mlx_and_it_imports_back(
+    family, overrides, family_root, small_tokenizer, tmp_path
+):
     """llama.cpp's qwen2/qwen3 architectures (halves rotated, Q/K/V biases, Q/K norms), llama with Llama 3's
     rope scaling (written as llama.cpp's rope_freqs tensor), gemma3 (norms stored as 1 + w, sliding windows,
     no Q/K permutation) and phi3 (fused QKV and gate-up), on the fused model. llama.cpp running the file like
@@ -219,10 +231,12 @@ def test_llama_cpp_runs_the_gguf_of_the_family_like_mlx_and_it_imports_back(fami
     imported = load_model(str(convert_gguf(out, tmp_path / "imported")))
     assert imported.config["model_type"] == family
     as_written = fused.loaded.model  # the fused model with its matrices rounded to float16, as the file holds them
-    as_written.update(tree_map(lambda p: p.astype(mx.float16).astype(mx.float32) if p.ndim == 2 else p,
-                               as_written.parameters()))
-    np.testing.assert_allclose(np.array(imported.model(mx.array([IDS]))[0]),
-                               np.array(as_written(mx.array([IDS]))[0]), atol=1e-4, rtol=0)
+    as_written.update(
+        tree_map(lambda p: p.astype(mx.float16).astype(mx.float32) if p.ndim == 2 else p, as_written.parameters())
+    )
+    np.testing.assert_allclose(
+        np.array(imported.model(mx.array([IDS]))[0]), np.array(as_written(mx.array([IDS]))[0]), atol=1e-4, rtol=0
+    )
 
 
 def test_mistral_is_written_as_llama_and_a_sliding_window_one_is_refused(family_root, small_tokenizer, tmp_path):
@@ -243,11 +257,19 @@ def test_gguf_export_of_another_family_is_one_line_naming_it(family_root, small_
     family = "gemma2"
     folder = family_folder(family_root, family, small_tokenizer)
     out = tmp_path / "model.gguf"
-    result = run_cli("export", "--adapter-path", str(family_adapter(family_root, family, folder)), "--out", str(out),
-                     "--format", "gguf")
+    result = run_cli(
+        "export",
+        "--adapter-path",
+        str(family_adapter(family_root, family, folder)),
+        "--out",
+        str(out),
+        "--format",
+        "gguf",
+    )
     assert result.returncode == 2
-    assert_clean_error(result, f"{family}: GGUF export supports the llama, mistral, qwen2, qwen3, gemma3_text, phi3 "
-                                       "families only")
+    assert_clean_error(
+        result, f"{family}: GGUF export supports the llama, mistral, qwen2, qwen3, gemma3_text, phi3 families only"
+    )
     assert not list(tmp_path.glob("*.gguf*")) and not list(tmp_path.glob(".*"))
 
 
@@ -259,7 +281,8 @@ def quantized_qwen3(family_root, small_tokenizer) -> Path:
     """A tiny qwen3 quantized to 4 bits the way mlx-lm's convert does (group size 32)."""
     import shutil
 
-    from mlx_lm.utils import load_model as mlx_load_model, quantize_model, save_config, save_model
+    from mlx_lm.utils import load_model as mlx_load_model
+    from mlx_lm.utils import quantize_model, save_config, save_model
 
     dense = family_folder(family_root, "qwen3", small_tokenizer)
     out = family_root / "qwen3-q4"

@@ -2,6 +2,7 @@
 the reference pass computes for the same token ids, and refused (the pass runs) on a model where they are not."""
 
 from helpers import user
+
 from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.models.generate import SampleSettings
 from mlx_dpo.models.load import load_model
@@ -19,8 +20,11 @@ SETTINGS = SampleSettings(temperature=0.8, max_tokens=6)
 def _pairs(loaded, answers) -> list:
     """Every sampled answer as an encoded pair (the answer as both completions), as training encodes it."""
     encoder = Encoder(loaded.tokenizer)
-    return [encoder.encode(PreferencePair(f"{i}-{j}", PROMPTS[i], a, a))
-            for i, group in enumerate(answers) for j, a in enumerate(group)]
+    return [
+        encoder.encode(PreferencePair(f"{i}-{j}", PROMPTS[i], a, a))
+        for i, group in enumerate(answers)
+        for j, a in enumerate(group)
+    ]
 
 
 def test_kept_log_probs_equal_the_reference_pass_and_spare_it(tiny, tmp_path):
@@ -35,8 +39,9 @@ def test_kept_log_probs_equal_the_reference_pass_and_spare_it(tiny, tmp_path):
     # benchmarks/online_round.py counts them).
     assert kept >= 1 and events[-1].message.startswith(f"reference pass: {kept} of 6 sampled answers' log-probs")
     pairs = _pairs(loaded, samples.answers)
-    computed, stats = reference_logps(loaded.model, pairs, RefCache("pass", root=tmp_path / "pass"),
-                                      checks=loaded.checks)
+    computed, stats = reference_logps(
+        loaded.model, pairs, RefCache("pass", root=tmp_path / "pass"), checks=loaded.checks
+    )
     assert stats.misses == 12  # a fresh cache: the pass ran for every completion
     hits = 0
     for pair, value in zip(pairs, free.lookup((p.prompt, p.chosen) for p in pairs)):
@@ -64,16 +69,19 @@ def test_a_model_whose_sampled_log_probs_differ_gets_the_reference_pass(tiny, tm
     samples = sample_answers(loaded, PROMPTS, SETTINGS, n=2, seed=1, keep_logps=True)
     events, cache = [], RefCache("free", root=tmp_path)
     assert free_reference.keep(loaded, PROMPTS, samples, events.append, cache=cache) == 0
-    assert [e.message for e in events] == ["reference pass: runs on the sampled answers (sampled log-probs differ "
-                                           "from the model's forward by 0.01 per token)"]
+    assert [e.message for e in events] == [
+        "reference pass: runs on the sampled answers (sampled log-probs differ "
+        "from the model's forward by 0.01 per token)"
+    ]
     pairs = _pairs(loaded, samples.answers)
     _, stats = reference_logps(loaded.model, pairs, cache, checks=loaded.checks)
     assert stats.hits == 0 and stats.misses == 12
 
 
 def test_on_the_default_model_the_sampled_log_probs_pass_the_check_and_most_answers_are_kept(default_model, tmp_path):
-    samples = sample_answers(default_model, PROMPTS[1:], SampleSettings(temperature=0.8, max_tokens=16), n=2, seed=1,
-                             keep_logps=True)
+    samples = sample_answers(
+        default_model, PROMPTS[1:], SampleSettings(temperature=0.8, max_tokens=16), n=2, seed=1, keep_logps=True
+    )
     kept = free_reference.keep(default_model, PROMPTS[1:], samples, cache=RefCache("free", root=tmp_path))
     assert default_model.checks.free_reference is None
     assert kept >= 2  # of 4: a real model's answers mostly re-tokenize to the ids it sampled
@@ -87,8 +95,9 @@ def test_held_out_samples_leave_their_own_log_probs_cached_for_the_kl_estimate(t
     pairs = _pairs(loaded, answers)
     cached = RefCache(run.model_fingerprint(loaded)).lookup((p.prompt, p.chosen) for p in pairs)
     assert any(v is not None for v in cached)  # the answers that re-tokenize to their sampled ids
-    computed, _ = reference_logps(loaded.model, pairs, RefCache("pass", root=fresh_cache / "pass"),
-                                  checks=loaded.checks)
+    computed, _ = reference_logps(
+        loaded.model, pairs, RefCache("pass", root=fresh_cache / "pass"), checks=loaded.checks
+    )
     for pair, value in zip(pairs, cached):
         if value is not None:
             assert abs(value - computed.values[pair][0]) <= TOLERANCE_FP32 * len(pair.chosen)
@@ -105,6 +114,6 @@ def test_a_finished_answers_stop_token_log_prob_is_the_one_it_was_drawn_from(tin
     k = max(i for i, t in enumerate(free.ids) if t not in free.ids[:i])
     [[stopped]] = generate_shared(tiny_loaded.model, [prompt], 1, stop_tokens=[free.ids[k]], **greedy)
     assert (stopped.ids, stopped.finished, stopped.stop) == (free.ids[:k], True, free.ids[k])
-    forward = free_reference._forward_logps(tiny_loaded, prompt, free.ids[:k + 1])
+    forward = free_reference._forward_logps(tiny_loaded, prompt, free.ids[: k + 1])
     assert len(stopped.logps) == k + 1
     assert max(abs(a - b) for a, b in zip(stopped.logps, forward)) <= TOLERANCE_FP32

@@ -15,16 +15,16 @@ import resource
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import pytest
-
 from helpers import make_adapter, write_jsonl
+
 from mlx_dpo.atomic import WriteFailed, write_json
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
@@ -93,8 +93,11 @@ def disk(request, tmp_path) -> Iterator[SmallDisk]:
 
 def _files(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` (the tmpfs filler aside) with its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".filler"}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".filler"
+    }
 
 
 def _assert_one_line(e: BaseException, *fragments: str) -> None:
@@ -173,8 +176,10 @@ def test_a_pair_saved_on_a_full_disk_is_one_line_and_the_store_keeps_everything_
 def test_data_import_onto_a_full_disk_exits_2_with_one_line_and_imports_nothing(disk, tmp_path, capsys):
     from mlx_dpo.cli import main
 
-    rows = write_jsonl(tmp_path / "pairs.jsonl", *({"prompt": f"Imported {i}?", "chosen": "Yes.",
-                                                   "rejected": "No."} for i in range(20)))
+    rows = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        *({"prompt": f"Imported {i}?", "chosen": "Yes.", "rejected": "No."} for i in range(20)),
+    )
     workspace = disk.folder / "workspace"
     with PreferenceStore(workspace) as store:
         store.add_pair("Labelled before?", "Good.", "Bad.")

@@ -39,18 +39,29 @@ from mlx_dpo.errors import MlxDpoError
 
 # MLX_DPO_FUZZ_EXAMPLES=5000 explores further, with fresh random cases each run (not for `make test`).
 EXAMPLES = int(os.environ.get("MLX_DPO_FUZZ_EXAMPLES", 60))
-FUZZ = settings(max_examples=EXAMPLES, derandomize="MLX_DPO_FUZZ_EXAMPLES" not in os.environ, deadline=None,
-                database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    derandomize="MLX_DPO_FUZZ_EXAMPLES" not in os.environ,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # --- strategies --------------------------------------------------------------------------------------------
 
 TEXT = st.text(max_size=12) | st.sampled_from(["\ud800", "a\udfffb", "\x00", "\u2028", " ", "\ufeff"])
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3), max_leaves=6)
-MESSAGE = st.fixed_dictionaries({}, optional={
-    "role": st.sampled_from(["user", "assistant", "system", "tool"]) | JSON_VALUES,
-    "content": TEXT | JSON_VALUES})
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=6,
+)
+MESSAGE = st.fixed_dictionaries(
+    {},
+    optional={
+        "role": st.sampled_from(["user", "assistant", "system", "tool"]) | JSON_VALUES,
+        "content": TEXT | JSON_VALUES,
+    },
+)
 
 
 def near(valid: st.SearchStrategy) -> st.SearchStrategy:
@@ -60,10 +71,21 @@ def near(valid: st.SearchStrategy) -> st.SearchStrategy:
 
 PROMPT = near(TEXT | st.lists(MESSAGE, max_size=3))
 ANSWER = near(TEXT | st.lists(MESSAGE, max_size=2))
-PAIR_ROW = st.fixed_dictionaries({}, optional={"prompt": PROMPT, "chosen": ANSWER, "rejected": ANSWER,
-                                               "id": near(TEXT | st.integers())})
-KTO_ROW = st.fixed_dictionaries({}, optional={"prompt": PROMPT, "completion": ANSWER, "label": near(st.booleans()),
-                                              "id": near(TEXT | st.integers())}) | PAIR_ROW
+PAIR_ROW = st.fixed_dictionaries(
+    {}, optional={"prompt": PROMPT, "chosen": ANSWER, "rejected": ANSWER, "id": near(TEXT | st.integers())}
+)
+KTO_ROW = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "prompt": PROMPT,
+            "completion": ANSWER,
+            "label": near(st.booleans()),
+            "id": near(TEXT | st.integers()),
+        },
+    )
+    | PAIR_ROW
+)
 PROMPT_ROW = st.fixed_dictionaries({}, optional={"prompt": PROMPT, "messages": near(st.lists(MESSAGE, max_size=3))})
 VALID_PAIR = {"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."}
 
@@ -220,9 +242,29 @@ def test_near_valid_prompt_rows_give_prompts_or_errors_naming_the_line(content):
 
 
 # Config values: the settings' own names with any JSON-like value (and a few spelled as flags or unknown).
-CONFIG_KEYS = st.sampled_from(["iters", "beta", "loss", "loss_type", "loss-weights", "lora_keys", "learning_rate",
-                               "compile", "no_compile", "valid_data", "data", "model", "resume", "f_divergence_type",
-                               "label_smoothing", "max_length", "seed", "grad_checkpoint", "unknown_key"])
+CONFIG_KEYS = st.sampled_from(
+    [
+        "iters",
+        "beta",
+        "loss",
+        "loss_type",
+        "loss-weights",
+        "lora_keys",
+        "learning_rate",
+        "compile",
+        "no_compile",
+        "valid_data",
+        "data",
+        "model",
+        "resume",
+        "f_divergence_type",
+        "label_smoothing",
+        "max_length",
+        "seed",
+        "grad_checkpoint",
+        "unknown_key",
+    ]
+)
 CONFIG_VALUES = JSON_VALUES | st.sampled_from(["1e-3", "sigmoid,sft", "yes", "kto", "forward_kl", "-1", "1,2"])
 
 

@@ -19,26 +19,34 @@ import math
 from pathlib import Path
 from typing import Any
 
-import mlx_dpo  # noqa: F401  (before mlx.core)
-
 import mlx.core as mx
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
+from test_tokenizer import TEXTS, random_texts
 
+import mlx_dpo  # noqa: F401  (before mlx.core)
 from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.events import Status, StepMetrics
-from test_tokenizer import TEXTS, random_texts
 
 LLAMA_CPP_MEAN, LLAMA_CPP_MAX = 0.15, 0.6  # nats per token; transformers vs llama.cpp: 0.087 and 0.52
 PROMPT = "The capital of France is"
 PAIRS = [
-    PreferencePair("p1", [{"role": "user", "content": "The capital of France is"}], " Paris, a city on the Seine.",
-                   " a large cheese."),
-    PreferencePair("p2", [{"role": "user", "content": "Water boils at"}], " 100 degrees Celsius at sea level.",
-                   " the speed of sound."),
-    PreferencePair("p3", [{"role": "user", "content": "The largest planet in the solar system is"}], " Jupiter.",
-                   " the Moon."),
+    PreferencePair(
+        "p1",
+        [{"role": "user", "content": "The capital of France is"}],
+        " Paris, a city on the Seine.",
+        " a large cheese.",
+    ),
+    PreferencePair(
+        "p2",
+        [{"role": "user", "content": "Water boils at"}],
+        " 100 degrees Celsius at sea level.",
+        " the speed of sound.",
+    ),
+    PreferencePair(
+        "p3", [{"role": "user", "content": "The largest planet in the solar system is"}], " Jupiter.", " the Moon."
+    ),
     PreferencePair("p4", [{"role": "user", "content": "Two plus two equals"}], " four.", " seven, usually."),
 ]
 GEMMA_TEXTS = [*TEXTS, "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n", "a\n\n\nb    c", "<bos>x<eos>"]
@@ -71,10 +79,10 @@ def llama_cpp_logps(llama: Any, ids: list[int], last: int) -> np.ndarray:
     """log p(ids[t] | ids[:t]) of the `last` tokens, by llama.cpp."""
     llama.reset()
     llama.eval(ids)
-    logits = np.array(llama.scores[len(ids) - 1 - last: len(ids) - 1], dtype=np.float64)
+    logits = np.array(llama.scores[len(ids) - 1 - last : len(ids) - 1], dtype=np.float64)
     logits -= logits.max(-1, keepdims=True)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    return logp[np.arange(last), ids[len(ids) - last:]]
+    return logp[np.arange(last), ids[len(ids) - last :]]
 
 
 def greedy(model: Any, ids: list[int], n: int = 8) -> list[int]:
@@ -101,8 +109,11 @@ def llama_cpp_greedy(llama: Any, ids: list[int], n: int = 8) -> list[int]:
 def test_the_file_imports_as_gemma3_with_its_windows_norms_and_vocabulary(gemma: Any) -> None:
     config = gemma.config
     assert config["model_type"] == "gemma3_text" and config["vocab_size"] == 262144
-    assert (config["sliding_window"], config["sliding_window_pattern"], config["rope_local_base_freq"]) == (512, 6,
-                                                                                                           10000.0)
+    assert (config["sliding_window"], config["sliding_window_pattern"], config["rope_local_base_freq"]) == (
+        512,
+        6,
+        10000.0,
+    )
     assert (config["query_pre_attn_scalar"], config["head_dim"], config["tie_word_embeddings"]) == (256, 256, True)
     assert config["rms_norm_eps"] == 1e-6 and config["max_position_embeddings"] == 32768
     weights = mx.load(str(gemma.path / "model.safetensors"))
@@ -112,8 +123,9 @@ def test_the_file_imports_as_gemma3_with_its_windows_norms_and_vocabulary(gemma:
 
 def test_the_tokenizer_gives_llama_cpps_ids(gemma: Any, llama: Any) -> None:
     texts = GEMMA_TEXTS + random_texts(200, seed=5)
-    mismatches = [t for t in texts if gemma.tokenizer.encode(t) != llama.tokenize(t.encode(), add_bos=True,
-                                                                                    special=True)]
+    mismatches = [
+        t for t in texts if gemma.tokenizer.encode(t) != llama.tokenize(t.encode(), add_bos=True, special=True)
+    ]
     assert mismatches == []
 
 
@@ -164,14 +176,18 @@ def test_eval_logprobs_agree_with_llama_cpp(gemma: Any, llama: Any, evaluated) -
 
 
 def test_two_training_steps_start_at_log_2_lower_the_loss_and_stay_within_the_estimate(
-        gemma: Any, trained: tuple[Path, list, float]) -> None:
+    gemma: Any, trained: tuple[Path, list, float]
+) -> None:
     adapter, events, held = trained
     steps = [e.metrics for e in events if isinstance(e, StepMetrics)]
     assert [m["step"] for m in steps] == [1, 2]
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # the policy starts as the reference
     assert steps[1]["loss"] < steps[0]["loss"]
-    estimate = next(float(s.message.split("about ")[1].split(" GB")[0]) for s in events
-                    if isinstance(s, Status) and s.message.startswith("memory: about"))
+    estimate = next(
+        float(s.message.split("about ")[1].split(" GB")[0])
+        for s in events
+        if isinstance(s, Status) and s.message.startswith("memory: about")
+    )
     # The estimate errs high at 262k too (the run's peak, without what the module held before it began).
     assert max(m["peak_memory_gb"] for m in steps) - held <= estimate
     assert (adapter / "adapters.safetensors").is_file()
@@ -186,27 +202,44 @@ def trained(gemma: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
     events: list = []
     mx.reset_peak_memory()
     held = (mx.get_active_memory() - sum(v.nbytes for _, v in tree_flatten(gemma.model.parameters()))) / 1e9
-    api.train(PAIRS, loaded=gemma, adapter_path=adapter, iters=2, batch_size=4, learning_rate=1e-4,
-              steps_per_report=1, on_event=events.append)
+    api.train(
+        PAIRS,
+        loaded=gemma,
+        adapter_path=adapter,
+        iters=2,
+        batch_size=4,
+        learning_rate=1e-4,
+        steps_per_report=1,
+        on_event=events.append,
+    )
     return adapter, events, held
 
 
 # --- the round trip -----------------------------------------------------------------------------------------------
 
 
-def test_the_peft_export_names_gemma3s_layers(gemma_gguf: Path, trained: tuple[Path, list, float],
-                                               tmp_path: Path) -> None:
+def test_the_peft_export_names_gemma3s_layers(
+    gemma_gguf: Path, trained: tuple[Path, list, float], tmp_path: Path
+) -> None:
     from mlx_dpo.export.peft import export_peft
 
     result = export_peft(trained[0], tmp_path / "peft", model=str(gemma_gguf))
     assert result.notes == []  # gemma3_text's names are checked against transformers (test_family_exports.py)
     config = json.loads((result.path / "adapter_config.json").read_text())
-    assert sorted(config["target_modules"]) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj",
-                                                "v_proj"]
+    assert sorted(config["target_modules"]) == [
+        "down_proj",
+        "gate_proj",
+        "k_proj",
+        "o_proj",
+        "q_proj",
+        "up_proj",
+        "v_proj",
+    ]
 
 
-def test_the_gguf_export_runs_in_llama_cpp_with_mlx_dpos_greedy_tokens(gemma: Any, trained: tuple[Path, list, float],
-                                                                       tmp_path: Path) -> None:
+def test_the_gguf_export_runs_in_llama_cpp_with_mlx_dpos_greedy_tokens(
+    gemma: Any, trained: tuple[Path, list, float], tmp_path: Path
+) -> None:
     """Last in the file: it fuses the adapter into the module's model in place, where `export()` would load the
     base a second time (~10 s); `mlx-dpo export --format gguf` itself runs on tiny gemma3 models in
     test_family_exports.py, and on this file in the commands of docs/models.md."""

@@ -13,8 +13,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlx_dpo  # noqa: F401  (before mlx.core)
-
 import gguf_fixtures as tiny
 import mlx.core as mx
 import mlx_lm
@@ -24,6 +22,7 @@ from gguf import GGMLQuantizationType as Q
 from mlx.utils import tree_map_with_path
 from mlx_lm.utils import load_model, load_tokenizer
 
+import mlx_dpo  # noqa: F401  (before mlx.core)
 import mlx_dpo.models.gguf as converter
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.models.gguf import convert_gguf
@@ -51,8 +50,9 @@ LAYOUTS = {
     **{name: Layout(Q[name], Q[name], dims=tiny.WIDE) for name in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")},
     "Q4_1-Q8_0-embedding-tied": Layout(Q.Q4_1, Q.Q8_0, tied=True),  # like the default model
     # like gemma-3-270m-q4_k_m.gguf: mostly Q5_0, a Q8_0 embedding, Q4_K and Q6_K in places
-    "Q4_K_M-mix": Layout(Q.Q5_0, Q.Q8_0, tied=True, dims=tiny.WIDE,
-                         by_name={"self_attn.o_proj": Q.Q4_K, "mlp.down_proj": Q.Q6_K}),
+    "Q4_K_M-mix": Layout(
+        Q.Q5_0, Q.Q8_0, tied=True, dims=tiny.WIDE, by_name={"self_attn.o_proj": Q.Q4_K, "mlp.down_proj": Q.Q6_K}
+    ),
 }
 
 
@@ -64,8 +64,9 @@ class Converted:
         self.tied, self.dims = layout.tied, layout.dims
         self.source = tiny.random_llama_weights(seed=0, tied=self.tied, dims=self.dims)
         self.gguf = root / f"{name}.gguf"
-        self.expected = tiny.write_llama_gguf(self.gguf, self.source, layout.weights, layout.embedding,
-                                              dims=self.dims, types_by_name=layout.by_name)
+        self.expected = tiny.write_llama_gguf(
+            self.gguf, self.source, layout.weights, layout.embedding, dims=self.dims, types_by_name=layout.by_name
+        )
         self.folder = convert_gguf(self.gguf, root / name)
 
 
@@ -121,9 +122,7 @@ def assert_nothing_written(out: Path) -> None:
 def test_f32_logits_equal_the_source_model(converted_f32: Converted) -> None:
     model, _ = load_model(converted_f32.folder)
     source = tiny.llama_model(converted_f32.source, tied=False)
-    np.testing.assert_allclose(
-        tiny.logits(model, TOKEN_IDS), tiny.logits(source, TOKEN_IDS), atol=1e-4, rtol=0
-    )
+    np.testing.assert_allclose(tiny.logits(model, TOKEN_IDS), tiny.logits(source, TOKEN_IDS), atol=1e-4, rtol=0)
 
 
 def test_weights_equal_the_gguf_packages_dequantization(converted: Converted) -> None:
@@ -137,9 +136,7 @@ def test_logits_equal_a_llama_with_the_dequantized_weights(converted: Converted)
     model, _ = load_model(converted.folder)
     upcast_scales(model)
     reference = tiny.llama_model(converted.expected, tied=converted.tied, dims=converted.dims)
-    np.testing.assert_allclose(
-        tiny.logits(model, TOKEN_IDS), tiny.logits(reference, TOKEN_IDS), atol=1e-4, rtol=0
-    )
+    np.testing.assert_allclose(tiny.logits(model, TOKEN_IDS), tiny.logits(reference, TOKEN_IDS), atol=1e-4, rtol=0)
 
 
 def test_quantized_tensors_stay_packed(converted_q4_1: Converted) -> None:
@@ -155,17 +152,16 @@ def test_a_file_with_any_other_type_is_dequantized_to_float32_whole(tmp_path_fac
     weights = mx.load(str(converted.folder / "model.safetensors"))
     assert not any(k.endswith(".scales") for k in weights)  # the Q8_0 embedding too: exactly gguf's values
     assert weights["model.embed_tokens.weight"].dtype == mx.float32
-    np.testing.assert_array_equal(np.array(weights["model.embed_tokens.weight"]),
-                                  converted.expected["model.embed_tokens.weight"])
+    np.testing.assert_array_equal(
+        np.array(weights["model.embed_tokens.weight"]), converted.expected["model.embed_tokens.weight"]
+    )
 
 
 def test_mlx_lm_load_runs_the_converted_folder_as_is(converted_q4_1: Converted) -> None:
     model, tokenizer = mlx_lm.load(str(converted_q4_1.folder))
     reference = tiny.llama_model(converted_q4_1.expected, tied=True)
     # As loaded, the embedding is dequantized in float16: close, not exact.
-    np.testing.assert_allclose(
-        tiny.logits(model, TOKEN_IDS), tiny.logits(reference, TOKEN_IDS), atol=3e-2, rtol=0
-    )
+    np.testing.assert_allclose(tiny.logits(model, TOKEN_IDS), tiny.logits(reference, TOKEN_IDS), atol=3e-2, rtol=0)
     assert tokenizer.eos_token_id == tiny.EOS_ID
 
 
@@ -234,6 +230,7 @@ def test_tokenizer_prepends_bos_when_the_gguf_says_add_bos_token(add_bos_gguf: t
 
 def test_tokenizer_with_add_bos_token_matches_llama_cpp(add_bos_gguf: tuple[Path, Path]) -> None:
     import llama_cpp  # llama-cpp-python (a dev dependency) is the reference tokenizer: missing, this fails
+
     gguf_path, folder = add_bos_gguf
     llama = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
     tokenizer = load_tokenizer(folder)
@@ -280,7 +277,9 @@ BAD_INPUTS = {
     "missing": lambda good, folder: folder / "nowhere.gguf",
     "truncated-in-metadata": lambda good, folder: truncated(good, folder, 0.02),
     "truncated-in-tensors": lambda good, folder: truncated(good, folder, 0.6),
-    "truncated-by-one-byte": lambda good, folder: truncated(good, folder, (good.stat().st_size - 1) / good.stat().st_size),
+    "truncated-by-one-byte": lambda good, folder: truncated(
+        good, folder, (good.stat().st_size - 1) / good.stat().st_size
+    ),
     "not-gguf": lambda good, folder: _write(folder / "model.gguf", b'{"this": "is json"}\n'),
     "empty": lambda good, folder: _write(folder / "empty.gguf", b""),
     "a-folder": lambda good, folder: _mkdir(folder / "folder.gguf"),
@@ -298,9 +297,7 @@ def _mkdir(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", list(BAD_INPUTS))
-def test_bad_file_raises_an_error_naming_it_and_writes_nothing(
-    kind: str, good_gguf: Path, tmp_path: Path
-) -> None:
+def test_bad_file_raises_an_error_naming_it_and_writes_nothing(kind: str, good_gguf: Path, tmp_path: Path) -> None:
     bad = BAD_INPUTS[kind](good_gguf, tmp_path)
     out = tmp_path / "models" / "converted"
     with pytest.raises(MlxDpoError, match=re.escape(str(bad))):
@@ -329,8 +326,11 @@ def iq_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_an_unsupported_tensor_type_is_one_line_naming_it_and_the_tensor(iq_gguf: Path, tmp_path: Path) -> None:
     out = tmp_path / "converted"
-    with pytest.raises(MlxDpoError, match=rf"^{re.escape(str(iq_gguf))}: tensor blk\.0\.ffn_down\.weight is stored as "
-                                          r"IQ4_XS, a type mlx-dpo cannot import \(supported: .*Q4_K.*\)$"):
+    with pytest.raises(
+        MlxDpoError,
+        match=rf"^{re.escape(str(iq_gguf))}: tensor blk\.0\.ffn_down\.weight is stored as "
+        r"IQ4_XS, a type mlx-dpo cannot import \(supported: .*Q4_K.*\)$",
+    ):
         convert_gguf(iq_gguf, out)
     assert_nothing_written(out)
 
@@ -350,8 +350,9 @@ def test_the_cli_names_an_unsupported_architecture_in_one_line_and_exits_2(tmp_p
     tiny.write_llama_gguf(mamba, tiny.random_llama_weights(seed=0, tied=True), arch="mamba")
     result = run_cli("generate", "--model", str(mamba), "--prompt", "hi", env={"MLX_DPO_HOME": str(tmp_path / "home")})
     assert result.returncode == 2
-    assert_clean_error(result, f"{mamba}: architecture 'mamba' is not supported (supported: llama, qwen2, qwen3, "
-                               "gemma3, phi3)")
+    assert_clean_error(
+        result, f"{mamba}: architecture 'mamba' is not supported (supported: llama, qwen2, qwen3, gemma3, phi3)"
+    )
 
 
 @pytest.mark.parametrize("keep", [0.5, "all-but-one-byte"])

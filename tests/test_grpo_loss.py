@@ -3,10 +3,10 @@
 
 import math
 
-import mlx_dpo  # noqa: F401  (must come before mlx.core: it picks the BLAS)
 import mlx.core as mx
 import pytest
 
+import mlx_dpo  # noqa: F401  (must come before mlx.core: it picks the BLAS)
 from mlx_dpo.training.grpo_loss import group_advantages, grpo_loss, varied_groups
 
 # One group of rewards [1, 2, 3, 6]: mean 3, population std sqrt((4 + 1 + 0 + 9) / 4) = sqrt(3.5).
@@ -42,10 +42,20 @@ UNCLIPPED = ([-1.5, -0.9], [1.0, 2.2, 2.0])
 
 
 def _loss(normalize: str, epsilon: float = 0.2, **kwargs):
-    logps = [[o + math.log(r) if m else 0.0 for o, r, m in zip(orow, rrow, mrow)]
-             for orow, rrow, mrow in zip(OLD, RATIOS, MASK)]
-    return grpo_loss(mx.array(logps), mx.array(OLD), mx.array(ADV), mx.array(MASK), epsilon=epsilon,
-                     normalize=normalize, max_tokens=4, **kwargs)
+    logps = [
+        [o + math.log(r) if m else 0.0 for o, r, m in zip(orow, rrow, mrow)]
+        for orow, rrow, mrow in zip(OLD, RATIOS, MASK)
+    ]
+    return grpo_loss(
+        mx.array(logps),
+        mx.array(OLD),
+        mx.array(ADV),
+        mx.array(MASK),
+        epsilon=epsilon,
+        normalize=normalize,
+        max_tokens=4,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("case, epsilon", [(CLIPPED, 0.2), (UNCLIPPED, 100.0)], ids=["clipped", "unclipped"])

@@ -6,22 +6,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from mlx_dpo.data.store import PreferenceStore
 from helpers import user
 
-SPACES_JUDGE = '''
+from mlx_dpo.data.store import PreferenceStore
+
+SPACES_JUDGE = """
 def spaces(prompt, answer):
     return answer.count(" ") / max(1, len(answer))
 
 def more_spaces(prompt, answer_1, answer_2):
     a, b = answer_1.count(" ") / max(1, len(answer_1)), answer_2.count(" ") / max(1, len(answer_2))
     return 1 if a > b else 2 if b > a else 0
-'''
+"""
 SAMPLER = {"temperature": 2.0, "max_tokens": 8}
 # A tiny random model needs a large step to move in two short rounds; every round kept (the rule is tested alone).
 # (On this model a program judge's rounds, DPO's as GRPO's, gain a little: 3 training seeds of 4 beat the base.)
-ROUND = {"method": "grpo", "learning_rate": 2e-2, "batch_size": 4, "passes": 4, "grpo_iterations": 2, "accept": "always"}
+ROUND = {
+    "method": "grpo",
+    "learning_rate": 2e-2,
+    "batch_size": 4,
+    "passes": 4,
+    "grpo_iterations": 2,
+    "accept": "always",
+}
 
 
 def write_prompts(path: Path, count: int, start: int = 0) -> Path:
@@ -37,17 +44,24 @@ def judges(tmp_path) -> Path:
 
 
 def test_grpo_rounds_with_a_program_reward_raise_the_held_out_score_of_a_tiny_model_above_the_bases(
-        tiny, workspace, tmp_path, judges):
+    tiny, workspace, tmp_path, judges
+):
     from mlx_dpo import api
     from mlx_dpo.models.generate import SampleSettings
     from mlx_dpo.settings import OnlineSettings
 
     prompts = write_prompts(tmp_path / "prompts.txt", 16)
     held_out = [[user(f"Describe item {i}.")] for i in range(8)]
-    reports = api.run_online(workspace, prompts, f"{judges}:spaces", model=str(tiny),
-                             online=OnlineSettings(rounds=2, per_round=8, samples_per_prompt=4),
-                             eval_prompts=held_out,
-                             sample_settings=SampleSettings(**SAMPLER), settings={**ROUND, "heldout_samples": 2})
+    reports = api.run_online(
+        workspace,
+        prompts,
+        f"{judges}:spaces",
+        model=str(tiny),
+        online=OnlineSettings(rounds=2, per_round=8, samples_per_prompt=4),
+        eval_prompts=held_out,
+        sample_settings=SampleSettings(**SAMPLER),
+        settings={**ROUND, "heldout_samples": 2},
+    )
     assert [(r.round, r.sampled_by, r.version) for r in reports] == [(1, "base", "v1"), (2, "v1", "v2")]
     last = reports[-1].heldout
     assert last["heldout/score"] > last["heldout_base/score"], last
@@ -60,15 +74,15 @@ def test_grpo_rounds_with_a_program_reward_raise_the_held_out_score_of_a_tiny_mo
     assert {g.ratings[0].version for g in groups} == {"base", "v1"}
     assert {g.ratings[0].rater for g in groups} == {f"score:{judges}:spaces"}
     for g in groups:  # the judge's scores, and the tokens each answer trains on
-        assert g.rewards == pytest.approx([a.count(" ") / max(1, len(a)) - (0 if a.finished else 1)
-                                           for a in g.answers])
+        assert g.rewards == pytest.approx([a.count(" ") / max(1, len(a)) - (0 if a.finished else 1) for a in g.answers])
         assert all(r.tokens for r in g.ratings)
     assert [r.settings["method"] for r in rounds] == ["grpo", "grpo"]
     assert sorted(trained[1] + trained[2]) == sorted(r.id for g in groups if g.varied for r in g.ratings)
 
 
 def test_with_beta_zero_no_reference_runs_and_no_cache_opens_with_beta_above_it_the_disk_cache_serves(
-        tiny, workspace, judges, fresh_cache, monkeypatch):
+    tiny, workspace, judges, fresh_cache, monkeypatch
+):
     from mlx_dpo.models.load import load_model
     from mlx_dpo.online.judges import load_judge
     from mlx_dpo.training import grpo
@@ -96,13 +110,18 @@ def test_with_beta_zero_no_reference_runs_and_no_cache_opens_with_beta_above_it_
     assert second.metrics["ref_cache/misses"] > 0 and "kl" in second.metrics
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--incremental", "--method", "gpro"], "--method gpro: unknown method (choose from dpo, grpo)"),
-    (["train", "--data", "x.jsonl", "--method", "grpo"], "--method applies to a round: add --incremental"),
-    (["train", "--incremental", "--method", "grpo", "--grpo-normalize", "words"],
-     "--grpo-normalize words: unknown normalisation (choose from sequence, token, constant)"),
-    (["train", "--incremental", "--method", "grpo", "--grpo-epsilon", "1.5"], "--grpo-epsilon must be in (0, 1)"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--incremental", "--method", "gpro"], "--method gpro: unknown method (choose from dpo, grpo)"),
+        (["train", "--data", "x.jsonl", "--method", "grpo"], "--method applies to a round: add --incremental"),
+        (
+            ["train", "--incremental", "--method", "grpo", "--grpo-normalize", "words"],
+            "--grpo-normalize words: unknown normalisation (choose from sequence, token, constant)",
+        ),
+        (["train", "--incremental", "--method", "grpo", "--grpo-epsilon", "1.5"], "--grpo-epsilon must be in (0, 1)"),
+    ],
+)
 def test_a_bad_grpo_setting_is_one_line_naming_its_flag_and_exit_2(tmp_path, capsys, argv, message):
     from mlx_dpo.cli import main
 

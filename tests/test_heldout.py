@@ -36,11 +36,12 @@ def direct_logp(loaded, prompt, answer) -> float:
     logits = loaded.model(tokens[:, :-1]).astype(mx.float32)
     logps = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     picked = mx.take_along_axis(logps[0], tokens[0, 1:, None], axis=-1)[:, 0]
-    return picked[len(pair.prompt) - 1:].sum().item()
+    return picked[len(pair.prompt) - 1 :].sum().item()
 
 
-def test_two_rounds_measure_accuracy_kl_score_and_win_rates_and_keep_the_base_once(tmp_path, tiny, fresh_cache,
-                                                                                   monkeypatch):
+def test_two_rounds_measure_accuracy_kl_score_and_win_rates_and_keep_the_base_once(
+    tmp_path, tiny, fresh_cache, monkeypatch
+):
     ws = tmp_path / "ws"
     demo = load_pairs(DEMO_PAIRS_PATH).pairs
     add(ws, demo[:2])
@@ -50,8 +51,9 @@ def test_two_rounds_measure_accuracy_kl_score_and_win_rates_and_keep_the_base_on
     loaded = load_model(str(tiny))
     sampled = []  # which version each held-out sampling ran on
     real = heldout.sample_answers
-    monkeypatch.setattr(heldout, "sample_answers",
-                        lambda lm, *a, **k: sampled.append(lm.adapter_path) or real(lm, *a, **k))
+    monkeypatch.setattr(
+        heldout, "sample_answers", lambda lm, *a, **k: sampled.append(lm.adapter_path) or real(lm, *a, **k)
+    )
 
     r1 = rounds.run_round(ws, settings=ROUND, loaded=loaded, judge=judge, sample_settings=SAMPLER)
     m = r1.metrics
@@ -61,15 +63,19 @@ def test_two_rounds_measure_accuracy_kl_score_and_win_rates_and_keep_the_base_on
         assert store.get_round(1).metrics == m  # the numbers are in the round's record
         valid = store.training_pairs("valid")
     prompts = [p.prompt for p in valid]  # no eval prompts given: the validation pairs' prompts
-    kept = {label: heldout.kept_answers(json.loads((ws / "heldout" / f"{label}.json").read_text()))
-            for label in ("base", "v1")}
+    kept = {
+        label: heldout.kept_answers(json.loads((ws / "heldout" / f"{label}.json").read_text()))
+        for label in ("base", "v1")
+    }
     assert [len(a) for a in kept["v1"]] == [2, 2]
     assert m["heldout_base/score"] == pytest.approx(heldout.mean_score(judge, prompts, kept["base"]))
     assert m["heldout/score"] == pytest.approx(heldout.mean_score(judge, prompts, kept["v1"]))
     assert m["heldout/win_vs_base"] == m["heldout/win_vs_previous"]  # v1's previous version is the base
     assert loaded.adapter_path == r1.adapter_path  # the round leaves its (kept) version on
     scored = run.evaluate(valid, loaded=loaded, adapter_path=r1.adapter_path)
-    assert m["heldout/accuracy"] == scored["accuracy"] and m["heldout/margin"] == pytest.approx(scored["margin"], rel=1e-4)
+    assert m["heldout/accuracy"] == scored["accuracy"] and m["heldout/margin"] == pytest.approx(
+        scored["margin"], rel=1e-4
+    )
     # The KL: the mean over v1's samples of log pi_v1 - log pi_base, each from the model's own full forward.
     with_adapter = [direct_logp(loaded, p, a) for p, group in zip(prompts, kept["v1"]) for a in group]
     with loaded.base():
@@ -109,15 +115,53 @@ def test_win_rate_counts_a_tie_half_and_a_skip_not_at_all_and_needs_a_program_ju
 def test_the_heldout_set_is_the_eval_prompts_or_the_validation_prompts_each_once(tmp_path):
     demo = load_pairs(DEMO_PAIRS_PATH).pairs
     twice = [demo[0], PreferencePair("again", demo[0].prompt, "x", "y"), demo[1]]
-    held = rounds.heldout_set(tmp_path, RoundSettings(heldout_prompts=5), valid_pairs=twice, eval_prompts=None,
-                              judge=None, sample_settings=None, beta=0.1, batch_size=2)
+    held = rounds.heldout_set(
+        tmp_path,
+        RoundSettings(heldout_prompts=5),
+        valid_pairs=twice,
+        eval_prompts=None,
+        judge=None,
+        sample_settings=None,
+        beta=0.1,
+        batch_size=2,
+    )
     assert held.prompts == [demo[0].prompt, demo[1].prompt] and held.valid_pairs == twice
     given = [[{"role": "user", "content": f"q{i}"}] for i in range(4)]
-    held = rounds.heldout_set(tmp_path, RoundSettings(heldout_prompts=3), valid_pairs=[], eval_prompts=given,
-                              judge=None, sample_settings=None, beta=0.1, batch_size=2)
+    held = rounds.heldout_set(
+        tmp_path,
+        RoundSettings(heldout_prompts=3),
+        valid_pairs=[],
+        eval_prompts=given,
+        judge=None,
+        sample_settings=None,
+        beta=0.1,
+        batch_size=2,
+    )
     assert held.prompts == given[:3] and held.valid_pairs == []
     assert held.left_out == " on the first 3 of 4 held-out prompts (--heldout-prompts)"  # a cap is said, not silent
-    assert rounds.heldout_set(tmp_path, RoundSettings(), valid_pairs=[], eval_prompts=given, judge=None,
-                              sample_settings=None, beta=0.1, batch_size=2).left_out == ""
-    assert rounds.heldout_set(tmp_path, RoundSettings(), valid_pairs=[], eval_prompts=None, judge=None,
-                              sample_settings=None, beta=0.1, batch_size=2) is None  # nothing to measure
+    assert (
+        rounds.heldout_set(
+            tmp_path,
+            RoundSettings(),
+            valid_pairs=[],
+            eval_prompts=given,
+            judge=None,
+            sample_settings=None,
+            beta=0.1,
+            batch_size=2,
+        ).left_out
+        == ""
+    )
+    assert (
+        rounds.heldout_set(
+            tmp_path,
+            RoundSettings(),
+            valid_pairs=[],
+            eval_prompts=None,
+            judge=None,
+            sample_settings=None,
+            beta=0.1,
+            batch_size=2,
+        )
+        is None
+    )  # nothing to measure

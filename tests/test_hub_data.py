@@ -8,8 +8,8 @@ which it resolves offline (HF_HUB_OFFLINE is set for the whole suite), with Parq
 from __future__ import annotations
 
 import pytest
-
 from helpers import assistant, hub_dataset, run_cli, system, user, write_demo_pairs, write_jsonl
+
 from mlx_dpo.data.feedback import load_feedback
 from mlx_dpo.data.pairs import UnpairedRows, load_pairs
 from mlx_dpo.data.store import PreferenceStore
@@ -42,8 +42,14 @@ def hf_home(tmp_path, monkeypatch):
 
 
 def test_a_hub_dataset_by_name_gives_its_train_split_and_a_named_split_on_request(hf_home):
-    hub_dataset(hf_home, "acme/prefs", {"data/train-00000-of-00001.parquet": [conversational(i) for i in range(3)],
-                                        "data/test-00000-of-00001.parquet": [conversational(9)]})
+    hub_dataset(
+        hf_home,
+        "acme/prefs",
+        {
+            "data/train-00000-of-00001.parquet": [conversational(i) for i in range(3)],
+            "data/test-00000-of-00001.parquet": [conversational(9)],
+        },
+    )
     train = load_pairs("acme/prefs").pairs
     assert [p.prompt for p in train] == [[user(f"Question {i}?")] for i in range(3)]
     assert train[1].source == "hf://datasets/acme/prefs/data/train-00000-of-00001.parquet row 1"
@@ -67,12 +73,22 @@ configs:
 ---
 # A dataset
 """
-    hub_dataset(hf_home, "acme/cfg", {"README.md": card, "small/train_prefs-0.parquet": [conversational(1)],
-                                      "big/a.jsonl": [conversational(2), conversational(3)]})
+    hub_dataset(
+        hf_home,
+        "acme/cfg",
+        {
+            "README.md": card,
+            "small/train_prefs-0.parquet": [conversational(1)],
+            "big/a.jsonl": [conversational(2), conversational(3)],
+        },
+    )
     assert len(load_pairs("acme/cfg:train_prefs").pairs) == 1
     assert len(load_pairs("acme/cfg:train_prefs", config="big").pairs) == 2
-    with pytest.raises(MlxDpoError, match=r"acme/cfg: no split 'train' \(splits: train_prefs\); name one as "
-                                          r"acme/cfg:SPLIT"):
+    with pytest.raises(
+        MlxDpoError,
+        match=r"acme/cfg: no split 'train' \(splits: train_prefs\); name one as "
+        r"acme/cfg:SPLIT",
+    ):
         load_pairs("acme/cfg")
     with pytest.raises(MlxDpoError, match=r"no config 'huge' \(configs: small, big\)"):
         load_pairs("acme/cfg:train_prefs", config="huge")
@@ -81,8 +97,16 @@ configs:
 def test_without_a_card_file_names_say_the_split_and_a_config_is_a_folder(hf_home, tmp_path):
     # Anthropic/hh-rlhf's layout: a folder per subset, gzipped JSON Lines of implicit-prompt texts.
     hh = {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi?\n\nAssistant: Go."}
-    hub_dataset(hf_home, "acme/named", {"en/train.jsonl": [conversational(1)], "en/valid.jsonl": [conversational(2)],
-                                        "harmless-base/train.jsonl.gz": [hh], "harmless-base/test.jsonl.gz": [hh]})
+    hub_dataset(
+        hf_home,
+        "acme/named",
+        {
+            "en/train.jsonl": [conversational(1)],
+            "en/valid.jsonl": [conversational(2)],
+            "harmless-base/train.jsonl.gz": [hh],
+            "harmless-base/test.jsonl.gz": [hh],
+        },
+    )
     assert [p.prompt for p in load_pairs("acme/named:validation", config="en").pairs] == [[user("Question 2?")]]
     [pair] = load_pairs("acme/named", config="harmless-base").pairs
     assert (pair.prompt, pair.chosen, pair.rejected) == ([user("\n\nHuman: Hi?\n\nAssistant:")], " Hello.", " Go.")
@@ -95,18 +119,28 @@ def test_without_a_card_file_names_say_the_split_and_a_config_is_a_folder(hf_hom
 
 
 def test_a_dataset_the_cache_lacks_while_offline_is_one_line():
-    with pytest.raises(MlxDpoError, match=r"acme/absent: not \(or not wholly\) in the Hugging Face cache .* and "
-                                          r"HF_HUB_OFFLINE is set"):
+    with pytest.raises(
+        MlxDpoError,
+        match=r"acme/absent: not \(or not wholly\) in the Hugging Face cache .* and "
+        r"HF_HUB_OFFLINE is set",
+    ):
         load_pairs("acme/absent")
 
 
 # --- one rule set, whatever the file ----------------------------------------------------------------------
 
 # Parquet columns are typed: a bad row there is a blank, a null, a wrong role, conversations that do not part right.
-BAD = [conversational(0), {**conversational(1), "chosen": [assistant(" ")]},
-       {**conversational(2), "rejected": [user("Hm?")]},
-       {**conversational(3), "prompt": None, "chosen": [user("x"), assistant("y")],
-        "rejected": [user("z"), assistant("w")]}]
+BAD = [
+    conversational(0),
+    {**conversational(1), "chosen": [assistant(" ")]},
+    {**conversational(2), "rejected": [user("Hm?")]},
+    {
+        **conversational(3),
+        "prompt": None,
+        "chosen": [user("x"), assistant("y")],
+        "rejected": [user("z"), assistant("w")],
+    },
+]
 
 
 def test_a_malformed_parquet_row_is_named_by_file_and_row_with_the_jsonl_readers_rules(hf_home, tmp_path):
@@ -114,8 +148,10 @@ def test_a_malformed_parquet_row_is_named_by_file_and_row_with_the_jsonl_readers
     with pytest.raises(MlxDpoError) as raised:
         load_pairs("acme/bad")
     where = "hf://datasets/acme/bad/data/train-00000-of-00001.parquet"
-    assert str(raised.value).splitlines()[:2] == ["acme/bad:train: 3 invalid rows:",
-                                                  f"  {where} row 1: field 'chosen[0].content': is empty"]
+    assert str(raised.value).splitlines()[:2] == [
+        "acme/bad:train: 3 invalid rows:",
+        f"  {where} row 1: field 'chosen[0].content': is empty",
+    ]
     parquet = load_pairs("acme/bad", skip_invalid=True)
     jsonl = load_pairs(write_jsonl(tmp_path / "bad.jsonl", *BAD), skip_invalid=True)
     assert [(e.kind, e.line) for e in parquet.errors] == [("row", 1), ("row", 2), ("row", 3)]  # rows count from 0
@@ -123,8 +159,12 @@ def test_a_malformed_parquet_row_is_named_by_file_and_row_with_the_jsonl_readers
     assert [(e.field, e.message) for e in parquet.errors] == [(e.field, e.message) for e in jsonl.errors]
     assert [(e.field, e.message) for e in parquet.errors][1:] == [
         ("rejected[0].role", "must be 'assistant' here, got 'user'"),
-        ("rejected[0]", "differs from 'chosen[0]': the two conversations share no first turn, so there is no prompt "
-                        "to take from them; give a 'prompt' field")]
+        (
+            "rejected[0]",
+            "differs from 'chosen[0]': the two conversations share no first turn, so there is no prompt "
+            "to take from them; give a 'prompt' field",
+        ),
+    ]
     assert parquet.pairs == jsonl.pairs and len(parquet.pairs) == 1
 
 
@@ -133,8 +173,10 @@ def test_a_malformed_parquet_row_is_named_by_file_and_row_with_the_jsonl_readers
 
 def test_an_implicit_prompt_is_the_turns_both_conversations_share(tmp_path):
     text_prompt = {"prompt": "Hi 1?", **implicit(1)}  # a text prompt beside whole conversations: TRL extracts too
-    hh = {"chosen": "\n\nHuman: Sky?\n\nAssistant: It is blue.",
-          "rejected": "\n\nHuman: Sky?\n\nAssistant: It was red."}
+    hh = {
+        "chosen": "\n\nHuman: Sky?\n\nAssistant: It is blue.",
+        "rejected": "\n\nHuman: Sky?\n\nAssistant: It was red.",
+    }
     pairs = load_pairs(write_jsonl(tmp_path / "implicit.jsonl", implicit(0), text_prompt, hh)).pairs
     assert pairs[0].prompt == [system("Be kind."), user("Hi 0?"), assistant("Hello."), user("How are you?")]
     assert (pairs[0].chosen, pairs[0].rejected) == ("Well, thanks.", "Go away.")
@@ -144,17 +186,31 @@ def test_an_implicit_prompt_is_the_turns_both_conversations_share(tmp_path):
     assert (pairs[2].chosen, pairs[2].rejected) == (" is blue.", " was red.")
 
 
-@pytest.mark.parametrize("row, field, message", [
-    ({"chosen": [user("A?"), assistant("1")], "rejected": [user("B?"), assistant("2")]}, "rejected[0]",
-     "differs from 'chosen[0]': the two conversations share no first turn"),
-    ({"chosen": [user("A?"), assistant("1"), user("More?"), assistant("2")],
-      "rejected": [user("A?"), assistant("3"), user("More?"), assistant("4")]}, "chosen[1]",
-     "differs from 'rejected[1]' before the last assistant turn; in an implicit-prompt row only the final assistant "
-     "answer may differ"),
-    ({"chosen": [user("A?")], "rejected": [user("A?"), assistant("1")]}, "chosen",
-     "ends where the two conversations part (after 1 turns), so it has no answer"),
-    ({"chosen": "Sky is blue", "rejected": "Grass is green"}, "rejected", "shares no beginning with 'chosen'"),
-])
+@pytest.mark.parametrize(
+    "row, field, message",
+    [
+        (
+            {"chosen": [user("A?"), assistant("1")], "rejected": [user("B?"), assistant("2")]},
+            "rejected[0]",
+            "differs from 'chosen[0]': the two conversations share no first turn",
+        ),
+        (
+            {
+                "chosen": [user("A?"), assistant("1"), user("More?"), assistant("2")],
+                "rejected": [user("A?"), assistant("3"), user("More?"), assistant("4")],
+            },
+            "chosen[1]",
+            "differs from 'rejected[1]' before the last assistant turn; in an implicit-prompt row only the final "
+            "assistant answer may differ",
+        ),
+        (
+            {"chosen": [user("A?")], "rejected": [user("A?"), assistant("1")]},
+            "chosen",
+            "ends where the two conversations part (after 1 turns), so it has no answer",
+        ),
+        ({"chosen": "Sky is blue", "rejected": "Grass is green"}, "rejected", "shares no beginning with 'chosen'"),
+    ],
+)
 def test_an_implicit_row_that_cannot_be_split_is_one_line_naming_file_line_and_field(tmp_path, row, field, message):
     data = write_jsonl(tmp_path / "rows.jsonl", implicit(0), row)
     with pytest.raises(MlxDpoError) as raised:
@@ -166,8 +222,10 @@ def test_an_implicit_row_that_cannot_be_split_is_one_line_naming_file_line_and_f
 
 # --- unpaired rows (KTO) ----------------------------------------------------------------------------------
 
-UNPAIRED = [{"prompt": [user("Hi?")], "completion": [assistant("Hello!")], "label": True},
-            {"prompt": [user("Hi?")], "completion": [assistant("Go away.")], "label": False}]
+UNPAIRED = [
+    {"prompt": [user("Hi?")], "completion": [assistant("Hello!")], "label": True},
+    {"prompt": [user("Hi?")], "completion": [assistant("Go away.")], "label": False},
+]
 
 
 def test_unpaired_rows_are_kto_data_from_any_source_and_one_clear_line_for_a_pair_method(hf_home, tmp_path):
@@ -175,17 +233,24 @@ def test_unpaired_rows_are_kto_data_from_any_source_and_one_clear_line_for_a_pai
     examples, skipped = load_feedback("acme/kto")
     assert [(e.completion, e.desirable, e.source) for e in examples] == [
         ("Hello!", True, "hf://datasets/acme/kto/data/train-0.parquet row 0"),
-        ("Go away.", False, "hf://datasets/acme/kto/data/train-0.parquet row 1")]
-    with pytest.raises(UnpairedRows, match=r"acme/kto:train: holds unpaired rows \(prompt, completion, label\), which "
-                                           r"only --loss kto trains on"):
+        ("Go away.", False, "hf://datasets/acme/kto/data/train-0.parquet row 1"),
+    ]
+    with pytest.raises(
+        UnpairedRows,
+        match=r"acme/kto:train: holds unpaired rows \(prompt, completion, label\), which "
+        r"only --loss kto trains on",
+    ):
         load_pairs("acme/kto")
     # Implicit-prompt pairs are KTO data too: each gives a good and a bad answer.
     assert [(e.completion, e.desirable) for e in load_feedback(write_jsonl(tmp_path / "i.jsonl", implicit(0)))[0]] == [
-        ("Well, thanks.", True), ("Go away.", False)]
+        ("Well, thanks.", True),
+        ("Go away.", False),
+    ]
 
 
-def test_data_import_takes_a_hub_dataset_and_keeps_unpaired_rows_as_answers_marked_good_or_bad(hf_home, workspace,
-                                                                                                capsys):
+def test_data_import_takes_a_hub_dataset_and_keeps_unpaired_rows_as_answers_marked_good_or_bad(
+    hf_home, workspace, capsys
+):
     from mlx_dpo.cli import main
 
     hub_dataset(hf_home, "acme/prefs", {"data/train-0.parquet": [implicit(0), implicit(1)]})
@@ -207,19 +272,28 @@ def test_data_import_takes_a_hub_dataset_and_keeps_unpaired_rows_as_answers_mark
 
 def test_train_by_hub_name_on_an_implicit_prompt_parquet_dataset_and_a_bad_row_named(tiny, tmp_path):
     home = tmp_path / "hf-home"
-    hub_dataset(home, "acme/hh", {"data/train-00000-of-00001.parquet": [implicit(i) for i in range(4)],
-                                  "data/test-00000-of-00001.parquet": [implicit(9)]})
+    hub_dataset(
+        home,
+        "acme/hh",
+        {
+            "data/train-00000-of-00001.parquet": [implicit(i) for i in range(4)],
+            "data/test-00000-of-00001.parquet": [implicit(9)],
+        },
+    )
     hub_dataset(home, "acme/broken", {"data/train-00000-of-00001.parquet": BAD})
     env = {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     common = ["--model", str(tiny), "--iters", "2", "--batch-size", "2", "--no-compile"]
-    ok = run_cli("train", "--data", "acme/hh", "--valid-data", "acme/hh", "--adapter-path", str(tmp_path / "a"),
-                 *common, env=env)
+    ok = run_cli(
+        "train", "--data", "acme/hh", "--valid-data", "acme/hh", "--adapter-path", str(tmp_path / "a"), *common, env=env
+    )
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "a" / "adapters.safetensors").is_file()
     bad = run_cli("train", "--data", "acme/broken", "--adapter-path", str(tmp_path / "b"), *common, env=env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "  hf://datasets/acme/broken/data/train-00000-of-00001.parquet row 1: field 'chosen[0].content': is empty" \
+    assert (
+        "  hf://datasets/acme/broken/data/train-00000-of-00001.parquet row 1: field 'chosen[0].content': is empty"
         in bad.stderr
+    )
     assert not (tmp_path / "b").exists()
 
 

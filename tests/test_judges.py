@@ -7,8 +7,8 @@ import re
 import mlx.core as mx
 import numpy as np
 import pytest
-
 from helpers import assistant, system, user
+
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.models.generate import prompt_tokens
 from mlx_dpo.online import demo_judges
@@ -51,15 +51,18 @@ def test_a_preference_judge_may_skip_a_pair(tmp_path):
     assert [v.choice for v in judge.judge([[user("skip me")], [user("go")]], [("x", "y")] * 2)] == [None, 1]
 
 
-@pytest.mark.parametrize("source, name, fragment", [
-    (None, "missing.py:f", "not found"),
-    ("def f(p, a): return 1\n", "g", "has no 'g'"),
-    ("f = 3\n", "f", "not a function"),
-    ("def f(p): return 1\n", "f", "takes 1 required argument"),
-    ("def f(p, a, b, c): return 1\n", "f", "takes 4 required argument"),
-    ("def f(*args): return 1\n", "f", "*args"),
-    ("raise RuntimeError('boom')\n", "f", "importing"),
-])
+@pytest.mark.parametrize(
+    "source, name, fragment",
+    [
+        (None, "missing.py:f", "not found"),
+        ("def f(p, a): return 1\n", "g", "has no 'g'"),
+        ("f = 3\n", "f", "not a function"),
+        ("def f(p): return 1\n", "f", "takes 1 required argument"),
+        ("def f(p, a, b, c): return 1\n", "f", "takes 4 required argument"),
+        ("def f(*args): return 1\n", "f", "*args"),
+        ("raise RuntimeError('boom')\n", "f", "importing"),
+    ],
+)
 def test_a_bad_spec_is_one_line_naming_it(tmp_path, source, name, fragment):
     spec = str(tmp_path / name) if source is None else f"{write(tmp_path, source)}:{name}"
     with pytest.raises(MlxDpoError, match=re.escape(fragment)) as error:
@@ -67,24 +70,30 @@ def test_a_bad_spec_is_one_line_naming_it(tmp_path, source, name, fragment):
     assert spec.split(":")[0] in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("spec, fragment", [
-    ("no_such_module_xyz:f", "no module named"),
-    ("mlx_dpo.online.demo_judges", "expected path/to/file.py:NAME"),
-    ("llm:", "needs a model"),
-])
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("no_such_module_xyz:f", "no module named"),
+        ("mlx_dpo.online.demo_judges", "expected path/to/file.py:NAME"),
+        ("llm:", "needs a model"),
+    ],
+)
 def test_a_spec_that_names_nothing_is_one_line(spec, fragment):
     with pytest.raises(MlxDpoError, match=re.escape(fragment)):
         load_judge(spec)
 
 
-@pytest.mark.parametrize("body, fragment", [
-    ("def f(p, a): raise ValueError('bad\\ninput')", "raised ValueError: bad input"),
-    ("def f(p, a): return True", "returned True"),
-    ("def f(p, a): return float('nan')", "returned nan"),
-    ("def f(p, a): return '1'", "returned '1'"),
-    ("def f(p, a, b): return 3", "returned 3"),
-    ("def f(p, a, b): return True", "returned True"),
-])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ("def f(p, a): raise ValueError('bad\\ninput')", "raised ValueError: bad input"),
+        ("def f(p, a): return True", "returned True"),
+        ("def f(p, a): return float('nan')", "returned nan"),
+        ("def f(p, a): return '1'", "returned '1'"),
+        ("def f(p, a, b): return 3", "returned 3"),
+        ("def f(p, a, b): return True", "returned True"),
+    ],
+)
 def test_a_judge_that_raises_or_returns_a_bad_value_is_one_line_naming_it(tmp_path, body, fragment):
     spec = f"{write(tmp_path, body + chr(10))}:f"
     judge = load_judge(spec)

@@ -41,8 +41,9 @@ MAX_FUNCTION_LINES = 60  # lines that start a statement (statement_lines); the l
 # Top-level names a function in mlx_dpo/ may import lazily: optional or heavy, and not needed by most
 # commands (mlx_lm pulls in transformers; yaml, tomllib and tokenizers serve one file format each; pyarrow
 # (Parquet) and trackio are optional extras).
-LAZY_IMPORTS_ALLOWED = frozenset({"mlx_lm", "huggingface_hub", "gguf", "tokenizers", "yaml", "tomllib", "pyarrow",
-                                  "trackio"})
+LAZY_IMPORTS_ALLOWED = frozenset(
+    {"mlx_lm", "huggingface_hub", "gguf", "tokenizers", "yaml", "tomllib", "pyarrow", "trackio"}
+)
 # ... and per file, on top of those: `mlx-dpo tui` is the one place the library starts the app.
 # blas.py chooses which BLAS MLX binds to, so it must run before anything imports mlx.
 # The CLI's command modules build their parsers from light modules only and load the library's heavy
@@ -70,8 +71,14 @@ HEAVY_FOR_TUI = ("mlx", "mlx_lm", "mlx_dpo.models", "mlx_dpo.training", "mlx_dpo
 # What the library must never import.
 UI_PACKAGES = ("textual", "tui")
 # The part of the library the app may import: the API and the types it speaks in (each with its submodules).
-TUI_LIBRARY_SURFACE = ("mlx_dpo.api", "mlx_dpo.events", "mlx_dpo.settings", "mlx_dpo.options", "mlx_dpo.errors",
-                       "mlx_dpo.metric_names")
+TUI_LIBRARY_SURFACE = (
+    "mlx_dpo.api",
+    "mlx_dpo.events",
+    "mlx_dpo.settings",
+    "mlx_dpo.options",
+    "mlx_dpo.errors",
+    "mlx_dpo.metric_names",
+)
 # Where the API's heavy names are listed: `LAZY = {name: defining module, ...}` in this module.
 API_MODULE = "mlx_dpo.api"
 
@@ -113,8 +120,9 @@ def read_modules(root: Path, packages: tuple[str, ...] = PACKAGES) -> dict[str, 
         for path in sorted((root / package).rglob("*.py")):
             rel = path.relative_to(root)
             text = path.read_text(encoding="utf-8")
-            modules[module_name(rel)] = Module(module_name(rel), path, rel.as_posix(), ast.parse(text, str(rel)),
-                                               len(text.splitlines()))
+            modules[module_name(rel)] = Module(
+                module_name(rel), path, rel.as_posix(), ast.parse(text, str(rel)), len(text.splitlines())
+            )
     for mod in modules.values():
         mod.imports = list(_imports(mod, set(modules)))
     return modules
@@ -122,7 +130,8 @@ def read_modules(root: Path, packages: tuple[str, ...] = PACKAGES) -> dict[str, 
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(mod: Module, known: set[str]):
@@ -288,8 +297,9 @@ def long_functions(modules: dict[str, Module]) -> list[str]:
 
 def _is_model(node: ast.expr) -> bool:
     """`model` or `<anything>.model`: how the code names a model module (a session's is `session.model`)."""
-    return (isinstance(node, ast.Name) and node.id == "model") or (isinstance(node, ast.Attribute) and
-                                                                    node.attr == "model")
+    return (isinstance(node, ast.Name) and node.id == "model") or (
+        isinstance(node, ast.Attribute) and node.attr == "model"
+    )
 
 
 def model_state_writes(modules: dict[str, Module]) -> list[str]:
@@ -299,11 +309,17 @@ def model_state_writes(modules: dict[str, Module]) -> list[str]:
     offenders = []
     for mod in sorted(modules.values(), key=lambda m: m.rel):
         for node in ast.walk(mod.tree):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                    and node.func.id in ("setattr", "delattr")):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("setattr", "delattr")
+            ):
                 offenders.append(f"{mod.rel}:{node.lineno}: {node.func.id}()")
-            targets = node.targets if isinstance(node, ast.Assign) else (
-                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else ([node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+            )
             for target in targets:
                 if isinstance(target, ast.Attribute) and _is_model(target.value):
                     offenders.append(f"{mod.rel}:{node.lineno}: assigns {ast.unparse(target)}")
@@ -313,9 +329,13 @@ def model_state_writes(modules: dict[str, Module]) -> list[str]:
 def library_ui_imports(modules: dict[str, Module]) -> list[str]:
     """Module-level imports of Textual or tui anywhere in mlx_dpo (the lazy one in cli/app.py is a
     function-local import, checked by the allowlist above)."""
-    return sorted(f"{imp.path}:{imp.line}: imports {imp.module}"
-                  for mod in modules.values() if _within(mod.name, ["mlx_dpo"])
-                  for imp in mod.imports if imp.function is None and _within(imp.module, UI_PACKAGES))
+    return sorted(
+        f"{imp.path}:{imp.line}: imports {imp.module}"
+        for mod in modules.values()
+        if _within(mod.name, ["mlx_dpo"])
+        for imp in mod.imports
+        if imp.function is None and _within(imp.module, UI_PACKAGES)
+    )
 
 
 def is_tui_worker(name: str) -> bool:
@@ -359,10 +379,13 @@ def tui_heavy_imports(modules: dict[str, Module]) -> list[tuple[str, ...]]:
 def tui_lazy_heavy_imports(modules: dict[str, Module]) -> list[str]:
     """Imports of MLX, mlx-lm or a heavy library package inside functions of light tui modules: the work
     they stand for belongs in a worker module, the one boundary between the app and the library."""
-    return [f"{imp.path}:{imp.line} in {imp.function}(): imports {imp.module}"
-            for mod in sorted(modules.values(), key=lambda m: m.rel)
-            if _within(mod.name, ["tui"]) and not is_tui_worker(mod.name)
-            for imp in mod.imports if imp.function is not None and _within(imp.module, HEAVY_FOR_TUI)]
+    return [
+        f"{imp.path}:{imp.line} in {imp.function}(): imports {imp.module}"
+        for mod in sorted(modules.values(), key=lambda m: m.rel)
+        if _within(mod.name, ["tui"]) and not is_tui_worker(mod.name)
+        for imp in mod.imports
+        if imp.function is not None and _within(imp.module, HEAVY_FOR_TUI)
+    ]
 
 
 def api_lazy_names(modules: dict[str, Module]) -> dict[str, str]:
@@ -390,21 +413,25 @@ def _top_level_names(tree: ast.Module) -> set[str]:
 
 def api_lazy_names_undefined(modules: dict[str, Module]) -> list[str]:
     """Entries of the API's LAZY table whose module does not exist or does not define the name."""
-    return [f"{modules[API_MODULE].rel}: LAZY[{name!r}] = {module!r}: "
-            + ("no such module" if module not in modules else f"{modules[module].rel} defines no {name}")
-            for name, module in sorted(api_lazy_names(modules).items())
-            if module not in modules or name not in _top_level_names(modules[module].tree)]
+    return [
+        f"{modules[API_MODULE].rel}: LAZY[{name!r}] = {module!r}: "
+        + ("no such module" if module not in modules else f"{modules[module].rel} defines no {name}")
+        for name, module in sorted(api_lazy_names(modules).items())
+        if module not in modules or name not in _top_level_names(modules[module].tree)
+    ]
 
 
 def tui_imports_past_the_api(modules: dict[str, Module]) -> list[str]:
     """Imports in tui (anywhere, lazily too) of a library module outside TUI_LIBRARY_SURFACE, or of mlx and
     mlx-lm themselves: the app reaches the library through its API."""
-    return [f"{imp.path}:{imp.line}: imports {imp.module}"
-            for mod in sorted(modules.values(), key=lambda m: m.rel)
-            if _within(mod.name, ["tui"]) and mod.name not in TUI_ENTRY_SCRIPTS
-            for imp in mod.imports
-            if (_within(imp.module, ["mlx_dpo"]) and not _within(imp.module, TUI_LIBRARY_SURFACE))
-            or _within(imp.module, ["mlx", "mlx_lm"])]
+    return [
+        f"{imp.path}:{imp.line}: imports {imp.module}"
+        for mod in sorted(modules.values(), key=lambda m: m.rel)
+        if _within(mod.name, ["tui"]) and mod.name not in TUI_ENTRY_SCRIPTS
+        for imp in mod.imports
+        if (_within(imp.module, ["mlx_dpo"]) and not _within(imp.module, TUI_LIBRARY_SURFACE))
+        or _within(imp.module, ["mlx", "mlx_lm"])
+    ]
 
 
 def tui_heavy_api_uses(modules: dict[str, Module]) -> list[str]:
@@ -418,15 +445,23 @@ def tui_heavy_api_uses(modules: dict[str, Module]) -> list[str]:
         bound: set[str] = set()  # the names mlx_dpo.api is known by in this module
         for node in ast.walk(mod.tree):
             if isinstance(node, ast.ImportFrom) and node.module == API_MODULE:
-                offenders += [f"{mod.rel}:{node.lineno}: imports {a.name} from {API_MODULE}"
-                              for a in node.names if a.name in heavy]
+                offenders += [
+                    f"{mod.rel}:{node.lineno}: imports {a.name} from {API_MODULE}"
+                    for a in node.names
+                    if a.name in heavy
+                ]
             elif isinstance(node, ast.ImportFrom) and node.module == "mlx_dpo" and node.level == 0:
                 bound.update(a.asname or a.name for a in node.names if a.name == "api")
             elif isinstance(node, ast.Import):
                 bound.update(a.asname for a in node.names if a.name == API_MODULE and a.asname)
-        offenders += [f"{mod.rel}:{node.lineno}: uses {API_MODULE}.{node.attr}" for node in ast.walk(mod.tree)
-                      if isinstance(node, ast.Attribute) and node.attr in heavy
-                      and isinstance(node.value, ast.Name) and node.value.id in bound]
+        offenders += [
+            f"{mod.rel}:{node.lineno}: uses {API_MODULE}.{node.attr}"
+            for node in ast.walk(mod.tree)
+            if isinstance(node, ast.Attribute)
+            and node.attr in heavy
+            and isinstance(node.value, ast.Name)
+            and node.value.id in bound
+        ]
     return sorted(offenders)
 
 
@@ -439,9 +474,11 @@ def describe_heavy_chains(modules: dict[str, Module], chains: list[tuple[str, ..
     lines = []
     for (importer, heavy), group in sorted(by_cause.items()):
         imp = next(i for i in modules[importer].imports if i.function is None and i.module == heavy)
-        lines.append(f"{imp.path}:{imp.line} imports {heavy}, loaded by {len(group)} tui module(s), e.g.\n"
-                     f"      {' -> '.join(min(group, key=len))}\n"
-                     f"      from: {', '.join(modules[c[0]].rel for c in group)}")
+        lines.append(
+            f"{imp.path}:{imp.line} imports {heavy}, loaded by {len(group)} tui module(s), e.g.\n"
+            f"      {' -> '.join(min(group, key=len))}\n"
+            f"      from: {', '.join(modules[c[0]].rel for c in group)}"
+        )
     return lines
 
 
@@ -468,9 +505,11 @@ def test_no_import_cycle_among_module_level_imports(modules):
 
 
 def test_no_function_local_import_in_the_library_except_optional_heavy_dependencies(modules):
-    fail_if(f"imports inside functions (allowed lazily: {sorted(LAZY_IMPORTS_ALLOWED)}, and "
-            f"{ {k: sorted(v) for k, v in LAZY_IMPORTS_ALLOWED_IN.items()} }); move them to the module top:",
-            function_local_imports(modules))
+    fail_if(
+        f"imports inside functions (allowed lazily: {sorted(LAZY_IMPORTS_ALLOWED)}, and "
+        f"{ {k: sorted(v) for k, v in LAZY_IMPORTS_ALLOWED_IN.items()} }); move them to the module top:",
+        function_local_imports(modules),
+    )
 
 
 def test_modules_past_the_line_guide_are_named_and_none_runs_away(modules):
@@ -484,8 +523,10 @@ def test_no_function_over_60_statement_lines(modules):
 
 
 def test_nothing_keeps_state_on_a_model_module(modules):
-    fail_if("state kept on a model module (keep it in the model session, mlx_dpo/models/session.py):",
-            model_state_writes(modules))
+    fail_if(
+        "state kept on a model module (keep it in the model session, mlx_dpo/models/session.py):",
+        model_state_writes(modules),
+    )
 
 
 def test_the_library_never_imports_textual_or_tui(modules):
@@ -493,30 +534,40 @@ def test_the_library_never_imports_textual_or_tui(modules):
 
 
 def test_only_the_tui_workers_reach_mlx_or_the_heavy_library_packages(modules):
-    fail_if(f"tui modules other than {TUI_WORKER_MODULES} that load {HEAVY_FOR_TUI} when imported:",
-            describe_heavy_chains(modules, tui_heavy_imports(modules)))
+    fail_if(
+        f"tui modules other than {TUI_WORKER_MODULES} that load {HEAVY_FOR_TUI} when imported:",
+        describe_heavy_chains(modules, tui_heavy_imports(modules)),
+    )
 
 
 def test_only_the_tui_workers_call_into_mlx_or_the_heavy_library_packages_even_lazily(modules):
-    fail_if(f"tui modules other than {TUI_WORKER_MODULES} that import {HEAVY_FOR_TUI} inside a function:",
-            tui_lazy_heavy_imports(modules))
+    fail_if(
+        f"tui modules other than {TUI_WORKER_MODULES} that import {HEAVY_FOR_TUI} inside a function:",
+        tui_lazy_heavy_imports(modules),
+    )
 
 
 def test_the_app_reaches_the_library_through_its_api_alone(modules):
-    fail_if(f"tui imports past the library's surface ({', '.join(TUI_LIBRARY_SURFACE)}):",
-            tui_imports_past_the_api(modules))
+    fail_if(
+        f"tui imports past the library's surface ({', '.join(TUI_LIBRARY_SURFACE)}):", tui_imports_past_the_api(modules)
+    )
 
 
 def test_only_the_tui_workers_use_the_apis_heavy_names(modules):
     assert {"train", "run_round", "load_model"} <= set(api_lazy_names(modules))  # the table is read
-    fail_if(f"tui modules other than {TUI_WORKER_MODULES} that use a heavy name of {API_MODULE} (its LAZY table):",
-            tui_heavy_api_uses(modules))
+    fail_if(
+        f"tui modules other than {TUI_WORKER_MODULES} that use a heavy name of {API_MODULE} (its LAZY table):",
+        tui_heavy_api_uses(modules),
+    )
 
 
 def test_every_heavy_name_of_the_api_is_defined_where_its_table_says(modules):
     fail_if("the API's LAZY table names:", api_lazy_names_undefined(modules))
-    exported = next(ast.literal_eval(n.value) for n in modules[API_MODULE].tree.body if isinstance(n, ast.Assign)
-                    and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets))
+    exported = next(
+        ast.literal_eval(n.value)
+        for n in modules[API_MODULE].tree.body
+        if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets)
+    )
     assert sorted(set(api_lazy_names(modules)) - set(exported)) == []  # `from mlx_dpo.api import *` has them too
 
 
@@ -531,63 +582,80 @@ def make_tree(root: Path, files: dict[str, str]) -> dict[str, Module]:
 
 
 def test_a_cycle_through_relative_and_submodule_imports_is_found_and_named(tmp_path):
-    modules = make_tree(tmp_path, {
-        "mlx_dpo/__init__.py": "",
-        "mlx_dpo/a/__init__.py": "",
-        "mlx_dpo/a/one.py": "from . import two\n",  # `from package import submodule`, relative
-        "mlx_dpo/a/two.py": "from ..b.three import f\n",
-        "mlx_dpo/b/__init__.py": "",
-        "mlx_dpo/b/three.py": "import mlx_dpo.a.one\n\ndef f():\n    from mlx_dpo.a import two\n",
-        "tui/__init__.py": "",
-        "tui/app.py": "from mlx_dpo.a import one\n",  # into the cycle, not part of it
-    })
+    modules = make_tree(
+        tmp_path,
+        {
+            "mlx_dpo/__init__.py": "",
+            "mlx_dpo/a/__init__.py": "",
+            "mlx_dpo/a/one.py": "from . import two\n",  # `from package import submodule`, relative
+            "mlx_dpo/a/two.py": "from ..b.three import f\n",
+            "mlx_dpo/b/__init__.py": "",
+            "mlx_dpo/b/three.py": "import mlx_dpo.a.one\n\ndef f():\n    from mlx_dpo.a import two\n",
+            "tui/__init__.py": "",
+            "tui/app.py": "from mlx_dpo.a import one\n",  # into the cycle, not part of it
+        },
+    )
     assert import_cycles(modules) == [["mlx_dpo.a.one", "mlx_dpo.a.two", "mlx_dpo.b.three", "mlx_dpo.a.one"]]
     assert "mlx_dpo/a/two.py:1" in describe_cycle(modules, import_cycles(modules)[0])
 
 
 def test_a_function_local_import_is_named_with_file_and_line_unless_allowed(tmp_path):
-    modules = make_tree(tmp_path, {
-        "mlx_dpo/__init__.py": "",
-        "mlx_dpo/x.py": ("import json\n\nclass C:\n    def m(self):\n        from . import y\n"
-                         "        import mlx_lm.utils\n        import yaml\n"),
-        "mlx_dpo/y.py": "def f():\n    g = lambda: __import__('os')\n    from tui.app import App\n",
-        "mlx_dpo/cli/__init__.py": "",
-        "mlx_dpo/cli/app.py": "def run():\n    from tui.app import App\n",
-        "tui/__init__.py": "", "tui/app.py": "def f():\n    import mlx_dpo.x\n",  # tui is not checked
-    })
-    assert function_local_imports(modules) == ["mlx_dpo/x.py:5 in C.m(): imports mlx_dpo.y",
-                                               "mlx_dpo/y.py:3 in f(): imports tui.app"]
+    modules = make_tree(
+        tmp_path,
+        {
+            "mlx_dpo/__init__.py": "",
+            "mlx_dpo/x.py": (
+                "import json\n\nclass C:\n    def m(self):\n        from . import y\n"
+                "        import mlx_lm.utils\n        import yaml\n"
+            ),
+            "mlx_dpo/y.py": "def f():\n    g = lambda: __import__('os')\n    from tui.app import App\n",
+            "mlx_dpo/cli/__init__.py": "",
+            "mlx_dpo/cli/app.py": "def run():\n    from tui.app import App\n",
+            "tui/__init__.py": "",
+            "tui/app.py": "def f():\n    import mlx_dpo.x\n",  # tui is not checked
+        },
+    )
+    assert function_local_imports(modules) == [
+        "mlx_dpo/x.py:5 in C.m(): imports mlx_dpo.y",
+        "mlx_dpo/y.py:3 in f(): imports tui.app",
+    ]
 
 
 def test_long_modules_and_functions_are_named(tmp_path):
     body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
-    modules = make_tree(tmp_path, {
-        "mlx_dpo/__init__.py": "",
-        "mlx_dpo/ok.py": f"def fits():\n{body[:body.rindex(chr(10))]}\n",  # exactly MAX_FUNCTION_LINES
-        "mlx_dpo/big.py": f"class K:\n    async def long(self):\n    {body.replace(chr(10), chr(10) + '    ')}\n"
-                          + "\n" * MAX_MODULE_LINES,
-        "tui/__init__.py": "",
-    })
+    modules = make_tree(
+        tmp_path,
+        {
+            "mlx_dpo/__init__.py": "",
+            "mlx_dpo/ok.py": f"def fits():\n{body[: body.rindex(chr(10))]}\n",  # exactly MAX_FUNCTION_LINES
+            "mlx_dpo/big.py": f"class K:\n    async def long(self):\n    {body.replace(chr(10), chr(10) + '    ')}\n"
+            + "\n" * MAX_MODULE_LINES,
+            "tui/__init__.py": "",
+        },
+    )
     assert long_functions(modules) == [f"mlx_dpo/big.py:2 long(): {MAX_FUNCTION_LINES + 1} statement lines"]
     assert long_modules(modules) == [f"mlx_dpo/big.py: {MAX_MODULE_LINES + MAX_FUNCTION_LINES + 2} lines"]
 
 
 def test_ui_imports_in_the_library_and_heavy_imports_in_light_tui_modules_are_named(tmp_path):
-    modules = make_tree(tmp_path, {
-        "mlx_dpo/__init__.py": "",
-        "mlx_dpo/names.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import textual\n",
-        "mlx_dpo/ui.py": "try:\n    from textual.app import App\nexcept ImportError:\n    App = None\n",
-        "mlx_dpo/data/__init__.py": "",
-        "mlx_dpo/data/store.py": "from mlx_dpo.training import tokens\n",
-        "mlx_dpo/training/__init__.py": "",
-        "mlx_dpo/training/tokens.py": "import mlx.core as mx\n",
-        "tui/__init__.py": "",
-        "tui/app.py": "from . import workers\nfrom mlx_dpo import names\n",  # workers may be heavy
-        "tui/workers.py": "import mlx_lm\n",
-        "tui/screens/__init__.py": "from tui.screens import label\n",
-        "tui/screens/label.py": "from mlx_dpo.data.store import Store\n",
-        "tui/screens/write.py": "def f():\n    import mlx\n",  # lazily: not at import time
-    })
+    modules = make_tree(
+        tmp_path,
+        {
+            "mlx_dpo/__init__.py": "",
+            "mlx_dpo/names.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import textual\n",
+            "mlx_dpo/ui.py": "try:\n    from textual.app import App\nexcept ImportError:\n    App = None\n",
+            "mlx_dpo/data/__init__.py": "",
+            "mlx_dpo/data/store.py": "from mlx_dpo.training import tokens\n",
+            "mlx_dpo/training/__init__.py": "",
+            "mlx_dpo/training/tokens.py": "import mlx.core as mx\n",
+            "tui/__init__.py": "",
+            "tui/app.py": "from . import workers\nfrom mlx_dpo import names\n",  # workers may be heavy
+            "tui/workers.py": "import mlx_lm\n",
+            "tui/screens/__init__.py": "from tui.screens import label\n",
+            "tui/screens/label.py": "from mlx_dpo.data.store import Store\n",
+            "tui/screens/write.py": "def f():\n    import mlx\n",  # lazily: not at import time
+        },
+    )
     assert library_ui_imports(modules) == ["mlx_dpo/ui.py:2: imports textual.app"]
     assert tui_lazy_heavy_imports(modules) == ["tui/screens/write.py:2 in f(): imports mlx"]
     chains = tui_heavy_imports(modules)
@@ -604,38 +672,58 @@ def test_ui_imports_in_the_library_and_heavy_imports_in_light_tui_modules_are_na
 
 
 def test_state_on_a_model_module_is_named_with_file_and_line(tmp_path):
-    modules = make_tree(tmp_path, {
-        "mlx_dpo/__init__.py": "",
-        "mlx_dpo/check.py": ("def probe(model, loaded, found):\n    setattr(model, '_found', found)\n"
-                             "    loaded.model._found = found\n    model.calls += 1\n    delattr(model, '_found')\n"
-                             "    loaded.checks = found\n    model = found\n"),  # the session's own fields are fine
-        "tui/__init__.py": "",
-    })
-    assert model_state_writes(modules) == ["mlx_dpo/check.py:2: setattr()",
-                                           "mlx_dpo/check.py:3: assigns loaded.model._found",
-                                           "mlx_dpo/check.py:4: assigns model.calls", "mlx_dpo/check.py:5: delattr()"]
+    modules = make_tree(
+        tmp_path,
+        {
+            "mlx_dpo/__init__.py": "",
+            "mlx_dpo/check.py": (
+                "def probe(model, loaded, found):\n    setattr(model, '_found', found)\n"
+                "    loaded.model._found = found\n    model.calls += 1\n    delattr(model, '_found')\n"
+                "    loaded.checks = found\n    model = found\n"
+            ),  # the session's own fields are fine
+            "tui/__init__.py": "",
+        },
+    )
+    assert model_state_writes(modules) == [
+        "mlx_dpo/check.py:2: setattr()",
+        "mlx_dpo/check.py:3: assigns loaded.model._found",
+        "mlx_dpo/check.py:4: assigns model.calls",
+        "mlx_dpo/check.py:5: delattr()",
+    ]
 
 
 def test_imports_past_the_api_and_heavy_api_names_in_light_tui_modules_are_named(tmp_path):
-    modules = make_tree(tmp_path, {
-        "mlx_dpo/__init__.py": "",
-        "mlx_dpo/api.py": "LAZY = {'train': 'mlx_dpo.run', 'gone': 'mlx_dpo.run', 'lost': 'mlx_dpo.nowhere'}\n",
-        "mlx_dpo/run.py": "def train():\n    pass\n",
-        "mlx_dpo/errors.py": "", "mlx_dpo/data/__init__.py": "", "mlx_dpo/data/store.py": "",
-        "tui/__init__.py": "",
-        "tui/__main__.py": "from mlx_dpo.run import train\n",  # the launcher: not part of the app
-        "tui/app.py": ("from mlx_dpo.api import PreferenceStore, train\nfrom mlx_dpo.errors import E\n"
-                       "from mlx_dpo.data.store import S\nfrom mlx_dpo import api as a\n\n"
-                       "def f():\n    import mlx_lm\n    return a.train, a.PreferenceStore\n"),
-        "tui/workers/__init__.py": "from mlx_dpo import api\n\ndef g():\n    return api.train\n",
-    })
-    assert tui_imports_past_the_api(modules) == ["tui/app.py:3: imports mlx_dpo.data.store",
-                                                 "tui/app.py:7: imports mlx_lm"]
-    assert tui_heavy_api_uses(modules) == ["tui/app.py:1: imports train from mlx_dpo.api",
-                                           "tui/app.py:8: uses mlx_dpo.api.train"]
+    modules = make_tree(
+        tmp_path,
+        {
+            "mlx_dpo/__init__.py": "",
+            "mlx_dpo/api.py": "LAZY = {'train': 'mlx_dpo.run', 'gone': 'mlx_dpo.run', 'lost': 'mlx_dpo.nowhere'}\n",
+            "mlx_dpo/run.py": "def train():\n    pass\n",
+            "mlx_dpo/errors.py": "",
+            "mlx_dpo/data/__init__.py": "",
+            "mlx_dpo/data/store.py": "",
+            "tui/__init__.py": "",
+            "tui/__main__.py": "from mlx_dpo.run import train\n",  # the launcher: not part of the app
+            "tui/app.py": (
+                "from mlx_dpo.api import PreferenceStore, train\nfrom mlx_dpo.errors import E\n"
+                "from mlx_dpo.data.store import S\nfrom mlx_dpo import api as a\n\n"
+                "def f():\n    import mlx_lm\n    return a.train, a.PreferenceStore\n"
+            ),
+            "tui/workers/__init__.py": "from mlx_dpo import api\n\ndef g():\n    return api.train\n",
+        },
+    )
+    assert tui_imports_past_the_api(modules) == [
+        "tui/app.py:3: imports mlx_dpo.data.store",
+        "tui/app.py:7: imports mlx_lm",
+    ]
+    assert tui_heavy_api_uses(modules) == [
+        "tui/app.py:1: imports train from mlx_dpo.api",
+        "tui/app.py:8: uses mlx_dpo.api.train",
+    ]
     assert api_lazy_names_undefined(modules) == [
         "mlx_dpo/api.py: LAZY['gone'] = 'mlx_dpo.run': mlx_dpo/run.py defines no gone",
-        "mlx_dpo/api.py: LAZY['lost'] = 'mlx_dpo.nowhere': no such module"]
+        "mlx_dpo/api.py: LAZY['lost'] = 'mlx_dpo.nowhere': no such module",
+    ]
 
 
 def test_the_slow_tests_listed_in_conftest_exist():
@@ -648,7 +736,10 @@ def test_the_slow_tests_listed_in_conftest_exist():
         if not path.is_file():
             missing.append(f"tests/{file}: no such file")
             continue
-        defined = {n.name for n in ast.parse(path.read_text(encoding="utf-8")).body
-                   if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name.startswith("test")}
+        defined = {
+            n.name
+            for n in ast.parse(path.read_text(encoding="utf-8")).body
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name.startswith("test")
+        }
         missing += [f"tests/{file}: no test {name}" for name in sorted(set(names) - defined) if names != "*"]
     fail_if("tests/conftest.py SLOW_TESTS names tests that do not exist:", missing)

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import json
 
-import mlx_dpo  # noqa: F401  (before mlx.core)
-
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from mlx_dpo.training import logprobs
+import mlx_dpo  # noqa: F401  (before mlx.core)
+from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.models.adapter import LoraSettings, add_adapter
+from mlx_dpo.training import logprobs
 from mlx_dpo.training.batching import make_batch
 from mlx_dpo.training.logprobs import sequence_logps, token_logps
-from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.training.tokens import Encoder
 
 PER_TOKEN_TOLERANCE = 1e-4
@@ -36,7 +35,9 @@ def direct_token_logps(model: nn.Module, prompt, completion) -> np.ndarray:
     return logp[predicting, np.array(completion)]
 
 
-def random_sequences(lengths: list[tuple[int, int]], seed: int = 0, vocab: int = 49152) -> list[tuple[list[int], list[int]]]:
+def random_sequences(
+    lengths: list[tuple[int, int]], seed: int = 0, vocab: int = 49152
+) -> list[tuple[list[int], list[int]]]:
     rng = np.random.default_rng(seed)
     return [(rng.integers(3, vocab, p).tolist(), rng.integers(3, vocab, c).tolist()) for p, c in lengths]
 
@@ -122,8 +123,9 @@ def test_padding_contributes_exactly_zero_and_what_the_padding_holds_does_not_ma
     for i, (p, c) in enumerate(sequences):
         inputs[i, len(p) + len(c) - 1 :] = 1000 + i
     batch.inputs = mx.array(inputs)
-    np.testing.assert_allclose(np.array(token_logps(tiny_weights, batch, full_logits=full_logits)), per_token,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.array(token_logps(tiny_weights, batch, full_logits=full_logits)), per_token, atol=1e-6
+    )
 
 
 def test_a_sequence_scores_the_same_alone_and_padded_next_to_a_longer_one(tiny_weights):
@@ -147,8 +149,12 @@ def test_chunked_and_full_logits_log_probs_agree_across_vocab_chunk_boundaries(t
 
     np.testing.assert_allclose(chunked, full, rtol=0, atol=PER_TOKEN_TOLERANCE)
     for i, (prompt, completion) in enumerate(sequences):
-        np.testing.assert_allclose(chunked[i, : len(completion)], direct_token_logps(tiny_weights, prompt, completion),
-                                   rtol=0, atol=PER_TOKEN_TOLERANCE)
+        np.testing.assert_allclose(
+            chunked[i, : len(completion)],
+            direct_token_logps(tiny_weights, prompt, completion),
+            rtol=0,
+            atol=PER_TOKEN_TOLERANCE,
+        )
 
 
 # --- gradients -----------------------------------------------------------------------------------------------------
@@ -171,8 +177,14 @@ def test_chunked_and_full_logits_give_equal_lora_gradients(tiny, tiny_weights, m
     add_adapter(model, LoraSettings(rank=4))
     # LoRA's B starts at zero, which would make every gradient for A zero: start from small random values instead.
     mx.random.seed(0)
-    model.load_weights([(k, 0.05 * mx.random.normal(v.shape)) for k, v in tree_flatten(model.trainable_parameters())
-                        if k.endswith("lora_b")], strict=False)
+    model.load_weights(
+        [
+            (k, 0.05 * mx.random.normal(v.shape))
+            for k, v in tree_flatten(model.trainable_parameters())
+            if k.endswith("lora_b")
+        ],
+        strict=False,
+    )
     monkeypatch.setattr(logprobs, "VOCAB_CHUNK", 5)  # several chunks per completion
     batch = make_batch(random_sequences([(7, 12), (3, 17), (12, 4), (5, 9)], seed=4))
 

@@ -2,13 +2,23 @@
 
 import math
 
-import mlx_dpo  # noqa: F401  (must come before mlx.core: it picks the BLAS)
 import mlx.core as mx
 import pytest
 
+import mlx_dpo  # noqa: F401  (must come before mlx.core: it picks the BLAS)
 from mlx_dpo.settings import LOSS_TYPES, TrainingArgs
-from mlx_dpo.training.losses import (combined_loss, f_scores, implicit_rewards, kto_loss, kto_reference_point,
-                                     orpo_log_odds, preference_loss, rpo_nll, simpo_rewards, wpo_weights)
+from mlx_dpo.training.losses import (
+    combined_loss,
+    f_scores,
+    implicit_rewards,
+    kto_loss,
+    kto_reference_point,
+    orpo_log_odds,
+    preference_loss,
+    rpo_nll,
+    simpo_rewards,
+    wpo_weights,
+)
 
 PAIR_LOSSES = [t for t in LOSS_TYPES if t != "kto"]
 
@@ -72,8 +82,9 @@ def test_cdpo_is_sigmoid_with_label_smoothing_conservative_dpo():
 def test_exo_pair_is_the_kl_from_the_smoothed_label_distribution():
     # q = σ(βΔ): q·(log q − log(1−ε)) + (1−q)·(log(1−q) − log ε)
     for eps in (1e-3, 0.2):
-        expected = [sig(x) * (logsig(x) - math.log(1 - eps)) + sig(-x) * (logsig(-x) - math.log(eps))
-                    for x in (0.3, -0.3)]
+        expected = [
+            sig(x) * (logsig(x) - math.log(1 - eps)) + sig(-x) * (logsig(-x) - math.log(eps)) for x in (0.3, -0.3)
+        ]
         assert close(loss("exo_pair", label_smoothing=eps), expected)
 
 
@@ -95,8 +106,9 @@ def test_sppo_hard_regresses_each_log_ratio_onto_plus_minus_half_inverse_beta():
 
 def test_aot_sorts_policy_and_reference_margins_within_the_batch():
     # π_c − π_r = [4, −5, 1] sorted [−5, 1, 4]; ref_c − ref_r = [1, −2, 0] sorted [−2, 0, 1]; δ = [−3, 1, 3]
-    arrays = dict(pi_c=[-10.0, -20.0, -5.0], pi_r=[-14.0, -15.0, -6.0], ref_c=[-11.0, -18.0, -7.0],
-                  ref_r=[-12.0, -16.0, -7.0])
+    arrays = dict(
+        pi_c=[-10.0, -20.0, -5.0], pi_r=[-14.0, -15.0, -6.0], ref_c=[-11.0, -18.0, -7.0], ref_r=[-12.0, -16.0, -7.0]
+    )
     assert close(loss("aot", **arrays), [softplus(0.3), softplus(-0.1), softplus(-0.3)])
     eps = 0.2  # the cdpo form on the sorted δ
     expected = [0.8 * softplus(-x) + 0.2 * softplus(x) for x in (-0.3, 0.1, 0.3)]
@@ -106,8 +118,13 @@ def test_aot_sorts_policy_and_reference_margins_within_the_batch():
 def test_aot_unpaired_sorts_chosen_and_rejected_log_ratios_apart():
     # u_c = [1, −2] sorted [−2, 1]; u_r = [−2, 1] sorted [−2, 1]; δ = [0, 0]
     assert close(loss("aot_unpaired"), [math.log(2), math.log(2)])
-    out = loss("aot_unpaired", pi_c=[-10.0, -20.0, 0.0], pi_r=[-14.0, -15.0, 0.0], ref_c=[-11.0, -18.0, -3.0],
-               ref_r=[-12.0, -16.0, 0.0])
+    out = loss(
+        "aot_unpaired",
+        pi_c=[-10.0, -20.0, 0.0],
+        pi_r=[-14.0, -15.0, 0.0],
+        ref_c=[-11.0, -18.0, -3.0],
+        ref_r=[-12.0, -16.0, 0.0],
+    )
     # u_c = [1, −2, 3] sorted [−2, 1, 3]; u_r = [−2, 1, 0] sorted [−2, 0, 1]; δ = [0, 1, 2]
     assert close(out, [softplus(0.0), softplus(-0.1), softplus(-0.2)])
 
@@ -142,10 +159,13 @@ def test_sigmoid_norm_is_dpo_on_per_token_log_ratios():
 def test_orpo_is_chosen_nll_minus_beta_log_sigmoid_of_the_log_odds_ratio():
     def log_odds(c, r):  # on per-token means: log(p/(1−p)) of each
         return (c - math.log1p(-math.exp(c))) - (r - math.log1p(-math.exp(r)))
+
     pc, pr = [c / n for c, n in zip(PI_C, LEN_C)], [r / n for r, n in zip(PI_R, LEN_R)]
     nll = 30 / 9
-    assert close(orpo_log_odds(mx.array(PI_C), mx.array(PI_R), mx.array(LEN_C), mx.array(LEN_R)),
-                 [log_odds(c, r) for c, r in zip(pc, pr)])
+    assert close(
+        orpo_log_odds(mx.array(PI_C), mx.array(PI_R), mx.array(LEN_C), mx.array(LEN_R)),
+        [log_odds(c, r) for c, r in zip(pc, pr)],
+    )
     for beta in (0.1, 0.5):
         expected = [nll - beta * logsig(log_odds(c, r)) for c, r in zip(pc, pr)]
         assert close(loss("orpo", ref_c=None, ref_r=None, beta=beta, **lengths()), expected)
@@ -154,8 +174,12 @@ def test_orpo_is_chosen_nll_minus_beta_log_sigmoid_of_the_log_odds_ratio():
 # f'(t) at t = π/ref = e^u, with its constants, written from the f-DPO paper's table (TRL 1.16's scores).
 def f_prime(divergence: str, u: float, alpha: float = 0.5) -> float:
     t = math.exp(u)
-    return {"reverse_kl": math.log(t), "forward_kl": 1 - 1 / t, "js_divergence": math.log(2 * t / (1 + t)),
-            "alpha_divergence": (t ** (alpha - 1) - 1) / (alpha - 1)}[divergence]
+    return {
+        "reverse_kl": math.log(t),
+        "forward_kl": 1 - 1 / t,
+        "js_divergence": math.log(2 * t / (1 + t)),
+        "alpha_divergence": (t ** (alpha - 1) - 1) / (alpha - 1),
+    }[divergence]
 
 
 DIVERGENCES = ["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"]
@@ -166,21 +190,23 @@ TAU = 0.05
 def formula(loss_type: str, divergence: str) -> list[float]:
     """TRL 1.16's DPOTrainer loss per pair, from the scores s = f'(t) of the two pairs above, in plain Python."""
     out = []
-    for c, r, lc, lr, pc in zip(U_C, U_R, LEN_C, LEN_R, PI_C):
+    for c, r, lc, lr, _pc in zip(U_C, U_R, LEN_C, LEN_R, PI_C):
         sc, sr = f_prime(divergence, c), f_prime(divergence, r)
         x = BETA * (sc - sr)  # β·Δ
         q, q_bar = sig(x), sig(-x)
-        out.append({
-            "sigmoid": softplus(-x),
-            "cdpo": (1 - EPS) * softplus(-x) + EPS * softplus(x),
-            "robust": ((1 - EPS) * softplus(-x) - EPS * softplus(x)) / (1 - 2 * EPS),
-            "hinge": max(0.0, 1 - x),
-            "ipo": (sc / lc - sr / lr - 1 / (2 * BETA)) ** 2,
-            "exo_pair": q * (math.log(q) - math.log(1 - EPS)) + q_bar * (math.log(q_bar) - math.log(EPS)),
-            "discopop": (1 - sig(x / TAU)) * softplus(-x) + sig(x / TAU) * math.exp(-x),
-            "sigmoid_norm": softplus(-BETA * (sc / lc - sr / lr)),
-            "sft": -sum(PI_C) / sum(LEN_C),
-        }[loss_type])
+        out.append(
+            {
+                "sigmoid": softplus(-x),
+                "cdpo": (1 - EPS) * softplus(-x) + EPS * softplus(x),
+                "robust": ((1 - EPS) * softplus(-x) - EPS * softplus(x)) / (1 - 2 * EPS),
+                "hinge": max(0.0, 1 - x),
+                "ipo": (sc / lc - sr / lr - 1 / (2 * BETA)) ** 2,
+                "exo_pair": q * (math.log(q) - math.log(1 - EPS)) + q_bar * (math.log(q_bar) - math.log(EPS)),
+                "discopop": (1 - sig(x / TAU)) * softplus(-x) + sig(x / TAU) * math.exp(-x),
+                "sigmoid_norm": softplus(-BETA * (sc / lc - sr / lr)),
+                "sft": -sum(PI_C) / sum(LEN_C),
+            }[loss_type]
+        )
     return out
 
 
@@ -191,8 +217,10 @@ def test_f_scores_are_f_prime_of_the_ratio_constants_included():
     for divergence in DIVERGENCES:
         u = [1.0, -2.0, 0.0, 3.5]
         assert close(f_scores(mx.array(u), divergence, 0.5), [f_prime(divergence, x) for x in u])
-    assert close(f_scores(mx.array([1.0, -2.0]), "alpha_divergence", 0.3), [f_prime("alpha_divergence", x, 0.3)
-                                                                           for x in (1.0, -2.0)])
+    assert close(
+        f_scores(mx.array([1.0, -2.0]), "alpha_divergence", 0.3),
+        [f_prime("alpha_divergence", x, 0.3) for x in (1.0, -2.0)],
+    )
 
 
 @pytest.mark.parametrize("divergence", DIVERGENCES)
@@ -218,8 +246,10 @@ def test_an_f_divergence_is_refused_where_trl_refuses_it(loss_type, divergence):
 
 
 def test_alpha_divergence_at_alpha_one_is_reverse_kl():
-    assert close(loss("sigmoid", f_divergence_type="alpha_divergence", f_alpha_divergence_coef=1.0),
-                 [softplus(-0.3), softplus(0.3)])
+    assert close(
+        loss("sigmoid", f_divergence_type="alpha_divergence", f_alpha_divergence_coef=1.0),
+        [softplus(-0.3), softplus(0.3)],
+    )
 
 
 def test_wpo_weights_are_the_mean_per_token_log_ratio_to_sum_p_squared_of_both_answers_multiplied():
@@ -307,9 +337,16 @@ def test_reward_helpers():
 @pytest.mark.parametrize("loss_type", [t for t in PAIR_LOSSES if t not in ("apo_down", "aot", "aot_unpaired", "sft")])
 def test_a_pair_where_the_policy_favours_chosen_more_has_lower_loss(loss_type):
     # Same rejected side; the policy gives the chosen answer 2 nats more in the first pair than in the second.
-    out = loss(loss_type, pi_c=[-8.0, -10.0], pi_r=[-12.0, -12.0], ref_c=[-10.0, -10.0], ref_r=[-12.0, -12.0],
-               chosen_lengths=mx.array([4, 4]), rejected_lengths=mx.array([4, 4]),
-               label_smoothing=1e-3 if loss_type == "exo_pair" else 0.0)
+    out = loss(
+        loss_type,
+        pi_c=[-8.0, -10.0],
+        pi_r=[-12.0, -12.0],
+        ref_c=[-10.0, -10.0],
+        ref_r=[-12.0, -12.0],
+        chosen_lengths=mx.array([4, 4]),
+        rejected_lengths=mx.array([4, 4]),
+        label_smoothing=1e-3 if loss_type == "exo_pair" else 0.0,
+    )
     first, second = out.tolist()
     assert first < second
 
@@ -318,8 +355,9 @@ def test_a_pair_where_the_policy_favours_chosen_more_has_lower_loss(loss_type):
 def test_gradient_pushes_chosen_logps_up(loss_type):
     # Descending the loss must raise the chosen log-prob: d(mean loss)/d(π_c) < 0.
     def mean_loss(pi_c):
-        return preference_loss(pi_c, mx.array(PI_R), mx.array(REF_C), mx.array(REF_R), loss_type=loss_type,
-                               beta=BETA, **lengths()).mean()
+        return preference_loss(
+            pi_c, mx.array(PI_R), mx.array(REF_C), mx.array(REF_R), loss_type=loss_type, beta=BETA, **lengths()
+        ).mean()
 
     grad = mx.grad(mean_loss)(mx.array(PI_C))
     assert all(g < 0 for g in grad.tolist())
@@ -334,13 +372,21 @@ def test_sigmoid_gradient_matches_hand_derivative():
 
 @pytest.mark.parametrize(
     "loss_type, label_smoothing",
-    [(t, 1e-3 if t == "exo_pair" else 0.0) for t in PAIR_LOSSES] + [("cdpo", 0.2), ("robust", 0.2), ("aot", 0.2)]
+    [(t, 1e-3 if t == "exo_pair" else 0.0) for t in PAIR_LOSSES] + [("cdpo", 0.2), ("robust", 0.2), ("aot", 0.2)],
 )
 def test_huge_margins_stay_finite(loss_type, label_smoothing):
     def mean_loss(pi_c):
-        return preference_loss(pi_c, mx.zeros(2), mx.zeros(2), mx.zeros(2), loss_type=loss_type, beta=1.0,
-                               label_smoothing=label_smoothing, chosen_lengths=mx.ones(2),
-                               rejected_lengths=mx.ones(2)).mean()
+        return preference_loss(
+            pi_c,
+            mx.zeros(2),
+            mx.zeros(2),
+            mx.zeros(2),
+            loss_type=loss_type,
+            beta=1.0,
+            label_smoothing=label_smoothing,
+            chosen_lengths=mx.ones(2),
+            rejected_lengths=mx.ones(2),
+        ).mean()
 
     pi_c = mx.array([1000.0, -1000.0])  # Δ = ±1000
     value, grad = mx.value_and_grad(mean_loss)(pi_c)
@@ -397,16 +443,19 @@ def test_exo_pair_needs_label_smoothing():
         loss("exo_pair")
 
 
-@pytest.mark.parametrize("settings, message", [
-    (dict(loss_type="sigmoid,sft", loss_weights=[1.0]), "needs one weight per loss"),
-    (dict(loss_type="sigmoid,orpo"), "they each train alone"),
-    (dict(loss_type="kto,sigmoid"), "they each train alone"),
-    (dict(loss_type="sigmoid,dpo"), "unknown loss_type 'dpo'"),
-    (dict(loss_type="aot", use_weighting=True), "does not apply to --loss aot"),
-    (dict(ld_alpha=1.5), r"must be in \[0, 1\]"),
-    (dict(loss_type="kto", ld_alpha=0.5), "does not apply to kto"),
-    (dict(f_divergence_type="kl"), "unknown f_divergence_type 'kl'"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(loss_type="sigmoid,sft", loss_weights=[1.0]), "needs one weight per loss"),
+        (dict(loss_type="sigmoid,orpo"), "they each train alone"),
+        (dict(loss_type="kto,sigmoid"), "they each train alone"),
+        (dict(loss_type="sigmoid,dpo"), "unknown loss_type 'dpo'"),
+        (dict(loss_type="aot", use_weighting=True), "does not apply to --loss aot"),
+        (dict(ld_alpha=1.5), r"must be in \[0, 1\]"),
+        (dict(loss_type="kto", ld_alpha=0.5), "does not apply to kto"),
+        (dict(f_divergence_type="kl"), "unknown f_divergence_type 'kl'"),
+    ],
+)
 def test_combination_rules_are_settings_checks(settings, message):
     with pytest.raises(ValueError, match=message):
         TrainingArgs(**settings)

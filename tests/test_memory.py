@@ -7,8 +7,8 @@ test_long_inputs.py (it runs a real step anyway).
 """
 
 import pytest
-
 from helpers import write_jsonl
+
 from mlx_dpo.api import train
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.settings import LoraSettings, TrainingArgs
@@ -49,23 +49,27 @@ def test_the_estimate_grows_with_the_batch_and_the_length_and_shrinks_with_grad_
     assert longer.total > base.total and wider.total > base.total
     # One pair: the training step, not the reference pass's forward on twice the pairs, sets the peak.
     kept = estimate(tiny_loaded.model, tiny_loaded.config, pairs(1, 64, 512), args, lora)
-    saved = estimate(tiny_loaded.model, tiny_loaded.config, pairs(1, 64, 512),
-                     TrainingArgs(batch_size=4, grad_checkpoint=True), lora)
+    saved = estimate(
+        tiny_loaded.model, tiny_loaded.config, pairs(1, 64, 512), TrainingArgs(batch_size=4, grad_checkpoint=True), lora
+    )
     assert saved.total < kept.total
 
 
 def test_a_batch_that_fits_is_reported_with_its_estimate_and_the_limit(tiny_loaded, monkeypatch):
     monkeypatch.delenv(LIMIT_ENV, raising=False)
-    line = check_fits(tiny_loaded.model, tiny_loaded.config, pairs(4, 32, 32), TrainingArgs(batch_size=2),
-                      LoraSettings())
+    line = check_fits(
+        tiny_loaded.model, tiny_loaded.config, pairs(4, 32, 32), TrainingArgs(batch_size=2), LoraSettings()
+    )
     assert line.startswith("memory: about ") and "B at peak for 2 pair(s), prompt 32 + answer 32 tokens" in line
     assert "(estimate; limit " in line
 
 
 def test_a_run_that_would_not_fit_stops_before_the_reference_pass_with_one_line(tiny_loaded, tmp_path, monkeypatch):
     monkeypatch.setenv(LIMIT_ENV, "1MB")
-    data = write_jsonl(tmp_path / "pairs.jsonl", *[
-        {"prompt": f"Question {i}?", "chosen": f"Answer {i}.", "rejected": "No."} for i in range(4)])
+    data = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        *[{"prompt": f"Question {i}?", "chosen": f"Answer {i}.", "rejected": "No."} for i in range(4)],
+    )
     with pytest.raises(MlxDpoError) as info:
         train(data, loaded=tiny_loaded, adapter_path=tmp_path / "adapter", iters=1, batch_size=2)
     message = str(info.value)

@@ -6,11 +6,11 @@ One tiny model is shared by the step tests (each takes one step); the run tests 
 
 import math
 
-import mlx_dpo  # noqa: F401  (must come before mlx.core: it picks the BLAS)
 import mlx.core as mx
 import pytest
-
 from helpers import write_jsonl
+
+import mlx_dpo  # noqa: F401  (must come before mlx.core: it picks the BLAS)
 from mlx_dpo.data.feedback import Feedback, feedback_from_pairs, kto_pairs, load_feedback
 from mlx_dpo.data.pairs import PreferencePair, load_pairs
 from mlx_dpo.errors import MlxDpoError
@@ -36,6 +36,7 @@ def step_setup(tiny):
     pairs = load_pairs(DEMO).pairs[:2]
     encoded, _ = Encoder(loaded.tokenizer).encode_all(pairs)
     import dataclasses
+
     encoded = [dataclasses.replace(p, desirable=i % 2 == 0) for i, p in enumerate(encoded)]
     ref = RefLogps({p: (-150.0 - i, -300.0 + i) for i, p in enumerate(encoded)})
     loaded.model.train()
@@ -71,6 +72,7 @@ def test_every_loss_trains_a_compiled_step_with_the_uncompiled_value(step_setup,
     assert metrics.keys() == plain_metrics.keys()
     assert all(v.shape == (len(encoded),) for v in metrics.values())
     from mlx.utils import tree_flatten
+
     assert any(mx.abs(g).max().item() > 0 for _, g in tree_flatten(grads))
 
 
@@ -78,11 +80,28 @@ def test_each_method_logs_trls_metric_names(step_setup):
     from mlx_dpo.training.trainer import make_step
 
     model, encoded, ref, checks = step_setup
-    dpo = {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-           "logps/rejected", "loss"}
-    expected = {"sigmoid": dpo, "orpo": dpo | {"nll_loss", "log_odds_ratio", "log_odds_chosen"},
-                "kto": {"kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
-                        "logps/rejected", "loss"}}
+    dpo = {
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "loss",
+    }
+    expected = {
+        "sigmoid": dpo,
+        "orpo": dpo | {"nll_loss", "log_odds_ratio", "log_odds_chosen"},
+        "kto": {
+            "kl",
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "logps/chosen",
+            "logps/rejected",
+            "loss",
+        },
+    }
     for loss_type, names in expected.items():
         step = make_step(model, TrainingArgs(loss_type=loss_type, compile=False), checks=checks)
         (_, metrics), _ = step(step.batch(encoded, ref))
@@ -116,8 +135,9 @@ def test_ld_alpha_weights_the_tokens_past_the_shorter_answer():
 
 
 def test_orpo_runs_without_a_reference_pass_or_cache(tmp_path, tiny, fresh_cache):
-    result = train(DEMO, model=str(tiny), adapter_path=tmp_path / "orpo", loss_type="orpo", iters=1,
-                   batch_size=2, compile=False)
+    result = train(
+        DEMO, model=str(tiny), adapter_path=tmp_path / "orpo", loss_type="orpo", iters=1, batch_size=2, compile=False
+    )
     assert (result.reference.hits, result.reference.misses, result.reference.seconds) == (0, 0, 0.0)
     assert (result.metrics["ref_cache/hits"], result.metrics["ref_cache/misses"]) == (0, 0)
     assert not list(home().rglob("*.sqlite"))  # no cache file was created
@@ -127,22 +147,43 @@ def test_orpo_runs_without_a_reference_pass_or_cache(tmp_path, tiny, fresh_cache
 def test_kto_trains_from_answers_marked_good_or_bad_with_cached_reference(tmp_path, tiny, fresh_cache):
     pairs = load_pairs(DEMO).pairs[:3]
     rows = [{"prompt": p.prompt, "completion": p.chosen, "label": True} for p in pairs] + [
-        {"prompt": p.prompt[-1]["content"], "completion": p.rejected, "label": False} for p in pairs]
+        {"prompt": p.prompt[-1]["content"], "completion": p.rejected, "label": False} for p in pairs
+    ]
     data = write_jsonl(tmp_path / "feedback.jsonl", *rows)
-    first = train(data, model=str(tiny), adapter_path=tmp_path / "a", loss_type="kto", iters=1, batch_size=3,
-                  compile=False, desirable_weight=1.5)
+    first = train(
+        data,
+        model=str(tiny),
+        adapter_path=tmp_path / "a",
+        loss_type="kto",
+        iters=1,
+        batch_size=3,
+        compile=False,
+        desirable_weight=1.5,
+    )
     assert first.reference.misses == 12 and first.reference.hits == 0  # own and mismatched answer per example
     assert "kl" in first.metrics and first.metrics["kl"] >= 0
-    again = train(data, model=str(tiny), adapter_path=tmp_path / "b", loss_type="kto", iters=1, batch_size=3,
-                  compile=False, desirable_weight=1.5)
+    again = train(
+        data,
+        model=str(tiny),
+        adapter_path=tmp_path / "b",
+        loss_type="kto",
+        iters=1,
+        batch_size=3,
+        compile=False,
+        desirable_weight=1.5,
+    )
     assert (again.reference.hits, again.reference.misses) == (12, 0)
     assert again.metrics["loss"] == pytest.approx(first.metrics["loss"], rel=1e-5)
 
 
 def test_feedback_rows_are_checked_line_by_line(tmp_path):
-    path = write_jsonl(tmp_path / "fb.jsonl", {"prompt": "Hi", "completion": "Hello", "label": True},
-                       {"prompt": "Hi", "completion": "", "label": False},
-                       {"prompt": "Hi", "completion": "Yo", "label": "yes"}, "{not json")
+    path = write_jsonl(
+        tmp_path / "fb.jsonl",
+        {"prompt": "Hi", "completion": "Hello", "label": True},
+        {"prompt": "Hi", "completion": "", "label": False},
+        {"prompt": "Hi", "completion": "Yo", "label": "yes"},
+        "{not json",
+    )
     with pytest.raises(MlxDpoError) as e:
         load_feedback(path)
     text = str(e.value)
@@ -159,11 +200,17 @@ def test_pairs_feed_kto_as_one_good_and_one_bad_answer_each(tmp_path):
     pairs = [PreferencePair("a", user, "good a", "bad a"), PreferencePair("b", user, "good b", "bad b")]
     examples = feedback_from_pairs(pairs)
     assert [(f.completion, f.desirable) for f in examples] == [
-        ("good a", True), ("good b", True), ("bad a", False), ("bad b", False)]
-    path = write_jsonl(tmp_path / "pairs.jsonl", *({"prompt": "Q", "chosen": p.chosen, "rejected": p.rejected}
-                                                   for p in pairs))
-    assert [(f.completion, f.desirable) for f in load_feedback(path)[0]] == [(f.completion, f.desirable)
-                                                                              for f in examples]
+        ("good a", True),
+        ("good b", True),
+        ("bad a", False),
+        ("bad b", False),
+    ]
+    path = write_jsonl(
+        tmp_path / "pairs.jsonl", *({"prompt": "Q", "chosen": p.chosen, "rejected": p.rejected} for p in pairs)
+    )
+    assert [(f.completion, f.desirable) for f in load_feedback(path)[0]] == [
+        (f.completion, f.desirable) for f in examples
+    ]
 
 
 def test_kto_mismatched_answers_rotate_within_each_batch_sized_chunk():
@@ -171,8 +218,12 @@ def test_kto_mismatched_answers_rotate_within_each_batch_sized_chunk():
     examples = [Feedback(str(i), user, f"answer {i}", i % 2 == 0) for i in range(5)]
     laid_out, labels = kto_pairs(examples, batch_size=2)
     assert [(p.chosen, p.rejected) for p in laid_out] == [
-        ("answer 0", "answer 1"), ("answer 1", "answer 0"), ("answer 2", "answer 3"), ("answer 3", "answer 2"),
-        ("answer 4", "answer 4")]
+        ("answer 0", "answer 1"),
+        ("answer 1", "answer 0"),
+        ("answer 2", "answer 3"),
+        ("answer 3", "answer 2"),
+        ("answer 4", "answer 4"),
+    ]
     assert labels == {"0": True, "1": False, "2": True, "3": False, "4": True}
 
 
@@ -188,8 +239,10 @@ def test_the_store_keeps_answers_marked_good_or_bad_until_a_finished_round_train
     with PreferenceStore(workspace) as store:
         bad = store.add_feedback(user, "a poor answer", False, sampler="tiny@0.7")
         good = store.add_feedback("Q", "a fine answer", True)
-        assert [(f.completion, f.desirable) for f in store.list_feedback()] == [("a poor answer", False),
-                                                                                ("a fine answer", True)]
+        assert [(f.completion, f.desirable) for f in store.list_feedback()] == [
+            ("a poor answer", False),
+            ("a fine answer", True),
+        ]
         assert good.prompt == user and bad.to_feedback().desirable is False
         with pytest.raises(MlxDpoError, match="answer is empty"):
             store.add_feedback(user, "  ", True)

@@ -9,7 +9,8 @@ import shutil
 import mlx.core as mx
 import pytest
 from mlx.utils import tree_flatten
-from mlx_lm.utils import load_model as mlx_load_model, quantize_model
+from mlx_lm.utils import load_model as mlx_load_model
+from mlx_lm.utils import quantize_model
 
 from mlx_dpo.cli import main
 from mlx_dpo.errors import MlxDpoError
@@ -32,19 +33,37 @@ def cut_in_half(file):
 # (damage, the file the message names (relative to the folder; "" is the folder), what it says)
 CASES = {
     "missing-tokenizer": (lambda d: [(d / n).unlink() for n in TOKENIZER], "", "no tokenizer (tokenizer.json"),
-    "broken-tokenizer": (lambda d: (d / "tokenizer.json").write_text("{oops"), "",
-                         "cannot load the tokenizer (Failed to parse tokenizer.json"),
-    "config-wider-than-weights": (lambda d: set_config(d, hidden_size=128), "model.safetensors",
-                                  "model.embed_tokens.weight has shape (49152, 64) but config.json calls for "
-                                  "(49152, 128); the config does not match the weights"),
-    "config-with-more-layers": (lambda d: set_config(d, num_hidden_layers=3), "config.json",
-                                "calls for 9 parameter(s) the weights lack (e.g. model.layers.2."),
-    "truncated-weights": (lambda d: cut_in_half(d / "model.safetensors"), "model.safetensors",
-                          "truncated or not a safetensors file ("),
-    "weights-cut-inside-the-header": (lambda d: (d / "model.safetensors").write_bytes(b"\x10\x27" + b"\0" * 10),
-                                      "model.safetensors", "truncated or not a safetensors file (12 bytes"),
-    "unknown-architecture": (lambda d: set_config(d, model_type="no_such_arch"), "config.json",
-                             "model_type 'no_such_arch' is not an architecture mlx-lm"),
+    "broken-tokenizer": (
+        lambda d: (d / "tokenizer.json").write_text("{oops"),
+        "",
+        "cannot load the tokenizer (Failed to parse tokenizer.json",
+    ),
+    "config-wider-than-weights": (
+        lambda d: set_config(d, hidden_size=128),
+        "model.safetensors",
+        "model.embed_tokens.weight has shape (49152, 64) but config.json calls for "
+        "(49152, 128); the config does not match the weights",
+    ),
+    "config-with-more-layers": (
+        lambda d: set_config(d, num_hidden_layers=3),
+        "config.json",
+        "calls for 9 parameter(s) the weights lack (e.g. model.layers.2.",
+    ),
+    "truncated-weights": (
+        lambda d: cut_in_half(d / "model.safetensors"),
+        "model.safetensors",
+        "truncated or not a safetensors file (",
+    ),
+    "weights-cut-inside-the-header": (
+        lambda d: (d / "model.safetensors").write_bytes(b"\x10\x27" + b"\0" * 10),
+        "model.safetensors",
+        "truncated or not a safetensors file (12 bytes",
+    ),
+    "unknown-architecture": (
+        lambda d: set_config(d, model_type="no_such_arch"),
+        "config.json",
+        "model_type 'no_such_arch' is not an architecture mlx-lm",
+    ),
     "no-model-type": (lambda d: set_config(d, model_type=""), "config.json", "no model_type"),
     "missing-config": (lambda d: (d / "config.json").unlink(), "", "not a model folder (no config.json)"),
     "missing-weights": (lambda d: (d / "model.safetensors").unlink(), "", "no model*.safetensors weights"),
@@ -58,6 +77,7 @@ def damaged(tiny, tmp_path):
         shutil.copytree(tiny, folder)
         damage(folder)
         return folder
+
     return make
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
-
 from helpers import assert_clean_error, make_tiny_model_folder, run_cli
+
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.models.generate import answer, chat_messages
 from mlx_dpo.models.load import converted_dir, default_gguf, load_model, resolve_model_path
@@ -68,8 +68,9 @@ def test_cli_generate_streams_an_answer_on_the_default_model():
 def test_repo_id_resolves_from_a_local_hf_cache_while_offline(tmp_path: Path, default_model_path: Path):
     tiny = make_tiny_model_folder(tmp_path / "tiny", default_model_path)
     snapshot = lay_out_like_hf_cache(tmp_path / "hf", "acme/tiny-llama", tiny)
-    result = run_cli("convert", "--model", "acme/tiny-llama",
-                     env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    result = run_cli(
+        "convert", "--model", "acme/tiny-llama", env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    )
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()) == snapshot
     loaded = load_model(str(snapshot))
@@ -85,8 +86,14 @@ def test_local_mlx_lm_folder_loads_directly(tmp_path: Path, default_model_path: 
 
 
 def test_unknown_repo_id_while_offline_is_one_clear_line(tmp_path: Path):
-    result = run_cli("generate", "--model", "nobody/no-such-model", "--prompt", "hi",
-                     env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
+    result = run_cli(
+        "generate",
+        "--model",
+        "nobody/no-such-model",
+        "--prompt",
+        "hi",
+        env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"},
+    )
     assert_clean_error(result, "nobody/no-such-model", "not in the Hugging Face cache", "HF_HUB_OFFLINE")
 
 
@@ -156,8 +163,14 @@ def test_an_adapter_for_another_base_is_one_line_naming_the_tensor(tmp_path: Pat
     small = make_tiny_model_folder(tmp_path / "small", default_model_path, hidden=32, seed=1)
     adapter = make_adapter(str(small), tmp_path / "adapter")
     result = run_cli("generate", "--model", str(tiny), "--adapter-path", str(adapter), "--prompt", "hi")
-    assert_clean_error(result, "adapter does not fit tiny", "down_proj.lora_a has shape [64, 4]", "maps 128 to 64",
-                       f"trained on '{small}'", "--model")
+    assert_clean_error(
+        result,
+        "adapter does not fit tiny",
+        "down_proj.lora_a has shape [64, 4]",
+        "maps 128 to 64",
+        f"trained on '{small}'",
+        "--model",
+    )
     (tmp_path / "empty").mkdir()
     with pytest.raises(MlxDpoError, match=r"empty: not an adapter folder \(no adapter_config.json\)"):
         load_model(str(tiny), adapter_path=tmp_path / "empty")
@@ -233,7 +246,7 @@ def test_an_exception_inside_session_adapter_leaves_the_previous_adapter_on(tmp_
     with pytest.raises(ZeroDivisionError):
         with session.adapter(v2):
             assert session.adapter_path == v2 and not mx.array_equal(session.model(tokens), on_v1)
-            1 / 0
+            raise ZeroDivisionError  # an error inside the block
     assert session.adapter_path == v1
     assert mx.array_equal(session.model(tokens), on_v1)
     with session.base():

@@ -7,22 +7,34 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import held_child, run_cli, user
 
 from mlx_dpo.data.online_records import PromptRef
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
-from helpers import held_child, run_cli, user
 
 # --- provenance in the store ------------------------------------------------------------------------------
 
 
 def test_a_pair_keeps_its_judge_its_sampling_version_and_which_answer_was_shown_first(workspace):
     with PreferenceStore(workspace) as s:
-        pair = s.add_pair([user("Hi?")], "Hello!", "Go.", origin="sampled", judge="score:j.py:short",
-                          version="v2", shown_first="rejected")
+        pair = s.add_pair(
+            [user("Hi?")],
+            "Hello!",
+            "Go.",
+            origin="sampled",
+            judge="score:j.py:short",
+            version="v2",
+            shown_first="rejected",
+        )
     with PreferenceStore(workspace) as s:
         again = s.get_pair(pair.id)
-    assert (again.judge, again.version, again.shown_first, again.overruled) == ("score:j.py:short", "v2", "rejected", None)
+    assert (again.judge, again.version, again.shown_first, again.overruled) == (
+        "score:j.py:short",
+        "v2",
+        "rejected",
+        None,
+    )
 
 
 def test_a_pair_labeled_by_a_person_has_no_judge(workspace):
@@ -62,7 +74,9 @@ def test_a_prompt_file_position_is_recorded_with_its_pair_and_cannot_be_judged_t
             s.add_pair("Hi?", "Hi!", "No.", online=PromptRef("/p.txt", 0, 2))
         used = s.online_prompts("/p.txt")
         assert [(u.position, u.round, u.pair_id, u.skip_id, u.trained) for u in used] == [
-            (0, 1, pair.id, None, False), (1, 1, None, skip.id, False)]
+            (0, 1, pair.id, None, False),
+            (1, 1, None, skip.id, False),
+        ]
         assert [u.tie for u in used] == [False, True]
         assert s.count_pairs() == 1  # the refused one left nothing behind
 
@@ -71,15 +85,22 @@ def test_a_prompt_file_position_is_recorded_with_its_pair_and_cannot_be_judged_t
 
 # A score judge a 2-layer random model can learn in a couple of short rounds, and a real preference: the
 # share of an answer's characters that are spaces (the model must shift towards short, space-led tokens).
-SPACES_JUDGE = '''
+SPACES_JUDGE = """
 def spaces(prompt, answer):
     return answer.count(" ") / max(1, len(answer))
-'''
+"""
 # Sampling hot enough that two answers differ, short enough to be cheap; steps large enough to move a tiny model.
 SAMPLER = {"temperature": 2.0, "max_tokens": 8}
 # The loop alone: no NLL anchor and every round kept (tests/test_acceptance.py checks the rule on its own).
-ROUND = {"learning_rate": 2e-2, "iters": 8, "batch_size": 4, "beta": 0.1, "compile": False, "rpo_alpha": 0.0,
-         "accept": "always"}
+ROUND = {
+    "learning_rate": 2e-2,
+    "iters": 8,
+    "batch_size": 4,
+    "beta": 0.1,
+    "compile": False,
+    "rpo_alpha": 0.0,
+    "accept": "always",
+}
 
 
 def write_prompts(path: Path, count: int, start: int = 0) -> Path:
@@ -95,7 +116,8 @@ def spaces_judge(tmp_path) -> Path:
 
 
 def test_a_program_judges_rounds_raise_the_held_out_score_of_a_tiny_model_above_the_bases(
-        tiny, workspace, tmp_path, spaces_judge):
+    tiny, workspace, tmp_path, spaces_judge
+):
     from mlx_dpo import api
     from mlx_dpo.models.generate import SampleSettings
     from mlx_dpo.settings import OnlineSettings
@@ -103,16 +125,29 @@ def test_a_program_judges_rounds_raise_the_held_out_score_of_a_tiny_model_above_
     prompts = write_prompts(tmp_path / "prompts.txt", 16)
     held_out = [[user(f"Describe item {i}.")] for i in range(8)]
     events = []
-    reports = api.run_online(workspace, prompts, f"{spaces_judge}:spaces", model=str(tiny),
-                             online=OnlineSettings(rounds=2, per_round=8), eval_prompts=held_out,
-                             sample_settings=SampleSettings(**SAMPLER), settings={**ROUND, "heldout_samples": 2},
-                             on_event=events.append)
-    assert [(r.round, r.sampled_by, r.version, r.prompts) for r in reports] == [(1, "base", "v1", 8), (2, "v1", "v2", 8)]
+    reports = api.run_online(
+        workspace,
+        prompts,
+        f"{spaces_judge}:spaces",
+        model=str(tiny),
+        online=OnlineSettings(rounds=2, per_round=8),
+        eval_prompts=held_out,
+        sample_settings=SampleSettings(**SAMPLER),
+        settings={**ROUND, "heldout_samples": 2},
+        on_event=events.append,
+    )
+    assert [(r.round, r.sampled_by, r.version, r.prompts) for r in reports] == [
+        (1, "base", "v1", 8),
+        (2, "v1", "v2", 8),
+    ]
     # Round 1 sampled from the base, its reference: the sampled log-probs went into the reference cache. Round 2
     # sampled from v1 and trains against the base: nothing to keep (free_reference.sampler_is_reference).
-    kept = [e.message for e in events if getattr(e, "message", "").startswith("reference pass: ") and " kept" in e.message]
-    assert len(kept) == 1 and kept[0].endswith(("sampled answers' log-probs kept from sampling",
-                                                "(the others re-tokenize differently)")), kept
+    kept = [
+        e.message for e in events if getattr(e, "message", "").startswith("reference pass: ") and " kept" in e.message
+    ]
+    assert len(kept) == 1 and kept[0].endswith(
+        ("sampled answers' log-probs kept from sampling", "(the others re-tokenize differently)")
+    ), kept
     last = reports[-1].heldout
     assert last["heldout/score"] > last["heldout_base/score"], last
     with PreferenceStore(workspace) as s:
@@ -123,19 +158,48 @@ def test_a_program_judges_rounds_raise_the_held_out_score_of_a_tiny_model_above_
     for p in pairs:  # stored the judge's way round
         assert p.chosen.count(" ") / len(p.chosen) > p.rejected.count(" ") / max(1, len(p.rejected))
     # The same call again: this file's two rounds are done, so nothing is sampled, judged or trained.
-    assert api.run_online(workspace, prompts, f"{spaces_judge}:spaces", model=str(tiny),
-                          online=OnlineSettings(rounds=2, per_round=8)) == []
+    assert (
+        api.run_online(
+            workspace, prompts, f"{spaces_judge}:spaces", model=str(tiny), online=OnlineSettings(rounds=2, per_round=8)
+        )
+        == []
+    )
 
 
 def online_args(workspace: Path, prompts: Path, judge: Path, tiny: Path) -> list[str]:
     """A cheap `mlx-dpo online` run: 2 rounds of 4 prompts, 2 steps each, no held-out sampling."""
-    return ["online", "--workspace", str(workspace), "--prompts", str(prompts), "--judge", f"{judge}:spaces",
-            "--model", str(tiny), "--rounds", "2", "--per-round", "4", "--temperature", "2", "--max-tokens", "6",
-            "--iters", "2", "--batch-size", "4", "--no-compile", "--heldout-samples", "0", "--json"]
+    return [
+        "online",
+        "--workspace",
+        str(workspace),
+        "--prompts",
+        str(prompts),
+        "--judge",
+        f"{judge}:spaces",
+        "--model",
+        str(tiny),
+        "--rounds",
+        "2",
+        "--per-round",
+        "4",
+        "--temperature",
+        "2",
+        "--max-tokens",
+        "6",
+        "--iters",
+        "2",
+        "--batch-size",
+        "4",
+        "--no-compile",
+        "--heldout-samples",
+        "0",
+        "--json",
+    ]
 
 
 def test_a_run_killed_between_judging_and_training_keeps_every_judged_pair_and_goes_on_with_the_next_round(
-        tiny, workspace, tmp_path, spaces_judge):
+    tiny, workspace, tmp_path, spaces_judge
+):
     prompts = write_prompts(tmp_path / "prompts.txt", 8)
     args = online_args(workspace, prompts, spaces_judge, tiny)
     release = tmp_path / "release"
@@ -152,7 +216,9 @@ def test_a_run_killed_between_judging_and_training_keeps_every_judged_pair_and_g
     rounds = [json.loads(line) for line in restarted.stdout.splitlines() if line.startswith("{")]
     # Round 1 is trained first, on the pairs judged before the kill (none judged again), then round 2 follows.
     assert [(r["round"], r["sampled_by"], r["version"], r["prompts"]) for r in rounds] == [
-        (1, "base", "v1", 4), (2, "v1", "v2", 4)]
+        (1, "base", "v1", 4),
+        (2, "v1", "v2", 4),
+    ]
     assert rounds[0]["seconds"]["sampling"] == 0  # nothing was sampled again for round 1
     assert rounds[0]["pairs"] == len(judged) and rounds[0]["ties"] + rounds[0]["skips"] == skipped
     with PreferenceStore(workspace) as s:
@@ -175,17 +241,28 @@ def test_a_prompt_file_edited_under_a_judged_prompt_is_refused(workspace, tmp_pa
         run_online(workspace, prompts, load_judge(f"{spaces_judge}:spaces"))
 
 
-@pytest.mark.parametrize("extra, fragments", [
-    (["--prompts", "missing.txt"], ("missing.txt",)),
-    (["--per-round", "0"], ("--per-round",)),
-    (["--judge", "nowhere.py:f"], ("nowhere.py",)),
-])
+@pytest.mark.parametrize(
+    "extra, fragments",
+    [
+        (["--prompts", "missing.txt"], ("missing.txt",)),
+        (["--per-round", "0"], ("--per-round",)),
+        (["--judge", "nowhere.py:f"], ("nowhere.py",)),
+    ],
+)
 def test_bad_online_input_is_one_line_and_exit_2(tmp_path, spaces_judge, extra, fragments, capsys):
     from mlx_dpo.cli import main
 
     prompts = write_prompts(tmp_path / "prompts.txt", 2)
-    args = ["online", "--workspace", str(tmp_path / "ws"), "--prompts", str(prompts), "--judge", f"{spaces_judge}:spaces",
-            *extra]
+    args = [
+        "online",
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--prompts",
+        str(prompts),
+        "--judge",
+        f"{spaces_judge}:spaces",
+        *extra,
+    ]
     assert main(args) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("mlx-dpo: error: ") and all(f in lines[0] for f in fragments)
@@ -193,17 +270,35 @@ def test_bad_online_input_is_one_line_and_exit_2(tmp_path, spaces_judge, extra, 
 
 
 def test_the_human_judge_opens_the_app_with_the_prompt_file_as_its_queue_and_a_round_every_k_labels(
-        tmp_path, monkeypatch):
-    from tui.app import MlxDpoApp
-
+    tmp_path, monkeypatch
+):
     from mlx_dpo.cli import main
     from mlx_dpo.data.prompt_file import read_prompt_file
+    from tui.app import MlxDpoApp
 
     opened = []
     monkeypatch.setattr(MlxDpoApp, "run", lambda app, *a, **k: opened.append(app))  # the app itself: tests/test_tui*
     prompts = write_prompts(tmp_path / "prompts.txt", 3)
-    assert main(["online", "--workspace", str(tmp_path / "ws"), "--prompts", str(prompts), "--judge", "human",
-                 "--per-round", "2", "--learning-rate", "1e-4", "--temperature", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "online",
+                "--workspace",
+                str(tmp_path / "ws"),
+                "--prompts",
+                str(prompts),
+                "--judge",
+                "human",
+                "--per-round",
+                "2",
+                "--learning-rate",
+                "1e-4",
+                "--temperature",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     [app] = opened
     assert app.initial_queue.prompts == read_prompt_file(prompts)
     assert (app.per_round, app.train_settings, app.initial_settings.temperature) == (2, {"learning_rate": 1e-4}, 0.5)

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import held_child, run_console
+
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.training.versions import INTERRUPTED, record_interrupted
 
@@ -30,19 +30,45 @@ STAGES = {  # stage -> the pause point of round 1 where it is killed
     "training": "step:1",
     "heldout": "heldout",
 }
-PREFER_JUDGE = '''
+PREFER_JUDGE = """
 def first_in_order(prompt, answer_1, answer_2):
     return 1 if answer_1 <= answer_2 else 2
-'''
+"""
 
 
 def online_args(root: Path, workspace: Path, model: Path) -> list[str]:
     """Two rounds of 4 prompts, 2 one-pair steps each (a reference pass of 2 batches), held-out answers judged."""
-    return ["online", "--workspace", str(workspace), "--prompts", str(root / "prompts.txt"), "--judge",
-            f"{root / 'judge.py'}:first_in_order", "--model", str(model), "--rounds", str(ROUNDS), "--per-round",
-            str(PER_ROUND), "--temperature", "2", "--max-tokens", "4", "--iters", "2", "--batch-size", "1",
-            "--no-compile", "--eval-prompts", str(root / "eval.txt"), "--heldout-prompts", "2",
-            "--heldout-samples", "1", "--json"]
+    return [
+        "online",
+        "--workspace",
+        str(workspace),
+        "--prompts",
+        str(root / "prompts.txt"),
+        "--judge",
+        f"{root / 'judge.py'}:first_in_order",
+        "--model",
+        str(model),
+        "--rounds",
+        str(ROUNDS),
+        "--per-round",
+        str(PER_ROUND),
+        "--temperature",
+        "2",
+        "--max-tokens",
+        "4",
+        "--iters",
+        "2",
+        "--batch-size",
+        "1",
+        "--no-compile",
+        "--eval-prompts",
+        str(root / "eval.txt"),
+        "--heldout-prompts",
+        "2",
+        "--heldout-samples",
+        "1",
+        "--json",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +90,8 @@ def judged(workspace: Path, prompts: Path) -> dict[int, tuple]:
 
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_a_run_killed_at_any_stage_of_a_round_goes_on_to_the_same_rounds_losing_and_repeating_no_judgment(
-        root, small_model, tmp_path, fresh_cache, stage):
+    root, small_model, tmp_path, fresh_cache, stage
+):
     workspace, release, prompts = tmp_path / "ws", tmp_path / "release", root / "prompts.txt"
     args = online_args(root, workspace, small_model)
     with held_child(args, {"MLX_DPO_PAUSE_AT": STAGES[stage], "MLX_DPO_PAUSE_FILE": str(release)}, release, stage):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import errors, model_ready
+
 from mlx_dpo.data.pairs import (
     IDENTICAL_ANSWERS,
     TWO_DIFFERENT_ANSWERS,
@@ -33,8 +33,11 @@ BAD_PAIRS = [
     ("Q?", "Same answer.", "  Same answer.\n"),
     ([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}], "A.", "B."),
     ([{"role": "bot", "content": "Q?"}], "A.", "B."),
-    ([{"role": "user", "content": "Q?"}, {"role": "system", "content": "S."}, {"role": "user", "content": "Q?"}],
-     "A.", "B."),
+    (
+        [{"role": "user", "content": "Q?"}, {"role": "system", "content": "S."}, {"role": "user", "content": "Q?"}],
+        "A.",
+        "B.",
+    ),
 ]
 
 
@@ -43,8 +46,10 @@ def test_the_reader_and_the_store_refuse_a_bad_pair_with_the_same_problem(tmp_pa
     problem = pair_problem(prompt, chosen, rejected)
     assert problem is not None
     path = tmp_path / "pairs.jsonl"
-    path.write_text(json.dumps(GOOD) + "\n" + json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected})
-                    + "\n", encoding="utf-8")
+    path.write_text(
+        json.dumps(GOOD) + "\n" + json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}) + "\n",
+        encoding="utf-8",
+    )
     # The reader: file, line, and the function's field and message.
     (error,) = load_pairs(path, skip_invalid=True).errors
     assert error == RowError(str(path), 2, *problem)
@@ -66,8 +71,10 @@ def test_identical_answers_read_alike_everywhere(tmp_path):
     assert pair_problem("Q?", "Same.", " Same.\n") == IDENTICAL_ANSWERS
     assert same_answers("Same.", " Same.\n") and not same_answers("Same.", "Same!")
     path = tmp_path / "pairs.jsonl"
-    path.write_text(json.dumps(GOOD) + "\n" + json.dumps({"prompt": "Q?", "chosen": "Same.", "rejected": " Same.\n"})
-                    + "\n", encoding="utf-8")
+    path.write_text(
+        json.dumps(GOOD) + "\n" + json.dumps({"prompt": "Q?", "chosen": "Same.", "rejected": " Same.\n"}) + "\n",
+        encoding="utf-8",
+    )
     (error,) = load_pairs(path, skip_invalid=True).errors
     assert str(error) == f"{path}:2: field 'rejected': is identical to 'chosen'; a pair needs two different answers"
     with PreferenceStore(tmp_path / "ws") as store, pytest.raises(MlxDpoError) as raised:
@@ -79,8 +86,10 @@ def test_identical_answers_read_alike_everywhere(tmp_path):
 def test_a_bad_id_hides_the_identical_answers_of_its_row(tmp_path):
     """The answers are compared only in an otherwise good row, as before the rules had one home."""
     path = tmp_path / "pairs.jsonl"
-    path.write_text(json.dumps(GOOD) + "\n" + json.dumps({"id": "", "prompt": "Q?", "chosen": "A.", "rejected": "A."})
-                    + "\n", encoding="utf-8")
+    path.write_text(
+        json.dumps(GOOD) + "\n" + json.dumps({"id": "", "prompt": "Q?", "chosen": "A.", "rejected": "A."}) + "\n",
+        encoding="utf-8",
+    )
     assert load_pairs(path, skip_invalid=True).errors == [RowError(str(path), 2, "id", "is empty")]
 
 
@@ -90,8 +99,11 @@ APP_CASES = [
     (("", "A.", "B."), "The prompt is empty: type the prompt first.", "write-prompt"),
     (("Q?", "", "B."), "The chosen (better) answer is empty.", "write-chosen"),
     (("Q?", "A.", " \n"), "The rejected (worse) answer is empty.", "write-rejected"),
-    (("Q?", "Same answer.", "  Same answer.\n"),
-     f"Chosen and rejected are identical: {TWO_DIFFERENT_ANSWERS}.", "write-rejected"),
+    (
+        ("Q?", "Same answer.", "  Same answer.\n"),
+        f"Chosen and rejected are identical: {TWO_DIFFERENT_ANSWERS}.",
+        "write-rejected",
+    ),
 ]
 
 

@@ -4,9 +4,8 @@ import json
 import re
 
 import pytest
-
 from helpers import assistant, user, write_jsonl
-from mlx_dpo.errors import MlxDpoError
+
 from mlx_dpo.data.pairs import (
     DEMO_PAIRS_PATH,
     LoadResult,
@@ -16,6 +15,7 @@ from mlx_dpo.data.pairs import (
     pair_to_record,
     write_pairs,
 )
+from mlx_dpo.errors import MlxDpoError
 
 GOOD = {"prompt": "What is 2 + 2?", "chosen": "4.", "rejected": "Well, numbers are tricky."}
 
@@ -93,8 +93,11 @@ BAD_ROWS = [
     ({**GOOD, "prompt": [{"role": "bot", "content": "Q?"}]}, "prompt[0].role", 'unknown role "bot"'),
     ({**GOOD, "chosen": [user("4.")]}, "chosen[0].role", "must be 'assistant' here, got 'user'"),
     ({**GOOD, "prompt": [user("Q?"), assistant("A.")]}, "prompt[1].role", "last prompt message must be from the user"),
-    ({**GOOD, "prompt": [user("Q?"), {"role": "system", "content": "S"}, user("Q?")]}, "prompt[1].role",
-     "a system message must come first"),
+    (
+        {**GOOD, "prompt": [user("Q?"), {"role": "system", "content": "S"}, user("Q?")]},
+        "prompt[1].role",
+        "a system message must come first",
+    ),
     ({**GOOD, "rejected": " 4. "}, "rejected", "is identical to 'chosen'"),
     ({**GOOD, "id": 1.5}, "id", "expected a string or integer, got number"),
     ({**GOOD, "id": True}, "id", "expected a string or integer, got boolean"),
@@ -204,12 +207,18 @@ def test_a_non_utf8_file_is_named_with_its_line(data):
 
 # The kinds a new user's tour found that BAD_ROWS above does not hold (issue 15): each still one line naming
 # file, line and field. A NaN is a number to Python's json; it is refused as one.
-@pytest.mark.parametrize("content, fragment", [
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", ":1: not valid UTF-8 (byte 0x89)"),
-    (b"\x00\x01\x02binary\n", ":1: not valid JSON"),
-    (b'{"prompt": "Q?", "chosen": NaN, "rejected": "No."}\n', ":1: field 'chosen': expected a string or a list of messages, got number"),
-    (b'{"prompt": "  ", "chosen": "Yes.", "rejected": "No."}\n', ":1: field 'prompt': is empty"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", ":1: not valid UTF-8 (byte 0x89)"),
+        (b"\x00\x01\x02binary\n", ":1: not valid JSON"),
+        (
+            b'{"prompt": "Q?", "chosen": NaN, "rejected": "No."}\n',
+            ":1: field 'chosen': expected a string or a list of messages, got number",
+        ),
+        (b'{"prompt": "  ", "chosen": "Yes.", "rejected": "No."}\n', ":1: field 'prompt': is empty"),
+    ],
+)
 def test_binary_nan_and_blank_prompt_rows_are_refused_with_their_line(data, content, fragment):
     data.write_bytes(content)
     with pytest.raises(MlxDpoError) as info:
@@ -241,8 +250,12 @@ def test_a_file_whose_every_row_is_skipped_is_an_error(data):
 def sample_pairs():
     return [
         PreferencePair("a", [user("Café?")], "Oui.", "Hmm, well."),
-        PreferencePair("b", [{"role": "system", "content": "Be brief."}, user("Q1"), assistant("A1"), user("Q2")],
-                       "A2.", "Er, A2 maybe."),
+        PreferencePair(
+            "b",
+            [{"role": "system", "content": "Be brief."}, user("Q1"), assistant("A1"), user("Q2")],
+            "A2.",
+            "Er, A2 maybe.",
+        ),
     ]
 
 

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fake_hub import FakeHub, hub  # noqa: F401  # the loopback Hub and its fixture
 from helpers import REPO, assert_clean_error
 
@@ -38,11 +37,23 @@ def folder(tmp_path) -> Path:
 def push(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess:
     """`mlx-dpo push ...` in a child process whose Hugging Face settings come only from `env`."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
-    clean.update(HF_HOME=str(home), HF_HUB_OFFLINE="0", HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1",
-                 HF_HUB_ETAG_TIMEOUT="5", HF_HUB_DOWNLOAD_TIMEOUT="5")
+    clean.update(
+        HF_HOME=str(home),
+        HF_HUB_OFFLINE="0",
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_ETAG_TIMEOUT="5",
+        HF_HUB_DOWNLOAD_TIMEOUT="5",
+    )
     clean.update(env)
-    return subprocess.run([sys.executable, "-m", "mlx_dpo.cli", "push", *args], capture_output=True, text=True,
-                          timeout=60, env=clean, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "mlx_dpo.cli", "push", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean,
+        cwd=REPO,
+    )
 
 
 def commit_lines(hub: FakeHub) -> list[dict]:
@@ -59,8 +70,12 @@ def assert_token_kept_secret(result: subprocess.CompletedProcess, *places: Path)
 
 
 def test_push_creates_the_repo_and_commits_every_file(hub, folder, tmp_path):
-    result = push([str(folder), "--repo", REPO_ID, "--private", "--message", "DPO round 1"], tmp_path / "hf",
-                  HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN)
+    result = push(
+        [str(folder), "--repo", REPO_ID, "--private", "--message", "DPO round 1"],
+        tmp_path / "hf",
+        HF_ENDPOINT=hub.url,
+        HF_TOKEN=TOKEN,
+    )
     assert result.returncode == 0, result.stderr
     assert hub.unknown == []
     (create,) = hub.of("POST", "/api/repos/create")
@@ -114,15 +129,17 @@ def test_push_with_nothing_listening_reports_the_network(folder, tmp_path):
     with socket.socket() as s:  # a port that was free a moment ago: connections are refused
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = push([str(folder), "--repo", REPO_ID], tmp_path / "hf", HF_ENDPOINT=f"http://127.0.0.1:{port}",
-                  HF_TOKEN=TOKEN)
+    result = push(
+        [str(folder), "--repo", REPO_ID], tmp_path / "hf", HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_TOKEN=TOKEN
+    )
     assert_clean_error(result, "cannot reach the Hugging Face Hub", f"127.0.0.1:{port}")
     assert_token_kept_secret(result, folder)
 
 
 def test_push_offline_is_refused_before_any_request(hub, folder, tmp_path):
-    result = push([str(folder), "--repo", REPO_ID], tmp_path / "hf", HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN,
-                  HF_HUB_OFFLINE="1")
+    result = push(
+        [str(folder), "--repo", REPO_ID], tmp_path / "hf", HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN, HF_HUB_OFFLINE="1"
+    )
     assert_clean_error(result, "HF_HUB_OFFLINE")
     assert hub.requests == []
 

@@ -4,8 +4,8 @@ the version that sampled it and the sampler; which rounds trained them; and a ju
 from __future__ import annotations
 
 import pytest
-
 from helpers import user
+
 from mlx_dpo.data.answers import Answer
 from mlx_dpo.data.rating_labels import add_rating_labels, rating_feedback, rating_pairs
 from mlx_dpo.data.store import PreferenceStore
@@ -18,8 +18,14 @@ PROMPT = [user("Name a fruit.")]
 
 def test_a_persons_ratings_are_kept_with_tokens_version_and_sampler_and_can_be_changed(workspace):
     with PreferenceStore(workspace) as s:
-        group = s.ratings.add_group(PROMPT, ["Apple.", Answer("Pear, and", False), "Fig."], [5, 2, 3],
-                                    version="v2", sampler="tiny v2 · temp 0.8", tokens=[[1, 2], [3], None])
+        group = s.ratings.add_group(
+            PROMPT,
+            ["Apple.", Answer("Pear, and", False), "Fig."],
+            [5, 2, 3],
+            version="v2",
+            sampler="tiny v2 · temp 0.8",
+            tokens=[[1, 2], [3], None],
+        )
     with PreferenceStore(workspace) as s:
         [again] = s.ratings.groups(rater="human")
         assert again == group and again.rewards == [5, 2, 3] and again.prompt == PROMPT
@@ -30,11 +36,19 @@ def test_a_persons_ratings_are_kept_with_tokens_version_and_sampler_and_can_be_c
         assert changed.reward == 4 and s.ratings.groups()[0].rewards == [5, 4, 3]
 
 
-@pytest.mark.parametrize("answers, rewards, match", [
-    (["a", "b"], [0, 3], "from 1 to 5"), (["a", "b"], [6, 3], "from 1 to 5"), (["a", "b"], [2.5, 3], "from 1 to 5"),
-    (["a", "b"], [True, 3], "from 1 to 5"), (["a"], [3], "2 to 6 answers"), (["a"] * 7, [3] * 7, "2 to 6 answers"),
-    (["a", "b"], [3], "2 answers but 1 rewards"), (["a", " "], [3, 4], "answer 2"),
-])
+@pytest.mark.parametrize(
+    "answers, rewards, match",
+    [
+        (["a", "b"], [0, 3], "from 1 to 5"),
+        (["a", "b"], [6, 3], "from 1 to 5"),
+        (["a", "b"], [2.5, 3], "from 1 to 5"),
+        (["a", "b"], [True, 3], "from 1 to 5"),
+        (["a"], [3], "2 to 6 answers"),
+        (["a"] * 7, [3] * 7, "2 to 6 answers"),
+        (["a", "b"], [3], "2 answers but 1 rewards"),
+        (["a", " "], [3, 4], "answer 2"),
+    ],
+)
 def test_bad_ratings_are_refused_with_one_line_and_nothing_is_stored(workspace, answers, rewards, match):
     with PreferenceStore(workspace) as s:
         with pytest.raises(MlxDpoError, match=match):
@@ -75,7 +89,13 @@ def test_ratings_give_dpo_best_against_worst_and_kto_good_and_bad_and_are_added_
         [pair] = rating_pairs(groups)
         assert (pair.id, pair.chosen, pair.rejected) == (f"rating-{rated.key}", "great", "bad")  # earliest best
         assert [(f.completion, f.desirable) for f in rating_feedback(groups, 4)] == [
-            ("ok", False), ("great", True), ("bad", False), ("great too", True), ("same", True), ("again", True)]
+            ("ok", False),
+            ("great", True),
+            ("bad", False),
+            ("great too", True),
+            ("same", True),
+            ("again", True),
+        ]
         pairs, marked = add_rating_labels(s, 4)
         assert (pairs.added, marked.added) == (1, 6)
         assert [(p.chosen, p.rejected, p.external_id) for p in s.list_pairs()] == [("great", "bad", pair.id)]

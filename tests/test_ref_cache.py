@@ -13,18 +13,17 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-import mlx_dpo  # noqa: F401  (before mlx.core)
-
 import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_dpo.training import ref_cache
-from mlx_dpo.events import Status
+import mlx_dpo  # noqa: F401  (before mlx.core)
+from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.events import Status
+from mlx_dpo.training import ref_cache
 from mlx_dpo.training.batching import make_batch
 from mlx_dpo.training.logprobs import sequence_logps
-from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.training.ref_cache import RefCache, arrays_digest, entry_key, reference_fingerprint
 from mlx_dpo.training.reference import reference_logps
 from mlx_dpo.training.tokens import Encoder
@@ -190,7 +189,10 @@ def test_a_changed_model_file_changes_the_fingerprint_so_the_cache_misses(model_
 
 
 def test_the_starting_adapter_and_the_numeric_setup_are_part_of_the_fingerprint(model_folder):
-    adapter = {"layers.0.self_attn.q_proj.lora_a": mx.zeros((8, 4)), "layers.0.self_attn.q_proj.lora_b": mx.ones((4, 8))}
+    adapter = {
+        "layers.0.self_attn.q_proj.lora_a": mx.zeros((8, 4)),
+        "layers.0.self_attn.q_proj.lora_b": mx.ones((4, 8)),
+    }
     changed = {**adapter, "layers.0.self_attn.q_proj.lora_b": mx.full((4, 8), 1.5)}
     base = fingerprint(model_folder)
 
@@ -285,8 +287,10 @@ def test_damage_found_while_reading_moves_the_file_aside_and_reads_as_misses(tmp
 def test_a_busy_database_is_not_mistaken_for_a_damaged_one(tmp_path, monkeypatch):
     path = tmp_path / "fp-test.sqlite"
     holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("CREATE TABLE ref_logps (key TEXT PRIMARY KEY, logp REAL NOT NULL, tokens INTEGER NOT NULL, "
-                   "checksum TEXT NOT NULL)")
+    holder.execute(
+        "CREATE TABLE ref_logps (key TEXT PRIMARY KEY, logp REAL NOT NULL, tokens INTEGER NOT NULL, "
+        "checksum TEXT NOT NULL)"
+    )
     holder.execute("BEGIN EXCLUSIVE")  # another process in the middle of writing
     monkeypatch.setattr(ref_cache, "BUSY_TIMEOUT", 0.05)
 
@@ -303,8 +307,10 @@ def test_a_busy_database_is_not_mistaken_for_a_damaged_one(tmp_path, monkeypatch
 def test_a_store_is_all_or_nothing(cache):
     # Make the database fail on the third insert of a batch, as a full disk would mid-transaction.
     with raw_db(cache) as db:
-        db.execute("CREATE TRIGGER fail_third BEFORE INSERT ON ref_logps "
-                   "WHEN (SELECT count(*) FROM ref_logps) >= 2 BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        db.execute(
+            "CREATE TRIGGER fail_third BEFORE INSERT ON ref_logps "
+            "WHEN (SELECT count(*) FROM ref_logps) >= 2 BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
     items = [(PROMPT, (i, 2), -float(i)) for i in range(3, 6)]
 
     with pytest.raises(sqlite3.DatabaseError, match="disk full"):
@@ -337,13 +343,16 @@ class Untouchable:
 @pytest.fixture(scope="module")
 def encoded_pairs(default_tokenizer):
     questions = ["Name a colour.", "What is 2+2?", "Say hi.", "Spell cat."]
-    pairs = [PreferencePair(f"q{i}", [{"role": "user", "content": q}], f"Answer {i}: yes.", "No." * (i + 1))
-             for i, q in enumerate(questions)]
+    pairs = [
+        PreferencePair(f"q{i}", [{"role": "user", "content": q}], f"Answer {i}: yes.", "No." * (i + 1))
+        for i, q in enumerate(questions)
+    ]
     return Encoder(default_tokenizer).encode_all(pairs)[0]
 
 
-def test_the_reference_pass_computes_misses_stores_them_and_then_runs_no_forward_pass(tiny_weights, encoded_pairs,
-                                                                                     tmp_path):
+def test_the_reference_pass_computes_misses_stores_them_and_then_runs_no_forward_pass(
+    tiny_weights, encoded_pairs, tmp_path
+):
     cold_cache = RefCache("fp-ref", root=tmp_path)
     events = []
     ref, stats = reference_logps(tiny_weights, encoded_pairs, cold_cache, batch_size=3, on_event=events.append)
@@ -351,9 +360,13 @@ def test_the_reference_pass_computes_misses_stores_them_and_then_runs_no_forward
 
     n = len(encoded_pairs)
     assert (stats.hits, stats.misses) == (0, 2 * n) and stats.seconds > 0
-    assert [e.done for e in events if isinstance(e, Status) and e.message == "reference pass"] == [3, 4]  # batches of 3 pairs
-    direct = sequence_logps(tiny_weights, make_batch([(p.prompt, c) for p in encoded_pairs
-                                                      for c in (p.chosen, p.rejected)]))
+    assert [e.done for e in events if isinstance(e, Status) and e.message == "reference pass"] == [
+        3,
+        4,
+    ]  # batches of 3 pairs
+    direct = sequence_logps(
+        tiny_weights, make_batch([(p.prompt, c) for p in encoded_pairs for c in (p.chosen, p.rejected)])
+    )
     np.testing.assert_allclose(np.array([v for p in encoded_pairs for v in ref.values[p]]), np.array(direct), atol=1e-4)
 
     warm_cache = RefCache("fp-ref", root=tmp_path)

@@ -7,8 +7,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from helpers import user
+
 from mlx_dpo.data.contradictions import find_contradictions
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.training.review import review_pairs
@@ -36,8 +36,13 @@ def test_a_circle_through_three_answers_is_a_contradiction_with_every_pair_on_it
 
 
 def test_consistent_labels_repeated_labels_and_other_prompts_are_no_contradiction():
-    pairs = [_pair(1, "a", "b"), _pair(2, "a", "b"), _pair(3, "b", "c"), _pair(4, "a", "c"),
-             _pair(5, "b", "a", prompt="Another question?")]
+    pairs = [
+        _pair(1, "a", "b"),
+        _pair(2, "a", "b"),
+        _pair(3, "b", "c"),
+        _pair(4, "a", "c"),
+        _pair(5, "b", "a", prompt="Another question?"),
+    ]
     assert find_contradictions(pairs) == []
 
 
@@ -55,9 +60,19 @@ def trained(tmp_path_factory, tiny) -> Path:
         for i in range(1, 9):
             chosen, rejected = (f"{BAD} ({i})", f"{GOOD} ({i})") if i == SWAPPED else (f"{GOOD} ({i})", f"{BAD} ({i})")
             assert store.add_pair(f"Question number {i}?", chosen, rejected).id == i
-    result = run_round(workspace, model=str(tiny), settings={
-        "iters": 3, "batch_size": 4, "learning_rate": 5e-3, "lora_rank": 4, "seed": 1, "save_every": 3,
-        "compile": False})
+    result = run_round(
+        workspace,
+        model=str(tiny),
+        settings={
+            "iters": 3,
+            "batch_size": 4,
+            "learning_rate": 5e-3,
+            "lora_rank": 4,
+            "seed": 1,
+            "save_every": 3,
+            "compile": False,
+        },
+    )
     assert result.status == "finished"
     return workspace
 

@@ -1,4 +1,5 @@
-"""Incremental training rounds (`mlx_dpo.training.rounds`) and `mlx-dpo train --workspace DIR --incremental`, on a tiny model."""
+"""Incremental training rounds (`mlx_dpo.training.rounds`) and `mlx-dpo train --workspace DIR --incremental`,
+on a tiny model."""
 
 from __future__ import annotations
 
@@ -8,24 +9,23 @@ from pathlib import Path
 
 import mlx.core as mx
 import pytest
-
 from helpers import run_cli
+
 from mlx_dpo.cli import main
-from mlx_dpo.training import checkpoint
-from mlx_dpo.training import rounds, run
-from mlx_dpo.models.adapter import adapter_weights
-from mlx_dpo.models.load import load_model
-from mlx_dpo.events import StepMetrics
 from mlx_dpo.data.pairs import DEMO_PAIRS_PATH, load_pairs
 from mlx_dpo.data.store import PreferenceStore
+from mlx_dpo.events import StepMetrics
+from mlx_dpo.models.adapter import adapter_weights
+from mlx_dpo.models.load import load_model
 from mlx_dpo.settings import RoundSettings, TrainingArgs
+from mlx_dpo.training import checkpoint, rounds, run
 
 SETTINGS = dict(iters=2, batch_size=2, lora_rank=4, replay=0.5, seed=1)
 TINY_SEED = 23  # this module's `tiny` model (conftest.py): the cache-miss counts below are its own
 
 
 def add_demo_pairs(workspace: Path, count: int, start: int) -> list[int]:
-    pairs = load_pairs(DEMO_PAIRS_PATH).pairs[start:start + count]
+    pairs = load_pairs(DEMO_PAIRS_PATH).pairs[start : start + count]
     with PreferenceStore(workspace) as store:
         return [store.add_pair(p.prompt, p.chosen, p.rejected, origin="sampled").id for p in pairs]
 
@@ -92,8 +92,9 @@ def test_cancelled_round_keeps_checkpoint_and_next_round_starts_from_finished(tm
         if isinstance(event, StepMetrics) and event.step == 1:
             cancel.set()
 
-    r2 = rounds.run_round(ws, model=str(tiny), settings={**SETTINGS, "iters": 4}, on_event=stop_after_first_step,
-                          cancel=cancel)
+    r2 = rounds.run_round(
+        ws, model=str(tiny), settings={**SETTINGS, "iters": 4}, on_event=stop_after_first_step, cancel=cancel
+    )
     assert r2.status == "cancelled" and r2.version == 2
     # The last checkpoint (step 1) stays on disk, and the top-level adapter is that checkpoint's.
     ckpts = sorted(p.name for p in (r2.adapter_path / "checkpoints").iterdir())
@@ -115,8 +116,26 @@ def test_cancelled_round_keeps_checkpoint_and_next_round_starts_from_finished(tm
 def test_cli_incremental_end_to_end(tmp_path, tiny):
     ws = tmp_path / "ws"
     add_demo_pairs(ws, 4, 0)
-    args = ["train", "--workspace", str(ws), "--incremental", "--model", str(tiny), "--iters", "2",
-            "--batch-size", "2", "--lora-rank", "4", "--beta", "0.2", "--learning-rate", "1e-4", "--replay", "1"]
+    args = [
+        "train",
+        "--workspace",
+        str(ws),
+        "--incremental",
+        "--model",
+        str(tiny),
+        "--iters",
+        "2",
+        "--batch-size",
+        "2",
+        "--lora-rank",
+        "4",
+        "--beta",
+        "0.2",
+        "--learning-rate",
+        "1e-4",
+        "--replay",
+        "1",
+    ]
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -181,4 +200,6 @@ def test_reference_previous_caches_under_the_previous_version_and_a_rerun_reuses
 
 def test_a_round_setting_on_a_plain_train_run_is_refused_not_ignored(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "never-read.jsonl"), "--passes", "3"]) == 2
-    assert capsys.readouterr().err == "mlx-dpo: error: --passes applies to a round: add --incremental (and --workspace)\n"
+    assert (
+        capsys.readouterr().err == "mlx-dpo: error: --passes applies to a round: add --incremental (and --workspace)\n"
+    )

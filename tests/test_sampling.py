@@ -4,9 +4,9 @@ batch_generate, equal to one-prompt-at-a-time generation where decoding is greed
 import re
 
 import pytest
+from helpers import user
 from mlx_lm import stream_generate
 
-from helpers import user
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.models.generate import SampleSettings, answer, decode_answer, prompt_tokens
 from mlx_dpo.models.load import load_model
@@ -14,8 +14,13 @@ from mlx_dpo.online import sampling
 from mlx_dpo.online.sampling import RETRIES, batching_probe, batching_problem, sample_answers
 
 # Prompts of very different lengths, so the batch pads the short ones a lot.
-PROMPTS = [[user("Hi")], [user("What is the capital of France? Answer in one word, please, and then stop.")],
-           [user("Write a haiku about the sea.")], [user("2+2?")], [user("Name three colours of the rainbow.")]]
+PROMPTS = [
+    [user("Hi")],
+    [user("What is the capital of France? Answer in one word, please, and then stop.")],
+    [user("Write a haiku about the sea.")],
+    [user("2+2?")],
+    [user("Name three colours of the rainbow.")],
+]
 
 
 def test_the_app_and_the_library_share_one_sample_settings_class():
@@ -28,8 +33,14 @@ def test_greedy_batched_answers_equal_single_prompt_answers_padding_does_not_lea
     assert batching_problem(tiny_loaded) is None  # the probe passes: batches are used below
     settings = SampleSettings(temperature=0.0, max_tokens=10)
     model, tokenizer = tiny_loaded.model, tiny_loaded.tokenizer
-    single_ids = [[r.token for r in stream_generate(model, tokenizer, prompt_tokens(tokenizer, p),
-                                    max_tokens=10) if r.finish_reason != "stop"] for p in PROMPTS]
+    single_ids = [
+        [
+            r.token
+            for r in stream_generate(model, tokenizer, prompt_tokens(tokenizer, p), max_tokens=10)
+            if r.finish_reason != "stop"
+        ]
+        for p in PROMPTS
+    ]
     single = [answer(tiny_loaded, p, max_tokens=10, temperature=0.0) for p in PROMPTS]
     for batch_size in (1, 4):
         samples = sample_answers(tiny_loaded, PROMPTS, settings, n=1, batch_size=batch_size)
@@ -61,12 +72,14 @@ def test_a_model_that_cannot_be_batched_samples_one_at_a_time_and_says_so(tiny, 
     events = []
     settings = SampleSettings(temperature=0.0, max_tokens=6)
     samples = sample_answers(loaded, PROMPTS[:2], settings, n=1, on_event=events.append)
-    assert [group[0] for group in samples.answers] == [answer(loaded, p, max_tokens=6, temperature=0.0)
-                                                       for p in PROMPTS[:2]]
+    assert [group[0] for group in samples.answers] == [
+        answer(loaded, p, max_tokens=6, temperature=0.0) for p in PROMPTS[:2]
+    ]
     assert [e.message for e in events] == [
         "sampling: each answer prefills its prompt (mlx-lm cannot batch its prefilled caches (ValueError: <class "
         "'OddCache'> does not yet support batching with history))",
-        f"sampling one answer at a time: {batching_problem(loaded)}"]
+        f"sampling one answer at a time: {batching_problem(loaded)}",
+    ]
 
 
 def test_two_samples_of_a_prompt_are_different_draws_and_a_seed_reproduces_them(tiny_loaded):
@@ -92,12 +105,15 @@ def test_identical_answers_are_drawn_again_and_every_draw_is_counted(tiny_loaded
     assert samples.tokens == (2 + RETRIES) * greedy.tokens  # two answers, then the second redrawn RETRIES times
 
 
-@pytest.mark.parametrize("settings, n, prompts, fragment", [
-    (SampleSettings(temperature=0.0), 2, PROMPTS[:1], "temperature 0"),
-    (SampleSettings(top_p=0.0), 2, PROMPTS[:1], "top-p"),
-    (SampleSettings(), 0, PROMPTS[:1], "samples per prompt"),
-    (SampleSettings(), 2, [[{"role": "assistant", "content": "hi"}]], "prompt 1"),
-])
+@pytest.mark.parametrize(
+    "settings, n, prompts, fragment",
+    [
+        (SampleSettings(temperature=0.0), 2, PROMPTS[:1], "temperature 0"),
+        (SampleSettings(top_p=0.0), 2, PROMPTS[:1], "top-p"),
+        (SampleSettings(), 0, PROMPTS[:1], "samples per prompt"),
+        (SampleSettings(), 2, [[{"role": "assistant", "content": "hi"}]], "prompt 1"),
+    ],
+)
 def test_bad_sampling_requests_are_one_line_errors(tiny_loaded, settings, n, prompts, fragment):
     with pytest.raises(MlxDpoError, match=re.escape(fragment)):
         sample_answers(tiny_loaded, prompts, settings, n=n)
@@ -129,7 +145,9 @@ def test_a_model_whose_shared_prefill_differs_prefills_every_answer_and_says_so(
     events = []
     greedy = SampleSettings(temperature=0.0, max_tokens=6)
     samples = sample_answers(loaded, PROMPTS[:2], greedy, n=1, on_event=events.append)
-    assert [e.message for e in events] == ["sampling: each answer prefills its prompt (its answers differ from "
-                                           "one-at-a-time ones on a probe)"]
-    assert [group[0] for group in samples.answers] == [answer(loaded, p, max_tokens=6, temperature=0.0)
-                                                       for p in PROMPTS[:2]]
+    assert [e.message for e in events] == [
+        "sampling: each answer prefills its prompt (its answers differ from one-at-a-time ones on a probe)"
+    ]
+    assert [group[0] for group in samples.answers] == [
+        answer(loaded, p, max_tokens=6, temperature=0.0) for p in PROMPTS[:2]
+    ]

@@ -15,8 +15,11 @@ def streamed(state: SamplingState, request_id: int, first: str = "Blue.", second
     """The worker's events for one complete request, as it sends them: slot 1, then slot 2."""
     events = [SampleStarted(request_id, (7, 8))]
     for slot, text in ((1, first), (2, second)):
-        events += [AnswerChunk(request_id, slot, text[:2]), AnswerChunk(request_id, slot, text[2:]),
-                   AnswerDone(request_id, slot, text)]
+        events += [
+            AnswerChunk(request_id, slot, text[:2]),
+            AnswerChunk(request_id, slot, text[2:]),
+            AnswerDone(request_id, slot, text),
+        ]
     for event in events:
         assert state.apply(event)
 
@@ -48,8 +51,13 @@ def test_events_of_an_older_request_change_nothing():
     state.apply(AnswerChunk(1, 1, "old "))
     state.start(2, PROMPT)  # a resample: request 2 replaces request 1
     assert state.answers == ("", "") and state.request_id == 2
-    for stale in (SampleStarted(1, (1, 2)), AnswerChunk(1, 1, "still flushing"), AnswerDone(1, 1, "old answer"),
-                  AnswerDone(1, 2, "old answer"), SampleFailed(1, "cancelled")):
+    for stale in (
+        SampleStarted(1, (1, 2)),
+        AnswerChunk(1, 1, "still flushing"),
+        AnswerDone(1, 1, "old answer"),
+        AnswerDone(1, 2, "old answer"),
+        SampleFailed(1, "cancelled"),
+    ):
         assert not state.apply(stale)
     assert state.state == "sampling" and state.answers == ("", "") and state.seeds is None
     streamed(state, 2)

@@ -14,8 +14,8 @@ import threading
 import time
 
 import pytest
-
 from helpers import console_script, errors, model_ready, run_console, sample_answers, wait_until, write_jsonl
+
 from mlx_dpo.data.store import PreferenceStore
 from tui.app import MlxDpoApp
 from tui.workers import SampleSettings
@@ -25,10 +25,10 @@ pytestmark = pytest.mark.anyio
 ROUNDS, PER_ROUND = 4, 4
 IMPORTS, PER_IMPORT = 8, 5
 MIN_LABELS, MAX_LABELS = 6, 60
-PREFER_JUDGE = '''
+PREFER_JUDGE = """
 def first_in_order(prompt, answer_1, answer_2):
     return 1 if answer_1 <= answer_2 else 2
-'''
+"""
 
 
 def start_online(workspace, tmp_path, model) -> subprocess.Popen:
@@ -37,18 +37,49 @@ def start_online(workspace, tmp_path, model) -> subprocess.Popen:
     judge = tmp_path / "judge.py"
     judge.write_text(PREFER_JUDGE)
     return subprocess.Popen(
-        [console_script(), "online", "--workspace", str(workspace), "--prompts", str(prompts), "--judge",
-         f"{judge}:first_in_order", "--model", str(model), "--rounds", str(ROUNDS), "--per-round", str(PER_ROUND),
-         "--temperature", "2", "--max-tokens", "6", "--iters", "2", "--batch-size", "2", "--no-compile",
-         "--heldout-samples", "0", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            console_script(),
+            "online",
+            "--workspace",
+            str(workspace),
+            "--prompts",
+            str(prompts),
+            "--judge",
+            f"{judge}:first_in_order",
+            "--model",
+            str(model),
+            "--rounds",
+            str(ROUNDS),
+            "--per-round",
+            str(PER_ROUND),
+            "--temperature",
+            "2",
+            "--max-tokens",
+            "6",
+            "--iters",
+            "2",
+            "--batch-size",
+            "2",
+            "--no-compile",
+            "--heldout-samples",
+            "0",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run_imports(workspace, tmp_path, results: list) -> None:
     """IMPORTS `mlx-dpo data import` runs one after another (a thread's work, beside the app and online)."""
     for f in range(IMPORTS):
         rows = [{"prompt": f"Imported {f}-{i}?", "chosen": "Yes.", "rejected": "No."} for i in range(PER_IMPORT)]
-        results.append(run_console("data", "import", str(write_jsonl(tmp_path / f"import-{f}.jsonl", *rows)),
-                                   "--workspace", str(workspace)))
+        results.append(
+            run_console(
+                "data", "import", str(write_jsonl(tmp_path / f"import-{f}.jsonl", *rows)), "--workspace", str(workspace)
+            )
+        )
 
 
 async def label_one(pilot, n: int) -> int:
@@ -78,8 +109,7 @@ async def test_the_app_online_rounds_and_imports_on_one_workspace_keep_every_lab
     importer.start()
     async with app.run_test(size=(120, 36)) as pilot:
         await model_ready(pilot)
-        while len(labeled) < MAX_LABELS and (len(labeled) < MIN_LABELS or online.poll() is None
-                                             or importer.is_alive()):
+        while len(labeled) < MAX_LABELS and (len(labeled) < MIN_LABELS or online.poll() is None or importer.is_alive()):
             labeled[len(labeled) + 1] = await label_one(pilot, len(labeled) + 1)
         seconds = time.monotonic() - started
         assert errors(app) == []
@@ -101,7 +131,8 @@ async def test_the_app_online_rounds_and_imports_on_one_workspace_keep_every_lab
     assert app_pairs == {f"App prompt {n}.": pair_id for n, pair_id in labeled.items()}
     # The imports: every row once.
     assert sorted(p for p in prompts if p.startswith("Imported")) == sorted(
-        f"Imported {f}-{i}?" for f in range(IMPORTS) for i in range(PER_IMPORT))
+        f"Imported {f}-{i}?" for f in range(IMPORTS) for i in range(PER_IMPORT)
+    )
     # Online: every prompt of the file judged once, its pair or tie stored once, by the judge.
     assert sorted(u.position for u in judged) == list(range(ROUNDS * PER_ROUND))
     online_pairs = {p.id for p in pairs if p.judge}
@@ -113,6 +144,8 @@ async def test_the_app_online_rounds_and_imports_on_one_workspace_keep_every_lab
     assert [(r.version, r.status) for r in rounds] == [(v, "finished") for v in range(1, ROUNDS + 1)]
     folders = sorted(p.name for p in (workspace / "adapters").iterdir() if p.name.startswith("v"))
     assert folders == [f"v{v}" for v in range(1, ROUNDS + 1)]
-    print(f"soak: {seconds:.0f} s, {len(labeled)} labels in the app, {IMPORTS} imports of {PER_IMPORT} pairs, "
-          f"{ROUNDS} online rounds ({len(online_pairs)} pairs, {len(skips)} ties/skips), {len(pairs)} pairs, "
-          f"{len(rounds)} versions")
+    print(
+        f"soak: {seconds:.0f} s, {len(labeled)} labels in the app, {IMPORTS} imports of {PER_IMPORT} pairs, "
+        f"{ROUNDS} online rounds ({len(online_pairs)} pairs, {len(skips)} ties/skips), {len(pairs)} pairs, "
+        f"{len(rounds)} versions"
+    )

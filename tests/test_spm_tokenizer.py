@@ -5,22 +5,33 @@ the space prefix). The real 262k-token Gemma 3 vocabulary is checked the same wa
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
-
-import mlx_dpo  # noqa: F401  (before mlx.core)
 
 import gguf_fixtures as tiny
 import pytest
 from mlx_lm.tokenizer_utils import SPMStreamingDetokenizer
 from mlx_lm.utils import load_tokenizer
-
-from mlx_dpo.models.gguf import convert_gguf
 from test_tokenizer import random_texts
 
-TEXTS = ["the quick brown fox", "hello world", " the", "  two spaces", "the\n\nhello", "Hello World!",
-         "<start_of_turn>the fox<tool>hello", "x <s> y </s>", "naïve 🤖 ü", "quick, brown. fox? 42", "", "\t",
-         "the   quick", "<tool>"]
+import mlx_dpo  # noqa: F401  (before mlx.core)
+from mlx_dpo.models.gguf import convert_gguf
+
+TEXTS = [
+    "the quick brown fox",
+    "hello world",
+    " the",
+    "  two spaces",
+    "the\n\nhello",
+    "Hello World!",
+    "<start_of_turn>the fox<tool>hello",
+    "x <s> y </s>",
+    "naïve 🤖 ü",
+    "quick, brown. fox? 42",
+    "",
+    "\t",
+    "the   quick",
+    "<tool>",
+]
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["space-prefix", "no-space-prefix"])
@@ -31,8 +42,9 @@ def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     root = tmp_path_factory.mktemp("spm")
     path = root / "spm.gguf"
     tiny.write_spm_llama_gguf(path, add_space_prefix=request.param)
-    return load_tokenizer(convert_gguf(path, root / "model")), llama_cpp.Llama(str(path), vocab_only=True,
-                                                                             verbose=False)
+    return load_tokenizer(convert_gguf(path, root / "model")), llama_cpp.Llama(
+        str(path), vocab_only=True, verbose=False
+    )
 
 
 @pytest.mark.parametrize("text", TEXTS)
@@ -51,8 +63,12 @@ def test_merges_follow_the_scores_and_bytes_fall_back(pair: tuple[Any, Any]) -> 
     ours, _ = pair
     tokens = tiny.spm_vocab()[0]
     assert [tokens[i] for i in ours.encode(" the quick", add_special_tokens=False)][-2:] == ["\u2581the", "\u2581quick"]
-    assert [tokens[i] for i in ours.encode("🤖", add_special_tokens=False)][-4:] == ["<0xF0>", "<0x9F>", "<0xA4>",
-                                                                                     "<0x96>"]
+    assert [tokens[i] for i in ours.encode("🤖", add_special_tokens=False)][-4:] == [
+        "<0xF0>",
+        "<0x9F>",
+        "<0xA4>",
+        "<0x96>",
+    ]
 
 
 def test_decode_inverts_encode_and_streams_the_same_text(pair: tuple[Any, Any]) -> None:

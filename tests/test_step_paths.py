@@ -9,9 +9,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from helpers import run_cli, write_demo_pairs
 from mlx.utils import tree_flatten
 
-from helpers import run_cli, write_demo_pairs
 from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.models.adapter import LoraSettings
 from mlx_dpo.models.load import load_model
@@ -47,11 +47,21 @@ def encoded(tokenizer):
     """Pairs whose prompts differ in length (left padding) and completions differ in length (right padding)."""
     pairs = [
         PreferencePair("a", [{"role": "user", "content": "Hi"}], "Hello there, friend.", "Go away."),
-        PreferencePair("b", [{"role": "system", "content": "Be brief and exact."},
-                             {"role": "user", "content": "What is the boiling point of water at sea level?"}],
-                       "100 degrees Celsius.", "Well, that is a great question! It depends on many things."),
-        PreferencePair("c", [{"role": "user", "content": "Name a prime number between ten and twenty."}],
-                       "13.", "Twelve is prime, I think, or maybe fifteen."),
+        PreferencePair(
+            "b",
+            [
+                {"role": "system", "content": "Be brief and exact."},
+                {"role": "user", "content": "What is the boiling point of water at sea level?"},
+            ],
+            "100 degrees Celsius.",
+            "Well, that is a great question! It depends on many things.",
+        ),
+        PreferencePair(
+            "c",
+            [{"role": "user", "content": "Name a prime number between ten and twenty."}],
+            "13.",
+            "Twelve is prime, I think, or maybe fifteen.",
+        ),
     ]
     return Encoder(tokenizer).encode_all(pairs)[0]
 
@@ -69,7 +79,9 @@ def plain_logps(default_model):
 
 
 @pytest.mark.parametrize("shared_prompt, full_logits", [p for p in PATHS if p != (False, True)])  # all but plain
-def test_every_path_gives_the_plain_paths_log_probs_within_1e_4_per_token(default_model, plain_logps, shared_prompt, full_logits):
+def test_every_path_gives_the_plain_paths_log_probs_within_1e_4_per_token(
+    default_model, plain_logps, shared_prompt, full_logits
+):
     plain, lengths = plain_logps
     fast, fast_lengths = logps(default_model.model, encoded(default_model.tokenizer), shared_prompt, full_logits)
     np.testing.assert_array_equal(lengths, fast_lengths)
@@ -98,7 +110,9 @@ def direct(default_model) -> np.ndarray:
 
 
 @pytest.mark.parametrize("full_logits", [False, True])
-def test_the_shared_prompt_layout_gives_each_completions_log_prob_under_its_own_prompt(default_model, direct, full_logits):
+def test_the_shared_prompt_layout_gives_each_completions_log_prob_under_its_own_prompt(
+    default_model, direct, full_logits
+):
     # Independent of the plain path: if both were wrong alike, the comparisons above would still pass.
     model, pairs = default_model.model, encoded(default_model.tokenizer)
     batch = make_pair_batch(pairs, layout_for(model, shared_prompt=True))
@@ -116,13 +130,18 @@ def loss_and_grads(loaded, args: TrainingArgs, pairs):
     return loss.item(), dict(tree_flatten(grads))
 
 
-@pytest.mark.parametrize("shared_prompt, full_logits, compiled",
-                         [(s, f, c) for (s, f) in PATHS for c in (True, False) if (s, f, c) != (False, True, False)])
+@pytest.mark.parametrize(
+    "shared_prompt, full_logits, compiled",
+    [(s, f, c) for (s, f) in PATHS for c in (True, False) if (s, f, c) != (False, True, False)],
+)
 def test_every_path_gives_the_plain_paths_loss_and_gradients(tiny, shared_prompt, full_logits, compiled):
     pairs = encoded(tiny.tokenizer)
-    plain_loss, plain_grads = loss_and_grads(tiny, TrainingArgs(shared_prompt=False, full_logits=True, compile=False), pairs)
-    loss, grads = loss_and_grads(tiny, TrainingArgs(shared_prompt=shared_prompt, full_logits=full_logits,
-                                                     compile=compiled), pairs)
+    plain_loss, plain_grads = loss_and_grads(
+        tiny, TrainingArgs(shared_prompt=False, full_logits=True, compile=False), pairs
+    )
+    loss, grads = loss_and_grads(
+        tiny, TrainingArgs(shared_prompt=shared_prompt, full_logits=full_logits, compile=compiled), pairs
+    )
     assert loss == pytest.approx(plain_loss, abs=1e-5)
     assert grads.keys() == plain_grads.keys()
     for name, g in plain_grads.items():
@@ -145,10 +164,26 @@ def test_switching_the_optimisations_off_on_the_cli_trains_to_the_same_loss(tiny
     data = write_demo_pairs(tmp_path / "pairs.jsonl", 6)
     losses = {}
     for name, flags in {"fast": [], "plain": ["--no-shared-prompt", "--full-logits", "--no-compile"]}.items():
-        result = run_cli("train", "--model", str(tiny.path), "--data", str(data), "--adapter-path",
-                         str(tmp_path / name), "--iters", "2", "--batch-size", "3", "--seed", "5", *flags)
+        result = run_cli(
+            "train",
+            "--model",
+            str(tiny.path),
+            "--data",
+            str(data),
+            "--adapter-path",
+            str(tmp_path / name),
+            "--iters",
+            "2",
+            "--batch-size",
+            "3",
+            "--seed",
+            "5",
+            *flags,
+        )
         assert result.returncode == 0, result.stderr
-        losses[name] = [json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [
+            json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        ]
     np.testing.assert_allclose(losses["fast"], losses["plain"], atol=1e-5)
 
 
@@ -160,19 +195,24 @@ def shared_forward_runs(monkeypatch):
     """Batches the shared-prompt forward was run (or, compiled, traced) on."""
     runs = []
     real = shared_prompt_forward.forward
-    monkeypatch.setattr(shared_prompt_forward, "forward",
-                        lambda model, batch, mask_dims=4: runs.append(batch) or real(model, batch, mask_dims))
+    monkeypatch.setattr(
+        shared_prompt_forward,
+        "forward",
+        lambda model, batch, mask_dims=4: runs.append(batch) or real(model, batch, mask_dims),
+    )
     return runs
 
 
-@pytest.mark.parametrize("shared_prompt, full_logits, compiled",
-                         [(s, f, c) for (s, f) in PATHS for c in (True, False)])
+@pytest.mark.parametrize("shared_prompt, full_logits, compiled", [(s, f, c) for (s, f) in PATHS for c in (True, False)])
 def test_every_step_path_runs_the_layout_it_asks_for(tiny, shared_forward_runs, shared_prompt, full_logits, compiled):
     # The equality tests above would pass just as well if a shared-prompt request silently fell back to two sequences.
     pairs = encoded(tiny.tokenizer)
     expected = BatchLayout.SHARED_PROMPT if shared_prompt else BatchLayout.SEQUENCES
-    step = make_step(tiny.model, TrainingArgs(shared_prompt=shared_prompt, full_logits=full_logits, compile=compiled),
-                     checks=tiny.checks)
+    step = make_step(
+        tiny.model,
+        TrainingArgs(shared_prompt=shared_prompt, full_logits=full_logits, compile=compiled),
+        checks=tiny.checks,
+    )
     assert step.layout is expected
     batch = step.batch(pairs, RefLogps({p: (-30.0, -40.0) for p in pairs}))
     assert type(batch.tokens) is expected.value
@@ -184,12 +224,14 @@ def test_every_step_path_runs_the_layout_it_asks_for(tiny, shared_forward_runs, 
 def test_the_reference_pass_and_evaluation_run_the_steps_layout(tiny, tmp_path, shared_forward_runs, shared_prompt):
     pairs = encoded(tiny.tokenizer)
     cache = RefCache("layout-test", root=tmp_path)
-    ref, _ = reference_logps(tiny.model, pairs, cache, batch_size=len(pairs), shared_prompt=shared_prompt,
-                             checks=tiny.checks)
+    ref, _ = reference_logps(
+        tiny.model, pairs, cache, batch_size=len(pairs), shared_prompt=shared_prompt, checks=tiny.checks
+    )
     cache.close()
     assert len(shared_forward_runs) == (1 if shared_prompt else 0)
-    evaluate_pairs(tiny.model, TrainingArgs(batch_size=len(pairs), shared_prompt=shared_prompt), pairs, ref,
-                   tiny.checks)
+    evaluate_pairs(
+        tiny.model, TrainingArgs(batch_size=len(pairs), shared_prompt=shared_prompt), pairs, ref, tiny.checks
+    )
     assert len(shared_forward_runs) == (2 if shared_prompt else 0)
 
 

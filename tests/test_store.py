@@ -13,11 +13,10 @@ import threading
 from pathlib import Path
 
 import pytest
-
-import mlx_dpo.data.schema as schema_module
-import mlx_dpo.data.pair_records as pair_records
 from helpers import assistant, system, user, write_jsonl
-from mlx_dpo.errors import MlxDpoError
+
+import mlx_dpo.data.pair_records as pair_records
+import mlx_dpo.data.schema as schema_module
 from mlx_dpo.data.pairs import PreferencePair, load_pairs
 from mlx_dpo.data.schema import SCHEMA_VERSION
 from mlx_dpo.data.store import (
@@ -28,6 +27,7 @@ from mlx_dpo.data.store import (
     StoredPair,
     UndoResult,
 )
+from mlx_dpo.errors import MlxDpoError
 
 
 class Clock:
@@ -54,8 +54,11 @@ STANDARD_ROWS = [
 
 
 def conversational(row: dict) -> dict:
-    return {"prompt": [user(row["prompt"])], "chosen": [assistant(row["chosen"])],
-            "rejected": [assistant(row["rejected"])]}
+    return {
+        "prompt": [user(row["prompt"])],
+        "chosen": [assistant(row["chosen"])],
+        "rejected": [assistant(row["rejected"])],
+    }
 
 
 # --- opening ----------------------------------------------------------------------------------------------
@@ -120,12 +123,21 @@ def test_a_closed_store_refuses_further_calls(store):
 
 def test_an_added_pair_is_returned_as_stored_and_is_there_after_reopening(workspace):
     with PreferenceStore(workspace, clock=Clock()) as s:
-        pair = s.add_pair([user("Hi?")], "Hello!", "Go away.", sampler="SmolLM2-135M-Instruct + adapters/v1",
-                          note="polite wins")
+        pair = s.add_pair(
+            [user("Hi?")], "Hello!", "Go away.", sampler="SmolLM2-135M-Instruct + adapters/v1", note="polite wins"
+        )
     assert pair == StoredPair(
-        id=pair.id, prompt=[user("Hi?")], chosen="Hello!", rejected="Go away.", origin="typed",
-        sampler="SmolLM2-135M-Instruct + adapters/v1", created_at=pair.created_at, updated_at=pair.created_at,
-        note="polite wins", split="train", external_id=None,
+        id=pair.id,
+        prompt=[user("Hi?")],
+        chosen="Hello!",
+        rejected="Go away.",
+        origin="typed",
+        sampler="SmolLM2-135M-Instruct + adapters/v1",
+        created_at=pair.created_at,
+        updated_at=pair.created_at,
+        note="polite wins",
+        split="train",
+        external_id=None,
     )
     with PreferenceStore(workspace) as s:
         assert s.get_pair(pair.id) == pair
@@ -345,7 +357,10 @@ def test_undo_walks_back_through_the_labels_then_returns_none(store):
     s1 = store.add_skip("Q2?")
     p2 = store.add_pair("Q3?", "A.", "B.")
     assert [store.undo_last_label() for _ in range(4)] == [
-        UndoResult("pair", p2, None), UndoResult("skip", None, s1), UndoResult("pair", p1, None), None,
+        UndoResult("pair", p2, None),
+        UndoResult("skip", None, s1),
+        UndoResult("pair", p1, None),
+        None,
     ]
 
 
@@ -471,11 +486,14 @@ def test_an_unreadable_file_is_refused_clearly(store, tmp_path):
 
 
 def test_skip_invalid_imports_the_good_rows_and_reports_the_bad_ones(store, tmp_path):
-    path = write_jsonl(tmp_path / "in.jsonl", STANDARD_ROWS[0], {"prompt": "Q?", "chosen": "A.", "rejected": "A."},
-                       STANDARD_ROWS[1])
+    path = write_jsonl(
+        tmp_path / "in.jsonl", STANDARD_ROWS[0], {"prompt": "Q?", "chosen": "A.", "rejected": "A."}, STANDARD_ROWS[1]
+    )
     result = store.import_jsonl(path, skip_invalid=True)
     assert (result.added, result.duplicates, result.skipped_invalid) == (2, 0, 1)
-    assert result.errors == [f"{path}:2: field 'rejected': is identical to 'chosen'; a pair needs two different answers"]
+    assert result.errors == [
+        f"{path}:2: field 'rejected': is identical to 'chosen'; a pair needs two different answers"
+    ]
 
 
 def test_an_import_that_fails_midway_adds_nothing(store, tmp_path, monkeypatch):
@@ -597,9 +615,11 @@ def _raw(path: Path, *statements: str) -> None:
 
 def test_a_version_0_database_made_by_hand_is_migrated_on_open(workspace):
     workspace.mkdir()
-    _raw(workspace / "preferences.sqlite",
-         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-         "INSERT INTO meta VALUES ('schema_version', '0')")
+    _raw(
+        workspace / "preferences.sqlite",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO meta VALUES ('schema_version', '0')",
+    )
     with PreferenceStore(workspace) as s:
         assert s.stats()["schema_version"] == SCHEMA_VERSION
         assert s.add_pair("Q?", "A.", "B.").id == 1
@@ -658,8 +678,11 @@ def test_a_database_from_a_newer_mlx_dpo_is_refused_and_left_untouched(workspace
         s.add_pair("Q?", "A.", "B.")
     _raw(workspace / "preferences.sqlite", f"UPDATE meta SET value = '{SCHEMA_VERSION + 1}'")
     before = (workspace / "preferences.sqlite").read_bytes()
-    with pytest.raises(MlxDpoError, match=f"newer mlx-dpo \\(schema version {SCHEMA_VERSION + 1}; this one reads up to "
-                                          f"{SCHEMA_VERSION}\\); upgrade mlx-dpo"):
+    with pytest.raises(
+        MlxDpoError,
+        match=f"newer mlx-dpo \\(schema version {SCHEMA_VERSION + 1}; this one reads up to "
+        f"{SCHEMA_VERSION}\\); upgrade mlx-dpo",
+    ):
         PreferenceStore(workspace)
     assert (workspace / "preferences.sqlite").read_bytes() == before
 
@@ -719,8 +742,12 @@ LABELER = textwrap.dedent(
 
 def _label_until_killed(workspace: Path, mode: str, kill_after: int) -> int:
     """Run LABELER, SIGKILL it right after it acknowledges `kill_after` pairs; returns the last ack it printed."""
-    child = subprocess.Popen([sys.executable, "-c", LABELER, str(workspace), mode, str(kill_after)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", LABELER, str(workspace), mode, str(kill_after)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     watchdog = threading.Timer(60, child.kill)  # never hang the suite
     watchdog.start()
     try:

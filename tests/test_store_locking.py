@@ -14,11 +14,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from helpers import REPO, console_script, write_jsonl
+
 from mlx_dpo.data import schema
 from mlx_dpo.data.store import PreferenceStore
 
@@ -46,8 +47,14 @@ WRITER = textwrap.dedent(
 
 
 def _start(script: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", script, *args], cwd=REPO, env=dict(os.environ),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @contextmanager
@@ -71,16 +78,19 @@ def _has_open(pid: int, path: Path) -> bool:
 
 
 def _pairs_file(tmp_path: Path, count: int) -> Path:
-    return write_jsonl(tmp_path / "pairs.jsonl", *({"prompt": f"Imported {i}?", "chosen": "Yes.", "rejected": "No."}
-                                                   for i in range(count)))
+    return write_jsonl(
+        tmp_path / "pairs.jsonl",
+        *({"prompt": f"Imported {i}?", "chosen": "Yes.", "rejected": "No."} for i in range(count)),
+    )
 
 
 def test_an_import_waits_for_another_process_transaction_then_saves_everything(workspace, tmp_path):
     with PreferenceStore(workspace) as store:
         store.add_pair("Labelled in the app?", "Good.", "Bad.")
     with _write_lock_held(workspace):
-        proc = _start(CLI_WITH_WAIT, "120", "data", "import", str(_pairs_file(tmp_path, 5)),
-                      "--workspace", str(workspace))
+        proc = _start(
+            CLI_WITH_WAIT, "120", "data", "import", str(_pairs_file(tmp_path, 5)), "--workspace", str(workspace)
+        )
         deadline = time.monotonic() + 60  # a guard against a hang, not a measure of anything
         while not _has_open(proc.pid, workspace / "preferences.sqlite") and proc.poll() is None:
             assert time.monotonic() < deadline
@@ -98,8 +108,9 @@ def test_a_store_locked_past_the_wait_is_one_clear_line_and_changes_nothing(work
     with PreferenceStore(workspace) as store:
         store.add_pair("Labelled in the app?", "Good.", "Bad.")
     with _write_lock_held(workspace):
-        proc = _start(CLI_WITH_WAIT, "0.2", "data", "import", str(_pairs_file(tmp_path, 3)),
-                      "--workspace", str(workspace))
+        proc = _start(
+            CLI_WITH_WAIT, "0.2", "data", "import", str(_pairs_file(tmp_path, 3)), "--workspace", str(workspace)
+        )
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and out == ""
     assert err.count("\n") == 1 and "Traceback" not in err, err
@@ -159,9 +170,14 @@ def test_an_import_into_a_new_store_another_process_is_creating_waits_for_it_and
     # Switching a new store's file to WAL while another process holds a lock on it makes SQLite answer "busy" at
     # once (no wait: SQLite's deadlock rule). Once, `data import` then failed after 0.2 s, claiming a 30 s wait.
     with _new_store_being_written(workspace):
-        proc = subprocess.Popen([console_script(), "data", "import", str(_pairs_file(tmp_path, 5)),
-                                 "--workspace", str(workspace)], cwd=REPO, env=dict(os.environ),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [console_script(), "data", "import", str(_pairs_file(tmp_path, 5)), "--workspace", str(workspace)],
+            cwd=REPO,
+            env=dict(os.environ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 60  # a guard against a hang, not a measure of anything
         while not _has_open(proc.pid, workspace / "preferences.sqlite") and proc.poll() is None:
             assert time.monotonic() < deadline
@@ -209,9 +225,11 @@ def test_processes_opening_the_same_new_or_old_stores_at_once_all_succeed(tmp_pa
             PreferenceStore(tmp_path / f"ws{i}").close()
             monkeypatch.undo()
             with sqlite3.connect(tmp_path / f"ws{i}" / "preferences.sqlite") as conn:  # a pair in version 1's columns
-                conn.execute("INSERT INTO pairs (prompt, chosen, rejected, content_key, origin, created_at, updated_at, "
-                             "split) VALUES (?, 'Yes.', 'No.', ?, 'typed', 0, 0, 'train')",
-                             (f'[{{"role": "user", "content": "old {i}?"}}]', f"old-{i}"))
+                conn.execute(
+                    "INSERT INTO pairs (prompt, chosen, rejected, content_key, origin, created_at, updated_at, "
+                    "split) VALUES (?, 'Yes.', 'No.', ?, 'typed', 0, 0, 'train')",
+                    (f'[{{"role": "user", "content": "old {i}?"}}]', f"old-{i}"),
+                )
     start = time.time() + 3  # every copy has started (imports done) by then, even on a loaded machine
     openers = [_start(OPENER, str(tmp_path), name, str(count), str(start)) for name in names]
     for opener in openers:

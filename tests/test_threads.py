@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import assistant, system, thread_shapes, user, write_jsonl
+
 from mlx_dpo.data.pairs import load_pairs
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.data.thread_records import turn_depth
@@ -24,12 +24,15 @@ def label_conversation(store) -> list:
     """Three turns, then a branch from the first: four pairs, each prompt the whole conversation so far."""
     sys_ = [system("Be brief.")]
     t1 = store.add_pair(sys_ + [user("Name a colour.")], "Blue.", "Colours are many.")
-    t2 = store.add_pair(t1.prompt + [assistant("Blue."), user("Why that one?")], "The sky.", "No reason.",
-                        continues=t1.id)
-    t3 = store.add_pair(t2.prompt + [assistant("The sky."), user("And at night?")], "Black.", "Still blue.",
-                        continues=t2.id)
-    branch = store.add_pair(t1.prompt + [assistant("Blue."), user("Another one?")], "Red.", "Blue again.",
-                            continues=t1.id)
+    t2 = store.add_pair(
+        t1.prompt + [assistant("Blue."), user("Why that one?")], "The sky.", "No reason.", continues=t1.id
+    )
+    t3 = store.add_pair(
+        t2.prompt + [assistant("The sky."), user("And at night?")], "Black.", "Still blue.", continues=t2.id
+    )
+    branch = store.add_pair(
+        t1.prompt + [assistant("Blue."), user("Another one?")], "Red.", "Blue again.", continues=t1.id
+    )
     return [t1, t2, t3, branch]
 
 
@@ -81,10 +84,12 @@ def test_export_writes_trl_conversational_rows_and_import_reads_them_back_into_t
 
 def test_import_links_a_turn_to_the_pair_whose_chosen_answer_it_went_on_from(store, tmp_path):
     first = [user("Q1")]
-    rows = [{"id": "a", "prompt": first, "chosen": [assistant("A1")], "rejected": [assistant("B1")]},
-            {"id": "b", "prompt": first, "chosen": [assistant("C1")], "rejected": [assistant("A1")]},
-            {"id": "c", "prompt": first + [assistant("C1"), user("Q2")], "chosen": "x", "rejected": "y"},
-            {"id": "d", "prompt": first + [assistant("Z1"), user("Q2")], "chosen": "x", "rejected": "y"}]
+    rows = [
+        {"id": "a", "prompt": first, "chosen": [assistant("A1")], "rejected": [assistant("B1")]},
+        {"id": "b", "prompt": first, "chosen": [assistant("C1")], "rejected": [assistant("A1")]},
+        {"id": "c", "prompt": first + [assistant("C1"), user("Q2")], "chosen": "x", "rejected": "y"},
+        {"id": "d", "prompt": first + [assistant("Z1"), user("Q2")], "chosen": "x", "rejected": "y"},
+    ]
     store.import_jsonl(write_jsonl(tmp_path / "in.jsonl", *rows))
     ids = {p.external_id: p.id for p in store.list_pairs()}
     # c went on from b's chosen answer; d from an answer no pair chose: the oldest pair of that prompt.

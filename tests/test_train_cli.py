@@ -13,10 +13,9 @@ from types import SimpleNamespace
 
 import mlx.core as mx
 import pytest
-
 from helpers import assert_clean_error, held_child, read_metrics, run_cli, without_timing, write_demo_pairs
-from mlx_dpo.training import checkpoint
 
+from mlx_dpo.training import checkpoint
 
 TINY_SEED = 12  # this module's `tiny` model (conftest.py)
 
@@ -28,9 +27,29 @@ def finished_run(tmp_path_factory, tiny):
     data = write_demo_pairs(root / "train.jsonl", 8)
     valid = write_demo_pairs(root / "valid.jsonl", 2, start=30)
     adapter = root / "adapter"
-    result = run_cli("train", "--model", str(tiny), "--data", str(data), "--valid-data", str(valid),
-                     "--adapter-path", str(adapter), "--iters", "3", "--batch-size", "2", "--learning-rate", "1e-3",
-                     "--steps-per-report", "1", "--save-every", "3", "--seed", "2")
+    result = run_cli(
+        "train",
+        "--model",
+        str(tiny),
+        "--data",
+        str(data),
+        "--valid-data",
+        str(valid),
+        "--adapter-path",
+        str(adapter),
+        "--iters",
+        "3",
+        "--batch-size",
+        "2",
+        "--learning-rate",
+        "1e-3",
+        "--steps-per-report",
+        "1",
+        "--save-every",
+        "3",
+        "--seed",
+        "2",
+    )
     assert result.returncode == 0, result.stderr
     return SimpleNamespace(data=data, valid=valid, adapter=adapter, stdout=result.stdout)
 
@@ -48,9 +67,31 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrup
     data = write_demo_pairs(tmp_path / "pairs.jsonl", 8)
 
     def train_args(out: Path) -> list[str]:
-        return ["train", "--model", str(tiny), "--data", str(data), "--adapter-path", str(out),
-                "--iters", "6", "--batch-size", "2", "--grad-accum", "1", "--learning-rate", "1e-3",
-                "--lora-dropout", "0.1", "--save-every", "2", "--steps-per-report", "3", "--seed", "3"]
+        return [
+            "train",
+            "--model",
+            str(tiny),
+            "--data",
+            str(data),
+            "--adapter-path",
+            str(out),
+            "--iters",
+            "6",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--learning-rate",
+            "1e-3",
+            "--lora-dropout",
+            "0.1",
+            "--save-every",
+            "2",
+            "--steps-per-report",
+            "3",
+            "--seed",
+            "3",
+        ]
 
     # The uninterrupted run, in this process (the same command; only the killed and the resumed runs need
     # processes of their own).
@@ -59,8 +100,9 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_matches_an_uninterrup
     # The child holds after step 5 (reported; its last checkpoint is step 4's) and is killed there: the kill
     # lands at the same point on a fast machine and a slow one (mlx_dpo/training/pause.py).
     killed, release = tmp_path / "killed", tmp_path / "release"
-    with held_child(train_args(killed), {"MLX_DPO_PAUSE_AT": "step:5", "MLX_DPO_PAUSE_FILE": str(release)},
-                    release, "step 5"):
+    with held_child(
+        train_args(killed), {"MLX_DPO_PAUSE_AT": "step:5", "MLX_DPO_PAUSE_FILE": str(release)}, release, "step 5"
+    ):
         pass
     last = checkpoint.latest(killed)
     assert last == killed / "checkpoints" / "step-000004"
@@ -122,8 +164,20 @@ def test_bad_rows_stop_training_with_one_message_naming_file_line_and_field(tmp_
 def test_skip_invalid_drops_bad_rows_and_says_how_many(tmp_path, tiny):
     data = _with_a_bad_row(tmp_path)
     out = tmp_path / "adapter"
-    result = run_cli("train", "--model", str(tiny), "--data", str(data), "--adapter-path", str(out),
-                     "--skip-invalid", "--iters", "1", "--batch-size", "2")
+    result = run_cli(
+        "train",
+        "--model",
+        str(tiny),
+        "--data",
+        str(data),
+        "--adapter-path",
+        str(out),
+        "--skip-invalid",
+        "--iters",
+        "1",
+        "--batch-size",
+        "2",
+    )
 
     assert result.returncode == 0, result.stderr
     assert f"{data}: skipped 1 invalid row" in result.stderr
@@ -133,7 +187,9 @@ def test_skip_invalid_drops_bad_rows_and_says_how_many(tmp_path, tiny):
 def test_an_unknown_loss_is_refused_before_anything_is_written(tmp_path, tiny):
     data = write_demo_pairs(tmp_path / "pairs.jsonl", 3)
     out = tmp_path / "adapter"
-    result = run_cli("train", "--model", str(tiny), "--data", str(data), "--adapter-path", str(out), "--loss", "dpo-max")
+    result = run_cli(
+        "train", "--model", str(tiny), "--data", str(data), "--adapter-path", str(out), "--loss", "dpo-max"
+    )
     assert result.returncode == 2
     assert_clean_error(result, "--loss dpo-max", "unknown loss", "sigmoid")
     assert not out.exists()
@@ -207,8 +263,17 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path, tiny):
 
 def test_a_second_run_into_a_used_adapter_path_is_refused_without_resume(finished_run, tiny):
     before = _files(finished_run.adapter)
-    result = run_cli("train", "--model", str(tiny), "--data", str(finished_run.data),
-                     "--adapter-path", str(finished_run.adapter), "--iters", "1")
+    result = run_cli(
+        "train",
+        "--model",
+        str(tiny),
+        "--data",
+        str(finished_run.data),
+        "--adapter-path",
+        str(finished_run.adapter),
+        "--iters",
+        "1",
+    )
     assert result.returncode == 2
     assert_clean_error(result, str(finished_run.adapter), "already holds a training run", "--resume")
     assert _files(finished_run.adapter) == before
@@ -220,8 +285,9 @@ def test_training_into_a_folder_that_holds_an_adapter_is_refused(tmp_path, finis
     for name in ("adapter_config.json", "adapters.safetensors"):
         (out / name).write_bytes((finished_run.adapter / name).read_bytes())
     before = _files(out)
-    result = run_cli("train", "--model", str(tiny), "--data", str(finished_run.data), "--adapter-path", str(out),
-                     "--iters", "1")
+    result = run_cli(
+        "train", "--model", str(tiny), "--data", str(finished_run.data), "--adapter-path", str(out), "--iters", "1"
+    )
     assert result.returncode == 2
     assert_clean_error(result, str(out), "already holds an adapter")
     assert _files(out) == before
@@ -229,8 +295,15 @@ def test_training_into_a_folder_that_holds_an_adapter_is_refused(tmp_path, finis
 
 # --- 6. eval ------------------------------------------------------------------------------------------------
 
-PER_EXAMPLE_FIELDS = {"id", "policy_chosen_logp", "policy_rejected_logp", "ref_chosen_logp", "ref_rejected_logp",
-                      "chosen_tokens", "rejected_tokens"}
+PER_EXAMPLE_FIELDS = {
+    "id",
+    "policy_chosen_logp",
+    "policy_rejected_logp",
+    "ref_chosen_logp",
+    "ref_rejected_logp",
+    "chosen_tokens",
+    "rejected_tokens",
+}
 
 
 def _eval(tiny: Path, data: Path, out: Path, *adapter: str) -> tuple[dict, list[dict]]:
@@ -242,7 +315,9 @@ def _eval(tiny: Path, data: Path, out: Path, *adapter: str) -> tuple[dict, list[
 
 
 def test_eval_reports_accuracy_margin_loss_and_per_pair_logprobs(tmp_path, tiny, finished_run):
-    summary, rows = _eval(tiny, finished_run.valid, tmp_path / "per_pair.jsonl", "--adapter-path", str(finished_run.adapter))
+    summary, rows = _eval(
+        tiny, finished_run.valid, tmp_path / "per_pair.jsonl", "--adapter-path", str(finished_run.adapter)
+    )
 
     assert {"accuracy", "margin", "loss", "n_pairs"} <= set(summary)
     assert summary["n_pairs"] == 2 == len(rows)
@@ -253,8 +328,13 @@ def test_eval_reports_accuracy_margin_loss_and_per_pair_logprobs(tmp_path, tiny,
         assert set(row) == PER_EXAMPLE_FIELDS
         assert row["chosen_tokens"] > 1 and row["rejected_tokens"] > 1
         assert all(row[k] < 0 for k in PER_EXAMPLE_FIELDS if k.endswith("_logp"))
-        margins.append(beta * ((row["policy_chosen_logp"] - row["ref_chosen_logp"])
-                               - (row["policy_rejected_logp"] - row["ref_rejected_logp"])))
+        margins.append(
+            beta
+            * (
+                (row["policy_chosen_logp"] - row["ref_chosen_logp"])
+                - (row["policy_rejected_logp"] - row["ref_rejected_logp"])
+            )
+        )
     assert any(row["policy_chosen_logp"] != row["ref_chosen_logp"] for row in rows)  # the adapter is applied
     # The summary is the mean over the pairs of DPO's implicit reward margin, accuracy and sigmoid loss.
     assert summary["margin"] == pytest.approx(sum(margins) / 2, rel=1e-4, abs=1e-6)
@@ -283,12 +363,31 @@ def test_train_writes_trl_named_metrics_and_prefixed_eval_lines(finished_run):
     assert len(step_lines) + len(eval_lines) == len(lines)
     assert [line["step"] for line in step_lines] == [1, 2, 3]
     for line in step_lines:
-        assert {"step", "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                "logps/chosen", "logps/rejected", "learning_rate", "tokens_per_second", "peak_memory_gb",
-                "ref_cache/hits", "ref_cache/misses"} <= set(line)
+        assert {
+            "step",
+            "loss",
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "rewards/accuracies",
+            "logps/chosen",
+            "logps/rejected",
+            "learning_rate",
+            "tokens_per_second",
+            "peak_memory_gb",
+            "ref_cache/hits",
+            "ref_cache/misses",
+        } <= set(line)
     assert [line["step"] for line in eval_lines] == [3]  # the last step always evaluates
-    assert {"eval_loss", "eval_rewards/chosen", "eval_rewards/rejected", "eval_rewards/margins",
-            "eval_rewards/accuracies", "eval_logps/chosen", "eval_logps/rejected"} <= set(eval_lines[0])
+    assert {
+        "eval_loss",
+        "eval_rewards/chosen",
+        "eval_rewards/rejected",
+        "eval_rewards/margins",
+        "eval_rewards/accuracies",
+        "eval_logps/chosen",
+        "eval_logps/rejected",
+    } <= set(eval_lines[0])
     assert all(k == "step" or k.startswith("eval_") for k in eval_lines[0])
     # The command's last stdout line is the final report, eval included.
     final = json.loads(finished_run.stdout.splitlines()[-1])

@@ -14,21 +14,28 @@ from types import SimpleNamespace
 
 import mlx.core as mx
 import pytest
-
 from helpers import read_metrics, without_timing, write_demo_pairs
-from mlx_dpo.training import checkpoint
+
 from mlx_dpo.api import train
+from mlx_dpo.data.pairs import DEMO_PAIRS_PATH, load_pairs, write_pairs
 from mlx_dpo.events import Cancelled, CheckpointSaved, EvalMetrics, Finished, Status, StepMetrics
+from mlx_dpo.models.load import load_model
+from mlx_dpo.training import checkpoint
 from mlx_dpo.training.batching import make_batch
 from mlx_dpo.training.logprobs import sequence_logps
-from mlx_dpo.models.load import load_model
-from mlx_dpo.data.pairs import DEMO_PAIRS_PATH, load_pairs, write_pairs
 from mlx_dpo.training.tokens import Encoder
 
 # TRL's DPOTrainer names for what a training report carries.
 TRL_STEP_FIELDS = {
-    "step", "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-    "logps/chosen", "logps/rejected", "learning_rate",
+    "step",
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+    "learning_rate",
 }
 RUN_FIELDS = {"tokens_per_second", "peak_memory_gb", "ref_cache/hits", "ref_cache/misses"}
 
@@ -46,10 +53,23 @@ def trained(tmp_path_factory, tiny):
     valid = write_demo_pairs(root / "valid.jsonl", 2, start=30)
     loaded = load_model(str(tiny))
     events: list = []
-    result = train(data, valid_data=valid, loaded=loaded, adapter_path=root / "adapter", iters=4, batch_size=2,
-                   learning_rate=5e-4, steps_per_report=1, steps_per_eval=2, save_every=2, seed=1,
-                   on_event=events.append)
-    return SimpleNamespace(result=result, events=events, loaded=loaded, data=data, valid=valid, adapter=root / "adapter")
+    result = train(
+        data,
+        valid_data=valid,
+        loaded=loaded,
+        adapter_path=root / "adapter",
+        iters=4,
+        batch_size=2,
+        learning_rate=5e-4,
+        steps_per_report=1,
+        steps_per_eval=2,
+        save_every=2,
+        seed=1,
+        on_event=events.append,
+    )
+    return SimpleNamespace(
+        result=result, events=events, loaded=loaded, data=data, valid=valid, adapter=root / "adapter"
+    )
 
 
 # --- 1. the reference cache ---------------------------------------------------------------------------------
@@ -70,7 +90,10 @@ def test_a_warm_reference_cache_skips_the_reference_pass_and_changes_no_metric(t
     assert warm.reference.seconds == 0
     assert not any(isinstance(e, Status) and e.message == "reference pass" and e.done > 0 for e in warm_events)
 
-    cold_lines, warm_lines = read_metrics(tmp_path / "cold" / "metrics.jsonl"), read_metrics(tmp_path / "warm" / "metrics.jsonl")
+    cold_lines, warm_lines = (
+        read_metrics(tmp_path / "cold" / "metrics.jsonl"),
+        read_metrics(tmp_path / "warm" / "metrics.jsonl"),
+    )
     assert [line["step"] for line in cold_lines] == [1, 2, 3, 4]
     assert all(line["ref_cache/misses"] == 16 and line["ref_cache/hits"] == 0 for line in cold_lines)
     assert all(line["ref_cache/misses"] == 0 and line["ref_cache/hits"] == 16 for line in warm_lines)
@@ -169,8 +192,18 @@ def test_cancelling_from_the_event_callback_stops_within_one_step_and_keeps_the_
             cancel.set()
 
     out = tmp_path / "adapter"
-    result = train(data, model=str(tiny), adapter_path=out, iters=3, batch_size=2, steps_per_report=1,
-                   save_every=1, seed=3, on_event=on_event, cancel=cancel)
+    result = train(
+        data,
+        model=str(tiny),
+        adapter_path=out,
+        iters=3,
+        batch_size=2,
+        steps_per_report=1,
+        save_every=1,
+        seed=3,
+        on_event=on_event,
+        cancel=cancel,
+    )
 
     assert result.cancelled is True
     assert [e.step for e in events if isinstance(e, StepMetrics)] == [1]
@@ -185,8 +218,18 @@ def test_cancelling_from_the_event_callback_stops_within_one_step_and_keeps_the_
 
     # ... and the run carries on from there.
     resumed: list = []
-    finished = train(data, model=str(tiny), adapter_path=out, resume=True, iters=3, batch_size=2,
-                     steps_per_report=1, save_every=1, seed=3, on_event=resumed.append)
+    finished = train(
+        data,
+        model=str(tiny),
+        adapter_path=out,
+        resume=True,
+        iters=3,
+        batch_size=2,
+        steps_per_report=1,
+        save_every=1,
+        seed=3,
+        on_event=resumed.append,
+    )
     assert not finished.cancelled
     assert [e.step for e in resumed if isinstance(e, StepMetrics)] == [2, 3]
     assert [line["step"] for line in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
@@ -229,8 +272,17 @@ def test_default_model_learns_the_demo_preferences_in_a_few_steps(tmp_path):
     shortest = sorted(demo, key=lambda p: len(json.dumps(p.prompt)) + len(p.chosen) + len(p.rejected))[:8]
     write_pairs(tmp_path / "pairs.jsonl", shortest)
 
-    result = train(tmp_path / "pairs.jsonl", model=None, adapter_path=tmp_path / "adapter", lora_num_layers=4,
-                   batch_size=2, iters=4, learning_rate=3e-4, steps_per_report=2, seed=0)
+    result = train(
+        tmp_path / "pairs.jsonl",
+        model=None,
+        adapter_path=tmp_path / "adapter",
+        lora_num_layers=4,
+        batch_size=2,
+        iters=4,
+        learning_rate=3e-4,
+        steps_per_report=2,
+        seed=0,
+    )
 
     reports = [line for line in read_metrics(tmp_path / "adapter" / "metrics.jsonl") if "loss" in line]
     assert [line["step"] for line in reports] == [2, 4]

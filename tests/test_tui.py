@@ -13,14 +13,23 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from helpers import (
+    REPO,
+    assert_clean_error,
+    errors,
+    model_ready,
+    run_cli,
+    sample_answers,
+    type_text,
+    wait_until,
+    warnings,
+)
 from textual import events
 
-from helpers import (REPO, assert_clean_error, errors, model_ready, run_cli, sample_answers, type_text, wait_until,
-                     warnings)
 from mlx_dpo.data.store import PreferenceStore
 from tui.app import MlxDpoApp
-from tui.workers import ModelWorker, SampleSettings
 from tui.modals import ConfirmModal, EditAnswersModal, PairModal, PathModal, SettingsModal
+from tui.workers import ModelWorker, SampleSettings
 
 pytestmark = pytest.mark.anyio  # the async tests run on asyncio through anyio's pytest plugin
 
@@ -66,8 +75,9 @@ def focused_id(app) -> str | None:
 def add_pairs(workspace: Path, count: int) -> list[int]:
     with PreferenceStore(workspace) as store:
         return [
-            store.add_pair([{"role": "user", "content": f"question {i}"}], f"good answer {i}", f"bad answer {i}",
-                           label=False).id
+            store.add_pair(
+                [{"role": "user", "content": f"question {i}"}], f"good answer {i}", f"bad answer {i}", label=False
+            ).id
             for i in range(1, count + 1)
         ]
 
@@ -265,7 +275,9 @@ async def test_prompt_queue(make_app, workspace, tmp_path, monkeypatch):
         # A JSONL queue with a system message; and a malformed one.
         Path("q.jsonl").write_text(
             json.dumps({"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]})
-            + "\n" + json.dumps({"prompt": "plain"}) + "\n"
+            + "\n"
+            + json.dumps({"prompt": "plain"})
+            + "\n"
         )
         await pilot.press("escape", "o")
         await type_text(pilot, "q.jsonl")
@@ -319,9 +331,14 @@ async def test_data_table_actions(make_app, workspace):
     app = make_app()
     async with started(app) as pilot:
         titles = [c.title for c in app.get_system_commands(app.screen)]
-        for title in ("Go to Data", "Label: Answer 1 is better: save the pair", "Label: Undo the last label",
-                      "Data: Swap chosen and rejected of the selected pair", "Data: Import pairs from a JSONL file",
-                      "Write: Save the typed pair"):
+        for title in (
+            "Go to Data",
+            "Label: Answer 1 is better: save the pair",
+            "Label: Undo the last label",
+            "Data: Swap chosen and rejected of the selected pair",
+            "Data: Import pairs from a JSONL file",
+            "Write: Save the typed pair",
+        ):
             assert title in titles
         await pilot.press("ctrl+p")
         await type_text(pilot, "data: swap chosen")
@@ -518,7 +535,11 @@ def test_labels_acknowledged_as_saved_survive_sigkill(tiny, workspace, capsys):
     wanted = 4
     child = subprocess.Popen(
         [sys.executable, str(REPO / "tests" / "tui_labeler.py"), str(workspace), str(tiny)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=os.environ.copy(),
     )
     acked: dict[int, int] = {}
     first_screen = None
@@ -546,5 +567,7 @@ def test_labels_acknowledged_as_saved_survive_sigkill(tiny, workspace, capsys):
             assert pairs[pair_id].prompt == [{"role": "user", "content": f"prompt number {n}"}]
             assert pairs[pair_id].origin == "sampled"
     with capsys.disabled():
-        print(f"\n[tui] child process: first screen {first_screen:.0f} ms after the script started; "
-              f"{len(acked)} acks, then SIGKILL; {len(pairs)} pairs intact")
+        print(
+            f"\n[tui] child process: first screen {first_screen:.0f} ms after the script started; "
+            f"{len(acked)} acks, then SIGKILL; {len(pairs)} pairs intact"
+        )

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import sample_answers, thread_shapes, wait_until, warnings
+from test_tui import make_app, started  # noqa: F401  (the fixture and the app runner)
 
-from helpers import sample_answers, thread_shapes, type_text, wait_until, warnings
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.training import rounds
-from test_tui import make_app, started  # noqa: F401  (the fixture and the app runner)
 
 pytestmark = pytest.mark.anyio
 
@@ -35,7 +35,8 @@ async def next_turn(pilot, key: str, message: str) -> None:
 
 
 async def test_a_three_turn_conversation_with_a_branch_is_four_pairs_that_export_reimport_and_train(
-        make_app, workspace, tmp_path, tiny):
+    make_app, workspace, tmp_path, tiny
+):
     app = make_app()
     async with started(app) as pilot:
         screen = app.get_screen("label")

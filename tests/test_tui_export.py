@@ -8,12 +8,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-
 from fake_hub import hub  # noqa: F401  # the loopback Hub of the push tests
 from helpers import errors, make_adapter, model_ready, type_text, wait_until
+
 from tui.app import MlxDpoApp
-from tui.workers import SampleSettings
 from tui.screens.export import ExportScreen, newest_adapter
+from tui.workers import SampleSettings
 
 pytestmark = pytest.mark.anyio
 
@@ -223,8 +223,9 @@ async def test_export_peft_and_gguf(tiny, adapter, workspace, tmp_path):
         assert f"done: {tmp_path / 'tiny.gguf'}" in screen.log_lines
 
 
-async def test_the_cli_and_the_screen_make_the_same_export_call(tiny, adapter, workspace, tmp_path, monkeypatch,
-                                                                capsys):
+async def test_the_cli_and_the_screen_make_the_same_export_call(
+    tiny, adapter, workspace, tmp_path, monkeypatch, capsys
+):
     """Both go through `mlx_dpo.export.export`: the writers are replaced where only its dispatch finds them,
     so a caller with a dispatch of its own would run the real export instead and fail here."""
     import mlx_dpo.export as export_package
@@ -236,6 +237,7 @@ async def test_the_cli_and_the_screen_make_the_same_export_call(tiny, adapter, w
         def write(adapter_path, out, *, on_stage, **options):
             calls.append((fmt, str(adapter_path), str(out), options))
             return export_package.ExportResult(Path(out), fmt, [f"{fmt} note"])
+
         return write
 
     for fmt in export_package.FORMATS:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from helpers import model_ready, sample_answers, wait_until
 from textual.widgets import Input
 
-from helpers import model_ready, sample_answers, wait_until
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.events import RoundEnded
 from tui.app import MlxDpoApp
@@ -35,8 +35,13 @@ async def test_mark_one_answer_bad_then_a_kto_round_trains_it(tmp_path, tiny):
 
         await pilot.press("f4")
         train = app.get_screen("train")
-        for input_id, value in {"train-loss": "kto", "train-iters": "1", "train-batch": "2", "train-rank": "4",
-                                "train-layers": "2"}.items():
+        for input_id, value in {
+            "train-loss": "kto",
+            "train-iters": "1",
+            "train-batch": "2",
+            "train-rank": "4",
+            "train-layers": "2",
+        }.items():
             train.query_one(f"#{input_id}", Input).value = value
         await pilot.pause()
         await pilot.press("ctrl+t")

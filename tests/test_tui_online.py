@@ -16,8 +16,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from helpers import errors, model_ready, sample_answers, type_text, wait_until, warnings
+
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import RoundEnded, RoundFailed
@@ -112,11 +112,9 @@ async def test_answers_are_shown_in_random_order_and_the_pair_records_it(tiny, w
     done: list[AnswerDone] = []
 
     def recording(model, adapter, report):
-        return ModelWorker(model, adapter, lambda e: (done.append(e) if isinstance(e, AnswerDone) else None,
-                                                      report(e)))
+        return ModelWorker(model, adapter, lambda e: (done.append(e) if isinstance(e, AnswerDone) else None, report(e)))
 
-    app = MlxDpoApp(workspace, model=str(tiny), settings=SampleSettings(max_tokens=8, seed=1),
-                    worker_factory=recording)
+    app = MlxDpoApp(workspace, model=str(tiny), settings=SampleSettings(max_tokens=8, seed=1), worker_factory=recording)
     seen: dict[tuple[int, int], tuple[int, int, tuple[str, str]]] = {}  # order -> (pair id, pane picked, shown)
     async with started(app) as pilot:
         screen = app.get_screen("label")
@@ -150,8 +148,16 @@ async def test_answers_are_shown_in_random_order_and_the_pair_records_it(tiny, w
 def judged_store(workspace: Path) -> tuple[int, int, int]:
     with PreferenceStore(workspace) as store:
         person = store.add_pair("Name a colour.", "Blue.", "Colours are hard.", origin="sampled", label=False)
-        judged = store.add_pair("Say hi.", "Hi there, friend!", "Hi.", origin="sampled", label=False,
-                                judge=JUDGE, version="v1", shown_first="rejected")
+        judged = store.add_pair(
+            "Say hi.",
+            "Hi there, friend!",
+            "Hi.",
+            origin="sampled",
+            label=False,
+            judge=JUDGE,
+            version="v1",
+            shown_first="rejected",
+        )
         imported = store.add_pair("2+2?", "4", "5", origin="imported", label=False)
     return person.id, judged.id, imported.id
 
@@ -235,8 +241,7 @@ async def test_a_bad_judge_spec_is_reported_and_labeling_goes_on(make_app, works
 # --- the prompt file of `online --judge human` ----------------------------------------------------------------
 
 
-async def test_a_prompt_file_given_at_start_is_the_queue_from_its_first_unlabeled_prompt(make_app, workspace,
-                                                                                       tmp_path):
+async def test_a_prompt_file_given_at_start_is_the_queue_from_its_first_unlabeled_prompt(make_app, workspace, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ("one", "two", "three")) + "\n")
     with PreferenceStore(workspace) as store:
@@ -257,9 +262,15 @@ async def test_a_prompt_file_given_at_start_is_the_queue_from_its_first_unlabele
 async def test_after_every_k_labels_the_app_trains_a_round_with_the_loops_settings(workspace, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("one\ntwo\nthree\nfour\n")
-    app = MlxDpoApp(workspace, model="scripted", settings=SampleSettings(max_tokens=12, seed=0),
-                    worker_factory=ScriptedWorker, prompts=prompts, per_round=2,
-                    train_settings={"learning_rate": 1e-4, "passes": 3, "heldout_samples": 0})
+    app = MlxDpoApp(
+        workspace,
+        model="scripted",
+        settings=SampleSettings(max_tokens=12, seed=0),
+        worker_factory=ScriptedWorker,
+        prompts=prompts,
+        per_round=2,
+        train_settings={"learning_rate": 1e-4, "passes": 3, "heldout_samples": 0},
+    )
     app.rounds_started = []
 
     def start_training(settings, report):  # no training child here: the round is recorded and ends at once
@@ -292,11 +303,19 @@ async def test_the_review_view_lists_disagreements_worst_first_and_fixes_them_wi
     with PreferenceStore(workspace) as store:
         ids = [store.add_pair(f"q{i}", f"good {i}", f"bad {i}", label=False).id for i in range(3)]
         reversed_ = store.add_pair("q0", "bad 0", "good 0", label=False).id  # q0 judged both ways
-    items = [ReviewItem(ids[1], -3.0, -1.0, 2.0, "train"), ReviewItem(ids[0], -0.5, 0.1, 0.6, "train"),
-             ReviewItem(reversed_, 0.5, 0.6, 0.1, "train"), ReviewItem(ids[2], 2.0, 1.0, -1.0, "train")]
-    ScriptedWorker.report = ReviewReport(Path("adapters/v1"), "v1", 0.1, items,
-                                         [Contradiction("reversed", (ids[0], reversed_), ("good 0", "bad 0"),
-                                                        [{"role": "user", "content": "q0"}])])
+    items = [
+        ReviewItem(ids[1], -3.0, -1.0, 2.0, "train"),
+        ReviewItem(ids[0], -0.5, 0.1, 0.6, "train"),
+        ReviewItem(reversed_, 0.5, 0.6, 0.1, "train"),
+        ReviewItem(ids[2], 2.0, 1.0, -1.0, "train"),
+    ]
+    ScriptedWorker.report = ReviewReport(
+        Path("adapters/v1"),
+        "v1",
+        0.1,
+        items,
+        [Contradiction("reversed", (ids[0], reversed_), ("good 0", "bad 0"), [{"role": "user", "content": "q0"}])],
+    )
     app = make_app()
     try:
         async with started(app) as pilot:
@@ -368,12 +387,36 @@ def test_the_model_worker_reviews_with_the_latest_round_and_puts_the_apps_versio
 async def test_the_train_screen_shows_held_out_numbers_per_version(make_app, workspace):
     with PreferenceStore(workspace) as store:
         ids = [store.add_pair(f"q{i}", "yes", "no", label=False).id for i in range(2)]
-        store.record_round(1, "adapters/v1", {}, {"loss": 0.6, "heldout/accuracy": 0.5, "heldout/kl": 0.0123,
-                                                   "heldout/score": None, "heldout_base/accuracy": 0.25,
-                                                   "heldout_base/kl": 0.0}, "finished", ids[:1])
-        store.record_round(2, "adapters/v2", {}, {"loss": 0.5, "heldout/accuracy": 0.75, "heldout/kl": 0.05,
-                                                   "heldout/score": 0.4, "heldout/win_vs_previous": 0.6,
-                                                   "heldout/win_vs_base": 0.7}, "finished", ids)
+        store.record_round(
+            1,
+            "adapters/v1",
+            {},
+            {
+                "loss": 0.6,
+                "heldout/accuracy": 0.5,
+                "heldout/kl": 0.0123,
+                "heldout/score": None,
+                "heldout_base/accuracy": 0.25,
+                "heldout_base/kl": 0.0,
+            },
+            "finished",
+            ids[:1],
+        )
+        store.record_round(
+            2,
+            "adapters/v2",
+            {},
+            {
+                "loss": 0.5,
+                "heldout/accuracy": 0.75,
+                "heldout/kl": 0.05,
+                "heldout/score": 0.4,
+                "heldout/win_vs_previous": 0.6,
+                "heldout/win_vs_base": 0.7,
+            },
+            "finished",
+            ids,
+        )
     app = make_app()
     async with started(app) as pilot:
         await pilot.press("f4")
@@ -389,11 +432,19 @@ async def test_a_rejected_version_says_why_is_not_switched_to_and_a_person_can_k
     the version it had, and `k` (or the command palette) keeps it anyway, recorded as a person's decision."""
     with PreferenceStore(workspace) as store:
         ids = [store.add_pair(f"q{i}", "yes", "no", label=False).id for i in range(2)]
-        store.record_round(1, "adapters/v1", {}, {"heldout/kl": 0.4, "heldout/repetition": 0.01,
-                                                  "heldout/unfinished": 0.25}, "finished", ids[:1], "accepted",
-                           "KL 0.40 <= budget 3 nats")
-        store.record_round(2, "adapters/v2", {}, {"heldout/kl": 7.5}, "finished", ids, "rejected",
-                           "KL 7.50 > budget 3 nats")
+        store.record_round(
+            1,
+            "adapters/v1",
+            {},
+            {"heldout/kl": 0.4, "heldout/repetition": 0.01, "heldout/unfinished": 0.25},
+            "finished",
+            ids[:1],
+            "accepted",
+            "KL 0.40 <= budget 3 nats",
+        )
+        store.record_round(
+            2, "adapters/v2", {}, {"heldout/kl": 7.5}, "finished", ids, "rejected", "KL 7.50 > budget 3 nats"
+        )
     app = make_app()
     async with started(app) as pilot:
         await pilot.press("f4")
@@ -403,8 +454,11 @@ async def test_a_rejected_version_says_why_is_not_switched_to_and_a_person_can_k
         assert row("1")[-4:] == ["0.01", "0.25", "✓ yes", "KL 0.40 <= budget 3 nats"]
         assert row("2")[-2:] == ["✗ no", "KL 7.50 > budget 3 nats"]
         # A round that ends rejected, as the training child reports it: the app stays on its version.
-        screen.post_message(WorkerEvent(RoundEnded(2, "finished", "adapters/v2", {}, decision="rejected",
-                                                    reason="KL 7.50 > budget 3 nats")))
+        screen.post_message(
+            WorkerEvent(
+                RoundEnded(2, "finished", "adapters/v2", {}, decision="rejected", reason="KL 7.50 > budget 3 nats")
+            )
+        )
         await pilot.pause()
         assert warnings(app)[-1] == "Rejected: v2 not kept: KL 7.50 > budget 3 nats"
         assert app.current_version_label() == "base"  # not switched to v2

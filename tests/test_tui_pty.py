@@ -19,6 +19,7 @@ import termios
 import time
 
 from helpers import REPO
+
 from mlx_dpo.data.store import PreferenceStore
 
 ESCAPES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[PX^_][^\x1b]*\x1b\\|.)")
@@ -32,8 +33,9 @@ class Terminal:
     def __init__(self, argv: list[str], env: dict[str, str]):
         self.fd, child = os.openpty()
         fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 36, 120, 0, 0))
-        self.proc = subprocess.Popen(argv, stdin=child, stdout=child, stderr=child, cwd=REPO, env=env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, stdin=child, stdout=child, stderr=child, cwd=REPO, env=env, start_new_session=True
+        )
         os.close(child)
         self.raw = b""
 
@@ -70,7 +72,9 @@ def test_the_real_app_draws_in_a_terminal_switches_screens_by_key_and_quits_with
     with PreferenceStore(workspace) as store:
         store.add_pair([{"role": "user", "content": "What is ice made of?"}], "Frozen water.", "Glass.", label=False)
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "36"}
-    term = Terminal([sys.executable, "-m", "mlx_dpo.cli", "tui", "--workspace", str(workspace), "--model", str(tiny)], env)
+    term = Terminal(
+        [sys.executable, "-m", "mlx_dpo.cli", "tui", "--workspace", str(workspace), "--model", str(tiny)], env
+    )
     try:
         term.wait_for("Label", "Data", "Export", "Quit", "tiny-llama")  # the mode buttons, the footer, the model
         term.raw = b""

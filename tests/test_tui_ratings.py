@@ -4,9 +4,9 @@ and KTO labels, the Data screen's ratings view changes one, and a GRPO round tra
 from __future__ import annotations
 
 import pytest
+from helpers import model_ready, type_text, wait_until, warnings
 from textual.widgets import DataTable, Input
 
-from helpers import model_ready, type_text, wait_until, warnings
 from mlx_dpo.data.rating_labels import rating_feedback, rating_pairs
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.events import RoundEnded
@@ -17,8 +17,14 @@ pytestmark = pytest.mark.anyio
 
 SIZE = (140, 44)
 FAST = SampleSettings(max_tokens=12, temperature=1.0)
-GRPO_ROUND = {"train-method": "grpo", "train-iters": "2", "train-batch": "2", "train-rank": "4", "train-layers": "2",
-              "train-lr": "1e-4"}
+GRPO_ROUND = {
+    "train-method": "grpo",
+    "train-iters": "2",
+    "train-batch": "2",
+    "train-rank": "4",
+    "train-layers": "2",
+    "train-lr": "1e-4",
+}
 
 
 async def test_rate_four_answers_train_a_grpo_round_on_them_and_see_the_new_version(tmp_path, tiny):
@@ -68,8 +74,10 @@ async def test_rate_four_answers_train_a_grpo_round_on_them_and_see_the_new_vers
         assert isinstance(train.last_round, RoundEnded) and train.last_round.version == 1, train.last_round
         await model_ready(pilot)
         assert app.current_version_label() == "v1"
-        rows = [train.query_one("#versions", DataTable).get_row_at(i)[0]
-                for i in range(train.query_one("#versions", DataTable).row_count)]
+        rows = [
+            train.query_one("#versions", DataTable).get_row_at(i)[0]
+            for i in range(train.query_one("#versions", DataTable).row_count)
+        ]
         assert any("v1" in str(row) for row in rows)
     with PreferenceStore(workspace) as store:
         [round_] = store.list_rounds()

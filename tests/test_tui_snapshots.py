@@ -11,14 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from helpers import model_ready, type_text, wait_until
+
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.events import StepMetrics
 from tui.app import MlxDpoApp
 from tui.messages import WorkerEvent
-from tui.workers import SampleSettings
 from tui.modals import ConfirmModal, EditAnswersModal
+from tui.workers import SampleSettings
 
 SIZE = (120, 36)
 
@@ -61,11 +61,23 @@ def test_write_screen(snap_compare, app):
 def test_data_screen(snap_compare, app):
     with PreferenceStore(Path("workspace")) as store:
         store.add_pair("What is 2+2?", "4.", "Numbers are hard to say.", label=False)
-        store.add_pair([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}],
-                       "Blue.", "There are very many colours, and choosing one is difficult.", label=False)
-        pair = store.add_pair("Say hello in French.", "Bonjour !", "Hello.", origin="sampled",
-                              sampler="SmolLM2-135M-Instruct", label=False, judge="score:judges.py:french",
-                              version="v1", shown_first="rejected")
+        store.add_pair(
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}],
+            "Blue.",
+            "There are very many colours, and choosing one is difficult.",
+            label=False,
+        )
+        pair = store.add_pair(
+            "Say hello in French.",
+            "Bonjour !",
+            "Hello.",
+            origin="sampled",
+            sampler="SmolLM2-135M-Instruct",
+            label=False,
+            judge="score:judges.py:french",
+            version="v1",
+            shown_first="rejected",
+        )
         store.update_pair(pair.id, split="valid")
 
     async def run_before(pilot):
@@ -104,11 +116,24 @@ def test_export_screen(snap_compare, app):
 def test_train_screen_with_versions_and_plots(snap_compare, app):
     with PreferenceStore(Path("workspace")) as store:
         ids = [store.add_pair(f"question {i}", f"a good answer {i}", f"bad {i}", label=False).id for i in range(6)]
-        metrics = {"loss": 0.61, "rewards/accuracies": 0.75, "rewards/margins": 0.21, "new_pairs": 4,
-                   "ref_cache/misses": 8, "ref_cache/hits": 0}
-        heldout = {"heldout/accuracy": 0.5, "heldout/kl": 0.042, "heldout/score": 0.61,
-                   "heldout/win_vs_previous": 0.55, "heldout/win_vs_base": 0.55,
-                   "heldout_base/accuracy": 0.25, "heldout_base/kl": 0.0, "heldout_base/score": 0.48}
+        metrics = {
+            "loss": 0.61,
+            "rewards/accuracies": 0.75,
+            "rewards/margins": 0.21,
+            "new_pairs": 4,
+            "ref_cache/misses": 8,
+            "ref_cache/hits": 0,
+        }
+        heldout = {
+            "heldout/accuracy": 0.5,
+            "heldout/kl": 0.042,
+            "heldout/score": 0.61,
+            "heldout/win_vs_previous": 0.55,
+            "heldout/win_vs_base": 0.55,
+            "heldout_base/accuracy": 0.25,
+            "heldout_base/kl": 0.0,
+            "heldout_base/score": 0.48,
+        }
         store.record_round(1, "workspace/adapters/v1", {}, {**metrics, **heldout}, "finished", ids[:4])
         store.record_round(2, "workspace/adapters/v2", {}, {**metrics, "new_pairs": 2}, "cancelled", ids)
 
@@ -118,9 +143,21 @@ def test_train_screen_with_versions_and_plots(snap_compare, app):
         screen = pilot.app.screen
         # A round's step reports, as the training child sends them (the last step: an ETA of 0 s).
         for step in range(1, 9):
-            screen.post_message(WorkerEvent(StepMetrics(step, 8, {
-                "loss": 0.69 - 0.02 * step, "rewards/margins": 0.03 * step, "rewards/accuracies": min(1, 0.1 * step),
-                "tokens_per_second": 1000, "peak_memory_gb": 0.5})))
+            screen.post_message(
+                WorkerEvent(
+                    StepMetrics(
+                        step,
+                        8,
+                        {
+                            "loss": 0.69 - 0.02 * step,
+                            "rewards/margins": 0.03 * step,
+                            "rewards/accuracies": min(1, 0.1 * step),
+                            "tokens_per_second": 1000,
+                            "peak_memory_gb": 0.5,
+                        },
+                    )
+                )
+            )
         await pilot.pause()
         await steady_cursors(pilot)
 

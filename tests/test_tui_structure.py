@@ -24,14 +24,22 @@ from tui.workers import ModelWorker
 REPO = Path(__file__).resolve().parent.parent
 TUI = REPO / "tui"
 # The library modules the UI may use directly (tests/test_layout.py): none of them loads model code.
-MLX_FREE = ("mlx_dpo.api", "mlx_dpo.errors", "mlx_dpo.events", "mlx_dpo.metric_names", "mlx_dpo.options",
-            "mlx_dpo.settings")
+MLX_FREE = (
+    "mlx_dpo.api",
+    "mlx_dpo.errors",
+    "mlx_dpo.events",
+    "mlx_dpo.metric_names",
+    "mlx_dpo.options",
+    "mlx_dpo.settings",
+)
 
 
 def test_importing_the_app_loads_no_model_code():
-    code = (f"import sys, tui.app, tui.workers, {', '.join(MLX_FREE)}; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm') or m.startswith(("
-            "'mlx_dpo.models', 'mlx_dpo.training', 'mlx_dpo.export', 'mlx_dpo.online.judges'))))")
+    code = (
+        f"import sys, tui.app, tui.workers, {', '.join(MLX_FREE)}; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm') or m.startswith(("
+        "'mlx_dpo.models', 'mlx_dpo.training', 'mlx_dpo.export', 'mlx_dpo.online.judges'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]", out.stdout
 

@@ -8,9 +8,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from helpers import errors, model_ready, sample_answers, type_text, wait_until, warnings
 from textual.widgets import DataTable, Input
 
-from helpers import errors, model_ready, sample_answers, type_text, wait_until, warnings
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.events import RoundEnded, RoundFailed, StepMetrics
 from mlx_dpo.models.generate import answer, chat_messages
@@ -28,8 +28,12 @@ TINY_SEED = 31  # this module's `tiny` model (conftest.py)
 
 def add_pairs(workspace: Path, count: int, start: int = 0) -> list[int]:
     with PreferenceStore(workspace) as store:
-        return [store.add_pair([{"role": "user", "content": f"question {i}"}], f"a good answer number {i}",
-                               f"bad {i}", label=False).id for i in range(start, start + count)]
+        return [
+            store.add_pair(
+                [{"role": "user", "content": f"question {i}"}], f"a good answer number {i}", f"bad {i}", label=False
+            ).id
+            for i in range(start, start + count)
+        ]
 
 
 async def set_round_settings(pilot, values: dict) -> None:
@@ -142,8 +146,12 @@ async def test_cancel_mid_round_keeps_checkpoint_and_app_usable(tmp_path, tiny):
         add_pairs(workspace, 2, start=10)
         await set_round_settings(pilot, {"train-iters": "200"})
         await pilot.press("escape", "ctrl+t")
-        await wait_until(pilot, lambda: any(isinstance(e, StepMetrics) and e.step >= 2 for e in screen.events),
-                         timeout=120, what="two steps")
+        await wait_until(
+            pilot,
+            lambda: any(isinstance(e, StepMetrics) and e.step >= 2 for e in screen.events),
+            timeout=120,
+            what="two steps",
+        )
         await pilot.press("c")
         assert screen.state in ("cancelling", "idle")  # a tiny model may already have stopped
         await wait_until(pilot, lambda: screen.last_round is not None, timeout=60, what="the cancelled round")
@@ -174,8 +182,9 @@ async def test_keys_are_handled_while_the_training_child_is_stopped(tmp_path, ti
         app = pilot.app
         await set_round_settings(pilot, {**TINY_ROUND, "train-iters": "100", "train-beta": "0.1"})
         await pilot.press("escape", "ctrl+t")
-        await wait_until(pilot, lambda: any(isinstance(e, StepMetrics) for e in screen.events), timeout=120,
-                         what="the first step")
+        await wait_until(
+            pilot, lambda: any(isinstance(e, StepMetrics) for e in screen.events), timeout=120, what="the first step"
+        )
         child = screen.process.process
         os.kill(child.pid, signal.SIGSTOP)
         try:
@@ -219,9 +228,16 @@ async def test_compare_two_versions_saves_a_compared_pair(tmp_path, tiny):
         await wait_until(pilot, lambda: screen.state == "ready", timeout=60, what="both answers")
         # Each answer is what its version says to the prompt with the screen's seed, sampled here afresh.
         v1_path = app.store.list_rounds()[0].adapter_path
-        expected = [answer(load_model(str(tiny), adapter_path=adapter), chat_messages("Name a colour."),
-                           max_tokens=sampling.max_tokens, temperature=sampling.temperature, seed=sampling.seed)
-                    for adapter in (None, v1_path)]
+        expected = [
+            answer(
+                load_model(str(tiny), adapter_path=adapter),
+                chat_messages("Name a colour."),
+                max_tokens=sampling.max_tokens,
+                temperature=sampling.temperature,
+                seed=sampling.seed,
+            )
+            for adapter in (None, v1_path)
+        ]
         assert list(screen.answers()) == expected
         assert expected[0] != expected[1]  # training moved v1: the check above tells the versions apart
         await pilot.press("escape", "2")
@@ -252,8 +268,15 @@ async def test_the_train_fields_take_a_fractional_pass_count_and_name_a_bad_valu
         await pilot.press("f4")
         screen = app.get_screen("train")
         await set_round_settings(pilot, {"train-iters": "", "train-passes": "0.5"})
-        assert screen.settings() == {"loss_type": "sigmoid", "beta": 0.1, "learning_rate": 1e-4, "passes": 0.5,
-                                     "batch_size": 4, "lora_rank": 8, "replay": 0.5}
+        assert screen.settings() == {
+            "loss_type": "sigmoid",
+            "beta": 0.1,
+            "learning_rate": 1e-4,
+            "passes": 0.5,
+            "batch_size": 4,
+            "lora_rank": 8,
+            "replay": 0.5,
+        }
         await set_round_settings(pilot, {"train-beta": "0"})
         with pytest.raises(ValueError, match=r"^β must be > 0 \(got 0\)$"):
             screen.settings()

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import user
+
 from mlx_dpo.data.answers import Answer, is_finished
 from mlx_dpo.data.online_records import Comparison
 from mlx_dpo.data.pairs import PreferencePair, load_pairs
-from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.data.store import PreferenceStore
+from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.models.generate import SampleSettings
 from mlx_dpo.online.judges import load_judge
 from mlx_dpo.online.loop import judge_and_store
@@ -45,8 +45,11 @@ def test_the_sampler_marks_an_answer_cut_at_max_tokens_unfinished(sampled, defau
     # The same prompts one at a time (the app's streaming path) agree on which finished.
     from mlx_dpo.online import sampling
 
-    generated = sampling._one_at_a_time(default_model, [sampling.prompt_tokens(default_model.tokenizer, m)
-                                                        for m in (SHORT, LONG)], SampleSettings(0.0, max_tokens=12))
+    generated = sampling._one_at_a_time(
+        default_model,
+        [sampling.prompt_tokens(default_model.tokenizer, m) for m in (SHORT, LONG)],
+        SampleSettings(0.0, max_tokens=12),
+    )
     assert [done for _ids, done in generated] == [True, False]
 
 
@@ -58,8 +61,10 @@ PREFER_LONGER = "def prefer_longer(prompt, a, b):\n    return 1 if len(a) > len(
 @pytest.fixture
 def judges(tmp_path):
     (tmp_path / "j.py").write_text(LONGER + PREFER_LONGER)
-    return {"score": load_judge(f"{tmp_path / 'j.py'}:longer", missing_end_penalty=0.0),
-            "prefer": load_judge(f"{tmp_path / 'j.py'}:prefer_longer")}
+    return {
+        "score": load_judge(f"{tmp_path / 'j.py'}:longer", missing_end_penalty=0.0),
+        "prefer": load_judge(f"{tmp_path / 'j.py'}:prefer_longer"),
+    }
 
 
 @pytest.mark.parametrize("kind", ["score", "prefer"])
@@ -70,8 +75,10 @@ def test_a_program_judge_never_pairs_a_cut_answer_over_a_finished_one(sampled, j
         kind_given = judge_and_store(store, judges[kind], SHORT, [finished, cut], sampler="s", version="base")
         assert kind_given == "skips" and store.count_pairs() == 0
         assert store.list_skips()[0].reason == (
-            "the judge preferred an unfinished answer over a finished one" if kind == "prefer"
-            else "scores %g, %g: only unfinished answers score above finished ones" % (len(finished), len(cut)))
+            "the judge preferred an unfinished answer over a finished one"
+            if kind == "prefer"
+            else f"scores {len(finished):g}, {len(cut):g}: only unfinished answers score above finished ones"
+        )
         # Kept with its flags: the cut answer comes back unfinished.
         assert [is_finished(a) for a in store.list_skips()[0].answers] == [True, False]
         # Among four answers the judge's own favourites are cut ones; the pair it gives still obeys the rule.
@@ -100,11 +107,15 @@ def test_a_penalty_lowers_a_cut_answers_score_and_a_person_may_still_choose_one(
 
 
 def test_a_knockout_makes_n_minus_1_comparisons_pairs_the_winner_with_the_first_loser_and_stores_them(
-        judges, workspace):
+    judges, workspace
+):
     answers = [Answer("bb"), Answer("a"), Answer("dddd"), Answer("ccc")]  # prefer_longer: 1 > 2, 3 > 1, 3 > 4
     judged = choose_pair(judges["prefer"], SHORT, answers)
     assert [(c.first, c.second, c.choice) for c in judged.comparisons] == [
-        ("bb", "a", 1), ("bb", "dddd", 2), ("dddd", "ccc", 1)]
+        ("bb", "a", 1),
+        ("bb", "dddd", 2),
+        ("dddd", "ccc", 1),
+    ]
     # The winner is "dddd"; the first loser is "a" (it lost the first decisive comparison, to "bb", which lost to
     # "dddd"): stored in sampled order, "a" (answer 2) before "dddd" (answer 3).
     assert (judged.first, judged.second, judged.choice) == (1, 2, 2)
@@ -117,8 +128,13 @@ def test_a_knockout_makes_n_minus_1_comparisons_pairs_the_winner_with_the_first_
 
 def test_the_store_keeps_each_answers_flag_through_swap_overrule_and_edit(workspace):
     with PreferenceStore(workspace) as store:
-        pair = store.add_pair(SHORT, Answer("Paris."), Answer("The capital of", False), judge="score:j",
-                              comparisons=[Comparison(0, Answer("Paris."), Answer("The capital of", False), 1)])
+        pair = store.add_pair(
+            SHORT,
+            Answer("Paris."),
+            Answer("The capital of", False),
+            judge="score:j",
+            comparisons=[Comparison(0, Answer("Paris."), Answer("The capital of", False), 1)],
+        )
         assert (pair.chosen.finished, pair.rejected.finished) == (True, False)
         swapped = store.swap_pair(pair.id)
         assert (swapped.chosen.finished, swapped.rejected.finished) == (False, True)
@@ -151,7 +167,9 @@ def test_export_and_import_keep_a_cut_answers_flag(workspace, tmp_path):
 def test_a_finished_field_that_is_not_a_boolean_is_a_row_error(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"prompt": "Hi", "chosen": "a", "rejected": "b", "rejected_finished": "no"}) + "\n")
-    with pytest.raises(MlxDpoError, match=r"bad.jsonl:1: field .rejected_finished.: expected true or false, got string"):
+    with pytest.raises(
+        MlxDpoError, match=r"bad.jsonl:1: field .rejected_finished.: expected true or false, got string"
+    ):
         load_pairs(path)
 
 

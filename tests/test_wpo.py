@@ -47,10 +47,18 @@ def loaded(tiny):
 def pairs(loaded):
     raw = [
         PreferencePair("a", [{"role": "user", "content": "Hi"}], "Hello there, friend.", "Go away."),
-        PreferencePair("b", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
-                       "4.", "Well, that is a great question! It depends."),
-        PreferencePair("c", [{"role": "user", "content": "Name a prime between ten and twenty."}],
-                       "13.", "Twelve, I think, or maybe fifteen."),
+        PreferencePair(
+            "b",
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
+            "4.",
+            "Well, that is a great question! It depends.",
+        ),
+        PreferencePair(
+            "c",
+            [{"role": "user", "content": "Name a prime between ten and twenty."}],
+            "13.",
+            "Twelve, I think, or maybe fifteen.",
+        ),
     ]
     return Encoder(loaded.tokenizer).encode_all(raw)[0]
 
@@ -59,8 +67,11 @@ def full_vocabulary(model, prompt, completion) -> tuple[np.ndarray, np.ndarray]:
     """(log p_t, log Σ_v p_v²) at each completion token, from one unbatched forward and its full log-softmax."""
     sequence = list(prompt) + list(completion)
     logits = np.array(model(mx.array([sequence[:-1]]))[0].astype(mx.float32), dtype=np.float64)
-    log_softmax = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+    log_softmax = (
+        logits
+        - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
         - logits.max(-1, keepdims=True)
+    )
     rows = log_softmax[len(prompt) - 1 : len(prompt) - 1 + len(completion)]
     return rows[np.arange(len(completion)), completion], np.log(np.exp(2 * rows).sum(-1))
 
@@ -86,14 +97,16 @@ def step_loss(loaded, pairs, **settings) -> tuple[float, dict]:
     return loss.item(), {k: np.array(v) for k, v in tree_flatten(grads)}
 
 
-@pytest.mark.parametrize("shared_prompt, full_logits", PATHS,
-                         ids=["shared+head", "shared+full", "sequences+head", "plain"])
+@pytest.mark.parametrize(
+    "shared_prompt, full_logits", PATHS, ids=["shared+head", "shared+full", "sequences+head", "plain"]
+)
 def test_the_weighted_loss_is_the_hand_computed_value_on_every_path(loaded, pairs, shared_prompt, full_logits):
     want, weights = expected(loaded.model, pairs)
     # The weights are far from 1 and differ between pairs, so an unweighted or evenly weighted loss would fail.
     assert all(0 < w < 0.5 for w in weights) and max(weights) / min(weights) > 1.2
-    got, _ = step_loss(loaded, pairs, use_weighting=True, shared_prompt=shared_prompt,
-                       full_logits=full_logits, compile=not full_logits)
+    got, _ = step_loss(
+        loaded, pairs, use_weighting=True, shared_prompt=shared_prompt, full_logits=full_logits, compile=not full_logits
+    )
     assert got == pytest.approx(want, rel=1e-4)
 
 

@@ -26,9 +26,9 @@ The online loop with a person as its judge (`mlx-dpo online --judge human`) is t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -41,8 +41,18 @@ from tui import modes
 from tui.messages import WorkerEvent
 from tui.prompts import PromptQueue, QueueError
 from tui.workers import ModelWorker, SampleSettings, TrainingProcess
-from tui.workers.events import (REVIEW_EVENTS, SAMPLE_EVENTS, AdapterFailed, Event, JudgeFailed, JudgeReady, LoadFailed,
-                                LoadProgress, ModelReady, Suggestion)
+from tui.workers.events import (
+    REVIEW_EVENTS,
+    SAMPLE_EVENTS,
+    AdapterFailed,
+    Event,
+    JudgeFailed,
+    JudgeReady,
+    LoadFailed,
+    LoadProgress,
+    ModelReady,
+    Suggestion,
+)
 from tui.workers.judge import JudgeWorker, is_program_judge
 
 WorkerFactory = Callable[..., ModelWorker]
@@ -50,7 +60,16 @@ WorkerFactory = Callable[..., ModelWorker]
 
 class MlxDpoApp(App):
     TITLE = "mlx-dpo"
-    CSS_PATH = ["app.tcss", "label.tcss", "write.tcss", "data.tcss", "modals.tcss", "train.tcss", "compare.tcss", "export.tcss"]
+    CSS_PATH = [
+        "app.tcss",
+        "label.tcss",
+        "write.tcss",
+        "data.tcss",
+        "modals.tcss",
+        "train.tcss",
+        "compare.tcss",
+        "export.tcss",
+    ]
     SCREENS = {mode.name: mode.screen for mode in modes.MODES}
     MODES = {mode.name: mode.name for mode in modes.MODES}  # each mode's base screen: the one installed above
     BINDINGS = [*modes.mode_bindings(), Binding("ctrl+q", "quit", "Quit", priority=True)]
@@ -179,8 +198,9 @@ class MlxDpoApp(App):
                 self._label_screen.judge_ready()
             case JudgeFailed(error=error):
                 self.judge = None
-                self.notify_error(f"{error}. Label on without suggestions.", title="The judge failed to load",
-                                  timeout=15)
+                self.notify_error(
+                    f"{error}. Label on without suggestions.", title="The judge failed to load", timeout=15
+                )
                 self._label_screen.judge_ready()
 
     @property
@@ -249,13 +269,17 @@ class MlxDpoApp(App):
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for mode in modes.MODES:
-            yield SystemCommand(f"Go to {mode.title}", f"switch to the {mode.title} screen",
-                                partial(self.switch_mode, mode.name))
+            yield SystemCommand(
+                f"Go to {mode.title}", f"switch to the {mode.title} screen", partial(self.switch_mode, mode.name)
+            )
         for mode in modes.MODES:
             for binding in mode.screen.BINDINGS:
                 if isinstance(binding, Binding) and binding.tooltip:
-                    yield SystemCommand(f"{mode.title}: {binding.tooltip}", f"key: {binding.key}",
-                                        partial(self.run_in_mode, mode.name, binding.action))
+                    yield SystemCommand(
+                        f"{mode.title}: {binding.tooltip}",
+                        f"key: {binding.key}",
+                        partial(self.run_in_mode, mode.name, binding.action),
+                    )
 
     async def run_in_mode(self, mode: str, action: str) -> None:
         await self.switch_mode(mode)

@@ -97,5 +97,5 @@ class Conversation:
         """The editor's prompt going on from turn `at`: its system message and history, an empty user message."""
         source = self.continuing.history() if self.at else [dict(m) for m in self.path[0].prompt] if self.path else []
         system = source[0]["content"] if source and source[0]["role"] == "system" else ""
-        context = source[1 if system else 0:] if self.at else []
+        context = source[1 if system else 0 :] if self.at else []
         return PromptParts(system, "", tuple(context))

@@ -142,10 +142,12 @@ class EditAnswersModal(_Modal):
             yield Static("", classes="modal-error")
             with Horizontal(classes="modal-buttons"):
                 yield Button("Keep edits (ctrl+s)", id="keep", variant="primary", compact=True, action="screen.keep")
-                yield Button("Save: 1 better (F8)", id="pick-1", variant="success", compact=True,
-                             action="screen.pick(1)")
-                yield Button("Save: 2 better (F9)", id="pick-2", variant="success", compact=True,
-                             action="screen.pick(2)")
+                yield Button(
+                    "Save: 1 better (F8)", id="pick-1", variant="success", compact=True, action="screen.pick(1)"
+                )
+                yield Button(
+                    "Save: 2 better (F9)", id="pick-2", variant="success", compact=True, action="screen.pick(2)"
+                )
                 yield cancel_button()
         yield Footer()
 
@@ -195,7 +197,10 @@ class PairModal(_Modal):
             yield Label(Text(where), classes="modal-title")
             if self.parts.context:
                 yield Static(
-                    Text(f"{len(self.parts.context)} earlier turn(s) are kept as they are; the last user message is editable."),
+                    Text(
+                        f"{len(self.parts.context)} earlier turn(s) are kept as they are; "
+                        "the last user message is editable."
+                    ),
                     classes="modal-hint",
                 )
             yield from prompt_fields("pair-system", "pair-prompt", parts=self.parts)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from mlx_dpo.api import PromptFileError, read_prompt_file
 
-
 QueueError = PromptFileError  # a prompt queue file that cannot be read; the message names the file and line
 
 
@@ -25,7 +24,7 @@ class PromptParts:
     context: tuple[dict, ...] = field(default_factory=tuple)  # turns between the system and the last user turn
 
     @classmethod
-    def from_messages(cls, messages: list[dict]) -> "PromptParts":
+    def from_messages(cls, messages: list[dict]) -> PromptParts:
         messages = [dict(m) for m in messages]
         system = ""
         if messages and messages[0].get("role") == "system":
@@ -59,7 +58,7 @@ class PromptQueue:
         self.pos: int | None = None
 
     @classmethod
-    def open(cls, path: str | Path) -> "PromptQueue":
+    def open(cls, path: str | Path) -> PromptQueue:
         """Raises QueueError naming the file (and lines) when it cannot be read."""
         return cls(read_prompt_queue(path), Path(path).name)
 

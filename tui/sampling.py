@@ -21,8 +21,8 @@ from __future__ import annotations
 import random
 
 from mlx_dpo.api import Answer, same_answers
-from tui.workers import events
 from tui.prompts import PromptParts
+from tui.workers import events
 
 SLOTS = (1, 2)
 # Who produced an answer: a sampler name (Label) or a version label (Compare); None means "the model the
@@ -63,8 +63,9 @@ class SamplingState:
         self.clear()
         self.request_id, self.prompt, self.sources = request_id, prompt, sources
 
-    def restore(self, prompt: PromptParts, answers: tuple[str, str],
-                sources: tuple[Source, Source] = (None, None)) -> None:
+    def restore(
+        self, prompt: PromptParts, answers: tuple[str, str], sources: tuple[Source, Source] = (None, None)
+    ) -> None:
         """Complete answers that were not sampled just now (kept in the store, or brought back by undo)."""
         self.clear()
         self.prompt, self.sources = prompt, sources

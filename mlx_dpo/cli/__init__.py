@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import mlx_dpo
 from mlx_dpo.cli import app, data, export, models, online, train

@@ -15,9 +15,15 @@ def cmd_tui(args: argparse.Namespace) -> int:
     from tui.app import MlxDpoApp
 
     template = checked_template(args)
-    app = MlxDpoApp(args.workspace, model=args.model, adapter_path=args.adapter_path, prompts=args.prompts,
-                    judge=args.judge, rubric=args.rubric,  # a bad workspace or prompt file: MlxDpoError
-                    train_settings={"chat_template": template} if template else None)
+    app = MlxDpoApp(
+        args.workspace,
+        model=args.model,
+        adapter_path=args.adapter_path,
+        prompts=args.prompts,
+        judge=args.judge,
+        rubric=args.rubric,  # a bad workspace or prompt file: MlxDpoError
+        train_settings={"chat_template": template} if template else None,
+    )
     app.run()
     if app.worker.alive:  # quit while the model was still loading: exiting under MLX would abort the process
         sys.stdout.flush()
@@ -30,12 +36,18 @@ def register(sub: argparse._SubParsersAction) -> set[str]:
     p = sub.add_parser("tui", help="the terminal app: label sampled answers, write pairs, browse the store (default)")
     p.add_argument("--workspace", help=WORKSPACE_HELP)
     add_model_args(p)
-    p.add_argument("--prompts", metavar="FILE",
-                   help="prompts to label, one per line (or JSONL with 'prompt'): the Label screen's queue, from the "
-                        "first prompt with no label yet")
-    p.add_argument("--judge", metavar="SPEC",
-                   help="a program judge (file.py:NAME, module:NAME or llm:MODEL) whose choice the Label screen shows "
-                        "as a suggestion, accepted with a")
+    p.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="prompts to label, one per line (or JSONL with 'prompt'): the Label screen's queue, from the "
+        "first prompt with no label yet",
+    )
+    p.add_argument(
+        "--judge",
+        metavar="SPEC",
+        help="a program judge (file.py:NAME, module:NAME or llm:MODEL) whose choice the Label screen shows "
+        "as a suggestion, accepted with a",
+    )
     p.add_argument("--rubric", metavar="TEXT|FILE", help="what an llm:MODEL judge is asked to prefer")
     add_template_flag(p)
     p.set_defaults(func=cmd_tui)

@@ -7,11 +7,12 @@ and reports a bad value by its flag (exit 2), before anything loads.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.options import Setting, SettingError, add_flags, check, given_flags, settings_of
 from mlx_dpo.group_settings import GroupSettings
+from mlx_dpo.options import Setting, SettingError, add_flags, check, given_flags, settings_of
 from mlx_dpo.settings import TRAIN_GROUPS, RoundSettings, RunOptions, round_settings_table
 
 WORKSPACE_HELP = "workspace folder holding preferences.sqlite (default: ./mlx-dpo-workspace)"
@@ -29,7 +30,11 @@ def add_model_args(p: argparse.ArgumentParser, adapter: bool = True) -> None:
 def train_settings(incremental: bool) -> Mapping[str, Setting]:
     """The settings `train` takes: a plain run's, or (incremental) a round's with a round's defaults."""
     if incremental:  # a round writes its own metrics into its own folder
-        return {n: s for n, s in round_settings_table(*TRAIN_GROUPS, RoundSettings, GroupSettings).items() if n != "metrics_file"}
+        return {
+            n: s
+            for n, s in round_settings_table(*TRAIN_GROUPS, RoundSettings, GroupSettings).items()
+            if n != "metrics_file"
+        }
     return settings_of(*TRAIN_GROUPS)
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from mlx_dpo.cli import build_parser
 
@@ -68,9 +68,11 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
     """One table per argument group (the parser's own titles), leaving out --help and the subcommands."""
     lines: list[str] = []
     for group in parser._action_groups:
-        actions = [a for a in group._group_actions
-                   if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
-                   and a.help is not argparse.SUPPRESS]
+        actions = [
+            a
+            for a in group._group_actions
+            if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and a.help is not argparse.SUPPRESS
+        ]
         if not actions:
             continue
         lines += ["", f"*{group.title}*", "", "| option | what it does |", "|---|---|"]

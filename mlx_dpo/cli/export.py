@@ -12,10 +12,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     from mlx_dpo.export import export  # the heavy library loads when a command runs (see cli/__init__)
 
     if args.dequantize and args.format != "hf":
-        print("mlx-dpo: note: --dequantize is for --format hf (gguf is always dequantized, peft has no base weights)",
-              file=sys.stderr)
-    result = export(args.adapter_path, args.out, format=args.format, model=args.model, dequantize=args.dequantize,
-                    gguf_type=args.gguf_type, overwrite=args.overwrite)
+        print(
+            "mlx-dpo: note: --dequantize is for --format hf (gguf is always dequantized, peft has no base weights)",
+            file=sys.stderr,
+        )
+    result = export(
+        args.adapter_path,
+        args.out,
+        format=args.format,
+        model=args.model,
+        dequantize=args.dequantize,
+        gguf_type=args.gguf_type,
+        overwrite=args.overwrite,
+    )
     for note in result.notes:
         print(f"mlx-dpo: note: {note}", file=sys.stderr)
     print(f"exported {result.format} to {result.path}")
@@ -30,13 +39,23 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="fuse an adapter into its base (Hugging Face folder or GGUF), or convert it for PEFT")
+    p = sub.add_parser(
+        "export", help="fuse an adapter into its base (Hugging Face folder or GGUF), or convert it for PEFT"
+    )
     p.add_argument("--adapter-path", required=True, help="the trained adapter folder")
     p.add_argument("--model", help="its base model (default: the one the adapter was trained on)")
     p.add_argument("--out", required=True, help="output folder (for --format gguf: the .gguf file)")
-    p.add_argument("--format", choices=tuple(EXPORT_FORMATS), default="hf",
-                   help="; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items()) + " (default hf)")
-    p.add_argument("--dequantize", action="store_true", help="hf: dense weights transformers can load (the dtype the base declares, else float16)")
+    p.add_argument(
+        "--format",
+        choices=tuple(EXPORT_FORMATS),
+        default="hf",
+        help="; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items()) + " (default hf)",
+    )
+    p.add_argument(
+        "--dequantize",
+        action="store_true",
+        help="hf: dense weights transformers can load (the dtype the base declares, else float16)",
+    )
     p.add_argument("--gguf-type", choices=GGUF_TYPES, default="f16", help="gguf: tensor type (default f16)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_export)
@@ -47,4 +66,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--message", help="commit message")
     p.set_defaults(func=cmd_push)
-

@@ -28,8 +28,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if note:
         print(f"note: {note}", file=sys.stderr)
     messages = chat_messages(args.prompt, args.system)
-    for piece in stream_answer(loaded, messages, max_tokens=settings.max_tokens, temperature=settings.temperature,
-                               top_p=settings.top_p, seed=settings.seed):
+    for piece in stream_answer(
+        loaded,
+        messages,
+        max_tokens=settings.max_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        seed=settings.seed,
+    ):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

@@ -47,8 +47,9 @@ def _rubric(text: str | None) -> str | None:
 def cmd_online(args: argparse.Namespace) -> int:
     from mlx_dpo.online.loop import describe_round  # the heavy library loads when the command runs
 
-    online = build(OnlineSettings, checked(given_flags(args, settings_of(OnlineSettings).values()),
-                                           settings_of(OnlineSettings)))
+    online = build(
+        OnlineSettings, checked(given_flags(args, settings_of(OnlineSettings).values()), settings_of(OnlineSettings))
+    )
     rounds = train_settings(incremental=True)
     round_settings = checked(given_flags(args, rounds.values()), rounds)
     sample = _sample_settings(args)
@@ -57,8 +58,9 @@ def cmd_online(args: argparse.Namespace) -> int:
     eval_prompts = read_prompt_file(args.eval_prompts) if args.eval_prompts else None
     if args.judge == "human":
         if online.turns > 1:
-            raise MlxDpoError("--turns is for a program judge; a person continues a conversation in the app (c after "
-                              "a pick)")
+            raise MlxDpoError(
+                "--turns is for a program judge; a person continues a conversation in the app (c after a pick)"
+            )
         return _open_app(args, workspace, online, round_settings, sample)
     printer = ProgressPrinter()
 
@@ -68,9 +70,19 @@ def cmd_online(args: argparse.Namespace) -> int:
         else:
             print(describe_round(report), flush=True)
 
-    api.run_online(workspace, args.prompts, args.judge, rubric=_rubric(args.rubric), model=args.model,
-                   online=online, eval_prompts=eval_prompts, sample_settings=sample, settings=round_settings,
-                   on_event=printer, on_round=on_round)
+    api.run_online(
+        workspace,
+        args.prompts,
+        args.judge,
+        rubric=_rubric(args.rubric),
+        model=args.model,
+        online=online,
+        eval_prompts=eval_prompts,
+        sample_settings=sample,
+        settings=round_settings,
+        on_event=printer,
+        on_round=on_round,
+    )
     return 0
 
 
@@ -78,8 +90,14 @@ def _open_app(args, workspace, online: OnlineSettings, round_settings: dict, sam
     """`--judge human`: the app on the same workspace, the prompt file as its queue, a round every K labels."""
     from tui.app import MlxDpoApp  # Textual only for this path (the library never imports it)
 
-    app = MlxDpoApp(workspace, model=args.model, settings=sample, prompts=args.prompts, per_round=online.per_round,
-                    train_settings=round_settings)
+    app = MlxDpoApp(
+        workspace,
+        model=args.model,
+        settings=sample,
+        prompts=args.prompts,
+        per_round=online.per_round,
+        train_settings=round_settings,
+    )
     app.run()
     if app.worker.alive:  # as cmd_tui: exiting under MLX while the model loads would abort the process
         sys.stdout.flush()
@@ -90,15 +108,29 @@ def _open_app(args, workspace, online: OnlineSettings, round_settings: dict, sam
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("online", help="online rounds: sample answers, let a judge (program or person) choose, train")
     p.add_argument("--workspace", help=WORKSPACE_HELP)
-    p.add_argument("--prompts", required=True, metavar="FILE",
-                   help="prompts, one per line (or JSONL with 'prompt'): the app's prompt-queue formats")
-    p.add_argument("--judge", required=True, metavar="SPEC",
-                   help="file.py:NAME or module:NAME (a score or prefer function), llm:MODEL, or human (the app)")
+    p.add_argument(
+        "--prompts",
+        required=True,
+        metavar="FILE",
+        help="prompts, one per line (or JSONL with 'prompt'): the app's prompt-queue formats",
+    )
+    p.add_argument(
+        "--judge",
+        required=True,
+        metavar="SPEC",
+        help="file.py:NAME or module:NAME (a score or prefer function), llm:MODEL, or human (the app)",
+    )
     p.add_argument("--rubric", metavar="TEXT|FILE", help="with --judge llm:MODEL: what makes an answer better")
     p.add_argument("--eval-prompts", metavar="FILE", help="held-out prompts measured after each round (and the base)")
     p.add_argument("--json", action="store_true", help="print one JSON line per round")
     add_model_args(p, adapter=False)
     # --help: one block per settings group, each flag with the default online uses (a round's, online's sampler's).
-    add_flag_groups(p, [*settings_of(OnlineSettings).values(), *online_sampling_table().values(),
-                        *train_settings(incremental=True).values()])
+    add_flag_groups(
+        p,
+        [
+            *settings_of(OnlineSettings).values(),
+            *online_sampling_table().values(),
+            *train_settings(incremental=True).values(),
+        ],
+    )
     p.set_defaults(func=cmd_online)

@@ -27,7 +27,7 @@ class Answer(str):
 
     finished: bool
 
-    def __new__(cls, text: str, finished: bool = True) -> "Answer":
+    def __new__(cls, text: str, finished: bool = True) -> Answer:
         answer = super().__new__(cls, text)
         answer.finished = bool(finished)
         return answer

@@ -12,8 +12,9 @@ on it. Prompts and answers are compared as the pair rules compare them (surround
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 
 class LabeledPair(Protocol):
@@ -58,10 +59,14 @@ def _circles(group: list[LabeledPair]) -> list[Contradiction]:
     for part in _strongly_connected(len(texts), edges):
         if len(part) < 2:
             continue
-        ids = tuple(sorted(p.id for p in group if answers[p.chosen.strip()] in part
-                           and answers[p.rejected.strip()] in part))
-        out.append(Contradiction("reversed" if len(part) == 2 else "cycle", ids,
-                                 tuple(texts[i] for i in sorted(part)), group[0].prompt))
+        ids = tuple(
+            sorted(p.id for p in group if answers[p.chosen.strip()] in part and answers[p.rejected.strip()] in part)
+        )
+        out.append(
+            Contradiction(
+                "reversed" if len(part) == 2 else "cycle", ids, tuple(texts[i] for i in sorted(part)), group[0].prompt
+            )
+        )
     return out
 
 

@@ -27,9 +27,10 @@ import random
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 from mlx_dpo.data import schema
 from mlx_dpo.errors import MlxDpoError
@@ -40,8 +41,17 @@ DB_NAME = "preferences.sqlite"
 BUSY_TIMEOUT = 30.0
 
 # SQLite errors the user can do something about (another program holds the file, disk full, read-only...).
-_ENVIRONMENT_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR",
-                       "SQLITE_CANTOPEN", "SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_PERM")
+_ENVIRONMENT_ERRORS = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_FULL",
+    "SQLITE_READONLY",
+    "SQLITE_IOERR",
+    "SQLITE_CANTOPEN",
+    "SQLITE_CORRUPT",
+    "SQLITE_NOTADB",
+    "SQLITE_PERM",
+)
 
 _D = TypeVar("_D", bound="Database")
 _T = TypeVar("_T")
@@ -51,8 +61,14 @@ class Database:
     """The open preference database of one workspace: one connection, its lock, one `transaction` per call.
     The store's tables (mlx_dpo.data.store) each hold it and run every method in one of its transactions."""
 
-    def __init__(self, workspace: str | Path, *, create: bool = True, clock: Callable[[], float] = time.time,
-                 busy_timeout: float | None = None):
+    def __init__(
+        self,
+        workspace: str | Path,
+        *,
+        create: bool = True,
+        clock: Callable[[], float] = time.time,
+        busy_timeout: float | None = None,
+    ):
         """Open `<workspace>/preferences.sqlite` and bring its schema up to date.
 
         A missing folder and database are created, unless `create=False` (then MlxDpoError: for commands
@@ -76,8 +92,7 @@ class Database:
         started = time.monotonic()
         try:
             # isolation_level=None: no implicit transactions; every write opens its own explicitly.
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
             raise MlxDpoError(f"{self.path}: cannot open ({e})") from None
         try:
@@ -169,15 +184,17 @@ def _error_message(path: Path, e: BaseException, waited: float, limit: float, wh
     that actually happened, and the longest this process would wait), a full disk."""
     name = _error_name(e)
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-        return (f"{path}: the store is in use: another process (the app, `data import` or `online`) kept it "
-                f"locked; gave up after waiting {waited:.1f} s (the limit is {limit:g} s); try again when it is done")
+        return (
+            f"{path}: the store is in use: another process (the app, `data import` or `online`) kept it "
+            f"locked; gave up after waiting {waited:.1f} s (the limit is {limit:g} s); try again when it is done"
+        )
     if name.startswith("SQLITE_FULL"):
         return f"{path}: the disk is full: {what}; nothing of it was written and earlier changes are kept"
     return f"{path}: {what} ({e})"
 
 
 def _error_name(e: BaseException) -> str:
-    """"SQLITE_BUSY" and the like for an sqlite3 error, else ""."""
+    """ "SQLITE_BUSY" and the like for an sqlite3 error, else ""."""
     name = getattr(e, "sqlite_errorname", None)  # Python 3.11+
     if name is None and type(e) is sqlite3.DatabaseError:  # 3.10: "file is not a database", "malformed"
         return "SQLITE_NOTADB"

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from mlx_dpo.data.hub import data_source
 from mlx_dpo.data.pairs import PreferencePair, is_unpaired_row, pair_from_row, parse_completion, parse_prompt
@@ -40,8 +41,12 @@ class Feedback:
 
 
 def feedback_id(prompt: list[dict[str, str]], completion: str, desirable: bool) -> str:
-    canonical = json.dumps({"prompt": prompt, "completion": completion, "label": desirable}, sort_keys=True,
-                           ensure_ascii=False, separators=(",", ":"))
+    canonical = json.dumps(
+        {"prompt": prompt, "completion": completion, "label": desirable},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
     return hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:16]
 
 
@@ -52,8 +57,9 @@ def feedback_from_pairs(pairs: Iterable[PreferencePair]) -> list[Feedback]:
     rotation in `kto_pairs` pairs a prompt with another prompt's answer, not its own pair's other answer.
     """
     pairs = list(pairs)
-    return ([Feedback(f"{p.id}/chosen", p.prompt, p.chosen, True, p.source) for p in pairs]
-            + [Feedback(f"{p.id}/rejected", p.prompt, p.rejected, False, p.source) for p in pairs])
+    return [Feedback(f"{p.id}/chosen", p.prompt, p.chosen, True, p.source) for p in pairs] + [
+        Feedback(f"{p.id}/rejected", p.prompt, p.rejected, False, p.source) for p in pairs
+    ]
 
 
 def _parse(obj: Any) -> tuple[list[Feedback], list[tuple[str | None, str]]]:
@@ -72,8 +78,11 @@ def _parse(obj: Any) -> tuple[list[Feedback], list[tuple[str | None, str]]]:
     prompt = parse_prompt(obj.get("prompt", ""), "prompt", problems) if "prompt" in obj else None
     if "prompt" not in obj:
         problems.append(("prompt", "is missing"))
-    completion = (parse_completion(obj["completion"], "completion", problems) if "completion" in obj
-                  else problems.append(("completion", "is missing")))
+    completion = (
+        parse_completion(obj["completion"], "completion", problems)
+        if "completion" in obj
+        else problems.append(("completion", "is missing"))
+    )
     label = obj["label"]
     if not isinstance(label, bool):
         problems.append(("label", f"must be true or false, got {json.dumps(label)}"))
@@ -83,8 +92,9 @@ def _parse(obj: Any) -> tuple[list[Feedback], list[tuple[str | None, str]]]:
     return [Feedback(row_id, prompt, completion, label)], []
 
 
-def load_feedback(path: str | Path, *, skip_invalid: bool = False, config: str | None = None,
-                  default_split: str = "train") -> tuple[list[Feedback], int]:
+def load_feedback(
+    path: str | Path, *, skip_invalid: bool = False, config: str | None = None, default_split: str = "train"
+) -> tuple[list[Feedback], int]:
     """Every example of a data source of unpaired feedback (or pairs), and how many bad rows were skipped:
     a JSONL or Parquet file, a dataset folder or a Hub dataset (`config`: its --data-config; hub.py).
 
@@ -110,8 +120,10 @@ def load_feedback(path: str | Path, *, skip_invalid: bool = False, config: str |
     # As feedback_from_pairs: the pairs' chosen answers, then their rejected ones.
     examples = [f for (f,) in examples] + [c for c, _ in from_pairs] + [r for _, r in from_pairs]
     if not examples:
-        raise MlxDpoError(f"{name}: no feedback rows found; expected one JSON object per line with "
-                          '"prompt", "completion" and "label" (or preference pairs)')
+        raise MlxDpoError(
+            f"{name}: no feedback rows found; expected one JSON object per line with "
+            '"prompt", "completion" and "label" (or preference pairs)'
+        )
     return examples, skipped
 
 

@@ -11,14 +11,15 @@ A KTO round (mlx_dpo.training.rounds) trains the untrained feedback together wit
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
+from mlx_dpo.data.answers import Answer, is_finished
+from mlx_dpo.data.database import Database
 from mlx_dpo.data.feedback import Feedback
 from mlx_dpo.data.pairs import checked_prompt, parse_completion
-from mlx_dpo.data.answers import Answer, is_finished
 from mlx_dpo.data.records import ImportResult
-from mlx_dpo.data.database import Database
 from mlx_dpo.data.round_records import KEPT_ROUND
 from mlx_dpo.errors import MlxDpoError
 
@@ -45,8 +46,7 @@ class FeedbackLabels:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def add(self, prompt: Any, completion: str, desirable: bool,
-                     sampler: Any = None) -> StoredFeedback:
+    def add(self, prompt: Any, completion: str, desirable: bool, sampler: Any = None) -> StoredFeedback:
         """Store one answer marked good (`desirable`) or bad; the prompt and answer follow the pair rules."""
         prompt = checked_prompt(prompt)
         problems: list = []
@@ -56,10 +56,18 @@ class FeedbackLabels:
         if not isinstance(desirable, bool):
             raise MlxDpoError(f"a label must be good or bad (True or False), not {desirable!r}")
         with self._db.transaction() as conn:
-            cur = conn.execute("INSERT INTO feedback (prompt, completion, label, sampler, created_at, finished) "
-                               "VALUES (?, ?, ?, ?, ?, ?)", (json.dumps(prompt), text, int(desirable),
-                                                             json.dumps(sampler) if sampler else None, self._db.clock(),
-                                                             int(is_finished(completion))))
+            cur = conn.execute(
+                "INSERT INTO feedback (prompt, completion, label, sampler, created_at, finished) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    json.dumps(prompt),
+                    text,
+                    int(desirable),
+                    json.dumps(sampler) if sampler else None,
+                    self._db.clock(),
+                    int(is_finished(completion)),
+                ),
+            )
             return _read(conn, f"WHERE id = {int(cur.lastrowid)}")[0]
 
     def add_many(self, examples: Iterable[Feedback], source: str | None = None) -> ImportResult:
@@ -70,12 +78,15 @@ class FeedbackLabels:
         added = duplicates = 0
         with self._db.transaction() as conn:
             for row in rows:
-                if conn.execute("SELECT 1 FROM feedback WHERE prompt = ? AND completion = ? AND label = ? LIMIT 1",
-                                row).fetchone():
+                if conn.execute(
+                    "SELECT 1 FROM feedback WHERE prompt = ? AND completion = ? AND label = ? LIMIT 1", row
+                ).fetchone():
                     duplicates += 1  # also a repeat within `examples`: it was inserted just before
                     continue
-                conn.execute("INSERT INTO feedback (prompt, completion, label, sampler, created_at) "
-                             "VALUES (?, ?, ?, ?, ?)", (*row, sampler, self._db.clock()))
+                conn.execute(
+                    "INSERT INTO feedback (prompt, completion, label, sampler, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (*row, sampler, self._db.clock()),
+                )
                 added += 1
         return ImportResult(added, duplicates, 0, [])
 
@@ -91,17 +102,27 @@ class FeedbackLabels:
     def record_round(self, version: int, feedback_ids: Iterable[int]) -> None:
         """The labels round `version` trained on (the round itself is recorded by `Rounds.record`)."""
         with self._db.transaction() as conn:
-            conn.executemany("INSERT OR IGNORE INTO round_feedback (round_id, feedback_id) VALUES (?, ?)",
-                             [(version, int(i)) for i in feedback_ids])
+            conn.executemany(
+                "INSERT OR IGNORE INTO round_feedback (round_id, feedback_id) VALUES (?, ?)",
+                [(version, int(i)) for i in feedback_ids],
+            )
 
     def round_ids(self, version: int) -> list[int]:
         """The labels round `version` trained on, by id."""
         with self._db.transaction(write=False) as conn:
-            return [r[0] for r in conn.execute(
-                "SELECT feedback_id FROM round_feedback WHERE round_id = ? ORDER BY feedback_id", (version,))]
+            return [
+                r[0]
+                for r in conn.execute(
+                    "SELECT feedback_id FROM round_feedback WHERE round_id = ? ORDER BY feedback_id", (version,)
+                )
+            ]
 
 
 def _read(conn, where: str) -> list[StoredFeedback]:
     rows = conn.execute(f"SELECT {_COLUMNS} FROM feedback {where} ORDER BY id").fetchall()
-    return [StoredFeedback(r[0], json.loads(r[1]), Answer(r[2], bool(r[6])), bool(r[3]),
-                           json.loads(r[4]) if r[4] else None, r[5]) for r in rows]
+    return [
+        StoredFeedback(
+            r[0], json.loads(r[1]), Answer(r[2], bool(r[6])), bool(r[3]), json.loads(r[4]) if r[4] else None, r[5]
+        )
+        for r in rows
+    ]

@@ -28,8 +28,11 @@ from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.names import is_repo_id
 
 CARD = "README.md"
-SPLIT_WORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"),
-               "test": ("test", "testing", "eval", "evaluation")}
+SPLIT_WORDS = {
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test", "testing", "eval", "evaluation"),
+}
 _SEP = r"[-._ 0-9]"  # what may stand next to a split's name in a file name (datasets' NON_WORDS_CHARS)
 
 
@@ -48,8 +51,9 @@ def data_source(spec: str | Path, config: str | None = None, default_split: str 
     path = Path(spec).expanduser()
     if path.is_file():
         if config is not None:
-            raise MlxDpoError(f"--data-config {config}: applies to a dataset (a Hub name or a folder), "
-                              f"not to the file {spec}")
+            raise MlxDpoError(
+                f"--data-config {config}: applies to a dataset (a Hub name or a folder), not to the file {spec}"
+            )
         return DataSource(spec, [(spec, path)])
     base, split = (spec, None) if path.is_dir() or ":" not in spec else spec.rsplit(":", 1)
     split = split or default_split
@@ -85,8 +89,13 @@ def _hub_files(repo_id: str, config: str | None, split: str) -> list[tuple[str, 
 
 def _fetch(repo_id: str, patterns: list[str]) -> Path:
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, IncompleteSnapshotError,
-                                        LocalEntryNotFoundError, RepositoryNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        IncompleteSnapshotError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
         return Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=patterns))
@@ -96,15 +105,19 @@ def _fetch(repo_id: str, patterns: list[str]) -> Path:
         raise MlxDpoError(f"{repo_id}: no such dataset on the Hugging Face Hub (or no access)") from None
     except (LocalEntryNotFoundError, IncompleteSnapshotError):
         why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
-        raise MlxDpoError(f"{repo_id}: not (or not wholly) in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
-                          f"and {why}") from None
+        raise MlxDpoError(
+            f"{repo_id}: not (or not wholly) in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}"
+        ) from None
     except (HfHubHTTPError, OSError) as e:
         raise MlxDpoError(f"{repo_id}: download failed ({type(e).__name__}: {e})") from None
 
 
 def _local_files(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def _card_configs(folder: Path) -> list[dict] | None:
@@ -136,8 +149,9 @@ def _words(split: str) -> tuple[str, tuple[str, ...]]:
 
 def _names(rel: str, words: tuple[str, ...]) -> bool:
     """Whether a file's name, or one of its folders' names, holds one of `words` as a word."""
-    return any(re.search(rf"(^|{_SEP}){re.escape(w)}({_SEP}|$)", part) for part in PurePosixPath(rel).parts
-               for w in words)
+    return any(
+        re.search(rf"(^|{_SEP}){re.escape(w)}({_SEP}|$)", part) for part in PurePosixPath(rel).parts for w in words
+    )
 
 
 def _data_files(config: dict) -> dict[str, list[str]]:
@@ -211,6 +225,8 @@ def _select(name: str, rel: list[str], configs: list[dict] | None, config: str |
 
 def _glob_match(rel: str, pattern: str) -> bool:
     """A YAML data_files pattern as `datasets` reads it: * within a folder, ** across folders."""
-    regex = "".join(".*" if part == "**" else "[^/]*" if part == "*" else re.escape(part)
-                    for part in re.split(r"(\*\*|\*)", pattern.lstrip("/")))
+    regex = "".join(
+        ".*" if part == "**" else "[^/]*" if part == "*" else re.escape(part)
+        for part in re.split(r"(\*\*|\*)", pattern.lstrip("/"))
+    )
     return re.fullmatch(regex.replace(".*/", "(.*/)?"), rel) is not None

@@ -27,20 +27,28 @@ def parting_turn(chosen: str | list[dict], rejected: str | list[dict]) -> tuple[
         if 0 < k < min(len(chosen), len(rejected)) and chosen[k - 1] == " ":
             k -= 1  # "...Assistant: It" + " is" / " was": the space starts each answer
         if k == 0 and chosen.strip() != rejected.strip():
-            return 0, ("rejected", "shares no beginning with 'chosen', so there is no prompt to take from them; "
-                                   "give a 'prompt' field")
+            return 0, (
+                "rejected",
+                "shares no beginning with 'chosen', so there is no prompt to take from them; give a 'prompt' field",
+            )
         return k, None
     if k == len(chosen) == len(rejected):
         return k, ("rejected", "is identical to 'chosen'; a pair needs two different answers")
     if k == 0:
-        return k, ("rejected[0]", "differs from 'chosen[0]': the two conversations share no first turn, so there "
-                                  "is no prompt to take from them; give a 'prompt' field")
+        return k, (
+            "rejected[0]",
+            "differs from 'chosen[0]': the two conversations share no first turn, so there "
+            "is no prompt to take from them; give a 'prompt' field",
+        )
     if k in (len(chosen), len(rejected)):
         short = "chosen" if k == len(chosen) else "rejected"
         return k, (short, f"ends where the two conversations part (after {k} turns), so it has no answer")
     if any(m.get("role") != "assistant" for m in chosen[k:] + rejected[k:]):
-        return k, (f"chosen[{k}]", f"differs from 'rejected[{k}]' before the last assistant turn; in an implicit-"
-                                   "prompt row only the final assistant answer may differ")
+        return k, (
+            f"chosen[{k}]",
+            f"differs from 'rejected[{k}]' before the last assistant turn; in an implicit-"
+            "prompt row only the final assistant answer may differ",
+        )
     return k, None
 
 

@@ -17,7 +17,8 @@ from mlx_dpo.data.answers import flags_json
 from mlx_dpo.data.database import Database
 from mlx_dpo.data.online_records import Comparison, PromptRef, check_provenance, record_judging
 from mlx_dpo.data.pairs import checked_prompt
-from mlx_dpo.data.records import Candidate, Skip, UndoResult, dumps as _dumps
+from mlx_dpo.data.records import Candidate, Skip, UndoResult
+from mlx_dpo.data.records import dumps as _dumps
 from mlx_dpo.errors import MlxDpoError
 
 

@@ -91,8 +91,14 @@ def check_provenance(judge: str | None, version: str | None, shown_first: str | 
         records.check_choice("shown_first", shown_first, SHOWN_FIRST)
 
 
-def insert_online_prompt(conn: sqlite3.Connection, ref: PromptRef, messages: list[dict[str, str]],
-                         pair_id: int | None, skip_id: int | None, now: float) -> None:
+def insert_online_prompt(
+    conn: sqlite3.Connection,
+    ref: PromptRef,
+    messages: list[dict[str, str]],
+    pair_id: int | None,
+    skip_id: int | None,
+    now: float,
+) -> None:
     """Record `ref` as judged (inside the caller's transaction, with its pair or skip)."""
     if not isinstance(ref.position, int) or ref.position < 0 or not isinstance(ref.round, int) or ref.round < 1:
         raise MlxDpoError(f"bad prompt reference {ref!r}: position >= 0 and round >= 1 expected")
@@ -100,14 +106,23 @@ def insert_online_prompt(conn: sqlite3.Connection, ref: PromptRef, messages: lis
         conn.execute(
             "INSERT INTO online_prompts (source, position, prompt_key, round, pair_id, skip_id, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (ref.source, ref.position, prompt_key(messages), ref.round, pair_id, skip_id, now))
+            (ref.source, ref.position, prompt_key(messages), ref.round, pair_id, skip_id, now),
+        )
     except sqlite3.IntegrityError:
         raise MlxDpoError(f"{ref.source}: prompt {ref.position + 1} was already judged in this workspace") from None
 
 
-def record_judging(conn: sqlite3.Connection, online: PromptRef | None, comparisons: list[Comparison] | None,
-                   judge: str | None, messages: list[dict[str, str]], now: float, *, pair_id: int | None = None,
-                   skip_id: int | None = None) -> None:
+def record_judging(
+    conn: sqlite3.Connection,
+    online: PromptRef | None,
+    comparisons: list[Comparison] | None,
+    judge: str | None,
+    messages: list[dict[str, str]],
+    now: float,
+    *,
+    pair_id: int | None = None,
+    skip_id: int | None = None,
+) -> None:
     """With a new pair or skip, inside the caller's transaction: its prompt-file place and the judge's comparisons."""
     if online is not None:
         insert_online_prompt(conn, online, messages, pair_id, skip_id, now)
@@ -116,8 +131,24 @@ def record_judging(conn: sqlite3.Connection, online: PromptRef | None, compariso
     conn.executemany(
         "INSERT INTO comparisons (pair_id, skip_id, seq, first, second, first_finished, second_finished, choice, "
         "counted, note, judge, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [(pair_id, skip_id, c.seq, c.first, c.second, is_finished(c.first), is_finished(c.second), c.choice,
-          int(c.counted), c.note or None, judge, now) for c in comparisons or []])
+        [
+            (
+                pair_id,
+                skip_id,
+                c.seq,
+                c.first,
+                c.second,
+                is_finished(c.first),
+                is_finished(c.second),
+                c.choice,
+                int(c.counted),
+                c.note or None,
+                judge,
+                now,
+            )
+            for c in comparisons or []
+        ],
+    )
 
 
 class Judging:
@@ -140,27 +171,37 @@ class Judging:
                 "UPDATE pairs SET chosen = rejected, rejected = chosen, judge = NULL, overruled = ?, shown_first = ?, "
                 "content_key = ?, updated_at = ?, chosen_finished = rejected_finished, "
                 "rejected_finished = chosen_finished WHERE id = ?",
-                (old.judge, flipped, _swapped_key(old), self._db.clock(), pair_id))
+                (old.judge, flipped, _swapped_key(old), self._db.clock(), pair_id),
+            )
             return records.get_pair(conn, pair_id)
 
     def comparisons(self, *, pair_id: int | None = None, skip_id: int | None = None) -> list[Comparison]:
         """The comparisons that led to a pair (or a skip), in the order the judge made them."""
         column, value = ("pair_id", pair_id) if pair_id is not None else ("skip_id", skip_id)
         with self._db.transaction(write=False) as conn:
-            rows = conn.execute(f"SELECT seq, first, second, first_finished, second_finished, choice, counted, note "
-                                f"FROM comparisons WHERE {column} = ? ORDER BY seq", (value,)).fetchall()
-        return [Comparison(seq, Answer(a, bool(af)), Answer(b, bool(bf)), choice, bool(counted), note or "")
-                for seq, a, b, af, bf, choice, counted, note in rows]
+            rows = conn.execute(
+                f"SELECT seq, first, second, first_finished, second_finished, choice, counted, note "
+                f"FROM comparisons WHERE {column} = ? ORDER BY seq",
+                (value,),
+            ).fetchall()
+        return [
+            Comparison(seq, Answer(a, bool(af)), Answer(b, bool(bf)), choice, bool(counted), note or "")
+            for seq, a, b, af, bf, choice, counted, note in rows
+        ]
 
     def online_prompts(self, source: str) -> list[OnlinePrompt]:
         """The prompts of file `source` an online run has judged, by position."""
-        sql = ("SELECT o.position, o.prompt_key, o.round, o.pair_id, o.skip_id, "
-               f"o.pair_id IS NOT NULL AND o.pair_id IN ({_TRAINED_PAIRS}), s.reason IS 'tie', "
-               f"o.pair_id IS NOT NULL AND o.pair_id IN ({_TRIED_PAIRS}) "
-               "FROM online_prompts o LEFT JOIN skips s ON s.id = o.skip_id WHERE o.source = ? ORDER BY o.position")
+        sql = (
+            "SELECT o.position, o.prompt_key, o.round, o.pair_id, o.skip_id, "
+            f"o.pair_id IS NOT NULL AND o.pair_id IN ({_TRAINED_PAIRS}), s.reason IS 'tie', "
+            f"o.pair_id IS NOT NULL AND o.pair_id IN ({_TRIED_PAIRS}) "
+            "FROM online_prompts o LEFT JOIN skips s ON s.id = o.skip_id WHERE o.source = ? ORDER BY o.position"
+        )
         with self._db.transaction(write=False) as conn:
-            return [OnlinePrompt(p, k, r, pid, sid, bool(t), bool(tie), bool(tried))
-                    for p, k, r, pid, sid, t, tie, tried in conn.execute(sql, (source,))]
+            return [
+                OnlinePrompt(p, k, r, pid, sid, bool(t), bool(tie), bool(tried))
+                for p, k, r, pid, sid, t, tie, tried in conn.execute(sql, (source,))
+            ]
 
 
 def _swapped_key(pair: StoredPair) -> str:

@@ -11,8 +11,9 @@ judge's comparisons (mlx_dpo.data.online_records).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from mlx_dpo.data import records, thread_records
 from mlx_dpo.data.answers import is_finished, same_flag
@@ -25,10 +26,13 @@ from mlx_dpo.data.pairs import (
     check_pair,
     describe_problems,
     load_pairs,
-    pair_id as _content_key,  # the id a file row without one gets: same content, same key
     write_pairs,
 )
-from mlx_dpo.data.records import ORIGINS, SPLITS, STYLES, ImportResult, Origin, Split, StoredPair, dumps as _dumps
+from mlx_dpo.data.pairs import (
+    pair_id as _content_key,  # the id a file row without one gets: same content, same key
+)
+from mlx_dpo.data.records import ORIGINS, SPLITS, STYLES, ImportResult, Origin, Split, StoredPair
+from mlx_dpo.data.records import dumps as _dumps
 from mlx_dpo.errors import MlxDpoError
 
 
@@ -70,9 +74,19 @@ class Pairs:
         check_provenance(judge, version, shown_first)
         now = self._db.clock()
         with self._db.transaction() as conn:
-            new_id = _insert_pair(conn, messages, chosen, rejected, origin, sampler, _clean_note(note), split,
-                                  None if external_id is None else str(external_id), now,
-                                  (judge, version, shown_first, is_finished(chosen), is_finished(rejected)))
+            new_id = _insert_pair(
+                conn,
+                messages,
+                chosen,
+                rejected,
+                origin,
+                sampler,
+                _clean_note(note),
+                split,
+                None if external_id is None else str(external_id),
+                now,
+                (judge, version, shown_first, is_finished(chosen), is_finished(rejected)),
+            )
             record_judging(conn, online, comparisons, judge, messages, now, pair_id=new_id)
             if continues is not None:
                 thread_records.link(conn, new_id, continues, messages)
@@ -104,8 +118,17 @@ class Pairs:
             old = records.get_pair(conn, pair_id)
             return self._update(conn, pair_id, chosen=old.rejected, rejected=old.chosen)
 
-    def _update(self, conn: sqlite3.Connection, pair_id: int, *, prompt: Any = None, chosen: str | None = None,
-                rejected: str | None = None, note: str | None = None, split: str | None = None) -> StoredPair:
+    def _update(
+        self,
+        conn: sqlite3.Connection,
+        pair_id: int,
+        *,
+        prompt: Any = None,
+        chosen: str | None = None,
+        rejected: str | None = None,
+        note: str | None = None,
+        split: str | None = None,
+    ) -> StoredPair:
         old = records.get_pair(conn, pair_id)
         chosen, rejected = [o if v in (None, o) else v for v, o in ((chosen, old.chosen), (rejected, old.rejected))]
         messages, new_chosen, new_rejected = _checked_pair(old.prompt if prompt is None else prompt, chosen, rejected)
@@ -113,9 +136,16 @@ class Pairs:
             "UPDATE pairs SET prompt = ?, chosen = ?, rejected = ?, content_key = ?, note = ?, split = ?, "
             "updated_at = ?, chosen_finished = ?, rejected_finished = ? WHERE id = ?",
             (
-                _dumps(messages), new_chosen, new_rejected, _content_key(messages, new_chosen, new_rejected),
-                old.note if note is None else _clean_note(note), old.split if split is None else split,
-                self._db.clock(), is_finished(new_chosen), is_finished(new_rejected), pair_id,
+                _dumps(messages),
+                new_chosen,
+                new_rejected,
+                _content_key(messages, new_chosen, new_rejected),
+                old.note if note is None else _clean_note(note),
+                old.split if split is None else split,
+                self._db.clock(),
+                is_finished(new_chosen),
+                is_finished(new_rejected),
+                pair_id,
             ),
         )
         return records.get_pair(conn, pair_id)
@@ -192,8 +222,19 @@ class Pairs:
                 if conn.execute("SELECT 1 FROM pairs WHERE content_key = ? LIMIT 1", (key,)).fetchone():
                     duplicates += 1  # also catches a repeat within `pairs`: it was inserted just before
                     continue
-                _insert_pair(conn, prompt, chosen, rejected, "imported", None, None, split, external_id, now,
-                             (None, None, None, is_finished(chosen), is_finished(rejected)))
+                _insert_pair(
+                    conn,
+                    prompt,
+                    chosen,
+                    rejected,
+                    "imported",
+                    None,
+                    None,
+                    split,
+                    external_id,
+                    now,
+                    (None, None, None, is_finished(chosen), is_finished(rejected)),
+                )
                 added += 1
             linked = thread_records.infer_links(conn) if added else 0
         return ImportResult(added, duplicates, 0, [], linked)
@@ -242,16 +283,38 @@ def _clean_note(note: str | None) -> str | None:
     return note if note and note.strip() else None
 
 
-def _insert_pair(conn: sqlite3.Connection, prompt: list[dict[str, str]], chosen: str, rejected: str, origin: str,
-                 sampler: str | None, note: str | None, split: str, external_id: str | None, now: float,
-                 provenance: tuple = (None, None, None, True, True)) -> int:
+def _insert_pair(
+    conn: sqlite3.Connection,
+    prompt: list[dict[str, str]],
+    chosen: str,
+    rejected: str,
+    origin: str,
+    sampler: str | None,
+    note: str | None,
+    split: str,
+    external_id: str | None,
+    now: float,
+    provenance: tuple = (None, None, None, True, True),
+) -> int:
     """Insert one pair row; `provenance` is (judge, version, shown_first, chosen finished, rejected finished)."""
     return conn.execute(
         "INSERT INTO pairs (prompt, chosen, rejected, content_key, origin, sampler, created_at, updated_at, note, "
         "split, external_id, judge, version, shown_first, chosen_finished, rejected_finished) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (_dumps(prompt), chosen, rejected, _content_key(prompt, chosen, rejected), origin, sampler, now, now, note,
-         split, external_id, *provenance),
+        (
+            _dumps(prompt),
+            chosen,
+            rejected,
+            _content_key(prompt, chosen, rejected),
+            origin,
+            sampler,
+            now,
+            now,
+            note,
+            split,
+            external_id,
+            *provenance,
+        ),
     ).lastrowid
 
 

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from mlx_dpo.atomic import atomic_file
 from mlx_dpo.data.answers import Answer, is_finished
@@ -82,8 +83,9 @@ def pair_id(prompt: list[dict[str, str]], chosen: str, rejected: str) -> str:
     return hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def load_pairs(path: str | Path, *, skip_invalid: bool = False, config: str | None = None,
-               default_split: str = "train") -> LoadResult:
+def load_pairs(
+    path: str | Path, *, skip_invalid: bool = False, config: str | None = None, default_split: str = "train"
+) -> LoadResult:
     """Read and check every row of a data source: a JSONL or Parquet file, a dataset folder or a Hub dataset
     (`owner/name[:split]`, `config` its --data-config; hub.py), in any TRL preference format.
 
@@ -115,8 +117,10 @@ def load_pairs(path: str | Path, *, skip_invalid: bool = False, config: str | No
                 errors.extend(RowError(place.file, place.index, fld, msg, place.kind) for fld, msg in problems)
 
     if rows and unpaired == rows:  # a KTO file given to a pair method: one line, not one per row
-        raise UnpairedRows(f"{name}: holds unpaired rows (prompt, completion, label), which only --loss kto trains on; "
-                          "train with --loss kto, or give preference pairs (prompt, chosen, rejected)")
+        raise UnpairedRows(
+            f"{name}: holds unpaired rows (prompt, completion, label), which only --loss kto trains on; "
+            "train with --loss kto, or give preference pairs (prompt, chosen, rejected)"
+        )
     if errors and not skip_invalid:
         raise invalid_rows_error(name, skipped, errors)
     if not pairs:
@@ -134,8 +138,9 @@ def pair_to_record(pair: PreferencePair, style: Style = "conversational") -> dic
 
     "standard" holds a plain-string prompt, so it only fits pairs whose prompt is a single user message.
     """
-    cut = {name: False for name, answer in zip(FINISHED_FIELDS, (pair.chosen, pair.rejected))
-           if not is_finished(answer)}
+    cut = {
+        name: False for name, answer in zip(FINISHED_FIELDS, (pair.chosen, pair.rejected)) if not is_finished(answer)
+    }
     if style == "conversational":
         return {
             "id": pair.id,
@@ -150,8 +155,13 @@ def pair_to_record(pair: PreferencePair, style: Style = "conversational") -> dic
                 f"pair {pair.id!r}: its prompt has {len(pair.prompt)} messages, but the standard style holds "
                 "a single user prompt; use the conversational style"
             )
-        return {"id": pair.id, "prompt": pair.prompt[0]["content"], "chosen": pair.chosen, "rejected": pair.rejected,
-                **cut}
+        return {
+            "id": pair.id,
+            "prompt": pair.prompt[0]["content"],
+            "chosen": pair.chosen,
+            "rejected": pair.rejected,
+            **cut,
+        }
     raise ValueError(f"unknown style {style!r}; expected 'conversational' or 'standard'")
 
 
@@ -191,8 +201,11 @@ def check_pair(
     problems the caller found before (a bad id): a broken pair has nothing sure to compare.
     """
     values: dict[str, Any] = {}
-    for name, value, parse in (("prompt", prompt, parse_prompt), ("chosen", chosen, parse_completion),
-                               ("rejected", rejected, parse_completion)):
+    for name, value, parse in (
+        ("prompt", prompt, parse_prompt),
+        ("chosen", chosen, parse_completion),
+        ("rejected", rejected, parse_completion),
+    ):
         if value is MISSING:
             problems.append((name, "is missing"))
         elif text_answers and parse is parse_completion and not isinstance(value, str):
@@ -258,9 +271,15 @@ def pair_from_row(obj: dict, problems: list[Problem]) -> CheckedPair | None:
         problems.append(UNPAIRED)
         return None
     prompt, chosen, rejected = (obj.get(name, MISSING) for name in ("prompt", "chosen", "rejected"))
-    if chosen is not MISSING and rejected is not MISSING and (
-            prompt is MISSING or prompt is None or (isinstance(prompt, str) and _holds_a_prompt(chosen)
-                                                        and _holds_a_prompt(rejected))):
+    if (
+        chosen is not MISSING
+        and rejected is not MISSING
+        and (
+            prompt is MISSING
+            or prompt is None
+            or (isinstance(prompt, str) and _holds_a_prompt(chosen) and _holds_a_prompt(rejected))
+        )
+    ):
         return extract_prompt(chosen, rejected, problems)
     return check_pair(prompt, chosen, rejected, problems)
 
@@ -280,8 +299,10 @@ def extract_prompt(chosen: Any, rejected: Any, problems: list[Problem]) -> Check
         if not isinstance(value, (str, list)):
             parse_completion(value, name, problems)  # "expected a string or a list of messages, got null"
     if len(problems) == count and isinstance(chosen, list) and isinstance(rejected, list):
-        chosen, rejected = (_parse_messages(value, name, problems, roles=ROLES)
-                            for name, value in (("chosen", chosen), ("rejected", rejected)))
+        chosen, rejected = (
+            _parse_messages(value, name, problems, roles=ROLES)
+            for name, value in (("chosen", chosen), ("rejected", rejected))
+        )
     if len(problems) == count:
         k, problem = parting_turn(chosen, rejected)
         if problem is not None:

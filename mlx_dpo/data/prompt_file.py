@@ -66,6 +66,11 @@ def _row_prompt(row: object) -> list[dict]:
     value = row.get(name)
     if value is None:
         raise ValueError('no "prompt" (or "messages") field')
-    if isinstance(value, list) and len(value) > 1 and isinstance(value[-1], dict) and value[-1].get("role") == "assistant":
+    if (
+        isinstance(value, list)
+        and len(value) > 1
+        and isinstance(value[-1], dict)
+        and value[-1].get("role") == "assistant"
+    ):
         value = value[:-1]  # a chat transcript: the model answers the last user turn
     return checked_prompt(value, name)  # the same rules as a pair's prompt

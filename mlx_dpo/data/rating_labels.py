@@ -17,7 +17,7 @@ label). The pair's id (`external_id`) is "rating-<group key>".
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from mlx_dpo.data.feedback import Feedback
 from mlx_dpo.data.pairs import PreferencePair
@@ -39,19 +39,25 @@ def rating_pairs(groups: Iterable[RatedGroup]) -> list[PreferencePair]:
     for group in groups:
         found = best_against_worst(group)
         if found is not None:
-            pairs.append(PreferencePair(f"rating-{group.key}", group.prompt, group.answers[found[0]],
-                                        group.answers[found[1]]))
+            pairs.append(
+                PreferencePair(f"rating-{group.key}", group.prompt, group.answers[found[0]], group.answers[found[1]])
+            )
     return pairs
 
 
 def rating_feedback(groups: Iterable[RatedGroup], good_rating: float) -> list[Feedback]:
     """Every rated answer marked good (rating >= `good_rating`) or bad."""
-    return [Feedback(f"rating-{r.id}", group.prompt, r.answer, r.reward >= good_rating)
-            for group in groups for r in group.ratings]
+    return [
+        Feedback(f"rating-{r.id}", group.prompt, r.answer, r.reward >= good_rating)
+        for group in groups
+        for r in group.ratings
+    ]
 
 
 def add_rating_labels(store: PreferenceStore, good_rating: float) -> tuple[ImportResult, ImportResult]:
     """A person's ratings into the store as pairs and as answers marked good or bad: (pairs added, answers added)."""
     groups = store.ratings.groups(rater=HUMAN)
-    return (store.import_pairs(rating_pairs(groups)),
-            store.import_feedback(rating_feedback(groups, good_rating), source="ratings"))
+    return (
+        store.import_pairs(rating_pairs(groups)),
+        store.import_feedback(rating_feedback(groups, good_rating), source="ratings"),
+    )

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from mlx_dpo.data.answers import Answer, is_finished
 from mlx_dpo.data.database import Database
@@ -32,8 +33,9 @@ HUMAN = "human"
 RATING_RANGE = (1, 5)  # a person's ratings (group_settings.RATING_SCALE)
 GROUP_SIZES = (2, 6)  # answers a person rates together
 _TRAINED = f"SELECT rr.rating_id FROM round_ratings rr JOIN rounds r ON r.id = rr.round_id WHERE {KEPT_ROUND}"
-_COLUMNS = ("id, group_key, seq, prompt, answer, finished, tokens, version, sampler, rater, reward, created_at, "
-            "updated_at")
+_COLUMNS = (
+    "id, group_key, seq, prompt, answer, finished, tokens, version, sampler, rater, reward, created_at, updated_at"
+)
 
 
 @dataclass(frozen=True)
@@ -84,22 +86,31 @@ class RatedGroup:
 def check_rating(value: Any) -> float:
     """A person's rating: a whole number from 1 to 5; MlxDpoError otherwise."""
     low, high = RATING_RANGE
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or not low <= value <= high:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or value != int(value)
+        or not low <= value <= high
+    ):
         raise MlxDpoError(f"a rating must be a whole number from {low} to {high} (got {value!r})")
     return float(value)
 
 
-def _check_group(answers: Sequence[str], rewards: Sequence[float], rater: str,
-                 tokens: Sequence[list[int] | None] | None) -> list[float]:
+def _check_group(
+    answers: Sequence[str], rewards: Sequence[float], rater: str, tokens: Sequence[list[int] | None] | None
+) -> list[float]:
     if not isinstance(rater, str) or not rater.strip():
         raise MlxDpoError(f"a rating needs its rater: 'human' or a judge's name (got {rater!r})")
     if len(answers) != len(rewards) or (tokens is not None and len(tokens) != len(answers)):
-        raise MlxDpoError(f"{len(answers)} answers but {len(rewards)} rewards"
-                          + ("" if tokens is None else f" and {len(tokens)} token lists"))
+        raise MlxDpoError(
+            f"{len(answers)} answers but {len(rewards)} rewards"
+            + ("" if tokens is None else f" and {len(tokens)} token lists")
+        )
     if rater == HUMAN:
         if not GROUP_SIZES[0] <= len(answers) <= GROUP_SIZES[1]:
-            raise MlxDpoError(f"a person rates {GROUP_SIZES[0]} to {GROUP_SIZES[1]} answers together "
-                              f"(got {len(answers)})")
+            raise MlxDpoError(
+                f"a person rates {GROUP_SIZES[0]} to {GROUP_SIZES[1]} answers together (got {len(answers)})"
+            )
         return [check_rating(r) for r in rewards]
     if len(answers) < 2:
         raise MlxDpoError("a group needs at least two answers")
@@ -115,9 +126,18 @@ class Ratings:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def add_group(self, prompt: Any, answers: Sequence[str], rewards: Sequence[float], *, rater: str = HUMAN,
-                  version: str | None = None, sampler: str | None = None,
-                  tokens: Sequence[list[int] | None] | None = None, online: PromptRef | None = None) -> RatedGroup:
+    def add_group(
+        self,
+        prompt: Any,
+        answers: Sequence[str],
+        rewards: Sequence[float],
+        *,
+        rater: str = HUMAN,
+        version: str | None = None,
+        sampler: str | None = None,
+        tokens: Sequence[list[int] | None] | None = None,
+        online: PromptRef | None = None,
+    ) -> RatedGroup:
         """Store one prompt's answers with their rewards, in one transaction (with its prompt-file place when
         `online` says where it came from). A person's rewards are ratings from 1 to 5."""
         prompt = checked_prompt(prompt)
@@ -131,10 +151,23 @@ class Ratings:
         with self._db.transaction() as conn:
             for seq, (text, answer, reward) in enumerate(zip(texts, answers, values)):
                 ids = None if tokens is None or tokens[seq] is None else json.dumps([int(t) for t in tokens[seq]])
-                conn.execute(f"INSERT INTO ratings ({_COLUMNS.partition(', ')[2]}) VALUES "
-                             "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                             (key, seq, json.dumps(prompt), text, int(is_finished(answer)), ids, version, sampler,
-                              rater, reward, now, now))
+                conn.execute(
+                    f"INSERT INTO ratings ({_COLUMNS.partition(', ')[2]}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        key,
+                        seq,
+                        json.dumps(prompt),
+                        text,
+                        int(is_finished(answer)),
+                        ids,
+                        version,
+                        sampler,
+                        rater,
+                        reward,
+                        now,
+                        now,
+                    ),
+                )
             if online is not None:
                 insert_online_prompt(conn, online, prompt, None, None, now)
             return _groups(conn, "WHERE group_key = ?", (key,))[0]
@@ -148,8 +181,9 @@ class Ratings:
                 raise MlxDpoError(f"no rating {rating_id}")
             if row[0] != HUMAN:
                 raise MlxDpoError(f"rating {rating_id} is judge {row[0]}'s reward, not a person's rating")
-            conn.execute("UPDATE ratings SET reward = ?, updated_at = ? WHERE id = ?",
-                         (value, self._db.clock(), int(rating_id)))
+            conn.execute(
+                "UPDATE ratings SET reward = ?, updated_at = ? WHERE id = ?", (value, self._db.clock(), int(rating_id))
+            )
             return _read(conn, "WHERE id = ?", (int(rating_id),))[0]
 
     def groups(self, *, rater: str | None = None) -> list[RatedGroup]:
@@ -169,19 +203,40 @@ class Ratings:
     def record_round(self, version: int, rating_ids: Iterable[int]) -> None:
         """The rows round `version` trained (the round itself is recorded by `Rounds.record`)."""
         with self._db.transaction() as conn:
-            conn.executemany("INSERT OR IGNORE INTO round_ratings (round_id, rating_id) VALUES (?, ?)",
-                             [(version, int(i)) for i in rating_ids])
+            conn.executemany(
+                "INSERT OR IGNORE INTO round_ratings (round_id, rating_id) VALUES (?, ?)",
+                [(version, int(i)) for i in rating_ids],
+            )
 
     def round_ids(self, version: int) -> list[int]:
         with self._db.transaction(write=False) as conn:
-            return [r[0] for r in conn.execute(
-                "SELECT rating_id FROM round_ratings WHERE round_id = ? ORDER BY rating_id", (version,))]
+            return [
+                r[0]
+                for r in conn.execute(
+                    "SELECT rating_id FROM round_ratings WHERE round_id = ? ORDER BY rating_id", (version,)
+                )
+            ]
 
 
 def _read(conn, where: str, args: tuple) -> list[StoredRating]:
     rows = conn.execute(f"SELECT {_COLUMNS} FROM ratings {where} ORDER BY id", args).fetchall()
-    return [StoredRating(r[0], r[1], r[2], json.loads(r[3]), Answer(r[4], bool(r[5])),
-                         json.loads(r[6]) if r[6] else None, r[7], r[8], r[9], r[10], r[11], r[12]) for r in rows]
+    return [
+        StoredRating(
+            r[0],
+            r[1],
+            r[2],
+            json.loads(r[3]),
+            Answer(r[4], bool(r[5])),
+            json.loads(r[6]) if r[6] else None,
+            r[7],
+            r[8],
+            r[9],
+            r[10],
+            r[11],
+            r[12],
+        )
+        for r in rows
+    ]
 
 
 def _groups(conn, where: str, args: tuple) -> list[RatedGroup]:

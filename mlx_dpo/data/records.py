@@ -21,8 +21,10 @@ ORIGINS: tuple[str, ...] = get_args(Origin)
 SPLITS: tuple[str, ...] = get_args(Split)
 STYLES: tuple[str, ...] = get_args(Style)
 
-PAIR_COLUMNS = ("id, prompt, chosen, rejected, origin, sampler, created_at, updated_at, note, split, external_id, "
-                "judge, version, shown_first, overruled, chosen_finished, rejected_finished")
+PAIR_COLUMNS = (
+    "id, prompt, chosen, rejected, origin, sampler, created_at, updated_at, note, split, external_id, "
+    "judge, version, shown_first, overruled, chosen_finished, rejected_finished"
+)
 SKIP_COLUMNS = "id, prompt, reason, created_at, answers, sampler, judge, version, finished"
 ShownFirst = Literal["chosen", "rejected"]
 SHOWN_FIRST: tuple[str, ...] = get_args(ShownFirst)
@@ -119,8 +121,9 @@ def get_pair(conn: sqlite3.Connection, pair_id: int) -> StoredPair:
 
 def pair_from_row(r: tuple) -> StoredPair:
     id_, prompt, chosen, rejected, *rest, chosen_finished, rejected_finished = r
-    return StoredPair(id_, json.loads(prompt), Answer(chosen, bool(chosen_finished)),
-                      Answer(rejected, bool(rejected_finished)), *rest)
+    return StoredPair(
+        id_, json.loads(prompt), Answer(chosen, bool(chosen_finished)), Answer(rejected, bool(rejected_finished)), *rest
+    )
 
 
 def get_skip(conn: sqlite3.Connection, skip_id: int) -> Skip:

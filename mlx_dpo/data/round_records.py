@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, get_args
+from typing import Any, Literal, get_args
 
 from mlx_dpo.data.database import Database
 from mlx_dpo.data.records import PAIR_COLUMNS, SPLITS, Split, StoredPair, check_choice, pair_from_row
@@ -49,7 +50,7 @@ class RoundRecord:
 
     @property
     def label(self) -> str:
-        """"v3": how the app and the logs name this version."""
+        """ "v3": how the app and the logs name this version."""
         return f"v{self.version}"
 
     @property
@@ -75,13 +76,24 @@ class Rounds:
     def pairs_by_training(self, trained: bool, split: Split = "train") -> list[StoredPair]:
         """Pairs of `split` (oldest first) that some kept round has (`trained`) or has not trained on."""
         check_choice("split", split, SPLITS)
-        sql = (f"SELECT {PAIR_COLUMNS} FROM pairs WHERE split = ? AND id {'IN' if trained else 'NOT IN'} "
-               f"({_TRAINED_PAIRS}) ORDER BY id")
+        sql = (
+            f"SELECT {PAIR_COLUMNS} FROM pairs WHERE split = ? AND id {'IN' if trained else 'NOT IN'} "
+            f"({_TRAINED_PAIRS}) ORDER BY id"
+        )
         with self._db.transaction(write=False) as conn:
             return [pair_from_row(r) for r in conn.execute(sql, (split,))]
 
-    def record(self, version: int, adapter_path: str | Path, settings: dict, metrics: dict, status: str,
-                     pair_ids: Iterable[int], decision: str | None = None, reason: str | None = None) -> RoundRecord:
+    def record(
+        self,
+        version: int,
+        adapter_path: str | Path,
+        settings: dict,
+        metrics: dict,
+        status: str,
+        pair_ids: Iterable[int],
+        decision: str | None = None,
+        reason: str | None = None,
+    ) -> RoundRecord:
         """Record round `version` (status finished, cancelled or failed) with the pairs it trained on; a finished
         one with its `decision` (accepted, or pending until its held-out check: `decide`)."""
         check_choice("status", status, ROUND_STATUSES)
@@ -101,8 +113,10 @@ class Rounds:
                 raise MlxDpoError(f"no training round v{version}")
             if found[0].status != "finished":
                 raise MlxDpoError(f"v{version} did not finish ({found[0].status}); only a finished round is kept")
-            conn.execute("UPDATE rounds SET decision = ?, reason = ? WHERE id = ?",
-                         ("accepted" if accepted else "rejected", reason, version))
+            conn.execute(
+                "UPDATE rounds SET decision = ?, reason = ? WHERE id = ?",
+                ("accepted" if accepted else "rejected", reason, version),
+            )
             return _read_rounds(conn, version)[0]
 
     def update_metrics(self, version: int, metrics: dict) -> RoundRecord:
@@ -112,8 +126,9 @@ class Rounds:
             found = _read_rounds(conn, version)
             if not found:
                 raise MlxDpoError(f"no training round v{version}")
-            conn.execute("UPDATE rounds SET metrics = ? WHERE id = ?",
-                         (json.dumps({**found[0].metrics, **metrics}), version))
+            conn.execute(
+                "UPDATE rounds SET metrics = ? WHERE id = ?", (json.dumps({**found[0].metrics, **metrics}), version)
+            )
             return _read_rounds(conn, version)[0]
 
     def get(self, version: int) -> RoundRecord:
@@ -137,28 +152,48 @@ class Rounds:
         """Rounds rejected since the newest kept one: the next attempt's step shrinks with each."""
         latest = self.latest_kept()
         after = latest.version if latest else 0
-        return sum(1 for r in self.rows() if r.status == "finished" and r.decision == "rejected"
-                   and r.version > after)
+        return sum(1 for r in self.rows() if r.status == "finished" and r.decision == "rejected" and r.version > after)
 
 
-def _insert_round(conn: sqlite3.Connection, version: int, adapter_path: str | Path, settings: dict, metrics: dict,
-                  status: str, pair_ids: Iterable[int], now: float) -> None:
-    conn.execute("INSERT INTO rounds (id, adapter_path, settings, metrics, status, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                 (version, str(adapter_path), json.dumps(settings), json.dumps(metrics), status, now))
-    conn.executemany("INSERT OR IGNORE INTO round_pairs (round_id, pair_id) VALUES (?, ?)",
-                     [(version, int(i)) for i in pair_ids])
+def _insert_round(
+    conn: sqlite3.Connection,
+    version: int,
+    adapter_path: str | Path,
+    settings: dict,
+    metrics: dict,
+    status: str,
+    pair_ids: Iterable[int],
+    now: float,
+) -> None:
+    conn.execute(
+        "INSERT INTO rounds (id, adapter_path, settings, metrics, status, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (version, str(adapter_path), json.dumps(settings), json.dumps(metrics), status, now),
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO round_pairs (round_id, pair_id) VALUES (?, ?)", [(version, int(i)) for i in pair_ids]
+    )
 
 
 def _read_rounds(conn: sqlite3.Connection, version: int | None = None) -> list[RoundRecord]:
     """Every round oldest first, or only round `version` (an empty list if there is none)."""
     one = version is not None
     params = (version,) if one else ()
-    rows = conn.execute("SELECT id, adapter_path, settings, metrics, status, created_at, decision, reason FROM rounds "
-                        + ("WHERE id = ? " if one else "") + "ORDER BY id", params).fetchall()
+    rows = conn.execute(
+        "SELECT id, adapter_path, settings, metrics, status, created_at, decision, reason FROM rounds "
+        + ("WHERE id = ? " if one else "")
+        + "ORDER BY id",
+        params,
+    ).fetchall()
     pair_ids: dict[int, list[int]] = {}
-    members = conn.execute("SELECT round_id, pair_id FROM round_pairs" + (" WHERE round_id = ?" if one else "")
-                           + " ORDER BY round_id, pair_id", params)
+    members = conn.execute(
+        "SELECT round_id, pair_id FROM round_pairs"
+        + (" WHERE round_id = ?" if one else "")
+        + " ORDER BY round_id, pair_id",
+        params,
+    )
     for round_id, pair_id in members:
         pair_ids.setdefault(round_id, []).append(pair_id)
-    return [RoundRecord(r[0], r[1], json.loads(r[2]), json.loads(r[3]), r[4], r[5], pair_ids.get(r[0], []), r[6], r[7])
-            for r in rows]
+    return [
+        RoundRecord(r[0], r[1], json.loads(r[2]), json.loads(r[3]), r[4], r[5], pair_ids.get(r[0], []), r[6], r[7])
+        for r in rows
+    ]

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mlx_dpo.errors import MlxDpoError
 
@@ -57,8 +58,10 @@ class RowError:
 
 def invalid_rows_error(name: str, skipped: int, errors: list[RowError]) -> MlxDpoError:
     """The one refusal of a data file with bad rows (pairs or KTO feedback): each row's file, line and field."""
-    return MlxDpoError(f"{name}: {skipped} invalid row{'s' if skipped != 1 else ''}:\n{_list_errors(errors)}"
-                       "\nFix them, or pass --skip-invalid to drop invalid rows.")
+    return MlxDpoError(
+        f"{name}: {skipped} invalid row{'s' if skipped != 1 else ''}:\n{_list_errors(errors)}"
+        "\nFix them, or pass --skip-invalid to drop invalid rows."
+    )
 
 
 def _list_errors(errors: list[RowError]) -> str:
@@ -100,8 +103,10 @@ def read_rows(path: Path, shown: str | None = None) -> Iterator[tuple[Place, Any
         return
     text = read_text(path, gzipped=path.name.lower().endswith(".gz"))
     if text.lstrip().startswith("["):
-        raise MlxDpoError(f"{shown}: holds one JSON array; expected JSON Lines (one object per line), e.g. "
-                          "`jq -c '.[]' file.json > file.jsonl`")
+        raise MlxDpoError(
+            f"{shown}: holds one JSON array; expected JSON Lines (one object per line), e.g. "
+            "`jq -c '.[]' file.json > file.jsonl`"
+        )
     # Split on "\n" only: str.splitlines would also break at U+2028 and friends, which JSON strings may hold raw.
     for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -114,8 +119,9 @@ def _parquet_rows(path: Path, shown: str) -> Iterator[tuple[Place, Any, str | No
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise MlxDpoError(f"{shown}: reading Parquet needs pyarrow; run: pip install 'mlx-dpo[parquet]' "
-                          "(or pip install pyarrow)") from None
+        raise MlxDpoError(
+            f"{shown}: reading Parquet needs pyarrow; run: pip install 'mlx-dpo[parquet]' (or pip install pyarrow)"
+        ) from None
     import pyarrow as pa
 
     try:

@@ -10,8 +10,8 @@ MIGRATIONS is read at call time (never copied), so a test may append one to see 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from mlx_dpo.errors import MlxDpoError
 
@@ -109,12 +109,12 @@ MIGRATIONS: list[Migration] = [
     # Who judged a pair or skip and what produced its answers (mlx_dpo.online), and how far an online run has
     # come through its prompt file (mlx_dpo.data.online_records). Existing rows: judged by a person, version unknown.
     _sql(
-        "ALTER TABLE pairs ADD COLUMN judge TEXT",          # NULL: a person; else the judge's name ("score:...")
-        "ALTER TABLE pairs ADD COLUMN version TEXT",        # "base" or "v<N>": the version that sampled the answers
+        "ALTER TABLE pairs ADD COLUMN judge TEXT",  # NULL: a person; else the judge's name ("score:...")
+        "ALTER TABLE pairs ADD COLUMN version TEXT",  # "base" or "v<N>": the version that sampled the answers
         "ALTER TABLE pairs ADD COLUMN shown_first TEXT CHECK (shown_first IN ('chosen', 'rejected'))",  # shown as A
-        "ALTER TABLE pairs ADD COLUMN overruled TEXT",      # the judge a person overruled (judge is then NULL)
+        "ALTER TABLE pairs ADD COLUMN overruled TEXT",  # the judge a person overruled (judge is then NULL)
         "ALTER TABLE skips ADD COLUMN judge TEXT",
-        "ALTER TABLE skips ADD COLUMN version TEXT",        # (a skip keeps its answers in the order shown)
+        "ALTER TABLE skips ADD COLUMN version TEXT",  # (a skip keeps its answers in the order shown)
         # One row per prompt of a prompt file an online run has judged, written with its pair or skip.
         """CREATE TABLE online_prompts (
             source     TEXT NOT NULL,                     -- the prompt file's resolved path
@@ -133,7 +133,7 @@ MIGRATIONS: list[Migration] = [
     _sql(
         "ALTER TABLE pairs ADD COLUMN chosen_finished INTEGER NOT NULL DEFAULT 1 CHECK (chosen_finished IN (0, 1))",
         "ALTER TABLE pairs ADD COLUMN rejected_finished INTEGER NOT NULL DEFAULT 1 CHECK (rejected_finished IN (0, 1))",
-        "ALTER TABLE skips ADD COLUMN finished TEXT",       # JSON list of 0/1 beside `answers`; NULL: all finished
+        "ALTER TABLE skips ADD COLUMN finished TEXT",  # JSON list of 0/1 beside `answers`; NULL: all finished
         "ALTER TABLE candidates ADD COLUMN finished TEXT",  # the same
         "ALTER TABLE feedback ADD COLUMN finished INTEGER NOT NULL DEFAULT 1 CHECK (finished IN (0, 1))",
         # One row per comparison a judge made for a prompt (a knockout makes N - 1), written with its pair or skip.
@@ -158,7 +158,7 @@ MIGRATIONS: list[Migration] = [
         # A finished round's decision after its held-out check: accepted (trained on and sampled from), rejected
         # (kept on disk, not built on) or pending (trained, not checked yet: not built on); NULL: rounds before this.
         "ALTER TABLE rounds ADD COLUMN decision TEXT CHECK (decision IN ('accepted', 'rejected', 'pending'))",
-        "ALTER TABLE rounds ADD COLUMN reason TEXT",         # why, in words (the rule's, or the person's)
+        "ALTER TABLE rounds ADD COLUMN reason TEXT",  # why, in words (the rule's, or the person's)
     ),
     # 6. Group rounds (mlx_dpo.data.rating_records): answers rated in groups, a person's or a judge's reward for
     # each, with the answer's tokens, the version that sampled it and the sampler; and which rounds trained them.

@@ -26,8 +26,9 @@ holds the frozen records handed back.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mlx_dpo.data import schema
 from mlx_dpo.data.database import Database
@@ -37,7 +38,13 @@ from mlx_dpo.data.online_records import Judging
 from mlx_dpo.data.pair_records import Pairs
 from mlx_dpo.data.rating_records import Ratings
 from mlx_dpo.data.records import (  # noqa: F401  (re-exported: what the store hands back)
-    ORIGINS, SPLITS, Candidate, ImportResult, Skip, StoredPair, UndoResult,
+    ORIGINS,
+    SPLITS,
+    Candidate,
+    ImportResult,
+    Skip,
+    StoredPair,
+    UndoResult,
 )
 from mlx_dpo.data.round_records import RoundRecord, Rounds
 from mlx_dpo.data.thread_records import Threads
@@ -63,8 +70,14 @@ class PreferenceStore:
     database (see mlx_dpo.data.database.Database for the arguments).
     """
 
-    def __init__(self, workspace: str | Path, *, create: bool = True, clock: Callable[[], float] = time.time,
-                 busy_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        workspace: str | Path,
+        *,
+        create: bool = True,
+        clock: Callable[[], float] = time.time,
+        busy_timeout: float | None = None,
+    ) -> None:
         self.db = Database(workspace, create=create, clock=clock, busy_timeout=busy_timeout)
         self.pairs = Pairs(self.db)
         self.labels = Labels(self.db)

@@ -46,8 +46,10 @@ def link(conn: sqlite3.Connection, pair_id: int, parent_id: int, prompt: Message
     """Record that pair `pair_id` (whose prompt is `prompt`) continues pair `parent_id`; MlxDpoError if it does not."""
     parent = records.get_pair(conn, parent_id)  # MlxDpoError: no stored pair with that id
     if not continues(prompt, parent.prompt):
-        raise MlxDpoError(f"pair {pair_id} does not continue pair {parent_id}: its prompt must start with pair "
-                          f"{parent_id}'s prompt and an assistant turn")
+        raise MlxDpoError(
+            f"pair {pair_id} does not continue pair {parent_id}: its prompt must start with pair "
+            f"{parent_id}'s prompt and an assistant turn"
+        )
     conn.execute("INSERT OR REPLACE INTO turns (pair_id, parent_id) VALUES (?, ?)", (pair_id, parent_id))
 
 
@@ -134,7 +136,7 @@ class Threads:
         """The turns from the first of `pair_id`'s conversation to `pair_id` itself."""
         with self._db.transaction(write=False) as conn:
             out = [records.get_pair(conn, pair_id)]
-            while (row := conn.execute("SELECT parent_id FROM turns WHERE pair_id = ?", (out[0].id,)).fetchone()):
+            while row := conn.execute("SELECT parent_id FROM turns WHERE pair_id = ?", (out[0].id,)).fetchone():
                 out.insert(0, records.get_pair(conn, row[0]))
         return out
 
@@ -144,8 +146,13 @@ class Threads:
             links = dict(conn.execute("SELECT pair_id, parent_id FROM turns").fetchall())
             ids = set(links) | set(links.values())
             marks = ",".join("?" * len(ids))
-            rows = conn.execute(f"SELECT {records.PAIR_COLUMNS} FROM pairs WHERE id IN ({marks}) ORDER BY id",
-                                sorted(ids)).fetchall() if ids else []
+            rows = (
+                conn.execute(
+                    f"SELECT {records.PAIR_COLUMNS} FROM pairs WHERE id IN ({marks}) ORDER BY id", sorted(ids)
+                ).fetchall()
+                if ids
+                else []
+            )
         nodes = {p.id: ThreadNode(p) for p in map(records.pair_from_row, rows)}
         for id_, node in nodes.items():  # ids ascending: children in the order they were added
             if id_ in links:

@@ -19,8 +19,8 @@ file's header (tokenizer, license) is `mlx_dpo.models.gguf_header`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.export.base import ExportResult, no_stage
@@ -34,9 +34,17 @@ FORMATS = tuple(EXPORT_FORMATS)
 __all__ = ["FORMATS", "GGUF_TYPES", "ExportResult", "export"]
 
 
-def export(adapter_path: str | Path, out: str | Path, *, format: str = "hf", model: str | None = None,
-           dequantize: bool = False, gguf_type: str = "f16", overwrite: bool = False,
-           on_stage: Callable[[str], None] | None = None) -> ExportResult:
+def export(
+    adapter_path: str | Path,
+    out: str | Path,
+    *,
+    format: str = "hf",
+    model: str | None = None,
+    dequantize: bool = False,
+    gguf_type: str = "f16",
+    overwrite: bool = False,
+    on_stage: Callable[[str], None] | None = None,
+) -> ExportResult:
     """Export the adapter at `adapter_path` to `out` (a folder; for gguf, the .gguf file).
 
     `model` is its base (default: the one the adapter was trained on). `dequantize` is for hf (gguf is

@@ -78,7 +78,7 @@ def hub_id(spec: str | None, path: Path) -> str | None:
     # A folder inside the Hugging Face cache: .../models--owner--name/snapshots/<commit>
     for part in path.resolve().parts:
         if part.startswith("models--") and part.count("--") >= 2:
-            return part[len("models--"):].replace("--", "/", 1)
+            return part[len("models--") :].replace("--", "/", 1)
     return None
 
 
@@ -96,8 +96,9 @@ def name_notes(adapter_config: dict, spec: str | None, path: Path) -> list[str]:
     return [f"the adapter was trained on {recorded!r}; exporting it onto {display_name(spec)!r} (the shapes fit)"]
 
 
-def load_with_adapter(adapter_dir: Path, spec: str | None, *,
-                      dequantize: bool) -> tuple[ModelSession, dict, LoraSettings, list[str]]:
+def load_with_adapter(
+    adapter_dir: Path, spec: str | None, *, dequantize: bool
+) -> tuple[ModelSession, dict, LoraSettings, list[str]]:
     """Load the base and put the adapter on it (refused if it does not fit); with the notes about its name."""
     adapter_config = read_adapter_config(adapter_dir)
     loaded = load_model(spec, dequantize=dequantize)

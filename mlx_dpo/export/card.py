@@ -35,9 +35,9 @@ _USE_WITH_TRANSFORMERS = (
     'model = AutoModelForCausalLM.from_pretrained("{name}")\n'
     'messages = [{{"role": "user", "content": "Hello!"}}]\n'
     "inputs = tokenizer.apply_chat_template(\n"
-    "    messages, add_generation_prompt=True, return_dict=True, return_tensors=\"pt\"\n)\n"
+    '    messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"\n)\n'
     "output = model.generate(**inputs, max_new_tokens=100)\n"
-    "print(tokenizer.decode(output[0][inputs[\"input_ids\"].shape[-1]:], skip_special_tokens=True))\n```\n"
+    'print(tokenizer.decode(output[0][inputs["input_ids"].shape[-1]:], skip_special_tokens=True))\n```\n'
 )
 _QUANTIZED_FOR_TRANSFORMERS = (
     "This export keeps MLX's quantized format, which transformers cannot load. Export again with "
@@ -137,8 +137,9 @@ def _table(rows: list[tuple[str, str]], head: tuple[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _card_front_matter(*, base_model: str | None, library: str, license_name: str | None, adapter_config: dict,
-                       tags: list[str]) -> str:
+def _card_front_matter(
+    *, base_model: str | None, library: str, license_name: str | None, adapter_config: dict, tags: list[str]
+) -> str:
     data = ModelCardData(
         base_model=base_model,
         library_name=library,
@@ -167,16 +168,22 @@ def model_card(fused: FusedModel, adapter_dir: Path, out: Path, *, torch_dtype: 
     name = out.name
     if quantized:
         q = fused.loaded.config.get("quantization") or {}
-        precision = (f"MLX-quantized weights ({q.get('bits', '?')}-bit, group size {q.get('group_size', '?')}), "
-                     "as in the base")
+        precision = (
+            f"MLX-quantized weights ({q.get('bits', '?')}-bit, group size {q.get('group_size', '?')}), as in the base"
+        )
     else:
         precision = f"{torch_dtype} weights"
     method = "DoRA" if fused.settings.dora else "LoRA"
     tags = ["dpo", "mlx", "mlx-dpo", method.lower()]
     metrics = final_metrics(adapter_dir)
     parts = [
-        _card_front_matter(base_model=fused.loaded.extra.get("hub_id"), library="mlx", tags=tags,
-                           license_name=base_license(fused.loaded.path), adapter_config=fused.adapter_config),
+        _card_front_matter(
+            base_model=fused.loaded.extra.get("hub_id"),
+            library="mlx",
+            tags=tags,
+            license_name=base_license(fused.loaded.path),
+            adapter_config=fused.adapter_config,
+        ),
         f"# {name}\n",
         f"{base} aligned with Direct Preference Optimization (DPO) on MLX by mlx-dpo, with the {method} "
         f"adapter fused into the weights ({fused.fused_layers} layers). {precision}.\n",
@@ -184,21 +191,33 @@ def model_card(fused: FusedModel, adapter_dir: Path, out: Path, *, torch_dtype: 
     ]
     if metrics:
         step = metrics.get("step")
-        parts += [f"## Final metrics{f' (step {step})' if step is not None else ''}\n",
-                  _table([(k, _fmt(v)) for k, v in metrics.items() if k != "step"], ("metric", "value")) + "\n"]
-    parts += ["## Use with mlx-lm\n", _USE_WITH_MLX_LM.format(name=name), "## Use with transformers\n",
-              _QUANTIZED_FOR_TRANSFORMERS if quantized else _USE_WITH_TRANSFORMERS.format(name=name)]
+        parts += [
+            f"## Final metrics{f' (step {step})' if step is not None else ''}\n",
+            _table([(k, _fmt(v)) for k, v in metrics.items() if k != "step"], ("metric", "value")) + "\n",
+        ]
+    parts += [
+        "## Use with mlx-lm\n",
+        _USE_WITH_MLX_LM.format(name=name),
+        "## Use with transformers\n",
+        _QUANTIZED_FOR_TRANSFORMERS if quantized else _USE_WITH_TRANSFORMERS.format(name=name),
+    ]
     return "\n".join(parts)
 
 
-def peft_card(adapter_config: dict, settings: LoraSettings, spec: str | None, path: Path, adapter_dir: Path,
-              out: Path) -> str:
+def peft_card(
+    adapter_config: dict, settings: LoraSettings, spec: str | None, path: Path, adapter_dir: Path, out: Path
+) -> str:
     """README.md for a PEFT adapter folder (front matter with library_name: peft)."""
     repo = hub_id(spec, path)
     metrics = final_metrics(adapter_dir)
     parts = [
-        _card_front_matter(base_model=repo, library="peft", license_name=base_license(path),
-                           adapter_config=adapter_config, tags=["dpo", "mlx", "mlx-dpo", "lora", "peft"]),
+        _card_front_matter(
+            base_model=repo,
+            library="peft",
+            license_name=base_license(path),
+            adapter_config=adapter_config,
+            tags=["dpo", "mlx", "mlx-dpo", "lora", "peft"],
+        ),
         f"# {out.name}\n",
         f"A LoRA adapter for {repo or display_name(spec)}, trained with Direct Preference Optimization (DPO) by "
         "mlx-dpo and converted to PEFT's layout.\n",

@@ -6,9 +6,9 @@ A quantized base is re-quantized after the update is added, unless dequantized.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from mlx_dpo.export.base import base_spec, hub_id, load_with_adapter, no_stage
 from mlx_dpo.models.adapter import check_adapter_folder, read_adapter_config
@@ -28,8 +28,13 @@ class FusedModel:
     notes: list[str] = field(default_factory=list)
 
 
-def fused_model(adapter_path: str | Path, *, model: str | None = None, dequantize: bool = False,
-                on_stage: Callable[[str], None] = no_stage) -> FusedModel:
+def fused_model(
+    adapter_path: str | Path,
+    *,
+    model: str | None = None,
+    dequantize: bool = False,
+    on_stage: Callable[[str], None] = no_stage,
+) -> FusedModel:
     """Base + adapter, fused in memory, in the base's precision (fp32 once dequantized on load).
 
     `on_stage` hears "loading base" and "fusing" as those steps begin (the app shows them).

@@ -11,10 +11,10 @@ llama.cpp would run differently from mlx-lm, are refused before the base is load
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
@@ -27,8 +27,16 @@ from mlx_dpo.export.fuse import FusedModel, fused_model
 from mlx_dpo.export.gguf_vocab import Entry, _kv, built_tokenizer, copied_tokenizer
 from mlx_dpo.models.adapter import check_adapter_folder, read_adapter_config
 from mlx_dpo.models.gguf import permute_rows
-from mlx_dpo.models.gguf_arch import ARCHITECTURES, GEMMA3_27B_BLOCKS, GEMMA3_LOCAL_ROPE_BASE, GEMMA3_PATTERN, \
-    TOP_NAMES, GgufArch, llama3_rope_factors, rope_scaling
+from mlx_dpo.models.gguf_arch import (
+    ARCHITECTURES,
+    GEMMA3_27B_BLOCKS,
+    GEMMA3_LOCAL_ROPE_BASE,
+    GEMMA3_PATTERN,
+    TOP_NAMES,
+    GgufArch,
+    llama3_rope_factors,
+    rope_scaling,
+)
 from mlx_dpo.models.load import read_config, resolve_model_path
 from mlx_dpo.settings import GGUF_TYPES
 
@@ -115,8 +123,10 @@ def arch_metadata(config: dict, name: str, gguf_type: str, license_name: str | N
         _kv(f"{arch}.vocab_size", int(config["vocab_size"]), T.UINT32),
     ]
     if head_dim != hidden // heads:
-        entries += [_kv(f"{arch}.attention.key_length", head_dim, T.UINT32),
-                    _kv(f"{arch}.attention.value_length", head_dim, T.UINT32)]
+        entries += [
+            _kv(f"{arch}.attention.key_length", head_dim, T.UINT32),
+            _kv(f"{arch}.attention.value_length", head_dim, T.UINT32),
+        ]
     if arch == "gemma3":
         entries.append(_kv("gemma3.attention.sliding_window", int(config["sliding_window"]), T.UINT32))
     if license_name:
@@ -125,11 +135,14 @@ def arch_metadata(config: dict, name: str, gguf_type: str, license_name: str | N
     if scaling:
         kind = scaling.get("type") or scaling.get("rope_type")
         if kind == "linear":
-            entries += [_kv(f"{arch}.rope.scaling.type", "linear", T.STRING),
-                        _kv(f"{arch}.rope.scaling.factor", float(scaling["factor"]), T.FLOAT32)]
+            entries += [
+                _kv(f"{arch}.rope.scaling.type", "linear", T.STRING),
+                _kv(f"{arch}.rope.scaling.factor", float(scaling["factor"]), T.FLOAT32),
+            ]
         elif kind != "llama3" or arch != "llama":  # llama3's is the rope_freqs tensor (gguf_tensors)
-            raise MlxDpoError(f"rope scaling {kind!r} is not supported for GGUF export of {arch} "
-                              "(linear, and llama3 for llama)")
+            raise MlxDpoError(
+                f"rope scaling {kind!r} is not supported for GGUF export of {arch} (linear, and llama3 for llama)"
+            )
     return entries
 
 
@@ -155,8 +168,10 @@ def gguf_family(config: dict) -> GgufArch:
             "use --format hf and llama.cpp's convert_hf_to_gguf.py"
         )
     if arch.name == "llama" and "sliding_attention" in (config.get("layer_types") or []):
-        raise MlxDpoError(f"{kind}: a model with sliding-window layers cannot be written as GGUF "
-                          "(llama.cpp's llama architecture attends globally); use --format hf")
+        raise MlxDpoError(
+            f"{kind}: a model with sliding-window layers cannot be written as GGUF "
+            "(llama.cpp's llama architecture attends globally); use --format hf"
+        )
     if arch.name == "gemma3":
         _check_gemma3(config)
     if arch.name == "phi3" and rope_scaling(config):
@@ -167,14 +182,20 @@ def gguf_family(config: dict) -> GgufArch:
 def _check_gemma3(config: dict) -> None:
     """llama.cpp's gemma3 fixes what mlx-lm reads from the config: refuse a model that differs there."""
     layers, head_dim = int(config["num_hidden_layers"]), int(config.get("head_dim") or 256)
-    query_scale = (int(config["hidden_size"]) // int(config["num_attention_heads"])
-                   if layers == GEMMA3_27B_BLOCKS else head_dim)
-    fixed = {"sliding_window_pattern": GEMMA3_PATTERN, "rope_local_base_freq": GEMMA3_LOCAL_ROPE_BASE,
-             "query_pre_attn_scalar": query_scale}
+    query_scale = (
+        int(config["hidden_size"]) // int(config["num_attention_heads"]) if layers == GEMMA3_27B_BLOCKS else head_dim
+    )
+    fixed = {
+        "sliding_window_pattern": GEMMA3_PATTERN,
+        "rope_local_base_freq": GEMMA3_LOCAL_ROPE_BASE,
+        "query_pre_attn_scalar": query_scale,
+    }
     for key, value in fixed.items():
         if float(config.get(key, value)) != float(value):
-            raise MlxDpoError(f"gemma3_text: {key} {config[key]} differs from llama.cpp's Gemma 3 ({value}); "
-                              "such a model cannot be written as GGUF, use --format hf")
+            raise MlxDpoError(
+                f"gemma3_text: {key} {config[key]} differs from llama.cpp's Gemma 3 ({value}); "
+                "such a model cannot be written as GGUF, use --format hf"
+            )
     if config.get("final_logit_softcapping") or config.get("attn_logit_softcapping"):
         raise MlxDpoError("gemma3_text: logit soft-capping cannot be written as GGUF; use --format hf")
 
@@ -186,8 +207,9 @@ def check_family(model_folder: Path) -> dict:
     return config
 
 
-def write_gguf(path: Path, entries: list[Entry], tensors: list[tuple[str, np.ndarray, Any]],
-               arch: str = "llama") -> None:
+def write_gguf(
+    path: Path, entries: list[Entry], tensors: list[tuple[str, np.ndarray, Any]], arch: str = "llama"
+) -> None:
     """Write the file beside `path` and rename it into place: a failure never leaves half a GGUF."""
     import gguf
 
@@ -212,8 +234,15 @@ def write_gguf(path: Path, entries: list[Entry], tensors: list[tuple[str, np.nda
         tmp.unlink(missing_ok=True)
 
 
-def export_gguf(adapter_path: str | Path, out: str | Path, *, model: str | None = None, gguf_type: str = "f16",
-                overwrite: bool = False, on_stage: Callable[[str], None] = no_stage) -> ExportResult:
+def export_gguf(
+    adapter_path: str | Path,
+    out: str | Path,
+    *,
+    model: str | None = None,
+    gguf_type: str = "f16",
+    overwrite: bool = False,
+    on_stage: Callable[[str], None] = no_stage,
+) -> ExportResult:
     """Fuse the adapter into a dequantized base and write it as one GGUF file."""
     if gguf_type not in GGUF_TYPES:
         raise MlxDpoError(f"--gguf-type {gguf_type}: choose from {', '.join(GGUF_TYPES)}")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -28,8 +28,15 @@ from mlx_dpo.models.load import read_config
 
 # Everything a tokenizer may need, in the layouts transformers and mlx-lm read.
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-    "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
 )
 TORCH_DTYPE = {mx.float16: "float16", mx.bfloat16: "bfloat16", mx.float32: "float32"}
 DECLARED_DTYPE = {name: dtype for dtype, name in TORCH_DTYPE.items()}  # config.json's torch_dtype (or dtype)
@@ -62,9 +69,11 @@ def save_weights(folder: Path, model: nn.Module, *, fmt: str, max_shard_gb: int 
     """
     weights = dict(sorted(tree_flatten(model.parameters())))
     shards = compat.shards(weights, max_shard_gb)
-    names = ["model.safetensors"] if len(shards) == 1 else [
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
-    ]
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     weight_map = {}
     for name, shard in zip(names, shards):
         mx.save_safetensors(str(folder / name), shard, metadata={"format": fmt})
@@ -113,8 +122,15 @@ def copy_tokenizer(base_folder: Path, dest: Path) -> list[str]:
     return copied
 
 
-def export_hf(adapter_path: str | Path, out: str | Path, *, model: str | None = None, dequantize: bool = False,
-              overwrite: bool = False, on_stage: Callable[[str], None] = no_stage) -> ExportResult:
+def export_hf(
+    adapter_path: str | Path,
+    out: str | Path,
+    *,
+    model: str | None = None,
+    dequantize: bool = False,
+    overwrite: bool = False,
+    on_stage: Callable[[str], None] = no_stage,
+) -> ExportResult:
     """Fuse the adapter into its base and write a Hugging Face model folder (weights, config, tokenizer, card)."""
     adapter_dir = check_adapter_folder(adapter_path)
     out = check_out(out, overwrite, keep=(adapter_dir,))
@@ -142,9 +158,13 @@ def export_hf(adapter_path: str | Path, out: str | Path, *, model: str | None = 
     notes = list(fused.notes)
     if any(".switch_mlp." in name for name, _ in tree_flatten(loaded.model.parameters())):
         # mlx-lm stacks a mixture-of-experts' experts into one tensor per projection; transformers' layout differs.
-        notes.append("the experts are written in mlx-lm's stacked layout (switch_mlp): mlx-lm loads this folder, "
-                     "transformers does not")
+        notes.append(
+            "the experts are written in mlx-lm's stacked layout (switch_mlp): mlx-lm loads this folder, "
+            "transformers does not"
+        )
     if loaded.quantized:
-        notes.append("the export keeps the base's MLX quantization (mlx-lm only); add --dequantize for a dense "
-                     "model transformers can load")
+        notes.append(
+            "the export keeps the base's MLX quantization (mlx-lm only); add --dequantize for a dense "
+            "model transformers can load"
+        )
     return ExportResult(out, "hf", notes)

@@ -16,8 +16,9 @@ A family outside PEFT_VERIFIED is exported with a note saying its names were not
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -25,23 +26,48 @@ import mlx.nn as nn
 from mlx_dpo.atomic import atomic_directory
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.export.base import (
-    ExportResult, base_spec, check_out, hub_id, name_notes, no_stage, protect, write_failed, write_json,
+    ExportResult,
+    base_spec,
+    check_out,
+    hub_id,
+    name_notes,
+    no_stage,
+    protect,
+    write_failed,
+    write_json,
 )
 from mlx_dpo.export.card import peft_card
 from mlx_dpo.models.adapter import (
-    check_adapter_fits, check_adapter_folder, layer_dims, read_adapter_config, read_adapter_weights,
+    check_adapter_fits,
+    check_adapter_folder,
+    layer_dims,
+    read_adapter_config,
+    read_adapter_weights,
     settings_from_config,
 )
 from mlx_dpo.models.load import lazy_model, model_type, resolve_model_path
 from mlx_dpo.names import DEFAULT_MODEL_NAME, display_name
 from mlx_dpo.settings import LoraSettings
 
-
 # model_type values whose LoRA module names are checked against transformers' class (mistral runs as llama).
-PEFT_VERIFIED = frozenset({
-    "llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "mixtral", "gemma", "gemma2", "gemma3_text", "phi3",
-    "cohere", "granite", "olmo2", "smollm3",
-})
+PEFT_VERIFIED = frozenset(
+    {
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "qwen2_moe",
+        "mixtral",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "phi3",
+        "cohere",
+        "granite",
+        "olmo2",
+        "smollm3",
+    }
+)
 # Layer paths PEFT cannot target: experts (stacked in mlx-lm, fused tensors in transformers) and MoE routers.
 _NOT_PEFT_LAYER = re.compile(r"(?:^|\.)(?:switch_mlp|experts)\.|\.(?:mlp|block_sparse_moe)\.gate$")
 
@@ -110,8 +136,10 @@ def peft_config(weights: dict[str, mx.array], settings: LoraSettings, base_name:
     # Leaf names match every layer of that name in the chosen blocks; if that would cover more than the
     # adapter has (a name shared by layers it left alone), a full-match regex names exactly its layers.
     covered = {
-        name for name, m in model.named_modules()
-        if name.rpartition(".")[2] in leaves and layer_dims(m) is not None
+        name
+        for name, m in model.named_modules()
+        if name.rpartition(".")[2] in leaves
+        and layer_dims(m) is not None
         and (not layers or _layer_index(name) in layers)
     }
     if covered != set(paths):
@@ -121,8 +149,14 @@ def peft_config(weights: dict[str, mx.array], settings: LoraSettings, base_name:
     return config
 
 
-def export_peft(adapter_path: str | Path, out: str | Path, *, model: str | None = None,
-                overwrite: bool = False, on_stage: Callable[[str], None] = no_stage) -> ExportResult:
+def export_peft(
+    adapter_path: str | Path,
+    out: str | Path,
+    *,
+    model: str | None = None,
+    overwrite: bool = False,
+    on_stage: Callable[[str], None] = no_stage,
+) -> ExportResult:
     """Write the adapter as a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)."""
     adapter_dir = check_adapter_folder(adapter_path)
     out = check_out(out, overwrite, keep=(adapter_dir,))

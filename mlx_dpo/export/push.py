@@ -20,7 +20,8 @@ IGNORE_PATTERNS = [".*", "**/.*"]
 def folder_files(folder: Path) -> list[Path]:
     """The files a push uploads: every file under `folder` except hidden ones."""
     return [
-        p for p in sorted(folder.rglob("*"))
+        p
+        for p in sorted(folder.rglob("*"))
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     ]
 
@@ -68,8 +69,10 @@ def _explain(error: Exception, repo: str, endpoint: str) -> str:
     if isinstance(error, HfHubHTTPError):
         status = getattr(error.response, "status_code", None)
         if status in (401, 403):
-            return (f"no permission to write to {repo} (HTTP {status}): check that your token has write access "
-                    "to it (`hf auth login`, or set HF_TOKEN)")
+            return (
+                f"no permission to write to {repo} (HTTP {status}): check that your token has write access "
+                "to it (`hf auth login`, or set HF_TOKEN)"
+            )
         if isinstance(error, RepositoryNotFoundError) or status == 404:
             return f"{repo}: repo not found, or your token cannot see it (HTTP {status})"
         detail = (getattr(error, "server_message", None) or str(error)).splitlines()[0] if str(error) else ""

@@ -163,8 +163,7 @@ def layer_dims(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def check_adapter_fits(model: nn.Module, weights: dict[str, mx.array], config: dict, folder: Path,
-                       base: str) -> None:
+def check_adapter_fits(model: nn.Module, weights: dict[str, mx.array], config: dict, folder: Path, base: str) -> None:
     """Refuse an adapter trained on another base with one clear line, before any layer is touched.
 
     Names alone cannot tell (the same base has many names), so the check compares tensor shapes
@@ -221,4 +220,3 @@ def load_adapter(model: nn.Module, folder: str | Path, *, base: str = "this mode
         raise MlxDpoError(f"{folder}: adapter does not fit {base} (mismatched tensors, e.g. {example})")
     model.load_weights(list(weights.items()), strict=False)
     return settings
-

@@ -9,7 +9,7 @@ text as it is, as training reads its rows (mlx_dpo.training.tokens); `template_n
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import mlx.core as mx
 
@@ -19,8 +19,17 @@ from mlx_dpo.models.session import ModelSession
 from mlx_dpo.settings import SampleSettings  # here for callers that sample; defined with the settings (no mlx)
 from mlx_dpo.training.tokens import has_chat_template, plain_prompt
 
-__all__ = ["AnswerStream", "SampleSettings", "answer", "chat_messages", "decode_answer", "prompt_tokens", "sampler_for",
-           "stream_answer", "template_note"]
+__all__ = [
+    "AnswerStream",
+    "SampleSettings",
+    "answer",
+    "chat_messages",
+    "decode_answer",
+    "prompt_tokens",
+    "sampler_for",
+    "stream_answer",
+    "template_note",
+]
 
 
 def sampler_for(temperature: float, top_p: float):
@@ -48,8 +57,10 @@ def template_note(loaded: ModelSession) -> str | None:
     tokenizer = getattr(loaded, "tokenizer", None)  # a test's stand-in for a loaded model may have none
     if tokenizer is None or has_chat_template(tokenizer):
         return None
-    return (f"{loaded.name} has no chat template: no template applies, the prompt is continued as plain text "
-            "(--chat-template FILE gives it one)")
+    return (
+        f"{loaded.name} has no chat template: no template applies, the prompt is continued as plain text "
+        "(--chat-template FILE gives it one)"
+    )
 
 
 def decode_answer(tokenizer, ids: list[int]) -> str:

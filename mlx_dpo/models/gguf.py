@@ -27,8 +27,14 @@ import numpy as np
 
 from mlx_dpo.atomic import atomic_directory
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.models.gguf_arch import ROPE_TENSORS, TOP_NAMES, GgufArch, architecture_of, gguf_to_config, \
-    llama3_rope_config
+from mlx_dpo.models.gguf_arch import (
+    ROPE_TENSORS,
+    TOP_NAMES,
+    GgufArch,
+    architecture_of,
+    gguf_to_config,
+    llama3_rope_config,
+)
 from mlx_dpo.models.gguf_header import TensorInfo, gguf_layout
 from mlx_dpo.models.gguf_tokenizer import build_tokenizer_files
 
@@ -57,8 +63,10 @@ def read_gguf(path: str | Path) -> tuple[dict[str, mx.array], dict[str, Any]]:
     architecture_of(metadata, str(path))  # an unknown architecture is named before any tensor is read
     for info in tensors:
         if info.type not in _TYPE_NAMES:
-            raise MlxDpoError(f"{path}: tensor {info.name} is stored as {_type_name(info.type)}, a type mlx-dpo "
-                              f"cannot import (supported: {', '.join(_TYPE_NAMES.values())})")
+            raise MlxDpoError(
+                f"{path}: tensor {info.name} is stored as {_type_name(info.type)}, a type mlx-dpo "
+                f"cannot import (supported: {', '.join(_TYPE_NAMES.values())})"
+            )
     if all(info.type in NATIVE_TYPES.values() for info in tensors):
         try:
             weights, _ = mx.load(str(path), return_metadata=True)
@@ -83,7 +91,7 @@ def _dequantized(path: Path, tensors: list[TensorInfo]) -> dict[str, mx.array]:
     data = np.memmap(path, dtype=np.uint8, mode="r")
     weights = {}
     for info in tensors:
-        raw = data[info.offset: info.offset + info.nbytes]
+        raw = data[info.offset : info.offset + info.nbytes]
         if info.type == NATIVE_TYPES["F32"]:
             value = raw.view(np.float32).reshape(info.shape)
         elif info.type == NATIVE_TYPES["F16"]:
@@ -107,8 +115,10 @@ def dequantize(raw: np.ndarray, ggml_type: int) -> np.ndarray:
     rows = raw.reshape(-1, raw.shape[-1])
     if quant is None or not hasattr(quant, "dequantize_rows"):
         return gguf.quants.dequantize(raw, qtype)
-    parts = [quant.dequantize_rows(np.ascontiguousarray(rows[i: i + _CHUNK_ROWS]))
-             for i in range(0, rows.shape[0], _CHUNK_ROWS)]
+    parts = [
+        quant.dequantize_rows(np.ascontiguousarray(rows[i : i + _CHUNK_ROWS]))
+        for i in range(0, rows.shape[0], _CHUNK_ROWS)
+    ]
     return np.concatenate(parts).reshape(*raw.shape[:-1], -1)
 
 
@@ -128,8 +138,9 @@ def permute_rows(w: mx.array, n_heads: int) -> mx.array:
     return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def gguf_to_mlx_weights(weights: dict[str, mx.array], config: dict, arch: GgufArch,
-                        source: str = "GGUF") -> dict[str, mx.array]:
+def gguf_to_mlx_weights(
+    weights: dict[str, mx.array], config: dict, arch: GgufArch, source: str = "GGUF"
+) -> dict[str, mx.array]:
     """Rename GGUF tensors to mlx-lm's names and apply the architecture's rules (Q/K rows, Gemma's norms).
 
     A tensor with no place in the mlx-lm model is refused: dropping it would run a different model.

@@ -15,8 +15,9 @@ soft-capping, Phi-3's long-context factors) is refused with one line: it would r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,8 @@ class GgufArch:
 
 
 _GEMMA3_LAYER = {
-    **{k: v for k, v in _LLAMA_LAYER.items() if k not in ("attn_norm", "ffn_norm")}, **_QK_NORM,
+    **{k: v for k, v in _LLAMA_LAYER.items() if k not in ("attn_norm", "ffn_norm")},
+    **_QK_NORM,
     "attn_norm": "input_layernorm",
     "post_attention_norm": "post_attention_layernorm",
     "ffn_norm": "pre_feedforward_layernorm",
@@ -71,12 +73,14 @@ _PHI3_LAYER = {
 }
 
 ARCHITECTURES: dict[str, GgufArch] = {
-    "llama": GgufArch("llama", "llama", "LlamaForCausalLM", _LLAMA_LAYER, permute_qk=True,
-                      extra={"rope_traditional": False}),
+    "llama": GgufArch(
+        "llama", "llama", "LlamaForCausalLM", _LLAMA_LAYER, permute_qk=True, extra={"rope_traditional": False}
+    ),
     "qwen2": GgufArch("qwen2", "qwen2", "Qwen2ForCausalLM", _LLAMA_LAYER),
     "qwen3": GgufArch("qwen3", "qwen3", "Qwen3ForCausalLM", {**_LLAMA_LAYER, **_QK_NORM}),
-    "gemma3": GgufArch("gemma3", "gemma3_text", "Gemma3ForCausalLM", _GEMMA3_LAYER, norm_shift=1.0,
-                       hidden_act="gelu_pytorch_tanh"),
+    "gemma3": GgufArch(
+        "gemma3", "gemma3_text", "Gemma3ForCausalLM", _GEMMA3_LAYER, norm_shift=1.0, hidden_act="gelu_pytorch_tanh"
+    ),
     "phi3": GgufArch("phi3", "phi3", "Phi3ForCausalLM", _PHI3_LAYER),
 }
 SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
@@ -88,8 +92,9 @@ GEMMA3_PATTERN, GEMMA3_LOCAL_ROPE_BASE, GEMMA3_27B_BLOCKS = 6, 10000.0, 62
 def architecture_of(metadata: Mapping[str, Any], source: str) -> GgufArch:
     arch = metadata.get("general.architecture")
     if arch not in ARCHITECTURES:
-        raise MlxDpoError(f"{source}: architecture {arch!r} is not supported "
-                          f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+        raise MlxDpoError(
+            f"{source}: architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
     return ARCHITECTURES[arch]
 
 
@@ -121,8 +126,9 @@ def gguf_to_config(metadata: Mapping[str, Any], tensors: Mapping[str, tuple[int,
     if arch.name == "phi3":
         config["partial_rotary_factor"] = rope_dims / head_dim
     elif rope_dims != head_dim:
-        raise MlxDpoError(f"{source}: partial rotary embeddings ({rope_dims} of {head_dim}) are not supported "
-                          f"for {arch.name}")
+        raise MlxDpoError(
+            f"{source}: partial rotary embeddings ({rope_dims} of {head_dim}) are not supported for {arch.name}"
+        )
     scaling = _rope_scaling(meta, tensors)
     if scaling is not None:
         config["rope_scaling"] = scaling
@@ -162,8 +168,9 @@ def _rope_scaling(meta: _Meta, tensors: Mapping[str, tuple[int, ...]]) -> dict |
         return None
     if kind == "linear" and meta.arch != "phi3":
         return {"type": "linear", "factor": _f32(meta.need("rope.scaling.factor"))}
-    raise MlxDpoError(f"{meta.source}: rope scaling {kind!r} ({meta.arch}.rope.scaling.type) is not supported "
-                      "for GGUF import")
+    raise MlxDpoError(
+        f"{meta.source}: rope scaling {kind!r} ({meta.arch}.rope.scaling.type) is not supported for GGUF import"
+    )
 
 
 def llama3_rope_config(factors: np.ndarray, config: dict, source: str) -> dict:
@@ -183,13 +190,20 @@ def llama3_rope_config(factors: np.ndarray, config: dict, source: str) -> dict:
         s = (1 / factors[between[0]] - 1 / factor) / (1 - 1 / factor)
         contexts.insert(0, float(np.round(wavelengths[between[0]] * (low + s * (high - low)))))
     for context in contexts:
-        scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
-                   "original_max_position_embeddings": int(context)}
+        scaling = {
+            "rope_type": "llama3",
+            "factor": factor,
+            "low_freq_factor": low,
+            "high_freq_factor": high,
+            "original_max_position_embeddings": int(context),
+        }
         expected = llama3_rope_factors({**config, "rope_scaling": scaling})
         if expected is not None and expected.shape == factors.shape and np.allclose(expected, factors, rtol=1e-4):
             return scaling
-    raise MlxDpoError(f"{source}: its rope_freqs tensor is not Llama 3's rope scaling (low/high frequency factors "
-                      "1 and 4); this rope scaling is not supported for GGUF import")
+    raise MlxDpoError(
+        f"{source}: its rope_freqs tensor is not Llama 3's rope scaling (low/high frequency factors "
+        "1 and 4); this rope scaling is not supported for GGUF import"
+    )
 
 
 def rope_scaling(config: dict) -> dict | None:
@@ -210,8 +224,9 @@ def llama3_rope_factors(config: dict) -> np.ndarray | None:
         return None
     head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // int(config["num_attention_heads"]))
     base = float(config.get("rope_theta") or scaling.get("rope_theta") or 10000.0)
-    factor, low, high = (float(scaling.get(k, d)) for k, d in
-                         (("factor", 8.0), ("low_freq_factor", 1.0), ("high_freq_factor", 4.0)))
+    factor, low, high = (
+        float(scaling.get(k, d)) for k, d in (("factor", 8.0), ("low_freq_factor", 1.0), ("high_freq_factor", 4.0))
+    )
     old_context = float(scaling.get("original_max_position_embeddings", 8192))
     wavelengths = 2 * np.pi * base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
     smooth = np.clip((old_context / wavelengths - low) / (high - low), 0.0, 1.0)
@@ -220,13 +235,15 @@ def llama3_rope_factors(config: dict) -> np.ndarray | None:
 
 def _gemma3_config(meta: _Meta, config: dict) -> dict:
     if meta.get("final_logit_softcapping") or meta.get("attn_logit_softcapping"):
-        raise MlxDpoError(f"{meta.source}: Gemma 3 with logit soft-capping is not supported (mlx-lm's gemma3_text "
-                          "model has none)")
+        raise MlxDpoError(
+            f"{meta.source}: Gemma 3 with logit soft-capping is not supported (mlx-lm's gemma3_text model has none)"
+        )
     layers = config["num_hidden_layers"]
     pattern = GEMMA3_PATTERN
     window = meta.get("attention.sliding_window")
-    query_scale = (config["hidden_size"] // config["num_attention_heads"] if layers == GEMMA3_27B_BLOCKS
-                   else config["head_dim"])
+    query_scale = (
+        config["hidden_size"] // config["num_attention_heads"] if layers == GEMMA3_27B_BLOCKS else config["head_dim"]
+    )
     layer_types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(layers)]
     return {
         "sliding_window": int(window) if window else 4096,
@@ -241,8 +258,10 @@ def _gemma3_config(meta: _Meta, config: dict) -> dict:
 
 def _phi3_config(meta: _Meta, tensors: Mapping[str, tuple[int, ...]]) -> dict:
     if "rope_factors_long.weight" in tensors or "rope_factors_short.weight" in tensors:
-        raise MlxDpoError(f"{meta.source}: Phi-3's long-context rope scaling (rope_factors_long/short) is not "
-                          "supported for GGUF import; the 4k-context models are")
+        raise MlxDpoError(
+            f"{meta.source}: Phi-3's long-context rope scaling (rope_factors_long/short) is not "
+            "supported for GGUF import; the 4k-context models are"
+        )
     window = meta.get("attention.sliding_window")
     extra: dict[str, Any] = {"original_max_position_embeddings": int(meta.get("context_length", 4096))}
     if window:

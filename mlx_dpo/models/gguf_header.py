@@ -125,8 +125,10 @@ def gguf_layout(path: Path) -> tuple[Fields, list[TensorInfo]]:
     tensors = [TensorInfo(name, shape, t, start + off, _tensor_bytes(shape, t)) for name, shape, t, off in raw]
     for info in tensors:
         if info.offset + info.nbytes > size:
-            raise MlxDpoError(f"{path}: damaged or truncated GGUF file (tensor {info.name} ends at byte "
-                              f"{info.offset + info.nbytes:,}, past the file's {size:,} bytes)")
+            raise MlxDpoError(
+                f"{path}: damaged or truncated GGUF file (tensor {info.name} ends at byte "
+                f"{info.offset + info.nbytes:,}, past the file's {size:,} bytes)"
+            )
     return fields, tensors
 
 

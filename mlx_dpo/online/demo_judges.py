@@ -24,7 +24,7 @@ def sentence_count(text: str) -> int:
     if not text:
         return 0
     ends = list(_SENTENCE_END.finditer(text))
-    tail = text[ends[-1].end():].strip() if ends else text
+    tail = text[ends[-1].end() :].strip() if ends else text
     return len(ends) + (1 if tail else 0)
 
 

@@ -21,7 +21,7 @@ A pair the cache then holds both answers of needs no reference pass (training/re
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import mlx.core as mx
 
@@ -50,7 +50,7 @@ def _completion(sampled: Sampled) -> list[int]:
 def _forward_logps(loaded: ModelSession, prompt: list[int], completion: list[int]) -> list[float]:
     """Each completion token's log-prob by the model's own forward (the ground truth the self-checks use)."""
     inputs = mx.array(prompt + completion[:-1])[None]
-    logits = loaded.model(inputs)[0, len(prompt) - 1:].astype(mx.float32)
+    logits = loaded.model(inputs)[0, len(prompt) - 1 :].astype(mx.float32)
     logps = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     return mx.take_along_axis(logps, mx.array(completion)[:, None], axis=-1)[:, 0].tolist()
 
@@ -60,10 +60,16 @@ def problem(loaded: ModelSession, probe: list[tuple[list[int], Sampled]]) -> str
     values, stop token included, equal the model's forward within tolerance). Measured once per model session."""
     if loaded.checks.unchecked("free_reference"):
         try:
-            worst = max(abs(a - b) for prompt, sampled in probe
-                        for a, b in zip(_forward_logps(loaded, prompt, _completion(sampled)), sampled.logps))
-            found = (None if worst <= TOLERANCE_FP32 else
-                     f"sampled log-probs differ from the model's forward by {worst:.3g} per token")
+            worst = max(
+                abs(a - b)
+                for prompt, sampled in probe
+                for a, b in zip(_forward_logps(loaded, prompt, _completion(sampled)), sampled.logps)
+            )
+            found = (
+                None
+                if worst <= TOLERANCE_FP32
+                else f"sampled log-probs differ from the model's forward by {worst:.3g} per token"
+            )
         except Exception as e:  # a forward this check cannot run means: not this path
             found = f"cannot be checked on this model ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
         loaded.checks.free_reference = found
@@ -76,8 +82,13 @@ def _fingerprint(loaded: ModelSession) -> str:
     return model_fingerprint(loaded, digest)
 
 
-def keep(loaded: ModelSession, prompts: list[list[dict]], samples: Samples,
-         on_event: Callable[[Event], None] = lambda e: None, cache: RefCache | None = None) -> int:
+def keep(
+    loaded: ModelSession,
+    prompts: list[list[dict]],
+    samples: Samples,
+    on_event: Callable[[Event], None] = lambda e: None,
+    cache: RefCache | None = None,
+) -> int:
     """Store the sampled answers' log-probs as the sampler's reference log-probs; returns how many were stored.
     Call it with the sampler's adapter still on. Nothing is stored when the self-check fails (one Status line)."""
     if samples.sampled is None or samples.prompt_ids is None:
@@ -109,6 +120,10 @@ def keep(loaded: ModelSession, prompts: list[list[dict]], samples: Samples,
     finally:
         if own:
             cache.close()
-    on_event(Status(f"reference pass: {len(rows)} of {len(answers)} sampled answers' log-probs kept from sampling"
-                    + ("" if len(rows) == len(answers) else " (the others re-tokenize differently)")))
+    on_event(
+        Status(
+            f"reference pass: {len(rows)} of {len(answers)} sampled answers' log-probs kept from sampling"
+            + ("" if len(rows) == len(answers) else " (the others re-tokenize differently)")
+        )
+    )
     return len(rows)

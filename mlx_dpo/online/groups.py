@@ -54,18 +54,28 @@ def group_rewards(judge: Judge, prompt: Messages, answers: list[str]) -> tuple[l
 def answer_tokens(loaded: ModelSession, prompt: Messages, answers: list[str]) -> list[list[int] | None]:
     """Each answer's token ids as a round trains them (None for one the chat template cannot hold)."""
     encoder = Encoder(loaded.tokenizer)
-    encoded, _ = encoder.encode_all([PreferencePair(str(j), prompt, a, a) for j, a in enumerate(answers)],
-                                    skip_invalid=True)
+    encoded, _ = encoder.encode_all(
+        [PreferencePair(str(j), prompt, a, a) for j, a in enumerate(answers)], skip_invalid=True
+    )
     by_index = {int(p.id): list(p.chosen) for p in encoded}
     return [by_index.get(j) for j in range(len(answers))]
 
 
-def rate_and_store(store: PreferenceStore, judge: Judge, prompt: Messages, answers: list[str],
-                   tokens: list[list[int] | None] | None, *, sampler: str, version: str,
-                   online: PromptRef | None = None) -> str:
+def rate_and_store(
+    store: PreferenceStore,
+    judge: Judge,
+    prompt: Messages,
+    answers: list[str],
+    tokens: list[list[int] | None] | None,
+    *,
+    sampler: str,
+    version: str,
+    online: PromptRef | None = None,
+) -> str:
     """Reward one prompt's answers and commit them as a rated group (with its prompt-file place); returns "pairs"
     for a group whose rewards differ (it trains) and "ties" for one whose rewards are all equal (dropped)."""
     rewards, _note = group_rewards(judge, prompt, answers)
-    group = store.ratings.add_group(prompt, answers, rewards, rater=judge.name, version=version, sampler=sampler,
-                                    tokens=tokens, online=online)
+    group = store.ratings.add_group(
+        prompt, answers, rewards, rater=judge.name, version=version, sampler=sampler, tokens=tokens, online=online
+    )
     return "pairs" if group.varied else "ties"

@@ -37,8 +37,9 @@ import importlib.util
 import inspect
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.online import rewards
@@ -102,8 +103,9 @@ class PreferJudge(_CallableJudge):
         for prompt, (a, b) in zip(prompts, pairs):
             value = self._call(Prompt(prompt), a, b)
             if value is not None and (isinstance(value, bool) or value not in (0, 1, 2)):
-                raise MlxDpoError(f"judge {self.spec} returned {value!r}; a prefer judge must return "
-                                  "1, 2, 0 (a tie) or None (skip)")
+                raise MlxDpoError(
+                    f"judge {self.spec} returned {value!r}; a prefer judge must return 1, 2, 0 (a tie) or None (skip)"
+                )
             verdicts.append(Verdict(None if value is None else int(value)))
         return verdicts
 
@@ -143,8 +145,9 @@ def _import_module(spec: str, module_name: str):
         return importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name and module_name.startswith(e.name):
-            raise MlxDpoError(f"judge {spec}: no module named {module_name!r} "
-                              "(a file needs its path ending in .py)") from None
+            raise MlxDpoError(
+                f"judge {spec}: no module named {module_name!r} (a file needs its path ending in .py)"
+            ) from None
         raise MlxDpoError(f"judge {spec}: importing {module_name} raised {_one_line(e)}") from None
     except Exception as e:
         raise MlxDpoError(f"judge {spec}: importing {module_name} raised {_one_line(e)}") from None
@@ -166,14 +169,16 @@ def _find(spec: str) -> Callable[..., Any]:
 
 
 def callable_kind(spec: str, fn: Callable[..., Any]) -> str:
-    """"score" for a callable taking (prompt, answer), "prefer" for (prompt, answer_1, answer_2)."""
+    """ "score" for a callable taking (prompt, answer), "prefer" for (prompt, answer_1, answer_2)."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         raise MlxDpoError(f"judge {spec}: its signature cannot be read; wrap it in a def") from None
     if any(p.kind is p.VAR_POSITIONAL for p in params):
-        raise MlxDpoError(f"judge {spec}: takes *args, so its kind is unclear; name its parameters: "
-                          "(prompt, answer) for a score, (prompt, answer_1, answer_2) for a preference")
+        raise MlxDpoError(
+            f"judge {spec}: takes *args, so its kind is unclear; name its parameters: "
+            "(prompt, answer) for a score, (prompt, answer_1, answer_2) for a preference"
+        )
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     needed = [p for p in positional if p.default is p.empty]
     keyword_needed = [p for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
@@ -182,8 +187,10 @@ def callable_kind(spec: str, fn: Callable[..., Any]) -> str:
         if len(positional) in (2, 3) and not keyword_needed:
             count = len(positional)  # e.g. score(prompt, answer=""): callable with two arguments
         else:
-            raise MlxDpoError(f"judge {spec}: takes {len(needed)} required argument(s); a judge takes "
-                              "(prompt, answer) -> score or (prompt, answer_1, answer_2) -> 1|2|0|None")
+            raise MlxDpoError(
+                f"judge {spec}: takes {len(needed)} required argument(s); a judge takes "
+                "(prompt, answer) -> score or (prompt, answer_1, answer_2) -> 1|2|0|None"
+            )
     return "score" if count == 2 else "prefer"
 
 
@@ -207,7 +214,7 @@ def load_judge(spec: str, *, rubric: str | None = None, missing_end_penalty: flo
     `missing_end_penalty` for score judges (None: the setting's default)."""
     spec = spec.strip()
     if spec.startswith("llm:"):
-        model = spec[len("llm:"):].strip()
+        model = spec[len("llm:") :].strip()
         if not model:
             raise MlxDpoError("judge llm: needs a model, e.g. llm:default or llm:path/to/mlx-model")
         return LlmJudge(model, read_rubric(rubric) if rubric is not None else None)

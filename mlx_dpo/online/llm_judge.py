@@ -32,8 +32,10 @@ from mlx_dpo.models.session import ModelSession
 from mlx_dpo.online.verdict import Judge, Messages, Verdict, check_lengths
 from mlx_dpo.training.fast_path import fast_paths
 
-DEFAULT_RUBRIC = ("You judge answers written by an assistant. Decide which answer serves the user better: "
-                  "correct, helpful, clear and to the point.")
+DEFAULT_RUBRIC = (
+    "You judge answers written by an assistant. Decide which answer serves the user better: "
+    "correct, helpful, clear and to the point."
+)
 BATCH = 8  # questions per forward pass
 
 
@@ -46,8 +48,10 @@ def _conversation(messages: Messages) -> str:
 
 def question(rubric: str, messages: Messages, first: str, second: str) -> list[dict[str, str]]:
     """The judge model's chat for one order of one pair."""
-    text = (f"{rubric}\n\n### Conversation\n{_conversation(messages)}\n\n### Answer 1\n{first}\n\n"
-            f"### Answer 2\n{second}\n\nWhich answer is better? Reply with 1 or 2 only.")
+    text = (
+        f"{rubric}\n\n### Conversation\n{_conversation(messages)}\n\n### Answer 1\n{first}\n\n"
+        f"### Answer 2\n{second}\n\nWhich answer is better? Reply with 1 or 2 only."
+    )
     return [{"role": "user", "content": text}]
 
 
@@ -70,11 +74,11 @@ def next_token_logprobs(loaded: ModelSession, sequences: list[list[int]]) -> lis
         return [np.array(_log_softmax(model(mx.array([seq]))[0, -1]), copy=False) for seq in sequences]
     head, out = output_head(model), []
     for start in range(0, len(sequences), BATCH):
-        chunk = sequences[start:start + BATCH]
+        chunk = sequences[start : start + BATCH]
         width = max(len(s) for s in chunk)
         inputs = np.zeros((len(chunk), width), np.int32)  # right padding: a causal model never sees it
         for i, seq in enumerate(chunk):
-            inputs[i, :len(seq)] = seq
+            inputs[i, : len(seq)] = seq
         hidden = model.model(mx.array(inputs))
         last = mx.array([len(s) - 1 for s in chunk])[:, None, None]
         states = mx.take_along_axis(hidden, last, axis=1)  # (n, 1, D): only the position that answers
@@ -129,8 +133,11 @@ class LlmJudge(Judge):
     def ask(self, prompts: list[Messages], pairs: list[tuple[str, str]]) -> list[tuple[tuple[float, float], ...]]:
         """For each pair, the log-probs of ("1", "2") in order (A, B), then in order (B, A)."""
         tokenizer = self.loaded.tokenizer
-        sequences = [prompt_tokens(tokenizer, question(self.rubric, p, x, y))
-                     for p, (a, b) in zip(prompts, pairs) for x, y in ((a, b), (b, a))]
+        sequences = [
+            prompt_tokens(tokenizer, question(self.rubric, p, x, y))
+            for p, (a, b) in zip(prompts, pairs)
+            for x, y in ((a, b), (b, a))
+        ]
         rows = next_token_logprobs(self.loaded, sequences)
         readings = [tuple(float(np.logaddexp.reduce(row[ids])) for ids in self.ids) for row in rows]
         return [(readings[2 * i], readings[2 * i + 1]) for i in range(len(pairs))]

@@ -26,9 +26,10 @@ What a caller can rely on:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mlx_dpo.data.online_records import PromptRef, prompt_key
 from mlx_dpo.data.prompt_file import read_prompt_file
@@ -37,22 +38,27 @@ from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Event, Finished, Status
 from mlx_dpo.metric_names import (
-    HELDOUT, HELDOUT_ACCURACY, HELDOUT_BASE, HELDOUT_KL, HELDOUT_REPETITION, HELDOUT_SCORE, HELDOUT_UNFINISHED,
-    HELDOUT_WIN_VS_BASE
+    HELDOUT,
+    HELDOUT_ACCURACY,
+    HELDOUT_BASE,
+    HELDOUT_KL,
+    HELDOUT_REPETITION,
+    HELDOUT_SCORE,
+    HELDOUT_UNFINISHED,
+    HELDOUT_WIN_VS_BASE,
 )
 from mlx_dpo.models.generate import SampleSettings, template_note
 from mlx_dpo.models.load import load_model
 from mlx_dpo.models.session import ModelSession
-from mlx_dpo.online import conversations
-from mlx_dpo.online import free_reference
+from mlx_dpo.online import conversations, free_reference, groups
 from mlx_dpo.online.free_reference import sampler_is_reference
-from mlx_dpo.online import groups
 from mlx_dpo.online.pairing import choose_pair
 from mlx_dpo.online.sampling import sample_answers
 from mlx_dpo.online.verdict import Judge
 from mlx_dpo.settings import ONLINE_SAMPLING, OnlineSettings, RoundSettings
 from mlx_dpo.training.pause import pause_at
 from mlx_dpo.training.rounds import run_round
+
 
 @dataclass
 class RoundReport:
@@ -126,12 +132,25 @@ def run_online(
     while number <= online.rounds:
         counts = progress.open_counts if number == progress.open_round else {"pairs": 0, "ties": 0, "skips": 0}
         already = sum(counts.values())
-        todo = [i for i in range(len(prompts)) if i not in progress.used][:max(0, online.per_round - already)]
+        todo = [i for i in range(len(prompts)) if i not in progress.used][: max(0, online.per_round - already)]
         if not todo and not already:
             emit(Status(f"{prompts_file}: every prompt is used; stopping after {number - 1} round(s)"))
             break
-        report = _one_round(workspace, loaded, model, judge, number, [(i, prompts[i]) for i in todo], source, counts,
-                            online, sample, settings, eval_prompts, emit)
+        report = _one_round(
+            workspace,
+            loaded,
+            model,
+            judge,
+            number,
+            [(i, prompts[i]) for i in todo],
+            source,
+            counts,
+            online,
+            sample,
+            settings,
+            eval_prompts,
+            emit,
+        )
         progress.used.update(todo)
         reports.append(report)
         if on_round:
@@ -156,8 +175,10 @@ def _progress(store: PreferenceStore, source: str, prompts: list[list[dict]]) ->
     done = store.online_prompts(source)
     for row in done:
         if row.position >= len(prompts) or prompt_key(prompts[row.position]) != row.prompt_key:
-            raise MlxDpoError(f"{source}: prompt {row.position + 1} is not the one judged there before; the file "
-                              "changed since; use a new prompt file (or workspace) rather than editing one in use")
+            raise MlxDpoError(
+                f"{source}: prompt {row.position + 1} is not the one judged there before; the file "
+                "changed since; use a new prompt file (or workspace) rather than editing one in use"
+            )
     last = max((row.round for row in done), default=0)
     # A round is open while it has judged pairs no finished round has tried (a rejected round's pairs are tried: they
     # wait untrained for the next round, which starts again from the last accepted version).
@@ -170,8 +191,9 @@ def _progress(store: PreferenceStore, source: str, prompts: list[list[dict]]) ->
     return _Progress({row.position for row in done}, last, last if pending else None, counts)
 
 
-def _one_round(workspace, loaded, model, judge, number, todo, source, counts, online, sample, settings, eval_prompts,
-               emit) -> RoundReport:
+def _one_round(
+    workspace, loaded, model, judge, number, todo, source, counts, online, sample, settings, eval_prompts, emit
+) -> RoundReport:
     """Sample, judge and store `todo` (position, prompt) pairs, then train and measure the round."""
     with PreferenceStore(workspace) as store:
         latest = store.latest_kept_round()
@@ -185,9 +207,17 @@ def _one_round(workspace, loaded, model, judge, number, todo, source, counts, on
         # The sampler's log-probs are the reference's when it is the round's reference (free_reference.py).
         free = online.free_reference and sampler_is_reference(latest is None, _reference(settings))
         with loaded.adapter(latest.adapter_path if latest else None):
-            samples = sample_answers(loaded, [p for _, p in todo], sample, n=n, seed=number,
-                                     batch_size=online.sample_batch_size, shared_prefill=online.shared_prefill,
-                                     keep_logps=free, on_event=emit)
+            samples = sample_answers(
+                loaded,
+                [p for _, p in todo],
+                sample,
+                n=n,
+                seed=number,
+                batch_size=online.sample_batch_size,
+                shared_prefill=online.shared_prefill,
+                keep_logps=free,
+                on_event=emit,
+            )
             if free:
                 free_reference.keep(loaded, [p for _, p in todo], samples, emit)
         seconds["sampling"], tokens_per_second = round(samples.seconds, 3), round(samples.tokens_per_second, 1)
@@ -199,38 +229,73 @@ def _one_round(workspace, loaded, model, judge, number, todo, source, counts, on
             for (position, prompt), answers in zip(todo, samples.answers):
                 where = PromptRef(source, position, number)
                 if grpo:
-                    kind, pair = groups.rate_and_store(store, judge, prompt, answers,
-                                                       groups.answer_tokens(loaded, prompt, answers), sampler=sampler,
-                                                       version=sampled_by, online=where), None
+                    kind, pair = (
+                        groups.rate_and_store(
+                            store,
+                            judge,
+                            prompt,
+                            answers,
+                            groups.answer_tokens(loaded, prompt, answers),
+                            sampler=sampler,
+                            version=sampled_by,
+                            online=where,
+                        ),
+                        None,
+                    )
                 else:
-                    kind, pair = store_judgement(store, judge, prompt, answers, sampler=sampler, version=sampled_by,
-                                                 online=where)
+                    kind, pair = store_judgement(
+                        store, judge, prompt, answers, sampler=sampler, version=sampled_by, online=where
+                    )
                 counts[kind] += 1
                 judged.append((position, pair))
                 pause_at(f"online:judging:{number}")
         later = 0.0  # seconds sampling the later turns of conversations (--turns)
         if online.turns > 1:
             with loaded.adapter(latest.adapter_path if latest else None):
-                later = _later_turns(workspace, loaded, judge, judged, source, number, online, sample, sampler,
-                                     sampled_by, counts, emit)
+                later = _later_turns(
+                    workspace, loaded, judge, judged, source, number, online, sample, sampler, sampled_by, counts, emit
+                )
         seconds["sampling"] = round(seconds["sampling"] + later, 3)
         seconds["judging"] = round(time.perf_counter() - start - later, 3)
         emit(Status(f"round {number}: {counts['pairs']} pair(s), {counts['ties']} tie(s), {counts['skips']} skip(s)"))
     pause_at(f"online:judged:{number}")
-    report = RoundReport(number, sampled_by, None, sum(counts.values()), counts["pairs"], counts["ties"],
-                         counts["skips"], "nothing to train", seconds=seconds,
-                         sampled_tokens_per_second=tokens_per_second)
+    report = RoundReport(
+        number,
+        sampled_by,
+        None,
+        sum(counts.values()),
+        counts["pairs"],
+        counts["ties"],
+        counts["skips"],
+        "nothing to train",
+        seconds=seconds,
+        sampled_tokens_per_second=tokens_per_second,
+    )
     with PreferenceStore(workspace) as store:
-        untrained = bool(store.untrained_pairs()) if (settings or {}).get("method") != "grpo" else \
-            any(g.varied for g in store.ratings.untrained())
+        untrained = (
+            bool(store.untrained_pairs())
+            if (settings or {}).get("method") != "grpo"
+            else any(g.varied for g in store.ratings.untrained())
+        )
     if untrained:
         _train(report, workspace, loaded, model, judge, settings, eval_prompts, sample, emit)
     return report
 
 
-def _later_turns(workspace, loaded, judge, judged: list[tuple[int, StoredPair | None]], source: str, number: int,
-                 online: OnlineSettings, sample: SampleSettings, sampler: str, version: str, counts: dict[str, int],
-                 emit) -> float:
+def _later_turns(
+    workspace,
+    loaded,
+    judge,
+    judged: list[tuple[int, StoredPair | None]],
+    source: str,
+    number: int,
+    online: OnlineSettings,
+    sample: SampleSettings,
+    sampler: str,
+    version: str,
+    counts: dict[str, int],
+    emit,
+) -> float:
     """Turns 2..`online.turns` of each conversation whose last turn gave a pair: its chosen answer, the next user
     message (mlx_dpo.online.conversations), two or more answers from the same version, judged and stored pointing to
     the turn they continue. Counted in `counts` with the first turns. Not in the prompt file's progress: a run killed
@@ -242,18 +307,26 @@ def _later_turns(workspace, loaded, judge, judged: list[tuple[int, StoredPair | 
     for turn in range(2, online.turns + 1):
         if not current:
             break
-        prompts = [conversations.next_prompt(pair, conversations.follow_up(follow_ups[position], turn,
-                                                                           online.follow_up))
-                   for position, pair in current]
+        prompts = [
+            conversations.next_prompt(pair, conversations.follow_up(follow_ups[position], turn, online.follow_up))
+            for position, pair in current
+        ]
         emit(Status(f"round {number}: turn {turn} of {len(prompts)} conversation(s)"))
-        samples = sample_answers(loaded, prompts, sample, n=online.samples_per_prompt, seed=number + 1000 * (turn - 1),
-                                 batch_size=online.sample_batch_size)
+        samples = sample_answers(
+            loaded,
+            prompts,
+            sample,
+            n=online.samples_per_prompt,
+            seed=number + 1000 * (turn - 1),
+            batch_size=online.sample_batch_size,
+        )
         seconds += samples.seconds
         later = []
         with PreferenceStore(workspace) as store:
             for (position, parent), prompt, answers in zip(current, prompts, samples.answers):
-                kind, pair = store_judgement(store, judge, prompt, answers, sampler=sampler, version=version,
-                                             continues=parent.id)
+                kind, pair = store_judgement(
+                    store, judge, prompt, answers, sampler=sampler, version=version, continues=parent.id
+                )
                 counts[kind] += 1
                 later.append((position, pair))
         current = [(position, pair) for position, pair in later if pair is not None]
@@ -265,27 +338,57 @@ def _reference(settings: dict | None) -> str:
     return (settings or {}).get("reference") or RoundSettings.reference
 
 
-def judge_and_store(store: PreferenceStore, judge: Judge, prompt: list[dict], answers: list[str], *, sampler: str,
-                    version: str, online: PromptRef | None = None) -> str:
+def judge_and_store(
+    store: PreferenceStore,
+    judge: Judge,
+    prompt: list[dict],
+    answers: list[str],
+    *,
+    sampler: str,
+    version: str,
+    online: PromptRef | None = None,
+) -> str:
     """Judge one prompt's answers (mlx_dpo.online.pairing) and commit the result with every comparison the judge
     made; returns "pairs", "ties" or "skips" (what it gave)."""
     return store_judgement(store, judge, prompt, answers, sampler=sampler, version=version, online=online)[0]
 
 
-def store_judgement(store: PreferenceStore, judge: Judge, prompt: list[dict], answers: list[str], *, sampler: str,
-                    version: str, online: PromptRef | None = None,
-                    continues: int | None = None) -> tuple[str, StoredPair | None]:
+def store_judgement(
+    store: PreferenceStore,
+    judge: Judge,
+    prompt: list[dict],
+    answers: list[str],
+    *,
+    sampler: str,
+    version: str,
+    online: PromptRef | None = None,
+    continues: int | None = None,
+) -> tuple[str, StoredPair | None]:
     """`judge_and_store`, also handing back the pair it stored (None for a tie or skip); `continues`: the pair of
     the conversation's turn this prompt goes on from."""
     judged = choose_pair(judge, prompt, answers)
     first, second, choice, note = answers[judged.first], answers[judged.second], judged.choice, judged.note
     # label=False: a program's judgments are not the person's labeling history (the app's undo)
-    common = {"sampler": sampler, "judge": judge.name, "version": version, "online": online, "label": False,
-              "comparisons": judged.comparisons}
+    common = {
+        "sampler": sampler,
+        "judge": judge.name,
+        "version": version,
+        "online": online,
+        "label": False,
+        "comparisons": judged.comparisons,
+    }
     if choice in (1, 2) and first != second:
         chosen, rejected = (first, second) if choice == 1 else (second, first)
-        pair = store.add_pair(prompt, chosen, rejected, origin="sampled", note=note or None,
-                              shown_first="chosen" if choice == 1 else "rejected", continues=continues, **common)
+        pair = store.add_pair(
+            prompt,
+            chosen,
+            rejected,
+            origin="sampled",
+            note=note or None,
+            shown_first="chosen" if choice == 1 else "rejected",
+            continues=continues,
+            **common,
+        )
         return "pairs", pair
     if choice == 0:
         store.add_skip(prompt, "tie", answers=[first, second], **common)
@@ -305,14 +408,25 @@ def _train(report: RoundReport, workspace, loaded, model, judge, settings, eval_
         emit(event)
 
     start = time.perf_counter()
-    result = run_round(workspace, model=model, settings=settings, on_event=timed, loaded=loaded,
-                       eval_prompts=eval_prompts, judge=judge, sample_settings=sample)
+    result = run_round(
+        workspace,
+        model=model,
+        settings=settings,
+        on_event=timed,
+        loaded=loaded,
+        eval_prompts=eval_prompts,
+        judge=judge,
+        sample_settings=sample,
+    )
     end = time.perf_counter()
     trained = trained_at[0] if trained_at else end
     metrics = result.metrics
     reference = float(metrics.get("ref_pass_seconds") or 0.0)
-    report.seconds.update(reference=round(reference, 3), training=round(max(0.0, trained - start - reference), 3),
-                          heldout=round(end - trained, 3))
+    report.seconds.update(
+        reference=round(reference, 3),
+        training=round(max(0.0, trained - start - reference), 3),
+        heldout=round(end - trained, 3),
+    )
     report.version, report.status = f"v{result.version}", result.status
     report.decision, report.reason = result.decision, result.reason or ""
     report.heldout = {k: v for k, v in metrics.items() if k.startswith((HELDOUT, HELDOUT_BASE))}
@@ -321,14 +435,21 @@ def _train(report: RoundReport, workspace, loaded, model, judge, settings, eval_
 def describe_round(report: RoundReport) -> str:
     """One line for a person: what the round judged, what it trained, and the held-out numbers."""
     held = report.heldout
-    parts = [f"round {report.round}: judged {report.prompts} answers of {report.sampled_by} "
-             f"({report.pairs} pairs, {report.ties} ties, {report.skips} skips)",
-             f"trained {report.version}" if report.version else report.status]
+    parts = [
+        f"round {report.round}: judged {report.prompts} answers of {report.sampled_by} "
+        f"({report.pairs} pairs, {report.ties} ties, {report.skips} skips)",
+        f"trained {report.version}" if report.version else report.status,
+    ]
     if report.decision:
         parts.append(f"{report.decision}: {report.reason}" if report.reason else report.decision)
-    for key, name in ((HELDOUT_SCORE, "score"), (HELDOUT_KL, "KL"), (HELDOUT_ACCURACY, "accuracy"),
-                      (HELDOUT_WIN_VS_BASE, "wins vs base"), (HELDOUT_UNFINISHED, "unfinished"),
-                      (HELDOUT_REPETITION, "repeated 3-grams")):
+    for key, name in (
+        (HELDOUT_SCORE, "score"),
+        (HELDOUT_KL, "KL"),
+        (HELDOUT_ACCURACY, "accuracy"),
+        (HELDOUT_WIN_VS_BASE, "wins vs base"),
+        (HELDOUT_UNFINISHED, "unfinished"),
+        (HELDOUT_REPETITION, "repeated 3-grams"),
+    ):
         if held.get(key) is not None:
             base = held.get(key.replace(HELDOUT, HELDOUT_BASE))
             parts.append(f"{name} {held[key]:.3f}" + (f" (base {base:.3f})" if isinstance(base, (int, float)) else ""))

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mlx_dpo.data.online_records import Comparison
-from mlx_dpo.online.verdict import Choice, Judge, Messages, is_finished, may_prefer
+from mlx_dpo.online.verdict import Choice, Judge, Messages, may_prefer
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,12 @@ def choose_pair(judge: Judge, prompt: Messages, answers: list[str]) -> Judged:
 def _best_against_worst(judge: Judge, prompt: Messages, answers: list[str]) -> Judged:
     scores = [float(judge.score(prompt, a)) for a in answers]  # type: ignore[arg-type]
     listed = ", ".join(f"{s:g}" for s in scores)
-    allowed = [(scores[c] - scores[r], -c, -r) for c in range(len(answers)) for r in range(len(answers))
-               if scores[c] > scores[r] and may_prefer(answers[c], answers[r])]
+    allowed = [
+        (scores[c] - scores[r], -c, -r)
+        for c in range(len(answers))
+        for r in range(len(answers))
+        if scores[c] > scores[r] and may_prefer(answers[c], answers[r])
+    ]
     if not allowed:
         if len(set(scores)) == 1:
             return Judged(0, 1, 0, f"scores {listed}: all equal")
@@ -76,8 +80,9 @@ def _knockout(judge: Judge, prompt: Messages, answers: list[str]) -> Judged:
         note = verdict.note or (f"scores {verdict.scores[0]:g} vs {verdict.scores[1]:g}" if verdict.scores else "")
         if winner is not None and not counted:
             note = "; ".join(filter(None, [note, "prefers an unfinished answer over a finished one: not counted"]))
-        comparisons.append(Comparison(len(comparisons), answers[king], answers[challenger], verdict.choice,
-                                      counted, note))
+        comparisons.append(
+            Comparison(len(comparisons), answers[king], answers[challenger], verdict.choice, counted, note)
+        )
         if counted:
             first_loser = loser if first_loser is None else first_loser
             king = winner
@@ -89,5 +94,10 @@ def _knockout(judge: Judge, prompt: Messages, answers: list[str]) -> Judged:
     if any(c.choice == 0 for c in comparisons):
         return Judged(0, 1, 0, one or f"knockout of {len(answers)}: no decisive comparison", comparisons)
     refused = any(c.choice in (1, 2) for c in comparisons)
-    return Judged(0, 1, None, "the judge preferred an unfinished answer over a finished one" if refused
-                  else one or "skipped by the judge", comparisons)
+    return Judged(
+        0,
+        1,
+        None,
+        "the judge preferred an unfinished answer over a finished one" if refused else one or "skipped by the judge",
+        comparisons,
+    )

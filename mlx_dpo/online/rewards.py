@@ -16,7 +16,7 @@ is a number. Each term reads the answer's text only; the missing-end penalty app
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from mlx_dpo.errors import MlxDpoError
 
@@ -29,7 +29,7 @@ Term = Callable[[str], float]
 def repeated_share(text: str, n: int = 3) -> float:
     """The share of a text's word n-grams that repeat an earlier n-gram of the same text (0: none repeats)."""
     words = _WORD.findall(text.lower())
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
 
 
@@ -57,8 +57,12 @@ def _regex(value: str, spec: str) -> Term:
     return lambda text: 1.0 if pattern.fullmatch(text.strip()) else 0.0
 
 
-TERMS: dict[str, Callable[[str, str], Term]] = {"length": _length, "question": _question,
-                                                 "no_repeats": _no_repeats, "regex": _regex}
+TERMS: dict[str, Callable[[str, str], Term]] = {
+    "length": _length,
+    "question": _question,
+    "no_repeats": _no_repeats,
+    "regex": _regex,
+}
 
 
 def _number(value: str, spec: str, name: str, whole: bool = False) -> float:
@@ -85,7 +89,7 @@ def _weighted(term: str) -> tuple[str, float]:
 def parse(spec: str) -> Callable[[str, str], float]:
     """The score function `(prompt, answer) -> float` a `reward:...` spec names (MlxDpoError: one line)."""
     terms: list[tuple[Term, float]] = []
-    for raw in spec[len(PREFIX):].split(" + "):
+    for raw in spec[len(PREFIX) :].split(" + "):
         body, weight = _weighted(raw.strip())
         name, _, value = body.partition("=")
         if name.strip() not in TERMS:

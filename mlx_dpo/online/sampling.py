@@ -33,8 +33,8 @@ What a caller can rely on:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import mlx.core as mx
 
@@ -68,14 +68,17 @@ def run_seed(settings: SampleSettings, seed: int) -> int:
     return ((settings.seed or 0) * 1_000_003 + seed) % 2**31
 
 
-
-
 def _batched(loaded: ModelSession, tokens: list[list[int]], settings: SampleSettings, batch_size: int) -> Generated:
     """Each answer's token ids and finish, `batch_size` sequences in flight (mlx-lm's `batch_generate` loop, keeping
     each sequence's finish reason: compat.generate_batched)."""
-    return generate_batched(loaded.model, tokens, max_tokens=settings.max_tokens,
-                            stop_tokens=list(loaded.tokenizer.eos_token_ids),
-                            sampler=sampler_for(settings.temperature, settings.top_p), batch_size=batch_size)
+    return generate_batched(
+        loaded.model,
+        tokens,
+        max_tokens=settings.max_tokens,
+        stop_tokens=list(loaded.tokenizer.eos_token_ids),
+        sampler=sampler_for(settings.temperature, settings.top_p),
+        batch_size=batch_size,
+    )
 
 
 def _one_at_a_time(loaded: ModelSession, tokens: list[list[int]], settings: SampleSettings) -> Generated:
@@ -86,8 +89,9 @@ def _one_at_a_time(loaded: ModelSession, tokens: list[list[int]], settings: Samp
     out = []
     for prompt in tokens:
         ids, finished = [], False
-        for r in stream_generate(loaded.model, loaded.tokenizer, prompt, max_tokens=settings.max_tokens,
-                                 sampler=sampler):
+        for r in stream_generate(
+            loaded.model, loaded.tokenizer, prompt, max_tokens=settings.max_tokens, sampler=sampler
+        ):
             if r.finish_reason != "stop":
                 ids.append(r.token)
             finished = r.finish_reason == "stop"
@@ -108,7 +112,9 @@ def batching_problem(loaded: ModelSession) -> str | None:
     if not loaded.checks.batching_checked:
         try:
             batched, single = batching_probe(loaded)
-            found = None if batched == single else "its batched greedy answers differ from one-at-a-time ones on a probe"
+            found = (
+                None if batched == single else "its batched greedy answers differ from one-at-a-time ones on a probe"
+            )
         except Exception as e:  # e.g. a cache type mlx-lm cannot batch yet
             found = f"mlx-lm cannot batch it ({type(e).__name__}: {' '.join(str(e).split())})"
         loaded.checks.batching = found
@@ -131,24 +137,46 @@ def shared_prefill_problem(loaded: ModelSession) -> str | None:
     return loaded.checks.shared_prefill
 
 
-def _shared(loaded: ModelSession, tokens: list[list[int]], settings: SampleSettings, n: int, batch_size: int,
-            logps: bool = False) -> list[list[Sampled]]:
-    return generate_shared(loaded.model, tokens, n, max_tokens=settings.max_tokens,
-                           stop_tokens=list(loaded.tokenizer.eos_token_ids),
-                           sampler=sampler_for(settings.temperature, settings.top_p), batch_size=batch_size,
-                           logps=logps)
+def _shared(
+    loaded: ModelSession,
+    tokens: list[list[int]],
+    settings: SampleSettings,
+    n: int,
+    batch_size: int,
+    logps: bool = False,
+) -> list[list[Sampled]]:
+    return generate_shared(
+        loaded.model,
+        tokens,
+        n,
+        max_tokens=settings.max_tokens,
+        stop_tokens=list(loaded.tokenizer.eos_token_ids),
+        sampler=sampler_for(settings.temperature, settings.top_p),
+        batch_size=batch_size,
+        logps=logps,
+    )
 
 
-def _generate(loaded: ModelSession, tokens: list[list[int]], settings: SampleSettings, n: int, batch_size: int,
-              shared: bool, logps: bool) -> list[list[Sampled]]:
+def _generate(
+    loaded: ModelSession,
+    tokens: list[list[int]],
+    settings: SampleSettings,
+    n: int,
+    batch_size: int,
+    shared: bool,
+    logps: bool,
+) -> list[list[Sampled]]:
     """`n` answers to each of `tokens`' prompts, by the path the checks allow."""
     if shared:
         return _shared(loaded, tokens, settings, n, batch_size, logps)
     repeated = [t for t in tokens for _ in range(n)]
-    generated = (_one_at_a_time(loaded, repeated, settings) if batching_problem(loaded)
-                 else _batched(loaded, repeated, settings, batch_size))
+    generated = (
+        _one_at_a_time(loaded, repeated, settings)
+        if batching_problem(loaded)
+        else _batched(loaded, repeated, settings, batch_size)
+    )
     flat = [Sampled(ids, finished) for ids, finished in generated]
-    return [flat[i * n:(i + 1) * n] for i in range(len(tokens))]
+    return [flat[i * n : (i + 1) * n] for i in range(len(tokens))]
 
 
 def _answer(loaded: ModelSession, sampled: Sampled) -> Answer:
@@ -164,8 +192,9 @@ def _check(prompts: list[list[dict]], settings: SampleSettings, n: int, batch_si
     if n < 1:
         raise MlxDpoError(f"samples per prompt must be at least 1 (got {n})")
     if n >= 2 and settings.temperature == 0:
-        raise MlxDpoError("temperature 0 (greedy) gives the same answer every time; "
-                          "use a temperature above 0 to sample two answers")
+        raise MlxDpoError(
+            "temperature 0 (greedy) gives the same answer every time; use a temperature above 0 to sample two answers"
+        )
     if batch_size < 1:
         raise MlxDpoError(f"batch size must be at least 1 (got {batch_size})")
     for i, messages in enumerate(prompts):
@@ -213,8 +242,7 @@ def sample_answers(
         for (i, j), [a] in zip(redraw, more):
             total += len(a.ids)
             answers[i][j], sampled[i][j] = _answer(loaded, a), a
-    return Samples(answers, total, time.perf_counter() - start, rendered if logps else None,
-                   sampled if logps else None)
+    return Samples(answers, total, time.perf_counter() - start, rendered if logps else None, sampled if logps else None)
 
 
 def _repeats(group: list[str]) -> list[int]:

@@ -10,8 +10,9 @@ shares these without an import cycle.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 from mlx_dpo.data.answers import Answer, is_finished
 
@@ -40,7 +41,7 @@ class Prompt(str):
 
     messages: Messages
 
-    def __new__(cls, messages: Sequence[dict[str, str]] | str) -> "Prompt":
+    def __new__(cls, messages: Sequence[dict[str, str]] | str) -> Prompt:
         if isinstance(messages, str):  # a bare prompt text: one user message
             messages = [{"role": "user", "content": str(messages)}]
         users = [m.get("content", "") for m in messages if m.get("role") == "user"]

@@ -32,11 +32,15 @@ weights (KL ~ 1/2 d'Fd for a small change d), so a halved step adds about a quar
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 from mlx_dpo.metric_names import (
-    HELDOUT_COMPARED_PREVIOUS, HELDOUT_KL, HELDOUT_REPETITION, HELDOUT_SAMPLES, HELDOUT_UNFINISHED,
-    HELDOUT_WIN_VS_PREVIOUS
+    HELDOUT_COMPARED_PREVIOUS,
+    HELDOUT_KL,
+    HELDOUT_REPETITION,
+    HELDOUT_SAMPLES,
+    HELDOUT_UNFINISHED,
+    HELDOUT_WIN_VS_PREVIOUS,
 )
 from mlx_dpo.settings import ACCEPT_MODES  # always, kl, better
 
@@ -54,7 +58,7 @@ def margin(n: int) -> float:
 
 def step_scale(rejected_since_accepted: int) -> float:
     """The learning rate's factor for a round after that many rejections in a row."""
-    return RETRY_SCALE ** rejected_since_accepted
+    return RETRY_SCALE**rejected_since_accepted
 
 
 def _number(metrics: Numbers | None, key: str) -> float | None:
@@ -62,8 +66,9 @@ def _number(metrics: Numbers | None, key: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def decide(candidate: Numbers, previous: Numbers | None, base: Numbers, *, accept: str = "better",
-           kl_budget: float = 3.0) -> tuple[bool, str]:
+def decide(
+    candidate: Numbers, previous: Numbers | None, base: Numbers, *, accept: str = "better", kl_budget: float = 3.0
+) -> tuple[bool, str]:
     """(accepted, reason in words): the one rule that keeps a round or turns it down (see the module docstring)."""
     if accept not in ACCEPT_MODES:
         raise ValueError(f"accept must be one of {', '.join(ACCEPT_MODES)} (got {accept!r})")
@@ -75,8 +80,9 @@ def decide(candidate: Numbers, previous: Numbers | None, base: Numbers, *, accep
     kl = _number(candidate, HELDOUT_KL)
     if kl is None:
         return True, "kept unchecked: no held-out samples to measure its KL on"
-    (failed if kl > kl_budget else passed).append(f"KL {kl:.2f} {'>' if kl > kl_budget else '<='} budget "
-                                                  f"{kl_budget:g} nats")
+    (failed if kl > kl_budget else passed).append(
+        f"KL {kl:.2f} {'>' if kl > kl_budget else '<='} budget {kl_budget:g} nats"
+    )
     samples = int(_number(candidate, HELDOUT_SAMPLES) or 0)
     for key, name in ((HELDOUT_REPETITION, "repeated 3-grams"), (HELDOUT_UNFINISHED, "unfinished")):
         now, before = _number(candidate, key), _number(reference, key)
@@ -91,8 +97,9 @@ def decide(candidate: Numbers, previous: Numbers | None, base: Numbers, *, accep
         else:
             floor = 0.5 - margin(n)
             lost = rate < floor
-            (failed if lost else passed).append(f"wins {rate:.2f} vs {against} ({'<' if lost else '>='} {floor:.2f} "
-                                                f"over {n})")
+            (failed if lost else passed).append(
+                f"wins {rate:.2f} vs {against} ({'<' if lost else '>='} {floor:.2f} over {n})"
+            )
     if failed:
         return False, "; ".join(failed)
     return True, "; ".join(passed)

@@ -18,9 +18,10 @@ Host-side counts (`num_tokens`) stay outside, so a new count never means a new c
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
@@ -102,7 +103,9 @@ def layout_for(model: Any, shared_prompt: bool) -> BatchLayout:
     return BatchLayout.SEQUENCES
 
 
-def make_batch(sequences: Sequence[tuple[Sequence[int], Sequence[int]]], pad_multiple: int = PAD_MULTIPLE) -> SequenceBatch:
+def make_batch(
+    sequences: Sequence[tuple[Sequence[int], Sequence[int]]], pad_multiple: int = PAD_MULTIPLE
+) -> SequenceBatch:
     """Pack (prompt ids, completion ids) pairs into one padded batch (host-side, numpy)."""
     n = len(sequences)
     full_lengths = [len(p) + len(c) - 1 for p, c in sequences]
@@ -138,8 +141,8 @@ def make_shared_prompt_batch(pairs: Sequence[EncodedPair], pad_multiple: int = P
     prompts = np.zeros((B, P), np.int32)
     prompt_mask = np.zeros((B, P), bool)
     for i, p in enumerate(pairs):
-        prompts[i, P - len(p.prompt):] = p.prompt
-        prompt_mask[i, P - len(p.prompt):] = True
+        prompts[i, P - len(p.prompt) :] = p.prompt
+        prompt_mask[i, P - len(p.prompt) :] = True
     comp = np.zeros((2 * B, C), np.int32)
     mask = np.zeros((2 * B, C), np.float32)
     for i, c in enumerate(completions):
@@ -189,9 +192,11 @@ class DpoBatch:
         return cls(layout.value.from_arrays(tokens), ref_chosen, ref_rejected, desirable)
 
 
-def make_dpo_batch(pairs: Sequence[EncodedPair], layout: BatchLayout,
-                   reference: Mapping[EncodedPair, tuple[float, float]]) -> DpoBatch:
-    """The host side of a loss evaluation: pairs packed in `layout`, with their (chosen, rejected) reference log-probs."""
+def make_dpo_batch(
+    pairs: Sequence[EncodedPair], layout: BatchLayout, reference: Mapping[EncodedPair, tuple[float, float]]
+) -> DpoBatch:
+    """The host side of a loss evaluation: pairs packed in `layout`, with their (chosen, rejected) reference
+    log-probs."""
     return DpoBatch(
         tokens=make_pair_batch(pairs, layout),
         ref_chosen=mx.array([reference[p][0] for p in pairs], dtype=mx.float32),

@@ -15,9 +15,9 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mlx_dpo.models.adapter import ADAPTER_FILE, CONFIG_FILE, adapter_weights, save_adapter, save_arrays
 from mlx_dpo.atomic import atomic_directory, write_json
 from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.models.adapter import ADAPTER_FILE, CONFIG_FILE, adapter_weights, save_adapter, save_arrays
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"

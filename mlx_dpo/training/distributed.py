@@ -34,9 +34,10 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import mlx.core as mx
 import numpy as np
@@ -97,9 +98,11 @@ def watchdog(message: str, seconds: float) -> Iterator[None]:
 
 # The watchdog of a call that holds the GIL: a child that waits on a pipe, and on timeout prints the line and
 # interrupts the parent, whose SIGINT then goes straight to C's _exit(2) (Python code cannot run meanwhile).
-_WATCH = ("import os, select, signal, sys\n"
-          "if not select.select([sys.stdin], [], [], float(sys.argv[2]))[0]:\n"
-          "    sys.stderr.write(sys.argv[3] + '\\n'); sys.stderr.flush(); os.kill(int(sys.argv[1]), signal.SIGINT)\n")
+_WATCH = (
+    "import os, select, signal, sys\n"
+    "if not select.select([sys.stdin], [], [], float(sys.argv[2]))[0]:\n"
+    "    sys.stderr.write(sys.argv[3] + '\\n'); sys.stderr.flush(); os.kill(int(sys.argv[1]), signal.SIGINT)\n"
+)
 
 
 @contextmanager
@@ -108,8 +111,10 @@ def native_watchdog(message: str, seconds: float) -> Iterator[None]:
     libc = ctypes.CDLL(None)
     libc.signal.restype, libc.signal.argtypes = ctypes.c_void_p, [ctypes.c_int, ctypes.c_void_p]
     previous = libc.signal(signal.SIGINT, ctypes.cast(libc._exit, ctypes.c_void_p))  # exit status 2 = SIGINT's number
-    child = subprocess.Popen([sys.executable, "-I", "-c", _WATCH, str(os.getpid()), str(seconds),
-                              f"mlx-dpo: error: {message}"], stdin=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-I", "-c", _WATCH, str(os.getpid()), str(seconds), f"mlx-dpo: error: {message}"],
+        stdin=subprocess.PIPE,
+    )
     try:
         yield
     finally:
@@ -170,9 +175,12 @@ class Group:
 
     def _run(self, what: str, compute: Callable[[], T]) -> T:
         """Evaluate one collective under the watchdog; a lost peer becomes one line naming the rank."""
-        with watchdog(f"rank {self.rank} of {self.size}: no answer from {self._peers()} for "
-                      f"{timeout_seconds():g} s while {what}; that rank is stuck or its host is unreachable "
-                      f"(set {TIMEOUT_ENV} for a longer wait)", timeout_seconds()):
+        with watchdog(
+            f"rank {self.rank} of {self.size}: no answer from {self._peers()} for "
+            f"{timeout_seconds():g} s while {what}; that rank is stuck or its host is unreachable "
+            f"(set {TIMEOUT_ENV} for a longer wait)",
+            timeout_seconds(),
+        ):
             try:
                 out = compute()
                 mx.eval(out)
@@ -180,7 +188,8 @@ class Group:
                 raise MlxDpoError(
                     f"rank {self.rank} of {self.size}: lost the connection to {self._peers()} while {what} ({e}); "
                     "that rank stopped (see its own error) or its host became unreachable; start all ranks again "
-                    "(--resume continues from the last checkpoint)") from None
+                    "(--resume continues from the last checkpoint)"
+                ) from None
         return out
 
     def all_sum(self, x: mx.array, what: str) -> mx.array:
@@ -199,7 +208,9 @@ class Group:
         """Rank 0's `text` on every rank (the others' argument is ignored)."""
         if self.size == 1:
             return text
-        data = np.frombuffer(text.encode(), dtype=np.uint8).astype(np.int32) if self.is_writer else np.zeros(0, np.int32)
+        data = (
+            np.frombuffer(text.encode(), dtype=np.uint8).astype(np.int32) if self.is_writer else np.zeros(0, np.int32)
+        )
         length = int(self.all_sum(mx.array([len(data)], dtype=mx.int32), what).item())
         buf = np.zeros(length, np.int32)
         buf[: len(data)] = data
@@ -231,7 +242,9 @@ class Group:
         local = [sums[k].astype(mx.float32).reshape(()) if k in sums else mx.array(0.0) for k in names]
         vector = mx.concatenate([mx.stack(local) if local else mx.zeros((0,)), mx.array(counts, dtype=mx.float32)])
         total = self.all_sum(vector, "summing metrics").tolist()
-        return dict(zip(names, (mx.array(v) for v in total[: len(names)]))), [int(round(c)) for c in total[len(names):]]
+        return dict(zip(names, (mx.array(v) for v in total[: len(names)]))), [
+            int(round(c)) for c in total[len(names) :]
+        ]
 
     def merge(self, values: list[float | None], what: str) -> list[float | None]:
         """For each item, the value of the lowest rank that has one (None where no rank has)."""
@@ -262,12 +275,16 @@ class Group:
         every = np.array(self.all_gather(mx.array(mine, dtype=mx.int32), "comparing settings and data"))
         problems = []
         for r in range(1, self.size):
-            differ = [n for i, n in enumerate(names) if (every[r, 2 * i : 2 * i + 2] != every[0, 2 * i : 2 * i + 2]).any()]
+            differ = [
+                n for i, n in enumerate(names) if (every[r, 2 * i : 2 * i + 2] != every[0, 2 * i : 2 * i + 2]).any()
+            ]
             if differ:
                 problems.append(f"rank {r}'s {' and '.join(differ)}")
         if problems:
-            raise MlxDpoError(f"{', '.join(problems)} differ from rank 0's; every rank must run the same command "
-                              "on the same data and model (same files on every machine)")
+            raise MlxDpoError(
+                f"{', '.join(problems)} differ from rank 0's; every rank must run the same command "
+                "on the same data and model (same files on every machine)"
+            )
 
 
 _GROUP: Group | None = None
@@ -288,14 +305,18 @@ def _join(backend: str | None) -> Group:
         return Group()  # `mlx.launch` on a single host and rank: nothing to join
     rank = os.environ.get("MLX_RANK", "?")
     seconds = timeout_seconds()
-    with native_watchdog(f"rank {rank}: the other ranks did not connect within {seconds:g} s over {backend}; check that "
-                  f"every host runs the command and can reach the others (set {TIMEOUT_ENV} for a longer wait)",
-                  seconds):
+    with native_watchdog(
+        f"rank {rank}: the other ranks did not connect within {seconds:g} s over {backend}; check that "
+        f"every host runs the command and can reach the others (set {TIMEOUT_ENV} for a longer wait)",
+        seconds,
+    ):
         try:
             handle = mx.distributed.init(strict=True, backend=backend)
         except RuntimeError as e:
-            raise MlxDpoError(f"rank {rank}: cannot join the {backend} group ({e}); check the hosts and that every "
-                              "host runs the same command") from None
+            raise MlxDpoError(
+                f"rank {rank}: cannot join the {backend} group ({e}); check the hosts and that every "
+                "host runs the same command"
+            ) from None
     return Group(handle.rank(), handle.size(), backend, handle)
 
 

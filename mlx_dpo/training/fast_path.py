@@ -17,8 +17,8 @@ model and no record gets a probe of its own. `resolve` is the one function every
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -66,8 +66,9 @@ def _probe(model: nn.Module) -> list[EncodedPair]:
 def _tolerance(logits_dtype: mx.Dtype) -> float:
     if logits_dtype == mx.float32:
         return TOLERANCE_FP32
-    return max(TOLERANCE_FP32, TOLERANCE_EPS * float(np.finfo(np.float16).eps if logits_dtype == mx.float16
-                                                      else 2.0 ** -7))
+    return max(
+        TOLERANCE_FP32, TOLERANCE_EPS * float(np.finfo(np.float16).eps if logits_dtype == mx.float16 else 2.0**-7)
+    )
 
 
 def _error(fast: Callable[[], mx.array], plain: mx.array, mask: mx.array) -> tuple[float | None, str | None]:
@@ -82,14 +83,17 @@ def _error(fast: Callable[[], mx.array], plain: mx.array, mask: mx.array) -> tup
     return err, None
 
 
-def _check_shared(model: nn.Module, pairs: list[EncodedPair], plain: mx.array, mask: mx.array,
-                  tol: float) -> tuple[float, str | None, int]:
+def _check_shared(
+    model: nn.Module, pairs: list[EncodedPair], plain: mx.array, mask: mx.array, tol: float
+) -> tuple[float, str | None, int]:
     """Try the shared-prompt forward with each mask layout mlx-lm families take; keep the first that matches.
     Returns (its error, why none matched or None, the mask layout that matched)."""
     batch = make_pair_batch(pairs, BatchLayout.SHARED_PROMPT)
     problem, worst = None, 0.0
     for dims in shared_forward.MASK_LAYOUTS:
-        err, failure = _error(lambda: mx.stack(shared_prompt_token_stats(model, batch, mask_dims=dims)), plain, mask)
+        err, failure = _error(
+            lambda dims=dims: mx.stack(shared_prompt_token_stats(model, batch, mask_dims=dims)), plain, mask
+        )
         if failure is None and err <= tol:
             return err, None, dims
         if problem is None or failure is None:  # a mismatch says more than a shape error of the other layout
@@ -136,8 +140,14 @@ def mask_dims(model: nn.Module, checks: SelfChecks | None = None) -> int:
     return fast_paths(model, checks).mask_dims
 
 
-def resolve(model: nn.Module, checks: SelfChecks | None = None, *, shared_prompt: bool, full_logits: bool,
-            on_event: Callable[[Event], None] | None = None) -> tuple[bool, bool]:
+def resolve(
+    model: nn.Module,
+    checks: SelfChecks | None = None,
+    *,
+    shared_prompt: bool,
+    full_logits: bool,
+    on_event: Callable[[Event], None] | None = None,
+) -> tuple[bool, bool]:
     """The (shared_prompt, full_logits) a run on `model` uses for what the settings asked.
 
     A fast path the probe found wrong is turned off. The first time a model meets a request, one
@@ -151,8 +161,9 @@ def resolve(model: nn.Module, checks: SelfChecks | None = None, *, shared_prompt
     return use
 
 
-def describe(model: nn.Module, checks: SelfChecks | None = None, *, shared_prompt: bool = True,
-             full_logits: bool = False) -> tuple[str, tuple[bool, bool]]:
+def describe(
+    model: nn.Module, checks: SelfChecks | None = None, *, shared_prompt: bool = True, full_logits: bool = False
+) -> tuple[str, tuple[bool, bool]]:
     """The one line naming the log-prob path a request gets on `model`, and its (shared_prompt, full_logits)."""
     if not shared_prompt and full_logits:
         return "log-probs: plain path (full logits, prompt not shared), as asked", (False, True)
@@ -160,8 +171,10 @@ def describe(model: nn.Module, checks: SelfChecks | None = None, *, shared_promp
     use_head = not full_logits and found.head_problem is None
     # The shared-prompt forward projects through the same head, so it needs the head check too.
     use_shared = shared_prompt and found.head_problem is None and found.shared_problem is None
-    parts = ["shared prompt" if use_shared else "prompt not shared",
-             "completion-only head" if use_head else "full logits"]
+    parts = [
+        "shared prompt" if use_shared else "prompt not shared",
+        "completion-only head" if use_head else "full logits",
+    ]
     why = []
     if found.head_problem and (shared_prompt or not full_logits):
         why.append(f"the completion-only head {found.head_problem}")
@@ -176,8 +189,9 @@ def describe(model: nn.Module, checks: SelfChecks | None = None, *, shared_promp
     return f"log-probs: {', '.join(parts)} ({checked})", (use_shared, not use_head)
 
 
-def checked_args(model: nn.Module, checks: SelfChecks | None, args: TrainingArgs,
-                 on_event: Callable[[Event], None] | None = None) -> TrainingArgs:
+def checked_args(
+    model: nn.Module, checks: SelfChecks | None, args: TrainingArgs, on_event: Callable[[Event], None] | None = None
+) -> TrainingArgs:
     """`args` with the fast paths the probe found wrong on `model` turned off (see `resolve`)."""
     shared_prompt = args.shared_prompt
     if shared_prompt and args.grad_checkpoint:
@@ -185,10 +199,15 @@ def checked_args(model: nn.Module, checks: SelfChecks | None, args: TrainingArgs
         # leave the block without a gradient path: the shared prompt would train on wrong gradients.
         shared_prompt = False
         if on_event is not None:
-            on_event(Status("log-probs: prompt not shared, as --grad-checkpoint needs (each block's backward "
-                            "recomputes it, which the shared prompt pass cannot follow)"))
-    shared_prompt, full_logits = resolve(model, checks, shared_prompt=shared_prompt, full_logits=args.full_logits,
-                                         on_event=on_event)
+            on_event(
+                Status(
+                    "log-probs: prompt not shared, as --grad-checkpoint needs (each block's backward "
+                    "recomputes it, which the shared prompt pass cannot follow)"
+                )
+            )
+    shared_prompt, full_logits = resolve(
+        model, checks, shared_prompt=shared_prompt, full_logits=args.full_logits, on_event=on_event
+    )
     if (shared_prompt, full_logits) == (args.shared_prompt, args.full_logits):
         return args
     return replace(args, shared_prompt=shared_prompt, full_logits=full_logits)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from mlx_dpo.data.rating_records import RatedGroup
 from mlx_dpo.data.store import PreferenceStore
@@ -35,8 +35,10 @@ def untrained_groups(store: PreferenceStore) -> list[RatedGroup]:
     whose rewards differ (a group of equal rewards teaches nothing)."""
     groups = store.ratings.untrained()
     if not any(g.varied for g in groups):
-        raise MlxDpoError("no rated group to train on: rate a prompt's answers differently first"
-                          + (f" ({len(groups)} untrained group(s) have equal ratings)" if groups else ""))
+        raise MlxDpoError(
+            "no rated group to train on: rate a prompt's answers differently first"
+            + (f" ({len(groups)} untrained group(s) have equal ratings)" if groups else "")
+        )
     return groups
 
 
@@ -49,19 +51,45 @@ def round_steps(groups: list[RatedGroup], settings: dict) -> int:
     return max(rounds.min_steps, min(rounds.max_steps, steps))
 
 
-def train(groups: list[RatedGroup], *, loaded: ModelSession, adapter_path: Path, init_adapter: str | Path | None,
-          reference: str, recorded: dict, sample_settings: SampleSettings | None, on_event: Callable[[Event], None],
-          cancel: threading.Event | None, **options):
+def train(
+    groups: list[RatedGroup],
+    *,
+    loaded: ModelSession,
+    adapter_path: Path,
+    init_adapter: str | Path | None,
+    reference: str,
+    recorded: dict,
+    sample_settings: SampleSettings | None,
+    on_event: Callable[[Event], None],
+    cancel: threading.Event | None,
+    **options,
+):
     """Train round `adapter_path` on `groups` (grpo.train_groups) with the round's `options` (its run's, by setting
     name) and `recorded` settings (GroupSettings' among them); returns its run.TrainResult."""
     group = build(GroupSettings, recorded)
     args = build(TrainingArgs, options)
-    on_event(Status(f"GRPO round: {sum(g.varied for g in groups)} group(s) of {len(groups)} with differing rewards, "
-                    f"{args.iters} step(s), advantages by {group.grpo_advantage}, normalised per {group.grpo_normalize}"
-                    + (f", KL β {group.grpo_beta:g} to {'the start' if reference == 'start' else 'the base'}"
-                       if group.grpo_beta > 0 else ", no reference")))
+    on_event(
+        Status(
+            f"GRPO round: {sum(g.varied for g in groups)} group(s) of {len(groups)} with differing rewards, "
+            f"{args.iters} step(s), advantages by {group.grpo_advantage}, normalised per {group.grpo_normalize}"
+            + (
+                f", KL β {group.grpo_beta:g} to {'the start' if reference == 'start' else 'the base'}"
+                if group.grpo_beta > 0
+                else ", no reference"
+            )
+        )
+    )
     data = [grpo.Group(g.prompt, g.answers, g.rewards, [r.tokens for r in g.ratings]) for g in groups]
-    return grpo.train_groups(data, loaded=loaded, adapter_dir=Path(adapter_path), init_adapter=init_adapter,
-                             args=args, lora=build(LoraSettings, options), group=group,
-                             max_tokens=(sample_settings or ONLINE_SAMPLING).max_tokens, reference=reference,
-                             on_event=on_event, cancel=cancel)
+    return grpo.train_groups(
+        data,
+        loaded=loaded,
+        adapter_dir=Path(adapter_path),
+        init_adapter=init_adapter,
+        args=args,
+        lora=build(LoraSettings, options),
+        group=group,
+        max_tokens=(sample_settings or ONLINE_SAMPLING).max_tokens,
+        reference=reference,
+        on_event=on_event,
+        cancel=cancel,
+    )

@@ -2,8 +2,8 @@
 the answers' tokens (grpo_loss.py) -> AdamW on the adapter.
 
     result = train_groups(groups, loaded=session, adapter_dir=Path("ws/adapters/v3"), init_adapter="ws/adapters/v2",
-                          args=TrainingArgs(learning_rate=2e-5), lora=LoraSettings(), group=GroupSettings(method="grpo"),
-                          max_tokens=96)
+                          args=TrainingArgs(learning_rate=2e-5), lora=LoraSettings(),
+                          group=GroupSettings(method="grpo"), max_tokens=96)
 
 Read top to bottom: tokenize each answer as DPO does (training/tokens.py's one rule, so a finished answer ends with
 its end-of-turn token and a cut one has none), drop the groups whose rewards are all equal, then two passes that
@@ -23,9 +23,9 @@ import itertools
 import math
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -71,16 +71,18 @@ class _Answer:
     pair: EncodedPair  # the answer as a (answer, answer) pair: the reference cache's key (its prompt, its tokens)
 
 
-def encode_groups(loaded: ModelSession, groups: Sequence[Group], scale: str,
-                  emit: Callable[[Event], None]) -> list[list[_Answer]]:
+def encode_groups(
+    loaded: ModelSession, groups: Sequence[Group], scale: str, emit: Callable[[Event], None]
+) -> list[list[_Answer]]:
     """The groups that train, as token ids with advantages: those whose rewards differ, each answer tokenized as a
     DPO completion (an answer the template cannot hold is left out, and its group with it if fewer than two stay)."""
     limits = token_limits(loaded.config, None, None)
     encoder = Encoder(loaded.tokenizer, max_length=limits.max_length, max_prompt_length=limits.max_prompt_length)
     out, equal, unusable = [], 0, 0
     for g, group in enumerate(groups):
-        encoded, problems = encoder.encode_all([PreferencePair(f"{g}:{j}", group.prompt, a, a)
-                                                for j, a in enumerate(group.answers)], skip_invalid=True)
+        encoded, problems = encoder.encode_all(
+            [PreferencePair(f"{g}:{j}", group.prompt, a, a) for j, a in enumerate(group.answers)], skip_invalid=True
+        )
         kept = [int(p.id.split(":")[1]) for p in encoded]
         rewards = [group.rewards[j] for j in kept]
         if len(kept) < 2:
@@ -91,18 +93,35 @@ def encode_groups(loaded: ModelSession, groups: Sequence[Group], scale: str,
             continue
         advantages = group_advantages(mx.array([rewards], dtype=mx.float32), scale).tolist()[0]
         stored = group.tokens or [None] * len(group.answers)
-        out.append([_Answer(p.prompt, tuple(stored[j]) if stored[j] else p.chosen, a,
-                            EncodedPair(p.id, p.prompt, tuple(stored[j]) if stored[j] else p.chosen,
-                                        tuple(stored[j]) if stored[j] else p.chosen))
-                    for j, p, a in zip(kept, encoded, advantages)])
+        out.append(
+            [
+                _Answer(
+                    p.prompt,
+                    tuple(stored[j]) if stored[j] else p.chosen,
+                    a,
+                    EncodedPair(
+                        p.id,
+                        p.prompt,
+                        tuple(stored[j]) if stored[j] else p.chosen,
+                        tuple(stored[j]) if stored[j] else p.chosen,
+                    ),
+                )
+                for j, p, a in zip(kept, encoded, advantages)
+            ]
+        )
     if equal or unusable:
-        emit(Status(f"{equal} group(s) with equal rewards dropped (they teach nothing)"
-                    + (f", {unusable} with fewer than two usable answers" if unusable else "")))
+        emit(
+            Status(
+                f"{equal} group(s) with equal rewards dropped (they teach nothing)"
+                + (f", {unusable} with fewer than two usable answers" if unusable else "")
+            )
+        )
     return out
 
 
-def _reference(loaded: ModelSession, groups: list[list[_Answer]], start: str | Path | None,
-               emit: Callable[[Event], None]) -> tuple[dict[EncodedPair, float], ReferenceStats]:
+def _reference(
+    loaded: ModelSession, groups: list[list[_Answer]], start: str | Path | None, emit: Callable[[Event], None]
+) -> tuple[dict[EncodedPair, float], ReferenceStats]:
     """Each answer's summed reference log-prob, cache misses only (the reference: the model with `start` on)."""
     pairs = [a.pair for group in groups for a in group]
     with loaded.adapter(start) as session:
@@ -115,18 +134,19 @@ def _reference(loaded: ModelSession, groups: list[list[_Answer]], start: str | P
     return {p: ref.values[p][0] for p in pairs}, stats
 
 
-def _old_logps(loaded: ModelSession, groups: list[list[_Answer]], start: str | Path | None,
-               batch: int) -> dict[int, np.ndarray]:
+def _old_logps(
+    loaded: ModelSession, groups: list[list[_Answer]], start: str | Path | None, batch: int
+) -> dict[int, np.ndarray]:
     """Each answer's token log-probs under the version the round starts from (by id of the _Answer)."""
     answers = [a for group in groups for a in group]
     out = {}
     with loaded.adapter(start) as session:
         for s in range(0, len(answers), batch):
-            chunk = answers[s:s + batch]
+            chunk = answers[s : s + batch]
             b = make_batch([(a.prompt, a.completion) for a in chunk])
             values = np.array(token_logps(session.model, b))
             for a, row in zip(chunk, values):
-                out[id(a)] = row[:len(a.completion)]
+                out[id(a)] = row[: len(a.completion)]
     return out
 
 
@@ -135,16 +155,26 @@ def _batch_arrays(answers: list[_Answer], old: dict[int, np.ndarray], ref: dict[
     width = batch.targets.shape[1]
     old_rows = np.zeros((len(answers), width), dtype=np.float32)
     for i, a in enumerate(answers):
-        old_rows[i, :len(a.completion)] = old[id(a)]
+        old_rows[i, : len(a.completion)] = old[id(a)]
     adv = mx.array([a.advantage for a in answers], dtype=mx.float32)
     ref_row = mx.array([ref[a.pair] for a in answers], dtype=mx.float32) if ref is not None else None
     return batch, mx.array(old_rows), adv, ref_row
 
 
-def train_groups(groups: Sequence[Group], *, loaded: ModelSession, adapter_dir: Path, init_adapter: str | Path | None,
-                 args: TrainingArgs, lora: LoraSettings, group: GroupSettings, max_tokens: int,
-                 reference: str = "base", on_event: Callable[[Event], None] | None = None,
-                 cancel: threading.Event | None = None):
+def train_groups(
+    groups: Sequence[Group],
+    *,
+    loaded: ModelSession,
+    adapter_dir: Path,
+    init_adapter: str | Path | None,
+    args: TrainingArgs,
+    lora: LoraSettings,
+    group: GroupSettings,
+    max_tokens: int,
+    reference: str = "base",
+    on_event: Callable[[Event], None] | None = None,
+    cancel: threading.Event | None = None,
+):
     """Train the adapter on `groups` (the module docstring says how); returns a run.TrainResult. `reference` is
     "base" or "start" (the starting version) for the KL term; `max_tokens` is Dr. GRPO's constant."""
     emit = on_event or (lambda e: None)
@@ -164,9 +194,18 @@ def train_groups(groups: Sequence[Group], *, loaded: ModelSession, adapter_dir: 
     start_checkpoint = checkpoint.latest(Path(init_adapter)) if init_adapter else None
     if start_checkpoint is not None:
         checkpoint.restore_moments(start_checkpoint, optimizer)
-    config = adapter_config(settings, loaded.model, loaded.name, extra={
-        "method": "grpo", "init_adapter": str(init_adapter) if init_adapter else None, "reference": reference,
-        "num_groups": len(encoded), **asdict(group)})
+    config = adapter_config(
+        settings,
+        loaded.model,
+        loaded.name,
+        extra={
+            "method": "grpo",
+            "init_adapter": str(init_adapter) if init_adapter else None,
+            "reference": reference,
+            "num_groups": len(encoded),
+            **asdict(group),
+        },
+    )
     try:
         last = _loop(loaded.model, encoded, old, ref, args, group, max_tokens, optimizer, steps, emit, cancel)
     except BaseException:
@@ -184,20 +223,40 @@ def train_groups(groups: Sequence[Group], *, loaded: ModelSession, adapter_dir: 
     return TrainResult(adapter_dir, last, {}, stats)
 
 
-def _loop(model: nn.Module, encoded: list[list[_Answer]], old: dict[int, np.ndarray], ref, args: TrainingArgs,
-          group: GroupSettings, max_tokens: int, optimizer: optim.Optimizer, steps: int,
-          emit: Callable[[Event], None], cancel: threading.Event | None) -> dict | None:
+def _loop(
+    model: nn.Module,
+    encoded: list[list[_Answer]],
+    old: dict[int, np.ndarray],
+    ref,
+    args: TrainingArgs,
+    group: GroupSettings,
+    max_tokens: int,
+    optimizer: optim.Optimizer,
+    steps: int,
+    emit: Callable[[Event], None],
+    cancel: threading.Event | None,
+) -> dict | None:
     """The optimizer steps; the last step's metrics, or None when cancelled."""
+
     def batches():  # each pass over the groups in its own seeded order, forever: the steps decide when to stop
         for epoch in itertools.count():
             order = np.random.default_rng([args.seed, epoch]).permutation(len(encoded))
             for s in range(0, len(order), args.batch_size):
-                yield [a for g in order[s:s + args.batch_size] for a in encoded[g]]
+                yield [a for g in order[s : s + args.batch_size] for a in encoded[g]]
 
     def loss_fn(batch, old_rows, adv, ref_row):
-        return grpo_loss(token_logps(model, batch), old_rows, adv, batch.mask, epsilon=group.grpo_epsilon,
-                         epsilon_high=group.grpo_epsilon_high, normalize=group.grpo_normalize, max_tokens=max_tokens,
-                         beta=group.grpo_beta, ref_logps=ref_row)
+        return grpo_loss(
+            token_logps(model, batch),
+            old_rows,
+            adv,
+            batch.mask,
+            epsilon=group.grpo_epsilon,
+            epsilon_high=group.grpo_epsilon_high,
+            normalize=group.grpo_normalize,
+            max_tokens=max_tokens,
+            beta=group.grpo_beta,
+            ref_logps=ref_row,
+        )
 
     loss_and_grad = nn.value_and_grad(model, loss_fn)
     model.train()
@@ -215,9 +274,15 @@ def _loop(model: nn.Module, encoded: list[list[_Answer]], old: dict[int, np.ndar
                 grads, _ = optim.clip_grad_norm(grads, args.max_grad_norm)
             optimizer.update(model, grads)
             mx.eval(model.trainable_parameters(), optimizer.state, loss, metrics)
-            last = {"step": step, LOSS: loss.item(), **{k: v.item() for k, v in metrics.items()},
-                    "advantage_abs": float(mx.abs(arrays[2]).mean().item()), "answers": len(answers),
-                    LEARNING_RATE: float(optimizer.learning_rate.item()), "seconds": time.perf_counter() - start}
+            last = {
+                "step": step,
+                LOSS: loss.item(),
+                **{k: v.item() for k, v in metrics.items()},
+                "advantage_abs": float(mx.abs(arrays[2]).mean().item()),
+                "answers": len(answers),
+                LEARNING_RATE: float(optimizer.learning_rate.item()),
+                "seconds": time.perf_counter() - start,
+            }
             emit(StepMetrics(step=step, total_steps=steps, metrics=last))
         if step >= steps:
             break

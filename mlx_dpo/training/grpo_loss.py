@@ -32,10 +32,19 @@ from __future__ import annotations
 import mlx.core as mx
 
 from mlx_dpo.group_settings import ADVANTAGES, NORMALISATIONS  # --grpo-advantage, --grpo-normalize
+
 STD_EPSILON = 1e-4  # TRL's: keeps a near-constant group's advantages finite
 
-__all__ = ["ADVANTAGES", "NORMALISATIONS", "clipped_token_losses", "group_advantages", "grpo_loss", "normalised",
-           "sequence_kl", "varied_groups"]
+__all__ = [
+    "ADVANTAGES",
+    "NORMALISATIONS",
+    "clipped_token_losses",
+    "group_advantages",
+    "grpo_loss",
+    "normalised",
+    "sequence_kl",
+    "varied_groups",
+]
 
 
 def group_advantages(rewards: mx.array, scale: str = "std") -> mx.array:
@@ -53,8 +62,14 @@ def varied_groups(rewards: mx.array) -> mx.array:
     return rewards.max(axis=-1) > rewards.min(axis=-1)
 
 
-def clipped_token_losses(logps: mx.array, old_logps: mx.array, advantages: mx.array, mask: mx.array,
-                         epsilon: float, epsilon_high: float | None = None) -> mx.array:
+def clipped_token_losses(
+    logps: mx.array,
+    old_logps: mx.array,
+    advantages: mx.array,
+    mask: mx.array,
+    epsilon: float,
+    epsilon_high: float | None = None,
+) -> mx.array:
     """(B, C) per-token clipped surrogate losses ℓ_it (0 at padding); `advantages` is (B,), one per answer."""
     ratio = mx.exp(logps - old_logps)
     high = epsilon if epsilon_high is None else epsilon_high
@@ -80,9 +95,19 @@ def sequence_kl(logps: mx.array, ref_logps: mx.array, mask: mx.array) -> mx.arra
     return 0.5 * delta * delta / mx.maximum(mask.sum(axis=-1), 1)
 
 
-def grpo_loss(logps: mx.array, old_logps: mx.array, advantages: mx.array, mask: mx.array, *, epsilon: float = 0.2,
-              epsilon_high: float | None = None, normalize: str = "sequence", max_tokens: int = 1, beta: float = 0.0,
-              ref_logps: mx.array | None = None) -> tuple[mx.array, dict[str, mx.array]]:
+def grpo_loss(
+    logps: mx.array,
+    old_logps: mx.array,
+    advantages: mx.array,
+    mask: mx.array,
+    *,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    normalize: str = "sequence",
+    max_tokens: int = 1,
+    beta: float = 0.0,
+    ref_logps: mx.array | None = None,
+) -> tuple[mx.array, dict[str, mx.array]]:
     """The batch's GRPO loss (the module's table) and its metrics: the share of tokens clipped, the mean ratio
     and, with β > 0, the mean KL term. `logps`, `old_logps`, `mask`: (B, C); `advantages`, `ref_logps`: (B,)."""
     tokens = clipped_token_losses(logps, old_logps, advantages, mask, epsilon, epsilon_high)

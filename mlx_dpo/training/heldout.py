@@ -44,26 +44,37 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from mlx_dpo.atomic import write_json
 from mlx_dpo.data.answers import flags, is_finished, with_flags
 from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.events import Event, Status
 from mlx_dpo.metric_names import (
-    HELDOUT, HELDOUT_ACCURACY, HELDOUT_BASE, HELDOUT_COMPARED_BASE, HELDOUT_COMPARED_PREVIOUS, HELDOUT_KL,
-    HELDOUT_MARGIN, HELDOUT_REPETITION, HELDOUT_SAMPLES, HELDOUT_SCORE, HELDOUT_UNFINISHED, HELDOUT_WIN_VS_BASE,
-    HELDOUT_WIN_VS_PREVIOUS
+    HELDOUT,
+    HELDOUT_ACCURACY,
+    HELDOUT_BASE,
+    HELDOUT_COMPARED_BASE,
+    HELDOUT_COMPARED_PREVIOUS,
+    HELDOUT_KL,
+    HELDOUT_MARGIN,
+    HELDOUT_REPETITION,
+    HELDOUT_SAMPLES,
+    HELDOUT_SCORE,
+    HELDOUT_UNFINISHED,
+    HELDOUT_WIN_VS_BASE,
+    HELDOUT_WIN_VS_PREVIOUS,
 )
 from mlx_dpo.models.adapter import adapter_weights
 from mlx_dpo.models.generate import SampleSettings
 from mlx_dpo.models.session import ModelSession
-from mlx_dpo.settings import RoundSettings, TrainingArgs
 from mlx_dpo.online import free_reference
 from mlx_dpo.online.rewards import repeated_share
 from mlx_dpo.online.sampling import sample_answers
+from mlx_dpo.settings import RoundSettings, TrainingArgs
 from mlx_dpo.training import run
 from mlx_dpo.training.ref_cache import RefCache, arrays_digest
 from mlx_dpo.training.reference import reference_logps
@@ -74,11 +85,28 @@ if TYPE_CHECKING:  # the judge interface (mlx_dpo.online.judges); only its metho
 
 Prompt = list[dict[str, str]]
 Answers = list[list[str]]  # answers[i]: the samples for prompt i
-KEYS = (HELDOUT_ACCURACY, HELDOUT_MARGIN, HELDOUT_KL, HELDOUT_SCORE, HELDOUT_WIN_VS_PREVIOUS,
-        HELDOUT_WIN_VS_BASE, HELDOUT_REPETITION, HELDOUT_UNFINISHED, HELDOUT_SAMPLES,
-        HELDOUT_COMPARED_PREVIOUS, HELDOUT_COMPARED_BASE)
-BASE_KEYS = (HELDOUT_ACCURACY, HELDOUT_MARGIN, HELDOUT_KL, HELDOUT_SCORE, HELDOUT_REPETITION,
-             HELDOUT_UNFINISHED, HELDOUT_SAMPLES)  # copied into each round's record as heldout_base/...
+KEYS = (
+    HELDOUT_ACCURACY,
+    HELDOUT_MARGIN,
+    HELDOUT_KL,
+    HELDOUT_SCORE,
+    HELDOUT_WIN_VS_PREVIOUS,
+    HELDOUT_WIN_VS_BASE,
+    HELDOUT_REPETITION,
+    HELDOUT_UNFINISHED,
+    HELDOUT_SAMPLES,
+    HELDOUT_COMPARED_PREVIOUS,
+    HELDOUT_COMPARED_BASE,
+)
+BASE_KEYS = (
+    HELDOUT_ACCURACY,
+    HELDOUT_MARGIN,
+    HELDOUT_KL,
+    HELDOUT_SCORE,
+    HELDOUT_REPETITION,
+    HELDOUT_UNFINISHED,
+    HELDOUT_SAMPLES,
+)  # copied into each round's record as heldout_base/...
 HELDOUT_DIR = "heldout"
 HELDOUT_SEED = 0  # the same draws for every version (see the module docstring)
 HELDOUT_BATCH = 64  # sequences sampled together: part of the draws (mlx_dpo.online.sampling), so fixed; 64 holds
@@ -86,19 +114,22 @@ HELDOUT_BATCH = 64  # sequences sampled together: part of the draws (mlx_dpo.onl
 _KEPT_FORMAT = 2  # kept answer files: 2 adds each answer's finished flag (older files are sampled again)
 
 
-def sample(session: ModelSession, adapter_path: str | Path | None, prompts: Sequence[Prompt],
-           settings: SampleSettings, n: int) -> Answers:
+def sample(
+    session: ModelSession, adapter_path: str | Path | None, prompts: Sequence[Prompt], settings: SampleSettings, n: int
+) -> Answers:
     """`n` answers per prompt from base + `adapter_path` (None: the base), with the held-out seed."""
     with session.adapter(adapter_path):
-        samples = sample_answers(session, list(prompts), settings, n=n, seed=HELDOUT_SEED, batch_size=HELDOUT_BATCH,
-                                 keep_logps=True)
+        samples = sample_answers(
+            session, list(prompts), settings, n=n, seed=HELDOUT_SEED, batch_size=HELDOUT_BATCH, keep_logps=True
+        )
         # Their log-probs under the model that sampled them, cached: the KL estimate's pass under it computes none.
         free_reference.keep(session, list(prompts), samples)
         return samples.answers
 
 
-def answer_logps(loaded: ModelSession, prompts: Sequence[Prompt], answers: Answers,
-                 batch_size: int = 8) -> dict[tuple[int, int], float]:
+def answer_logps(
+    loaded: ModelSession, prompts: Sequence[Prompt], answers: Answers, batch_size: int = 8
+) -> dict[tuple[int, int], float]:
     """Summed log-prob of each answer (by (prompt, sample) index) under the model as it is now.
 
     Answers go two to a pair (a pair's two completions share its prompt pass); an odd one pairs with itself.
@@ -150,8 +181,9 @@ def win_rate(judge: Judge | None, prompts: Sequence[Prompt], answers: Answers, o
     return wins(judge, prompts, answers, others)[0]
 
 
-def wins(judge: Judge | None, prompts: Sequence[Prompt], answers: Answers,
-         others: Answers | None) -> tuple[float | None, int]:
+def wins(
+    judge: Judge | None, prompts: Sequence[Prompt], answers: Answers, others: Answers | None
+) -> tuple[float | None, int]:
     """(`win_rate`, how many comparisons it counts)."""
     if judge is None or judge.kind == "human" or not others:
         return None, 0
@@ -173,8 +205,11 @@ def degeneration(answers: Answers) -> dict[str, float | None]:
     flat = [a for group in answers for a in group]
     if not flat:
         return {HELDOUT_REPETITION: None, HELDOUT_UNFINISHED: None, HELDOUT_SAMPLES: 0}
-    return {HELDOUT_REPETITION: sum(repetition(a) for a in flat) / len(flat),
-            HELDOUT_UNFINISHED: sum(not is_finished(a) for a in flat) / len(flat), HELDOUT_SAMPLES: len(flat)}
+    return {
+        HELDOUT_REPETITION: sum(repetition(a) for a in flat) / len(flat),
+        HELDOUT_UNFINISHED: sum(not is_finished(a) for a in flat) / len(flat),
+        HELDOUT_SAMPLES: len(flat),
+    }
 
 
 def kept_answers(kept: dict) -> Answers:
@@ -207,11 +242,17 @@ def heldout_metrics(
     prompts = list(eval_prompts)
     if adapter_path is None:
         answers = answers if answers is not None or not prompts or not n else sample(loaded, None, prompts, settings, n)
-        return {HELDOUT_ACCURACY: 0.5 if valid_pairs else None, HELDOUT_MARGIN: 0.0 if valid_pairs else None,
-                HELDOUT_KL: 0.0 if answers else None,
-                HELDOUT_SCORE: mean_score(judge, prompts, answers or []),
-                HELDOUT_WIN_VS_PREVIOUS: None, HELDOUT_WIN_VS_BASE: None, **degeneration(answers or []),
-                HELDOUT_COMPARED_PREVIOUS: 0, HELDOUT_COMPARED_BASE: 0}
+        return {
+            HELDOUT_ACCURACY: 0.5 if valid_pairs else None,
+            HELDOUT_MARGIN: 0.0 if valid_pairs else None,
+            HELDOUT_KL: 0.0 if answers else None,
+            HELDOUT_SCORE: mean_score(judge, prompts, answers or []),
+            HELDOUT_WIN_VS_PREVIOUS: None,
+            HELDOUT_WIN_VS_BASE: None,
+            **degeneration(answers or []),
+            HELDOUT_COMPARED_PREVIOUS: 0,
+            HELDOUT_COMPARED_BASE: 0,
+        }
     kl, mine, base_logps = None, {}, {}
     if prompts and n:
         answers = answers if answers is not None else sample(loaded, adapter_path, prompts, settings, n)
@@ -222,19 +263,38 @@ def heldout_metrics(
         kl = kl_estimate(mine, base_logps)
     scored = {}
     if valid_pairs:  # evaluate's reference pass runs on the base, its scores with the version on
-        scored = run.evaluate(list(valid_pairs), loaded=loaded, adapter_path=adapter_path, beta=beta,
-                              batch_size=batch_size, skip_invalid=True)
+        scored = run.evaluate(
+            list(valid_pairs),
+            loaded=loaded,
+            adapter_path=adapter_path,
+            beta=beta,
+            batch_size=batch_size,
+            skip_invalid=True,
+        )
     answers = answers or []
     previous, compared_previous = wins(judge, prompts, answers, previous_answers)
     base, compared_base = wins(judge, prompts, answers, base_answers)
-    return {HELDOUT_ACCURACY: scored.get("accuracy"), HELDOUT_MARGIN: scored.get("margin"), HELDOUT_KL: kl,
-            HELDOUT_SCORE: mean_score(judge, prompts, answers), HELDOUT_WIN_VS_PREVIOUS: previous,
-            HELDOUT_WIN_VS_BASE: base, **degeneration(answers), HELDOUT_COMPARED_PREVIOUS: compared_previous,
-            HELDOUT_COMPARED_BASE: compared_base, **by_turn(judge, prompts, answers, mine, base_logps)}
+    return {
+        HELDOUT_ACCURACY: scored.get("accuracy"),
+        HELDOUT_MARGIN: scored.get("margin"),
+        HELDOUT_KL: kl,
+        HELDOUT_SCORE: mean_score(judge, prompts, answers),
+        HELDOUT_WIN_VS_PREVIOUS: previous,
+        HELDOUT_WIN_VS_BASE: base,
+        **degeneration(answers),
+        HELDOUT_COMPARED_PREVIOUS: compared_previous,
+        HELDOUT_COMPARED_BASE: compared_base,
+        **by_turn(judge, prompts, answers, mine, base_logps),
+    }
 
 
-def by_turn(judge: Judge | None, prompts: Sequence[Prompt], answers: Answers, version: dict[tuple[int, int], float],
-            base: dict[tuple[int, int], float]) -> dict[str, float | None]:
+def by_turn(
+    judge: Judge | None,
+    prompts: Sequence[Prompt],
+    answers: Answers,
+    version: dict[tuple[int, int], float],
+    base: dict[tuple[int, int], float],
+) -> dict[str, float | None]:
     """heldout/turn<D>/score, /kl and /samples for each turn depth D of the prompts (module docstring); nothing
     when every prompt asks the same turn (the overall numbers say it all)."""
     depths = [sum(m.get("role") == "user" for m in prompt) for prompt in prompts]
@@ -266,7 +326,7 @@ class HeldoutSet:
 
     @property
     def left_out(self) -> str:
-        """"" or, when --heldout-prompts capped the prompts, what it left out (said in the measuring line)."""
+        """ "" or, when --heldout-prompts capped the prompts, what it left out (said in the measuring line)."""
         if self.given <= len(self.prompts):
             return ""
         return f" on the first {len(self.prompts)} of {self.given} held-out prompts (--heldout-prompts)"
@@ -274,8 +334,9 @@ class HeldoutSet:
     @property
     def key(self) -> str:
         """Which answers a kept file holds: the prompts, the sampler settings and the samples per prompt."""
-        text = json.dumps([self.prompts, asdict(self.settings), self.n, HELDOUT_SEED, _KEPT_FORMAT, HELDOUT_BATCH],
-                          sort_keys=True)
+        text = json.dumps(
+            [self.prompts, asdict(self.settings), self.n, HELDOUT_SEED, _KEPT_FORMAT, HELDOUT_BATCH], sort_keys=True
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
@@ -293,8 +354,9 @@ class HeldoutSet:
             return {}
         return data if isinstance(data, dict) and data.get("key") == self.key else {}
 
-    def answers(self, loaded: ModelSession, label: str, adapter_path: str | Path | None,
-                on_event: Callable[[Event], None]) -> Answers | None:
+    def answers(
+        self, loaded: ModelSession, label: str, adapter_path: str | Path | None, on_event: Callable[[Event], None]
+    ) -> Answers | None:
         """A version's answers: kept ones, else sampled now and kept. None when nothing is sampled."""
         if not self.prompts or not self.n:
             return None
@@ -305,8 +367,10 @@ class HeldoutSet:
             return None  # a version whose folder is gone: nothing to compare with
         on_event(Status(f"held-out: sampling {self.n} answer(s) to {len(self.prompts)} prompt(s) from {label}"))
         answers = sample(loaded, adapter_path, self.prompts, self.settings, self.n)
-        write_json(self.path(label), {"key": self.key, "answers": answers,
-                                      "finished": [flags(group) for group in answers], "metrics": {}})
+        write_json(
+            self.path(label),
+            {"key": self.key, "answers": answers, "finished": [flags(group) for group in answers], "metrics": {}},
+        )
         return answers
 
     def base_metrics(self, loaded: ModelSession, on_event: Callable[[Event], None]) -> dict[str, float | None]:
@@ -315,16 +379,28 @@ class HeldoutSet:
         kept = self.kept("base")
         if self.judge_name in kept.get("metrics", {}):
             return kept["metrics"][self.judge_name]
-        metrics = heldout_metrics(loaded, adapter_path=None, valid_pairs=self.valid_pairs, eval_prompts=self.prompts,
-                                  judge=self.judge, answers=answers, n=self.n)
+        metrics = heldout_metrics(
+            loaded,
+            adapter_path=None,
+            valid_pairs=self.valid_pairs,
+            eval_prompts=self.prompts,
+            judge=self.judge,
+            answers=answers,
+            n=self.n,
+        )
         if kept:
             write_json(self.path("base"), {**kept, "metrics": {**kept["metrics"], self.judge_name: metrics}})
         return metrics
 
 
-def measure_version(loaded: ModelSession, heldout: HeldoutSet, label: str, adapter_path: str | Path,
-                    previous: tuple[str, str | Path] | None,
-                    on_event: Callable[[Event], None] = lambda e: None) -> dict[str, float | None]:
+def measure_version(
+    loaded: ModelSession,
+    heldout: HeldoutSet,
+    label: str,
+    adapter_path: str | Path,
+    previous: tuple[str, str | Path] | None,
+    on_event: Callable[[Event], None] = lambda e: None,
+) -> dict[str, float | None]:
     """A round's held-out numbers (KEYS) and the base's (as heldout_base/...). `previous`: the (label,
     adapter folder) of the version the round started from; None when it started from the base."""
     on_event(Status(f"held-out: measuring {label}{heldout.left_out}"))
@@ -332,10 +408,18 @@ def measure_version(loaded: ModelSession, heldout: HeldoutSet, label: str, adapt
     base_answers = heldout.answers(loaded, "base", None, on_event)
     previous_answers = heldout.answers(loaded, *previous, on_event) if previous else base_answers
     answers = heldout.answers(loaded, label, adapter_path, on_event)
-    metrics = heldout_metrics(loaded, adapter_path=adapter_path, valid_pairs=heldout.valid_pairs,
-                              eval_prompts=heldout.prompts, judge=heldout.judge, answers=answers,
-                              previous_answers=previous_answers, base_answers=base_answers,
-                              sample_settings=heldout.settings, n=heldout.n, beta=heldout.beta,
-                              batch_size=heldout.batch_size)
-    return {**metrics, **{key.replace(HELDOUT, HELDOUT_BASE): value for key, value in base.items()
-                          if key in BASE_KEYS}}
+    metrics = heldout_metrics(
+        loaded,
+        adapter_path=adapter_path,
+        valid_pairs=heldout.valid_pairs,
+        eval_prompts=heldout.prompts,
+        judge=heldout.judge,
+        answers=answers,
+        previous_answers=previous_answers,
+        base_answers=base_answers,
+        sample_settings=heldout.settings,
+        n=heldout.n,
+        beta=heldout.beta,
+        batch_size=heldout.batch_size,
+    )
+    return {**metrics, **{key.replace(HELDOUT, HELDOUT_BASE): value for key, value in base.items() if key in BASE_KEYS}}

@@ -17,7 +17,7 @@ recovered from them here with each batch's group sizes.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import mlx.core as mx
 
@@ -26,8 +26,9 @@ from mlx_dpo.training.reference import RefLogps
 from mlx_dpo.training.tokens import EncodedPair
 
 
-def kto_scores(batches: Iterable[tuple[object, list[EncodedPair], dict[str, mx.array]]], ref: RefLogps,
-               beta: float) -> tuple[dict, list[dict]]:
+def kto_scores(
+    batches: Iterable[tuple[object, list[EncodedPair], dict[str, mx.array]]], ref: RefLogps, beta: float
+) -> tuple[dict, list[dict]]:
     """(the result, one `--per-example` row per answer) from training.trainer.evaluate_batches' batches."""
     rows = []
     for _, chunk, metrics in batches:
@@ -38,9 +39,19 @@ def kto_scores(batches: Iterable[tuple[object, list[EncodedPair], dict[str, mx.a
             group = good if p.desirable else len(chunk) - good
             logp = values[LOGPS_CHOSEN if p.desirable else LOGPS_REJECTED][i] * group / len(chunk)
             u, z = logp - ref.values[p][0], values[KTO_KL][i]
-            rows.append({"id": p.id, "label": bool(p.desirable), "policy_logp": logp, "ref_logp": ref.values[p][0],
-                         "reward": beta * u, "tokens": len(p.chosen), "_loss": values[LOSS][i], "_kl": z,
-                         "_right": (u > z) if p.desirable else (u < z)})
+            rows.append(
+                {
+                    "id": p.id,
+                    "label": bool(p.desirable),
+                    "policy_logp": logp,
+                    "ref_logp": ref.values[p][0],
+                    "reward": beta * u,
+                    "tokens": len(p.chosen),
+                    "_loss": values[LOSS][i],
+                    "_kl": z,
+                    "_right": (u > z) if p.desirable else (u < z),
+                }
+            )
     good = [r["reward"] for r in rows if r["label"]]
     bad = [r["reward"] for r in rows if not r["label"]]
     n = len(rows)

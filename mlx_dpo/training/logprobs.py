@@ -17,8 +17,8 @@ Everything here is pure array code (no host round-trips), so it runs under `mx.c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -48,22 +48,27 @@ def chunked_logps(head: Callable[[mx.array], mx.array], states: mx.array, target
     return _chunks(head, states, targets, squares=False)[0]
 
 
-def chunked_stats(head: Callable[[mx.array], mx.array], states: mx.array,
-                  targets: mx.array) -> tuple[mx.array, mx.array]:
+def chunked_stats(
+    head: Callable[[mx.array], mx.array], states: mx.array, targets: mx.array
+) -> tuple[mx.array, mx.array]:
     """`chunked_logps` and log Σ_v p_v² at each position, from the same projected chunks."""
     return _chunks(head, states, targets, squares=True)
 
 
-def _chunks(head: Callable[[mx.array], mx.array], states: mx.array, targets: mx.array,
-            squares: bool) -> tuple[mx.array, mx.array | None]:
-    chunks = [_token_stats(head(states[:, s : s + VOCAB_CHUNK]), targets[:, s : s + VOCAB_CHUNK], squares)
-              for s in range(0, states.shape[1], VOCAB_CHUNK)]
+def _chunks(
+    head: Callable[[mx.array], mx.array], states: mx.array, targets: mx.array, squares: bool
+) -> tuple[mx.array, mx.array | None]:
+    chunks = [
+        _token_stats(head(states[:, s : s + VOCAB_CHUNK]), targets[:, s : s + VOCAB_CHUNK], squares)
+        for s in range(0, states.shape[1], VOCAB_CHUNK)
+    ]
     logps = mx.concatenate([c[0] for c in chunks], axis=1)
     return logps, mx.concatenate([c[1] for c in chunks], axis=1) if squares else None
 
 
-def _completion_head(head: Callable[[mx.array], mx.array], states: mx.array, targets: mx.array,
-                     squares: bool) -> tuple[mx.array, mx.array | None]:
+def _completion_head(
+    head: Callable[[mx.array], mx.array], states: mx.array, targets: mx.array, squares: bool
+) -> tuple[mx.array, mx.array | None]:
     return chunked_stats(head, states, targets) if squares else (chunked_logps(head, states, targets), None)
 
 
@@ -72,8 +77,9 @@ def token_logps(model: nn.Module, batch: SequenceBatch, full_logits: bool = Fals
     return token_stats(model, batch, full_logits, squares=False)[0]
 
 
-def token_stats(model: nn.Module, batch: SequenceBatch, full_logits: bool = False,
-                squares: bool = True) -> tuple[mx.array, mx.array | None]:
+def token_stats(
+    model: nn.Module, batch: SequenceBatch, full_logits: bool = False, squares: bool = True
+) -> tuple[mx.array, mx.array | None]:
     """(n, C) log-probabilities of each completion token and, with `squares`, log Σ_v p_v² there (0 at padding)."""
     if full_logits:
         # The plain path, as TRL runs it: every position projected and log-softmaxed, then picked.
@@ -95,15 +101,17 @@ def sequence_logps(model: nn.Module, batch: SequenceBatch, full_logits: bool = F
     return token_logps(model, batch, full_logits).sum(axis=-1)
 
 
-def shared_prompt_token_logps(model: nn.Module, batch: SharedPromptBatch, full_logits: bool = False,
-                              mask_dims: int = 4) -> mx.array:
+def shared_prompt_token_logps(
+    model: nn.Module, batch: SharedPromptBatch, full_logits: bool = False, mask_dims: int = 4
+) -> mx.array:
     """(2B, C) log-probability of each completion token (0 at padding), each prompt run once (shared_prompt.py;
     `mask_dims`: the attention-mask layout the self-check found for the model)."""
     return shared_prompt_token_stats(model, batch, full_logits, squares=False, mask_dims=mask_dims)[0]
 
 
-def shared_prompt_token_stats(model: nn.Module, batch: SharedPromptBatch, full_logits: bool = False,
-                              squares: bool = True, mask_dims: int = 4) -> tuple[mx.array, mx.array | None]:
+def shared_prompt_token_stats(
+    model: nn.Module, batch: SharedPromptBatch, full_logits: bool = False, squares: bool = True, mask_dims: int = 4
+) -> tuple[mx.array, mx.array | None]:
     """`shared_prompt_token_logps` and, with `squares`, log Σ_v p_v² at each completion token (0 at padding)."""
     prompt_hidden, comp_hidden = shared_prompt.forward(model, batch, mask_dims)
     head = output_head(model)
@@ -120,8 +128,9 @@ def shared_prompt_token_stats(model: nn.Module, batch: SharedPromptBatch, full_l
     return token * batch.mask, None if log_sq is None else log_sq * batch.mask
 
 
-def shared_prompt_logps(model: nn.Module, batch: SharedPromptBatch, full_logits: bool = False,
-                        mask_dims: int = 4) -> mx.array:
+def shared_prompt_logps(
+    model: nn.Module, batch: SharedPromptBatch, full_logits: bool = False, mask_dims: int = 4
+) -> mx.array:
     """(2B,) summed log-probability of each completion, each prompt run once (shared_prompt.py)."""
     return shared_prompt_token_logps(model, batch, full_logits, mask_dims).sum(axis=-1)
 
@@ -134,14 +143,16 @@ def completion_logps(model: nn.Module, batch: TokenBatch, full_logits: bool = Fa
     return sequence_logps(model, batch, full_logits)
 
 
-def completion_token_logps(model: nn.Module, batch: TokenBatch, full_logits: bool = False,
-                           mask_dims: int = 4) -> mx.array:
+def completion_token_logps(
+    model: nn.Module, batch: TokenBatch, full_logits: bool = False, mask_dims: int = 4
+) -> mx.array:
     """(2B, C) per-token log-probs of a pair batch's completions (0 at padding), rows as completion_logps."""
     return completion_token_stats(model, batch, full_logits, squares=False, mask_dims=mask_dims)[0]
 
 
-def completion_token_stats(model: nn.Module, batch: TokenBatch, full_logits: bool = False,
-                           squares: bool = True, mask_dims: int = 4) -> tuple[mx.array, mx.array | None]:
+def completion_token_stats(
+    model: nn.Module, batch: TokenBatch, full_logits: bool = False, squares: bool = True, mask_dims: int = 4
+) -> tuple[mx.array, mx.array | None]:
     """`completion_token_logps` and, with `squares`, log Σ_v p_v² at each completion token (WPO's normaliser)."""
     if isinstance(batch, SharedPromptBatch):
         return shared_prompt_token_stats(model, batch, full_logits, squares, mask_dims)
@@ -160,8 +171,14 @@ class PairLogps:
     weights: mx.array | None = None  # (B,) WPO pair weights when asked for (no gradient)
 
 
-def pair_logps(model: nn.Module, batch: TokenBatch, full_logits: bool = False, per_token: bool = False,
-               weighting: bool = False, mask_dims: int = 4) -> PairLogps:
+def pair_logps(
+    model: nn.Module,
+    batch: TokenBatch,
+    full_logits: bool = False,
+    per_token: bool = False,
+    weighting: bool = False,
+    mask_dims: int = 4,
+) -> PairLogps:
     """The pairs' chosen and rejected log-probs and lengths, split from `completion_logps`' rows; with
     `weighting`, WPO's pair weights from the same pass (losses.wpo_weights)."""
     weights = None
@@ -172,5 +189,11 @@ def pair_logps(model: nn.Module, batch: TokenBatch, full_logits: bool = False, p
         tokens = completion_token_logps(model, batch, full_logits, mask_dims) if per_token else None
     logps = tokens.sum(axis=-1) if tokens is not None else completion_logps(model, batch, full_logits, mask_dims)
     lengths, n = batch.lengths, logps.shape[0] // 2
-    return PairLogps(chosen=logps[:n], rejected=logps[n:], chosen_lengths=lengths[:n], rejected_lengths=lengths[n:],
-                     tokens=tokens, weights=weights)
+    return PairLogps(
+        chosen=logps[:n],
+        rejected=logps[n:],
+        chosen_lengths=lengths[:n],
+        rejected_lengths=lengths[n:],
+        tokens=tokens,
+        weights=weights,
+    )

@@ -17,8 +17,22 @@ import mlx.core as mx
 
 from mlx_dpo.settings import F_DIVERGENCES, LOSS_TYPES, REFERENCE_FREE, TrainingArgs, check_loss_settings
 
-__all__ = ["LOSS_TYPES", "combined_loss", "f_scores", "implicit_rewards", "kto_loss", "log1mexp", "log_sigmoid",
-           "orpo_log_odds", "orpo_loss", "preference_loss", "rpo_nll", "sft_nll", "simpo_rewards", "wpo_weights"]
+__all__ = [
+    "LOSS_TYPES",
+    "combined_loss",
+    "f_scores",
+    "implicit_rewards",
+    "kto_loss",
+    "log1mexp",
+    "log_sigmoid",
+    "orpo_log_odds",
+    "orpo_loss",
+    "preference_loss",
+    "rpo_nll",
+    "sft_nll",
+    "simpo_rewards",
+    "wpo_weights",
+]
 
 _NEEDS_LENGTHS = ("ipo", "simpo", "sigmoid_norm", "sft", "orpo")
 
@@ -70,8 +84,9 @@ def wpo_weights(token_logps: mx.array, log_sum_sq: mx.array, lengths: mx.array) 
     return per_answer[:n] * per_answer[n:]
 
 
-def f_scores(log_ratio: mx.array, f_divergence_type: str,
-             alpha: float = TrainingArgs.f_alpha_divergence_coef) -> mx.array:
+def f_scores(
+    log_ratio: mx.array, f_divergence_type: str, alpha: float = TrainingArgs.f_alpha_divergence_coef
+) -> mx.array:
     """The f-DPO score f'(t) at t = π/ref = e^u, u = π − ref, with its constants (TRL 1.16's f_divergence_type):
       reverse_kl        log t = u                                            (plain DPO)
       forward_kl        1 − 1/t = 1 − e^(−u)
@@ -91,22 +106,33 @@ def f_scores(log_ratio: mx.array, f_divergence_type: str,
     raise ValueError(f"unknown f_divergence_type {f_divergence_type!r}; choose from {', '.join(F_DIVERGENCES)}")
 
 
-def orpo_log_odds(chosen_logps: mx.array, rejected_logps: mx.array, chosen_lengths: mx.array,
-                  rejected_lengths: mx.array) -> mx.array:
-    """log odds(chosen) − log odds(rejected) on per-token mean log-probs p: odds = p/(1−p), so (c−r) − (log(1−eᶜ) − log(1−eʳ))."""
+def orpo_log_odds(
+    chosen_logps: mx.array, rejected_logps: mx.array, chosen_lengths: mx.array, rejected_lengths: mx.array
+) -> mx.array:
+    """log odds(chosen) − log odds(rejected) on per-token mean log-probs p: odds = p/(1−p), so
+    (c−r) − (log(1−eᶜ) − log(1−eʳ))."""
     c, r = chosen_logps / chosen_lengths, rejected_logps / rejected_lengths
     return (c - r) - (log1mexp(c) - log1mexp(r))
 
 
-def orpo_loss(chosen_logps: mx.array, rejected_logps: mx.array, chosen_lengths: mx.array,
-              rejected_lengths: mx.array, beta: float) -> mx.array:
+def orpo_loss(
+    chosen_logps: mx.array, rejected_logps: mx.array, chosen_lengths: mx.array, rejected_lengths: mx.array, beta: float
+) -> mx.array:
     """ORPO per pair: the chosen NLL (batch token mean, as sft_nll) − β·log σ(log-odds ratio); no reference."""
     log_odds = orpo_log_odds(chosen_logps, rejected_logps, chosen_lengths, rejected_lengths)
     return sft_nll(chosen_logps, chosen_lengths) - beta * log_sigmoid(log_odds)
 
 
-def kto_loss(policy_logps: mx.array, ref_logps: mx.array, desirable: mx.array, kl: mx.array, *, beta: float,
-             desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> mx.array:
+def kto_loss(
+    policy_logps: mx.array,
+    ref_logps: mx.array,
+    desirable: mx.array,
+    kl: mx.array,
+    *,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> mx.array:
     """KTO per example (TRL's KTOTrainer, loss_type "kto"), with u = π − ref and the reference point z = `kl`:
       desirable    w_d·(1 − σ(β(u − z)))
       undesirable  w_u·(1 − σ(β(z − u)))
@@ -165,24 +191,58 @@ def preference_loss(
       orpo          −Σπ_c/ΣL_c − β·logσ(orpo_log_odds)           (TRL's ORPOTrainer) no reference
     ipo, sigmoid_norm, simpo, sft and orpo need `chosen_lengths`/`rejected_lengths` (token counts, all > 0).
     """
-    _check_arguments(loss_type, beta, label_smoothing, f_divergence_type, ref_chosen_logps, ref_rejected_logps,
-                     chosen_lengths, rejected_lengths)
-    return _pair_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-                      loss_type=loss_type, beta=beta, label_smoothing=label_smoothing, chosen_lengths=chosen_lengths,
-                      rejected_lengths=rejected_lengths, simpo_gamma=simpo_gamma, f_divergence_type=f_divergence_type,
-                      f_alpha_divergence_coef=f_alpha_divergence_coef, discopop_tau=discopop_tau)
+    _check_arguments(
+        loss_type,
+        beta,
+        label_smoothing,
+        f_divergence_type,
+        ref_chosen_logps,
+        ref_rejected_logps,
+        chosen_lengths,
+        rejected_lengths,
+    )
+    return _pair_loss(
+        policy_chosen_logps,
+        policy_rejected_logps,
+        ref_chosen_logps,
+        ref_rejected_logps,
+        loss_type=loss_type,
+        beta=beta,
+        label_smoothing=label_smoothing,
+        chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
+        simpo_gamma=simpo_gamma,
+        f_divergence_type=f_divergence_type,
+        f_alpha_divergence_coef=f_alpha_divergence_coef,
+        discopop_tau=discopop_tau,
+    )
 
 
-def _pair_loss(policy_chosen_logps: mx.array, policy_rejected_logps: mx.array, ref_chosen_logps: mx.array | None,
-               ref_rejected_logps: mx.array | None, *, loss_type: str, beta: float, label_smoothing: float,
-               chosen_lengths: mx.array | None, rejected_lengths: mx.array | None, simpo_gamma: float,
-               f_divergence_type: str, f_alpha_divergence_coef: float, discopop_tau: float) -> mx.array:
+def _pair_loss(
+    policy_chosen_logps: mx.array,
+    policy_rejected_logps: mx.array,
+    ref_chosen_logps: mx.array | None,
+    ref_rejected_logps: mx.array | None,
+    *,
+    loss_type: str,
+    beta: float,
+    label_smoothing: float,
+    chosen_lengths: mx.array | None,
+    rejected_lengths: mx.array | None,
+    simpo_gamma: float,
+    f_divergence_type: str,
+    f_alpha_divergence_coef: float,
+    discopop_tau: float,
+) -> mx.array:
     """preference_loss after its checks (combined_loss checks the settings once, for all its losses)."""
-    _check_shapes(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
-                  ref_chosen_logps=None if loss_type in REFERENCE_FREE else ref_chosen_logps,
-                  ref_rejected_logps=None if loss_type in REFERENCE_FREE else ref_rejected_logps,
-                  chosen_lengths=chosen_lengths if loss_type in _NEEDS_LENGTHS else None,
-                  rejected_lengths=rejected_lengths if loss_type in _NEEDS_LENGTHS else None)
+    _check_shapes(
+        policy_chosen_logps=policy_chosen_logps,
+        policy_rejected_logps=policy_rejected_logps,
+        ref_chosen_logps=None if loss_type in REFERENCE_FREE else ref_chosen_logps,
+        ref_rejected_logps=None if loss_type in REFERENCE_FREE else ref_rejected_logps,
+        chosen_lengths=chosen_lengths if loss_type in _NEEDS_LENGTHS else None,
+        rejected_lengths=rejected_lengths if loss_type in _NEEDS_LENGTHS else None,
+    )
     pc, pr, lc, lr = policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths
     if loss_type == "simpo":
         return -log_sigmoid(simpo_rewards(pc, lc, beta) - simpo_rewards(pr, lr, beta) - simpo_gamma)
@@ -208,8 +268,17 @@ def _smoothed_sigmoid(logits: mx.array, eps: float) -> mx.array:
     return -(1 - eps) * log_sigmoid(logits) - eps * log_sigmoid(-logits)
 
 
-def _score_loss(loss_type: str, s_c: mx.array, s_r: mx.array, u_c: mx.array, beta: float, eps: float,
-                lc: mx.array | None, lr: mx.array | None, tau: float) -> mx.array:
+def _score_loss(
+    loss_type: str,
+    s_c: mx.array,
+    s_r: mx.array,
+    u_c: mx.array,
+    beta: float,
+    eps: float,
+    lc: mx.array | None,
+    lr: mx.array | None,
+    tau: float,
+) -> mx.array:
     """The losses written on the f-scores s_c, s_r (see preference_loss's table)."""
     logits = beta * (s_c - s_r)
     if loss_type == "sigmoid":
@@ -227,7 +296,9 @@ def _score_loss(loss_type: str, s_c: mx.array, s_r: mx.array, u_c: mx.array, bet
         return -log_sigmoid(beta * (s_c / lc - s_r / lr))
     if loss_type == "exo_pair":
         q, q_bar = mx.sigmoid(logits), mx.sigmoid(-logits)
-        return q * (log_sigmoid(logits) - mx.log1p(mx.array(-eps))) + q_bar * (log_sigmoid(-logits) - mx.log(mx.array(eps)))
+        return q * (log_sigmoid(logits) - mx.log1p(mx.array(-eps))) + q_bar * (
+            log_sigmoid(-logits) - mx.log(mx.array(eps))
+        )
     if loss_type == "nca_pair":
         return -log_sigmoid(beta * s_c) - 0.5 * log_sigmoid(-beta * s_c) - 0.5 * log_sigmoid(-beta * s_r)
     if loss_type == "bco_pair":
@@ -245,9 +316,14 @@ def _score_loss(loss_type: str, s_c: mx.array, s_r: mx.array, u_c: mx.array, bet
 
 
 # The loss settings' defaults are TrainingArgs' (mlx_dpo.settings); the lengths are the batch's.
-_DEFAULTS = {**{name: getattr(TrainingArgs, name) for name in ("label_smoothing", "simpo_gamma", "f_divergence_type",
-                                                                "f_alpha_divergence_coef", "discopop_tau")},
-             "chosen_lengths": None, "rejected_lengths": None}
+_DEFAULTS = {
+    **{
+        name: getattr(TrainingArgs, name)
+        for name in ("label_smoothing", "simpo_gamma", "f_divergence_type", "f_alpha_divergence_coef", "discopop_tau")
+    },
+    "chosen_lengths": None,
+    "rejected_lengths": None,
+}
 
 
 def combined_loss(
@@ -273,30 +349,50 @@ def combined_loss(
     check_loss_settings(",".join(loss_types), options["beta"], options["label_smoothing"], options["f_divergence_type"])
     total = None
     for loss_type, weight in zip(loss_types, weights):
-        _check_arrays(loss_type, ref_chosen_logps, ref_rejected_logps, options["chosen_lengths"],
-                      options["rejected_lengths"])
-        term = _pair_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-                          loss_type=loss_type, **options)
+        _check_arrays(
+            loss_type, ref_chosen_logps, ref_rejected_logps, options["chosen_lengths"], options["rejected_lengths"]
+        )
+        term = _pair_loss(
+            policy_chosen_logps,
+            policy_rejected_logps,
+            ref_chosen_logps,
+            ref_rejected_logps,
+            loss_type=loss_type,
+            **options,
+        )
         if pair_weights is not None:
             term = term * pair_weights
         total = weight * term if total is None else total + weight * term
     return total
 
 
-def _check_arguments(loss_type: str, beta: float, label_smoothing: float, f_divergence_type: str,
-                     ref_chosen_logps: mx.array | None, ref_rejected_logps: mx.array | None,
-                     chosen_lengths: mx.array | None, rejected_lengths: mx.array | None) -> None:
+def _check_arguments(
+    loss_type: str,
+    beta: float,
+    label_smoothing: float,
+    f_divergence_type: str,
+    ref_chosen_logps: mx.array | None,
+    ref_rejected_logps: mx.array | None,
+    chosen_lengths: mx.array | None,
+    rejected_lengths: mx.array | None,
+) -> None:
     # The settings' own rules (known loss, beta > 0, label smoothing, f-divergence) are TrainingArgs'; the arrays'
     # are here.
     check_loss_settings(loss_type, beta, label_smoothing, f_divergence_type)
     _check_arrays(loss_type, ref_chosen_logps, ref_rejected_logps, chosen_lengths, rejected_lengths)
 
 
-def _check_arrays(loss_type: str, ref_chosen_logps: mx.array | None, ref_rejected_logps: mx.array | None,
-                  chosen_lengths: mx.array | None, rejected_lengths: mx.array | None) -> None:
+def _check_arrays(
+    loss_type: str,
+    ref_chosen_logps: mx.array | None,
+    ref_rejected_logps: mx.array | None,
+    chosen_lengths: mx.array | None,
+    rejected_lengths: mx.array | None,
+) -> None:
     if loss_type not in REFERENCE_FREE and (ref_chosen_logps is None or ref_rejected_logps is None):
-        raise ValueError(f"loss_type {loss_type!r} needs reference log-probs "
-                         f"(only {', '.join(REFERENCE_FREE)} are reference-free)")
+        raise ValueError(
+            f"loss_type {loss_type!r} needs reference log-probs (only {', '.join(REFERENCE_FREE)} are reference-free)"
+        )
     if loss_type in _NEEDS_LENGTHS and (chosen_lengths is None or rejected_lengths is None):
         raise ValueError(f"loss_type {loss_type!r} needs chosen_lengths and rejected_lengths (completion token counts)")
 

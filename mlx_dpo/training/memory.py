@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -51,8 +51,18 @@ LOGIT_COPIES = 3  # logits, log-softmax, their gradient
 COMPILED_LOGIT_COPIES = 6  # the compiled step keeps more of them alive (see above)
 SMALL_BUFFERS = 128 * 10**6
 ADAPTER_COPIES = 4  # weights, gradients, Adam's two moments
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 @dataclass(frozen=True)
@@ -101,9 +111,12 @@ def device_limit(environ: Mapping[str, str] = os.environ) -> MemoryLimit | None:
     held = mx.get_active_memory()  # already ours (the loaded model), and counted in the estimate
     if mx.default_device() == mx.gpu:
         info = mx.device_info()
-        for key, what in (("max_recommended_working_set_size", "Metal's recommended working set"),
-                          ("free_memory", "the GPU's free memory"), ("memory_size", "the GPU's memory"),
-                          ("total_memory", "the GPU's memory")):
+        for key, what in (
+            ("max_recommended_working_set_size", "Metal's recommended working set"),
+            ("free_memory", "the GPU's free memory"),
+            ("memory_size", "the GPU's memory"),
+            ("total_memory", "the GPU's memory"),
+        ):
             if info.get(key):
                 return MemoryLimit(int(info[key]) + (held if key == "free_memory" else 0), what)
     system = _available_system_memory()
@@ -126,7 +139,7 @@ def _adapter_bytes(model: nn.Module, lora: LoraSettings, layers: int) -> int:
     blocks = layers if lora.num_layers == -1 else min(lora.num_layers, layers)
     per_block = 0
     first = (getattr(model, "layers", None) or [None])[0]
-    for name, module in (first.named_modules() if first is not None else []):
+    for name, module in first.named_modules() if first is not None else []:
         if isinstance(module, (nn.Linear, nn.QuantizedLinear)) and (lora.keys is None or name in lora.keys):
             out_dim, in_dim = module.weight.shape
             if isinstance(module, nn.QuantizedLinear):
@@ -148,14 +161,28 @@ def largest_batch(pairs: Sequence[EncodedPair], batch_size: int) -> tuple[int, i
     return min(batch_size, len(pairs)), prompt, answer
 
 
-def _step_bytes(dims: tuple[int, int, int, int, int], width: int, n: int, prompt: int, answer: int,
-                args: TrainingArgs, *, backward: bool) -> int:
+def _step_bytes(
+    dims: tuple[int, int, int, int, int],
+    width: int,
+    n: int,
+    prompt: int,
+    answer: int,
+    args: TrainingArgs,
+    *,
+    backward: bool,
+) -> int:
     """Activations and logits of one step on `n` pairs; without `backward` (the reference pass) only one
     layer's values live at a time and the logits have no gradient."""
     layers, hidden, intermediate, heads, vocab = dims
     sequences, length = 2 * n, prompt + answer  # chosen and rejected, each counted at the longest length
-    per_layer = sequences * (length * (ACTIVATION_VALUES_PER_TOKEN * hidden + INTERMEDIATE_VALUES_PER_TOKEN
-                                       * intermediate) + 2 * heads * length * length) * width
+    per_layer = (
+        sequences
+        * (
+            length * (ACTIVATION_VALUES_PER_TOKEN * hidden + INTERMEDIATE_VALUES_PER_TOKEN * intermediate)
+            + 2 * heads * length * length
+        )
+        * width
+    )
     if not backward:
         kept = per_layer
     elif args.grad_checkpoint:  # each layer's input, and one layer recomputed at a time
@@ -169,8 +196,9 @@ def _step_bytes(dims: tuple[int, int, int, int, int], width: int, n: int, prompt
     return kept + sequences * projected * vocab * 4 * copies
 
 
-def estimate(model: nn.Module, config: Mapping, pairs: Sequence[EncodedPair], args: TrainingArgs,
-             lora: LoraSettings) -> MemoryEstimate:
+def estimate(
+    model: nn.Module, config: Mapping, pairs: Sequence[EncodedPair], args: TrainingArgs, lora: LoraSettings
+) -> MemoryEstimate:
     """The peak bytes of the run: a training step on the largest micro-batch of `pairs`, or the reference
     pass's forward on twice as many pairs, whichever is higher (see the module's notes)."""
     dims = _dims(model, config)
@@ -183,8 +211,9 @@ def estimate(model: nn.Module, config: Mapping, pairs: Sequence[EncodedPair], ar
     return MemoryEstimate(total, weights, f"{n} pair(s), prompt {prompt:,} + answer {answer:,} tokens")
 
 
-def check_fits(model: nn.Module, config: Mapping, pairs: Sequence[EncodedPair], args: TrainingArgs,
-               lora: LoraSettings) -> str:
+def check_fits(
+    model: nn.Module, config: Mapping, pairs: Sequence[EncodedPair], args: TrainingArgs, lora: LoraSettings
+) -> str:
     """The Status line with the estimate, or MlxDpoError (one line) when the largest batch will not fit."""
     found = estimate(model, config, pairs, args, lora)
     limit = device_limit()
@@ -197,5 +226,8 @@ def check_fits(model: nn.Module, config: Mapping, pairs: Sequence[EncodedPair], 
         raise MlxDpoError(
             f"the largest batch ({found.batch}) needs about {gb(found.total)} (estimate, of which the model "
             f"{gb(found.weights)}), above the limit of {gb(limit.bytes)} ({limit.source}); lower --batch-size "
-            "or --max-length, or turn on --grad-checkpoint")
-    return f"memory: about {gb(found.total)} at peak for {found.batch} (estimate; limit {gb(limit.bytes)}, {limit.source})"
+            "or --max-length, or turn on --grad-checkpoint"
+        )
+    return (
+        f"memory: about {gb(found.total)} at peak for {found.batch} (estimate; limit {gb(limit.bytes)}, {limit.source})"
+    )

@@ -22,12 +22,28 @@ from __future__ import annotations
 import mlx.core as mx
 
 from mlx_dpo.metric_names import (
-    ACCURACY, KTO_KL, LOGPS_CHOSEN, LOGPS_REJECTED, MARGIN, NLL_LOSS, REWARD_CHOSEN, REWARD_REJECTED
+    ACCURACY,
+    KTO_KL,
+    LOGPS_CHOSEN,
+    LOGPS_REJECTED,
+    MARGIN,
+    NLL_LOSS,
+    REWARD_CHOSEN,
+    REWARD_REJECTED,
 )
 from mlx_dpo.settings import TrainingArgs, needs_reference
 from mlx_dpo.training.logprobs import PairLogps
-from mlx_dpo.training.losses import (combined_loss, implicit_rewards, kto_loss, kto_reference_point, log_sigmoid,
-                                     orpo_log_odds, rpo_nll, sft_nll, simpo_rewards)
+from mlx_dpo.training.losses import (
+    combined_loss,
+    implicit_rewards,
+    kto_loss,
+    kto_reference_point,
+    log_sigmoid,
+    orpo_log_odds,
+    rpo_nll,
+    sft_nll,
+    simpo_rewards,
+)
 
 
 def is_kto(args: TrainingArgs) -> bool:
@@ -55,21 +71,36 @@ def ld_reference(full: tuple[float, float], prefix: tuple[float, float], alpha: 
     return tuple(p + alpha * (f - p) for f, p in zip(full, prefix))
 
 
-def method_losses(args: TrainingArgs, logps: PairLogps, ref_chosen: mx.array, ref_rejected: mx.array,
-                  desirable: mx.array | None = None, pair_weights: mx.array | None = None,
-                  ) -> tuple[mx.array, dict[str, mx.array]]:
+def method_losses(
+    args: TrainingArgs,
+    logps: PairLogps,
+    ref_chosen: mx.array,
+    ref_rejected: mx.array,
+    desirable: mx.array | None = None,
+    pair_weights: mx.array | None = None,
+) -> tuple[mx.array, dict[str, mx.array]]:
     """Per-example losses (B,) and TRL-named per-example metrics of one batch."""
     if args.ld_alpha is not None:
         logps = ld_weighted(logps, args.ld_alpha)
     if is_kto(args):
         return _kto(args, logps, ref_chosen, ref_rejected, desirable)
     losses = combined_loss(
-        logps.chosen, logps.rejected, ref_chosen, ref_rejected, loss_types=args.losses,
-        loss_weights=tuple(args.loss_weights) if args.loss_weights else None, pair_weights=pair_weights,
-        beta=args.beta, label_smoothing=args.label_smoothing, chosen_lengths=logps.chosen_lengths,
-        rejected_lengths=logps.rejected_lengths, simpo_gamma=args.simpo_gamma,
-        f_divergence_type=args.f_divergence_type, f_alpha_divergence_coef=args.f_alpha_divergence_coef,
-        discopop_tau=args.discopop_tau)
+        logps.chosen,
+        logps.rejected,
+        ref_chosen,
+        ref_rejected,
+        loss_types=args.losses,
+        loss_weights=tuple(args.loss_weights) if args.loss_weights else None,
+        pair_weights=pair_weights,
+        beta=args.beta,
+        label_smoothing=args.label_smoothing,
+        chosen_lengths=logps.chosen_lengths,
+        rejected_lengths=logps.rejected_lengths,
+        simpo_gamma=args.simpo_gamma,
+        f_divergence_type=args.f_divergence_type,
+        f_alpha_divergence_coef=args.f_alpha_divergence_coef,
+        discopop_tau=args.discopop_tau,
+    )
     if args.rpo_alpha:
         # Weighted as every other term (WPO): RPO is TRL 1.x's sigmoid + sft, whose sft term carries the weights too.
         nll = rpo_nll(logps.chosen, logps.chosen_lengths)
@@ -83,8 +114,9 @@ def method_losses(args: TrainingArgs, logps: PairLogps, ref_chosen: mx.array, re
     return losses, metrics
 
 
-def pair_metrics(args: TrainingArgs, logps: PairLogps, ref_chosen: mx.array,
-                 ref_rejected: mx.array) -> dict[str, mx.array]:
+def pair_metrics(
+    args: TrainingArgs, logps: PairLogps, ref_chosen: mx.array, ref_rejected: mx.array
+) -> dict[str, mx.array]:
     """DPO's metrics: implicit rewards β·(π − ref), or β·π/L where no reference is used (SimPO's, ORPO's)."""
     if needs_reference(args.loss_type):
         chosen_r = implicit_rewards(logps.chosen, ref_chosen, args.beta)
@@ -102,11 +134,19 @@ def pair_metrics(args: TrainingArgs, logps: PairLogps, ref_chosen: mx.array,
     }
 
 
-def _kto(args: TrainingArgs, logps: PairLogps, ref_own: mx.array, ref_mismatched: mx.array,
-         desirable: mx.array) -> tuple[mx.array, dict[str, mx.array]]:
+def _kto(
+    args: TrainingArgs, logps: PairLogps, ref_own: mx.array, ref_mismatched: mx.array, desirable: mx.array
+) -> tuple[mx.array, dict[str, mx.array]]:
     kl = kto_reference_point(logps.rejected, ref_mismatched)
-    losses = kto_loss(logps.chosen, ref_own, desirable, kl, beta=args.beta,
-                      desirable_weight=args.desirable_weight, undesirable_weight=args.undesirable_weight)
+    losses = kto_loss(
+        logps.chosen,
+        ref_own,
+        desirable,
+        kl,
+        beta=args.beta,
+        desirable_weight=args.desirable_weight,
+        undesirable_weight=args.undesirable_weight,
+    )
     rewards = implicit_rewards(logps.chosen, ref_own, args.beta)
     good, bad = desirable, 1 - desirable
     n = float(desirable.shape[0])

@@ -6,11 +6,11 @@ a run passes through MetricsWriter, so this is the one place metrics leave a run
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from mlx_dpo.atomic import atomic_file, write_failure
-from mlx_dpo.events import Event, EvalMetrics, StepMetrics
+from mlx_dpo.events import EvalMetrics, Event, StepMetrics
 from mlx_dpo.settings import RunOptions
 from mlx_dpo.tracking import Tracker, open_tracker
 
@@ -21,8 +21,9 @@ class MetricsWriter:
     """Appends step and eval metrics as JSON lines (flushed per line, so a killed run keeps them) and hands each
     line to the run's tracker (tracking.py, `--report-to`): the one place a run's metrics leave it."""
 
-    def __init__(self, path: Path, forward: Callable[[Event], None], tracker: Tracker | None = None,
-                 own_tracker: bool = False):
+    def __init__(
+        self, path: Path, forward: Callable[[Event], None], tracker: Tracker | None = None, own_tracker: bool = False
+    ):
         self.path, self.forward, self.tracker, self.own_tracker = path, forward, tracker, own_tracker
         path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -46,8 +47,14 @@ class MetricsWriter:
             self.tracker.finish()
 
 
-def metrics_writer(run: RunOptions, adapter_dir: Path, resume_step: int | None, emit: Callable[[Event], None],
-                   tracker: Tracker | None, config: dict) -> MetricsWriter:
+def metrics_writer(
+    run: RunOptions,
+    adapter_dir: Path,
+    resume_step: int | None,
+    emit: Callable[[Event], None],
+    tracker: Tracker | None,
+    config: dict,
+) -> MetricsWriter:
     """The run's metrics file, started afresh or cut back to the checkpoint step it resumes from, and its tracker:
     `tracker` when a round gives its own, else the one `report_to` asks for (None for "none")."""
     metrics_path = Path(run.metrics_file) if run.metrics_file else adapter_dir / METRICS_FILE
@@ -57,8 +64,9 @@ def metrics_writer(run: RunOptions, adapter_dir: Path, resume_step: int | None, 
         _forget_metrics_after(metrics_path, resume_step)
     own = tracker is None
     if own:
-        tracker = open_tracker(run.report_to, run.project, adapter_dir.name, config, emit,
-                               resume=resume_step is not None)
+        tracker = open_tracker(
+            run.report_to, run.project, adapter_dir.name, config, emit, resume=resume_step is not None
+        )
     return MetricsWriter(metrics_path, emit, tracker, own)
 
 

@@ -15,8 +15,8 @@ import json
 import math
 import sqlite3
 import struct
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import mlx.core as mx
 import numpy as np
@@ -28,7 +28,10 @@ from mlx_dpo.paths import ref_cache_dir
 
 Tokens = Sequence[int]
 BUSY_TIMEOUT = 5.0  # seconds a write waits for another process's (SQLite's default in Python)
-_SCHEMA = "CREATE TABLE IF NOT EXISTS ref_logps (key TEXT PRIMARY KEY, logp REAL NOT NULL, tokens INTEGER NOT NULL, checksum TEXT NOT NULL)"
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS ref_logps "
+    "(key TEXT PRIMARY KEY, logp REAL NOT NULL, tokens INTEGER NOT NULL, checksum TEXT NOT NULL)"
+)
 
 
 def _file_digest(path: Path) -> str:
@@ -96,8 +99,17 @@ def _unusable(path: Path, e: BaseException) -> MlxDpoError | None:
     if isinstance(e, OSError):
         failure = write_failure(path, e, path.exists())
         return None if failure is None else MlxDpoError(f"reference cache {failure}")
-    if not name.startswith(("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_BUSY",
-                            "SQLITE_LOCKED", "SQLITE_PERM")):
+    if not name.startswith(
+        (
+            "SQLITE_FULL",
+            "SQLITE_IOERR",
+            "SQLITE_READONLY",
+            "SQLITE_CANTOPEN",
+            "SQLITE_BUSY",
+            "SQLITE_LOCKED",
+            "SQLITE_PERM",
+        )
+    ):
         return None
     if name.startswith("SQLITE_FULL"):
         hint = "the disk is full; free some space or set MLX_DPO_HOME to another disk"

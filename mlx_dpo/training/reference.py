@@ -8,8 +8,8 @@ the cache has not seen are computed, in batches, and stored before training star
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -77,8 +77,9 @@ def reference_logps(
         start = time.perf_counter()
         # Only here: a fully cached pass never touches the model. The self-check runs before the first batch.
         checks = checks if checks is not None else SelfChecks()
-        shared_prompt, full_logits = fast_path.resolve(model, checks, shared_prompt=shared_prompt,
-                                                       full_logits=full_logits, on_event=on_event)
+        shared_prompt, full_logits = fast_path.resolve(
+            model, checks, shared_prompt=shared_prompt, full_logits=full_logits, on_event=on_event
+        )
         layout = layout_for(model, shared_prompt)
         dims = fast_path.mask_dims(model, checks) if shared_prompt else 4
         was_training = model.training
@@ -91,7 +92,9 @@ def reference_logps(
                 logps = completion_logps(model, batch, full_logits=full_logits, mask_dims=dims)
                 mx.eval(logps)
                 results = logps.tolist()
-                computed = {i: lp for i, lp in zip(idx, results)} | {n + i: lp for i, lp in zip(idx, results[len(idx):])}
+                computed = {i: lp for i, lp in zip(idx, results)} | {
+                    n + i: lp for i, lp in zip(idx, results[len(idx) :])
+                }
                 fresh = [(k, lp) for k, lp in computed.items() if values[k] is None]
                 if writes:
                     cache.store((items[k][0], items[k][1], lp) for k, lp in fresh)

@@ -18,9 +18,9 @@ losses.implicit_rewards); contradictions between labels come from mlx_dpo.data.c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from mlx_dpo.data.contradictions import Contradiction, find_contradictions
 from mlx_dpo.data.records import Split, StoredPair
@@ -92,10 +92,14 @@ def review_pairs(
         emit(Status("loading model"))
         loaded = load_model(model, chat_template=trained_with.get("chat_template"))
     # Pairs cut as the round's training cut them (its --max-length, else the defaults): scored as it saw them.
-    limits = token_limits(loaded.config, trained_with.get("max_length", RunOptions.max_length),
-                          trained_with.get("max_prompt_length", RunOptions.max_prompt_length))
-    encoded, scored, skipped = _encode(Encoder(loaded.tokenizer, max_length=limits.max_length,
-                                               max_prompt_length=limits.max_prompt_length), pairs)
+    limits = token_limits(
+        loaded.config,
+        trained_with.get("max_length", RunOptions.max_length),
+        trained_with.get("max_prompt_length", RunOptions.max_prompt_length),
+    )
+    encoded, scored, skipped = _encode(
+        Encoder(loaded.tokenizer, max_length=limits.max_length, max_prompt_length=limits.max_prompt_length), pairs
+    )
     report = ReviewReport(adapter_path, version, beta, contradictions=contradictions, skipped=skipped)
     if encoded:
         report.items = _score(loaded, adapter_path, beta, encoded, scored, emit)
@@ -114,14 +118,21 @@ def _encode(encoder: Encoder, pairs: list[StoredPair]) -> tuple[list[EncodedPair
     return encoded, scored, skipped
 
 
-def _score(loaded: ModelSession, adapter_path: Path, beta: float, encoded: list[EncodedPair],
-           pairs: list[StoredPair], emit: Callable[[Event], None]) -> list[ReviewItem]:
+def _score(
+    loaded: ModelSession,
+    adapter_path: Path,
+    beta: float,
+    encoded: list[EncodedPair],
+    pairs: list[StoredPair],
+    emit: Callable[[Event], None],
+) -> list[ReviewItem]:
     """Reference log-probs from the base (through the cache), then the adapter's rewards, worst margin first."""
     with loaded.base():
         cache = RefCache(model_fingerprint(loaded))  # the base's: the reference every round trains against
         try:
-            ref, _ = reference_logps(loaded.model, encoded, cache, batch_size=2 * REVIEW_BATCH_SIZE, on_event=emit,
-                                     checks=loaded.checks)
+            ref, _ = reference_logps(
+                loaded.model, encoded, cache, batch_size=2 * REVIEW_BATCH_SIZE, on_event=emit, checks=loaded.checks
+            )
         finally:
             cache.close()
     args = TrainingArgs(beta=beta, loss_type="sigmoid", batch_size=REVIEW_BATCH_SIZE)

@@ -33,31 +33,46 @@ from __future__ import annotations
 import dataclasses
 import random
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.events import Event, Status
 from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.data.store import PreferenceStore
+from mlx_dpo.errors import MlxDpoError
+from mlx_dpo.events import Event, Status
+from mlx_dpo.group_settings import GroupSettings
 from mlx_dpo.metric_names import (
-    HELDOUT, HELDOUT_BASE, HELDOUT_ERROR, NEW_FEEDBACK, NEW_PAIRS, REF_HITS, REF_MISSES, REPLAYED_PAIRS
+    HELDOUT,
+    HELDOUT_BASE,
+    HELDOUT_ERROR,
+    NEW_FEEDBACK,
+    NEW_PAIRS,
+    REF_HITS,
+    REF_MISSES,
+    REPLAYED_PAIRS,
 )
 from mlx_dpo.models.generate import SampleSettings
-from mlx_dpo.settings import ONLINE_SAMPLING
 from mlx_dpo.models.load import load_model
 from mlx_dpo.models.session import ModelSession
 from mlx_dpo.options import build, flatten, resolve, settings_of
-from mlx_dpo.settings import ROUND_DEFAULTS, TRAIN_GROUPS, LoraSettings, RoundSettings, RunOptions, TrainingArgs
+from mlx_dpo.settings import (
+    ONLINE_SAMPLING,
+    ROUND_DEFAULTS,
+    TRAIN_GROUPS,
+    LoraSettings,
+    RoundSettings,
+    RunOptions,
+    TrainingArgs,
+)
 from mlx_dpo.tracking import open_tracker
-from mlx_dpo.group_settings import GroupSettings
 from mlx_dpo.training import group_rounds, heldout, run
 from mlx_dpo.training.acceptance import decide, step_scale
 from mlx_dpo.training.pause import pause_at
-from mlx_dpo.training.versions import claim_version
 from mlx_dpo.training.trainer import total_steps
+from mlx_dpo.training.versions import claim_version
 
 if TYPE_CHECKING:  # the judge interface (mlx_dpo.online.judges)
     from mlx_dpo.online.judges import Judge
@@ -119,14 +134,21 @@ def round_options(settings: Mapping[str, Any] | None) -> tuple[dict[str, Any], d
     if "init_adapter" in given:
         raise MlxDpoError("a round starts from the workspace's latest finished round; init_adapter cannot be set")
     if "epochs" in given:  # two ways of saying a round's length would leave one of them ignored
-        raise MlxDpoError("a round's length is set by passes (between min_steps and max_steps) or by iters; "
-                          "epochs applies to a plain train run")
+        raise MlxDpoError(
+            "a round's length is set by passes (between min_steps and max_steps) or by iters; "
+            "epochs applies to a plain train run"
+        )
     options = {**ROUND_DEFAULTS, **given}
     groups = [build(group, options) for group in (TrainingArgs, LoraSettings, RoundSettings, GroupSettings, RunOptions)]
     record = flatten(*groups[:4])  # (built: checked)
     # Of the run options, those given; validation pairs only as a file name, not as a list of pairs.
-    record.update({name: str(value) if isinstance(value, Path) else value for name, value in options.items()
-                   if name in settings_of(RunOptions) and not isinstance(value, (list, tuple))})
+    record.update(
+        {
+            name: str(value) if isinstance(value, Path) else value
+            for name, value in options.items()
+            if name in settings_of(RunOptions) and not isinstance(value, (list, tuple))
+        }
+    )
     for name in settings_of(RoundSettings, GroupSettings):
         options.pop(name, None)
     return options, record
@@ -139,9 +161,17 @@ def round_steps(settings: RoundSettings, args: TrainingArgs, num_pairs: int) -> 
     return max(settings.min_steps, min(settings.max_steps, steps))
 
 
-def heldout_set(workspace: str | Path, settings: RoundSettings, *, valid_pairs: Sequence[PreferencePair],
-                eval_prompts: Sequence[list[dict]] | None, judge: Judge | None,
-                sample_settings: SampleSettings | None, beta: float, batch_size: int) -> heldout.HeldoutSet | None:
+def heldout_set(
+    workspace: str | Path,
+    settings: RoundSettings,
+    *,
+    valid_pairs: Sequence[PreferencePair],
+    eval_prompts: Sequence[list[dict]] | None,
+    judge: Judge | None,
+    sample_settings: SampleSettings | None,
+    beta: float,
+    batch_size: int,
+) -> heldout.HeldoutSet | None:
     """What a finished round is measured on: `eval_prompts`, else the validation pairs' prompts (each once,
     the first `heldout_prompts`), and the validation pairs. None when the workspace has neither."""
     prompts = list(eval_prompts) if eval_prompts is not None else []
@@ -153,8 +183,17 @@ def heldout_set(workspace: str | Path, settings: RoundSettings, *, valid_pairs: 
     prompts = prompts[: settings.heldout_prompts]
     if not prompts and not valid_pairs:
         return None
-    return heldout.HeldoutSet(Path(workspace), prompts, list(valid_pairs), judge, sample_settings or ONLINE_SAMPLING,
-                              settings.heldout_samples, beta, batch_size, given)
+    return heldout.HeldoutSet(
+        Path(workspace),
+        prompts,
+        list(valid_pairs),
+        judge,
+        sample_settings or ONLINE_SAMPLING,
+        settings.heldout_samples,
+        beta,
+        batch_size,
+        given,
+    )
 
 
 def _session(loaded: ModelSession | None, model: str | None, emit: Callable[[Event], None]) -> ModelSession:
@@ -166,8 +205,15 @@ def _session(loaded: ModelSession | None, model: str | None, emit: Callable[[Eve
     return loaded
 
 
-def _measure(workspace: str | Path, version: int, loaded: ModelSession, held: heldout.HeldoutSet,
-             adapter_dir: Path, latest, emit: Callable[[Event], None]) -> dict:
+def _measure(
+    workspace: str | Path,
+    version: int,
+    loaded: ModelSession,
+    held: heldout.HeldoutSet,
+    adapter_dir: Path,
+    latest,
+    emit: Callable[[Event], None],
+) -> dict:
     """A finished round's held-out numbers, added to its record; a failed measurement is noted, not raised."""
     pause_at("heldout")  # a test hook (pause.py)
     previous = (latest.label, latest.adapter_path) if latest else None
@@ -180,21 +226,27 @@ def _measure(workspace: str | Path, version: int, loaded: ModelSession, held: he
         return store.update_round_metrics(version, found).metrics
 
 
-def _decide(workspace: str | Path, version: int, metrics: dict, latest, settings: RoundSettings,
-            emit: Callable[[Event], None]) -> tuple[bool, str]:
+def _decide(
+    workspace: str | Path, version: int, metrics: dict, latest, settings: RoundSettings, emit: Callable[[Event], None]
+) -> tuple[bool, str]:
     """Keep the measured round or not (training/acceptance.py), recorded with its reason."""
-    base = {key.replace(HELDOUT_BASE, HELDOUT): value for key, value in metrics.items()
-            if key.startswith(HELDOUT_BASE)}
+    base = {key.replace(HELDOUT_BASE, HELDOUT): value for key, value in metrics.items() if key.startswith(HELDOUT_BASE)}
     if HELDOUT_ERROR in metrics:
         accepted, reason = False, f"not checked: {metrics[HELDOUT_ERROR]}"
     else:
-        accepted, reason = decide(metrics, latest.metrics if latest else None, base, accept=settings.accept,
-                                  kl_budget=settings.kl_budget)
+        accepted, reason = decide(
+            metrics, latest.metrics if latest else None, base, accept=settings.accept, kl_budget=settings.kl_budget
+        )
     with PreferenceStore(workspace) as store:
         store.decide_round(version, accepted, reason)
     back = latest.label if latest else "the base"
-    emit(Status(f"v{version} accepted: {reason}" if accepted else f"v{version} rejected ({reason}); the next round "
-                f"starts again from {back}"))
+    emit(
+        Status(
+            f"v{version} accepted: {reason}"
+            if accepted
+            else f"v{version} rejected ({reason}); the next round starts again from {back}"
+        )
+    )
     return accepted, reason
 
 
@@ -204,8 +256,11 @@ def _first_decision(status: str, checked: bool, accept: str) -> tuple[str | None
         return None, None
     if checked:
         return "pending", "trained; its held-out check has not run yet"
-    return "accepted", ("kept without a check (--accept always)" if accept == "always"
-                        else "kept unchecked: no held-out prompts or validation pairs")
+    return "accepted", (
+        "kept without a check (--accept always)"
+        if accept == "always"
+        else "kept unchecked: no held-out prompts or validation pairs"
+    )
 
 
 def _smaller_step(options: dict, recorded_settings: dict, rejected: int) -> str:
@@ -213,14 +268,25 @@ def _smaller_step(options: dict, recorded_settings: dict, rejected: int) -> str:
     round's learning rate in place and returns the note for its Status line ("" when nothing was rejected)."""
     if not rejected:
         return ""
-    options["learning_rate"] = recorded_settings["learning_rate"] = (recorded_settings["learning_rate"]
-                                                                     * step_scale(rejected))
+    options["learning_rate"] = recorded_settings["learning_rate"] = recorded_settings["learning_rate"] * step_scale(
+        rejected
+    )
     return f", learning rate {recorded_settings['learning_rate']:g} after {rejected} rejection(s)"
 
 
-def _record(workspace: str | Path, version: int, adapter_dir: Path, settings: dict, metrics: dict, status: str,
-            pairs: list, feedback: list, decision: str | None = None, reason: str | None = None,
-            groups: list | None = None) -> None:
+def _record(
+    workspace: str | Path,
+    version: int,
+    adapter_dir: Path,
+    settings: dict,
+    metrics: dict,
+    status: str,
+    pairs: list,
+    feedback: list,
+    decision: str | None = None,
+    reason: str | None = None,
+    groups: list | None = None,
+) -> None:
     """The round's record, with the stored pairs, feedback and rated groups it trained, in the store."""
     with PreferenceStore(workspace) as store:
         store.record_round(version, adapter_dir, settings, metrics, status, [p.id for p in pairs], decision, reason)
@@ -253,8 +319,9 @@ def _steps(settings: RoundSettings, recorded: dict, pairs: list, groups: list | 
     return round_steps(settings, build(TrainingArgs, recorded), len(pairs))
 
 
-def _trainer(pairs: list, groups: list | None, model: str | None, tracker, recorded: dict,
-             sample_settings: SampleSettings | None) -> Callable:
+def _trainer(
+    pairs: list, groups: list | None, model: str | None, tracker, recorded: dict, sample_settings: SampleSettings | None
+) -> Callable:
     """What trains the round: run.train on its pairs, or group_rounds.train on a GRPO round's rated groups."""
     if groups is None:
         return partial(run.train, pairs, model=model, tracker=tracker)
@@ -299,31 +366,65 @@ def run_round(
     pairs = [p.to_preference_pair() for p in trained] + [f.to_feedback() for f in feedback]
     options.setdefault("iters", _steps(round_settings, recorded_settings, pairs, groups))
     reference = "start" if round_settings.reference == "previous" and init_adapter else "base"
-    emit(Status(f"round v{version}: {len(new)} new pair(s) + {len(replayed)} replayed, {options['iters']} step(s), "
-                f"from {latest.label if latest else 'the base model'}"
-                f"{f', reference {latest.label}' if reference == 'start' else ''}{smaller}"))
-    recorded_settings = {**recorded_settings, "model": model, "init_adapter": init_adapter,
-                         "step_scale": step_scale(rejected)}
+    emit(
+        Status(
+            f"round v{version}: {len(new)} new pair(s) + {len(replayed)} replayed, {options['iters']} step(s), "
+            f"from {latest.label if latest else 'the base model'}"
+            f"{f', reference {latest.label}' if reference == 'start' else ''}{smaller}"
+        )
+    )
+    recorded_settings = {
+        **recorded_settings,
+        "model": model,
+        "init_adapter": init_adapter,
+        "step_scale": step_scale(rejected),
+    }
     # --report-to: the workspace is the tracker's project, this version its run (tracking.py).
     record = partial(_record, workspace, version, adapter_dir, groups=groups)  # the round's record, in the store
-    tracker = open_tracker(options.get("report_to", "none"), options.get("project") or Path(workspace).resolve().name,
-                           f"v{version}", recorded_settings, emit)
+    tracker = open_tracker(
+        options.get("report_to", "none"),
+        options.get("project") or Path(workspace).resolve().name,
+        f"v{version}",
+        recorded_settings,
+        emit,
+    )
     try:
         loaded = _session(loaded, model, emit)
         trainer = _trainer(pairs, groups, model, tracker, recorded_settings, sample_settings)
-        result = trainer(adapter_path=adapter_dir, init_adapter=init_adapter, reference=reference, on_event=emit,
-                         cancel=cancel, loaded=loaded, **options)
+        result = trainer(
+            adapter_path=adapter_dir,
+            init_adapter=init_adapter,
+            reference=reference,
+            on_event=emit,
+            cancel=cancel,
+            loaded=loaded,
+            **options,
+        )
     except BaseException as e:
         if tracker is not None:
             tracker.finish()
         record(recorded_settings, {"error": str(e)}, "failed", trained, feedback)
         raise
     status = "cancelled" if result.cancelled else "finished"
-    metrics = {**result.metrics, **result.eval_metrics, "steps": options["iters"],
-               REF_HITS: result.reference.hits, REF_MISSES: result.reference.misses,
-               NEW_PAIRS: len(new), REPLAYED_PAIRS: len(replayed), NEW_FEEDBACK: len(feedback)}
-    held = heldout_set(workspace, round_settings, valid_pairs=valid, eval_prompts=eval_prompts, judge=judge,
-                       sample_settings=sample_settings, **{k: recorded_settings[k] for k in ("beta", "batch_size")})
+    metrics = {
+        **result.metrics,
+        **result.eval_metrics,
+        "steps": options["iters"],
+        REF_HITS: result.reference.hits,
+        REF_MISSES: result.reference.misses,
+        NEW_PAIRS: len(new),
+        REPLAYED_PAIRS: len(replayed),
+        NEW_FEEDBACK: len(feedback),
+    }
+    held = heldout_set(
+        workspace,
+        round_settings,
+        valid_pairs=valid,
+        eval_prompts=eval_prompts,
+        judge=judge,
+        sample_settings=sample_settings,
+        **{k: recorded_settings[k] for k in ("beta", "batch_size")},
+    )
     checked = status == "finished" and held is not None and round_settings.accept != "always"
     decision, reason = _first_decision(status, checked, round_settings.accept)
     record(recorded_settings, metrics, status, trained, feedback, decision, reason)
@@ -339,5 +440,14 @@ def run_round(
     loaded.use_adapter(adapter_dir if decision == "accepted" else init_adapter)
     if tracker is not None:
         tracker.finish()
-    return RoundResult(version, adapter_dir, status, metrics, [p.id for p in new], [p.id for p in replayed],
-                       init_adapter, decision, reason)
+    return RoundResult(
+        version,
+        adapter_dir,
+        status,
+        metrics,
+        [p.id for p in new],
+        [p.id for p in replayed],
+        init_adapter,
+        decision,
+        reason,
+    )

@@ -12,31 +12,38 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import mlx.core as mx
 
 from mlx_dpo.atomic import atomic_file
-from mlx_dpo.metric_names import ACCURACY, LOGPS_CHOSEN, LOGPS_REJECTED, LOSS, MARGIN, REF_HITS, REF_MISSES
-from mlx_dpo.training import checkpoint, distributed, memory
-from mlx_dpo.models.adapter import CONFIG_FILE, adapter_config, adapter_weights, read_adapter_config, settings_from_config
+from mlx_dpo.data.pairs import PreferencePair, load_pairs
 from mlx_dpo.errors import MlxDpoError
-from mlx_dpo.events import Event, EvalMetrics, Failed, Finished, Status
+from mlx_dpo.events import EvalMetrics, Event, Failed, Finished, Status
+from mlx_dpo.metric_names import ACCURACY, LOGPS_CHOSEN, LOGPS_REJECTED, LOSS, MARGIN, REF_HITS, REF_MISSES
+from mlx_dpo.models.adapter import (
+    CONFIG_FILE,
+    adapter_config,
+    adapter_weights,
+    read_adapter_config,
+    settings_from_config,
+)
 from mlx_dpo.models.load import load_model, use_chat_template
 from mlx_dpo.models.session import ModelSession
-from mlx_dpo.data.pairs import PreferencePair, load_pairs
-from mlx_dpo.training.ref_cache import RefCache, arrays_digest, reference_fingerprint
-from mlx_dpo.training.reference import RefLogps, ReferenceStats, reference_logps
-from mlx_dpo.training.kto_scores import kto_scores
-from mlx_dpo.training.method_data import kto_data, method_reference, with_labels
-from mlx_dpo.training.methods import is_kto
-from mlx_dpo.training.tokens import EncodedPair, Encoder, plain_rows_note, token_limits, truncation_report
 from mlx_dpo.options import build, flatten, resolve, settings_of
 from mlx_dpo.settings import EVAL_LOSS_SETTINGS, TRAIN_GROUPS, LoraSettings, RunOptions, TrainingArgs, loss_types
 from mlx_dpo.tracking import Tracker, check_available
+from mlx_dpo.training import checkpoint, distributed, memory
+from mlx_dpo.training.kto_scores import kto_scores
+from mlx_dpo.training.method_data import kto_data, method_reference, with_labels
+from mlx_dpo.training.methods import is_kto
 from mlx_dpo.training.metrics_writer import metrics_writer
+from mlx_dpo.training.ref_cache import RefCache, arrays_digest, reference_fingerprint
+from mlx_dpo.training.reference import ReferenceStats, RefLogps, reference_logps
+from mlx_dpo.training.tokens import EncodedPair, Encoder, plain_rows_note, token_limits, truncation_report
 from mlx_dpo.training.trainer import evaluate_batches, train_loop
 
 DEFAULT_ADAPTERS_DIR = Path("adapters")
@@ -56,8 +63,13 @@ class TrainResult:
     rank: int = 0  # this process's rank under mlx.launch; only rank 0 writes and reports
 
 
-def _pairs(source: PairSource, skip_invalid: bool, on_event: Callable[[Event], None], config: str | None = None,
-           default_split: str = "train") -> list[PreferencePair]:
+def _pairs(
+    source: PairSource,
+    skip_invalid: bool,
+    on_event: Callable[[Event], None],
+    config: str | None = None,
+    default_split: str = "train",
+) -> list[PreferencePair]:
     if isinstance(source, (str, Path)):
         result = load_pairs(source, skip_invalid=skip_invalid, config=config, default_split=default_split)
         if result.skipped:
@@ -66,8 +78,9 @@ def _pairs(source: PairSource, skip_invalid: bool, on_event: Callable[[Event], N
     return list(source)
 
 
-def _encode(encoder: Encoder, pairs: list[PreferencePair], skip_invalid: bool,
-            emit: Callable[[Event], None]) -> list[EncodedPair]:
+def _encode(
+    encoder: Encoder, pairs: list[PreferencePair], skip_invalid: bool, emit: Callable[[Event], None]
+) -> list[EncodedPair]:
     """The pairs as token ids; with --skip-invalid the rows dropped are named in a Status line."""
     encoded, problems = encoder.encode_all(pairs, skip_invalid=skip_invalid)
     if problems:
@@ -142,17 +155,28 @@ class _Start:
     resume_from: Path | None = None
 
 
-def _start(adapter_dir: Path, resume: bool, reference: str, given: dict[str, Any], run: RunOptions,
-           args: TrainingArgs, lora: LoraSettings) -> _Start:
+def _start(
+    adapter_dir: Path,
+    resume: bool,
+    reference: str,
+    given: dict[str, Any],
+    run: RunOptions,
+    args: TrainingArgs,
+    lora: LoraSettings,
+) -> _Start:
     if reference not in ("start", "base"):
         raise MlxDpoError(f"reference must be 'start' or 'base', not {reference!r}")
     if not resume:
         if checkpoint.latest(adapter_dir) is not None:
-            raise MlxDpoError(f"{adapter_dir}: already holds a training run; pass --resume to continue it "
-                              "or choose another --adapter-path")
+            raise MlxDpoError(
+                f"{adapter_dir}: already holds a training run; pass --resume to continue it "
+                "or choose another --adapter-path"
+            )
         if (adapter_dir / CONFIG_FILE).exists():
-            raise MlxDpoError(f"{adapter_dir}: already holds an adapter; choose another --adapter-path "
-                              "(or start from it with --init-adapter)")
+            raise MlxDpoError(
+                f"{adapter_dir}: already holds an adapter; choose another --adapter-path "
+                "(or start from it with --init-adapter)"
+            )
         return _Start(args, lora, run.init_adapter, reference)
     resume_from = checkpoint.latest(adapter_dir)
     if resume_from is None:
@@ -164,12 +188,18 @@ def _start(adapter_dir: Path, resume: bool, reference: str, given: dict[str, Any
     # The run continues with its own settings (schedule length, learning rate, ...) unless a
     # setting given now says otherwise.
     args = build(TrainingArgs, given, base=checkpoint.read_state(resume_from).get("args", {}))
-    return _Start(args, settings_from_config(saved_config), saved.get("init_adapter"), saved.get("reference", "start"),
-                  resume_from)
+    return _Start(
+        args,
+        settings_from_config(saved_config),
+        saved.get("init_adapter"),
+        saved.get("reference", "start"),
+        resume_from,
+    )
 
 
-def _reference_pass(session: ModelSession, encoded: list[EncodedPair], start: _Start,
-                    emit: Callable[[Event], None]) -> tuple[RefLogps, ReferenceStats, LoraSettings, str]:
+def _reference_pass(
+    session: ModelSession, encoded: list[EncodedPair], start: _Start, emit: Callable[[Event], None]
+) -> tuple[RefLogps, ReferenceStats, LoraSettings, str]:
     """The reference log-probs, then the adapter that trains: (ref, stats, its settings, the reference's fingerprint).
 
     The reference is the model as it starts (base, or base + starting adapter), run before training
@@ -181,8 +211,15 @@ def _reference_pass(session: ModelSession, encoded: list[EncodedPair], start: _S
     fingerprint = model_fingerprint(session, start_digest)
     distributed.group().check_same(model=fingerprint)  # weights, tokenizer, starting adapter, numeric setup
     # The method decides what the reference pass computes, and whether one runs at all (method_data.py).
-    ref, stats = method_reference(session.model, encoded, lambda: RefCache(fingerprint), start.args,
-                                  batch_size=2 * start.args.batch_size, on_event=emit, checks=session.checks)
+    ref, stats = method_reference(
+        session.model,
+        encoded,
+        lambda: RefCache(fingerprint),
+        start.args,
+        batch_size=2 * start.args.batch_size,
+        on_event=emit,
+        checks=session.checks,
+    )
     if not start.init_adapter:
         # LoRA's A matrices start random: draw them from the run's seed, so the same seed gives the same run.
         mx.random.seed(start.args.seed)
@@ -190,27 +227,41 @@ def _reference_pass(session: ModelSession, encoded: list[EncodedPair], start: _S
     return ref, stats, lora, fingerprint
 
 
-def _same_on_every_rank(group: distributed.Group, start: _Start, run: RunOptions,
-                        pairs: list[PreferencePair]) -> None:
+def _same_on_every_rank(group: distributed.Group, start: _Start, run: RunOptions, pairs: list[PreferencePair]) -> None:
     """Several ranks must train on the same pairs with the same settings: compared before the model loads
     (the model itself is compared by its fingerprint before the reference pass)."""
     options = {k: v for k, v in asdict(run).items() if k != "metrics_file"}
-    settings = json.dumps([asdict(start.args), asdict(start.lora), options, start.init_adapter, start.reference,
-                           start.resume_from.name if start.resume_from else None], sort_keys=True, default=str)
+    settings = json.dumps(
+        [
+            asdict(start.args),
+            asdict(start.lora),
+            options,
+            start.init_adapter,
+            start.reference,
+            start.resume_from.name if start.resume_from else None,
+        ],
+        sort_keys=True,
+        default=str,
+    )
     rows = [[p.id, p.prompt, p.chosen, p.rejected] for p in pairs]  # not `source`: paths differ between machines
     data = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     group.check_same(settings=settings, data=data)
     coupled = sorted(set(loss_types(start.args.loss_type)) & BATCH_COUPLED_LOSSES)
     if coupled:  # a loss of the whole batch is not the weighted sum of its shares' losses
-        raise MlxDpoError(f"--loss {','.join(coupled)} couples the pairs of a batch (a batch mean or a sort), so "
-                          "it does not train over several ranks yet; train it with one process")
+        raise MlxDpoError(
+            f"--loss {','.join(coupled)} couples the pairs of a batch (a batch mean or a sort), so "
+            "it does not train over several ranks yet; train it with one process"
+        )
     if start.args.batch_size < group.size:
-        raise MlxDpoError(f"--batch-size {start.args.batch_size} is smaller than the {group.size} ranks: "
-                          "every rank needs at least one pair of each batch")
+        raise MlxDpoError(
+            f"--batch-size {start.args.batch_size} is smaller than the {group.size} ranks: "
+            "every rank needs at least one pair of each batch"
+        )
 
 
-def _session(loaded: ModelSession | None, model_spec: str | None, chat_template: str | Path | None,
-             emit: Callable[[Event], None]) -> ModelSession:
+def _session(
+    loaded: ModelSession | None, model_spec: str | None, chat_template: str | Path | None, emit: Callable[[Event], None]
+) -> ModelSession:
     """The model a run trains: the caller's session, else one loaded now; either takes the run's chat template."""
     if loaded is None:
         emit(Status("loading model"))
@@ -227,8 +278,11 @@ def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, load
     args = start.args
 
     # A Hub dataset without ":split" gives its "train" split to train on and its "test" split to validate with.
-    read = (lambda src, split: kto_data(src, args, run.skip_invalid, emit, run.data_config, split)) if is_kto(args) \
+    read = (
+        (lambda src, split: kto_data(src, args, run.skip_invalid, emit, run.data_config, split))
+        if is_kto(args)
         else (lambda src, split: (_pairs(src, run.skip_invalid, emit, run.data_config, split), None))
+    )
     train_pairs, train_labels = read(data, "train")
     valid_pairs, valid_labels = read(run.valid_data, "test") if run.valid_data is not None else ([], None)
     if not train_pairs:
@@ -246,25 +300,36 @@ def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, load
     valid_enc = with_labels(_encode(encoder, valid_pairs, run.skip_invalid, emit), valid_labels)
     if not train_enc:
         raise MlxDpoError("no training pairs left after tokenization")
-    for line in (plain_rows_note(loaded.tokenizer, loaded.name), limits.note,
-                 truncation_report(train_pairs + valid_pairs, train_enc + valid_enc, limits)):
+    for line in (
+        plain_rows_note(loaded.tokenizer, loaded.name),
+        limits.note,
+        truncation_report(train_pairs + valid_pairs, train_enc + valid_enc, limits),
+    ):
         if line:
             emit(Status(line))
     # Before the first forward pass: a run that cannot fit stops here with one line, not in swap or the OOM killer.
     emit(Status(memory.check_fits(loaded.model, loaded.config, train_enc, args, start.lora)))
 
     ref, stats, lora, fingerprint = _reference_pass(loaded, train_enc + valid_enc, start, emit)
-    config = adapter_config(lora, loaded.model, loaded.name, extra={
-        "init_adapter": str(start.init_adapter) if start.init_adapter else None,
-        "reference": start.reference,
-        "reference_fingerprint": fingerprint,
-        "num_pairs": len(train_enc),
-        "beta": args.beta,
-        "loss_type": args.loss_type,
-        "chat_template": str(run.chat_template) if run.chat_template else None,
-    })
-    tracked = {"model": loaded.name, **flatten(args, lora), **{k: v for k, v in flatten(run).items()
-                                                              if not isinstance(v, (list, tuple))}}
+    config = adapter_config(
+        lora,
+        loaded.model,
+        loaded.name,
+        extra={
+            "init_adapter": str(start.init_adapter) if start.init_adapter else None,
+            "reference": start.reference,
+            "reference_fingerprint": fingerprint,
+            "num_pairs": len(train_enc),
+            "beta": args.beta,
+            "loss_type": args.loss_type,
+            "chat_template": str(run.chat_template) if run.chat_template else None,
+        },
+    )
+    tracked = {
+        "model": loaded.name,
+        **flatten(args, lora),
+        **{k: v for k, v in flatten(run).items() if not isinstance(v, (list, tuple))},
+    }
     # Rank 0 alone writes the metrics (and tracks them).
     resume_step = checkpoint.read_state(start.resume_from)["step"] if start.resume_from else None
     writer = metrics_writer(run, adapter_dir, resume_step, emit, tracker, tracked) if group.is_writer else None
@@ -280,12 +345,26 @@ def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, load
     init_adapter = start.init_adapter
     try:
         last = train_loop(
-            loaded.model, args, train_enc, ref, adapter_dir, config,
-            valid_pairs=valid_enc, resume_from=start.resume_from, on_event=on_loop_event, cancel=cancelled,
+            loaded.model,
+            args,
+            train_enc,
+            ref,
+            adapter_dir,
+            config,
+            valid_pairs=valid_enc,
+            resume_from=start.resume_from,
+            on_event=on_loop_event,
+            cancel=cancelled,
             # Continuing from an adapter also continues its optimizer moments, when its run left them.
             optimizer_from=checkpoint.latest(Path(init_adapter)) if init_adapter and not resume else None,
-            run_info=lambda: {REF_HITS: stats.hits, REF_MISSES: stats.misses,
-                              "ref_pass_seconds": round(stats.seconds, 3), "ranks": group.size}, checks=loaded.checks)
+            run_info=lambda: {
+                REF_HITS: stats.hits,
+                REF_MISSES: stats.misses,
+                "ref_pass_seconds": round(stats.seconds, 3),
+                "ranks": group.size,
+            },
+            checks=loaded.checks,
+        )
     except BaseException:
         loaded.drop_training()  # a half-trained adapter is nobody's version
         raise
@@ -303,18 +382,21 @@ def _train(data, model_spec, adapter_path, reference, resume, emit, cancel, load
 def _example_rows(pairs: list[EncodedPair], metrics: dict[str, mx.array], ref: RefLogps) -> list[dict]:
     """One `--per-example` row per pair; the `_`-keys feed the means and are not written."""
     values = {k: v.tolist() for k, v in metrics.items()}
-    return [{
-        "id": p.id,
-        "policy_chosen_logp": values[LOGPS_CHOSEN][i],
-        "policy_rejected_logp": values[LOGPS_REJECTED][i],
-        "ref_chosen_logp": ref.values[p][0],
-        "ref_rejected_logp": ref.values[p][1],
-        "chosen_tokens": len(p.chosen),
-        "rejected_tokens": len(p.rejected),
-        "_accuracy": values[ACCURACY][i],
-        "_margin": values[MARGIN][i],
-        "_loss": values[LOSS][i],
-    } for i, p in enumerate(pairs)]
+    return [
+        {
+            "id": p.id,
+            "policy_chosen_logp": values[LOGPS_CHOSEN][i],
+            "policy_rejected_logp": values[LOGPS_REJECTED][i],
+            "ref_chosen_logp": ref.values[p][0],
+            "ref_rejected_logp": ref.values[p][1],
+            "chosen_tokens": len(p.chosen),
+            "rejected_tokens": len(p.rejected),
+            "_accuracy": values[ACCURACY][i],
+            "_margin": values[MARGIN][i],
+            "_loss": values[LOSS][i],
+        }
+        for i, p in enumerate(pairs)
+    ]
 
 
 def evaluate(
@@ -348,8 +430,14 @@ def evaluate(
         raise TypeError(f"unknown evaluation option(s): {', '.join(unknown)}")
     emit = on_event or (lambda e: None)
     # Built first: a bad setting is refused before anything loads.
-    args = TrainingArgs(beta=beta, loss_type=loss_type, batch_size=batch_size, full_logits=full_logits,
-                        shared_prompt=shared_prompt, **loss_settings)
+    args = TrainingArgs(
+        beta=beta,
+        loss_type=loss_type,
+        batch_size=batch_size,
+        full_logits=full_logits,
+        shared_prompt=shared_prompt,
+        **loss_settings,
+    )
     # KTO's examples are single answers marked good or bad, in the pair layout (method_data.py, kto_scores.py); a Hub
     # dataset gives its test split.
     if is_kto(args):
@@ -367,9 +455,16 @@ def evaluate(
     with loaded.base():
         cache = RefCache(model_fingerprint(loaded))
         try:
-            ref, stats = reference_logps(loaded.model, encoded, cache, batch_size=2 * batch_size,
-                                         shared_prompt=shared_prompt, full_logits=full_logits, on_event=emit,
-                                         checks=loaded.checks)
+            ref, stats = reference_logps(
+                loaded.model,
+                encoded,
+                cache,
+                batch_size=2 * batch_size,
+                shared_prompt=shared_prompt,
+                full_logits=full_logits,
+                on_event=emit,
+                checks=loaded.checks,
+            )
         finally:
             cache.close()
     with loaded.adapter(adapter_path or None):
@@ -380,8 +475,12 @@ def evaluate(
         else:
             rows = [row for _, chunk, metrics in batches for row in _example_rows(chunk, metrics, ref)]
             n = len(rows)
-            result = {"accuracy": sum(r["_accuracy"] for r in rows) / n, "margin": sum(r["_margin"] for r in rows) / n,
-                      "loss": sum(r["_loss"] for r in rows) / n, "n_pairs": n}
+            result = {
+                "accuracy": sum(r["_accuracy"] for r in rows) / n,
+                "margin": sum(r["_margin"] for r in rows) / n,
+                "loss": sum(r["_loss"] for r in rows) / n,
+                "n_pairs": n,
+            }
     result.update({REF_HITS: stats.hits, REF_MISSES: stats.misses})
     if per_example:
         with atomic_file(per_example, "w", encoding="utf-8") as f:

@@ -37,8 +37,9 @@ def forward(model: nn.Module, batch: SharedPromptBatch, mask_dims: int = 4) -> t
     # Completion keys are all "real": causality keeps a real token from seeing the padding after it.
     key_valid = mx.concatenate([valid2, mx.ones(batch.completions.shape, dtype=mx.bool_)], axis=1)
     shared = [
-        MaskedCache(key_valid, mask_dims, mx.concatenate([c.keys, c.keys], axis=0),
-                    mx.concatenate([c.values, c.values], axis=0))
+        MaskedCache(
+            key_valid, mask_dims, mx.concatenate([c.keys, c.keys], axis=0), mx.concatenate([c.values, c.values], axis=0)
+        )
         for c in caches
     ]
     return prompt_hidden, inner(batch.completions, cache=shared)
@@ -51,4 +52,3 @@ def predicting_states(prompt_hidden: mx.array, comp_hidden: mx.array) -> mx.arra
     """
     last = prompt_hidden[:, -1:, :]
     return mx.concatenate([mx.concatenate([last, last], axis=0), comp_hidden[:, :-1, :]], axis=1)
-

@@ -39,14 +39,14 @@ token ids right after tokenizing, so nothing downstream ever holds a row longer 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from jinja2 import TemplateError
 
-from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.data.answers import is_finished
 from mlx_dpo.data.pairs import PreferencePair
+from mlx_dpo.errors import MlxDpoError
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,10 @@ class EncodeProblem:
         return f"{where}: {self.message}"
 
 
-NO_TEMPLATE = ("this model has no chat template, so a conversation (a system message or several turns) cannot be "
-               "rendered; give the prompt as one string, or pass --chat-template FILE")
+NO_TEMPLATE = (
+    "this model has no chat template, so a conversation (a system message or several turns) cannot be "
+    "rendered; give the prompt as one string, or pass --chat-template FILE"
+)
 
 
 def has_chat_template(tokenizer) -> bool:
@@ -95,8 +97,10 @@ def plain_rows_note(tokenizer, model: str) -> str | None:
     """The run's Status line for a model without a chat template (None: it has one)."""
     if has_chat_template(tokenizer):
         return None
-    return (f"{model} has no chat template: rows are plain text, joined as TRL joins them (prompt, answer, EOS); "
-            "a conversation needs --chat-template FILE")
+    return (
+        f"{model} has no chat template: rows are plain text, joined as TRL joins them (prompt, answer, EOS); "
+        "a conversation needs --chat-template FILE"
+    )
 
 
 def plain_prompt(messages: list[dict]) -> str:
@@ -148,13 +152,17 @@ class Encoder:
     def _completion(self, pair: PreferencePair, prompt_ids: list[int], text: str, field: str) -> list[int]:
         for marker in self._end_of_turn_texts:
             if marker in text:
-                raise _Problem(f"field '{field}': contains the end-of-turn marker {marker!r}, which would end "
-                               "the answer there; remove it from the text")
+                raise _Problem(
+                    f"field '{field}': contains the end-of-turn marker {marker!r}, which would end "
+                    "the answer there; remove it from the text"
+                )
         full = self._render(pair.prompt + [{"role": "assistant", "content": text}], add_generation_prompt=False)
         if full[: len(prompt_ids)] != prompt_ids:
-            raise _Problem(f"field '{field}': the prompt's tokens are not a prefix of prompt + {field} "
-                           "(the chat template renders them differently)")
-        completion = full[len(prompt_ids):]
+            raise _Problem(
+                f"field '{field}': the prompt's tokens are not a prefix of prompt + {field} "
+                "(the chat template renders them differently)"
+            )
+        completion = full[len(prompt_ids) :]
         end = next((i for i, t in enumerate(completion) if t in self.end_of_turn), None)
         if not is_finished(text):  # cut at max tokens: its tokens, no end of turn (module docstring)
             completion = completion[:end]
@@ -176,14 +184,18 @@ class Encoder:
             text = text[: -len(eos_text)]  # TRL does not add a second one
         for marker in self._end_of_turn_texts:
             if marker in text:
-                raise _Problem(f"field '{field}': contains the end-of-sequence marker {marker!r} before its end, "
-                               "which would end the answer there; remove it from the text")
+                raise _Problem(
+                    f"field '{field}': contains the end-of-sequence marker {marker!r} before its end, "
+                    "which would end the answer there; remove it from the text"
+                )
         full = list(self.tokenizer.encode(prompt_text + text))
         if full[: len(prompt_ids)] != prompt_ids:
-            raise _Problem(f"field '{field}': the prompt's last token and the answer's first merge into one token "
-                           "(e.g. a prompt ending in a space); move that text from the end of the prompt to the "
-                           "start of the answers")
-        completion = full[len(prompt_ids):] + ([eos] if eos is not None else [])
+            raise _Problem(
+                f"field '{field}': the prompt's last token and the answer's first merge into one token "
+                "(e.g. a prompt ending in a space); move that text from the end of the prompt to the "
+                "start of the answers"
+            )
+        completion = full[len(prompt_ids) :] + ([eos] if eos is not None else [])
         if not completion[: len(completion) - (eos is not None)]:
             raise _Problem(f"field '{field}': no tokens besides the end-of-sequence token")
         return completion
@@ -210,20 +222,27 @@ class Encoder:
     def _truncate(self, pair: PreferencePair, prompt: list[int], chosen: list[int], rejected: list[int]) -> EncodedPair:
         truncated = False
         if self.max_prompt_length and len(prompt) > self.max_prompt_length:
-            prompt, truncated = prompt[-self.max_prompt_length:], True  # keep the prompt's end
+            prompt, truncated = prompt[-self.max_prompt_length :], True  # keep the prompt's end
         if self.max_length:
             if len(prompt) >= self.max_length:
-                raise MlxDpoError(str(EncodeProblem(
-                    pair.id, pair.source,
-                    f"prompt alone is {len(prompt)} tokens, not under --max-length {self.max_length}; shorten it, "
-                    "or set --max-prompt-length to keep its end",
-                )))
+                raise MlxDpoError(
+                    str(
+                        EncodeProblem(
+                            pair.id,
+                            pair.source,
+                            f"prompt alone is {len(prompt)} tokens, not under --max-length {self.max_length}; "
+                            "shorten it, or set --max-prompt-length to keep its end",
+                        )
+                    )
+                )
             budget = self.max_length - len(prompt)
             if len(chosen) > budget or len(rejected) > budget:
                 chosen, rejected, truncated = chosen[:budget], rejected[:budget], True  # keep the start
         return EncodedPair(pair.id, tuple(prompt), tuple(chosen), tuple(rejected), truncated)
 
-    def encode_all(self, pairs: list[PreferencePair], skip_invalid: bool = False) -> tuple[list[EncodedPair], list[str]]:
+    def encode_all(
+        self, pairs: list[PreferencePair], skip_invalid: bool = False
+    ) -> tuple[list[EncodedPair], list[str]]:
         """Encode every pair; problems are collected and raised together unless `skip_invalid`."""
         encoded, problems = [], []
         for pair in pairs:
@@ -233,12 +252,15 @@ class Encoder:
                 problems.append(str(e))
         if problems and not skip_invalid and all(p.endswith(": " + NO_TEMPLATE) for p in problems):
             # Every row a conversation for a model without a template: one line naming them.
-            where = ", ".join(p[: -len(NO_TEMPLATE) - 2] for p in problems[:10]) + (" and more" if problems[10:] else "")
+            where = ", ".join(p[: -len(NO_TEMPLATE) - 2] for p in problems[:10]) + (
+                " and more" if problems[10:] else ""
+            )
             raise MlxDpoError(f"{where}: {NO_TEMPLATE} (or --skip-invalid to drop such rows)")
         if problems and not skip_invalid:
             listed = "\n".join(problems[:20]) + (f"\n... and {len(problems) - 20} more" if len(problems) > 20 else "")
-            raise MlxDpoError(f"{len(problems)} pair(s) cannot be tokenized:\n{listed}\n"
-                              "(use --skip-invalid to drop them)")
+            raise MlxDpoError(
+                f"{len(problems)} pair(s) cannot be tokenized:\n{listed}\n(use --skip-invalid to drop them)"
+            )
         return encoded, problems
 
 
@@ -274,8 +296,10 @@ def token_limits(config: Mapping, max_length: int | None, max_prompt_length: int
     context = context_length(config)
     if context and (max_length is None or max_length > context[0]):
         if max_length is not None:
-            note = (f"--max-length {max_length} is above the model's context length {context[0]} "
-                    f"(config.json {context[1]}): rows are cut to {context[0]} tokens")
+            note = (
+                f"--max-length {max_length} is above the model's context length {context[0]} "
+                f"(config.json {context[1]}): rows are cut to {context[0]} tokens"
+            )
         max_length = context[0]
     prompt = max_prompt_length or None
     if prompt and max_length and prompt >= max_length:
@@ -293,11 +317,15 @@ def may_exceed(pair: PreferencePair, limits: TokenLimits) -> bool:
     size = lambda text: len(text.encode("utf-8"))  # noqa: E731
     prompt = sum(size(m["content"]) for m in pair.prompt) + _TEMPLATE_TOKENS
     answer = max(size(pair.chosen), size(pair.rejected)) + _TEMPLATE_TOKENS
-    return bool((limits.max_prompt_length and prompt > limits.max_prompt_length)
-                or (limits.max_length and prompt + answer > limits.max_length))
+    return bool(
+        (limits.max_prompt_length and prompt > limits.max_prompt_length)
+        or (limits.max_length and prompt + answer > limits.max_length)
+    )
 
 
-def rows_over_limits(pairs: Sequence[PreferencePair], tokenizer, limits: TokenLimits) -> list[tuple[PreferencePair, int]]:
+def rows_over_limits(
+    pairs: Sequence[PreferencePair], tokenizer, limits: TokenLimits
+) -> list[tuple[PreferencePair, int]]:
     """The pairs training would cut or refuse, each with its length in tokens (prompt + longer answer).
 
     Only rows `may_exceed` flags are tokenized; a row that cannot be tokenized at all is left to `train`,
@@ -313,12 +341,15 @@ def rows_over_limits(pairs: Sequence[PreferencePair], tokenizer, limits: TokenLi
             continue
         tokens = len(e.prompt) + max(len(e.chosen), len(e.rejected))
         if (limits.max_length and tokens > limits.max_length) or (
-                limits.max_prompt_length and len(e.prompt) > limits.max_prompt_length):
+            limits.max_prompt_length and len(e.prompt) > limits.max_prompt_length
+        ):
             over.append((pair, tokens))
     return over
 
 
-def truncation_report(pairs: Sequence[PreferencePair], encoded: Sequence[EncodedPair], limits: TokenLimits) -> str | None:
+def truncation_report(
+    pairs: Sequence[PreferencePair], encoded: Sequence[EncodedPair], limits: TokenLimits
+) -> str | None:
     """One line naming the rows that were cut (how many, which lines), or None when none was."""
     cut = {e.id for e in encoded if e.truncated}
     if not cut:
@@ -326,8 +357,10 @@ def truncation_report(pairs: Sequence[PreferencePair], encoded: Sequence[Encoded
     where = [p.source or f"pair {p.id}" for p in pairs if p.id in cut]
     shown = ", ".join(where[:10]) + (f" and {len(where) - 10} more" if len(where) > 10 else "")
     prompt = f", prompts to {limits.max_prompt_length} keeping their end" if limits.max_prompt_length else ""
-    return (f"{len(cut)} row(s) longer than the limits were cut (rows to --max-length {limits.max_length} tokens, "
-            f"answers keeping their start{prompt}): {shown}")
+    return (
+        f"{len(cut)} row(s) longer than the limits were cut (rows to --max-length {limits.max_length} tokens, "
+        f"answers keeping their start{prompt}): {shown}"
+    )
 
 
 _PROBE = "Probe answer 7"
@@ -342,8 +375,9 @@ def template_end_of_turn(tokenizer) -> set[int]:
         return set()
     if not isinstance(text, str) or _PROBE not in text:
         return set()
-    after = text[text.rindex(_PROBE) + len(_PROBE):]
+    after = text[text.rindex(_PROBE) + len(_PROBE) :]
     ids = tokenizer.encode(after, add_special_tokens=False) if after.strip() else []
     special = set(getattr(tokenizer, "all_special_ids", None) or []) | set(
-        getattr(tokenizer, "added_tokens_decoder", None) or {})
+        getattr(tokenizer, "added_tokens_decoder", None) or {}
+    )
     return {ids[0]} if ids and ids[0] in special else set()

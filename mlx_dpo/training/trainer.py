@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -24,7 +24,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 from mlx_dpo.compat import checkpoint_layers
-from mlx_dpo.events import Cancelled, CheckpointSaved, Event, EvalMetrics, StepMetrics
+from mlx_dpo.events import Cancelled, CheckpointSaved, EvalMetrics, Event, StepMetrics
 from mlx_dpo.metric_names import EVAL, LEARNING_RATE, LOSS, PEAK_MEMORY_GB, TOKENS_PER_SECOND
 from mlx_dpo.models.session import SelfChecks
 from mlx_dpo.settings import TrainingArgs
@@ -69,12 +69,19 @@ def make_optimizer(args: TrainingArgs, steps: int) -> optim.Optimizer:
     return optim.AdamW(learning_rate=schedule, weight_decay=args.weight_decay)
 
 
-def batch_loss(model: nn.Module, args: TrainingArgs, batch: DpoBatch,
-               mask_dims: int = 4) -> tuple[mx.array, dict[str, mx.array]]:
+def batch_loss(
+    model: nn.Module, args: TrainingArgs, batch: DpoBatch, mask_dims: int = 4
+) -> tuple[mx.array, dict[str, mx.array]]:
     """Mean loss over a batch and the per-example metrics (methods.py): pure array code, compilable.
     `mask_dims`: the shared-prompt forward's mask layout on this model (fast_path.mask_dims)."""
-    logps = pair_logps(model, batch.tokens, full_logits=args.full_logits, per_token=args.ld_alpha is not None,
-                       weighting=args.use_weighting, mask_dims=mask_dims)
+    logps = pair_logps(
+        model,
+        batch.tokens,
+        full_logits=args.full_logits,
+        per_token=args.ld_alpha is not None,
+        weighting=args.use_weighting,
+        mask_dims=mask_dims,
+    )
     losses, metrics = method_losses(args, logps, batch.ref_chosen, batch.ref_rejected, batch.desirable, logps.weights)
     metrics[LOSS] = losses
     return losses.mean(), metrics
@@ -98,8 +105,12 @@ class Step:
         return self.loss_and_grad(*batch.arrays())
 
 
-def make_step(model: nn.Module, args: TrainingArgs, on_event: Callable[[Event], None] | None = None,
-              checks: SelfChecks | None = None) -> Step:
+def make_step(
+    model: nn.Module,
+    args: TrainingArgs,
+    on_event: Callable[[Event], None] | None = None,
+    checks: SelfChecks | None = None,
+) -> Step:
     """The training step of a run, compiled unless `args.compile` is off.
 
     The layout is decided here, once, from the settings and the model, after the self-check
@@ -112,7 +123,8 @@ def make_step(model: nn.Module, args: TrainingArgs, on_event: Callable[[Event], 
     layout = layout_for(model, args.shared_prompt)
     dims = fast_path.mask_dims(model, checks) if args.shared_prompt else 4  # probed already when shared
     value_and_grad = nn.value_and_grad(
-        model, lambda *arrays: batch_loss(model, args, DpoBatch.from_arrays(layout, arrays), dims))
+        model, lambda *arrays: batch_loss(model, args, DpoBatch.from_arrays(layout, arrays), dims)
+    )
     names: list[str] = []
 
     def stacked(*arrays):
@@ -152,12 +164,16 @@ class MetricWindow:
         A float32 sum read back as a Python float is exact, so the restored window adds up bit for bit.
         """
         sums, (pairs, tokens) = distributed.group().sum_metrics(self.sums, [self.pairs, self.tokens])
-        return {"sums": {k: float(v.item()) for k, v in sums.items()},
-                "dtypes": {k: str(v.dtype).rpartition(".")[2] for k, v in sums.items()},
-                "pairs": pairs, "tokens": tokens, "seconds": time.perf_counter() - self.start}
+        return {
+            "sums": {k: float(v.item()) for k, v in sums.items()},
+            "dtypes": {k: str(v.dtype).rpartition(".")[2] for k, v in sums.items()},
+            "pairs": pairs,
+            "tokens": tokens,
+            "seconds": time.perf_counter() - self.start,
+        }
 
     @classmethod
-    def restored(cls, state: dict | None) -> "MetricWindow":
+    def restored(cls, state: dict | None) -> MetricWindow:
         """The window a checkpoint kept (an empty one for checkpoints older than this field).
 
         Rank 0 alone takes the sums (they are every rank's), so the report's sum over ranks counts them once.
@@ -165,7 +181,9 @@ class MetricWindow:
         window = cls()
         if state and distributed.group().is_writer:
             dtypes = state.get("dtypes", {})
-            window.sums = {k: mx.array(v, dtype=getattr(mx, dtypes.get(k, "float32"))) for k, v in state["sums"].items()}
+            window.sums = {
+                k: mx.array(v, dtype=getattr(mx, dtypes.get(k, "float32"))) for k, v in state["sums"].items()
+            }
             window.pairs, window.tokens = int(state["pairs"]), int(state["tokens"])
             window.start -= float(state.get("seconds", 0.0))
         return window
@@ -179,15 +197,20 @@ class MetricWindow:
     def means(self) -> dict[str, float]:
         return {k: float(v.item()) / max(self.pairs, 1) for k, v in self.sums.items()}
 
-    def across_ranks(self) -> "MetricWindow":
+    def across_ranks(self) -> MetricWindow:
         """This window summed over every rank of the group (itself on one rank): the global batch's metrics."""
         self.sums, (self.pairs, self.tokens) = distributed.group().sum_metrics(self.sums, [self.pairs, self.tokens])
         return self
 
 
-def evaluate_batches(model: nn.Module, args: TrainingArgs, pairs: list[EncodedPair], ref: RefLogps,
-                     on_event: Callable[[Event], None] | None = None, checks: SelfChecks | None = None,
-                     ) -> Iterator[tuple[DpoBatch, list[EncodedPair], dict[str, mx.array]]]:
+def evaluate_batches(
+    model: nn.Module,
+    args: TrainingArgs,
+    pairs: list[EncodedPair],
+    ref: RefLogps,
+    on_event: Callable[[Event], None] | None = None,
+    checks: SelfChecks | None = None,
+) -> Iterator[tuple[DpoBatch, list[EncodedPair], dict[str, mx.array]]]:
     """The one evaluation loop: `pairs` in order, `args.batch_size` at a time, without gradients.
 
     Yields each batch, its pairs and its evaluated per-pair metrics (see `batch_loss`). `checks`: the model
@@ -205,8 +228,9 @@ def evaluate_batches(model: nn.Module, args: TrainingArgs, pairs: list[EncodedPa
         yield batch, chunk, metrics
 
 
-def evaluate_pairs(model: nn.Module, args: TrainingArgs, pairs: list[EncodedPair], ref: RefLogps,
-                   checks: SelfChecks | None = None) -> dict[str, float]:
+def evaluate_pairs(
+    model: nn.Module, args: TrainingArgs, pairs: list[EncodedPair], ref: RefLogps, checks: SelfChecks | None = None
+) -> dict[str, float]:
     """Mean loss and reward metrics over `pairs`, without gradients."""
     window = MetricWindow()
     for batch, _, metrics in evaluate_batches(model, args, pairs, ref, checks=checks):
@@ -234,8 +258,13 @@ class _DataOrder:
         return epoch, [self.pairs[j] for j in self.batches(epoch)[i]]
 
 
-def _prepare(model: nn.Module, args: TrainingArgs, optimizer: optim.Optimizer,
-             resume_from: Path | None, optimizer_from: Path | None) -> int:
+def _prepare(
+    model: nn.Module,
+    args: TrainingArgs,
+    optimizer: optim.Optimizer,
+    resume_from: Path | None,
+    optimizer_from: Path | None,
+) -> int:
     """Gradient checkpointing and what the run continues from; returns the step it starts after."""
     if args.grad_checkpoint:
         checkpoint_layers(model)  # mlx-lm's (what it relies on: compat.py)
@@ -246,8 +275,9 @@ def _prepare(model: nn.Module, args: TrainingArgs, optimizer: optim.Optimizer,
     return 0
 
 
-def _micro_batches(step_fn: Step, args: TrainingArgs, ref: RefLogps, order: _DataOrder, step: int,
-                   window: MetricWindow) -> tuple[dict, int]:
+def _micro_batches(
+    step_fn: Step, args: TrainingArgs, ref: RefLogps, order: _DataOrder, step: int, window: MetricWindow
+) -> tuple[dict, int]:
     """One optimizer step's gradients, averaged over its `grad_accum` micro-batches, and the last one's epoch.
 
     With several ranks each takes its share of every global micro-batch, weighted by its part of it
@@ -271,8 +301,14 @@ def _micro_batches(step_fn: Step, args: TrainingArgs, ref: RefLogps, order: _Dat
     return grads, epoch
 
 
-def _report(args: TrainingArgs, step: int, window: MetricWindow, optimizer: optim.Optimizer,
-            batches_per_epoch: int, run_info: Callable[[], dict]) -> dict:
+def _report(
+    args: TrainingArgs,
+    step: int,
+    window: MetricWindow,
+    optimizer: optim.Optimizer,
+    batches_per_epoch: int,
+    run_info: Callable[[], dict],
+) -> dict:
     """The step report: the window's mean metrics, the schedule's position, throughput and memory."""
     elapsed = time.perf_counter() - window.start
     window = window.across_ranks()
@@ -311,8 +347,12 @@ def train_loop(
     start_step = _prepare(model, args, optimizer, resume_from, optimizer_from)
     group = distributed.group()
     if group.size > 1:  # every rank must start from the same adapter, at the same step
-        group.check_same(**{"starting adapter": arrays_digest(dict(tree_flatten(model.trainable_parameters()))),
-                            "starting step": str(start_step)})
+        group.check_same(
+            **{
+                "starting adapter": arrays_digest(dict(tree_flatten(model.trainable_parameters()))),
+                "starting step": str(start_step),
+            }
+        )
     model.train()
     step_fn = make_step(model, args, on_event, checks)
     order = _DataOrder(train_pairs, args)
@@ -343,10 +383,20 @@ def train_loop(
         if step % args.save_every == 0 or step == steps:
             window_state = window.state()  # on every rank: it sums over them
             if group.is_writer:
-                path = checkpoint.save(adapter_dir, step, model, optimizer, adapter_config,
-                                       {"args": asdict(args), "batches_per_epoch": order.batches_per_epoch,
-                                        "epoch": epoch, "data_order": order.batches(epoch),
-                                        "report_window": window_state})
+                path = checkpoint.save(
+                    adapter_dir,
+                    step,
+                    model,
+                    optimizer,
+                    adapter_config,
+                    {
+                        "args": asdict(args),
+                        "batches_per_epoch": order.batches_per_epoch,
+                        "epoch": epoch,
+                        "data_order": order.batches(epoch),
+                        "report_window": window_state,
+                    },
+                )
                 on_event(CheckpointSaved(step=step, path=str(path)))
         pause.pause_at(f"step:{step}")  # a test hook (pause.py)
     model.eval()

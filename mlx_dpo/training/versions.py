@@ -14,10 +14,11 @@ The locks are fcntl.flock locks, which the system releases when their process en
 from __future__ import annotations
 
 import fcntl
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.errors import MlxDpoError

@@ -42,8 +42,9 @@ class CompareScreen(TwoAnswersScreen):
         yield ModeBar("compare")
         yield Static("", id="compare-versions")
         with Vertical(id="compare-prompt-box"):
-            yield from prompt_fields("compare-system", "compare-prompt",
-                                     "A prompt, then ctrl+s to compare two versions")
+            yield from prompt_fields(
+                "compare-system", "compare-prompt", "A prompt, then ctrl+s to compare two versions"
+            )
         with Horizontal(id="compare-answers"):
             yield AnswerPane(1, id="compare-1")
             yield AnswerPane(2, id="compare-2")
@@ -80,7 +81,8 @@ class CompareScreen(TwoAnswersScreen):
     def _show_versions(self) -> None:
         one, two = self.pair()
         self.query_one("#compare-versions", Static).update(
-            Text(f"answer 1: {one[0]} (a to change) · answer 2: {two[0]} (b to change) · same seed"))
+            Text(f"answer 1: {one[0]} (a to change) · answer 2: {two[0]} (b to change) · same seed")
+        )
         for slot, version in zip(SLOTS, (one, two)):
             self.pane(slot).set_title(version[0])
 
@@ -103,8 +105,7 @@ class CompareScreen(TwoAnswersScreen):
         one, two = self.pair()
         for slot in SLOTS:
             self.pane(slot).set_text("", "sampling…" if slot == 1 else "queued")
-        request_id = self.app.compare_request(parts.messages(), self.app.get_screen("label").settings,
-                                              (one[1], two[1]))
+        request_id = self.app.compare_request(parts.messages(), self.app.get_screen("label").settings, (one[1], two[1]))
         self.sampling.start(request_id, parts, sources=(one[0], two[0]))
         self.show_status(f"comparing {one[0]} and {two[0]}…")
 
@@ -115,8 +116,13 @@ class CompareScreen(TwoAnswersScreen):
         chosen, rejected = self.sampling.chosen_rejected(slot)
         one, two = self.sampling.sources  # the versions that answered, even if a/b changed them since
         try:
-            pair = self.app.store.add_pair(self.sampling.prompt.messages(), chosen, rejected, origin="compared",
-                                           sampler=f"{self.app.worker.model or 'default'}:{one} vs {two}")
+            pair = self.app.store.add_pair(
+                self.sampling.prompt.messages(),
+                chosen,
+                rejected,
+                origin="compared",
+                sampler=f"{self.app.worker.model or 'default'}:{one} vs {two}",
+            )
         except MlxDpoError as e:
             self.app.notify_error(str(e), title="Not saved")
             return

@@ -80,12 +80,16 @@ class ExportScreen(Screen):
         with Vertical(id="export-form"):
             with Horizontal(classes="export-row"):
                 yield Label("adapter", classes="export-label")
-                yield Input(placeholder="adapter folder (adapter_config.json + adapters.safetensors)",
-                            id="export-adapter", compact=True)
+                yield Input(
+                    placeholder="adapter folder (adapter_config.json + adapters.safetensors)",
+                    id="export-adapter",
+                    compact=True,
+                )
             with Horizontal(classes="export-row"):
                 yield Label("base model", classes="export-label")
-                yield Input(placeholder="optional: empty = the base the adapter was trained on",
-                            id="export-model", compact=True)
+                yield Input(
+                    placeholder="optional: empty = the base the adapter was trained on", id="export-model", compact=True
+                )
             with Horizontal(classes="export-row"):
                 yield Label("format", classes="export-label")
                 yield Select(FORMAT_CHOICES, value="hf", allow_blank=False, id="export-format", compact=True)
@@ -143,8 +147,9 @@ class ExportScreen(Screen):
         out = self.query_one("#export-out", Input)
         if out.value and out.value != self._suggested:
             return
-        self._suggested = suggested_out(self.app.store.workspace, self.value("#export-adapter"), self.fmt,
-                                        self.gguf_type)
+        self._suggested = suggested_out(
+            self.app.store.workspace, self.value("#export-adapter"), self.fmt, self.gguf_type
+        )
         out.value = self._suggested
 
     @on(Input.Changed, "#export-adapter")
@@ -199,21 +204,36 @@ class ExportScreen(Screen):
         bar.update(total=len(STAGES), progress=0)
         bar.display = True
         self._set("#export-status", f"exporting {self.fmt}…")
-        self._export(adapter, out, self.fmt, self.value("#export-model") or None,
-                     self.query_one("#export-dequantize", Checkbox).value, self.gguf_type,
-                     self.query_one("#export-overwrite", Checkbox).value)
+        self._export(
+            adapter,
+            out,
+            self.fmt,
+            self.value("#export-model") or None,
+            self.query_one("#export-dequantize", Checkbox).value,
+            self.gguf_type,
+            self.query_one("#export-overwrite", Checkbox).value,
+        )
 
     @work(thread=True, exclusive=True, group="export")
-    def _export(self, adapter: str, out: str, fmt: str, model: str | None, dequantize: bool, gguf_type: str,
-                overwrite: bool) -> None:
+    def _export(
+        self, adapter: str, out: str, fmt: str, model: str | None, dequantize: bool, gguf_type: str, overwrite: bool
+    ) -> None:
         # Everything MLX happens on this one thread (see the module docstring).
         def report(stage: str) -> None:
             self.app.call_from_thread(self._stage, stage)
 
         try:
             self.app.call_from_thread(self._stage, "loading base")
-            result = run_export(adapter, out, fmt=fmt, model=model, dequantize=dequantize, gguf_type=gguf_type,
-                                overwrite=overwrite, report=report)
+            result = run_export(
+                adapter,
+                out,
+                fmt=fmt,
+                model=model,
+                dequantize=dequantize,
+                gguf_type=gguf_type,
+                overwrite=overwrite,
+                report=report,
+            )
         except MlxDpoError as e:
             self.app.call_from_thread(self._export_failed, str(e))
         except Exception as e:  # noqa: BLE001  # never take the app down: show it instead
@@ -273,8 +293,13 @@ class ExportScreen(Screen):
         elif not repo:
             problem, focus = "No repo: type the Hub repo to push to, as OWNER/NAME.", "#push-repo"
         elif folder.lower().endswith(".gguf"):
-            problem, focus = ("Push uploads a folder; the output is a .gguf file. Export hf or peft, "
-                              "or put the GGUF file in a folder of its own and name that folder."), "#export-out"
+            problem, focus = (
+                (
+                    "Push uploads a folder; the output is a .gguf file. Export hf or peft, "
+                    "or put the GGUF file in a folder of its own and name that folder."
+                ),
+                "#export-out",
+            )
         if self._refused("Not pushed", problem, focus, "#push-status"):
             return
         self._set_busy("push")

@@ -24,19 +24,33 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Sparkline, Static
 
+from mlx_dpo.api import GroupSettings
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Cancelled, Event, RoundEnded, RoundFailed, Status, StepMetrics
 from mlx_dpo.metric_names import (
-    ACCURACY, HELDOUT, HELDOUT_ACCURACY, HELDOUT_BASE, HELDOUT_KL, HELDOUT_REPETITION, HELDOUT_SCORE,
-    HELDOUT_UNFINISHED, HELDOUT_WIN_VS_BASE, HELDOUT_WIN_VS_PREVIOUS, LOSS, MARGIN, NEW_PAIRS, PEAK_MEMORY_GB, REF_HITS,
-    REF_MISSES, TOKENS_PER_SECOND,
+    ACCURACY,
+    HELDOUT,
+    HELDOUT_ACCURACY,
+    HELDOUT_BASE,
+    HELDOUT_KL,
+    HELDOUT_REPETITION,
+    HELDOUT_SCORE,
+    HELDOUT_UNFINISHED,
+    HELDOUT_WIN_VS_BASE,
+    HELDOUT_WIN_VS_PREVIOUS,
+    LOSS,
+    MARGIN,
+    NEW_PAIRS,
+    PEAK_MEMORY_GB,
+    REF_HITS,
+    REF_MISSES,
+    TOKENS_PER_SECOND,
 )
 from mlx_dpo.options import SettingError, check, shown
 from mlx_dpo.settings import TRAIN_GROUPS, RoundSettings, round_settings_table
-from mlx_dpo.api import GroupSettings
 from tui.messages import WorkerEvent
-from tui.workers import TrainingProcess
 from tui.widgets import ModeBar, ScreenButton, StatusLine
+from tui.workers import TrainingProcess
 
 # The round settings the screen offers: (input id, setting name, label, text the field starts with;
 # None: the setting's default, blank where the default is "unset"). Parsers, defaults and checks are the
@@ -64,16 +78,35 @@ def _start_text(name: str, text: str | None) -> str:
 
 
 # (input id, label, settings key, parser, text shown at start)
-FIELDS = tuple((input_id, label, name, ROUND_SETTINGS[name].parse, _start_text(name, text))
-               for input_id, name, label, text in _OFFERED)
+FIELDS = tuple(
+    (input_id, label, name, ROUND_SETTINGS[name].parse, _start_text(name, text))
+    for input_id, name, label, text in _OFFERED
+)
 
 
 # The versions table's held-out columns: (title, metrics key, digits). The base's are "heldout_base/...".
-HELDOUT_COLUMNS = (("acc*", HELDOUT_ACCURACY, 2), ("KL*", HELDOUT_KL, 3), ("score*", HELDOUT_SCORE, 3),
-                   ("win prev*", HELDOUT_WIN_VS_PREVIOUS, 2), ("win base*", HELDOUT_WIN_VS_BASE, 2),
-                   ("rep*", HELDOUT_REPETITION, 2), ("cut*", HELDOUT_UNFINISHED, 2))
-VERSION_COLUMNS = ("version", "status", "pairs", "new", "loss", "accuracy", "margin", "ref hit/miss",
-                   *(title for title, _key, _digits in HELDOUT_COLUMNS), "kept", "why")
+HELDOUT_COLUMNS = (
+    ("acc*", HELDOUT_ACCURACY, 2),
+    ("KL*", HELDOUT_KL, 3),
+    ("score*", HELDOUT_SCORE, 3),
+    ("win prev*", HELDOUT_WIN_VS_PREVIOUS, 2),
+    ("win base*", HELDOUT_WIN_VS_BASE, 2),
+    ("rep*", HELDOUT_REPETITION, 2),
+    ("cut*", HELDOUT_UNFINISHED, 2),
+)
+VERSION_COLUMNS = (
+    "version",
+    "status",
+    "pairs",
+    "new",
+    "loss",
+    "accuracy",
+    "margin",
+    "ref hit/miss",
+    *(title for title, _key, _digits in HELDOUT_COLUMNS),
+    "kept",
+    "why",
+)
 PLOTS = ((LOSS, "loss"), (MARGIN, "reward margin"), (ACCURACY, "accuracy"))  # (metric, title) of each live plot
 KEPT = {"accepted": "✓ yes", "rejected": "✗ no", "pending": "… unchecked", None: "✓ yes"}  # None: before the rule
 
@@ -120,8 +153,10 @@ class TrainScreen(Screen):
                     yield Sparkline([], id=f"plot-{_slug(key)}")
         table = DataTable(id="versions", cursor_type="row")
         table.border_title = "versions"
-        table.border_subtitle = ("* held out: accuracy on valid pairs, KL to the base, judge's own score and win rates, "
-                                 "repeated 3-grams, answers cut at max tokens")
+        table.border_subtitle = (
+            "* held out: accuracy on valid pairs, KL to the base, judge's own score and win rates, "
+            "repeated 3-grams, answers cut at max tokens"
+        )
         yield table
         yield Footer()
 
@@ -170,8 +205,11 @@ class TrainScreen(Screen):
             return
         self.rounds = rounds
         current = self.app.current_version_label()
-        self.query_one("#train-summary", Static).update(Text(
-            f"{untrained} untrained pair{'s' * (untrained != 1)} · {len(rounds)} round(s) · sampling from {current}"))
+        self.query_one("#train-summary", Static).update(
+            Text(
+                f"{untrained} untrained pair{'s' * (untrained != 1)} · {len(rounds)} round(s) · sampling from {current}"
+            )
+        )
         table = self.query_one("#versions", DataTable)
         row = table.cursor_row
         table.clear()
@@ -180,10 +218,20 @@ class TrainScreen(Screen):
         for r in rounds:
             m = r.metrics
             refs = f"{m[REF_HITS]}/{m[REF_MISSES]}" if REF_HITS in m else ""
-            table.add_row(r.label, r.status, str(len(r.pair_ids)), str(m.get(NEW_PAIRS, "")),
-                          _fmt(m.get(LOSS)), _fmt(m.get(ACCURACY)), _fmt(m.get(MARGIN)),
-                          refs, *_heldout(m), KEPT.get(r.decision, "") if r.status == "finished" else "",
-                          r.reason or "", key=str(r.version))
+            table.add_row(
+                r.label,
+                r.status,
+                str(len(r.pair_ids)),
+                str(m.get(NEW_PAIRS, "")),
+                _fmt(m.get(LOSS)),
+                _fmt(m.get(ACCURACY)),
+                _fmt(m.get(MARGIN)),
+                refs,
+                *_heldout(m),
+                KEPT.get(r.decision, "") if r.status == "finished" else "",
+                r.reason or "",
+                key=str(r.version),
+            )
         table.move_cursor(row=row if 0 < row <= len(rounds) else len(rounds))
 
     # --- actions ---
@@ -198,8 +246,9 @@ class TrainScreen(Screen):
             self.app.notify_error(str(e), title="Not started")
             return
         if settings.get("method") == "grpo" and not any(g.varied for g in self.app.store.ratings.untrained()):
-            self.app.notify_warning("No untrained rated answers that differ: rate some first (Label, m).",
-                                    title="Nothing to train")
+            self.app.notify_warning(
+                "No untrained rated answers that differ: rate some first (Label, m).", title="Nothing to train"
+            )
             return
         if settings.get("method") != "grpo" and not self.app.store.untrained_pairs():
             self.app.notify_warning("No untrained pairs: label some first.", title="Nothing to train")
@@ -255,8 +304,9 @@ class TrainScreen(Screen):
             self.app.notify_warning("Select a rejected (or unchecked) version to keep it.")
             return
         try:
-            self.app.store.decide_round(round_.version, True,
-                                        f"kept by a person (the rule said: {round_.reason or 'nothing'})")
+            self.app.store.decide_round(
+                round_.version, True, f"kept by a person (the rule said: {round_.reason or 'nothing'})"
+            )
         except MlxDpoError as e:
             self.app.notify_error(str(e), title="Not kept")
             return
@@ -302,9 +352,11 @@ class TrainScreen(Screen):
         self._plots()
         elapsed = time.monotonic() - self.started_at
         eta = elapsed / step * (total - step) if step else 0
-        self._status(f"step {step}/{total} · ETA {eta:.0f} s · loss {m.get(LOSS, 0):.4f} · "
-                     f"margin {m.get(MARGIN, 0):.4f} · acc {m.get(ACCURACY, 0):.2f} · "
-                     f"{m.get(TOKENS_PER_SECOND, 0):.0f} tok/s · {m.get(PEAK_MEMORY_GB, 0):.2f} GB")
+        self._status(
+            f"step {step}/{total} · ETA {eta:.0f} s · loss {m.get(LOSS, 0):.4f} · "
+            f"margin {m.get(MARGIN, 0):.4f} · acc {m.get(ACCURACY, 0):.2f} · "
+            f"{m.get(TOKENS_PER_SECOND, 0):.0f} tok/s · {m.get(PEAK_MEMORY_GB, 0):.2f} GB"
+        )
 
     def _round_ended(self, event: RoundEnded | RoundFailed) -> None:
         self.last_round = event
@@ -316,8 +368,11 @@ class TrainScreen(Screen):
             self.app.notify_error(event.error, title="Training failed")
         elif event.status == "finished" and event.decision == "rejected":
             version = f"v{event.version}"
-            self._status(f"round {version} rejected ({event.reason}) · still sampling from "
-                         f"{self.app.current_version_label()} · k keeps it anyway", "warning")
+            self._status(
+                f"round {version} rejected ({event.reason}) · still sampling from "
+                f"{self.app.current_version_label()} · k keeps it anyway",
+                "warning",
+            )
             self.app.notify_warning(f"{version} not kept: {event.reason}", title="Rejected")
         elif event.status == "finished":
             version = f"v{event.version}"
@@ -325,8 +380,9 @@ class TrainScreen(Screen):
             self.app.notify(f"round {version} finished; sampling from {version}", title="Trained", timeout=4)
             self.app.switch_adapter(event.adapter_path, version)
         else:
-            self._status(f"round v{event.version} cancelled; its last checkpoint is kept in {event.adapter_path}",
-                         "warning")
+            self._status(
+                f"round v{event.version} cancelled; its last checkpoint is kept in {event.adapter_path}", "warning"
+            )
         self.refresh_rounds()
         self.app.store_changed()
         if self.return_to is not None:

@@ -16,7 +16,6 @@ from tui.sampling import SamplingState
 from tui.widgets import AnswerPane, StatusLine
 from tui.workers.events import SAMPLE_EVENTS, AnswerChunk, AnswerDone, SampleFailed, SampleStarted
 
-
 # Both screens save a pair with 1 / 2 and edit the prompt with p; each lists these in its own BINDINGS.
 PICK_BINDINGS = [
     Binding("1", "pick(1)", "better", tooltip="Answer 1 is better: save the pair"),

@@ -9,5 +9,13 @@ from tui.widgets.screen_button import ScreenButton
 from tui.widgets.status_line import StatusLine
 
 __all__ = [
-    "AnswerPane", "ConversationView", "ModeBar", "ModelStatus", "ScreenButton", "StatusLine", "prompt_fields", "read_prompt", "visible",
+    "AnswerPane",
+    "ConversationView",
+    "ModeBar",
+    "ModelStatus",
+    "ScreenButton",
+    "StatusLine",
+    "prompt_fields",
+    "read_prompt",
+    "visible",
 ]

@@ -18,8 +18,13 @@ class ModeBar(Horizontal):
 
     def compose(self) -> ComposeResult:
         for mode in self.app.mode_table:
-            button = Button(mode.label, id=f"mode-{mode.name}", classes="mode-button", compact=True,
-                            action=f"app.switch_mode('{mode.name}')")
+            button = Button(
+                mode.label,
+                id=f"mode-{mode.name}",
+                classes="mode-button",
+                compact=True,
+                action=f"app.switch_mode('{mode.name}')",
+            )
             button.can_focus = False  # the bar is for the mouse; the keys are the F-keys on the buttons
             if mode.name == self.current:
                 button.add_class("-current")

@@ -7,7 +7,7 @@ buttons or answer editors, so the layout (and the CSS by id) stays the screen's.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from textual.dom import DOMNode
 from textual.widget import Widget
@@ -15,9 +15,12 @@ from textual.widgets import Input, TextArea
 
 from tui.prompts import PromptParts
 
+NO_PARTS = PromptParts()  # an empty prompt: the fields' default (immutable, so one instance serves)
 
-def prompt_fields(system_id: str, prompt_id: str, placeholder: str = "",
-                  parts: PromptParts = PromptParts()) -> Iterator[Widget]:
+
+def prompt_fields(
+    system_id: str, prompt_id: str, placeholder: str = "", parts: PromptParts = NO_PARTS
+) -> Iterator[Widget]:
     yield Input(parts.system, placeholder="system message (optional)", id=system_id, compact=True)
     prompt = TextArea(parts.user, id=prompt_id, placeholder=placeholder)
     prompt.border_title = "prompt"
@@ -26,5 +29,6 @@ def prompt_fields(system_id: str, prompt_id: str, placeholder: str = "",
 
 def read_prompt(node: DOMNode, system_id: str, prompt_id: str, context: tuple[dict, ...] = ()) -> PromptParts:
     """The prompt in the two fields below `node`; `context` are the earlier turns the fields do not show."""
-    return PromptParts(node.query_one(f"#{system_id}", Input).value, node.query_one(f"#{prompt_id}", TextArea).text,
-                       context)
+    return PromptParts(
+        node.query_one(f"#{system_id}", Input).value, node.query_one(f"#{prompt_id}", TextArea).text, context
+    )

@@ -24,8 +24,16 @@ class RatingPanel(VerticalScroll):
 
     can_focus = True
     BINDINGS = [
-        *(Binding(str(n), f"rate({n})", f"rate {n}" if n in (1, 5) else "", show=n in (1, 5),
-                  tooltip=f"Rate the chosen answer {n} (1 worst, 5 best)") for n in range(1, 6)),
+        *(
+            Binding(
+                str(n),
+                f"rate({n})",
+                f"rate {n}" if n in (1, 5) else "",
+                show=n in (1, 5),
+                tooltip=f"Rate the chosen answer {n} (1 worst, 5 best)",
+            )
+            for n in range(1, 6)
+        ),
         Binding("g", f"rate({GOOD})", "good", tooltip="The chosen answer is good (rated 5)"),
         Binding("b", f"rate({BAD})", "bad", tooltip="The chosen answer is bad (rated 1)"),
         Binding("down,j", "move(1)", "next", show=False),

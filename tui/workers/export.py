@@ -8,17 +8,34 @@ which the app must not load before its first screen (nor at all, for a session t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from mlx_dpo import api
 
 
-def run_export(adapter: str, out: str, *, fmt: str, model: str | None, dequantize: bool, gguf_type: str,
-               overwrite: bool, report: Callable[[str], None]):
+def run_export(
+    adapter: str,
+    out: str,
+    *,
+    fmt: str,
+    model: str | None,
+    dequantize: bool,
+    gguf_type: str,
+    overwrite: bool,
+    report: Callable[[str], None],
+):
     """What `mlx-dpo export` does (the same `mlx_dpo.export.export` call); `report(stage)` is called as the
     stages ("loading base", ...) begin."""
-    return api.export(adapter, out, format=fmt, model=model, dequantize=dequantize, gguf_type=gguf_type,
-                  overwrite=overwrite, on_stage=report)
+    return api.export(
+        adapter,
+        out,
+        format=fmt,
+        model=model,
+        dequantize=dequantize,
+        gguf_type=gguf_type,
+        overwrite=overwrite,
+        on_stage=report,
+    )
 
 
 def push_folder(folder: str, repo: str, *, private: bool, message: str | None) -> str:

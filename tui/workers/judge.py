@@ -10,13 +10,14 @@ while an older one waits replaces it. Events (`tui.workers.events`) go through `
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from mlx_dpo import api
 from mlx_dpo.errors import MlxDpoError
 from tui.workers.events import Event, JudgeFailed, JudgeReady, Suggestion
-from tui.workers.thread import ThreadWorker, describe as _describe
+from tui.workers.thread import ThreadWorker
+from tui.workers.thread import describe as _describe
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,8 @@ class JudgeWorker(ThreadWorker):
             try:
                 (verdict,) = judge.judge([question.messages], [question.answers])
             except Exception as e:
-                self._report(Suggestion(question.id, question.answers, None, f"the judge failed: {_describe(e)}",
-                                        judge.name))
+                self._report(
+                    Suggestion(question.id, question.answers, None, f"the judge failed: {_describe(e)}", judge.name)
+                )
                 continue
             self._report(Suggestion(question.id, question.answers, verdict.choice, verdict.note, judge.name))
-

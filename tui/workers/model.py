@@ -17,20 +17,30 @@ import random
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from mlx_dpo import api
 from mlx_dpo.api import Answer, display_name, is_finished  # no mlx import: safe on the UI thread
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.settings import SampleSettings  # the library's sampler settings (no mlx), re-exported for the app
 from tui.workers.events import (
-    AdapterFailed, AnswerChunk, AnswerDone, Event, LoadFailed, LoadProgress, ModelReady, ReviewDone, ReviewFailed,
-    SampleFailed, SampleStarted,
+    AdapterFailed,
+    AnswerChunk,
+    AnswerDone,
+    Event,
+    LoadFailed,
+    LoadProgress,
+    ModelReady,
+    ReviewDone,
+    ReviewFailed,
+    SampleFailed,
+    SampleStarted,
 )
-from tui.workers.thread import ThreadWorker, describe as _describe
+from tui.workers.thread import ThreadWorker
+from tui.workers.thread import describe as _describe
 
 CHUNK_INTERVAL = 0.04  # seconds: stream pieces are batched so the UI is not woken per token
 
@@ -161,8 +171,9 @@ class ModelWorker(ThreadWorker):
             self._report(LoadProgress(2, 2, f"{self.name} ready"))
             self.note = api.template_note(loaded)
             # loaded.name: the --model value, or the default's name
-            self._report(ModelReady(self.name, loaded.name + (f"+{self.adapter_path}" if self.adapter_path else ""),
-                                    self.note))
+            self._report(
+                ModelReady(self.name, loaded.name + (f"+{self.adapter_path}" if self.adapter_path else ""), self.note)
+            )
         self.ready.set()
         while True:
             request = self._requests.get()

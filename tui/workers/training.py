@@ -21,9 +21,9 @@ import os
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 from mlx_dpo import api
 from mlx_dpo.errors import MlxDpoError
@@ -49,6 +49,7 @@ def _child(workspace: str, model: str | None, settings: dict, events, cancel) ->
         os.nice(10)  # the app's event loop comes first: keys stay answered while the round trains
     except OSError:
         pass
+
     class _Cancel:  # threading.Event's interface over the multiprocessing Event
         def is_set(self) -> bool:
             return cancel.is_set()
@@ -65,8 +66,11 @@ def _child(workspace: str, model: str | None, settings: dict, events, cancel) ->
         traceback.print_exc()
         events.put(RoundFailed(f"{type(e).__name__}: {e}"))
     else:
-        events.put(RoundEnded(result.version, result.status, str(result.adapter_path), result.metrics,
-                              result.decision, result.reason))
+        events.put(
+            RoundEnded(
+                result.version, result.status, str(result.adapter_path), result.metrics, result.decision, result.reason
+            )
+        )
     events.put(None)  # the end of the stream
 
 
@@ -92,8 +96,12 @@ class TrainingProcess:
             self._events = ctx.Queue()
             self._cancel = ctx.Event()
         self._report = report
-        self.process = ctx.Process(target=_child, args=(str(workspace), model, dict(settings), self._events,
-                                                          self._cancel), name="mlx-dpo-round", daemon=True)
+        self.process = ctx.Process(
+            target=_child,
+            args=(str(workspace), model, dict(settings), self._events, self._cancel),
+            name="mlx-dpo-round",
+            daemon=True,
+        )
         self._reader = threading.Thread(target=self._read, name="mlx-dpo-round-reader", daemon=True)
 
     def start(self) -> None:

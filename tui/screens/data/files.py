@@ -66,8 +66,12 @@ class FileActions:
         default = str(self.app.store.workspace / name)
         which = f"the {split} pairs" if split else "all pairs"
         self.app.push_screen(
-            PathModal(f"Export {which} to JSONL", "Conversational format; the file is written atomically.",
-                      default, ok="Export"),
+            PathModal(
+                f"Export {which} to JSONL",
+                "Conversational format; the file is written atomically.",
+                default,
+                ok="Export",
+            ),
             lambda choice: self._export_chosen(choice, split),
         )
 

@@ -34,9 +34,13 @@ class RatingsModal(ModalScreen):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="modal-box wide"):
-            yield Static(Text("your ratings · 1-5 change the selected one · l: add them as DPO pairs (best against "
-                              f"worst) and KTO labels (good from {self.good_rating}) · escape closes"),
-                         classes="modal-title")
+            yield Static(
+                Text(
+                    "your ratings · 1-5 change the selected one · l: add them as DPO pairs (best against "
+                    f"worst) and KTO labels (good from {self.good_rating}) · escape closes"
+                ),
+                classes="modal-title",
+            )
             table = DataTable(id="ratings-table", cursor_type="row")
             for name, width in COLUMNS:
                 table.add_column(name, width=width, key=name)
@@ -55,9 +59,16 @@ class RatingsModal(ModalScreen):
         untrained = {r.id for g in self.store.ratings.untrained() for r in g.ratings}
         for number, group in enumerate(groups, start=1):
             for r in group.ratings:
-                table.add_row(str(r.id), str(number), f"{r.reward:g}", r.version or "?",
-                              "no" if r.id in untrained else "yes", prompt_snippet(group.prompt, 26),
-                              snippet(r.answer, 50), key=str(r.id))
+                table.add_row(
+                    str(r.id),
+                    str(number),
+                    f"{r.reward:g}",
+                    r.version or "?",
+                    "no" if r.id in untrained else "yes",
+                    prompt_snippet(group.prompt, 26),
+                    snippet(r.answer, 50),
+                    key=str(r.id),
+                )
         if table.row_count:
             table.move_cursor(row=min(row, table.row_count - 1))
         self._status(f"{table.row_count} rated answer(s) in {len(groups)} group(s)")
@@ -84,8 +95,10 @@ class RatingsModal(ModalScreen):
         except MlxDpoError as e:
             self._status(str(e))
             return
-        self._status(f"added {pairs.added} pair(s) and {marked.added} answer(s) marked good or bad "
-                     f"({pairs.duplicates + marked.duplicates} already there)")
+        self._status(
+            f"added {pairs.added} pair(s) and {marked.added} answer(s) marked good or bad "
+            f"({pairs.duplicates + marked.duplicates} already there)"
+        )
         self.app.store_changed()
 
     def action_close(self) -> None:

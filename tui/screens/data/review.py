@@ -56,16 +56,25 @@ class ReviewList:
 
     def summary(self) -> str:
         flagged = len(self.flags())
-        head = (f"review by {self.version}: {len(self.rows)} pairs, worst first" if self.version
-                else "no trained version yet: contradictions only")
+        head = (
+            f"review by {self.version}: {len(self.rows)} pairs, worst first"
+            if self.version
+            else "no trained version yet: contradictions only"
+        )
         head += f" · {self.skipped} not scored (data review lists why)" if self.skipped else ""
         return head + (f" · {len(self.contradictions)} contradiction(s) over {flagged} pairs" if flagged else "")
 
     # --- changes made in the view ---
 
     def swapped(self, pair_id: int) -> None:
-        self._change(pair_id, lambda row: replace(row, margin=None if row.margin is None else -row.margin,
-                                                  state="" if row.state == "swapped" else "swapped"))
+        self._change(
+            pair_id,
+            lambda row: replace(
+                row,
+                margin=None if row.margin is None else -row.margin,
+                state="" if row.state == "swapped" else "swapped",
+            ),
+        )
 
     def edited(self, pair_id: int) -> None:
         self._change(pair_id, lambda row: replace(row, state="edited"))

@@ -12,8 +12,8 @@ exporting files run in thread workers (`files.py`, a mixin; the store is thread-
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from rich.text import Text
 from textual import on
@@ -35,13 +35,35 @@ from tui.screens.data.threads import summary, threaded
 from tui.widgets import ModeBar, ScreenButton, StatusLine
 from tui.workers.events import ReviewDone, ReviewFailed
 
-COLUMNS = (("id", 5), ("split", 6), ("origin", 8), ("judge", 14), ("prompt", 23), ("chosen", 20), ("rejected", 19),
-           ("updated", 7))
-REVIEW_COLUMNS = (("id", 5), ("split", 6), ("margin", 7), ("flag", 8), ("judge", 14), ("prompt", 23), ("chosen", 19),
-                  ("rejected", 18))
+COLUMNS = (
+    ("id", 5),
+    ("split", 6),
+    ("origin", 8),
+    ("judge", 14),
+    ("prompt", 23),
+    ("chosen", 20),
+    ("rejected", 19),
+    ("updated", 7),
+)
+REVIEW_COLUMNS = (
+    ("id", 5),
+    ("split", 6),
+    ("margin", 7),
+    ("flag", 8),
+    ("judge", 14),
+    ("prompt", 23),
+    ("chosen", 19),
+    ("rejected", 18),
+)
 # The views (`f` cycles through the first four; `r` opens the review, which needs the model).
-SPLIT_FILTERS = [("all splits", "all"), ("train", "train"), ("valid", "valid"), ("judged", "judged"),
-                 ("conversations", "threads"), ("review", "review")]
+SPLIT_FILTERS = [
+    ("all splits", "all"),
+    ("train", "train"),
+    ("valid", "valid"),
+    ("judged", "judged"),
+    ("conversations", "threads"),
+    ("review", "review"),
+]
 CYCLED = ("all", "train", "valid", "judged")
 
 
@@ -159,8 +181,9 @@ class DataScreen(FileActions, Screen):
                 trees = self.app.store.threads.trees()
                 pairs, prompts = threaded(trees, pairs)
             for p in pairs:
-                table.add_row(str(p.id), p.split, p.origin, *self._cells(p, prompts.get(p.id)), age(p.updated_at),
-                              key=str(p.id))
+                table.add_row(
+                    str(p.id), p.split, p.origin, *self._cells(p, prompts.get(p.id)), age(p.updated_at), key=str(p.id)
+                )
             self.pair_ids = [p.id for p in pairs]
             plural = "s" * (total != 1)
             filtered = search or self.view != "all"
@@ -171,16 +194,23 @@ class DataScreen(FileActions, Screen):
 
     @staticmethod
     def _cells(p: StoredPair, prompt: str | None = None) -> tuple:
-        return (Text(snippet(judge_text(p), 60)), Text(prompt or prompt_snippet(p.prompt, 60)),
-                Text(snippet(p.chosen, 50)), Text(snippet(p.rejected, 50)))
+        return (
+            Text(snippet(judge_text(p), 60)),
+            Text(prompt or prompt_snippet(p.prompt, 60)),
+            Text(snippet(p.chosen, 50)),
+            Text(snippet(p.rejected, 50)),
+        )
 
     def _review_rows(self, table: DataTable, pairs: dict[int, StoredPair]) -> None:
         """The review view: the last review's rows still in the store (and matching the search), worst first."""
         self.pair_ids = []
         status = self.query_one(StatusLine)
         if self.review is None:
-            status.show("reviewing with the latest trained version…" if self.review_request is not None
-                        else "r: review the pairs with the latest trained version")
+            status.show(
+                "reviewing with the latest trained version…"
+                if self.review_request is not None
+                else "r: review the pairs with the latest trained version"
+            )
             return
         flags = self.review.flags()
         for row in self.review.rows:
@@ -275,8 +305,9 @@ class DataScreen(FileActions, Screen):
         self.app.push_screen(PairModal(pair), edited)
 
     def _save(self, pair_id: int, edits: PairEdits) -> str:
-        self.app.store.update_pair(pair_id, prompt=edits.prompt, chosen=edits.chosen, rejected=edits.rejected,
-                                   note=edits.note)
+        self.app.store.update_pair(
+            pair_id, prompt=edits.prompt, chosen=edits.chosen, rejected=edits.rejected, note=edits.note
+        )
         if self.review is not None:
             self.review.edited(pair_id)
         return f"saved pair #{pair_id}"
@@ -294,8 +325,11 @@ class DataScreen(FileActions, Screen):
                 return
             index = self.pair_ids.index(pair_id) if pair_id in self.pair_ids else 0
             remaining = [i for i in self.pair_ids if i != pair_id]  # the cursor stays at the same row
-            self._change(lambda: self._delete(pair_id), "Not deleted",
-                         keep=remaining[min(index, len(remaining) - 1)] if remaining else None)
+            self._change(
+                lambda: self._delete(pair_id),
+                "Not deleted",
+                keep=remaining[min(index, len(remaining) - 1)] if remaining else None,
+            )
 
         self.app.push_screen(ConfirmModal(question, yes="Delete"), confirmed)
 
@@ -321,8 +355,9 @@ class DataScreen(FileActions, Screen):
         if pair is None:
             return
         if pair.judge is None:
-            self.app.notify_warning(f"Pair #{pair.id} was not chosen by a program judge: nothing to overrule "
-                                    "(s swaps it).")
+            self.app.notify_warning(
+                f"Pair #{pair.id} was not chosen by a program judge: nothing to overrule (s swaps it)."
+            )
             return
         pair_id = pair.id
         self._change(lambda: self._overrule(pair_id), "Not overruled", keep=pair_id)
@@ -336,8 +371,9 @@ class DataScreen(FileActions, Screen):
     def action_ratings(self) -> None:
         """A person's ratings (ratings.py), to review and change; the good-rating threshold is the app's."""
         good = self.app.train_settings.get("good_rating")
-        self.app.push_screen(RatingsModal(self.app.store, **({"good_rating": good} if good else {})),
-                             lambda _: self.reload())
+        self.app.push_screen(
+            RatingsModal(self.app.store, **({"good_rating": good} if good else {})), lambda _: self.reload()
+        )
 
     # --- the review view ---
 

@@ -28,5 +28,6 @@ def threaded(trees: list, shown: list[StoredPair], width: int = 60) -> tuple[lis
 
 def summary(trees: list, rows: list[StoredPair]) -> str:
     turns = sum(len(root.walk()) for root in trees)
-    return (f"{len(trees)} conversation{'s' * (len(trees) != 1)}, {turns} labelled turns"
-            + (f" ({len(rows)} shown)" if len(rows) != turns else ""))
+    return f"{len(trees)} conversation{'s' * (len(trees) != 1)}, {turns} labelled turns" + (
+        f" ({len(rows)} shown)" if len(rows) != turns else ""
+    )

@@ -19,12 +19,27 @@ from tui.widgets import ConversationView
 
 # Not in the footer (it is full): the thread's own border lists them, and the status line says `c` after a pick.
 CONVERSATION_BINDINGS = [
-    Binding("c", "continue_conversation", "Continue", show=False,
-            tooltip="Continue the conversation: the chosen answer becomes the assistant's turn"),
-    Binding("left_square_bracket", "turn_back", "Back a turn", show=False,
-            tooltip="Step back a turn of the conversation (write a message there to branch)"),
-    Binding("right_square_bracket", "turn_forward", "Forward a turn", show=False,
-            tooltip="Step forward a turn of the conversation"),
+    Binding(
+        "c",
+        "continue_conversation",
+        "Continue",
+        show=False,
+        tooltip="Continue the conversation: the chosen answer becomes the assistant's turn",
+    ),
+    Binding(
+        "left_square_bracket",
+        "turn_back",
+        "Back a turn",
+        show=False,
+        tooltip="Step back a turn of the conversation (write a message there to branch)",
+    ),
+    Binding(
+        "right_square_bracket",
+        "turn_forward",
+        "Forward a turn",
+        show=False,
+        tooltip="Step forward a turn of the conversation",
+    ),
 ]
 
 

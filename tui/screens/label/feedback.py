@@ -19,8 +19,9 @@ def mark_answer(screen: Any, desirable: bool) -> None:
         return
     word = "good" if desirable else "bad"
     try:
-        saved = screen.store.add_feedback(screen.sampling.prompt.messages(), screen.answers()[0], desirable,
-                                          sampler=screen.sampler)
+        saved = screen.store.add_feedback(
+            screen.sampling.prompt.messages(), screen.answers()[0], desirable, sampler=screen.sampler
+        )
     except MlxDpoError as e:
         screen.app.notify_error(str(e), title="Not saved")
         return

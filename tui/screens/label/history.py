@@ -58,7 +58,10 @@ class LabelHistory:
             parts, answers, queue_pos = record.parts, record.answers, record.queue_pos
         else:  # labeled in an earlier session: rebuild the screen from the store's copy
             parts, queue_pos = PromptParts.from_messages(item.prompt), None
-            answers = two(item.answers) if result.kind == "skip" else (
-                (item.rejected, item.chosen) if item.shown_first == "rejected" else (item.chosen, item.rejected))
+            answers = (
+                two(item.answers)
+                if result.kind == "skip"
+                else ((item.rejected, item.chosen) if item.shown_first == "rejected" else (item.chosen, item.rejected))
+            )
         what = f"pair #{item.id}" if result.kind == "pair" else "tie"
         return Undone(what, parts, answers, item.sampler, queue_pos)

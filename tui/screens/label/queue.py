@@ -52,7 +52,7 @@ class QueueActions:
         self.app.push_screen(
             PathModal(
                 "Open a prompt queue",
-                "A text file with one prompt per line, or JSONL with a \"prompt\" (string or messages) per line.",
+                'A text file with one prompt per line, or JSONL with a "prompt" (string or messages) per line.',
                 ok="Open",
             ),
             self._queue_chosen,

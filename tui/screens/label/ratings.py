@@ -37,8 +37,11 @@ def toggle(screen: Any) -> None:
     panel(screen).draw()
     if on:
         panel(screen).focus()
-    screen.show_status("rating mode: ctrl+s samples answers; 1-5 or g/b rate; enter saves; m back to pairs" if on
-                       else "pair mode: ctrl+s samples two answers")
+    screen.show_status(
+        "rating mode: ctrl+s samples answers; 1-5 or g/b rate; enter saves; m back to pairs"
+        if on
+        else "pair mode: ctrl+s samples two answers"
+    )
 
 
 def sample(screen: Any, parts: PromptParts) -> None:
@@ -81,8 +84,14 @@ def save(screen: Any) -> None:
         screen.app.notify_warning("Rate every answer first (1-5, g good, b bad), once all are in.")
         return
     try:
-        group = screen.store.ratings.add_group(screen.rating_prompt.messages(), rated.answers, rated.ratings,
-                                               rater="human", version=screen.rating_version, sampler=screen.sampler)
+        group = screen.store.ratings.add_group(
+            screen.rating_prompt.messages(),
+            rated.answers,
+            rated.ratings,
+            rater="human",
+            version=screen.rating_version,
+            sampler=screen.sampler,
+        )
     except MlxDpoError as e:
         screen.app.notify_error(str(e), title="Not saved")
         return

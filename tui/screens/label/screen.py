@@ -23,14 +23,23 @@ from tui.conversation import Conversation
 from tui.modals import EditAnswersModal, EditedAnswers, SettingsModal
 from tui.prompts import PromptParts, PromptQueue
 from tui.sampling import SLOTS
+from tui.screens.label import online, ratings
 from tui.screens.label.candidates import KeptCandidate
 from tui.screens.label.conversation import CONVERSATION_BINDINGS, ConversationActions
-from tui.screens.label.history import LabelHistory, LabelRecord, two
 from tui.screens.label.feedback import mark_answer
+from tui.screens.label.history import LabelHistory, LabelRecord, two
 from tui.screens.label.queue import QueueActions
-from tui.screens.label import online, ratings
 from tui.screens.two_answers import EDITOR_BINDINGS, PICK_BINDINGS, TwoAnswersScreen
-from tui.widgets import AnswerPane, ConversationView, ModeBar, ModelStatus, ScreenButton, StatusLine, prompt_fields, read_prompt
+from tui.widgets import (
+    AnswerPane,
+    ConversationView,
+    ModeBar,
+    ModelStatus,
+    ScreenButton,
+    StatusLine,
+    prompt_fields,
+    read_prompt,
+)
 from tui.widgets.rating_panel import RatingPanel
 from tui.workers import SampleSettings
 from tui.workers.events import Suggestion
@@ -117,7 +126,7 @@ class LabelScreen(ConversationActions, QueueActions, TwoAnswersScreen):
 
     @property
     def labeled(self) -> str | None:
-        """"pair #3" or "tie" once the shown answers are labeled."""
+        """ "pair #3" or "tie" once the shown answers are labeled."""
         return self.sampling.judged
 
     @property
@@ -191,7 +200,9 @@ class LabelScreen(ConversationActions, QueueActions, TwoAnswersScreen):
     def action_sample(self) -> None:
         parts = self._editor_parts()
         if parts.empty:
-            self.app.notify_error("The prompt is empty: type a prompt first, then press ctrl+s.", title="Nothing to sample")
+            self.app.notify_error(
+                "The prompt is empty: type a prompt first, then press ctrl+s.", title="Nothing to sample"
+            )
             self.query_one("#prompt", TextArea).focus()
             return
         if self.refuse_without_model():
@@ -280,15 +291,27 @@ class LabelScreen(ConversationActions, QueueActions, TwoAnswersScreen):
         parent = self.continues(self.sampling.prompt.messages())
         try:
             pair = self.store.add_pair(
-                self.sampling.prompt.messages(), chosen, rejected, origin="sampled", sampler=self.sampler,
-                note="; ".join(notes) or None, candidate_id=self.candidate.id, judge=None,
-                version=self.sampled_version, shown_first=self.sampling.shown_first(slot), continues=parent,
+                self.sampling.prompt.messages(),
+                chosen,
+                rejected,
+                origin="sampled",
+                sampler=self.sampler,
+                note="; ".join(notes) or None,
+                candidate_id=self.candidate.id,
+                judge=None,
+                version=self.sampled_version,
+                shown_first=self.sampling.shown_first(slot),
+                continues=parent,
             )
         except MlxDpoError as e:
             self.app.notify_error(str(e), title="Not saved")
             return
-        self._labeled(LabelRecord("pair", pair.id, self.sampling.prompt, self.answers(), self.queue.pos),
-                      f"saved pair #{pair.id} (answer {slot} chosen)", f"saved pair #{pair.id}", title="Saved")
+        self._labeled(
+            LabelRecord("pair", pair.id, self.sampling.prompt, self.answers(), self.queue.pos),
+            f"saved pair #{pair.id} (answer {slot} chosen)",
+            f"saved pair #{pair.id}",
+            title="Saved",
+        )
         self.conversation_labeled(pair, parent)
 
     def action_mark(self, desirable: bool) -> None:
@@ -298,14 +321,22 @@ class LabelScreen(ConversationActions, QueueActions, TwoAnswersScreen):
         if not self._can_label():
             return
         try:
-            skip = self.store.add_skip(self.sampling.prompt.messages(), "tie", answers=list(self.answers()),
-                                       sampler=self.sampler, candidate_id=self.candidate.id,
-                                       version=self.sampled_version)  # the answers in the order shown
+            skip = self.store.add_skip(
+                self.sampling.prompt.messages(),
+                "tie",
+                answers=list(self.answers()),
+                sampler=self.sampler,
+                candidate_id=self.candidate.id,
+                version=self.sampled_version,
+            )  # the answers in the order shown
         except MlxDpoError as e:
             self.app.notify_error(str(e), title="Not saved")
             return
-        self._labeled(LabelRecord("skip", skip.id, self.sampling.prompt, self.answers(), self.queue.pos),
-                      "tie recorded: no pair saved", "tie recorded (no pair saved)")
+        self._labeled(
+            LabelRecord("skip", skip.id, self.sampling.prompt, self.answers(), self.queue.pos),
+            "tie recorded: no pair saved",
+            "tie recorded (no pair saved)",
+        )
 
     def _labeled(self, record: LabelRecord, status: str, notice: str, title: str = "") -> None:
         """The store has committed the label (and deleted the kept candidate with it): only now is it
