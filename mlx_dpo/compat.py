@@ -191,6 +191,20 @@ def weights_mismatch(text: str) -> tuple[str, ...] | None:
 Generated = list[tuple[list[int], bool]]  # per sequence: its token ids (stop token excluded), whether it finished
 
 
+def _batch_generator(model: Any, stop_tokens: list[int], sampler: Any, batch_size: int) -> Any:
+    """mlx-lm's BatchGenerator as both sampling paths drive it: each stop token a sequence of one, `batch_size`
+    sequences prefilled and decoded together."""
+    from mlx_lm.generate import BatchGenerator
+
+    return BatchGenerator(
+        model,
+        stop_tokens=[[t] for t in stop_tokens],
+        sampler=sampler,
+        completion_batch_size=batch_size,
+        prefill_batch_size=batch_size,
+    )
+
+
 def generate_batched(
     model: nn.Module,
     prompts: list[list[int]],
@@ -207,15 +221,7 @@ def generate_batched(
     `finish_reason` ("stop" for a stop token, "length" at max tokens, None while running), `close()`.
     `batch_generate` itself drops the finish reasons, which say whether an answer finished.
     """
-    from mlx_lm.generate import BatchGenerator
-
-    gen = BatchGenerator(
-        model,
-        stop_tokens=[[t] for t in stop_tokens],
-        sampler=sampler,
-        completion_batch_size=batch_size,
-        prefill_batch_size=batch_size,
-    )
+    gen = _batch_generator(model, stop_tokens, sampler, batch_size)
     try:
         uids = gen.insert(prompts, [max_tokens] * len(prompts))
         ids: dict[int, list[int]] = {uid: [] for uid in uids}
@@ -277,15 +283,7 @@ def generate_shared(
     inserts while it runs; the responses' `logprobs`: the step's log-softmax of the untempered logits (no logits
     processors here), from which the sampler drew `token`. Checked on each model before use (online/sampling.py).
     """
-    from mlx_lm.generate import BatchGenerator
-
-    gen = BatchGenerator(
-        model,
-        stop_tokens=[[t] for t in stop_tokens],
-        sampler=sampler,
-        completion_batch_size=batch_size,
-        prefill_batch_size=batch_size,
-    )
+    gen = _batch_generator(model, stop_tokens, sampler, batch_size)
     out: dict[int, Sampled] = {}
     uids: list[int] = []
     waiting = iter(prompts)

@@ -276,6 +276,7 @@ async def test_the_train_fields_take_a_fractional_pass_count_and_name_a_bad_valu
             "batch_size": 4,
             "lora_rank": 8,
             "replay": 0.5,
+            "method": "dpo",
         }
         await set_round_settings(pilot, {"train-beta": "0"})
         with pytest.raises(ValueError, match=r"^β must be > 0 \(got 0\)$"):
