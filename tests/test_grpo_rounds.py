@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from helpers import user
+from test_online import write_prompts
 
 from mlx_dpo.data.store import PreferenceStore
 
@@ -29,11 +30,6 @@ ROUND = {
     "grpo_iterations": 2,
     "accept": "always",
 }
-
-
-def write_prompts(path: Path, count: int, start: int = 0) -> Path:
-    path.write_text("".join(f"Tell me about thing {i}.\n" for i in range(start, start + count)))
-    return path
 
 
 @pytest.fixture
