@@ -25,8 +25,18 @@ def cmd_tui(args: argparse.Namespace) -> int:
         train_settings={"chat_template": template} if template else None,
     )
     app.run()
-    if app.worker.alive:  # quit while the model was still loading: exiting under MLX would abort the process
+    return leave_app(app)
+
+
+def leave_app(app) -> int:
+    """End the process after the app has run, without C++ static destructors, once its model worker has run. That
+    thread made its own MLX stream (streams are thread-local), and destroying it at exit can abort the process
+    ("terminate called without an active exception", exit -6 after ctrl+q) whether a load is still running or not.
+    Every label the app reported saved is committed, and Textual has restored the terminal. Returns the exit code
+    where no worker ever started."""
+    if app.worker.started:
         sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(app.return_code or 0)
     return app.return_code or 0
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from mlx_dpo import api  # light: its heavy names (run_online, ...) load the library when the command runs
+from mlx_dpo.cli.app import leave_app
 from mlx_dpo.cli.common import WORKSPACE_HELP, add_model_args, checked, train_settings
 from mlx_dpo.data.prompt_file import read_prompt_file
 from mlx_dpo.data.store import PreferenceStore
@@ -99,10 +98,7 @@ def _open_app(args, workspace, online: OnlineSettings, round_settings: dict, sam
         train_settings=round_settings,
     )
     app.run()
-    if app.worker.alive:  # as cmd_tui: exiting under MLX while the model loads would abort the process
-        sys.stdout.flush()
-        os._exit(app.return_code or 0)
-    return app.return_code or 0
+    return leave_app(app)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -52,6 +52,11 @@ class ThreadWorker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def started(self) -> bool:
+        """Whether the thread was ever started (it may have ended since)."""
+        return self._thread.ident is not None
+
     def _run(self) -> None:
         raise NotImplementedError
 
