@@ -255,7 +255,9 @@ def test_online_with_a_program_judge_trains_a_round_and_prints_its_report(runs, 
     clean(result)
     step_line(result.stderr)
     assert re.search(
-        r"^round 1: judged 4 answers of base \(\d pairs, \d ties, \d skips\) · trained v1\b", result.stdout, re.M
+        r"^round 1: judged 4 prompts' answers from base \(\d pairs, \d ties, \d skips\) · trained v1\b",
+        result.stdout,
+        re.M,
     ), result.stdout
     round_metrics(files.root / "online" / name, loss)
 

@@ -436,7 +436,7 @@ def describe_round(report: RoundReport) -> str:
     """One line for a person: what the round judged, what it trained, and the held-out numbers."""
     held = report.heldout
     parts = [
-        f"round {report.round}: judged {report.prompts} answers of {report.sampled_by} "
+        f"round {report.round}: judged {report.prompts} prompts' answers from {report.sampled_by} "
         f"({report.pairs} pairs, {report.ties} ties, {report.skips} skips)",
         f"trained {report.version}" if report.version else report.status,
     ]
