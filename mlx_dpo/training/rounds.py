@@ -328,6 +328,13 @@ def _trainer(
     return partial(group_rounds.train, groups, recorded=recorded, sample_settings=sample_settings)
 
 
+def _trains(new: list, replayed: list, groups: list | None) -> str:
+    """What a round trains, in words: a GRPO round's rated groups, else its new and replayed pairs."""
+    return (
+        f"{len(groups)} rated group(s)" if groups is not None else f"{len(new)} new pair(s) + {len(replayed)} replayed"
+    )
+
+
 def run_round(
     workspace: str | Path,
     *,
@@ -368,7 +375,7 @@ def run_round(
     reference = "start" if round_settings.reference == "previous" and init_adapter else "base"
     emit(
         Status(
-            f"round v{version}: {len(new)} new pair(s) + {len(replayed)} replayed, {options['iters']} step(s), "
+            f"round v{version}: {_trains(new, replayed, groups)}, {options['iters']} step(s), "
             f"from {latest.label if latest else 'the base model'}"
             f"{f', reference {latest.label}' if reference == 'start' else ''}{smaller}"
         )
