@@ -1,7 +1,9 @@
 """Shared fixtures. Tests never touch the network: the Hub is forced offline before anything imports it."""
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -9,8 +11,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # Converted models and the reference cache go to one throwaway home per test process, so a fresh clone
 # tests the first-run path (conversion included) every time. Each pytest-xdist worker gets its own, so
 # workers never convert the default model into one folder at once.
+# The home holds about 1 GB of converted models: it goes when the process ends, or every run fills the disk.
 if os.environ.get("PYTEST_XDIST_WORKER") or "MLX_DPO_HOME" not in os.environ:
     os.environ["MLX_DPO_HOME"] = tempfile.mkdtemp(prefix="mlx-dpo-test-home-")
+    atexit.register(shutil.rmtree, os.environ["MLX_DPO_HOME"], ignore_errors=True)
 # trackio (--report-to trackio) keeps its store beside them, and never logs to a Space or a server from a test.
 os.environ["TRACKIO_DIR"] = os.path.join(os.environ["MLX_DPO_HOME"], "trackio")
 for _name in ("TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL", "TRACKIO_BUCKET_ID", "TRACKIO_DATASET_ID"):

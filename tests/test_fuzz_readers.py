@@ -113,8 +113,12 @@ def lines_of(draw, rows: st.SearchStrategy) -> bytes:
 ANY_BYTES = st.binary(max_size=200)
 
 
+# Every example's file lives under one folder that goes with the process: thousands of examples per run.
+FILES = tempfile.TemporaryDirectory(prefix="fuzz-")
+
+
 def written(content: bytes, suffix: str) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="fuzz-"))
+    folder = Path(tempfile.mkdtemp(dir=FILES.name))
     path = folder / f"user-file{suffix}"
     path.write_bytes(content)
     return path
