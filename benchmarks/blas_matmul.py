@@ -11,7 +11,8 @@ import os
 import platform
 import time
 
-import mlx_dpo  # noqa: F401  # loads the optimized BLAS before mlx
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 from mlx_dpo import blas, doctor
 
 SHAPES = [(1024, 576, 1536), (2048, 576, 1536)]

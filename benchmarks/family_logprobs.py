@@ -18,11 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import mlx_dpo.blas  # noqa: E402,F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from family_models import FAMILIES, make_family_model  # noqa: E402
 
-import mlx_dpo  # noqa: E402,F401  # before mlx: picks the BLAS
 from mlx_dpo.training import fast_path, logprobs  # noqa: E402
 from mlx_dpo.training.batching import BatchLayout, make_pair_batch  # noqa: E402
 from mlx_dpo.training.tokens import EncodedPair  # noqa: E402

@@ -31,10 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import mlx.core as mx
 import numpy as np
-
-import mlx_dpo  # noqa: F401  # before mlx: picks the BLAS
 
 PROMPT = "The capital of France is"
 PAIRS = [  # (prompt, chosen, rejected): TRL's standard rows, plain text for a base model

@@ -31,7 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-import mlx_dpo  # noqa: F401  # loads the optimized BLAS before mlx
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 from mlx_dpo import demo
 from mlx_dpo.data.prompt_file import read_prompt_file
 from mlx_dpo.data.store import PreferenceStore

@@ -15,9 +15,10 @@ import re
 import tempfile
 from pathlib import Path
 
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import mlx.core as mx
 
-import mlx_dpo  # noqa: F401  # before mlx: picks the BLAS
 from mlx_dpo.api import train
 from mlx_dpo.data.pairs import PreferencePair, write_pairs
 from mlx_dpo.events import Status, StepMetrics

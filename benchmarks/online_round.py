@@ -7,9 +7,10 @@ shipped round defaults, and the held-out measurement on `--heldout-prompts` held
 starts from a fresh workspace and an empty reference cache (the model is loaded and converted once, under a
 benchmark home of its own: `--home`), with the same seeds, so both sample the same prompts.
 
-The switches (OnlineSettings, each a flag and config key of `mlx-dpo online`):
+The switches (each a flag and config key of `mlx-dpo online`):
   shared_prefill   each prompt prefilled once for all its answers (online/sampling.py)
   free_reference   the sampler's log-probs kept as the round's reference log-probs (online/free_reference.py)
+  pack             the round's training batches packed side by side into rows (training/packed.py)
 The held-out measurement has no switch: its sampling prefills each prompt once and keeps its own log-probs for the
 KL estimate in both configurations (training/heldout.py).
 
@@ -32,11 +33,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import mlx_dpo  # noqa: F401  # optimized BLAS before mlx
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
 
 CONFIGS = {
-    "all on": {"shared_prefill": True, "free_reference": True},
-    "all off": {"shared_prefill": False, "free_reference": False},
+    "all on": {"shared_prefill": True, "free_reference": True, "pack": True},
+    "all on -pack": {"shared_prefill": True, "free_reference": True, "pack": False},
+    "all off": {"shared_prefill": False, "free_reference": False, "pack": False},
 }
 
 
@@ -52,11 +54,20 @@ def one_round(loaded, home: Path, args, switches: dict, held: list) -> dict:
     lines: list[str] = []
 
     def listen(event) -> None:
-        if isinstance(event, Status) and event.message.startswith(("sampling", "reference pass:")) and not event.total:
+        if (
+            isinstance(event, Status)
+            and event.message.startswith(("sampling", "reference pass:", "log-probs"))
+            and not event.total
+        ):
             lines.append(event.message)
 
+    sampling_switches = {k: v for k, v in switches.items() if k != "pack"}
     online = OnlineSettings(
-        rounds=1, per_round=args.prompts, samples_per_prompt=args.answers, sample_batch_size=args.batch_size, **switches
+        rounds=1,
+        per_round=args.prompts,
+        samples_per_prompt=args.answers,
+        sample_batch_size=args.batch_size,
+        **sampling_switches,
     )
     sample = replace(ONLINE_SAMPLING, seed=args.seed, max_tokens=args.max_tokens)
     start = time.perf_counter()
@@ -68,7 +79,7 @@ def one_round(loaded, home: Path, args, switches: dict, held: list) -> dict:
         online=online,
         sample_settings=sample,
         eval_prompts=held,
-        settings={"seed": args.seed, "heldout_prompts": len(held)},
+        settings={"seed": args.seed, "heldout_prompts": len(held), "pack": switches["pack"]},
         on_event=listen,
     )
     total = time.perf_counter() - start

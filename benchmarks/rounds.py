@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import mlx_dpo  # noqa: F401  # loads the optimized BLAS before mlx
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 from mlx_dpo.data.pairs import DEMO_PAIRS_PATH, load_pairs
 from mlx_dpo.data.store import PreferenceStore
 from mlx_dpo.models.generate import SampleSettings

@@ -26,10 +26,11 @@ import statistics
 import sys
 import time
 
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import mlx.core as mx
 import mlx.nn as nn
 
-import mlx_dpo  # noqa: F401  # optimized BLAS before mlx
 from mlx_dpo.models.generate import SampleSettings, prompt_tokens
 from mlx_dpo.models.load import default_gguf, load_model
 from mlx_dpo.online.sampling import sample_answers

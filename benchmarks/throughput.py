@@ -9,13 +9,18 @@ whole epochs under each configuration, from the same starting adapter:
   +shared prompt        each prompt runs once under both completions
   full                  all of the above, and mx.compile of the step (the default)
   full -X               the default with one optimisation switched off
+  full +pack            the default with each batch's sequences packed side by side into rows (--pack),
+                        which replaces the shared prompt (training/packed.py)
+With `--data sampled` the pairs are the default model's own answers instead: two sampled answers to each
+of the shipped online prompts, as a round samples them (`--max-tokens`), so lengths vary as in rounds;
+each configuration then also reports the share of computed positions that are padding.
 Configurations are timed in interleaved rounds (round 0 is a warm-up that also compiles every
 shape), so a slow spell on a shared machine hits all of them alike; each figure is the median over
 the timed rounds. Prints JSON: pairs/s, completion tokens/s, peak memory, reference-pass time for
 each, and model-FLOPs utilisation against the fp32 matmul rate measured in the same run.
 
     .venv/bin/python benchmarks/throughput.py [--rounds 2] [--pairs 16] [--batch-size 4] [--only NAME ...]
-                                              [--model gemma-3-270m-q4_k_m.gguf]
+                                              [--model gemma-3-270m-q4_k_m.gguf] [--data sampled --max-tokens 256]
 
 A model without a chat template (a base model such as Gemma 3 270M) gets plain prompts: BOS, then tokens.
 """
@@ -31,15 +36,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 
-import mlx_dpo  # noqa: F401  # optimized BLAS before mlx
 from mlx_dpo.doctor import matmul_gflops
 from mlx_dpo.models.adapter import LoraSettings, adapter_weights
 from mlx_dpo.models.load import load_model
 from mlx_dpo.settings import TrainingArgs
+from mlx_dpo.training.batching import make_pair_batch, padding_share
 from mlx_dpo.training.ref_cache import RefCache
 from mlx_dpo.training.reference import reference_logps
 from mlx_dpo.training.tokens import EncodedPair, has_chat_template
@@ -56,6 +63,7 @@ CONFIGS = {
     "full -shared prompt": {**ON, "shared_prompt": False},
     "full -completion logits": {**ON, "full_logits": True},
     "full -length grouping": {**ON, "group": False},
+    "full +pack": {**ON, "pack": True},
 }
 
 
@@ -79,6 +87,24 @@ def synthetic_pairs(
         r = rng.choice(vocab, completion_len + rng.integers(-8, 9)).tolist() + [eos]
         pairs.append(EncodedPair(f"syn-{i}", tuple(p), tuple(c), tuple(r)))
     return pairs
+
+
+def sampled_pairs(loaded, n: int, max_tokens: int, seed: int = 0) -> list[EncodedPair]:
+    """The model's own answers, two to each of the first `n` shipped online prompts, sampled as a round samples
+    them (online/sampling.py), as pairs: lengths spread from a sentence to the token budget, as in rounds."""
+    from dataclasses import replace
+
+    from mlx_dpo import demo
+    from mlx_dpo.data.pairs import PreferencePair
+    from mlx_dpo.data.prompt_file import read_prompt_file
+    from mlx_dpo.online.sampling import sample_answers
+    from mlx_dpo.settings import ONLINE_SAMPLING
+    from mlx_dpo.training.tokens import Encoder
+
+    prompts = read_prompt_file(demo.PROMPTS)[:n]
+    samples = sample_answers(loaded, prompts, replace(ONLINE_SAMPLING, max_tokens=max_tokens), n=2, seed=seed)
+    pairs = [PreferencePair(f"s{i}", p, a, b) for i, (p, (a, b)) in enumerate(zip(prompts, samples.answers))]
+    return Encoder(loaded.tokenizer).encode_all(pairs)[0]
 
 
 def model_flops_per_pair(config: dict, pair: EncodedPair, vocab: int) -> float:
@@ -123,6 +149,7 @@ class Config:
                 batch_size=2 * self.args.batch_size,
                 shared_prompt=self.args.shared_prompt,
                 full_logits=self.args.full_logits,
+                pack=self.args.pack,
                 checks=self.checks,
             )
             cache.close()
@@ -150,8 +177,11 @@ class Config:
         seconds = statistics.median(self.epoch_seconds)
         pairs = [p for b in self.batches for p in b]
         pairs_per_second = len(pairs) / seconds
+        layout = self.step_fn.layout
         return {
             **self.settings,
+            "layout": layout.name,
+            "padding_share": statistics.mean(padding_share(make_pair_batch(b, layout)) for b in self.batches),
             "pairs_per_second": pairs_per_second,
             "completion_tokens_per_second": sum(len(p.chosen) + len(p.rejected) for p in pairs) / seconds,
             "seconds_per_step": seconds / len(self.batches),
@@ -170,12 +200,17 @@ def main() -> None:
     parser.add_argument("--lora-layers", type=int, default=-1)
     parser.add_argument("--only", nargs="*", help="configuration names to run")
     parser.add_argument("--model", default=None, help="a --model value (default: the embedded default model)")
+    parser.add_argument("--data", choices=["synthetic", "sampled"], default="synthetic", help="see above")
+    parser.add_argument("--max-tokens", type=int, default=256, help="--data sampled: each answer's token budget")
     a = parser.parse_args()
     if a.rounds < 1:
         parser.error("--rounds must be at least 1")
 
     loaded = load_model(a.model)
-    pairs = synthetic_pairs(loaded.tokenizer, a.pairs)
+    if a.data == "sampled":
+        pairs = sampled_pairs(loaded, a.pairs, a.max_tokens)
+    else:
+        pairs = synthetic_pairs(loaded.tokenizer, a.pairs)
     mx.random.seed(0)
     loaded.train_adapter(None, LoraSettings(rank=8, num_layers=a.lora_layers))
     start_weights = {k: mx.array(v) for k, v in adapter_weights(loaded.model).items()}
@@ -206,7 +241,8 @@ def main() -> None:
         "model": a.model or "SmolLM2-135M-Instruct (default)",
         "vocab_size": vocab,
         "batch_size": a.batch_size,
-        "pairs": a.pairs,
+        "pairs": len(pairs),
+        "data": a.data if a.data == "synthetic" else f"sampled answers, max {a.max_tokens} tokens",
         "timed_rounds": a.rounds,
         "mean_prompt_tokens": sum(len(p.prompt) for p in pairs) / len(pairs),
         "mean_completion_tokens": sum(len(p.chosen) + len(p.rejected) for p in pairs) / (2 * len(pairs)),

@@ -30,9 +30,10 @@ _HOME = tempfile.TemporaryDirectory(prefix="mlx-dpo-bench-home-")
 os.environ.setdefault("MLX_DPO_HOME", _HOME.name)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import mlx_dpo.blas  # noqa: E402,F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 from textual import events  # noqa: E402
 
-import mlx_dpo  # noqa: E402,F401  # before anything imports mlx: picks the BLAS
 from mlx_dpo.data.store import PreferenceStore  # noqa: E402
 from mlx_dpo.events import StepMetrics  # noqa: E402
 from tui.app import MlxDpoApp  # noqa: E402

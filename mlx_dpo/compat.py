@@ -7,6 +7,7 @@ them); `make test-latest` runs the suite against the newest releases, so raising
   has_mlx_lm_layout     models are `Model.model` with `embed_tokens`, `layers` and a `cache=` argument
   output_head           a model's own `__call__`, replayed after `model.model` on given hidden states
   MaskedCache           a KV cache that answers the `make_mask` call mlx-lm's layers make (MASK_LAYOUTS)
+  SegmentCache          the same protocol for rows that hold several sequences side by side (packed rows)
   architecture_known    mlx-lm's private model-class lookup `_get_classes`
   weights_mismatch      the text of mlx's `load_weights(strict=True)` errors
   generate_batched      mlx-lm's `BatchGenerator` loop, keeping each sequence's finish reason
@@ -144,6 +145,44 @@ class MaskedCache:
         if prefix_keys is not None:
             keys = mx.concatenate([prefix_keys, keys], axis=2)
             values = mx.concatenate([prefix_values, values], axis=2)
+        self.keys, self.values = keys, values
+        return keys, values
+
+
+def segment_mask(segments: mx.array, window_size: int | None = None) -> mx.array:
+    """(rows, T, T) bool for rows holding several sequences side by side (`segments`: (rows, T), which sequence
+    each position belongs to): a query sees the keys of its own sequence at or before it (within `window_size`
+    of it for a sliding-window layer), so each sequence is computed as if it were alone in its row."""
+    T = segments.shape[1]
+    q = mx.arange(T)[:, None]
+    k = mx.arange(T)[None]
+    allowed = k <= q
+    if window_size is not None:
+        allowed = allowed & (q - k < window_size)
+    return (allowed[None] & (segments[:, :, None] == segments[:, None, :])) | (k == q)[None]
+
+
+class SegmentCache:
+    """A per-layer stand-in cache for one pass over packed rows: it answers `make_mask` with `segment_mask`.
+
+    Relies on: what MaskedCache relies on. Rotary positions do not restart per sequence (mlx-lm takes one offset
+    per call); rotary attention sees only position differences, which packing keeps. A model whose positions
+    matter otherwise (learned position embeddings, a rotary scaling chosen by length, a recurrent layer that
+    carries state across the row) fails the self-check and runs unpacked (training/fast_path.py).
+    """
+
+    offset = 0
+
+    def __init__(self, segments: mx.array, mask_dims: int):
+        self.segments = segments
+        self.mask_dims = mask_dims  # one of MASK_LAYOUTS
+        self.keys = self.values = None
+
+    def make_mask(self, n: int, return_array: bool = False, window_size: int | None = None) -> mx.array:
+        mask = segment_mask(self.segments, window_size)
+        return mask[:, None, None] if self.mask_dims == 5 else mask[:, None]
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         self.keys, self.values = keys, values
         return keys, values
 

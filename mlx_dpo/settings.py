@@ -241,6 +241,8 @@ class TrainingArgs:
     grad_checkpoint: bool = option(False, "recompute activations in the backward pass to save memory")
     # On: each prompt runs once under both completions.
     shared_prompt: bool = option(True, "run each pair as two full sequences instead of sharing the prompt pass")
+    # On: a batch's sequences lie side by side in as few rows as hold them (training/packed.py); prompts not shared.
+    pack: bool = option(False, "pack each batch's sequences side by side into rows instead of padding each one")
     # On: only the completion positions are projected onto the vocabulary.
     full_logits: bool = option(False, "project every position onto the vocabulary (slower; for checking)")
     compile: bool = option(True, "do not mx.compile the training step")

@@ -20,10 +20,10 @@ os.environ["TRACKIO_DIR"] = os.path.join(os.environ["MLX_DPO_HOME"], "trackio")
 for _name in ("TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL", "TRACKIO_BUCKET_ID", "TRACKIO_DATASET_ID"):
     os.environ.pop(_name, None)
 
+import mlx_dpo.blas  # noqa: E402,F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import pytest  # noqa: E402
 from helpers import make_tiny_model_folder  # noqa: E402
-
-import mlx_dpo  # noqa: E402,F401  # before mlx: picks the BLAS
 
 REPO = Path(__file__).resolve().parent.parent
 

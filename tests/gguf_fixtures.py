@@ -15,14 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import gguf
 import mlx.core as mx
 import numpy as np
 from gguf import GGMLQuantizationType
 from mlx.utils import tree_flatten
 from mlx_lm.models.llama import Model, ModelArgs
-
-import mlx_dpo  # noqa: F401  (must come before mlx.core: it picks the BLAS library)
 
 HIDDEN = 64
 LAYERS = 2

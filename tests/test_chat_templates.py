@@ -9,11 +9,12 @@ plain-text rows as TRL joins them, refuses conversations, and takes a template f
 
 from __future__ import annotations
 
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import pytest
 from chat_tokenizers import CHAT_FAMILIES, TEMPLATES, load_chat_tokenizer, make_chat_tokenizer
 from helpers import system, user
 
-import mlx_dpo  # noqa: F401
 from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.training.tokens import Encoder

@@ -11,6 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -18,7 +20,6 @@ import pytest
 import yaml
 from helpers import assert_clean_error, bare_model, make_adapter, make_tiny_model_folder, run_cli, write_demo_pairs
 
-import mlx_dpo  # noqa: F401  # before mlx.core: picks the BLAS
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.export.fuse import fused_model
 from mlx_dpo.export.gguf import export_gguf

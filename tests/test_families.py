@@ -1,7 +1,7 @@
 """Every mlx-lm family people bring gets exact log-probs on every path, or the plain path and a line saying so.
 
 Tiny random models of each family (family_models.py, built from mlx-lm's own classes) are scored on
-every path — shared prompt on/off x completion-only head on/off x compiled or not — and compared per
+every path — shared prompt on/off x completion-only head on/off x compiled or not, and packed rows — and compared per
 token with log-softmax of the model's own forward, run here on each unpadded sequence alone. Each case
 also checks the path it asked for is the one that ran, so a silent fallback cannot compare plain with plain.
 Then: two training steps lower the loss; the self-check (fast_path.py) meets forwards the fast path cannot
@@ -28,7 +28,7 @@ from mlx_dpo.models.load import load_model
 from mlx_dpo.models.session import SelfChecks
 from mlx_dpo.settings import TrainingArgs
 from mlx_dpo.training import fast_path, logprobs, shared_prompt
-from mlx_dpo.training.batching import BatchLayout, SharedPromptBatch, layout_for, make_pair_batch
+from mlx_dpo.training.batching import BatchLayout, PackedBatch, SharedPromptBatch, layout_for, make_pair_batch
 from mlx_dpo.training.ref_cache import RefCache
 from mlx_dpo.training.reference import reference_logps
 from mlx_dpo.training.tokens import EncodedPair, Encoder
@@ -111,6 +111,8 @@ def path_token_logps(model, batch, full_logits: bool, compiled: bool, mask_dims:
     def run(*arrays):
         if isinstance(batch, SharedPromptBatch):
             return logprobs.shared_prompt_token_logps(model, cls.from_arrays(arrays), full_logits, mask_dims)
+        if isinstance(batch, PackedBatch):
+            return logprobs.packed_token_stats(model, cls.from_arrays(arrays), full_logits, False, mask_dims)[0]
         return logprobs.token_logps(model, cls.from_arrays(arrays), full_logits)
 
     if compiled:
@@ -151,6 +153,23 @@ def test_every_path_gives_the_models_own_log_probs_within_1e_4_per_token(
             values[row, : len(expected)], expected, rtol=0, atol=1e-4, err_msg=f"{family} completion {row}"
         )
         assert np.all(values[row, len(expected) :] == 0)  # padding adds nothing
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_rows_give_the_models_own_log_probs_within_1e_4_per_token(family_models, family):
+    model, own, checks = family_models(family)
+    assert fast_path.packs(model, checks, pack=True), checks.packing
+    layout, mask_dims = fast_path.layout(model, checks, TrainingArgs(pack=True))
+    assert layout is BatchLayout.PACKED
+    batch = make_pair_batch(probe_pairs(), layout)
+    assert batch.inputs.shape[0] < len(own)  # some sequences share a row (past the sliding windows)
+    for full_logits, compiled in [(False, False), (False, True), (True, False)]:
+        values = np.array(path_token_logps(model, batch, full_logits, compiled, mask_dims))
+        for row, expected in enumerate(own):
+            np.testing.assert_allclose(
+                values[row, : len(expected)], expected, rtol=0, atol=1e-4, err_msg=f"{family} completion {row}"
+            )
+            assert np.all(values[row, len(expected) :] == 0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -21,7 +23,6 @@ from family_models import FAMILIES, family_config, make_family_folder
 from helpers import assert_clean_error, bare_model, make_adapter, run_cli
 from mlx.utils import tree_map
 
-import mlx_dpo  # noqa: F401  # before mlx.core: picks the BLAS
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.export.hf import export_hf
 from mlx_dpo.export.peft import check_peft_family, export_peft

@@ -19,13 +19,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import mlx.core as mx
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 from test_tokenizer import TEXTS, random_texts
 
-import mlx_dpo  # noqa: F401  (before mlx.core)
 from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.events import Status, StepMetrics
 

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import gguf_fixtures as tiny
 import mlx.core as mx
 import mlx_lm
@@ -22,7 +24,6 @@ from gguf import GGMLQuantizationType as Q
 from mlx.utils import tree_map_with_path
 from mlx_lm.utils import load_model, load_tokenizer
 
-import mlx_dpo  # noqa: F401  (before mlx.core)
 import mlx_dpo.models.gguf as converter
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.models.gguf import convert_gguf

@@ -3,10 +3,11 @@
 
 import math
 
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import mlx.core as mx
 import pytest
 
-import mlx_dpo  # noqa: F401  (must come before mlx.core: it picks the BLAS)
 from mlx_dpo.training.grpo_loss import group_advantages, grpo_loss, varied_groups
 
 # One group of rewards [1, 2, 3, 6]: mean 3, population std sqrt((4 + 1 + 0 + 9) / 4) = sqrt(3.5).

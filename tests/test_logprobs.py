@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-import mlx_dpo  # noqa: F401  (before mlx.core)
 from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.models.adapter import LoraSettings, add_adapter
 from mlx_dpo.training import logprobs

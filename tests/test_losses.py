@@ -2,10 +2,11 @@
 
 import math
 
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import mlx.core as mx
 import pytest
 
-import mlx_dpo  # noqa: F401  (must come before mlx.core: it picks the BLAS)
 from mlx_dpo.settings import LOSS_TYPES, TrainingArgs
 from mlx_dpo.training.losses import (
     combined_loss,

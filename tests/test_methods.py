@@ -6,11 +6,12 @@ One tiny model is shared by the step tests (each takes one step); the run tests 
 
 import math
 
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import mlx.core as mx
 import pytest
 from helpers import write_jsonl
 
-import mlx_dpo  # noqa: F401  (must come before mlx.core: it picks the BLAS)
 from mlx_dpo.data.feedback import Feedback, feedback_from_pairs, kto_pairs, load_feedback
 from mlx_dpo.data.pairs import PreferencePair, load_pairs
 from mlx_dpo.errors import MlxDpoError

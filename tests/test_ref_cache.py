@@ -13,11 +13,12 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import mlx.core as mx
 import numpy as np
 import pytest
 
-import mlx_dpo  # noqa: F401  (before mlx.core)
 from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Status

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import gguf_fixtures as tiny
 import pytest
 from mlx_lm.tokenizer_utils import SPMStreamingDetokenizer
 from mlx_lm.utils import load_tokenizer
 from test_tokenizer import random_texts
 
-import mlx_dpo  # noqa: F401  (before mlx.core)
 from mlx_dpo.models.gguf import convert_gguf
 
 TEXTS = [

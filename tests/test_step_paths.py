@@ -1,4 +1,5 @@
-"""The fast DPO step (shared prompt, completion-only logits, compile) computes what the plain step computes."""
+"""The fast DPO step (shared prompt or packed rows, completion-only logits, compile) computes what the plain step
+computes."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import pytest
 from helpers import run_cli, write_demo_pairs
 from mlx.utils import tree_flatten
 
+from mlx_dpo import compat
 from mlx_dpo.data.pairs import PreferencePair
+from mlx_dpo.events import Status
 from mlx_dpo.models.adapter import LoraSettings
 from mlx_dpo.models.load import load_model
 from mlx_dpo.settings import TrainingArgs
 from mlx_dpo.training import fast_path
 from mlx_dpo.training import shared_prompt as shared_prompt_forward
-from mlx_dpo.training.batching import BatchLayout, layout_for, make_pair_batch
+from mlx_dpo.training.batching import BatchLayout, layout_for, make_packed_batch, make_pair_batch, padding_share
 from mlx_dpo.training.logprobs import completion_logps
 from mlx_dpo.training.ref_cache import RefCache
 from mlx_dpo.training.reference import RefLogps, reference_logps
@@ -64,6 +67,17 @@ def encoded(tokenizer):
         ),
     ]
     return Encoder(tokenizer).encode_all(pairs)[0]
+
+
+def varied(tokenizer):
+    """`encoded`'s pairs and one whose chosen answer is long: the rows packed from them hold several sequences."""
+    long = PreferencePair(
+        "d",
+        [{"role": "user", "content": "Describe a lighthouse."}],
+        " ".join(["A tall white tower stands on the rocks, its lamp turning slowly through the night."] * 6),
+        "No.",
+    )
+    return encoded(tokenizer) + Encoder(tokenizer).encode_all([long])[0]
 
 
 def logps(model, pairs, shared_prompt, full_logits):
@@ -122,6 +136,41 @@ def test_the_shared_prompt_layout_gives_each_completions_log_prob_under_its_own_
     np.testing.assert_allclose(np.array(shared) / lengths, direct / lengths, atol=1e-4)
 
 
+@pytest.mark.parametrize("full_logits", [False, True])
+def test_packed_rows_give_each_completions_log_prob_under_its_own_prompt(default_model, direct, full_logits):
+    model, pairs = default_model.model, encoded(default_model.tokenizer)
+    assert fast_path.packs(model, default_model.checks, pack=True)
+    # All six sequences in one row, each behind the others: the last sits where only a long row reaches.
+    sequences = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+    batch = make_packed_batch(sequences, row_length=sum(len(p) + len(c) for p, c in sequences))
+    assert batch.inputs.shape[0] == 1
+    packed, lengths = completion_logps(model, batch, full_logits=full_logits), np.array(batch.lengths)
+    np.testing.assert_array_equal(lengths, [len(p.chosen) for p in pairs] + [len(p.rejected) for p in pairs])
+    np.testing.assert_allclose(np.array(packed) / lengths, direct / lengths, atol=1e-4)
+
+
+def test_a_packed_batch_holds_every_sequence_once_in_rows_no_longer_than_the_plain_batchs(tiny):
+    pairs = varied(tiny.tokenizer)
+    plain, packed = make_pair_batch(pairs, BatchLayout.SEQUENCES), make_pair_batch(pairs, BatchLayout.PACKED)
+    T = plain.inputs.shape[1]
+    assert packed.inputs.shape[1] == T
+    assert packed.num_tokens == plain.num_tokens
+    assert packed.inputs.shape[0] < 2 * len(pairs)  # short sequences share a row
+    assert padding_share(packed) < padding_share(plain)
+    inputs, segments = np.array(packed.inputs), np.array(packed.segments)
+    sequences = [list(p.prompt) + list(p.chosen) for p in pairs] + [list(p.prompt) + list(p.rejected) for p in pairs]
+    for i, seq in enumerate(sequences):
+        rows, columns = np.nonzero(segments == i)
+        assert len(set(rows)) == 1  # a sequence is never split across rows
+        assert list(columns) == list(range(columns[0], columns[0] + len(seq) - 1))  # in one run, in order
+        assert list(inputs[rows[0], columns]) == seq[:-1]
+        # Each completion token is predicted from the position just before it, in its own sequence.
+        flat = np.array(packed.positions)[i, : int(np.array(packed.lengths)[i])]
+        assert list(flat // T) == [rows[0]] * len(flat)
+        assert list(flat % T) == list(columns[len(seq) - 1 - len(flat) :])
+    assert (segments == -1).sum() == packed.inputs.size - packed.num_tokens
+
+
 def loss_and_grads(loaded, args: TrainingArgs, pairs):
     ref = RefLogps({p: (-30.0, -40.0) for p in pairs})
     step = make_step(loaded.model, args, checks=loaded.checks)
@@ -150,6 +199,46 @@ def test_every_path_gives_the_plain_paths_loss_and_gradients(tiny, shared_prompt
         np.testing.assert_allclose(np.array(grads[name]), np.array(g), atol=1e-4 * scale, err_msg=name)
 
 
+@pytest.mark.parametrize("full_logits, compiled", [(False, True), (False, False), (True, False)])
+def test_packed_rows_give_the_plain_paths_loss_and_gradients(tiny, full_logits, compiled):
+    pairs = varied(tiny.tokenizer)
+    assert make_pair_batch(pairs, BatchLayout.PACKED).inputs.shape[0] < 2 * len(pairs)
+    plain_loss, plain_grads = loss_and_grads(
+        tiny, TrainingArgs(shared_prompt=False, full_logits=True, compile=False), pairs
+    )
+    args = TrainingArgs(pack=True, full_logits=full_logits, compile=compiled)
+    assert make_step(tiny.model, args, checks=tiny.checks).layout is (
+        BatchLayout.SHARED_PROMPT if full_logits else BatchLayout.PACKED  # --full-logits: no packing, prompt shared
+    )
+    loss, grads = loss_and_grads(tiny, args, pairs)
+    assert loss == pytest.approx(plain_loss, abs=1e-5)
+    for name, g in plain_grads.items():
+        scale = float(mx.abs(g).max().item())
+        np.testing.assert_allclose(np.array(grads[name]), np.array(g), atol=1e-4 * scale, err_msg=name)
+
+
+def test_packed_rows_that_leak_between_sequences_are_caught_and_the_step_runs_unpacked(tiny, monkeypatch, tmp_path):
+    # A mask that forgets the sequences (plain causal over the row): each sequence would see the ones before it.
+    monkeypatch.setattr(compat, "segment_mask", _causal_only)
+    loaded = load_model(str(tiny.path))  # a fresh record: the probe runs with the leaking mask
+    events = []
+    step = make_step(loaded.model, TrainingArgs(pack=True), on_event=events.append, checks=loaded.checks)
+    assert step.layout is BatchLayout.SHARED_PROMPT
+    lines = [e.message for e in events if isinstance(e, Status) and e.message.startswith("log-probs")]
+    assert lines[0].startswith("log-probs: rows not packed (the packed forward differs from the model's own forward")
+    pairs = encoded(loaded.tokenizer)
+    cache = RefCache("leaky-packing", root=tmp_path)
+    ref, _ = reference_logps(loaded.model, pairs, cache, pack=True, checks=loaded.checks)
+    cache.close()
+    expected = [direct_logps(loaded.model, p) for p in pairs]
+    for p, (chosen, rejected) in zip(pairs, expected):
+        assert ref.values[p] == pytest.approx((chosen, rejected), abs=1e-3)
+
+
+def _causal_only(segments: mx.array, window_size: int | None = None) -> mx.array:
+    return compat.attention_mask(mx.ones(segments.shape, dtype=mx.bool_), 0, segments.shape[1], window_size)
+
+
 def test_a_shared_prompt_batch_runs_each_prompt_once(tiny):
     pairs = encoded(tiny.tokenizer)
     shared_tokens = make_pair_batch(pairs, BatchLayout.SHARED_PROMPT).num_tokens
@@ -163,7 +252,8 @@ def test_a_shared_prompt_batch_runs_each_prompt_once(tiny):
 def test_switching_the_optimisations_off_on_the_cli_trains_to_the_same_loss(tiny, tmp_path):
     data = write_demo_pairs(tmp_path / "pairs.jsonl", 6)
     losses = {}
-    for name, flags in {"fast": [], "plain": ["--no-shared-prompt", "--full-logits", "--no-compile"]}.items():
+    runs = {"fast": [], "packed": ["--pack"], "plain": ["--no-shared-prompt", "--full-logits", "--no-compile"]}
+    for name, flags in runs.items():
         result = run_cli(
             "train",
             "--model",
@@ -185,6 +275,7 @@ def test_switching_the_optimisations_off_on_the_cli_trains_to_the_same_loss(tiny
             json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         ]
     np.testing.assert_allclose(losses["fast"], losses["plain"], atol=1e-5)
+    np.testing.assert_allclose(losses["packed"], losses["plain"], atol=1e-5)
 
 
 # --- which layout each path really runs -------------------------------------------------------------------------

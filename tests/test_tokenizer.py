@@ -7,11 +7,12 @@ import random
 from pathlib import Path
 from typing import Any
 
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import jinja2
 import pytest
 from mlx_lm.utils import load_tokenizer
 
-import mlx_dpo  # noqa: F401  (before mlx.core)
 from mlx_dpo.models.gguf import convert_gguf
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -7,10 +7,11 @@ end-of-turn token. Anything that would make those two disagree is an error for t
 
 from __future__ import annotations
 
+import mlx_dpo.blas  # noqa: F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 import jinja2
 import pytest
 
-import mlx_dpo  # noqa: F401  (before mlx.core)
 from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.training.tokens import EncodedPair, Encoder

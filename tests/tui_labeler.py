@@ -18,9 +18,10 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import mlx_dpo.blas  # noqa: E402,F401  # an optimized BLAS, before mlx.core is imported (blas.py)
+
 from helpers import sample_answers, wait_until  # noqa: E402
 
-import mlx_dpo  # noqa: E402,F401  # before anything imports mlx
 from tui.app import MlxDpoApp  # noqa: E402
 from tui.workers import SampleSettings  # noqa: E402
 

@@ -51,6 +51,8 @@ class SelfChecks:
     batching: str | None = _UNCHECKED  # online/sampling.py: why batched generation is off (None: it is on)
     shared_prefill: str | None = _UNCHECKED  # online/sampling.py: why each answer prefills its prompt (None: shared)
     free_reference: str | None = _UNCHECKED  # online/free_reference.py: why sampled log-probs are not kept (None: kept)
+    packing: str | None = _UNCHECKED  # training/fast_path.py: why pairs are not packed into rows (None: packed)
+    pack_found: tuple[int, float] = (4, 0.0)  # the packed forward's mask layout and worst error on the probe
 
     @property
     def batching_checked(self) -> bool:

@@ -1,14 +1,16 @@
 """Pairs to padded token arrays, on the host: the two batch layouts and the one place padding is decided.
 
-A batch of B pairs goes through the model in one of two layouts:
+A batch of B pairs goes through the model in one of three layouts:
 
   SequenceBatch      each pair as two full sequences, prompt + chosen and prompt + rejected
                      (rows 0..B are the chosen, rows B..2B the rejected); every model runs it.
   SharedPromptBatch  each prompt once, left-padded, with both completions on top of it
                      (shared_prompt.py runs it); needs mlx-lm's usual model layout.
+  PackedBatch        the 2B full sequences laid side by side in as few rows as hold them, so the
+                     step computes almost no padding (packed.py runs it); same model layout.
 
-The layout is decided once per run, by `layout_for(model, shared_prompt)` when the step (or the
-reference pass) is built, and every batch of that run is packed in it. A `DpoBatch` adds what the
+The layout is decided once per run, by `layout_for(model, shared_prompt, pack)` when the step (or the
+reference pass) is built, and every batch of that run is laid out in it. A `DpoBatch` adds what the
 loss needs besides tokens: the reference log-probs and the pairs' token count.
 
 Compiled functions take arrays, not objects: `arrays()` gives a batch's arrays in the order its
@@ -78,7 +80,20 @@ class SharedPromptBatch(_ArrayFields):
     num_tokens: int = 0  # real tokens run through the model (each prompt once)
 
 
-TokenBatch = SequenceBatch | SharedPromptBatch
+@dataclass
+class PackedBatch(_ArrayFields):
+    """2B sequences `prompt + completion[:-1]` side by side in R rows (chosen ones first, then rejected ones)."""
+
+    inputs: mx.array  # (R, T) int32
+    segments: mx.array  # (R, T) int32: the sequence each position belongs to (-1: the padding ending a row)
+    positions: mx.array  # (2B, C) int32: row * T + column of the input whose output predicts each completion token
+    targets: mx.array  # (2B, C) int32: the completion tokens
+    mask: mx.array  # (2B, C) float32: 1 for real completion tokens
+    lengths: mx.array  # (2B,) float32
+    num_tokens: int = 0  # real input tokens
+
+
+TokenBatch = SequenceBatch | SharedPromptBatch | PackedBatch
 
 
 class BatchLayout(Enum):
@@ -86,6 +101,7 @@ class BatchLayout(Enum):
 
     SEQUENCES = SequenceBatch
     SHARED_PROMPT = SharedPromptBatch
+    PACKED = PackedBatch
 
 
 def supports_shared_prompt(model: Any) -> bool:
@@ -93,11 +109,14 @@ def supports_shared_prompt(model: Any) -> bool:
     return has_mlx_lm_layout(model)
 
 
-def layout_for(model: Any, shared_prompt: bool) -> BatchLayout:
-    """The run's layout: prompts shared when the settings ask for it and the model's layout allows it.
+def layout_for(model: Any, shared_prompt: bool, pack: bool = False) -> BatchLayout:
+    """The run's layout: packed rows when asked for, else prompts shared when asked for, where the model's
+    layout allows it.
 
-    Callers pass `shared_prompt` as the self-check (fast_path.py) left it, so a model whose shared-prompt
-    forward did not reproduce its own gets two full sequences."""
+    Callers pass both settings as the self-check (fast_path.py) left them, so a model whose fast forward
+    did not reproduce its own gets two full sequences."""
+    if pack and supports_shared_prompt(model):
+        return BatchLayout.PACKED
     if shared_prompt and supports_shared_prompt(model):
         return BatchLayout.SHARED_PROMPT
     return BatchLayout.SEQUENCES
@@ -158,11 +177,65 @@ def make_shared_prompt_batch(pairs: Sequence[EncodedPair], pad_multiple: int = P
     )
 
 
+def make_packed_batch(
+    sequences: Sequence[tuple[Sequence[int], Sequence[int]]], pad_multiple: int = PAD_MULTIPLE, row_length: int = 0
+) -> PackedBatch:
+    """Lay (prompt ids, completion ids) pairs side by side in rows (host-side, numpy).
+
+    Rows are as long as the longest sequence padded (`make_batch`'s T, or `row_length` if longer), never longer:
+    a model that reads the length it is run at sees what the plain batch shows it. Longest first, each sequence
+    goes into the first row with room for it (first-fit decreasing), which leaves little room unused.
+    """
+    full_lengths = [len(p) + len(c) - 1 for p, c in sequences]
+    T = round_up(max(max(full_lengths), row_length), pad_multiple)
+    C = round_up(max(len(c) for _, c in sequences), pad_multiple)
+    used: list[int] = []  # filled columns of each row
+    place: dict[int, tuple[int, int]] = {}  # sequence -> (row, first column)
+    for i in sorted(range(len(sequences)), key=lambda i: -full_lengths[i]):
+        row = next((r for r, u in enumerate(used) if u + full_lengths[i] <= T), len(used))
+        if row == len(used):
+            used.append(0)
+        place[i], used[row] = (row, used[row]), used[row] + full_lengths[i]
+    inputs = np.zeros((len(used), T), np.int32)
+    segments = np.full((len(used), T), -1, np.int32)
+    positions = np.zeros((len(sequences), C), np.int32)
+    targets = np.zeros((len(sequences), C), np.int32)
+    mask = np.zeros((len(sequences), C), np.float32)
+    for i, (prompt, completion) in enumerate(sequences):
+        row, start = place[i]
+        seq = list(prompt) + list(completion)
+        inputs[row, start : start + len(seq) - 1] = seq[:-1]
+        segments[row, start : start + len(seq) - 1] = i
+        c = len(completion)
+        positions[i, :c] = row * T + start + len(prompt) - 1 + np.arange(c)
+        targets[i, :c] = completion
+        mask[i, :c] = 1.0
+    return PackedBatch(
+        inputs=mx.array(inputs),
+        segments=mx.array(segments),
+        positions=mx.array(positions),
+        targets=mx.array(targets),
+        mask=mx.array(mask),
+        lengths=mx.array(mask.sum(axis=1)),
+        num_tokens=sum(full_lengths),
+    )
+
+
 def make_pair_batch(pairs: Sequence[EncodedPair], layout: BatchLayout) -> TokenBatch:
-    """B pairs packed in `layout`: 2B completions, the chosen ones first, then the rejected ones."""
+    """B pairs laid out in `layout`: 2B completions, the chosen ones first, then the rejected ones."""
     if layout is BatchLayout.SHARED_PROMPT:
         return make_shared_prompt_batch(pairs)
-    return make_batch([(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs])
+    sequences = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+    return make_packed_batch(sequences) if layout is BatchLayout.PACKED else make_batch(sequences)
+
+
+def padding_share(batch: TokenBatch) -> float:
+    """The share of the positions a batch runs through the model that hold no real token."""
+    if isinstance(batch, SharedPromptBatch):
+        computed = batch.prompts.size + batch.completions.size
+    else:
+        computed = batch.inputs.size
+    return 1.0 - batch.num_tokens / computed
 
 
 @dataclass

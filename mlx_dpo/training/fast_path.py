@@ -1,9 +1,11 @@
 """The self-check: a fast log-prob path is used only after it reproduced the model's own forward.
 
-Two optimisations can go wrong on a family we have not met (logprobs.py, shared_prompt.py):
+Three optimisations can go wrong on a family we have not met (logprobs.py, shared_prompt.py, packed.py):
   completion-only head   only completion positions go through the vocabulary projection, via the
                          model's own post-transformer code replayed on chosen hidden states;
-  shared prompt          each prompt runs once, with our caches and masks driving mlx-lm's layers.
+  shared prompt          each prompt runs once, with our caches and masks driving mlx-lm's layers;
+  packed rows            several sequences side by side in a row under a block-diagonal mask (asked for
+                         with `pack`; probed when first asked for, its sequences behind a long one).
 Before the first train step, evaluation or reference pass on a model, both are run on a short probe
 (two pairs whose prompts and completions differ in length, so left and right padding are exercised)
 and compared per token with log-softmax of the model's own `model(inputs)`: the log-probs, and log Σ_v p_v²
@@ -24,12 +26,19 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from mlx_dpo.compat import MASK_LAYOUTS
 from mlx_dpo.events import Event, Status
 from mlx_dpo.models.session import SelfChecks
 from mlx_dpo.settings import TrainingArgs
 from mlx_dpo.training import shared_prompt as shared_forward
-from mlx_dpo.training.batching import BatchLayout, make_pair_batch, supports_shared_prompt
-from mlx_dpo.training.logprobs import shared_prompt_token_stats, token_stats
+from mlx_dpo.training.batching import (
+    BatchLayout,
+    layout_for,
+    make_packed_batch,
+    make_pair_batch,
+    supports_shared_prompt,
+)
+from mlx_dpo.training.logprobs import packed_token_stats, shared_prompt_token_stats, token_stats
 from mlx_dpo.training.tokens import EncodedPair
 
 # Per-token tolerance. In float32 two correct paths differ by rounding only: log-probs are differences of
@@ -41,6 +50,11 @@ TOLERANCE_FP32 = 1e-3
 TOLERANCE_EPS = 64
 
 _PROBE_SHAPE = ((3, 5, 8), (9, 7, 4))  # (prompt, chosen, rejected) lengths of the two probe pairs
+# The packed probe adds a pair this long in front: in rows of _PACK_ROW, the others then sit behind its chosen
+# sequence, at positions a real row reaches, and its rejected one fills a second row (a mask of the wrong rank
+# can broadcast over one row).
+_PACK_LEAD = (200, 9, 6)
+_PACK_ROW = 256
 
 
 @dataclass
@@ -53,14 +67,14 @@ class FastPaths:
     mask_dims: int = 4  # the attention-mask layout the shared-prompt forward passed with (shared_prompt.py)
 
 
-def _probe(model: nn.Module) -> list[EncodedPair]:
+def _probe(model: nn.Module, shape: tuple[tuple[int, int, int], ...] = _PROBE_SHAPE) -> list[EncodedPair]:
     vocab = model.model.embed_tokens.weight.shape[0]
     rng = np.random.default_rng(0)
 
     def ids(n: int) -> tuple[int, ...]:
         return tuple(int(t) for t in rng.integers(3, vocab, n))
 
-    return [EncodedPair(f"probe{i}", ids(p), ids(c), ids(r)) for i, (p, c, r) in enumerate(_PROBE_SHAPE)]
+    return [EncodedPair(f"probe{i}", ids(p), ids(c), ids(r)) for i, (p, c, r) in enumerate(shape)]
 
 
 def _tolerance(logits_dtype: mx.Dtype) -> float:
@@ -189,6 +203,80 @@ def describe(
     return f"log-probs: {', '.join(parts)} ({checked})", (use_shared, not use_head)
 
 
+def _measure_packing(model: nn.Module, checks: SelfChecks) -> None:
+    """Probe the packed forward (packed.py) with each mask layout; keep why it is off, or its layout and error."""
+    found = fast_paths(model, checks)
+    if found.head_problem is not None:
+        checks.packing = f"the completion-only head {found.head_problem}"
+        return
+    pairs = _probe(model, (_PACK_LEAD, *_PROBE_SHAPE))
+    sequences = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+    was_training = model.training
+    model.eval()
+    try:
+        plain_batch = make_pair_batch(pairs, BatchLayout.SEQUENCES)
+        plain = mx.stack(token_stats(model, plain_batch, full_logits=True))
+        tol = _tolerance(model(plain_batch.inputs[:1, :1]).dtype)
+        batch = make_packed_batch(sequences, row_length=_PACK_ROW)
+        problem = None
+        for dims in MASK_LAYOUTS:
+            err, failure = _error(
+                lambda dims=dims: mx.stack(packed_token_stats(model, batch, mask_dims=dims)), plain, plain_batch.mask
+            )
+            if failure is None and err <= tol:
+                checks.packing, checks.pack_found = None, (dims, err)
+                return
+            if problem is None or failure is None:  # a mismatch says more than a shape error of the other layout
+                problem = failure or f"differs from the model's own forward by {err:.3g} per token on a probe"
+        checks.packing = problem
+    finally:
+        model.train(was_training)
+
+
+def packs(
+    model: nn.Module,
+    checks: SelfChecks | None = None,
+    *,
+    pack: bool,
+    full_logits: bool = False,
+    on_event: Callable[[Event], None] | None = None,
+) -> bool:
+    """Whether a run that asked for packed rows (`pack`) gets them on `model`; the first time, one Status line
+    says which and why (the probe's error, or what turned packing off)."""
+    if not pack:
+        return False
+    checks = checks if checks is not None else SelfChecks()
+    if full_logits:
+        why = "--full-logits asks for the plain path"
+    elif not supports_shared_prompt(model):
+        why = "it needs mlx-lm's model layout (model.model with embed_tokens and layers)"
+    else:
+        if checks.unchecked("packing"):
+            _measure_packing(model, checks)
+        why = None if checks.packing is None else f"the packed forward {checks.packing}"
+    if on_event is not None and ("pack", full_logits) not in checks.announced:
+        checks.announced.add(("pack", full_logits))
+        line = (
+            f"log-probs: packed rows (max error {checks.pack_found[1]:.1e} per token against the model's own "
+            "forward on a probe)"
+            if why is None
+            else f"log-probs: rows not packed ({why})"
+        )
+        on_event(Status(line))
+    return why is None
+
+
+def layout(model: nn.Module, checks: SelfChecks | None, args: TrainingArgs) -> tuple[BatchLayout, int]:
+    """The batch layout of a run with `args` as `checked_args` left them, and the attention-mask layout
+    (MASK_LAYOUTS) its fast forward takes on `model` (4 where it takes none)."""
+    chosen = layout_for(model, args.shared_prompt, args.pack)
+    if chosen is BatchLayout.PACKED:
+        return chosen, (checks or SelfChecks()).pack_found[0]
+    if chosen is BatchLayout.SHARED_PROMPT:
+        return chosen, mask_dims(model, checks)
+    return chosen, 4
+
+
 def checked_args(
     model: nn.Module, checks: SelfChecks | None, args: TrainingArgs, on_event: Callable[[Event], None] | None = None
 ) -> TrainingArgs:
@@ -205,9 +293,13 @@ def checked_args(
                     "recomputes it, which the shared prompt pass cannot follow)"
                 )
             )
-    shared_prompt, full_logits = resolve(
-        model, checks, shared_prompt=shared_prompt, full_logits=args.full_logits, on_event=on_event
-    )
-    if (shared_prompt, full_logits) == (args.shared_prompt, args.full_logits):
+    pack = packs(model, checks, pack=args.pack, full_logits=args.full_logits, on_event=on_event)
+    if not pack:  # a packed run shares no prompt: nothing to say of that path
+        shared_prompt, full_logits = resolve(
+            model, checks, shared_prompt=shared_prompt, full_logits=args.full_logits, on_event=on_event
+        )
+    else:
+        full_logits = args.full_logits
+    if (shared_prompt, full_logits, pack) == (args.shared_prompt, args.full_logits, args.pack):
         return args
-    return replace(args, shared_prompt=shared_prompt, full_logits=full_logits)
+    return replace(args, shared_prompt=shared_prompt, full_logits=full_logits, pack=pack)

@@ -24,8 +24,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_dpo.compat import output_head  # the model's own head, replayed (what it relies on: compat.py)
-from mlx_dpo.training import shared_prompt
-from mlx_dpo.training.batching import SequenceBatch, SharedPromptBatch, TokenBatch
+from mlx_dpo.training import packed, shared_prompt
+from mlx_dpo.training.batching import PackedBatch, SequenceBatch, SharedPromptBatch, TokenBatch
 from mlx_dpo.training.losses import wpo_weights
 
 VOCAB_CHUNK = 64  # completion positions projected onto the vocabulary at a time
@@ -135,11 +135,27 @@ def shared_prompt_logps(
     return shared_prompt_token_logps(model, batch, full_logits, mask_dims).sum(axis=-1)
 
 
+def packed_token_stats(
+    model: nn.Module, batch: PackedBatch, full_logits: bool = False, squares: bool = True, mask_dims: int = 4
+) -> tuple[mx.array, mx.array | None]:
+    """(2B, C) log-probs of each completion token of a packed batch (packed.py) and, with `squares`,
+    log Σ_v p_v² there (0 at padding). `full_logits` projects every position of the rows, as the plain path does."""
+    head = output_head(model)
+    hidden = packed.forward(model, batch, mask_dims)
+    if full_logits:  # every position pays for the projection; only the completion targets are kept
+        token, log_sq = _token_stats(packed.at_positions(head(hidden), batch.positions), batch.targets, squares)
+    else:
+        token, log_sq = _completion_head(head, packed.at_positions(hidden, batch.positions), batch.targets, squares)
+    return token * batch.mask, None if log_sq is None else log_sq * batch.mask
+
+
 def completion_logps(model: nn.Module, batch: TokenBatch, full_logits: bool = False, mask_dims: int = 4) -> mx.array:
     """(2B,) summed log-probs of a pair batch's completions: chosen rows, then rejected rows. `mask_dims` is for a
-    shared-prompt batch: the attention-mask layout the self-check found for the model (fast_path.mask_dims)."""
+    shared-prompt or packed batch: the attention-mask layout the self-check found for the model (fast_path)."""
     if isinstance(batch, SharedPromptBatch):
         return shared_prompt_logps(model, batch, full_logits, mask_dims)
+    if isinstance(batch, PackedBatch):
+        return packed_token_stats(model, batch, full_logits, squares=False, mask_dims=mask_dims)[0].sum(axis=-1)
     return sequence_logps(model, batch, full_logits)
 
 
@@ -156,6 +172,8 @@ def completion_token_stats(
     """`completion_token_logps` and, with `squares`, log Σ_v p_v² at each completion token (WPO's normaliser)."""
     if isinstance(batch, SharedPromptBatch):
         return shared_prompt_token_stats(model, batch, full_logits, squares, mask_dims)
+    if isinstance(batch, PackedBatch):
+        return packed_token_stats(model, batch, full_logits, squares, mask_dims)
     return token_stats(model, batch, full_logits, squares)
 
 

@@ -89,6 +89,7 @@ def method_reference(
             batch_size=batch_size,
             shared_prompt=args.shared_prompt,
             full_logits=args.full_logits,
+            pack=args.pack,
             on_event=on_event,
             checks=checks,
         )

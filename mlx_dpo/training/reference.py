@@ -16,8 +16,9 @@ import mlx.nn as nn
 
 from mlx_dpo.events import Event, Status
 from mlx_dpo.models.session import SelfChecks
+from mlx_dpo.settings import TrainingArgs
 from mlx_dpo.training import distributed, fast_path
-from mlx_dpo.training.batching import layout_for, make_pair_batch
+from mlx_dpo.training.batching import make_pair_batch
 from mlx_dpo.training.logprobs import completion_logps
 from mlx_dpo.training.pause import pause_at
 from mlx_dpo.training.ref_cache import RefCache
@@ -46,13 +47,14 @@ def reference_logps(
     batch_size: int = 8,
     shared_prompt: bool = True,
     full_logits: bool = False,
+    pack: bool = False,
     on_event: Callable[[Event], None] = lambda e: None,
     checks: SelfChecks | None = None,
 ) -> tuple[RefLogps, ReferenceStats]:
     """Reference (chosen, rejected) log-probs for every pair, computing only cache misses.
 
     `batch_size` counts pairs. The batch layout is the one a training step on `model` with the same
-    `shared_prompt` setting takes (`batching.layout_for`).
+    `shared_prompt` and `pack` settings takes (`fast_path.layout`).
 
     With several ranks (distributed.py) a value cached on any rank serves all of them; the batches
     of misses are dealt out to the ranks in turn and the results gathered, so every rank ends with
@@ -77,11 +79,11 @@ def reference_logps(
         start = time.perf_counter()
         # Only here: a fully cached pass never touches the model. The self-check runs before the first batch.
         checks = checks if checks is not None else SelfChecks()
-        shared_prompt, full_logits = fast_path.resolve(
-            model, checks, shared_prompt=shared_prompt, full_logits=full_logits, on_event=on_event
+        args = fast_path.checked_args(
+            model, checks, TrainingArgs(shared_prompt=shared_prompt, full_logits=full_logits, pack=pack), on_event
         )
-        layout = layout_for(model, shared_prompt)
-        dims = fast_path.mask_dims(model, checks) if shared_prompt else 4
+        layout, dims = fast_path.layout(model, checks, args)
+        full_logits = args.full_logits
         was_training = model.training
         model.eval()  # no dropout in the reference
         try:

@@ -29,7 +29,7 @@ from mlx_dpo.metric_names import EVAL, LEARNING_RATE, LOSS, PEAK_MEMORY_GB, TOKE
 from mlx_dpo.models.session import SelfChecks
 from mlx_dpo.settings import TrainingArgs
 from mlx_dpo.training import checkpoint, distributed, fast_path, pause
-from mlx_dpo.training.batching import BatchLayout, DpoBatch, layout_for, make_dpo_batch
+from mlx_dpo.training.batching import BatchLayout, DpoBatch, make_dpo_batch
 from mlx_dpo.training.logprobs import pair_logps
 from mlx_dpo.training.methods import method_losses
 from mlx_dpo.training.ref_cache import arrays_digest
@@ -120,8 +120,7 @@ def make_step(
     """
     checks = checks if checks is not None else SelfChecks()
     args = fast_path.checked_args(model, checks, args, on_event)
-    layout = layout_for(model, args.shared_prompt)
-    dims = fast_path.mask_dims(model, checks) if args.shared_prompt else 4  # probed already when shared
+    layout, dims = fast_path.layout(model, checks, args)
     value_and_grad = nn.value_and_grad(
         model, lambda *arrays: batch_loss(model, args, DpoBatch.from_arrays(layout, arrays), dims)
     )
@@ -218,8 +217,7 @@ def evaluate_batches(
     """
     checks = checks if checks is not None else SelfChecks()
     args = fast_path.checked_args(model, checks, args, on_event)
-    layout = layout_for(model, args.shared_prompt)
-    dims = fast_path.mask_dims(model, checks) if args.shared_prompt else 4  # probed already when shared
+    layout, dims = fast_path.layout(model, checks, args)
     for s in range(0, len(pairs), args.batch_size):
         chunk = pairs[s : s + args.batch_size]
         batch = make_dpo_batch(chunk, layout, ref.values)
