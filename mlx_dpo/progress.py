@@ -62,9 +62,9 @@ class ProgressPrinter:
             eta = elapsed / max(done, 1) * (event.total_steps - event.step)
             filled = int(self.width * event.step / event.total_steps)
             bar = "#" * filled + "-" * (self.width - filled)
+            speed = f" {m[TOKENS_PER_SECOND]:.0f} tok/s" if TOKENS_PER_SECOND in m else ""
             self._line(
-                f"[{bar}] step {event.step}/{event.total_steps} ETA {_fmt(eta)} {scores(m)} "
-                f"{m.get(TOKENS_PER_SECOND, 0):.0f} tok/s"
+                f"[{bar}] step {event.step}/{event.total_steps} ETA {_fmt(eta)} {scores(m)}{speed}"
                 + (f" on {m['ranks']} ranks" if m.get("ranks", 1) > 1 else ""),
                 final=True,
             )

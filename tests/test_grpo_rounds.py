@@ -10,6 +10,7 @@ from helpers import user
 from test_online import write_prompts
 
 from mlx_dpo.data.store import PreferenceStore
+from mlx_dpo.events import StepMetrics
 
 SPACES_JUDGE = """
 def spaces(prompt, answer):
@@ -96,8 +97,11 @@ def test_with_beta_zero_no_reference_runs_and_no_cache_opens_with_beta_above_it_
     monkeypatch.setattr(grpo, "reference_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
     loaded = load_model(str(tiny))
     settings = {**ROUND, "heldout_samples": 0}
-    first = run_round(workspace, loaded=loaded, settings=settings)
+    events = []
+    first = run_round(workspace, loaded=loaded, settings=settings, on_event=events.append)
     assert first.accepted and calls == [] and not list(fresh_cache.rglob("*.sqlite"))
+    steps = [e.metrics for e in events if isinstance(e, StepMetrics)]
+    assert steps and all(m["tokens_per_second"] > 0 for m in steps)  # the progress line's tok/s, as DPO's
     with PreferenceStore(workspace) as s:
         assert s.ratings.untrained() == []
         rate_and_store(s, judge, [user("Say more.")], answers, None, sampler="test", version="v1")

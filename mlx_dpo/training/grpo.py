@@ -36,7 +36,7 @@ from mlx_dpo.data.pairs import PreferencePair
 from mlx_dpo.errors import MlxDpoError
 from mlx_dpo.events import Cancelled, CheckpointSaved, Event, Finished, Status, StepMetrics
 from mlx_dpo.group_settings import GroupSettings
-from mlx_dpo.metric_names import LEARNING_RATE, LOSS
+from mlx_dpo.metric_names import LEARNING_RATE, LOSS, TOKENS_PER_SECOND
 from mlx_dpo.models.adapter import adapter_config, adapter_weights
 from mlx_dpo.models.session import ModelSession
 from mlx_dpo.settings import LoraSettings, TrainingArgs
@@ -274,6 +274,7 @@ def _loop(
                 grads, _ = optim.clip_grad_norm(grads, args.max_grad_norm)
             optimizer.update(model, grads)
             mx.eval(model.trainable_parameters(), optimizer.state, loss, metrics)
+            seconds = time.perf_counter() - start
             last = {
                 "step": step,
                 LOSS: loss.item(),
@@ -281,7 +282,9 @@ def _loop(
                 "advantage_abs": float(mx.abs(arrays[2]).mean().item()),
                 "answers": len(answers),
                 LEARNING_RATE: float(optimizer.learning_rate.item()),
-                "seconds": time.perf_counter() - start,
+                "seconds": seconds,
+                # The tokens run through the model, each answer with its prompt (DPO's count: trainer.MetricWindow).
+                TOKENS_PER_SECOND: sum(len(a.prompt) + len(a.completion) - 1 for a in answers) / seconds,
             }
             emit(StepMetrics(step=step, total_steps=steps, metrics=last))
         if step >= steps:
