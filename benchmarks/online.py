@@ -253,6 +253,7 @@ def cmd_run(args) -> None:
                     run.arm = "offline"
                     run.key["arm"] = "offline"
                     offline_arm(loaded, run, work, held, out, online_rows)
+                loaded.use_adapter(None)  # the last version's folder goes with the workspace: the base goes back on
                 shutil.rmtree(work, ignore_errors=True)
 
 
