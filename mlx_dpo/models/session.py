@@ -47,7 +47,8 @@ class SelfChecks:
     """What the self-checks found on one loaded model (adapters come and go; the findings hold for the base)."""
 
     fast_paths: FastPaths | None = None  # training/fast_path.py: which log-prob fast paths reproduce the model
-    announced: set[tuple[bool, bool]] = field(default_factory=set)  # (shared_prompt, full_logits) requests named
+    # The requests whose Status line was said: (shared_prompt, full_logits), and ("pack", full_logits) for packed rows.
+    announced: set[tuple[bool | str, bool]] = field(default_factory=set)
     batching: str | None = _UNCHECKED  # online/sampling.py: why batched generation is off (None: it is on)
     shared_prefill: str | None = _UNCHECKED  # online/sampling.py: why each answer prefills its prompt (None: shared)
     free_reference: str | None = _UNCHECKED  # online/free_reference.py: why sampled log-probs are not kept (None: kept)
