@@ -323,3 +323,17 @@ def thread_shapes(store) -> list:
         return (json.dumps(p.prompt), str(p.chosen), str(p.rejected), sorted(shape(c) for c in node.children))
 
     return sorted(shape(root) for root in store.threads.trees())
+
+
+# TRL's DPOTrainer names for what a training report carries.
+TRL_STEP_FIELDS = {
+    "step",
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+    "learning_rate",
+}

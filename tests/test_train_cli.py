@@ -13,7 +13,15 @@ from types import SimpleNamespace
 
 import mlx.core as mx
 import pytest
-from helpers import assert_clean_error, held_child, read_metrics, run_cli, without_timing, write_demo_pairs
+from helpers import (
+    TRL_STEP_FIELDS,
+    assert_clean_error,
+    held_child,
+    read_metrics,
+    run_cli,
+    without_timing,
+    write_demo_pairs,
+)
 
 from mlx_dpo.training import checkpoint
 
@@ -363,16 +371,7 @@ def test_train_writes_trl_named_metrics_and_prefixed_eval_lines(finished_run):
     assert len(step_lines) + len(eval_lines) == len(lines)
     assert [line["step"] for line in step_lines] == [1, 2, 3]
     for line in step_lines:
-        assert {
-            "step",
-            "loss",
-            "rewards/chosen",
-            "rewards/rejected",
-            "rewards/margins",
-            "rewards/accuracies",
-            "logps/chosen",
-            "logps/rejected",
-            "learning_rate",
+        assert TRL_STEP_FIELDS | {
             "tokens_per_second",
             "peak_memory_gb",
             "ref_cache/hits",

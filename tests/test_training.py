@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import mlx.core as mx
 import pytest
-from helpers import read_metrics, without_timing, write_demo_pairs
+from helpers import TRL_STEP_FIELDS, read_metrics, without_timing, write_demo_pairs
 
 from mlx_dpo.api import train
 from mlx_dpo.data.pairs import DEMO_PAIRS_PATH, load_pairs, write_pairs
@@ -25,18 +25,6 @@ from mlx_dpo.training.batching import make_batch
 from mlx_dpo.training.logprobs import sequence_logps
 from mlx_dpo.training.tokens import Encoder
 
-# TRL's DPOTrainer names for what a training report carries.
-TRL_STEP_FIELDS = {
-    "step",
-    "loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/margins",
-    "rewards/accuracies",
-    "logps/chosen",
-    "logps/rejected",
-    "learning_rate",
-}
 RUN_FIELDS = {"tokens_per_second", "peak_memory_gb", "ref_cache/hits", "ref_cache/misses"}
 
 # A short run: 8 pairs in batches of 2, one report per step, LoRA dropout on so the RNG matters.
