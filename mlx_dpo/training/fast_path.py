@@ -30,7 +30,6 @@ from mlx_dpo.compat import MASK_LAYOUTS
 from mlx_dpo.events import Event, Status
 from mlx_dpo.models.session import SelfChecks
 from mlx_dpo.settings import TrainingArgs
-from mlx_dpo.training import shared_prompt as shared_forward
 from mlx_dpo.training.batching import (
     BatchLayout,
     layout_for,
@@ -97,23 +96,28 @@ def _error(fast: Callable[[], mx.array], plain: mx.array, mask: mx.array) -> tup
     return err, None
 
 
-def _check_shared(
-    model: nn.Module, pairs: list[EncodedPair], plain: mx.array, mask: mx.array, tol: float
+def _first_layout(
+    stats: Callable[[int], tuple[mx.array, mx.array | None]], plain: mx.array, mask: mx.array, tol: float
 ) -> tuple[float, str | None, int]:
-    """Try the shared-prompt forward with each mask layout mlx-lm families take; keep the first that matches.
-    Returns (its error, why none matched or None, the mask layout that matched)."""
-    batch = make_pair_batch(pairs, BatchLayout.SHARED_PROMPT)
+    """Try a fast forward (`stats(mask_dims)`) with each mask layout mlx-lm families take; keep the first that
+    matches. Returns (its error, why none matched or None, the mask layout that matched)."""
     problem, worst = None, 0.0
-    for dims in shared_forward.MASK_LAYOUTS:
-        err, failure = _error(
-            lambda dims=dims: mx.stack(shared_prompt_token_stats(model, batch, mask_dims=dims)), plain, mask
-        )
+    for dims in MASK_LAYOUTS:
+        err, failure = _error(lambda dims=dims: mx.stack(stats(dims)), plain, mask)
         if failure is None and err <= tol:
             return err, None, dims
         if problem is None or failure is None:  # a mismatch says more than a shape error of the other layout
             problem = failure or f"differs from the model's own forward by {err:.3g} per token on a probe"
             worst = err or 0.0
-    return worst, problem, shared_forward.MASK_LAYOUTS[0]
+    return worst, problem, MASK_LAYOUTS[0]
+
+
+def _check_shared(
+    model: nn.Module, pairs: list[EncodedPair], plain: mx.array, mask: mx.array, tol: float
+) -> tuple[float, str | None, int]:
+    """The shared-prompt forward's `_first_layout` on the probe pairs."""
+    batch = make_pair_batch(pairs, BatchLayout.SHARED_PROMPT)
+    return _first_layout(lambda dims: shared_prompt_token_stats(model, batch, mask_dims=dims), plain, mask, tol)
 
 
 def _measure(model: nn.Module) -> FastPaths:
@@ -218,17 +222,11 @@ def _measure_packing(model: nn.Module, checks: SelfChecks) -> None:
         plain = mx.stack(token_stats(model, plain_batch, full_logits=True))
         tol = _tolerance(model(plain_batch.inputs[:1, :1]).dtype)
         batch = make_packed_batch(sequences, row_length=_PACK_ROW)
-        problem = None
-        for dims in MASK_LAYOUTS:
-            err, failure = _error(
-                lambda dims=dims: mx.stack(packed_token_stats(model, batch, mask_dims=dims)), plain, plain_batch.mask
-            )
-            if failure is None and err <= tol:
-                checks.packing, checks.pack_found = None, (dims, err)
-                return
-            if problem is None or failure is None:  # a mismatch says more than a shape error of the other layout
-                problem = failure or f"differs from the model's own forward by {err:.3g} per token on a probe"
-        checks.packing = problem
+        err, checks.packing, dims = _first_layout(
+            lambda dims: packed_token_stats(model, batch, mask_dims=dims), plain, plain_batch.mask, tol
+        )
+        if checks.packing is None:
+            checks.pack_found = (dims, err)
     finally:
         model.train(was_training)
 
